@@ -1,0 +1,31 @@
+"""``Authorization: Bearer TOKEN`` for the user API."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from .models import ApiToken
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != self.keyword.lower():
+            return None
+        raw = raw.strip()
+        if not raw:
+            raise exceptions.AuthenticationFailed("empty bearer token")
+        token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash(raw)).first()
+        if token is None or not token.user.is_active:
+            raise exceptions.AuthenticationFailed("invalid or revoked API token")
+        now = timezone.now()
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user, token
+
+    def authenticate_header(self, request) -> str:
+        return self.keyword

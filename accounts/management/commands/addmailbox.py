@@ -1,0 +1,24 @@
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from accounts.services import create_mailbox
+
+
+class Command(BaseCommand):
+    help = "Add a mailbox (a user whose login is its address). The address counts as verified."
+
+    def add_arguments(self, parser):
+        parser.add_argument("address")
+        parser.add_argument("--password", required=True)
+        parser.add_argument("--staff", action="store_true", help="May use the Django admin.")
+        parser.add_argument("--superuser", action="store_true", help="A domain admin with every permission.")
+
+    def handle(self, *args, address: str, password: str, staff: bool, superuser: bool, **options):
+        try:
+            user = create_mailbox(address=address, password=password, is_staff=staff or superuser)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from exc
+        if superuser:
+            user.is_superuser = True
+            user.save(update_fields=["is_superuser"])
+        self.stdout.write(f"added mailbox {user.email}")

@@ -1,0 +1,14 @@
+from django.contrib import admin
+
+from .models import SigningKey
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(admin.ModelAdmin):
+    list_display = ["key_id", "domain", "created_at", "retired_at", "expires_at"]
+    list_filter = ["domain"]
+    exclude = ["private_key"]
+    readonly_fields = ["domain", "key_id", "public_key", "created_at", "retired_at", "expires_at"]
+
+    def has_add_permission(self, request):
+        return False

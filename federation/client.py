@@ -1,0 +1,123 @@
+"""Signed calls to other instances, with their answers sorted into
+"done", "try again later" and "permanent" (docs/protocol.md §5–§7)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.conf import settings
+
+from . import http
+from .discovery import Instance
+from .payloads import Notification, Withdrawal
+from .signatures import sign_as
+
+
+class PeerError(Exception):
+    """A call failed. ``retryable`` says whether trying later may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Gone(Exception):
+    """The sender answered 410: the body was withdrawn or has expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _call(method: str, url: str, *, as_domain: str, payload: dict[str, Any] | None, max_bytes: int) -> http.Response:
+    body = json.dumps(payload, separators=(",", ":")).encode() if payload is not None else None
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    headers = sign_as(as_domain, method=method, url=url, headers=headers, body=body)
+    try:
+        return http.request(method, url, headers=headers, body=body, max_bytes=max_bytes)
+    except http.OutboundError as exc:
+        raise PeerError(str(exc), retryable=exc.retryable) from exc
+
+
+def _error_text(response: http.Response) -> str:
+    try:
+        data = response.json()
+        detail = data.get("detail") or data.get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    return f"HTTP {response.status}" + (f": {detail}" if detail else "")
+
+
+def _raise_for(response: http.Response) -> None:
+    status = response.status
+    if status == 429 or status == 503:
+        try:
+            retry_after = float(response.headers.get("retry-after", "60"))
+        except ValueError:
+            retry_after = 60.0
+        raise PeerError(_error_text(response), retryable=True, retry_after=max(retry_after, 1.0))
+    # 401 may be a key cache that has not caught up with a rotation yet.
+    retryable = status >= 500 or status in (401, 408)
+    raise PeerError(_error_text(response), retryable=retryable)
+
+
+def send_notification(
+    *, instance: Instance, sender_domain: str, notification: Notification
+) -> dict[str, dict[str, str]]:
+    """POST a notification; return ``{address: {"status": ..., "reason": ...}}``."""
+    response = _call(
+        "POST",
+        instance.url("notifications"),
+        as_domain=sender_domain,
+        payload=notification.to_json(),
+        max_bytes=1 << 20,
+    )
+    if response.status not in (200, 201, 202):
+        _raise_for(response)
+    try:
+        results = response.json()["results"]
+        return {
+            r["address"]: {"status": r["status"], "reason": r.get("reason", "")} for r in results if isinstance(r, dict)
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PeerError("notification answer is not the documented JSON", retryable=True) from exc
+
+
+def send_withdrawal(*, instance: Instance, sender_domain: str, withdrawal: Withdrawal) -> dict[str, Any]:
+    response = _call(
+        "POST", instance.url("withdrawals"), as_domain=sender_domain, payload=withdrawal.to_json(), max_bytes=65536
+    )
+    if response.status == 404:
+        return {"status": "unknown"}  # never notified there: nothing to withdraw
+    if response.status != 200:
+        _raise_for(response)
+    data = response.json()
+    return data if isinstance(data, dict) else {}
+
+
+def fetch_body(*, instance: Instance, as_domain: str, global_id: uuid.UUID) -> bytes:
+    """GET the canonical body bytes; raise Gone on 410, PeerError otherwise."""
+    response = _call(
+        "GET",
+        instance.url(f"messages/{global_id}/body"),
+        as_domain=as_domain,
+        payload=None,
+        max_bytes=settings.PUSHMAIL_MAX_BODY_BYTES,
+    )
+    if response.status == 200:
+        return response.content
+    if response.status == 410:
+        try:
+            reason = response.json().get("reason", "expired")
+        except (ValueError, AttributeError):
+            reason = "expired"
+        raise Gone("withdrawn" if reason == "withdrawn" else "expired")
+    if response.status == 404:
+        raise PeerError("the sender's instance does not offer this message to us (404)", retryable=True)
+    _raise_for(response)
+    raise AssertionError("unreachable")

@@ -1,0 +1,171 @@
+"""Finding the Pushmail instance of a domain, and its keys and limits.
+
+A domain maps to a base URL through ``PUSHMAIL_PEERS`` or else
+``https://DOMAIN``; ``GET {base}/.well-known/pushmail`` returns the discovery
+document (docs/protocol.md §2). Results are cached per process.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+
+from . import http
+from .keys import public_key_from_b64
+from .models import SigningKey
+
+PROTOCOL = "pushmail"
+VERSION = 1
+WELL_KNOWN_PATH = "/.well-known/pushmail"
+_NEGATIVE_TTL = 300
+
+
+class DiscoveryError(Exception):
+    """The domain's instance could not be asked now; try again later."""
+
+
+@dataclass(frozen=True)
+class Instance:
+    domain: str
+    api_base: str  # ends with "/"
+    keys: dict[str, str] = field(default_factory=dict)  # key id -> base64 public key
+    max_notification_bytes: int = 262144
+    max_recipients: int = 1000
+    local: bool = False
+
+    def url(self, path: str) -> str:
+        return self.api_base + path.lstrip("/")
+
+
+def base_url_for(domain: str) -> str:
+    return settings.PUSHMAIL_PEERS.get(domain) or f"https://{domain}"
+
+
+def local_domain_names() -> set[str]:
+    from accounts.models import Domain
+
+    return set(Domain.objects.values_list("name", flat=True))
+
+
+def is_local(domain: str) -> bool:
+    from accounts.models import Domain
+
+    return Domain.objects.filter(name=domain).exists()
+
+
+def own_document() -> dict[str, Any]:
+    """The discovery document this instance serves."""
+    keys = SigningKey.objects.published().select_related("domain").order_by("domain__name", "created_at")
+    return {
+        "protocol": PROTOCOL,
+        "version": VERSION,
+        "versions": [VERSION],
+        "domains": sorted(local_domain_names()),
+        "api": settings.PUSHMAIL_BASE_URL + "/federation/v1/",
+        "keys": [
+            {
+                "id": key.key_id,
+                "domain": key.domain.name,
+                "algorithm": "ed25519",
+                "public_key": key.public_key,
+                "created": key.created_at.isoformat().replace("+00:00", "Z"),
+                "expires": key.expires_at.isoformat().replace("+00:00", "Z") if key.expires_at else None,
+            }
+            for key in keys
+        ],
+        "limits": {
+            "max_notification_bytes": settings.PUSHMAIL_MAX_NOTIFICATION_BYTES,
+            "max_recipients": settings.PUSHMAIL_MAX_RECIPIENTS,
+        },
+    }
+
+
+def _parse_document(domain: str, doc: Any) -> Instance | None:
+    if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL:
+        return None
+    versions = doc.get("versions") or [doc.get("version")]
+    if VERSION not in versions or domain not in (doc.get("domains") or []):
+        return None
+    api = doc.get("api")
+    if not isinstance(api, str) or not api.startswith(("https://", "http://")):
+        return None
+    keys: dict[str, str] = {}
+    for entry in doc.get("keys") or []:
+        if not isinstance(entry, dict) or entry.get("algorithm") != "ed25519" or entry.get("domain") != domain:
+            continue
+        try:
+            public_key_from_b64(entry["public_key"])
+        except (KeyError, ValueError, TypeError):
+            continue
+        keys[str(entry["id"])] = entry["public_key"]
+    limits = doc.get("limits") or {}
+    return Instance(
+        domain=domain,
+        api_base=api if api.endswith("/") else api + "/",
+        keys=keys,
+        max_notification_bytes=int(limits.get("max_notification_bytes", 262144)),
+        max_recipients=int(limits.get("max_recipients", 1000)),
+    )
+
+
+def _local_instance(domain: str) -> Instance:
+    keys = dict(SigningKey.objects.published().filter(domain__name=domain).values_list("key_id", "public_key"))
+    return Instance(
+        domain=domain,
+        api_base=settings.PUSHMAIL_BASE_URL + "/federation/v1/",
+        keys=keys,
+        max_notification_bytes=settings.PUSHMAIL_MAX_NOTIFICATION_BYTES,
+        max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS,
+        local=True,
+    )
+
+
+def discover(domain: str, *, refresh: bool = False) -> Instance | None:
+    """Return the domain's instance, ``None`` for a legacy (non-Pushmail) domain.
+
+    Raises DiscoveryError when the answer is unknown for now (a peer that does
+    not answer), so callers retry rather than treating the domain as legacy.
+    """
+    domain = domain.lower()
+    if is_local(domain):
+        return _local_instance(domain)
+    cache = caches["local"]
+    cache_key = f"pm-discovery:{domain}"
+    if not refresh:
+        cached = cache.get(cache_key)
+        if cached is not None:
+            return cached or None
+    instance = _fetch(domain)
+    cache.set(cache_key, instance or False, settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL)
+    return instance
+
+
+def _fetch(domain: str) -> Instance | None:
+    named_peer = domain in settings.PUSHMAIL_PEERS
+    base = base_url_for(domain)
+    if not named_peer:
+        try:
+            socket.getaddrinfo(domain, 443, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            return None  # no such host: not a Pushmail domain
+    try:
+        response = http.request("GET", base + WELL_KNOWN_PATH, headers={"Accept": "application/json"}, max_bytes=65536)
+    except http.OutboundError as exc:
+        if named_peer or exc.retryable:
+            raise DiscoveryError(str(exc)) from exc
+        return None
+    if response.status in (404, 410):
+        return None
+    if response.status != 200:
+        if named_peer or response.status >= 500 or response.status == 429:
+            raise DiscoveryError(f"discovery for {domain} answered {response.status}")
+        return None
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    return _parse_document(domain, doc)

@@ -1,0 +1,161 @@
+"""Server-to-server endpoints (docs/protocol.md). Every error is JSON naming the problem."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from accounts.validators import domain_of
+from mailbox import services as mailbox_services
+from outbox import services as outbox_services
+from reputation.services import OriginRefused, check_origin
+
+from . import discovery, payloads
+from .signatures import SignatureRejected, verify_request
+
+
+def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"error": code, "detail": detail}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+def _read_json(request: HttpRequest, body: bytes) -> Any:
+    content_type = request.content_type or ""
+    if content_type != "application/json":
+        raise payloads.PayloadError(f"Content-Type must be application/json, not {content_type or 'missing'}")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise payloads.PayloadError(f"body is not valid JSON: {exc}") from exc
+
+
+def _body_within(request: HttpRequest, limit: int) -> bytes | JsonResponse:
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    try:
+        declared = int(length)
+    except ValueError:
+        return error(400, "bad_request", "Content-Length is not a number")
+    if declared > limit:
+        return error(413, "too_large", f"body of {declared} bytes exceeds the limit of {limit}")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return error(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    return body
+
+
+def _method_not_allowed(allowed: list[str]) -> JsonResponse:
+    response = error(405, "method_not_allowed", f"use {', '.join(allowed)}")
+    response["Allow"] = ", ".join(allowed)
+    return response
+
+
+@require_http_methods(["GET", "HEAD"])
+def well_known(request: HttpRequest) -> JsonResponse:
+    """``GET /.well-known/pushmail``: the discovery document (§2)."""
+    response = JsonResponse(discovery.own_document())
+    response["Cache-Control"] = "public, max-age=300"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@csrf_exempt
+def notifications(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/notifications``: accept a signed notification (§5)."""
+    if request.method != "POST":
+        return _method_not_allowed(["POST"])
+    body = _body_within(request, settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        signer = verify_request(request, body)
+    except SignatureRejected as exc:
+        return error(exc.status, exc.code, exc.detail)
+    try:
+        notification = payloads.parse_notification(
+            _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
+        )
+    except payloads.PayloadError as exc:
+        return error(400, "invalid_payload", str(exc))
+    if domain_of(notification.sender) != signer.domain:
+        return error(403, "wrong_domain", f"sender {notification.sender} is not of the signing domain {signer.domain}")
+    try:
+        check_origin(domain=signer.domain)
+    except OriginRefused as exc:
+        if exc.retry_after is None:
+            return error(403, "blocked", exc.detail)
+        return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
+    results = mailbox_services.accept_notification(origin=signer.domain, notification=notification)
+    return JsonResponse({"id": str(notification.global_id), "results": [r.to_json() for r in results]})
+
+
+@csrf_exempt
+def withdrawals(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/withdrawals``: the sender withdrew a message (§7)."""
+    if request.method != "POST":
+        return _method_not_allowed(["POST"])
+    body = _body_within(request, 65536)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        signer = verify_request(request, body)
+    except SignatureRejected as exc:
+        return error(exc.status, exc.code, exc.detail)
+    try:
+        withdrawal = payloads.parse_withdrawal(_read_json(request, body))
+    except payloads.PayloadError as exc:
+        return error(400, "invalid_payload", str(exc))
+    if domain_of(withdrawal.sender) != signer.domain:
+        return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
+    result = mailbox_services.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    if result is None:
+        return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
+    return JsonResponse(
+        {"id": str(withdrawal.global_id), "status": "withdrawn", "fetched_before": result.fetched_before}
+    )
+
+
+@csrf_exempt
+def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
+    """``GET /federation/v1/messages/{id}/body``: the canonical body, for recipient domains only (§6)."""
+    if request.method != "GET":
+        return _method_not_allowed(["GET"])
+    body = _body_within(request, 0)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        signer = verify_request(request, body)
+    except SignatureRejected as exc:
+        return error(exc.status, exc.code, exc.detail)
+    try:
+        parsed = uuid.UUID(global_id)
+    except ValueError:
+        return error(404, "not_found", "no such message")
+    try:
+        content = outbox_services.serve_body(global_id=parsed, to_domain=signer.domain)
+    except outbox_services.NotOffered:
+        return error(404, "not_found", "no such message for your domain")
+    except outbox_services.BodyGone as gone:
+        return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+    response = HttpResponse(content, content_type="application/json")
+    response["Content-Digest"] = "sha-256=:" + _b64_sha256(content) + ":"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _b64_sha256(content: bytes) -> str:
+    import base64
+    import hashlib
+
+    return base64.b64encode(hashlib.sha256(content).digest()).decode()
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    return error(404, "not_found", f"no endpoint at {request.path}")

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import InboxEntry
+from ..selectors import body_of
+
+
+class EntryListSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = InboxEntry
+        fields = ["id", "sender", "subject", "received_at", "state", "read", "size"]
+        read_only_fields = fields
+
+
+class EntryDetailSerializer(serializers.ModelSerializer):
+    body = serializers.SerializerMethodField()
+    last_error = serializers.SerializerMethodField()
+    last_attempt_at = serializers.SerializerMethodField()
+    next_attempt_at = serializers.SerializerMethodField()
+    digest = serializers.SerializerMethodField()
+
+    class Meta:
+        model = InboxEntry
+        fields = [
+            "id",
+            "sender",
+            "subject",
+            "received_at",
+            "state",
+            "read",
+            "size",
+            "digest",
+            "last_error",
+            "last_attempt_at",
+            "next_attempt_at",
+            "body",
+        ]
+        read_only_fields = fields
+
+    def get_body(self, entry: InboxEntry) -> dict | None:
+        return body_of(entry)
+
+    def get_last_error(self, entry: InboxEntry) -> str:
+        return entry.remote.last_error if entry.remote else ""
+
+    def get_last_attempt_at(self, entry: InboxEntry) -> str | None:
+        value = entry.remote.last_attempt_at if entry.remote else None
+        return value.isoformat() if value else None
+
+    def get_next_attempt_at(self, entry: InboxEntry) -> str | None:
+        value = entry.remote.next_attempt_at if entry.remote else None
+        return value.isoformat() if value else None
+
+    def get_digest(self, entry: InboxEntry) -> str | None:
+        if entry.remote:
+            return entry.remote.digest
+        return entry.local.digest if entry.local else None

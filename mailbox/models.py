@@ -1,0 +1,102 @@
+"""Recipient side: notifications received, bodies pulled on read, inbox entries."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class FetchState(models.TextChoices):
+    NOTIFIED = "notified"
+    FETCHING = "fetching"
+    FETCHED = "fetched"
+    UNAVAILABLE = "unavailable"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    TAMPERED = "tampered"
+
+
+class EntryState(models.TextChoices):
+    NOTIFIED = "notified"
+    FETCHING = "fetching"
+    FETCHED = "fetched"
+    UNAVAILABLE = "unavailable"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    TAMPERED = "tampered"
+    NOTICE = "notice"
+
+
+class RemoteMessage(models.Model):
+    """A message held at another instance, known here from its notification.
+
+    One row per (origin domain, global id) for the whole instance: the body is
+    fetched and stored once, whichever local reader opens it first.
+    """
+
+    origin_domain = models.CharField(max_length=253)
+    global_id = models.UUIDField()
+    message_id = models.CharField(max_length=400)
+    sender = models.CharField(max_length=320)
+    subject = models.CharField(max_length=998, blank=True)
+    date = models.DateTimeField()
+    size = models.PositiveIntegerField()
+    digest = models.CharField(max_length=80)
+    in_reply_to = models.CharField(max_length=400, blank=True)
+    references = models.JSONField(default=list)
+    expires_at = models.DateTimeField()
+    local_domain = models.CharField(max_length=253, help_text="The hosted domain this instance fetches as.")
+    received_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=11, choices=FetchState.choices, default=FetchState.NOTIFIED)
+    content = models.BinaryField(null=True, blank=True, help_text="The canonical body bytes, once fetched.")
+    fetched_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["origin_domain", "global_id"], name="unique_remote_message"),
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"]), models.Index(fields=["expires_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.global_id} from {self.sender} ({self.state})"
+
+
+class EntryQuerySet(models.QuerySet["InboxEntry"]):
+    def owned_by(self, user) -> EntryQuerySet:  # type: ignore[no-untyped-def]
+        return self.filter(owner=user)
+
+
+class InboxEntry(models.Model):
+    """One message in one user's inbox: remote, local, or a system notice."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="inbox_entries")
+    remote = models.ForeignKey(RemoteMessage, null=True, blank=True, on_delete=models.CASCADE, related_name="entries")
+    local = models.ForeignKey(
+        "outbox.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="local_entries"
+    )
+    sender = models.CharField(max_length=320)
+    subject = models.CharField(max_length=998, blank=True)
+    size = models.PositiveIntegerField(default=0)
+    received_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=11, choices=EntryState.choices)
+    read = models.BooleanField(default=False)
+    opened_at = models.DateTimeField(null=True, blank=True, help_text="When the owner first saw the body.")
+    notice_text = models.TextField(blank=True)
+
+    objects = EntryQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "inbox entries"
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "remote"], name="unique_entry_per_remote_message"),
+            models.UniqueConstraint(fields=["owner", "local"], name="unique_entry_per_local_message"),
+        ]
+        indexes = [models.Index(fields=["owner", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.subject!r} for {self.owner_id} ({self.state})"

@@ -1,0 +1,366 @@
+"""Recipient side: accept notifications, pull bodies on read, withdraw, expire."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from accounts.models import Domain, User
+from accounts.validators import domain_of
+from federation import client, discovery, payloads
+from pushmail_site.jobs import backoff, claim_until, enqueue, lock
+
+from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+
+log = logging.getLogger(__name__)
+
+# Remote states an unopened entry mirrors; an opened entry keeps "fetched".
+_PENDING_FETCH = (FetchState.NOTIFIED, FetchState.FETCHING, FetchState.UNAVAILABLE)
+
+
+# --- Delivery into inboxes ------------------------------------------------------------
+
+
+def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
+    """Create entries for local recipients of a locally sent message; return the accepted addresses."""
+    users = {u.email: u for u in User.objects.filter(email__in=addresses, is_active=True)}
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(
+                owner=user,
+                local=message,
+                sender=message.sender_address,
+                subject=message.subject,
+                size=message.size,
+                state=EntryState.FETCHED,
+            )
+            for user in users.values()
+        ],
+        ignore_conflicts=True,
+    )
+    return set(users)
+
+
+def post_notice(*, owner: User, subject: str, text: str) -> InboxEntry:
+    """A system message in a user's own inbox, e.g. a delivery failure."""
+    return InboxEntry.objects.create(
+        owner=owner,
+        sender=f"postmaster@{owner.domain.name}",
+        subject=subject,
+        size=len(text.encode()),
+        state=EntryState.NOTICE,
+        notice_text=text,
+    )
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    address: str
+    status: str  # "accepted" or "rejected"
+    reason: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        data = {"address": self.address, "status": self.status}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
+
+
+def accept_notification(*, origin: str, notification: payloads.Notification) -> list[RecipientResult]:
+    """Record a notification: one RemoteMessage per (origin, id), one entry per local recipient.
+
+    Idempotent: a repeated notification creates nothing twice and gets the same answers.
+    All rows are committed before this returns.
+    """
+    recipients = notification.recipients
+    local_domains = set(
+        Domain.objects.filter(name__in={domain_of(r) for r in recipients}).values_list("name", flat=True)
+    )
+    users = {u.email: u for u in User.objects.filter(email__in=recipients, is_active=True)}
+    results: list[RecipientResult] = []
+    accepted: list[User] = []
+    for address in recipients:
+        if domain_of(address) not in local_domains:
+            results.append(RecipientResult(address, "rejected", "domain not served by this instance"))
+        elif address not in users:
+            results.append(RecipientResult(address, "rejected", "unknown mailbox"))
+        else:
+            results.append(RecipientResult(address, "accepted"))
+            accepted.append(users[address])
+    if not accepted:
+        return results
+    for attempt in range(2):  # a concurrent duplicate may win the insert once
+        try:
+            with transaction.atomic():
+                remote, created = RemoteMessage.objects.get_or_create(
+                    origin_domain=origin,
+                    global_id=notification.global_id,
+                    defaults={
+                        "message_id": notification.message_id,
+                        "sender": notification.sender,
+                        "subject": notification.subject,
+                        "date": notification.date,
+                        "size": notification.size,
+                        "digest": notification.digest,
+                        "in_reply_to": notification.in_reply_to,
+                        "references": notification.references,
+                        "expires_at": notification.expires,
+                        "local_domain": domain_of(accepted[0].email),
+                    },
+                )
+                if not created and remote.digest != notification.digest:
+                    # The same id may not be re-announced with other content.
+                    return [
+                        RecipientResult(r.address, "rejected", "conflicts with an earlier notification")
+                        if r.status == "accepted"
+                        else r
+                        for r in results
+                    ]
+                state = remote.state
+                InboxEntry.objects.bulk_create(
+                    [
+                        InboxEntry(
+                            owner=user,
+                            remote=remote,
+                            sender=notification.sender,
+                            subject=notification.subject,
+                            size=notification.size,
+                            state=state,
+                        )
+                        for user in accepted
+                    ],
+                    ignore_conflicts=True,
+                )
+            break
+        except IntegrityError:
+            if attempt:
+                raise
+    return results
+
+
+# --- Pull on read ----------------------------------------------------------------------
+
+
+def open_entry(*, entry: InboxEntry) -> InboxEntry:
+    """The owner opens an entry: mark it read, and make sure its body is here or on its way."""
+    from reputation.services import record_read
+
+    now = timezone.now()
+    fields = []
+    if not entry.read:
+        entry.read = True
+        fields.append("read")
+    remote = entry.remote
+    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        pass  # withdrawn before this reader saw it
+    elif remote is None or remote.content is not None:
+        if entry.opened_at is None and entry.state in (EntryState.FETCHED, EntryState.NOTICE):
+            entry.opened_at = now
+            fields.append("opened_at")
+            if remote is not None:
+                record_read(message=remote, reader=entry.owner)
+    elif remote.state in _PENDING_FETCH:
+        request_fetch(remote_id=remote.pk)
+    if fields:
+        entry.save(update_fields=fields)
+    return entry
+
+
+def request_fetch(*, remote_id: int, now: bool = False) -> None:
+    """Make sure exactly one fetch is queued for a message (per instance, so per domain).
+
+    ``now`` skips a pending backoff: the "try again now" action.
+    """
+    with transaction.atomic():
+        remote = lock(RemoteMessage.objects).filter(pk=remote_id).first()
+        if remote is None:
+            return
+        if remote.state == FetchState.NOTIFIED:
+            _request_fetch(remote)
+        elif remote.state == FetchState.UNAVAILABLE and now:
+            remote.next_attempt_at = timezone.now()
+            remote.save(update_fields=["next_attempt_at"])
+            _queue_fetch(remote.pk)
+
+
+def _request_fetch(remote: RemoteMessage) -> None:
+    remote.state = FetchState.FETCHING
+    remote.next_attempt_at = timezone.now()
+    remote.save(update_fields=["state", "next_attempt_at"])
+    InboxEntry.objects.filter(remote=remote, state=EntryState.NOTIFIED).update(state=EntryState.FETCHING)
+    _queue_fetch(remote.pk)
+
+
+def _queue_fetch(remote_id: int) -> None:
+    from .tasks import fetch_body
+
+    enqueue(fetch_body, remote_id)
+
+
+def _set_state(remote: RemoteMessage, state: str, *, only_unopened: bool = False, **fields: object) -> None:
+    remote.state = state
+    for name, value in fields.items():
+        setattr(remote, name, value)
+    remote.save(update_fields=["state", *fields])
+    entries = InboxEntry.objects.filter(remote=remote).exclude(state=EntryState.WITHDRAWN)
+    if only_unopened:
+        entries = entries.filter(opened_at__isnull=True)
+    entries.update(state=state)
+
+
+def fetch_body(remote_id: int) -> None:
+    """Pull one body from the sender's instance, verify its digest, store it once."""
+    now = timezone.now()
+    with transaction.atomic():
+        remote = (
+            lock(RemoteMessage.objects)
+            .filter(pk=remote_id, state__in=[FetchState.FETCHING, FetchState.UNAVAILABLE], next_attempt_at__lte=now)
+            .first()
+        )
+        if remote is None:
+            return  # done already, or someone else holds it
+        remote.attempts += 1
+        remote.last_attempt_at = now
+        remote.next_attempt_at = claim_until()
+        remote.save(update_fields=["attempts", "last_attempt_at", "next_attempt_at"])
+    try:
+        instance = discovery.discover(remote.origin_domain)
+        if instance is None:
+            raise client.PeerError(f"{remote.origin_domain} no longer runs Pushmail", retryable=True)
+        content = client.fetch_body(instance=instance, as_domain=remote.local_domain, global_id=remote.global_id)
+    except client.Gone as gone:
+        with transaction.atomic():
+            state = FetchState.WITHDRAWN if gone.reason == "withdrawn" else FetchState.EXPIRED
+            _set_state(remote, state, only_unopened=True, next_attempt_at=None, last_error="")
+        return
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        _fetch_failed(remote, str(exc), retry_after=getattr(exc, "retry_after", None))
+        return
+    with transaction.atomic():
+        current = lock(RemoteMessage.objects).get(pk=remote.pk)
+        if current.state not in (FetchState.FETCHING, FetchState.UNAVAILABLE):
+            return  # withdrawn while we were fetching
+        if payloads.digest(content) != current.digest or len(content) != current.size:
+            log.warning("digest mismatch for %s from %s", current.global_id, current.origin_domain)
+            _set_state(
+                current,
+                FetchState.TAMPERED,
+                next_attempt_at=None,
+                last_error=f"body digest {payloads.digest(content)} does not match the notified {current.digest}",
+            )
+            return
+        _set_state(
+            current, FetchState.FETCHED, content=content, fetched_at=timezone.now(), next_attempt_at=None, last_error=""
+        )
+
+
+def _fetch_failed(remote: RemoteMessage, error: str, *, retry_after: float | None) -> None:
+    now = timezone.now()
+    if now >= remote.expires_at:
+        with transaction.atomic():
+            _set_state(remote, FetchState.EXPIRED, only_unopened=True, next_attempt_at=None, last_error=error[:500])
+        return
+    delay = timedelta(seconds=retry_after) if retry_after else backoff(remote.attempts)
+    with transaction.atomic():
+        current = lock(RemoteMessage.objects).get(pk=remote.pk)
+        if current.state not in (FetchState.FETCHING, FetchState.UNAVAILABLE):
+            return
+        _set_state(current, FetchState.UNAVAILABLE, next_attempt_at=now + delay, last_error=error[:500])
+    from .tasks import fetch_body as task
+
+    enqueue(task, remote.pk, countdown=delay.total_seconds())
+
+
+# --- Withdrawal ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WithdrawalResult:
+    fetched_before: bool
+
+
+def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> WithdrawalResult | None:
+    """Hide a withdrawn message from everyone who has not opened it; None if unknown here."""
+    with transaction.atomic():
+        remote = lock(RemoteMessage.objects).filter(origin_domain=origin, global_id=withdrawal.global_id).first()
+        if remote is None:
+            return None
+        fetched_before = remote.fetched_at is not None
+        if remote.state == FetchState.WITHDRAWN:
+            return WithdrawalResult(fetched_before=fetched_before)
+        InboxEntry.objects.filter(remote=remote, opened_at__isnull=True).update(state=EntryState.WITHDRAWN)
+        remote.state = FetchState.WITHDRAWN
+        remote.withdrawn_at = timezone.now()
+        remote.next_attempt_at = None
+        fields = ["state", "withdrawn_at", "next_attempt_at"]
+        if not InboxEntry.objects.filter(remote=remote, opened_at__isnull=False).exists():
+            remote.content = None  # a cached body nobody opened is deleted
+            fields.append("content")
+        remote.save(update_fields=fields)
+    return WithdrawalResult(fetched_before=fetched_before)
+
+
+def withdraw_local_entries(*, message) -> int:  # type: ignore[no-untyped-def]
+    return InboxEntry.objects.filter(local=message, opened_at__isnull=True).update(state=EntryState.WITHDRAWN)
+
+
+# --- Sweeps ----------------------------------------------------------------------------------
+
+
+def requeue_due(*, limit: int = 1000) -> int:
+    from .tasks import fetch_body as task
+
+    due = list(
+        RemoteMessage.objects.filter(
+            state__in=[FetchState.FETCHING, FetchState.UNAVAILABLE], next_attempt_at__lte=timezone.now()
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for remote_id in due:
+        enqueue(task, remote_id)
+    return len(due)
+
+
+def expire_unfetched() -> int:
+    """Messages whose expiry passed before anyone fetched them become "expired"."""
+    count = 0
+    for remote in RemoteMessage.objects.filter(state__in=_PENDING_FETCH, expires_at__lte=timezone.now()):
+        with transaction.atomic():
+            _set_state(remote, FetchState.EXPIRED, only_unopened=True, next_attempt_at=None)
+        count += 1
+    return count
+
+
+def prefetch_from_correspondents() -> int:
+    """Fetch unopened mail from people a recipient has written to, before it expires.
+
+    Mail from unknown senders is never prefetched.
+    """
+    from outbox.models import Recipient
+
+    horizon = timezone.now() + settings.PUSHMAIL_PREFETCH_BEFORE_EXPIRY
+    written_to = Recipient.objects.filter(
+        address=OuterRef("sender"), message__sender__inbox_entries__remote=OuterRef("pk")
+    )
+    ids = list(
+        RemoteMessage.objects.filter(state=FetchState.NOTIFIED, expires_at__lte=horizon, expires_at__gt=timezone.now())
+        .filter(Exists(written_to))
+        .values_list("pk", flat=True)[:500]
+    )
+    for remote_id in ids:
+        request_fetch(remote_id=remote_id)
+    return len(ids)
+
+
+def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
+    if entry.remote_id is not None:
+        request_fetch(remote_id=entry.remote_id, now=True)
+        entry.refresh_from_db()
+    return entry

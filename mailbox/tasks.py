@@ -1,0 +1,20 @@
+"""Recipient-side tasks: thin wrappers over services, taking ids."""
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="mailbox.fetch_body")
+def fetch_body(remote_id: int) -> None:
+    services.fetch_body(remote_id)
+
+
+@shared_task(name="mailbox.requeue_due")
+def requeue_due() -> int:
+    return services.requeue_due()
+
+
+@shared_task(name="mailbox.housekeeping")
+def housekeeping() -> dict[str, int]:
+    return {"expired": services.expire_unfetched(), "prefetched": services.prefetch_from_correspondents()}

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..models import Message
+from ..selectors import domain_status
+
+
+class SendSerializer(serializers.Serializer):
+    to = serializers.ListField(
+        child=serializers.CharField(max_length=320), required=False, default=list, max_length=10000
+    )
+    cc = serializers.ListField(
+        child=serializers.CharField(max_length=320), required=False, default=list, max_length=10000
+    )
+    bcc = serializers.ListField(
+        child=serializers.CharField(max_length=320), required=False, default=list, max_length=10000
+    )
+    subject = serializers.CharField(max_length=998, allow_blank=True, trim_whitespace=False)
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=5_000_000)
+    html = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, trim_whitespace=False, max_length=5_000_000
+    )
+    in_reply_to = serializers.CharField(required=False, allow_blank=True, default="", max_length=400)
+
+
+class RecipientSerializer(serializers.Serializer):
+    address = serializers.CharField()
+    kind = serializers.CharField()
+    status = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class DomainStatusSerializer(serializers.Serializer):
+    domain = serializers.CharField(source="delivery.domain")
+    local = serializers.BooleanField(source="delivery.local")
+    state = serializers.CharField(source="delivery.state")
+    attempts = serializers.IntegerField(source="delivery.attempts")
+    next_attempt_at = serializers.DateTimeField(source="delivery.next_attempt_at")
+    last_error = serializers.CharField(source="delivery.last_error")
+    notified_at = serializers.DateTimeField(source="delivery.notified_at")
+    recipients = RecipientSerializer(many=True)
+    fetch_status = serializers.CharField()
+    first_fetched_at = serializers.DateTimeField(allow_null=True)
+    fetch_count = serializers.IntegerField()
+    withdrawal = serializers.CharField(source="delivery.withdrawal")
+    withdrawn_before_fetch = serializers.BooleanField(allow_null=True)
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(read_only=True)
+    deliveries = serializers.SerializerMethodField()
+    gone_reason = serializers.CharField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "message_id",
+            "sender_address",
+            "to",
+            "cc",
+            "bcc",
+            "subject",
+            "text",
+            "html",
+            "in_reply_to",
+            "references",
+            "date",
+            "size",
+            "digest",
+            "expires_at",
+            "withdrawn_at",
+            "gone_reason",
+            "deliveries",
+        ]
+        read_only_fields = fields
+
+    def get_deliveries(self, message: Message) -> list[dict]:
+        return DomainStatusSerializer(domain_status(message), many=True).data  # type: ignore[return-value]

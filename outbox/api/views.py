@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError as ApiValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import selectors, services
+from .serializers import MessageSerializer, SendSerializer
+
+
+def _message_or_404(request: Request, message_id) -> object:  # type: ignore[no-untyped-def]
+    from django.http import Http404
+
+    from ..models import Message
+
+    try:
+        return selectors.sent_message_detail(user=request.user, message_id=message_id)
+    except Message.DoesNotExist as exc:
+        raise Http404("no such message") from exc
+
+
+class MessageCreateView(APIView):
+    @extend_schema(request=SendSerializer, responses={201: MessageSerializer})
+    def post(self, request: Request) -> Response:
+        serializer = SendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            message = services.send_message(sender=request.user, **serializer.validated_data)
+        except ValidationError as exc:
+            raise ApiValidationError(
+                exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+            ) from exc
+        detail = selectors.sent_message_detail(user=request.user, message_id=message.pk)
+        return Response(MessageSerializer(detail).data, status=status.HTTP_201_CREATED)
+
+
+class MessageDetailView(APIView):
+    @extend_schema(responses=MessageSerializer)
+    def get(self, request: Request, message_id) -> Response:  # type: ignore[no-untyped-def]
+        return Response(MessageSerializer(_message_or_404(request, message_id)).data)
+
+
+class MessageWithdrawView(APIView):
+    @extend_schema(request=None, responses=MessageSerializer)
+    def post(self, request: Request, message_id) -> Response:  # type: ignore[no-untyped-def]
+        message = _message_or_404(request, message_id)
+        services.withdraw_message(message=message)  # type: ignore[arg-type]
+        return Response(MessageSerializer(_message_or_404(request, message_id)).data)

@@ -1,0 +1,498 @@
+"""Sender side: send, notify, serve the body, withdraw, expire."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from accounts.models import Domain, User
+from accounts.validators import domain_of, normalize_address
+from federation import client, discovery, payloads
+from pushmail_site.jobs import backoff, claim_until, enqueue, lock
+
+from .models import (
+    BodyFetch,
+    Delivery,
+    DeliveryState,
+    Message,
+    Recipient,
+    RecipientKind,
+    RecipientStatus,
+    WithdrawalState,
+)
+
+log = logging.getLogger(__name__)
+
+LEGACY_REASON = "legacy domain"
+UNKNOWN_MAILBOX_REASON = "unknown mailbox"
+
+
+def _clean_addresses(values: list[str] | None, field: str) -> list[str]:
+    cleaned = []
+    for value in values or []:
+        try:
+            cleaned.append(normalize_address(value))
+        except ValidationError as exc:
+            raise ValidationError({field: exc.messages}) from exc
+    return cleaned
+
+
+def canonical_content(message: Message) -> bytes:
+    return payloads.canonical_body(
+        global_id=message.id,
+        message_id=message.message_id,
+        sender=message.sender_address,
+        to=message.to,
+        cc=message.cc,
+        subject=message.subject,
+        date=message.date,
+        text=message.text,
+        html=message.html,
+        in_reply_to=message.in_reply_to,
+        references=message.references,
+    )
+
+
+def _references_for(in_reply_to: str) -> list[str]:
+    """The parent's references plus the parent, when the parent is known here."""
+    from mailbox.models import RemoteMessage
+
+    if not in_reply_to:
+        return []
+    parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
+    if parent is None:
+        parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
+    return [*(parent or [])[-20:], in_reply_to]
+
+
+def send_message(
+    *,
+    sender: User,
+    to: list[str],
+    cc: list[str] | None = None,
+    bcc: list[str] | None = None,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    in_reply_to: str = "",
+) -> Message:
+    """Store a message once and queue one notification per remote recipient domain.
+
+    Local recipients get their inbox entry in the same transaction. Raises
+    ValidationError naming the field for malformed input; unknown or legacy
+    recipients are not errors, they are answered per recipient.
+    """
+    to_list = _clean_addresses(to, "to")
+    cc_list = _clean_addresses(cc, "cc")
+    bcc_list = _clean_addresses(bcc, "bcc")
+    if not (to_list or cc_list or bcc_list):
+        raise ValidationError({"to": ["at least one recipient is required"]})
+    if "\r" in subject or "\n" in subject:
+        raise ValidationError({"subject": ["subject contains a line break (CR or LF)"]})
+    if len(subject) > 998:
+        raise ValidationError({"subject": ["subject is longer than 998 characters"]})
+    if in_reply_to and ("\r" in in_reply_to or "\n" in in_reply_to or len(in_reply_to) > 400):
+        raise ValidationError({"in_reply_to": ["must be a message id without line breaks"]})
+
+    kinds: dict[str, str] = {}
+    for kind, addresses in ((RecipientKind.TO, to_list), (RecipientKind.CC, cc_list), (RecipientKind.BCC, bcc_list)):
+        for address in addresses:
+            kinds.setdefault(address, kind)
+    if len(kinds) > settings.PUSHMAIL_MAX_RECIPIENTS * 10:
+        raise ValidationError({"to": [f"at most {settings.PUSHMAIL_MAX_RECIPIENTS * 10} recipients per message"]})
+
+    now = timezone.now().replace(microsecond=0)
+    global_id = uuid.uuid4()
+    message = Message(
+        id=global_id,
+        sender=sender,
+        sender_address=sender.email,
+        subject=subject,
+        text=text,
+        html=html or None,
+        to=list(dict.fromkeys(to_list)),
+        cc=list(dict.fromkeys(cc_list)),
+        bcc=list(dict.fromkeys(bcc_list)),
+        message_id=f"<{global_id}@{sender.domain.name}>",
+        in_reply_to=in_reply_to,
+        references=_references_for(in_reply_to),
+        date=now,
+        expires_at=now + settings.PUSHMAIL_RETENTION,
+        size=0,
+        digest="",
+    )
+    content = canonical_content(message)
+    message.size = len(content)
+    message.digest = payloads.digest(content)
+
+    local_domains = set(Domain.objects.values_list("name", flat=True))
+    by_domain: dict[str, list[str]] = defaultdict(list)
+    for address in kinds:
+        by_domain[domain_of(address)].append(address)
+
+    with transaction.atomic():
+        message.save(force_insert=True)
+        Recipient.objects.bulk_create(
+            Recipient(message=message, address=a, domain=domain_of(a), kind=k) for a, k in kinds.items()
+        )
+        deliveries = Delivery.objects.bulk_create(
+            Delivery(
+                message=message,
+                domain=domain,
+                local=domain in local_domains,
+                next_attempt_at=None if domain in local_domains else now,
+            )
+            for domain in sorted(by_domain)
+        )
+        for delivery in deliveries:
+            if delivery.local:
+                _deliver_locally(message, delivery, by_domain[delivery.domain])
+        remote_ids = [d.pk for d in deliveries if not d.local]
+        if remote_ids:
+            _queue_deliveries(remote_ids)
+    return message
+
+
+def _queue_deliveries(ids: list[int]) -> None:
+    from .tasks import deliver_notification
+
+    for delivery_id in ids:
+        enqueue(deliver_notification, delivery_id)
+
+
+def _deliver_locally(message: Message, delivery: Delivery, addresses: list[str]) -> None:
+    """Same-instance mail: the entry points at the stored message; nothing travels."""
+    from mailbox.services import deliver_local_entries
+
+    accepted = deliver_local_entries(message=message, addresses=addresses)
+    Recipient.objects.filter(message=message, address__in=accepted).update(status=RecipientStatus.ACCEPTED)
+    Recipient.objects.filter(message=message, address__in=set(addresses) - accepted).update(
+        status=RecipientStatus.REJECTED, reason=UNKNOWN_MAILBOX_REASON
+    )
+    delivery.state = DeliveryState.NOTIFIED
+    delivery.notified_at = timezone.now()
+    delivery.attempts = 1
+    delivery.save(update_fields=["state", "notified_at", "attempts"])
+
+
+# --- Notification delivery (the deliver_notification task) ---------------------
+
+
+def _claim_delivery(delivery_id: int) -> Delivery | None:
+    with transaction.atomic():
+        delivery = (
+            lock(Delivery.objects.select_related("message", "message__sender__domain"))
+            .filter(
+                pk=delivery_id,
+                local=False,
+                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+                next_attempt_at__lte=timezone.now(),
+            )
+            .first()
+        )
+        if delivery is None:
+            return None
+        delivery.attempts += 1
+        delivery.next_attempt_at = claim_until()
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+        return delivery
+
+
+def notification_for(delivery: Delivery) -> payloads.Notification:
+    message = delivery.message
+    recipients = list(
+        Recipient.objects.filter(message=message, domain=delivery.domain)
+        .order_by("pk")
+        .values_list("address", flat=True)
+    )
+    return payloads.Notification(
+        global_id=message.id,
+        message_id=message.message_id,
+        sender=message.sender_address,
+        recipients=recipients,
+        subject=message.subject,
+        date=message.date,
+        size=message.size,
+        digest=message.digest,
+        in_reply_to=message.in_reply_to,
+        references=message.references,
+        expires=message.expires_at,
+    )
+
+
+def deliver_notification(delivery_id: int) -> None:
+    """Post one signed notification to one domain; idempotent, safe to repeat."""
+    delivery = _claim_delivery(delivery_id)
+    if delivery is None:
+        return
+    message = delivery.message
+    if message.withdrawn_at:
+        _finish_delivery(delivery, state=DeliveryState.FAILED, error="withdrawn before notification")
+        return
+    try:
+        instance = discovery.discover(delivery.domain)
+        if instance is None:
+            _reject_all(delivery, LEGACY_REASON)
+            return
+        results = client.send_notification(
+            instance=instance, sender_domain=message.sender.domain.name, notification=notification_for(delivery)
+        )
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        retryable = getattr(exc, "retryable", True)
+        retry_after = getattr(exc, "retry_after", None)
+        _delivery_failed_attempt(delivery, str(exc), retryable=retryable, retry_after=retry_after)
+        return
+    _record_answers(delivery, results)
+
+
+def _record_answers(delivery: Delivery, results: dict[str, dict[str, str]]) -> None:
+    with transaction.atomic():
+        for recipient in Recipient.objects.filter(message=delivery.message, domain=delivery.domain):
+            answer = results.get(recipient.address)
+            if answer is None:
+                status, reason = RecipientStatus.REJECTED, "no answer for this recipient"
+            elif answer.get("status") == RecipientStatus.ACCEPTED:
+                status, reason = RecipientStatus.ACCEPTED, ""
+            else:
+                status, reason = RecipientStatus.REJECTED, (answer.get("reason") or "rejected")[:300]
+            if (recipient.status, recipient.reason) != (status, reason):
+                recipient.status, recipient.reason = status, reason
+                recipient.save(update_fields=["status", "reason"])
+        _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
+
+
+def _finish_delivery(delivery: Delivery, *, state: str, error: str) -> None:
+    now = timezone.now()
+    delivery.state = state
+    delivery.last_error = error[:500]
+    delivery.next_attempt_at = None
+    fields = ["state", "last_error", "next_attempt_at"]
+    if state == DeliveryState.NOTIFIED:
+        delivery.notified_at = now
+        fields.append("notified_at")
+    if state == DeliveryState.FAILED:
+        delivery.failed_at = now
+        fields.append("failed_at")
+    delivery.save(update_fields=fields)
+
+
+def _reject_all(delivery: Delivery, reason: str) -> None:
+    with transaction.atomic():
+        Recipient.objects.filter(message=delivery.message, domain=delivery.domain).update(
+            status=RecipientStatus.REJECTED, reason=reason
+        )
+        _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
+
+
+def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool, retry_after: float | None) -> None:
+    now = timezone.now()
+    window_end = delivery.message.date + settings.PUSHMAIL_DELIVERY_WINDOW
+    if not retryable or now >= window_end:
+        reason = error if not retryable else f"no answer for {settings.PUSHMAIL_DELIVERY_WINDOW}: {error}"
+        with transaction.atomic():
+            Recipient.objects.filter(
+                message=delivery.message, domain=delivery.domain, status=RecipientStatus.PENDING
+            ).update(status=RecipientStatus.REJECTED, reason=reason[:300])
+            _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
+            _notify_sender_of_failure(delivery, reason)
+        return
+    delay = timedelta(seconds=retry_after) if retry_after else backoff(delivery.attempts)
+    delivery.state = DeliveryState.RETRYING
+    delivery.last_error = error[:500]
+    delivery.next_attempt_at = min(now + delay, window_end)
+    delivery.save(update_fields=["state", "last_error", "next_attempt_at"])
+    _schedule(delivery.pk, delivery.next_attempt_at - now)
+
+
+def _schedule(delivery_id: int, delay: timedelta) -> None:
+    from .tasks import deliver_notification as task
+
+    enqueue(task, delivery_id, countdown=max(delay.total_seconds(), 0))
+
+
+def _notify_sender_of_failure(delivery: Delivery, reason: str) -> None:
+    from mailbox.services import post_notice
+
+    message = delivery.message
+    addresses = list(
+        Recipient.objects.filter(message=message, domain=delivery.domain).values_list("address", flat=True)
+    )
+    post_notice(
+        owner=message.sender,
+        subject=f"Undelivered: {message.subject}"[:998],
+        text=(
+            f"Your message {message.subject!r} sent {payloads.format_time(message.date)} could not be delivered to:\n\n"
+            + "".join(f"  {a}\n" for a in addresses)
+            + f"\nReason: {reason}\n"
+        ),
+    )
+
+
+# --- Serving the body (the federation fetch endpoint) ----------------------------
+
+
+class NotOffered(Exception):
+    """The message does not exist or is not addressed to the asking domain."""
+
+
+class BodyGone(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def serve_body(*, global_id: uuid.UUID, to_domain: str) -> bytes:
+    """Return the canonical body for a recipient domain and record the fetch."""
+    message = Message.objects.filter(pk=global_id).first()
+    if message is None or not Delivery.objects.filter(message=message, domain=to_domain, local=False).exists():
+        raise NotOffered()
+    if message.gone_reason:
+        raise BodyGone(message.gone_reason)
+    content = canonical_content(message)
+    BodyFetch.objects.create(message=message, domain=to_domain, bytes=len(content))
+    return content
+
+
+# --- Withdrawal --------------------------------------------------------------------
+
+
+def withdraw_message(*, message: Message) -> Message:
+    """Withdraw a sent message: fetches answer 410 and every recipient domain is told."""
+    from mailbox.services import withdraw_local_entries
+
+    with transaction.atomic():
+        message = Message.objects.select_for_update().get(pk=message.pk)
+        if message.withdrawn_at:
+            return message
+        now = timezone.now()
+        message.withdrawn_at = now
+        message.save(update_fields=["withdrawn_at"])
+        withdraw_local_entries(message=message)
+        Delivery.objects.filter(message=message, local=True).update(withdrawal=WithdrawalState.SENT, withdrawn_at=now)
+        # Not yet notified: nothing to take back once the notification is cancelled.
+        Delivery.objects.filter(
+            message=message, local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], attempts=0
+        ).update(state=DeliveryState.FAILED, last_error="withdrawn before notification", next_attempt_at=None)
+        ids = list(
+            Delivery.objects.filter(message=message, local=False)
+            .exclude(state=DeliveryState.FAILED, attempts=0)
+            .values_list("pk", flat=True)
+        )
+        Delivery.objects.filter(pk__in=ids).update(withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at=now)
+        _queue_withdrawals(ids)
+    return message
+
+
+def _queue_withdrawals(ids: list[int]) -> None:
+    from .tasks import send_withdrawal
+
+    for delivery_id in ids:
+        enqueue(send_withdrawal, delivery_id)
+
+
+def send_withdrawal(delivery_id: int) -> None:
+    """Post one signed withdrawal to one domain; idempotent."""
+    with transaction.atomic():
+        delivery = (
+            lock(Delivery.objects.select_related("message", "message__sender__domain"))
+            .filter(pk=delivery_id, withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at__lte=timezone.now())
+            .first()
+        )
+        if delivery is None:
+            return
+        delivery.withdrawal_attempts += 1
+        delivery.withdrawal_next_attempt_at = claim_until()
+        delivery.save(update_fields=["withdrawal_attempts", "withdrawal_next_attempt_at"])
+    message = delivery.message
+    try:
+        instance = discovery.discover(delivery.domain)
+        if instance is None:
+            Delivery.objects.filter(pk=delivery.pk).update(
+                withdrawal=WithdrawalState.SENT, withdrawal_error="legacy domain"
+            )
+            return
+        client.send_withdrawal(
+            instance=instance,
+            sender_domain=message.sender.domain.name,
+            withdrawal=payloads.Withdrawal(global_id=message.id, sender=message.sender_address),
+        )
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        now = timezone.now()
+        retryable = getattr(exc, "retryable", True)
+        if not retryable or now >= message.withdrawn_at + settings.PUSHMAIL_DELIVERY_WINDOW:  # type: ignore[operator]
+            Delivery.objects.filter(pk=delivery.pk).update(
+                withdrawal=WithdrawalState.FAILED, withdrawal_error=str(exc)[:500]
+            )
+            return
+        retry_after = getattr(exc, "retry_after", None)
+        delay = timedelta(seconds=retry_after) if retry_after else backoff(delivery.withdrawal_attempts)
+        Delivery.objects.filter(pk=delivery.pk).update(
+            withdrawal_next_attempt_at=now + delay, withdrawal_error=str(exc)[:500]
+        )
+        from .tasks import send_withdrawal as task
+
+        enqueue(task, delivery.pk, countdown=delay.total_seconds())
+        return
+    Delivery.objects.filter(pk=delivery.pk).update(
+        withdrawal=WithdrawalState.SENT, withdrawn_at=timezone.now(), withdrawal_error=""
+    )
+
+
+# --- Sweeps ---------------------------------------------------------------------------
+
+
+def requeue_due(*, limit: int = 1000) -> int:
+    """Queue every notification and withdrawal that is due, whatever the broker holds."""
+    from .tasks import deliver_notification, send_withdrawal
+
+    now = timezone.now()
+    due = list(
+        Delivery.objects.filter(
+            local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], next_attempt_at__lte=now
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for delivery_id in due:
+        enqueue(deliver_notification, delivery_id)
+    withdrawals = list(
+        Delivery.objects.filter(withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at__lte=now)
+        .order_by("withdrawal_next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for delivery_id in withdrawals:
+        enqueue(send_withdrawal, delivery_id)
+    return len(due) + len(withdrawals)
+
+
+def purge_bodies() -> int:
+    """Delete bodies past retention, or fetched by every remote domain with no local reader.
+
+    Metadata stays; the fetch endpoint answers 410 "expired" from then on.
+    """
+    now = timezone.now()
+    live = Message.objects.filter(body_purged_at__isnull=True, withdrawn_at__isnull=True)
+    expired = live.filter(expires_at__lte=now)
+    all_fetched = (
+        live.annotate(
+            remote=Count("deliveries", filter=Q(deliveries__local=False), distinct=True),
+            local=Count("deliveries", filter=Q(deliveries__local=True), distinct=True),
+            fetched=Count("fetches__domain", distinct=True),
+        )
+        .filter(remote__gt=0, local=0, fetched__gte=F("remote"))
+        .values_list("pk", flat=True)
+    )
+    ids = set(expired.values_list("pk", flat=True)) | set(all_fetched)
+    purged = Message.objects.filter(pk__in=ids)
+    # Local recipients read the stored message itself: their copy stays, only
+    # the federation fetch ends.
+    purged.filter(deliveries__local=True).update(body_purged_at=now)
+    return purged.filter(body_purged_at__isnull=True).update(text="", html=None, body_purged_at=now)

@@ -1,0 +1,25 @@
+"""Sender-side tasks: thin wrappers over services, taking ids."""
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="outbox.deliver_notification")
+def deliver_notification(delivery_id: int) -> None:
+    services.deliver_notification(delivery_id)
+
+
+@shared_task(name="outbox.send_withdrawal")
+def send_withdrawal(delivery_id: int) -> None:
+    services.send_withdrawal(delivery_id)
+
+
+@shared_task(name="outbox.requeue_due")
+def requeue_due() -> int:
+    return services.requeue_due()
+
+
+@shared_task(name="outbox.purge_bodies")
+def purge_bodies() -> int:
+    return services.purge_bodies()

@@ -1,0 +1,53 @@
+"""JSON errors for the APIs: a clear 4xx naming the problem, never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from django.http import HttpRequest, JsonResponse
+from rest_framework.views import exception_handler
+
+log = logging.getLogger(__name__)
+
+_JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/")
+
+
+def api_exception_handler(exc, context):  # type: ignore[no-untyped-def]
+    response = exception_handler(exc, context)
+    if response is None:
+        log.exception("unhandled API error", exc_info=exc)
+        return JsonResponse({"error": "server_error", "detail": "internal error; it has been logged"}, status=500)
+    data = response.data
+    if isinstance(data, dict) and "detail" in data and len(data) == 1:
+        response.data = {"error": getattr(exc, "default_code", "error"), "detail": data["detail"]}
+    else:
+        response.data = {"error": "invalid", "detail": "the request has invalid fields", "fields": data}
+    return response
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.path.startswith(_JSON_PREFIXES) or "application/json" in request.headers.get("Accept", "")
+
+
+def not_found(request: HttpRequest, exception=None):  # type: ignore[no-untyped-def]
+    if _wants_json(request):
+        return JsonResponse({"error": "not_found", "detail": f"nothing at {request.path}"}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def bad_request(request: HttpRequest, exception=None):  # type: ignore[no-untyped-def]
+    if _wants_json(request):
+        return JsonResponse({"error": "bad_request", "detail": "the request could not be read"}, status=400)
+    from django.views.defaults import bad_request as default
+
+    return default(request, exception)
+
+
+def server_error(request: HttpRequest):  # type: ignore[no-untyped-def]
+    if _wants_json(request):
+        return JsonResponse({"error": "server_error", "detail": "internal error; it has been logged"}, status=500)
+    from django.views.defaults import server_error as default
+
+    return default(request)

@@ -1,0 +1,58 @@
+"""Durable background work: the database row is the job.
+
+A task claims its row inside a transaction (``select_for_update`` on
+PostgreSQL, an IMMEDIATE transaction on SQLite), pushes its due time forward
+by a claim period so nobody else takes it meanwhile, and then does the slow
+network work outside any transaction. A worker killed mid-task leaves the row
+due again once the claim period passes, and the periodic sweep re-queues it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Model, QuerySet
+from django.utils import timezone
+
+M = TypeVar("M", bound=Model)
+log = logging.getLogger(__name__)
+
+
+def backoff(attempts: int, *, base: float | None = None, cap: float | None = None) -> timedelta:
+    """Exponential backoff with full jitter between half and all of the step."""
+    base = settings.PUSHMAIL_RETRY_BASE_SECONDS if base is None else base
+    cap = settings.PUSHMAIL_RETRY_CAP_SECONDS if cap is None else cap
+    step = min(cap, base * (2 ** max(attempts - 1, 0)))
+    return timedelta(seconds=random.uniform(step / 2, step))
+
+
+def claim_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.PUSHMAIL_CLAIM_SECONDS)
+
+
+def lock(queryset: QuerySet[M]) -> QuerySet[M]:
+    """Row lock that skips rows another worker holds; a no-op on SQLite."""
+    if connection.features.has_select_for_update_skip_locked:
+        return queryset.select_for_update(skip_locked=True)
+    return queryset
+
+
+def enqueue(task, *args: object, countdown: float | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Wake a worker once the current transaction commits.
+
+    A broker that is down must not fail the request that stored the row: the
+    periodic sweep finds every due row anyway.
+    """
+
+    def send() -> None:
+        try:
+            task.apply_async(args, countdown=countdown)
+        except Exception:  # the row is the truth; the sweep will queue it
+            log.warning("could not queue %s%r; the sweep will pick it up", task.name, args, exc_info=True)
+
+    transaction.on_commit(send)

@@ -1,0 +1,260 @@
+"""Pushmail settings, read from the environment.
+
+Development defaults need no server: SQLite in ``var/`` and kombu's filesystem
+broker. Production sets DATABASE_URL (PostgreSQL), CELERY_BROKER_URL (Redis or
+RabbitMQ), CACHE_URL (Redis), SECRET_KEY, DEBUG=0 and ALLOWED_HOSTS.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("PUSHMAIL_DATA_DIR", BASE_DIR / "var"))
+
+DEFAULT_SECRET_KEY = "insecure-development-key-change-me"  # noqa: S105 - refused below unless DEBUG
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def parse_peers(value: str) -> dict[str, str]:
+    """Parse ``domain=base_url,domain=base_url`` into a mapping."""
+    peers: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        domain, sep, base = item.partition("=")
+        if not sep or not domain.strip() or not base.strip():
+            raise ImproperlyConfigured(f"PUSHMAIL_PEERS entry {item!r} is not domain=base_url")
+        base = base.strip().rstrip("/")
+        if urlsplit(base).scheme not in {"http", "https"}:
+            raise ImproperlyConfigured(f"PUSHMAIL_PEERS base URL {base!r} must be http or https")
+        peers[domain.strip().lower()] = base
+    return peers
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", DEFAULT_SECRET_KEY)
+if not DEBUG and SECRET_KEY == DEFAULT_SECRET_KEY:
+    raise ImproperlyConfigured(
+        "SECRET_KEY is the default development key while DEBUG is off; set SECRET_KEY (or DEBUG=1 for development)."
+    )
+
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
+]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "allauth",
+    "allauth.account",
+    "accounts",
+    "federation",
+    "outbox",
+    "mailbox",
+    "reputation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "pushmail_site.urls"
+WSGI_APPLICATION = "pushmail_site.wsgi.application"
+ASGI_APPLICATION = "pushmail_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'pushmail.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # select_for_update() is a no-op on SQLite: IMMEDIATE transactions take the
+    # write lock up front, so a claim (read, check, update) cannot interleave.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Caches ----------------------------------------------------------------
+# "default" is shared by every process (nonces, rate limits); "local" is a
+# per-process cache for discovery documents.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    _shared_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+else:
+    _shared_cache = {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "pushmail_cache"}
+CACHES = {
+    "default": _shared_cache,
+    "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "pushmail-local"},
+}
+
+# --- Accounts --------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_EMAIL_VERIFICATION = "none"
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+LOGIN_REDIRECT_URL = "/"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+# --- Internationalisation, static ---------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
+
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_NAME = os.environ.get("SESSION_COOKIE_NAME", "pushmail_session")
+SECURE_CONTENT_TYPE_NOSNIFF = True
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- REST API ----------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "pushmail_site.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Pushmail user API",
+    "DESCRIPTION": "Send, read and withdraw pull-on-read mail.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Celery -----------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _broker_dir = Path(os.environ.get("PUSHMAIL_BROKER_DIR", DATA_DIR / "broker"))
+    for _sub in ("queue", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+        "polling_interval": 0.1,
+    }
+else:
+    # An unacknowledged task comes back after this long; the sweep below
+    # re-queues due rows far sooner, so this only bounds duplicates.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_DEFAULT_QUEUE = "pushmail"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+PUSHMAIL_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_SECONDS", "5"))
+CELERY_BEAT_SCHEDULE = {
+    "requeue-due-deliveries": {"task": "outbox.requeue_due", "schedule": PUSHMAIL_SWEEP_SECONDS},
+    "requeue-due-fetches": {"task": "mailbox.requeue_due", "schedule": PUSHMAIL_SWEEP_SECONDS},
+    "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0},
+    "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0},
+}
+
+# --- Pushmail -----------------------------------------------------------------
+PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
+# The base URL other instances use to reach this one; discovery publishes it.
+PUSHMAIL_BASE_URL = os.environ.get("PUSHMAIL_BASE_URL", "http://localhost:8000").rstrip("/")
+PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
+PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)
+PUSHMAIL_MAX_NOTIFICATION_BYTES = env_int("PUSHMAIL_MAX_NOTIFICATION_BYTES", 256 * 1024)
+PUSHMAIL_MAX_RECIPIENTS = env_int("PUSHMAIL_MAX_RECIPIENTS", 1000)
+PUSHMAIL_MAX_BODY_BYTES = env_int("PUSHMAIL_MAX_BODY_BYTES", 25 * 1024 * 1024)
+PUSHMAIL_SIGNATURE_WINDOW = timedelta(seconds=env_int("PUSHMAIL_SIGNATURE_WINDOW_SECONDS", 300))
+PUSHMAIL_RETENTION = timedelta(days=float(os.environ.get("PUSHMAIL_RETENTION_DAYS", "30")))
+PUSHMAIL_DELIVERY_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_DELIVERY_WINDOW_SECONDS", 5 * 86400)))
+PUSHMAIL_RETRY_BASE_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_BASE_SECONDS", "2"))
+PUSHMAIL_RETRY_CAP_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_CAP_SECONDS", "600"))
+# A claimed row whose worker died is taken up again after this long.
+PUSHMAIL_CLAIM_SECONDS = float(os.environ.get("PUSHMAIL_CLAIM_SECONDS", "30"))
+PUSHMAIL_KEY_GRACE = timedelta(days=float(os.environ.get("PUSHMAIL_KEY_GRACE_DAYS", "7")))
+# Notifications accepted per origin domain per minute.
+PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 6000)
+# How long before expiry an unopened message from a known correspondent is fetched.
+PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}
+
+DATA_DIR.mkdir(parents=True, exist_ok=True)

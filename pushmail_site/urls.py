@@ -1,0 +1,39 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from federation import views as federation_views
+from mailbox.api import views as inbox_api
+from outbox.api import views as outbox_api
+
+from . import health, home
+
+handler400 = "pushmail_site.errors.bad_request"
+handler404 = "pushmail_site.errors.not_found"
+handler500 = "pushmail_site.errors.server_error"
+
+api_v1 = [
+    path("messages/", outbox_api.MessageCreateView.as_view(), name="message-create"),
+    path("messages/<uuid:message_id>/", outbox_api.MessageDetailView.as_view(), name="message-detail"),
+    path("messages/<uuid:message_id>/withdraw/", outbox_api.MessageWithdrawView.as_view(), name="message-withdraw"),
+    path("inbox/", inbox_api.InboxListView.as_view(), name="inbox-list"),
+    path("inbox/<int:entry_id>/", inbox_api.InboxEntryView.as_view(), name="inbox-detail"),
+    path("inbox/<int:entry_id>/retry/", inbox_api.InboxRetryView.as_view(), name="inbox-retry"),
+]
+
+federation_v1 = [
+    path("notifications", federation_views.notifications, name="federation-notifications"),
+    path("withdrawals", federation_views.withdrawals, name="federation-withdrawals"),
+    path("messages/<str:global_id>/body", federation_views.message_body, name="federation-body"),
+]
+
+urlpatterns = [
+    path("", home.home, name="home"),
+    path(".well-known/pushmail", federation_views.well_known, name="well-known"),
+    path("federation/v1/", include(federation_v1)),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("healthz", health.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+]

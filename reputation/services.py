@@ -1,0 +1,54 @@
+"""Read counts and per-origin limits."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.core.cache import caches
+
+from .models import OriginPolicy, Read
+
+
+class OriginRefused(Exception):
+    """A peer domain may not deliver now. ``retry_after`` is set when it may try later."""
+
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def record_read(*, message, reader) -> None:  # type: ignore[no-untyped-def]
+    """Count a local reader of a remote message once."""
+    Read.objects.get_or_create(message=message, reader=reader)
+
+
+def readers_of(message) -> int:  # type: ignore[no-untyped-def]
+    return Read.objects.filter(message=message).count()
+
+
+def check_origin(*, domain: str) -> None:
+    """Refuse a blocked domain, or one over its per-minute notification budget.
+
+    The counter lives in the shared cache so every web process counts together.
+    """
+    policy = OriginPolicy.objects.filter(domain=domain).only("blocked", "rate_per_minute").first()
+    if policy is not None and policy.blocked:
+        raise OriginRefused(f"notifications from {domain} are blocked by this instance")
+    limit = (policy.rate_per_minute if policy and policy.rate_per_minute else None) or (
+        settings.PUSHMAIL_ORIGIN_RATE_PER_MINUTE
+    )
+    now = time.time()
+    window = int(now // 60)
+    cache = caches["default"]
+    key = f"pm-rate:{domain}:{window}"
+    cache.add(key, 0, timeout=120)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, timeout=120)
+        count = 1
+    if count > limit:
+        retry_after = max(1, int(60 - now % 60) + 1)
+        raise OriginRefused(f"{domain} is over its limit of {limit} notifications per minute", retry_after=retry_after)
