@@ -1,0 +1,276 @@
+"""Run several Pushmail instances side by side on loopback, each as real processes.
+
+Used by the demo (``python -m tools.demo``), the two-instance tests and the
+benchmarks. Each instance has its own database (a SQLite file, or a PostgreSQL
+database when ``PUSHMAIL_TEST_POSTGRES`` names a server), its own broker
+(a folder for kombu's filesystem transport, or a Redis database number) and
+its own web server and Celery worker with beat, in their own process groups so
+a test can SIGKILL a whole worker group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Backend:
+    """Where instance state lives: embedded (SQLite + filesystem broker) or servers."""
+
+    postgres: str | None = None  # e.g. "postgresql://postgres@127.0.0.1:5432"
+    redis: str | None = None  # e.g. "redis://127.0.0.1:6379"
+    _redis_db: int = 0
+
+    @classmethod
+    def from_env(cls) -> Backend:
+        return cls(postgres=os.environ.get("PUSHMAIL_TEST_POSTGRES"), redis=os.environ.get("PUSHMAIL_TEST_REDIS"))
+
+    @property
+    def description(self) -> str:
+        if self.postgres:
+            return f"PostgreSQL + {'Redis' if self.redis else 'filesystem broker'}"
+        return "SQLite + " + ("Redis" if self.redis else "filesystem broker")
+
+    def next_redis_db(self) -> int:
+        self._redis_db += 1
+        return self._redis_db
+
+
+@dataclass
+class Instance:
+    name: str
+    domains: list[str]
+    data_dir: Path
+    backend: Backend
+    port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    web_workers: int = 2
+    worker_concurrency: int = 2
+    extra_env: dict[str, str] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)
+    web: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    redis_db: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def database_url(self) -> str:
+        if self.backend.postgres:
+            return f"{self.backend.postgres.rstrip('/')}/pushmail_{self.name}"
+        return f"sqlite:///{self.data_dir / 'pushmail.sqlite3'}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "DEBUG": "1",
+            "SECRET_KEY": f"cluster-{self.name}-secret",
+            "PUSHMAIL_DATA_DIR": str(self.data_dir),
+            "DATABASE_URL": self.database_url,
+            "PUSHMAIL_BASE_URL": self.base_url,
+            "PUSHMAIL_PEERS": ",".join(f"{d}={u}" for d, u in sorted(self.peers.items())),
+            "ALLOWED_HOSTS": f"127.0.0.1,localhost,{self.host},.localhost",
+            "SESSION_COOKIE_NAME": f"pushmail_{self.name}",
+            "SECURE_COOKIES": "0",
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "pushmail_site.settings",
+        }
+        if self.backend.redis:
+            if self.redis_db is None:
+                self.redis_db = self.backend.next_redis_db()
+            url = f"{self.backend.redis.rstrip('/')}/{self.redis_db}"
+            env["CELERY_BROKER_URL"] = url
+            env["CACHE_URL"] = url
+        else:
+            env.pop("CELERY_BROKER_URL", None)
+            env.pop("CACHE_URL", None)
+        env.update(self.extra_env)
+        return env
+
+    def manage(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=300
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed on {self.name}:\n{result.stdout}{result.stderr}")
+        return result.stdout.strip()
+
+    def shell(self, code: str) -> str:
+        """Run Python in this instance's Django context; return what it prints."""
+        return self.manage("shell", "-v", "0", "-c", code)
+
+    def setup(self, mailboxes: Iterable[str] = (), password: str = "correct-horse-battery") -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.backend.postgres:
+            _recreate_postgres_db(self.backend.postgres, f"pushmail_{self.name}")
+        else:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.data_dir / "pushmail.sqlite3") + suffix).unlink(missing_ok=True)
+        if self.backend.redis:
+            self.env()  # allocates the Redis db number
+            _flush_redis(self.backend.redis, self.redis_db or 0)
+        self.manage("migrate", "--noinput", "-v", "0")
+        for domain in self.domains:
+            self.manage("adddomain", domain)
+        for address in mailboxes:
+            self.manage("addmailbox", address, "--password", password)
+
+    def _log(self, kind: str) -> object:
+        return open(self.data_dir / f"{kind}.log", "ab")  # noqa: SIM115 - handed to the child
+
+    def start_web(self) -> None:
+        self.web = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"{self.host}:{self.port}",
+                "--workers",
+                str(self.web_workers),
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "2",
+                "pushmail_site.wsgi:application",
+            ],
+            cwd=ROOT,
+            env=self.env(),
+            stdout=self._log("web"),  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(self.base_url + "/.well-known/pushmail")
+
+    def start_worker(self) -> None:
+        self.worker = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "celery",
+                "-A",
+                "pushmail_site",
+                "worker",
+                "--beat",
+                "--schedule",
+                str(self.data_dir / "celerybeat-schedule"),
+                "--concurrency",
+                str(self.worker_concurrency),
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"{self.name}@%h",
+            ],
+            cwd=ROOT,
+            env={**self.env(), "C_FORCE_ROOT": "1"},
+            stdout=self._log("worker"),  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start(self) -> None:
+        self.start_web()
+        self.start_worker()
+
+    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the worker's whole process group (pool children and beat too)."""
+        if self.worker and self.worker.poll() is None:
+            _signal_group(self.worker, sig)
+            self.worker.wait(timeout=30)
+        self.worker = None
+
+    def stop_web(self) -> None:
+        if self.web and self.web.poll() is None:
+            _signal_group(self.web, signal.SIGTERM)
+            try:
+                self.web.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.web, signal.SIGKILL)
+                self.web.wait(timeout=10)
+        self.web = None
+
+    def stop(self) -> None:
+        if self.worker:
+            _signal_group(self.worker, signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill_worker()
+            self.worker = None
+        self.stop_web()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+                if response.status < 500:
+                    return
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up within {timeout}s: {last}")
+
+
+def _recreate_postgres_db(server: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(server.rstrip("/") + "/postgres", autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _flush_redis(server: str, db: int) -> None:
+    import redis
+
+    parts = urlsplit(server)
+    redis.Redis(host=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=db).flushdb()
+
+
+def make_cluster(
+    base_dir: Path, specs: dict[str, list[str]], backend: Backend | None = None, **kwargs: object
+) -> dict[str, Instance]:
+    """Instances named by ``specs`` (name -> hosted domains), each a peer of the others."""
+    backend = backend or Backend.from_env()
+    instances = {
+        name: Instance(name=name, domains=domains, data_dir=base_dir / name, backend=backend, **kwargs)  # type: ignore[arg-type]
+        for name, domains in specs.items()
+    }
+    peers = {domain: inst.base_url for inst in instances.values() for domain in inst.domains}
+    for inst in instances.values():
+        inst.peers = dict(peers)
+    return instances
