@@ -1,0 +1,18 @@
+"""Settings for the test run: the project's settings with test defaults.
+
+Unit tests use DATABASE_URL when it is set (CI: PostgreSQL) and SQLite
+otherwise; Celery gets an in-memory broker so nothing leaves the process.
+Two-instance tests start real instances with their own settings (tools/cluster.py).
+"""
+
+import os
+
+os.environ.setdefault("DEBUG", "1")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+os.environ.setdefault("PUSHMAIL_DATA_DIR", "/tmp/pushmail-unit-tests")  # noqa: S108 - scratch space
+
+from pushmail_site.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES["local"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests-local"}  # noqa: F405
