@@ -251,6 +251,7 @@ class _Deadline:
 
     def __enter__(self) -> Self:
         _local.deadline = self
+        self._timer.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -271,17 +272,13 @@ def _watch(conn: HTTPConnection) -> None:
 
 def _resolve(conn: HTTPConnection, dns_host: str) -> list[str]:
     try:
-        infos = socket.getaddrinfo(
-            dns_host, conn.port, allowed_gai_family(), socket.SOCK_STREAM
-        )
+        infos = socket.getaddrinfo(dns_host, conn.port, allowed_gai_family(), socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def _connect_checked(
-    conn: HTTPConnection, connect: Callable[[], socket.socket]
-) -> socket.socket:
+def _connect_checked(conn: HTTPConnection, connect: Callable[[], socket.socket]) -> socket.socket:
     """Resolve, check every address, connect to a checked one, check the peer."""
     host = conn.host
     allow_private = _norm_host(host) in allowed_private_hosts()
@@ -314,9 +311,7 @@ def _connect_checked(
     return sock
 
 
-def _check_peer(
-    conn: HTTPConnection, sock: socket.socket, allow_private: bool | None = None
-) -> None:
+def _check_peer(conn: HTTPConnection, sock: socket.socket, allow_private: bool | None = None) -> None:
     if allow_private is None:
         allow_private = _norm_host(conn.host) in allowed_private_hosts()
     if allow_private:
@@ -364,9 +359,7 @@ class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
 
 
 class _GuardedAdapter(HTTPAdapter):
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _GuardedHTTPConnectionPool,
@@ -445,9 +438,7 @@ def _check_target(url: str, allowed: set[str]) -> tuple[str, str, int]:
     if host in allowed:
         return origin
     if scheme != "https":
-        raise BlockedAddress(
-            f"refusing plain http:// to {host}: only configured peers may use http"
-        )
+        raise BlockedAddress(f"refusing plain http:// to {host}: only configured peers may use http")
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -475,13 +466,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         stack.extend(e for e in linked if isinstance(e, BaseException))
 
 
-def _translate(
-    exc: requests.RequestException, where: str, deadline: _Deadline
-) -> OutboundError:
+def _translate(exc: requests.RequestException, where: str, deadline: _Deadline) -> OutboundError:
     if deadline.fired or isinstance(exc, requests.Timeout):
-        return OutboundError(
-            f"timed out after {deadline.seconds:g}s contacting {where}"
-        )
+        return OutboundError(f"timed out after {deadline.seconds:g}s contacting {where}")
     causes = list(_causes(exc))
     if isinstance(exc, requests.exceptions.SSLError):
         return OutboundError(f"TLS handshake with {where} failed")
@@ -533,22 +520,16 @@ def _send(
         raise _translate(exc, where, deadline) from exc
 
 
-def _read_body(
-    resp: requests.Response, max_bytes: int, deadline: _Deadline, where: str
-) -> bytes:
+def _read_body(resp: requests.Response, max_bytes: int, deadline: _Deadline, where: str) -> bytes:
     length = resp.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > max_bytes:
-        raise ResponseTooLarge(
-            f"response from {where} is {int(length)} bytes, over the {max_bytes}-byte limit"
-        )
+        raise ResponseTooLarge(f"response from {where} is {int(length)} bytes, over the {max_bytes}-byte limit")
     chunks: list[bytes] = []
     total = 0
     try:
         while True:
             if deadline.remaining() <= 0:
-                raise OutboundError(
-                    f"timed out after {deadline.seconds:g}s contacting {where}"
-                )
+                raise OutboundError(f"timed out after {deadline.seconds:g}s contacting {where}")
             # read1 returns whatever has arrived (up to amt), so the size and
             # deadline checks run between network reads.
             amount = min(_CHUNK_SIZE, max_bytes + 1 - total)
@@ -557,18 +538,12 @@ def _read_body(
                 break
             total += len(chunk)
             if total > max_bytes:
-                raise ResponseTooLarge(
-                    f"response from {where} exceeded the {max_bytes}-byte limit"
-                )
+                raise ResponseTooLarge(f"response from {where} exceeded the {max_bytes}-byte limit")
             chunks.append(chunk)
     except (Urllib3Error, OSError) as exc:
         if deadline.fired:
-            raise OutboundError(
-                f"timed out after {deadline.seconds:g}s contacting {where}"
-            ) from exc
-        raise OutboundError(
-            f"connection to {where} broke while reading the response"
-        ) from exc
+            raise OutboundError(f"timed out after {deadline.seconds:g}s contacting {where}") from exc
+        raise OutboundError(f"connection to {where} broke while reading the response") from exc
     return b"".join(chunks)
 
 
@@ -611,9 +586,7 @@ def request(
                     if status == 303 or (status in (301, 302) and method == "POST"):
                         method = "GET" if method != "HEAD" else method
                         body = None
-                        send_headers = _without(
-                            send_headers, "Content-Type", "Content-Length"
-                        )
+                        send_headers = _without(send_headers, "Content-Type", "Content-Length")
                     continue
                 content = _read_body(resp, max_bytes, deadline, where)
                 return Response(
@@ -627,22 +600,16 @@ def request(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _follow(
-    url: str, location: str, origin: tuple[str, str, int], redirects: int
-) -> str:
+def _follow(url: str, location: str, origin: tuple[str, str, int], redirects: int) -> str:
     """The redirect target, if it may be followed."""
     where = _label(origin)
     if redirects >= MAX_REDIRECTS:
-        raise RedirectRefused(
-            f"too many redirects from {where} (limit {MAX_REDIRECTS})"
-        )
+        raise RedirectRefused(f"too many redirects from {where} (limit {MAX_REDIRECTS})")
     target = urljoin(url, location)
     try:
         target_origin = _origin(target)
     except ValueError:
-        raise RedirectRefused(
-            f"refusing redirect from {where} to invalid URL {target[:200]!r}"
-        ) from None
+        raise RedirectRefused(f"refusing redirect from {where} to invalid URL {target[:200]!r}") from None
     if target_origin != origin:
         raise RedirectRefused(
             f"refusing redirect from {origin[0]}://{where} "

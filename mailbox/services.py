@@ -178,7 +178,7 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
     ``now`` skips a pending backoff: the "try again now" action.
     """
     with transaction.atomic():
-        remote = lock(RemoteMessage.objects).filter(pk=remote_id).first()
+        remote = lock(RemoteMessage.objects, skip_locked=False).filter(pk=remote_id).first()
         if remote is None:
             return
         if remote.state == FetchState.NOTIFIED:
@@ -243,7 +243,7 @@ def fetch_body(remote_id: int) -> None:
         _fetch_failed(remote, str(exc), retry_after=getattr(exc, "retry_after", None))
         return
     with transaction.atomic():
-        current = lock(RemoteMessage.objects).get(pk=remote.pk)
+        current = lock(RemoteMessage.objects, skip_locked=False).get(pk=remote.pk)
         if current.state not in (FetchState.FETCHING, FetchState.UNAVAILABLE):
             return  # withdrawn while we were fetching
         if payloads.digest(content) != current.digest or len(content) != current.size:
@@ -268,7 +268,7 @@ def _fetch_failed(remote: RemoteMessage, error: str, *, retry_after: float | Non
         return
     delay = timedelta(seconds=retry_after) if retry_after else backoff(remote.attempts)
     with transaction.atomic():
-        current = lock(RemoteMessage.objects).get(pk=remote.pk)
+        current = lock(RemoteMessage.objects, skip_locked=False).get(pk=remote.pk)
         if current.state not in (FetchState.FETCHING, FetchState.UNAVAILABLE):
             return
         _set_state(current, FetchState.UNAVAILABLE, next_attempt_at=now + delay, last_error=error[:500])
@@ -288,7 +288,11 @@ class WithdrawalResult:
 def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> WithdrawalResult | None:
     """Hide a withdrawn message from everyone who has not opened it; None if unknown here."""
     with transaction.atomic():
-        remote = lock(RemoteMessage.objects).filter(origin_domain=origin, global_id=withdrawal.global_id).first()
+        remote = (
+            lock(RemoteMessage.objects, skip_locked=False)
+            .filter(origin_domain=origin, global_id=withdrawal.global_id)
+            .first()
+        )
         if remote is None:
             return None
         fetched_before = remote.fetched_at is not None

@@ -35,11 +35,17 @@ def claim_until() -> datetime:
     return timezone.now() + timedelta(seconds=settings.PUSHMAIL_CLAIM_SECONDS)
 
 
-def lock(queryset: QuerySet[M]) -> QuerySet[M]:
-    """Row lock that skips rows another worker holds; a no-op on SQLite."""
-    if connection.features.has_select_for_update_skip_locked:
+def lock(queryset: QuerySet[M], *, skip_locked: bool = True) -> QuerySet[M]:
+    """Row lock for use inside a transaction; a no-op on SQLite (see settings).
+
+    Claims skip rows another worker holds (``skip_locked``); updates that must
+    see the row wait for the lock instead.
+    """
+    if not connection.features.has_select_for_update:
+        return queryset
+    if skip_locked and connection.features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True)
-    return queryset
+    return queryset.select_for_update()
 
 
 def enqueue(task, *args: object, countdown: float | None = None) -> None:  # type: ignore[no-untyped-def]
