@@ -1,14 +1,15 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
 from .models import SigningKey
 
 
 @admin.register(SigningKey)
-class SigningKeyAdmin(admin.ModelAdmin):
+class SigningKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["key_id", "domain", "created_at", "retired_at", "expires_at"]
     list_filter = ["domain"]
     exclude = ["private_key"]
     readonly_fields = ["domain", "key_id", "public_key", "created_at", "retired_at", "expires_at"]
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -12,6 +13,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import SigningKey
+
+if TYPE_CHECKING:
+    from accounts.models import Domain
 
 
 def b64(data: bytes) -> str:
@@ -22,7 +26,7 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def create_signing_key(*, domain) -> SigningKey:  # type: ignore[no-untyped-def]
+def create_signing_key(*, domain: Domain) -> SigningKey:
     """Make a new current key for ``domain``. The caller retires the old one first."""
     private = Ed25519PrivateKey.generate()
     seed = private.private_bytes(
@@ -34,7 +38,7 @@ def create_signing_key(*, domain) -> SigningKey:  # type: ignore[no-untyped-def]
 
 
 @transaction.atomic
-def rotate_key(*, domain) -> SigningKey:  # type: ignore[no-untyped-def]
+def rotate_key(*, domain: Domain) -> SigningKey:
     """Retire the current key (still published until its expiry) and make a new one."""
     now = timezone.now()
     SigningKey.objects.select_for_update().filter(domain=domain, retired_at__isnull=True).update(

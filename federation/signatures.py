@@ -170,7 +170,7 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
             text = str(exc)
             if "digest" in text.lower():
                 raise SignatureRejected("digest_mismatch", f"Content-Digest does not match the body: {text}") from exc
-            if refresh or instance.local:
+            if refresh or (instance is not None and instance.local):
                 raise SignatureRejected("signature_invalid", f"signature does not verify: {text}") from exc
         except HTTPMessageSignaturesException as exc:
             raise SignatureRejected("signature_invalid", f"malformed signature: {exc}") from exc
