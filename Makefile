@@ -33,6 +33,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
+	$(BIN)/mypy
 
 bench: setup  ## benchmarks; results go in docs/benchmarks.md
 	bash bench/run_all.sh
