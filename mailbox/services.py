@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import Domain, User
 from accounts.validators import domain_of
 from federation import client, discovery, payloads
-from pushmail_site.jobs import backoff, claim_until, enqueue, lock
+from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
 
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
 
@@ -322,7 +322,7 @@ def requeue_due(*, limit: int = 1000) -> int:
 
     due = list(
         RemoteMessage.objects.filter(
-            state__in=[FetchState.FETCHING, FetchState.UNAVAILABLE], next_attempt_at__lte=timezone.now()
+            state__in=[FetchState.FETCHING, FetchState.UNAVAILABLE], next_attempt_at__lte=overdue_before()
         )
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]

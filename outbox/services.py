@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.models import Domain, User
 from accounts.validators import domain_of, normalize_address
 from federation import client, discovery, payloads
-from pushmail_site.jobs import backoff, claim_until, enqueue, lock
+from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
 
 from .models import (
     BodyFetch,
@@ -453,7 +453,7 @@ def requeue_due(*, limit: int = 1000) -> int:
     """Queue every notification and withdrawal that is due, whatever the broker holds."""
     from .tasks import deliver_notification, send_withdrawal
 
-    now = timezone.now()
+    now = overdue_before()
     due = list(
         Delivery.objects.filter(
             local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], next_attempt_at__lte=now

@@ -35,6 +35,11 @@ def claim_until() -> datetime:
     return timezone.now() + timedelta(seconds=settings.PUSHMAIL_CLAIM_SECONDS)
 
 
+def overdue_before() -> datetime:
+    """Rows due before this moment were missed by the broker; the sweep queues them."""
+    return timezone.now() - timedelta(seconds=settings.PUSHMAIL_SWEEP_GRACE_SECONDS)
+
+
 def lock(queryset: QuerySet[M], *, skip_locked: bool = True) -> QuerySet[M]:
     """Row lock for use inside a transaction; a no-op on SQLite (see settings).
 

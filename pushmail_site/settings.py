@@ -221,11 +221,15 @@ CELERY_TASK_DEFAULT_QUEUE = "pushmail"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 PUSHMAIL_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_SECONDS", "5"))
+# The sweep re-queues rows overdue by this much: the broker had its chance, and a
+# backlog that is merely being worked through is not queued twice.
+PUSHMAIL_SWEEP_GRACE_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_GRACE_SECONDS", "15"))
+_sweep = {"schedule": PUSHMAIL_SWEEP_SECONDS, "options": {"expires": PUSHMAIL_SWEEP_SECONDS * 2}}
 CELERY_BEAT_SCHEDULE = {
-    "requeue-due-deliveries": {"task": "outbox.requeue_due", "schedule": PUSHMAIL_SWEEP_SECONDS},
-    "requeue-due-fetches": {"task": "mailbox.requeue_due", "schedule": PUSHMAIL_SWEEP_SECONDS},
-    "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0},
-    "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0},
+    "requeue-due-deliveries": {"task": "outbox.requeue_due", **_sweep},
+    "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
+    "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0, "options": {"expires": 300.0}},
+    "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
 }
 
 # --- Pushmail -----------------------------------------------------------------
