@@ -17,7 +17,10 @@ from tools.cluster import ROOT, Backend, make_cluster
 
 PASSWORD = os.environ.get("DEMO_PASSWORD", "pushmail-demo")
 PORTS = {"alpha": 8001, "beta": 8002}
-MAILBOXES = {"alpha": ["ann@alpha.localhost", "al@alpha.localhost"], "beta": ["bob@beta.localhost", "bea@beta.localhost"]}
+MAILBOXES = {
+    "alpha": ["ann@alpha.localhost", "al@alpha.localhost"],
+    "beta": ["bob@beta.localhost", "bea@beta.localhost"],
+}
 
 
 def main() -> int:
