@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import logging
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework.views import exception_handler
 
 log = logging.getLogger(__name__)
 
-_JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/")
+JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/")
 
 
 def api_exception_handler(exc, context):  # type: ignore[no-untyped-def]
+    if isinstance(exc, RequestDataTooBig):
+        return JsonResponse({"error": "too_large", "detail": "request body is too large"}, status=413)
+    if isinstance(exc, Http404):
+        return JsonResponse({"error": "not_found", "detail": str(exc) or "not found"}, status=404)
     response = exception_handler(exc, context)
     if response is None:
         log.exception("unhandled API error", exc_info=exc)
@@ -26,7 +31,7 @@ def api_exception_handler(exc, context):  # type: ignore[no-untyped-def]
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith(_JSON_PREFIXES) or "application/json" in request.headers.get("Accept", "")
+    return request.path.startswith(JSON_PREFIXES) or "application/json" in request.headers.get("Accept", "")
 
 
 def not_found(request: HttpRequest, exception=None):  # type: ignore[no-untyped-def]

@@ -79,6 +79,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "pushmail_site.middleware.JsonApiErrors",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -170,6 +171,8 @@ SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_NAME = os.environ.get("SESSION_COOKIE_NAME", "pushmail_session")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Request bodies the user API reads into memory (a message with its text and HTML).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PUSHMAIL_MAX_API_BODY_BYTES", 12 * 1024 * 1024)
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 

@@ -84,7 +84,7 @@ class Instance:
     def env(self) -> dict[str, str]:
         env = {
             **os.environ,
-            "DEBUG": "1",
+            "DEBUG": "0",  # production behaviour; the demo turns it on for the admin's static files
             "SECRET_KEY": f"cluster-{self.name}-secret",
             "PUSHMAIL_DATA_DIR": str(self.data_dir),
             "DATABASE_URL": self.database_url,

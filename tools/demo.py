@@ -26,7 +26,7 @@ MAILBOXES = {
 def main() -> int:
     base = Path(os.environ.get("DEMO_DIR", ROOT / "var" / "demo"))
     specs = {name: [f"{name}.localhost"] for name in PORTS}
-    instances = make_cluster(base, specs, backend=Backend())
+    instances = make_cluster(base, specs, backend=Backend(), extra_env={"DEBUG": "1"})
     for name, inst in instances.items():
         inst.port = PORTS[name]
     peers = {f"{name}.localhost": f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
