@@ -9,13 +9,22 @@ from ..selectors import domain_status
 class SendSerializer(serializers.Serializer):
     # Addresses keep their whitespace so that a trailing CR or LF is refused, not trimmed.
     to = serializers.ListField(
-        child=serializers.CharField(max_length=320, trim_whitespace=False), required=False, default=list, max_length=10000
+        child=serializers.CharField(max_length=320, trim_whitespace=False),
+        required=False,
+        default=list,
+        max_length=10000,
     )
     cc = serializers.ListField(
-        child=serializers.CharField(max_length=320, trim_whitespace=False), required=False, default=list, max_length=10000
+        child=serializers.CharField(max_length=320, trim_whitespace=False),
+        required=False,
+        default=list,
+        max_length=10000,
     )
     bcc = serializers.ListField(
-        child=serializers.CharField(max_length=320, trim_whitespace=False), required=False, default=list, max_length=10000
+        child=serializers.CharField(max_length=320, trim_whitespace=False),
+        required=False,
+        default=list,
+        max_length=10000,
     )
     subject = serializers.CharField(max_length=998, allow_blank=True, trim_whitespace=False)
     text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=5_000_000)
