@@ -9,7 +9,6 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 
 from accounts.validators import domain_of
 from mailbox import services as mailbox_services
@@ -57,9 +56,10 @@ def _method_not_allowed(allowed: list[str]) -> JsonResponse:
     return response
 
 
-@require_http_methods(["GET", "HEAD"])
 def well_known(request: HttpRequest) -> JsonResponse:
     """``GET /.well-known/pushmail``: the discovery document (§2)."""
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(["GET", "HEAD"])
     response = JsonResponse(discovery.own_document())
     response["Cache-Control"] = "public, max-age=300"
     response["Access-Control-Allow-Origin"] = "*"
