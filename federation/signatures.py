@@ -172,8 +172,9 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
                 raise SignatureRejected("digest_mismatch", f"Content-Digest does not match the body: {text}") from exc
             if "in the future" in text or "in the past" in text:
                 # A clock problem, not a key problem: no refetch, and say so.
-                window = settings.PUSHMAIL_SIGNATURE_WINDOW
-                raise SignatureRejected("signature_expired", f"signature time is outside ±{window}: {text}") from exc
+                raise SignatureRejected(
+                    "signature_expired", f"signature time is outside ±{settings.PUSHMAIL_SIGNATURE_WINDOW}: {text}"
+                ) from exc
             if refresh or (instance is not None and instance.local):
                 raise SignatureRejected("signature_invalid", f"signature does not verify: {text}") from exc
         except HTTPMessageSignaturesException as exc:
