@@ -462,10 +462,11 @@ def test_project_verifier_refuses_the_example_outside_its_window_or_with_another
     monkeypatch.setattr(discovery, "discover", lambda domain, refresh=False: instance)
     created = datetime.fromtimestamp(int(params["created"]), UTC)
 
-    pinned_clock(created + timedelta(minutes=5, seconds=1))
-    with pytest.raises(signatures.SignatureRejected) as late:
-        signatures.verify_request(_django_request(head, body), body)
-    assert late.value.code == "signature_expired"
+    for now in (created + timedelta(minutes=5, seconds=1), created - timedelta(minutes=5, seconds=1)):
+        pinned_clock(now)
+        with pytest.raises(signatures.SignatureRejected) as off:
+            signatures.verify_request(_django_request(head, body), body)
+        assert off.value.code == "signature_expired", now
 
     pinned_clock(created)
     other = body.replace(b"bob@", b"eve@")
@@ -560,6 +561,21 @@ def test_an_unsigned_notification_gets_the_documented_error_shape(client: Any) -
     assert response.status_code == 401
     assert response.json()["error"] == "signature_missing"
     assert set(response.json()) == set(field_table("error"))
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/.well-known/pushmail"), ("get", "/federation/v1/notifications"), ("put", "/federation/v1/withdrawals")],
+)
+def test_a_wrong_method_gets_a_json_405_naming_the_right_one(method: str, path: str) -> None:
+    from django.test import Client
+
+    response = getattr(Client(enforce_csrf_checks=True), method)(path)
+
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert response["Allow"]
 
 
 def test_every_error_code_the_federation_code_answers_with_is_documented() -> None:
