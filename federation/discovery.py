@@ -85,10 +85,21 @@ def own_document() -> dict[str, Any]:
 
 
 def _parse_document(domain: str, doc: Any) -> Instance | None:
+    """The instance a document describes for ``domain``; None (legacy) for any invalid document."""
+    try:
+        return _read_document(domain, doc)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None  # e.g. "domains" not a list, a key entry without "id", "limits" not numbers
+
+
+def _read_document(domain: str, doc: Any) -> Instance | None:
     if not isinstance(doc, dict) or doc.get("protocol") != PROTOCOL:
         return None
     versions = doc.get("versions") or [doc.get("version")]
-    if VERSION not in versions or domain not in (doc.get("domains") or []):
+    domains = doc.get("domains") or []
+    if not isinstance(versions, list) or not isinstance(domains, list):
+        return None
+    if VERSION not in versions or domain not in domains:
         return None
     api = doc.get("api")
     if not isinstance(api, str) or not api.startswith(("https://", "http://")):
@@ -97,11 +108,13 @@ def _parse_document(domain: str, doc: Any) -> Instance | None:
     for entry in doc.get("keys") or []:
         if not isinstance(entry, dict) or entry.get("algorithm") != "ed25519" or entry.get("domain") != domain:
             continue
+        if not isinstance(entry.get("id"), str):
+            continue
         try:
             public_key_from_b64(entry["public_key"])
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
             continue
-        keys[str(entry["id"])] = entry["public_key"]
+        keys[entry["id"]] = entry["public_key"]
     limits = doc.get("limits") or {}
     return Instance(
         domain=domain,
