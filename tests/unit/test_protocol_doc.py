@@ -532,6 +532,45 @@ def test_golden_discovery_document_is_read_as_documented(ex: dict[str, str]) -> 
     assert flatten(data) == set(field_table("discovery"))
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"protocol": "smtp"},
+        {"versions": [2]},
+        {"versions": 1},
+        {"domains": ["beta.example"]},
+        {"domains": "xalpha.examplex"},  # a string, not a list: no substring match
+        {"api": "ftp://mail.alpha.example/"},
+        {"keys": 7},
+        {"limits": {"max_recipients": "lots"}},
+        {"limits": ["max_recipients"]},
+    ],
+)
+def test_an_invalid_discovery_document_means_legacy_not_a_crash(change: dict[str, Any]) -> None:
+    from federation import discovery
+
+    assert discovery._parse_document("alpha.example", golden("discovery.json") | change) is None
+
+
+def test_unusable_key_entries_are_skipped_and_the_document_stays_valid(ex: dict[str, str]) -> None:
+    from federation import discovery
+
+    document = golden("discovery.json")
+    good = document["keys"][-1]
+    document["keys"] += [
+        {**good, "id": "alpha.example#bad-key", "public_key": "AAAA"},
+        {**good, "id": "alpha.example#other-algorithm", "algorithm": "rsa-pss-sha512"},
+        {**good, "id": "gamma.example#other-domain", "domain": "gamma.example"},
+        {k: v for k, v in good.items() if k != "id"},
+        "not an object",
+    ]
+
+    instance = discovery._parse_document("alpha.example", document)
+
+    assert instance is not None
+    assert set(instance.keys) == {document["keys"][0]["id"], ex["alpha-key-id"]}
+
+
 @pytest.mark.django_db
 def test_the_served_discovery_document_has_exactly_the_documented_fields() -> None:
     from accounts.services import create_domain
