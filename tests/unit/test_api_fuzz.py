@@ -6,10 +6,13 @@ authenticated with a Bearer token, valid and invalid (negative) inputs alike.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
+from django.core import signals
+from django.db import close_old_connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -35,6 +38,17 @@ ADDRESSES = st.lists(
     st.sampled_from(["bob@alpha.test", "nobody@alpha.test", "carol@peer.test", "x@legacy.example", "alice@alpha.test"]),
     max_size=3,
 )
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_connection() -> Iterator[None]:
+    """Requests go through the WSGI handler, whose end-of-request hook would close the
+    connection that holds the test's transaction (PostgreSQL); django.test.Client does the same."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture
