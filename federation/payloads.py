@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ from accounts.validators import normalize_address
 
 VERSION = 1
 DIGEST_PREFIX = "sha-256:"
+_DIGEST_RE = re.compile(r"sha-256:[0-9a-f]{64}")
+_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 
 
 class PayloadError(ValueError):
@@ -30,8 +33,8 @@ def format_time(value: datetime) -> str:
 
 
 def parse_time(value: Any, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise PayloadError(f"{field}: expected an RFC 3339 UTC time string")
+    if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
+        raise PayloadError(f"{field}: expected a UTC time of the form YYYY-MM-DDTHH:MM:SSZ")
     try:
         parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # noqa: DTZ007 - the Z is UTC, set below
     except ValueError as exc:
@@ -79,6 +82,21 @@ def canonical_body(
 
 def digest(content: bytes) -> str:
     return DIGEST_PREFIX + hashlib.sha256(content).hexdigest()
+
+
+def body_mismatch(content: bytes, notification: dict[str, Any]) -> str | None:
+    """Name the first field where a fetched body disagrees with its notification, if any.
+
+    The digest already pins the bytes; this pins what the inbox showed before opening.
+    """
+    try:
+        body = parse_body(content)
+    except (ValueError, UnicodeDecodeError):
+        return "body is not a JSON object"
+    for field, expected in notification.items():
+        if body.get(field) != expected:
+            return field
+    return None
 
 
 def parse_body(content: bytes) -> dict[str, Any]:
@@ -174,12 +192,8 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
     if len(recipients) > max_recipients:
         raise PayloadError(f"recipients: {len(recipients)} exceeds the limit of {max_recipients}")
     digest_value = _require(data, "digest", str)
-    if not digest_value.startswith(DIGEST_PREFIX) or len(digest_value) != len(DIGEST_PREFIX) + 64:
-        raise PayloadError("digest: expected 'sha-256:' followed by 64 hex digits")
-    try:
-        int(digest_value[len(DIGEST_PREFIX) :], 16)
-    except ValueError as exc:
-        raise PayloadError("digest: expected 'sha-256:' followed by 64 hex digits") from exc
+    if not _DIGEST_RE.fullmatch(digest_value):
+        raise PayloadError("digest: expected 'sha-256:' followed by 64 lowercase hex digits")
     size = _require(data, "size", int)
     if size < 0:
         raise PayloadError("size: must not be negative")

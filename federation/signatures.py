@@ -109,7 +109,12 @@ class Verified:
 def _django_message(request: HttpRequest) -> _Message:
     # Rebuild what the sender signed from what arrived; scheme is not covered,
     # so a TLS-terminating proxy in front does not change the signature base.
-    url = f"http://{request.get_host()}{request.get_full_path()}"
+    host = request.get_host()
+    # @authority never carries a default port (RFC 9421 §2.2.3).
+    for default in (":80", ":443"):
+        if host.endswith(default):
+            host = host[: -len(default)]
+    url = f"http://{host}{request.get_full_path()}"
     headers = {name: value for name, value in request.headers.items()}
     return _Message(method=request.method or "GET", url=url, headers=headers)
 
@@ -145,6 +150,11 @@ def _verify_with(message: _Message, body: bytes, public_key: Ed25519PublicKey) -
     return results[0]
 
 
+def _may_refetch(domain: str) -> bool:
+    """At most one forced key refetch per peer domain a minute, so forged requests can't drive our traffic."""
+    return bool(caches["local"].add(f"pm-key-refetch:{domain}", 1, timeout=60))
+
+
 def verify_request(request: HttpRequest, body: bytes) -> Verified:
     """Verify a server-to-server request; return the signing domain or raise SignatureRejected."""
     message = _django_message(request)
@@ -154,6 +164,10 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
     domain = signer_domain(key_id)
     result = None
     for refresh in (False, True):  # a key that fails is refetched at most once
+        if refresh and not _may_refetch(domain):
+            raise SignatureRejected(
+                "unknown_key", f"key {key_id} of {domain} does not verify (keys refetched recently)"
+            )
         try:
             instance = discovery.discover(domain, refresh=refresh)
         except discovery.DiscoveryError as exc:

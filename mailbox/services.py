@@ -255,6 +255,24 @@ def fetch_body(remote_id: int) -> None:
                 last_error=f"body digest {payloads.digest(content)} does not match the notified {current.digest}",
             )
             return
+        mismatch = payloads.body_mismatch(
+            content,
+            {
+                "id": str(current.global_id),
+                "from": current.sender,
+                "subject": current.subject,
+                "message_id": current.message_id,
+                "date": payloads.format_time(current.date),
+            },
+        )
+        if mismatch:
+            _set_state(
+                current,
+                FetchState.TAMPERED,
+                next_attempt_at=None,
+                last_error=f"body does not match its notification: {mismatch} differs",
+            )
+            return
         _set_state(
             current, FetchState.FETCHED, content=content, fetched_at=timezone.now(), next_attempt_at=None, last_error=""
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections import defaultdict
@@ -242,15 +243,30 @@ def deliver_notification(delivery_id: int) -> None:
         if instance is None:
             _reject_all(delivery, LEGACY_REASON)
             return
-        results = client.send_notification(
-            instance=instance, sender_domain=message.sender.domain.name, notification=notification_for(delivery)
-        )
+        notification = notification_for(delivery)
+        results: dict[str, dict[str, str]] = {}
+        # A domain with more recipients than its instance takes per notification gets
+        # several notifications with the same id; the receiver merges them.
+        for chunk in _chunks(notification, instance.max_recipients):
+            results.update(
+                client.send_notification(
+                    instance=instance, sender_domain=message.sender.domain.name, notification=chunk
+                )
+            )
     except (discovery.DiscoveryError, client.PeerError) as exc:
         retryable = getattr(exc, "retryable", True)
         retry_after = getattr(exc, "retry_after", None)
         _delivery_failed_attempt(delivery, str(exc), retryable=retryable, retry_after=retry_after)
         return
     _record_answers(delivery, results)
+
+
+def _chunks(notification: payloads.Notification, size: int) -> list[payloads.Notification]:
+    size = max(size, 1)
+    recipients = notification.recipients
+    return [
+        dataclasses.replace(notification, recipients=recipients[i : i + size]) for i in range(0, len(recipients), size)
+    ]
 
 
 def _record_answers(delivery: Delivery, results: dict[str, dict[str, str]]) -> None:
@@ -480,7 +496,8 @@ def purge_bodies() -> int:
     """
     now = timezone.now()
     live = Message.objects.filter(body_purged_at__isnull=True, withdrawn_at__isnull=True)
-    expired = live.filter(expires_at__lte=now)
+    # Withdrawn bodies are no longer served but are kept for the sender until retention ends.
+    expired = Message.objects.filter(body_purged_at__isnull=True, expires_at__lte=now)
     all_fetched = (
         live.annotate(
             remote=Count("deliveries", filter=Q(deliveries__local=False), distinct=True),

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from django.core.cache import caches
 
 from accounts.models import User
 from federation import discovery, signatures
@@ -193,6 +194,14 @@ def test_a_key_that_fails_is_refetched_at_most_once(federation: FederationClient
     assert unknown.status_code == 401
     assert peer.discovery_calls == before + 1
 
+    # Forged requests cannot make us fetch the peer's keys again and again:
+    # one forced refetch per peer domain a minute.
+    wrong = _post(federation, _notification(), signer=peer, private_key=Ed25519PrivateKey.generate())
+    assert wrong.status_code == 401
+    assert wrong.json()["error"] == "unknown_key"
+    assert peer.discovery_calls == before + 1
+
+    caches["local"].delete("pm-key-refetch:peer.test")  # a minute later
     wrong = _post(federation, _notification(), signer=peer, private_key=Ed25519PrivateKey.generate())
     assert wrong.status_code == 401
     assert peer.discovery_calls == before + 2

@@ -1,0 +1,75 @@
+"""What a dishonest or differently sized peer cannot do: announce one subject and serve
+another, or make us send more recipients than it takes in one notification."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from accounts.models import User
+from federation import payloads
+from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
+from mailbox.services import accept_notification, fetch_body, open_entry
+from outbox.models import Delivery, Recipient
+from outbox.services import deliver_notification
+from tests.conftest import NOTIFICATIONS, Call, FakePeer, json_response
+from tests.factories import PeerMessageFactory, SentMessageFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
+
+
+def test_body_whose_subject_differs_from_the_notification_is_tampered(alice: User, peer: FakePeer) -> None:
+    """The digest pins the bytes; the body must also say what the inbox showed before opening."""
+    served = PeerMessageFactory(subject="Your invoice")
+    announced = dataclasses.replace(served.notification(), subject="Lunch on Friday?")
+    peer.bodies[str(served.global_id)] = served.content()
+    accept_notification(origin=peer.domain, notification=announced)
+    entry = InboxEntry.objects.get(owner=alice, remote__global_id=served.global_id)
+    assert entry.subject == "Lunch on Friday?"
+
+    open_entry(entry=entry)
+    fetch_body(entry.remote_id)
+
+    remote = RemoteMessage.objects.get(pk=entry.remote_id)
+    assert remote.state == FetchState.TAMPERED
+    assert remote.content is None
+    assert "subject differs" in remote.last_error
+    entry.refresh_from_db()
+    assert entry.state == EntryState.TAMPERED
+
+
+def test_a_domain_with_more_recipients_than_its_limit_gets_several_notifications(alice: User, peer: FakePeer) -> None:
+    peer.document_override = {**peer.document(), "limits": {"max_notification_bytes": 262144, "max_recipients": 2}}
+
+    def answer(call: Call):  # type: ignore[no-untyped-def]
+        sent = call.json()
+        assert len(sent["recipients"]) <= 2
+        return json_response(200, {"results": [{"address": a, "status": "accepted"} for a in sent["recipients"]]})
+
+    peer.routes[("POST", NOTIFICATIONS)] = answer
+    addresses = [f"user{i}@peer.test" for i in range(5)]
+    message = SentMessageFactory(sender=alice, to=addresses)
+
+    deliver_notification(Delivery.objects.get(message=message, domain="peer.test").pk)
+
+    posts = peer.calls_to("POST", NOTIFICATIONS)
+    assert [len(c.json()["recipients"]) for c in posts] == [2, 2, 1]
+    assert {c.json()["id"] for c in posts} == {str(message.id)}
+    assert set(Recipient.objects.filter(message=message).values_list("status", flat=True)) == {"accepted"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("digest", "sha-256:" + "0x" + "a" * 62),
+        ("digest", "sha-256:" + "A" * 64),
+        ("date", "2026-1-5T10:00:00Z"),
+        ("expires", "2026-11-26 10:00:00"),
+    ],
+)
+def test_loosely_formed_digest_or_time_is_refused(field: str, value: str) -> None:
+    data = PeerMessageFactory().notification().to_json()
+    data[field] = value
+    with pytest.raises(payloads.PayloadError, match=field):
+        payloads.parse_notification(data, max_recipients=10)
