@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -36,6 +37,7 @@ class Instance:
     max_notification_bytes: int = 262144
     max_recipients: int = 1000
     local: bool = False
+    keys_expire_at: datetime | None = None  # the earliest expiry among the listed keys
 
     def url(self, path: str) -> str:
         return self.api_base + path.lstrip("/")
@@ -105,6 +107,8 @@ def _read_document(domain: str, doc: Any) -> Instance | None:
     if not isinstance(api, str) or not api.startswith(("https://", "http://")):
         return None
     keys: dict[str, str] = {}
+    now = datetime.now(UTC)
+    keys_expire_at: datetime | None = None
     for entry in doc.get("keys") or []:
         if not isinstance(entry, dict) or entry.get("algorithm") != "ed25519" or entry.get("domain") != domain:
             continue
@@ -114,6 +118,11 @@ def _read_document(domain: str, doc: Any) -> Instance | None:
             public_key_from_b64(entry["public_key"])
         except (KeyError, ValueError, TypeError, AttributeError):
             continue
+        expires = _expiry(entry.get("expires"))
+        if expires is not None:
+            if expires <= now:
+                continue  # a retired key past its expiry signs nothing any more
+            keys_expire_at = min(keys_expire_at or expires, expires)
         keys[entry["id"]] = entry["public_key"]
     limits = doc.get("limits") or {}
     return Instance(
@@ -122,7 +131,18 @@ def _read_document(domain: str, doc: Any) -> Instance | None:
         keys=keys,
         max_notification_bytes=int(limits.get("max_notification_bytes", 262144)),
         max_recipients=int(limits.get("max_recipients", 1000)),
+        keys_expire_at=keys_expire_at,
     )
+
+
+def _expiry(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _local_instance(domain: str) -> Instance:
@@ -153,7 +173,11 @@ def discover(domain: str, *, refresh: bool = False) -> Instance | None:
         if cached is not None:
             return cached or None
     instance = _fetch(domain)
-    cache.set(cache_key, instance or False, settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL)
+    ttl = settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL
+    if instance and instance.keys_expire_at:
+        # Forget the document when its first retired key expires, so that key stops verifying.
+        ttl = max(1, min(ttl, int((instance.keys_expire_at - datetime.now(UTC)).total_seconds())))
+    cache.set(cache_key, instance or False, ttl)
     return instance
 
 

@@ -495,12 +495,18 @@ def purge_bodies() -> int:
     Metadata stays; the fetch endpoint answers 410 "expired" from then on.
     """
     now = timezone.now()
+    local_names = list(Domain.objects.values_list("name", flat=True))
     live = Message.objects.filter(body_purged_at__isnull=True, withdrawn_at__isnull=True)
     # Withdrawn bodies are no longer served but are kept for the sender until retention ends.
     expired = Message.objects.filter(body_purged_at__isnull=True, expires_at__lte=now)
     all_fetched = (
         live.annotate(
-            remote=Count("deliveries", filter=Q(deliveries__local=False), distinct=True),
+            # Domains that can fetch: remote, with at least one accepted recipient.
+            remote=Count(
+                "recipients__domain",
+                filter=Q(recipients__status=RecipientStatus.ACCEPTED) & ~Q(recipients__domain__in=local_names),
+                distinct=True,
+            ),
             local=Count("deliveries", filter=Q(deliveries__local=True), distinct=True),
             fetched=Count("fetches__domain", distinct=True),
         )

@@ -4,16 +4,18 @@ another, or make us send more recipients than it takes in one notification."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from accounts.models import User
 from federation import payloads
 from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
 from mailbox.services import accept_notification, fetch_body, open_entry
 from outbox.models import Delivery, Recipient
-from outbox.services import deliver_notification
-from tests.conftest import NOTIFICATIONS, Call, FakePeer, json_response
+from outbox.services import deliver_notification, purge_bodies
+from tests.conftest import NOTIFICATIONS, Call, FakeNetwork, FakePeer, FederationClient, json_response
 from tests.factories import PeerMessageFactory, SentMessageFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
@@ -73,3 +75,34 @@ def test_loosely_formed_digest_or_time_is_refused(field: str, value: str) -> Non
     data[field] = value
     with pytest.raises(payloads.PayloadError, match=field):
         payloads.parse_notification(data, max_recipients=10)
+
+
+def test_a_retired_key_past_its_expiry_no_longer_verifies(
+    alice: User, peer: FakePeer, federation: FederationClient
+) -> None:
+    old_key = Ed25519PrivateKey.generate()
+    peer.extra_keys = [
+        {**peer.key_entry("peer.test#old", old_key), "expires": "2026-01-02T00:00:00Z"},
+        {**peer.key_entry("peer.test#grace", old_key), "expires": "2999-01-01T00:00:00Z"},
+    ]
+    body = json.dumps(PeerMessageFactory().payload()).encode()
+
+    expired = federation.send("POST", NOTIFICATIONS, body, signer=peer, key_id="peer.test#old", private_key=old_key)
+    assert expired.status_code == 401 and expired.json()["error"] == "unknown_key"
+
+    body = json.dumps(PeerMessageFactory().payload()).encode()
+    in_grace = federation.send("POST", NOTIFICATIONS, body, signer=peer, key_id="peer.test#grace", private_key=old_key)
+    assert in_grace.status_code == 200
+
+
+def test_a_legacy_domain_does_not_keep_a_fetched_body_alive(
+    alice: User, peer: FakePeer, net: FakeNetwork, federation: FederationClient
+) -> None:
+    message = SentMessageFactory(sender=alice, to=["carol@peer.test", "x@legacy.invalid"])
+    for delivery in Delivery.objects.filter(message=message):
+        deliver_notification(delivery.pk)
+    assert Recipient.objects.get(message=message, address="x@legacy.invalid").reason == "legacy domain"
+
+    assert federation.fetch(peer, message.pk).status_code == 200
+    assert purge_bodies() == 1  # every domain that can fetch has fetched
+    assert federation.fetch(peer, message.pk).status_code == 410
