@@ -239,6 +239,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
     "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
+    "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
 }
 
 # --- Pushmail -----------------------------------------------------------------

@@ -106,3 +106,23 @@ def test_a_legacy_domain_does_not_keep_a_fetched_body_alive(
     assert federation.fetch(peer, message.pk).status_code == 200
     assert purge_bodies() == 1  # every domain that can fetch has fetched
     assert federation.fetch(peer, message.pk).status_code == 410
+
+
+def test_expired_nonces_are_pruned_from_the_database_cache() -> None:
+    from django.core.cache import caches
+
+    from federation.tasks import prune_expired_cache
+
+    cache = caches["default"]
+    cache.add("pm-nonce:old", 1, timeout=1)
+    cache.add("pm-nonce:live", 1, timeout=600)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE pushmail_cache SET expires = %s WHERE cache_key LIKE %s", ["2000-01-01", "%pm-nonce:old"]
+        )
+
+    assert prune_expired_cache() == 1
+    assert cache.get("pm-nonce:live") == 1
+    assert not cache.add("pm-nonce:live", 1, timeout=600)  # still a replay
