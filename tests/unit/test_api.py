@@ -359,3 +359,15 @@ def test_wrong_methods_are_405_json(api: APIClient, alice: User, method: str, pa
 
 def test_unknown_api_path_is_404_json(api: APIClient, alice: User) -> None:
     _error(api.get("/api/v1/nothing-here/"), 404)
+
+
+def test_schema_documents_bearer_and_session_auth(db: None) -> None:
+    response = APIClient().get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    schemes = schema["components"]["securitySchemes"]
+    assert {"type": "http", "scheme": "bearer"}.items() <= schemes["bearerAuth"].items()
+    assert "cookieAuth" in schemes
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            assert {"bearerAuth": []} in operation["security"], (method, path)
