@@ -1,0 +1,1 @@
+"""Benchmarks. Run each with ``python -m bench.<name>``; results go in docs/benchmarks.md."""

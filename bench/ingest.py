@@ -1,0 +1,372 @@
+"""Ingest: signed notifications accepted per second by one instance, next to Postfix.
+
+One receiving instance (beta.test: gunicorn sync workers, PostgreSQL, Redis as
+the shared cache for nonces and rate limits) takes signed
+``POST /federation/v1/notifications`` from a concurrent load generator on
+loopback. The sender domain alpha.test is a second real instance whose
+discovery document beta fetches over HTTP (once per web worker, then cached).
+
+Every request is signed before the timed run (each with its own nonce and
+message id; the run stays well inside the 5-minute signature window) and
+verified by the server. A request counts only when it got 2xx and every
+recipient in it was accepted; the rows are then counted in the database too.
+
+In the same run, bench/postfix_baseline.sh measures Postfix (smtp-source to a
+private Postfix delivering to a Maildir) on the same machine.
+
+    python -m bench.ingest                      # workers 2*cores+1, plus a sweep
+    python -m bench.ingest --workers 5 --single 8000 --multi 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.common import (
+    CORES,
+    PRODUCTION_ENV,
+    ROOT,
+    Signer,
+    cpu_report,
+    cpu_sample,
+    create_mailboxes_code,
+    emit,
+    log,
+    machine,
+    percentile,
+    pgid_of,
+    raw_request,
+    server_backend,
+    signing_key_of,
+    split_response,
+    table,
+    wait_for_quiet,
+)
+from tools.cluster import Instance
+
+SENDER = "sender@alpha.test"
+SINGLE_RECIPIENT = "single@beta.test"
+MULTI_RECIPIENTS = [f"r{i:03d}@beta.test" for i in range(100)]
+SIZE = 2000  # the Postfix baseline's default message size
+
+
+def _fmt(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def notification_body(recipients: list[str], n: int) -> bytes:
+    global_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    payload = {
+        "type": "notification",
+        "version": 1,
+        "id": str(global_id),
+        "message_id": f"<{global_id}@alpha.test>",
+        "sender": SENDER,
+        "recipients": recipients,
+        "subject": f"Benchmark message {n}",
+        "date": _fmt(now),
+        "size": SIZE,
+        "digest": "sha-256:" + hashlib.sha256(global_id.bytes).hexdigest(),
+        "in_reply_to": "",
+        "references": [],
+        "expires": _fmt(now + timedelta(days=30)),
+    }
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def presign(signer: Signer, url: str, recipients: list[str], count: int) -> list[bytes]:
+    out = []
+    for n in range(count):
+        body = notification_body(recipients, n)
+        headers = signer.sign("POST", url, {"Content-Type": "application/json", "Accept": "application/json"}, body)
+        out.append(raw_request("POST", url, headers, body))
+    return out
+
+
+@dataclass
+class Outcome:
+    ok: int
+    errors: dict[str, int]
+    seconds: float
+    latencies: list[float]
+
+
+async def _blast(host: str, port: int, requests: list[bytes], concurrency: int, expect: int) -> Outcome:
+    raw: list[bytes | Exception | None] = [None] * len(requests)
+    latencies: list[float] = [0.0] * len(requests)
+    cursor = iter(range(len(requests)))
+
+    async def client() -> None:
+        for i in cursor:
+            started = time.perf_counter()
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(requests[i])
+                await writer.drain()
+                raw[i] = await reader.read()  # gunicorn's sync workers close after each response
+                writer.close()
+            except Exception as exc:  # counted as an error below
+                raw[i] = exc
+            latencies[i] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+
+    ok = 0
+    errors: dict[str, int] = {}
+    for item in raw:
+        if isinstance(item, Exception) or item is None:
+            key = f"connection: {type(item).__name__}"
+        else:
+            status, _headers, body = split_response(item)
+            key = ""
+            if 200 <= status < 300:
+                try:
+                    results = json.loads(body)["results"]
+                    accepted = sum(1 for r in results if r.get("status") == "accepted")
+                    if accepted != expect:
+                        key = f"{status} with {accepted}/{expect} accepted"
+                except (ValueError, KeyError, TypeError):
+                    key = f"{status} unreadable body"
+            else:
+                try:
+                    key = f"{status} {json.loads(body).get('error')}"
+                except (ValueError, AttributeError):
+                    key = f"{status}"
+        if key:
+            errors[key] = errors.get(key, 0) + 1
+        else:
+            ok += 1
+    return Outcome(ok=ok, errors=errors, seconds=seconds, latencies=latencies)
+
+
+def blast(port: int, requests: list[bytes], concurrency: int, expect: int) -> Outcome:
+    return asyncio.run(_blast("127.0.0.1", port, requests, concurrency, expect))
+
+
+def entry_count(beta: Instance) -> int:
+    return int(beta.shell("from mailbox.models import InboxEntry; print(InboxEntry.objects.count())").split()[-1])
+
+
+def run_postfix() -> dict[str, object]:
+    log("running bench/postfix_baseline.sh")
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "postfix_baseline.sh")], capture_output=True, text=True, timeout=900
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return {"tool": "postfix", "error": (result.stderr or result.stdout)[-2000:], "rc": result.returncode}
+    return json.loads(lines[-1])
+
+
+def measure(
+    beta: Instance,
+    alpha: Instance,
+    signer: Signer,
+    *,
+    workers: int,
+    single: int,
+    multi: int,
+    concurrency: int,
+    quiet: float,
+) -> list[dict[str, object]]:
+    """Start beta with ``workers`` gunicorn workers and run both notification shapes."""
+    url = f"{beta.base_url}/federation/v1/notifications"
+    beta.web_workers = workers
+    beta.start_web()
+    records: list[dict[str, object]] = []
+    try:
+        # Warm-up, not counted: every worker imports its views, opens its
+        # database connection and fetches alpha's discovery document once.
+        warm = presign(signer, url, [SINGLE_RECIPIENT], 40 * workers)
+        out = blast(beta.port, warm, concurrency, expect=1)
+        if out.ok != len(warm):
+            raise RuntimeError(f"warm-up failed: {out.errors}")
+        for shape, recipients, count in (
+            ("single-recipient", [SINGLE_RECIPIENT], single),
+            ("100-recipient", MULTI_RECIPIENTS, multi),
+        ):
+            if count <= 0:
+                continue
+            log(f"workers={workers}: pre-signing {count} {shape} notifications")
+            signed_at = time.monotonic()
+            requests = presign(signer, url, recipients, count)
+            before_rows = entry_count(beta)
+            busy_before = wait_for_quiet(quiet, 180)
+            log(f"workers={workers}: sending {count} {shape} notifications, concurrency {concurrency}")
+            sample = cpu_sample()
+            out = blast(beta.port, requests, concurrency, expect=len(recipients))
+            cpu = cpu_report(sample, {"receiver web (gunicorn)": pgid_of(beta.web), "sender web": pgid_of(alpha.web)})
+            rows = entry_count(beta) - before_rows
+            age = time.monotonic() - signed_at
+            rate = out.ok / out.seconds
+            record = {
+                "benchmark": "ingest",
+                "shape": shape,
+                "recipients_per_notification": len(recipients),
+                "gunicorn_workers": workers,
+                "concurrency": concurrency,
+                "sent": count,
+                "accepted": out.ok,
+                "errors": out.errors,
+                "seconds": round(out.seconds, 3),
+                "notifications_per_second": round(rate, 1),
+                "recipients_per_second": round(rate * len(recipients), 1),
+                "latency_ms_p50": round(1000 * percentile(out.latencies, 50), 1),
+                "latency_ms_p99": round(1000 * percentile(out.latencies, 99), 1),
+                "entries_created": rows,
+                "entries_expected": out.ok * len(recipients),
+                "oldest_signature_age_s": round(age, 1),
+                "machine_busy_pct_before": round(busy_before, 1),
+                "cpu": cpu.to_json(),
+            }
+            emit(record)
+            log(f"  -> {rate:.1f} notifications/s; {cpu.summary()}")
+            records.append(record)
+    finally:
+        beta.stop_web()
+    return records
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--workers",
+        default=f"{CORES},{CORES + 1},{2 * CORES + 1},{4 * CORES}",
+        help="gunicorn workers to try, a comma list (default: around 2 x cores + 1); the best is reported",
+    )
+    parser.add_argument("--single", type=int, default=8000, help="single-recipient notifications per run")
+    parser.add_argument("--multi", type=int, default=600, help="100-recipient notifications per run")
+    parser.add_argument("--concurrency", type=int, default=0, help="connections in flight (default 2 x workers)")
+    parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
+    parser.add_argument(
+        "--quiet", type=float, default=25.0, help="wait (up to 3 min) until the machine is below this %% busy"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the instances' data directory")
+    args = parser.parse_args()
+    worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
+
+    base_dir = Path(tempfile.mkdtemp(prefix="pushmail-bench-ingest-"))
+    backend = server_backend()
+    alpha = Instance(
+        name="bench_ingest_alpha",
+        domains=["alpha.test"],
+        data_dir=base_dir / "alpha",
+        backend=backend,
+        web_workers=1,
+        extra_env=dict(PRODUCTION_ENV),
+    )
+    beta = Instance(
+        name="bench_ingest_beta",
+        domains=["beta.test"],
+        data_dir=base_dir / "beta",
+        backend=backend,
+        extra_env={**PRODUCTION_ENV, "PUSHMAIL_ORIGIN_RATE_PER_MINUTE": "1000000000"},
+    )
+    peers = {"alpha.test": alpha.base_url, "beta.test": beta.base_url}
+    alpha.peers, beta.peers = dict(peers), dict(peers)
+    info = machine()
+    log(f"machine: {info}")
+    records: list[dict[str, object]] = []
+    try:
+        log("setting up alpha (sender) and beta (receiver) on", backend.description)
+        alpha.setup([SENDER])
+        beta.setup([])
+        beta.shell(create_mailboxes_code([SINGLE_RECIPIENT, *MULTI_RECIPIENTS]))
+        signer = Signer(*signing_key_of(alpha, "alpha.test"))
+        alpha.start_web()  # serves alpha.test's discovery document to beta; no worker needed
+        for workers in worker_counts:
+            concurrency = args.concurrency or 2 * workers
+            records += measure(
+                beta,
+                alpha,
+                signer,
+                workers=workers,
+                single=args.single,
+                multi=args.multi,
+                concurrency=concurrency,
+                quiet=args.quiet,
+            )
+    finally:
+        alpha.stop()
+        beta.stop()
+        if not args.keep:
+            shutil.rmtree(base_dir, ignore_errors=True)
+
+    if not args.no_postfix:
+        wait_for_quiet(args.quiet, 180)
+    postfix = {"tool": "postfix", "skipped": True} if args.no_postfix else run_postfix()
+    emit({"benchmark": "ingest", "baseline": postfix})
+    pf_rate = float(postfix.get("messages_per_second", 0) or 0)  # type: ignore[arg-type]
+
+    def best(shape: str) -> dict[str, object] | None:
+        rows = [r for r in records if r["shape"] == shape]
+        return max(rows, key=lambda r: float(r["notifications_per_second"])) if rows else None  # type: ignore[arg-type]
+
+    single_best, multi_best = best("single-recipient"), best("100-recipient")
+    summary: dict[str, object] = {"benchmark": "ingest", "summary": True, "machine": info, "postfix": postfix}
+    if single_best and pf_rate:
+        value = float(single_best["notifications_per_second"])  # type: ignore[arg-type]
+        summary["single"] = {
+            "notifications_per_second": value,
+            "gunicorn_workers": single_best["gunicorn_workers"],
+            "target": f">= {pf_rate} (Postfix messages/s)",
+            "ratio_to_postfix": round(value / pf_rate, 3),
+            "met": value >= pf_rate,
+        }
+    if multi_best and pf_rate:
+        value = float(multi_best["recipients_per_second"])  # type: ignore[arg-type]
+        summary["multi"] = {
+            "recipients_per_second": value,
+            "notifications_per_second": multi_best["notifications_per_second"],
+            "gunicorn_workers": multi_best["gunicorn_workers"],
+            "target": f">= {round(10 * pf_rate, 1)} (10 x Postfix messages/s)",
+            "ratio_to_postfix": round(value / pf_rate, 3),
+            "met": value >= 10 * pf_rate,
+        }
+    emit(summary)
+
+    print(
+        table(
+            ["shape", "workers", "conc.", "accepted/sent", "errors", "notif/s", "recipients/s", "p50 ms", "busy %"],
+            [
+                [
+                    r["shape"],
+                    r["gunicorn_workers"],
+                    r["concurrency"],
+                    f"{r['accepted']}/{r['sent']}",
+                    sum(r["errors"].values()),  # type: ignore[union-attr]
+                    r["notifications_per_second"],
+                    r["recipients_per_second"],
+                    r["latency_ms_p50"],
+                    r["cpu"]["machine_busy_pct"],  # type: ignore[index]
+                ]
+                for r in records
+            ],
+        )
+    )
+    print(f"Postfix baseline: {postfix.get('messages_per_second', postfix.get('error', '?'))} messages/s")
+    for key in ("single", "multi"):
+        if key in summary:
+            print(f"{key}: {summary[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())

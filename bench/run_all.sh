@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the three benchmarks in sequence (ingest with the Postfix baseline,
+# bandwidth, open latency). Each prints JSON lines and a table on stdout;
+# everything is also kept in var/bench-results/<UTC time>/ for docs/benchmarks.md.
+#
+# Needs PostgreSQL and Redis on loopback (PUSHMAIL_BENCH_POSTGRES,
+# PUSHMAIL_BENCH_REDIS override the defaults) and root for the Postfix baseline.
+# Takes about 15 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+OUT="var/bench-results/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+echo "results in $OUT" >&2
+
+status=0
+for bench in ingest bandwidth open_latency; do
+    echo "== $bench ==" >&2
+    if ! "$PY" -m "bench.$bench" 2> >(tee "$OUT/$bench.log" >&2) | tee "$OUT/$bench.out"; then
+        echo "$bench failed" >&2
+        status=1
+    fi
+done
+exit "$status"
