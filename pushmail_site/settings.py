@@ -209,6 +209,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = Path(os.environ.get("PUSHMAIL_BROKER_DIR", DATA_DIR / "broker"))
     for _sub in ("queue", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport, writing each message atomically (see broker.py).
+    CELERY_BROKER_TRANSPORT = "pushmail_site.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
