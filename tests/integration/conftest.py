@@ -38,6 +38,7 @@ FAST_ENV = {
     "PUSHMAIL_RETRY_BASE_SECONDS": "0.5",
     "PUSHMAIL_RETRY_CAP_SECONDS": "3",
     "PUSHMAIL_CLAIM_SECONDS": "5",
+    "PUSHMAIL_SWEEP_GRACE_SECONDS": "2",
 }
 # Redis database numbers below this are left to the demo and other tools.
 REDIS_DB_BASE = 8
@@ -123,8 +124,12 @@ class Cluster(dict[str, Instance]):
     """Instances by name, stopped together."""
 
     def stop(self) -> None:
+        def down(inst: Instance) -> None:
+            inst.kill_worker()  # a graceful worker shutdown is not under test here, and takes seconds
+            inst.stop()
+
         with ThreadPoolExecutor(len(self) or 1) as pool:
-            list(pool.map(lambda inst: inst.stop(), self.values()))
+            list(pool.map(down, self.values()))
         for inst in self.values():
             if inst in _LIVE:
                 _LIVE.remove(inst)

@@ -360,10 +360,11 @@ def test_a_third_instance_cannot_fetch(alpha: Instance, beta: Instance, gamma: I
 def test_body_changed_after_notifying_shows_tampered(alpha: Instance, beta: Instance) -> None:
     (a,) = mailboxes(alpha, 1)
     (b,) = mailboxes(beta, 1)
-    message, _subject, (entry,) = send_and_wait(a, [b], text="What I said first.")
+    message, _subject, (entry,) = send_and_wait(a, [b], text="I owe you 100 euros.")
+    # Same length, so only the digest can tell.
     alpha.shell(
         "from outbox.models import Message\n"
-        f"assert Message.objects.filter(pk={message['id']!r}).update(text='What I say now.') == 1"
+        f"assert Message.objects.filter(pk={message['id']!r}).update(text='I owe you 900 euros.') == 1"
     )
     opened = b.read_until(entry["id"], "tampered")
     assert opened["body"] is None
