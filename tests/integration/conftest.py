@@ -90,7 +90,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     # The header above only shows when this directory is named on the command
     # line; the summary line shows whenever these tests were collected.
-    if any("tests/integration" in str(getattr(r, "nodeid", "")) for r in terminalreporter.getreports("")):
+    reports = (r for kind in terminalreporter.stats.values() for r in kind)
+    if any(str(getattr(r, "nodeid", "")).startswith("tests/integration/") for r in reports):
         terminalreporter.write_line(f"two-instance tests ran on {_backend().description}")
 
 

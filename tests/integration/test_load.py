@@ -54,15 +54,29 @@ def in_parallel(jobs: list[Callable[[], object]], workers: int = 4) -> tuple[Thr
     return pool, [pool.submit(job) for job in jobs]
 
 
-def kill_when(inst: Instance, progress: Callable[[], int], threshold: int, total: int) -> int:
-    """SIGKILL the worker's process group once ``progress`` reaches ``threshold``; return the progress then."""
-    wait_for(f"{threshold} of {total} done before killing {inst.name}'s worker", lambda: progress() >= threshold,
-             timeout=90, interval=0.05)  # fmt: skip
-    inst.kill_worker()
-    done = progress()
-    print(f"killed {inst.name}'s worker with {done} of {total} done")
-    assert done < total, f"all {total} were done before the kill; nothing was in flight"
-    return done
+def kill_in_flight(
+    inst: Instance, *, progress: Callable[[], int], claimed: Callable[[], int], threshold: int, total: int
+) -> None:
+    """SIGKILL the worker's process group while it holds claimed rows, once ``progress`` reaches ``threshold``.
+
+    ``claimed`` counts rows a task has claimed and not finished. A kill that falls
+    between two tasks is tried again after a restart, so real work is always cut short.
+    """
+    for _ in range(5):
+        wait_for(
+            f"{inst.name}'s worker busy with {threshold} of {total} done",
+            lambda: progress() >= threshold and claimed() > 0,
+            timeout=90,
+            interval=0.01,
+        )
+        inst.kill_worker()
+        cut_short, done = claimed(), progress()
+        print(f"killed {inst.name}'s worker with {done} of {total} done and {cut_short} cut short")
+        if cut_short:
+            assert done < total
+            return
+        inst.start_worker()
+    raise AssertionError(f"never caught {inst.name}'s worker in the middle of a task")
 
 
 def send_batch(sender: Api, readers: list[Api], count_: int, prefix: str) -> list[Callable[[], dict]]:
@@ -87,7 +101,15 @@ def test_deliveries_survive_sigkill_of_the_sender_worker(alpha: Instance, beta: 
 
     pool, futures = in_parallel(send_batch(sender, readers, MESSAGES, prefix))
     try:
-        kill_when(alpha, lambda: count(alpha, notified), int(MESSAGES * KILL_AT), MESSAGES)
+        kill_in_flight(
+            alpha,
+            progress=lambda: count(alpha, notified),
+            claimed=lambda: count(
+                alpha, "SELECT count(*) FROM outbox_delivery WHERE state = 'pending' AND attempts > 0"
+            ),
+            threshold=int(MESSAGES * KILL_AT),
+            total=MESSAGES,
+        )
         messages = [f.result(timeout=120) for f in futures]
     finally:
         pool.shutdown(wait=True)
@@ -146,7 +168,15 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     print(f"{FETCHES} notified at beta after {time.monotonic() - started:.1f}s")
     pool, futures = in_parallel([opener(e["id"]) for e in entries])
     try:
-        kill_when(beta, lambda: count(beta, fetched_query) - fetched_before, int(FETCHES * KILL_AT), FETCHES)
+        kill_in_flight(
+            beta,
+            progress=lambda: count(beta, fetched_query) - fetched_before,
+            claimed=lambda: count(
+                beta, "SELECT count(*) FROM mailbox_remotemessage WHERE state = 'fetching' AND attempts > 0"
+            ),
+            threshold=int(FETCHES * KILL_AT),
+            total=FETCHES,
+        )
         opened = [f.result(timeout=120) for f in futures]
     finally:
         pool.shutdown(wait=True)
