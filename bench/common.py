@@ -226,10 +226,14 @@ class CpuReport:
             "machine_busy_pct": round(self.machine_busy_pct, 1),
             "loadavg_1m_before": round(self.loadavg_before[0], 2),
             "cpu_share_pct": {k: round(100 * v / capacity, 1) for k, v in sorted(self.by_group.items())},
+            # Busy time no live process accounts for: mostly processes that ended
+            # during the run (e.g. database backends recycled by CONN_MAX_AGE).
+            "unattributed_pct": round(self.machine_busy_pct - 100 * sum(self.by_group.values()) / capacity, 1),
         }
 
     def summary(self) -> str:
         shares = ", ".join(f"{k} {v}%" for k, v in self.to_json()["cpu_share_pct"].items())  # type: ignore[union-attr]
+        shares += f", unattributed {self.to_json()['unattributed_pct']}%"
         return f"machine {self.machine_busy_pct:.0f}% busy ({CORES} cores): {shares}"
 
 

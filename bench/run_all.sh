@@ -14,11 +14,15 @@ mkdir -p "$OUT"
 echo "results in $OUT" >&2
 
 status=0
-for bench in ingest bandwidth open_latency; do
-    echo "== $bench ==" >&2
-    if ! "$PY" -m "bench.$bench" 2> >(tee "$OUT/$bench.log" >&2) | tee "$OUT/$bench.out"; then
+run() {
+    local bench=$1; shift
+    echo "== $bench $* ==" >&2
+    if ! "$PY" -m "bench.$bench" "$@" 2> >(tee "$OUT/$bench.log" >&2) | tee "$OUT/$bench.out"; then
         echo "$bench failed" >&2
         status=1
     fi
-done
+}
+run ingest --profile 1000
+run bandwidth
+run open_latency
 exit "$status"
