@@ -97,7 +97,9 @@ def test_deliveries_survive_sigkill_of_the_sender_worker(alpha: Instance, beta: 
     (sender,) = mailboxes(alpha, 1)
     readers = mailboxes(beta, RECIPIENTS)
     prefix = unique("load-")
-    notified = "SELECT count(*) FROM outbox_delivery WHERE state = 'notified' AND local = false"
+    # Every query is scoped to this test's messages by their subject prefix.
+    ours = f"JOIN outbox_message m ON m.id = t.message_id WHERE m.subject LIKE '{prefix}-%'"
+    notified = f"SELECT count(*) FROM outbox_delivery t {ours} AND t.state = 'notified' AND t.local = false"
 
     pool, futures = in_parallel(send_batch(sender, readers, MESSAGES, prefix))
     try:
@@ -105,7 +107,7 @@ def test_deliveries_survive_sigkill_of_the_sender_worker(alpha: Instance, beta: 
             alpha,
             progress=lambda: count(alpha, notified),
             claimed=lambda: count(
-                alpha, "SELECT count(*) FROM outbox_delivery WHERE state = 'pending' AND attempts > 0"
+                alpha, f"SELECT count(*) FROM outbox_delivery t {ours} AND t.state = 'pending' AND t.attempts > 0"
             ),
             threshold=int(MESSAGES * KILL_AT),
             total=MESSAGES,
@@ -124,12 +126,15 @@ def test_deliveries_survive_sigkill_of_the_sender_worker(alpha: Instance, beta: 
     )
     print(f"all {MESSAGES} delivered {time.monotonic() - restarted:.1f}s after the restart")
 
-    states = dict(sql(alpha, "SELECT status, count(*) FROM outbox_recipient GROUP BY status"))
+    states = dict(sql(alpha, f"SELECT t.status, count(*) FROM outbox_recipient t {ours} GROUP BY t.status"))
     assert states == {"accepted": MESSAGES * RECIPIENTS}
-    assert count(beta, "SELECT count(*) FROM mailbox_remotemessage") == MESSAGES
-    assert count(beta, "SELECT count(*) FROM mailbox_inboxentry WHERE remote_id IS NOT NULL") == MESSAGES * RECIPIENTS
-    pairs = "SELECT count(*) FROM (SELECT DISTINCT owner_id, remote_id FROM mailbox_inboxentry) AS pairs"
-    assert count(beta, pairs) == MESSAGES * RECIPIENTS
+    like = f"subject LIKE '{prefix}-%'"
+    assert count(beta, f"SELECT count(*) FROM mailbox_remotemessage WHERE {like}") == MESSAGES
+    entries = f"SELECT owner_id, remote_id FROM mailbox_inboxentry WHERE remote_id IS NOT NULL AND {like}"
+    assert count(beta, f"SELECT count(*) FROM ({entries}) AS e") == MESSAGES * RECIPIENTS
+    assert (
+        count(beta, f"SELECT count(*) FROM (SELECT DISTINCT * FROM ({entries}) AS e) AS pairs") == MESSAGES * RECIPIENTS
+    )
     # What each reader sees: every message exactly once.
     expected = sorted(m["subject"] for m in messages)
     for reader in readers:
@@ -152,8 +157,8 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
         timeout=RECOVERY_SECONDS,
         interval=1,
     )  # fmt: skip
-    fetched_query = "SELECT count(*) FROM mailbox_remotemessage WHERE state = 'fetched'"
-    fetched_before = count(beta, fetched_query)
+    ours = f"SELECT count(*) FROM mailbox_remotemessage WHERE subject LIKE '{prefix}-%'"
+    fetched_query = f"{ours} AND state = 'fetched'"
 
     local = threading.local()
 
@@ -170,10 +175,8 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     try:
         kill_in_flight(
             beta,
-            progress=lambda: count(beta, fetched_query) - fetched_before,
-            claimed=lambda: count(
-                beta, "SELECT count(*) FROM mailbox_remotemessage WHERE state = 'fetching' AND attempts > 0"
-            ),
+            progress=lambda: count(beta, fetched_query),
+            claimed=lambda: count(beta, f"{ours} AND state = 'fetching' AND attempts > 0"),
             threshold=int(FETCHES * KILL_AT),
             total=FETCHES,
         )
@@ -186,7 +189,7 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     restarted = time.monotonic()
     wait_for(
         f"all {FETCHES} bodies after the restart",
-        lambda: count(beta, fetched_query) - fetched_before == FETCHES,
+        lambda: count(beta, fetched_query) == FETCHES,
         timeout=RECOVERY_SECONDS,
         interval=0.5,
     )
@@ -206,5 +209,4 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     )
     assert len(served) == FETCHES
     assert sum(served) <= FETCHES + beta.worker_concurrency
-    remote = "SELECT count(*) FROM mailbox_remotemessage WHERE state = 'fetched' AND content IS NOT NULL"
-    assert count(beta, remote) - fetched_before == FETCHES
+    assert count(beta, f"{ours} AND state = 'fetched' AND content IS NOT NULL") == FETCHES
