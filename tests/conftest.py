@@ -39,6 +39,22 @@ OTHER = "other.test"
 OTHER_BASE = "http://other.test:9001"
 TEST_HOST = "testserver"  # what django.test.Client sends as Host
 
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    return f"unit tests: database {engine}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With CI=true the suite runs on PostgreSQL or not at all: it never falls back quietly."""
+    import os
+
+    if os.environ.get("CI") == "true" and not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        raise pytest.UsageError("CI=true: set DATABASE_URL to a PostgreSQL server (tools/test.sh does)")
+
+
 NOTIFICATIONS = "/federation/v1/notifications"
 WITHDRAWALS = "/federation/v1/withdrawals"
 
