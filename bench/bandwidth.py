@@ -54,6 +54,7 @@ from bench.smtp_model import build_message, smtp_cost
 from tools.cluster import Backend, Instance
 
 SENDER = "sender@alpha.test"
+SMTP_MESSAGE_ID = "<9e5f72c9-d3bd-4ab9-a851-c6972cb84642@alpha.test>"  # as long as Pushmail's message ids
 # Recipients look like real addresses (first.last@corpNN.example, 27 characters on
 # average): the notification and its answer carry every address, as SMTP's RCPT TO does.
 FIRST = (
@@ -309,11 +310,12 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(base_dir, ignore_errors=True)
 
+    smtp_subject = f"Bandwidth {args.size} bytes to {len(everyone)}, 100% reading"  # as long as Pushmail's
     smtp_message = build_message(
-        sender=SENDER, subject=f"Bandwidth {args.size} bytes", text=text, message_id="<x@alpha.test>", attachment=False
+        sender=SENDER, subject=smtp_subject, text=text, message_id=SMTP_MESSAGE_ID, attachment=False
     )
     smtp_attachment = build_message(
-        sender=SENDER, subject=f"Bandwidth {args.size} bytes", text=text, message_id="<x@alpha.test>", attachment=True
+        sender=SENDER, subject=smtp_subject, text=text, message_id=SMTP_MESSAGE_ID, attachment=True
     )
     smtp = {
         "text": {

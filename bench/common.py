@@ -180,8 +180,13 @@ def _proc_stat_total() -> tuple[int, int]:
     return sum(fields), idle
 
 
-def _process_times() -> dict[int, tuple[str, int, float]]:
-    """pid -> (command name, process group, CPU seconds used so far)."""
+def _uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def _process_times() -> dict[int, tuple[str, int, float, float]]:
+    """pid -> (command name, process group, CPU seconds used so far, start time in seconds since boot)."""
     tick = os.sysconf("SC_CLK_TCK")
     result = {}
     for entry in os.scandir("/proc"):
@@ -196,7 +201,7 @@ def _process_times() -> dict[int, tuple[str, int, float]]:
         rest = raw[raw.rindex(")") + 2 :].split()
         pgrp = int(rest[2])
         cpu = (int(rest[11]) + int(rest[12])) / tick
-        result[int(entry.name)] = (comm, pgrp, cpu)
+        result[int(entry.name)] = (comm, pgrp, cpu, int(rest[19]) / tick)
     return result
 
 
@@ -204,12 +209,13 @@ def _process_times() -> dict[int, tuple[str, int, float]]:
 class CpuSample:
     started: float
     total: tuple[int, int]
-    procs: dict[int, tuple[str, int, float]]
+    procs: dict[int, tuple[str, int, float, float]]
     load: tuple[float, float, float]
+    uptime: float = 0.0
 
 
 def cpu_sample() -> CpuSample:
-    return CpuSample(time.monotonic(), _proc_stat_total(), _process_times(), os.getloadavg())
+    return CpuSample(time.monotonic(), _proc_stat_total(), _process_times(), os.getloadavg(), _uptime())
 
 
 @dataclass
@@ -246,9 +252,14 @@ def cpu_report(before: CpuSample, groups: Mapping[str, Iterable[int]]) -> CpuRep
     pgid_to_group = {pgid: name for name, pgids in groups.items() for pgid in pgids}
     used: dict[str, float] = {}
     me = os.getpid()
-    for pid, (comm, pgrp, cpu) in after.procs.items():
+    for pid, (comm, pgrp, cpu, started) in after.procs.items():
         prev = before.procs.get(pid)
-        delta = cpu - (prev[2] if prev and prev[0] == comm else 0.0)
+        if prev is not None and prev[3] == started:
+            delta = cpu - prev[2]
+        elif started >= before.uptime - 0.1:
+            delta = cpu  # started during the run
+        else:
+            continue  # existed before but was not read then: its share is left unattributed
         if delta <= 0:
             continue
         if pid == me:
