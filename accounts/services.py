@@ -8,7 +8,7 @@ from allauth.account.models import EmailAddress
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from federation import keys
+from federation import discovery, keys
 
 from .models import ApiToken, Domain, User
 from .validators import normalize_address, normalize_domain
@@ -22,6 +22,7 @@ def create_domain(*, name: str) -> Domain:
         raise ValidationError(f"domain {name} already exists")
     domain = Domain.objects.create(name=name)
     keys.create_signing_key(domain=domain)
+    transaction.on_commit(discovery.forget_hosted_domains)
     return domain
 
 

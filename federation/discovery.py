@@ -47,16 +47,28 @@ def base_url_for(domain: str) -> str:
     return settings.PUSHMAIL_PEERS.get(domain) or f"https://{domain}"
 
 
+_HOSTED_KEY = "pm-hosted-domains"
+_HOSTED_TTL = 10  # another process's adddomain is seen within this many seconds
+
+
 def local_domain_names() -> set[str]:
+    """The domains this instance hosts, cached briefly: every notification asks."""
     from accounts.models import Domain
 
-    return set(Domain.objects.values_list("name", flat=True))
+    cache = caches["local"]
+    names: set[str] | None = cache.get(_HOSTED_KEY)
+    if names is None:
+        names = set(Domain.objects.values_list("name", flat=True))
+        cache.set(_HOSTED_KEY, names, _HOSTED_TTL)
+    return names
+
+
+def forget_hosted_domains() -> None:
+    caches["local"].delete(_HOSTED_KEY)
 
 
 def is_local(domain: str) -> bool:
-    from accounts.models import Domain
-
-    return Domain.objects.filter(name=domain).exists()
+    return domain in local_domain_names()
 
 
 def own_document() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from accounts.models import Domain, User
+from accounts.models import User
 from accounts.validators import domain_of
 from federation import client, discovery, payloads
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
@@ -79,10 +79,8 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
     All rows are committed before this returns.
     """
     recipients = notification.recipients
-    local_domains = set(
-        Domain.objects.filter(name__in={domain_of(r) for r in recipients}).values_list("name", flat=True)
-    )
-    users = {u.email: u for u in User.objects.filter(email__in=recipients, is_active=True)}
+    local_domains = discovery.local_domain_names()
+    users = {u.email: u for u in User.objects.filter(email__in=recipients, is_active=True).only("id", "email")}
     results: list[RecipientResult] = []
     accepted: list[User] = []
     for address in recipients:
@@ -95,25 +93,32 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
             accepted.append(users[address])
     if not accepted:
         return results
-    for attempt in range(2):  # a concurrent duplicate may win the insert once
+    fields = {
+        "message_id": notification.message_id,
+        "sender": notification.sender,
+        "subject": notification.subject,
+        "date": notification.date,
+        "size": notification.size,
+        "digest": notification.digest,
+        "in_reply_to": notification.in_reply_to,
+        "references": notification.references,
+        "expires_at": notification.expires,
+        "local_domain": domain_of(accepted[0].email),
+    }
+    # Most notifications are new: insert first, and look the row up only when the
+    # unique constraint says it exists (a repeat, or a split notification).
+    for repeat in (False, True):
         try:
             with transaction.atomic():
-                remote, created = RemoteMessage.objects.get_or_create(
-                    origin_domain=origin,
-                    global_id=notification.global_id,
-                    defaults={
-                        "message_id": notification.message_id,
-                        "sender": notification.sender,
-                        "subject": notification.subject,
-                        "date": notification.date,
-                        "size": notification.size,
-                        "digest": notification.digest,
-                        "in_reply_to": notification.in_reply_to,
-                        "references": notification.references,
-                        "expires_at": notification.expires,
-                        "local_domain": domain_of(accepted[0].email),
-                    },
-                )
+                if repeat:
+                    remote, created = RemoteMessage.objects.get_or_create(
+                        origin_domain=origin, global_id=notification.global_id, defaults=fields
+                    )
+                else:
+                    remote = RemoteMessage.objects.create(
+                        origin_domain=origin, global_id=notification.global_id, **fields
+                    )
+                    created = True
                 if not created and remote.digest != notification.digest:
                     # The same id may not be re-announced with other content.
                     return [
@@ -139,7 +144,7 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                 )
             break
         except IntegrityError:
-            if attempt:
+            if repeat:
                 raise
     return results
 

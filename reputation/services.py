@@ -28,27 +28,42 @@ def readers_of(message) -> int:  # type: ignore[no-untyped-def]
     return Read.objects.filter(message=message).count()
 
 
+_POLICY_TTL = 10  # an admin's block takes effect within this many seconds
+
+
+def _policy(domain: str) -> tuple[bool, int | None]:
+    """(blocked, rate per minute) for a peer domain, cached briefly per process."""
+    cache = caches["local"]
+    key = f"pm-origin-policy:{domain}"
+    cached: tuple[bool, int | None] | None = cache.get(key)
+    if cached is None:
+        policy = OriginPolicy.objects.filter(domain=domain).only("blocked", "rate_per_minute").first()
+        cached = (policy.blocked, policy.rate_per_minute) if policy else (False, None)
+        cache.set(key, cached, _POLICY_TTL)
+    return cached
+
+
+def forget_policy(domain: str) -> None:
+    caches["local"].delete(f"pm-origin-policy:{domain}")
+
+
 def check_origin(*, domain: str) -> None:
     """Refuse a blocked domain, or one over its per-minute notification budget.
 
     The counter lives in the shared cache so every web process counts together.
     """
-    policy = OriginPolicy.objects.filter(domain=domain).only("blocked", "rate_per_minute").first()
-    if policy is not None and policy.blocked:
+    blocked, rate = _policy(domain)
+    if blocked:
         raise OriginRefused(f"notifications from {domain} are blocked by this instance")
-    limit = (policy.rate_per_minute if policy and policy.rate_per_minute else None) or (
-        settings.PUSHMAIL_ORIGIN_RATE_PER_MINUTE
-    )
+    limit = rate or settings.PUSHMAIL_ORIGIN_RATE_PER_MINUTE
     now = time.time()
     window = int(now // 60)
     cache = caches["default"]
     key = f"pm-rate:{domain}:{window}"
-    cache.add(key, 0, timeout=120)
     try:
-        count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=120)
-        count = 1
+        count = cache.incr(key)  # one round trip once the window's counter exists
+    except ValueError:
+        count = 1 if cache.add(key, 1, timeout=120) else cache.incr(key)
     if count > limit:
         retry_after = max(1, int(60 - now % 60) + 1)
         raise OriginRefused(f"{domain} is over its limit of {limit} notifications per minute", retry_after=retry_after)

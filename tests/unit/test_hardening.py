@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -126,3 +127,22 @@ def test_expired_nonces_are_pruned_from_the_database_cache() -> None:
     assert prune_expired_cache() == 1
     assert cache.get("pm-nonce:live") == 1
     assert not cache.add("pm-nonce:live", 1, timeout=600)  # still a replay
+
+
+def test_a_new_notification_is_stored_in_a_handful_of_queries(
+    alice: User, peer: FakePeer, federation: FederationClient, django_assert_max_num_queries, settings: Any
+) -> None:
+    """Ingest speed: the hot path reads mailboxes once and writes two rows.
+
+    The shared cache (nonces, rate counters) is Redis in production; here it is
+    kept out of the database so that only the application's own queries count.
+    """
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ingest-count"},
+    }
+    assert federation.notify(peer, PeerMessageFactory().payload()).status_code == 200  # warms the caches
+    with django_assert_max_num_queries(6):
+        response = federation.notify(peer, PeerMessageFactory().payload())
+    assert response.status_code == 200
+    assert response.json()["results"] == [{"address": "alice@alpha.test", "status": "accepted"}]
