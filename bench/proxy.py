@@ -35,6 +35,12 @@ class Connection:
         line = bytes(self.response_head).split(b"\r\n", 1)[0].split()
         return int(line[1]) if len(line) > 1 and line[1].isdigit() else 0
 
+    @property
+    def content_coded(self) -> bool:
+        """The response carried a Content-Encoding (e.g. gzip)."""
+        head = bytes(self.response_head).split(b"\r\n\r\n", 1)[0].lower()
+        return b"\r\ncontent-encoding:" in head
+
     def heads(self) -> tuple[str, str]:
         """Request and response headers, as sent."""
         request = bytes(self._up_head).split(b"\r\n\r\n", 1)[0].decode("latin-1")
