@@ -58,6 +58,7 @@ def _method_not_allowed(allowed: list[str]) -> JsonResponse:
 
 
 @csrf_exempt  # read-only; without this a POST would get Django's HTML CSRF page, not the JSON 405
+@gzip_page
 def well_known(request: HttpRequest) -> JsonResponse:
     """``GET /.well-known/pushmail``: the discovery document (§2)."""
     if request.method not in ("GET", "HEAD"):

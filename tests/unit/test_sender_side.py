@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -233,3 +234,13 @@ def test_body_and_answers_are_gzip_coded_for_clients_that_accept_it(
     content = gzip.decompress(response.content)
     assert len(response.content) < len(content) / 5
     assert "sha-256:" + hashlib.sha256(content).hexdigest() == message.digest
+
+
+def test_discovery_document_is_gzip_coded_for_clients_that_accept_it(alice: User) -> None:
+    from django.test import Client
+
+    response = Client().get("/.well-known/pushmail", headers={"Accept-Encoding": "gzip"})
+
+    assert response.status_code == 200 and response["Content-Encoding"] == "gzip"
+    document = json.loads(gzip.decompress(response.content))
+    assert document["domains"] == ["alpha.test"] and document["keys"]
