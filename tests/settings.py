@@ -6,11 +6,12 @@ Two-instance tests start real instances with their own settings (tools/cluster.p
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
-os.environ.setdefault("PUSHMAIL_DATA_DIR", "/tmp/pushmail-unit-tests")  # noqa: S108 - scratch space
+os.environ.setdefault("PUSHMAIL_DATA_DIR", os.path.join(tempfile.gettempdir(), "pushmail-unit-tests"))
 
 from pushmail_site.settings import *  # noqa: E402,F403
 
