@@ -28,6 +28,10 @@ _NEGATIVE_TTL = 300
 class DiscoveryError(Exception):
     """The domain's instance could not be asked now; try again later."""
 
+    # The same shape as client.PeerError, so callers handle both alike.
+    retryable = True
+    retry_after: float | None = None
+
 
 @dataclass(frozen=True)
 class Instance:

@@ -245,7 +245,7 @@ def fetch_body(remote_id: int) -> None:
             _set_state(remote, state, only_unopened=True, next_attempt_at=None, last_error="")
         return
     except (discovery.DiscoveryError, client.PeerError) as exc:
-        _fetch_failed(remote, str(exc), retry_after=getattr(exc, "retry_after", None))
+        _fetch_failed(remote, str(exc), retry_after=exc.retry_after)
         return
     with transaction.atomic():
         current = lock(RemoteMessage.objects, skip_locked=False).get(pk=remote.pk)

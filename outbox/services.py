@@ -254,9 +254,7 @@ def deliver_notification(delivery_id: int) -> None:
                 )
             )
     except (discovery.DiscoveryError, client.PeerError) as exc:
-        retryable = getattr(exc, "retryable", True)
-        retry_after = getattr(exc, "retry_after", None)
-        _delivery_failed_attempt(delivery, str(exc), retryable=retryable, retry_after=retry_after)
+        _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
         return
     _record_answers(delivery, results)
 
@@ -442,14 +440,12 @@ def send_withdrawal(delivery_id: int) -> None:
         )
     except (discovery.DiscoveryError, client.PeerError) as exc:
         now = timezone.now()
-        retryable = getattr(exc, "retryable", True)
-        if not retryable or now >= message.withdrawn_at + settings.PUSHMAIL_DELIVERY_WINDOW:  # type: ignore[operator]
+        if not exc.retryable or now >= message.withdrawn_at + settings.PUSHMAIL_DELIVERY_WINDOW:  # type: ignore[operator]
             Delivery.objects.filter(pk=delivery.pk).update(
                 withdrawal=WithdrawalState.FAILED, withdrawal_error=str(exc)[:500]
             )
             return
-        retry_after = getattr(exc, "retry_after", None)
-        delay = timedelta(seconds=retry_after) if retry_after else backoff(delivery.withdrawal_attempts)
+        delay = timedelta(seconds=exc.retry_after) if exc.retry_after else backoff(delivery.withdrawal_attempts)
         Delivery.objects.filter(pk=delivery.pk).update(
             withdrawal_next_attempt_at=now + delay, withdrawal_error=str(exc)[:500]
         )

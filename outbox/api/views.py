@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.core.exceptions import ValidationError
+from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError as ApiValidationError
@@ -9,14 +12,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import selectors, services
+from ..models import Message
 from .serializers import MessageSerializer, SendSerializer
 
 
-def _message_or_404(request: Request, message_id) -> object:  # type: ignore[no-untyped-def]
-    from django.http import Http404
-
-    from ..models import Message
-
+def _message_or_404(request: Request, message_id: UUID) -> Message:
     try:
         return selectors.sent_message_detail(user=request.user, message_id=message_id)
     except Message.DoesNotExist as exc:
@@ -40,13 +40,13 @@ class MessageCreateView(APIView):
 
 class MessageDetailView(APIView):
     @extend_schema(responses=MessageSerializer)
-    def get(self, request: Request, message_id) -> Response:  # type: ignore[no-untyped-def]
+    def get(self, request: Request, message_id: UUID) -> Response:
         return Response(MessageSerializer(_message_or_404(request, message_id)).data)
 
 
 class MessageWithdrawView(APIView):
     @extend_schema(request=None, responses=MessageSerializer)
-    def post(self, request: Request, message_id) -> Response:  # type: ignore[no-untyped-def]
+    def post(self, request: Request, message_id: UUID) -> Response:
         message = _message_or_404(request, message_id)
-        services.withdraw_message(message=message)  # type: ignore[arg-type]
+        services.withdraw_message(message=message)
         return Response(MessageSerializer(_message_or_404(request, message_id)).data)
