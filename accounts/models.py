@@ -8,10 +8,29 @@ from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
 
 
+class FetchPolicy(models.TextChoices):
+    ON_OPEN = "on_open", "Fetch when I open a message"
+    ON_NOTIFY = "on_notify", "Fetch as soon as notified (the sender cannot tell when I read)"
+
+
+class RemoteContentPolicy(models.TextChoices):
+    ASK = "ask", "Block remote images until I allow them"
+    ALWAYS = "always", "Always show remote images (through this server's image proxy)"
+
+
+DEFAULT_QUOTA_BYTES = 2 * 1024**3
+
+
 class Domain(models.Model):
     """A mail domain this instance serves."""
 
     name = models.CharField(max_length=253, unique=True)
+    default_fetch_policy = models.CharField(
+        max_length=9, choices=FetchPolicy.choices, default=FetchPolicy.ON_OPEN, help_text="For mailboxes that set none."
+    )
+    default_quota_bytes = models.BigIntegerField(
+        default=DEFAULT_QUOTA_BYTES, help_text="Storage per mailbox unless the mailbox sets its own."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -45,6 +64,16 @@ class User(AbstractUser):
     email = models.EmailField("address", unique=True)
     local_part = models.CharField(max_length=64)
     domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="mailboxes")
+    display_name = models.CharField(max_length=100, blank=True)
+    signature = models.TextField(blank=True, max_length=2000)
+    fetch_policy = models.CharField(
+        max_length=9, choices=FetchPolicy.choices, blank=True, help_text="Blank: the domain's default."
+    )
+    remote_content = models.CharField(
+        max_length=6, choices=RemoteContentPolicy.choices, default=RemoteContentPolicy.ASK
+    )
+    recovery_address = models.EmailField(blank=True, help_text="Where password reset links are sent.")
+    quota_bytes = models.BigIntegerField(null=True, blank=True, help_text="Blank: the domain's default.")
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -58,6 +87,14 @@ class User(AbstractUser):
     @property
     def address(self) -> str:
         return self.email
+
+    @property
+    def effective_fetch_policy(self) -> str:
+        return self.fetch_policy or self.domain.default_fetch_policy
+
+    @property
+    def effective_quota_bytes(self) -> int:
+        return self.quota_bytes if self.quota_bytes is not None else self.domain.default_quota_bytes
 
     def __str__(self) -> str:
         return self.email

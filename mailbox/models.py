@@ -27,6 +27,13 @@ class EntryState(models.TextChoices):
     NOTICE = "notice"
 
 
+class Folder(models.TextChoices):
+    INBOX = "inbox", "Inbox"
+    ARCHIVE = "archive", "Archive"
+    SPAM = "spam", "Spam"
+    TRASH = "trash", "Trash"
+
+
 class RemoteMessage(models.Model):
     """A message held at another instance, known here from its notification.
 
@@ -44,6 +51,9 @@ class RemoteMessage(models.Model):
     digest = models.CharField(max_length=80)
     in_reply_to = models.CharField(max_length=400, blank=True)
     references = models.JSONField(default=list)
+    attachments = models.JSONField(
+        default=list, blank=True, help_text="The manifest from the notification: name, type, size, digest."
+    )
     expires_at = models.DateTimeField()
     local_domain = models.CharField(max_length=253, help_text="The hosted domain this instance fetches as.")
     received_at = models.DateTimeField(auto_now_add=True)
@@ -64,6 +74,34 @@ class RemoteMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.global_id} from {self.sender} ({self.state})"
+
+
+class Label(models.Model):
+    """A user's own label; an entry can carry several."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labels")
+    name = models.CharField(max_length=60)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="unique_label_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AllowedSender(models.Model):
+    """A sender whose remote content (images) this user always loads, through the proxy."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="allowed_senders")
+    address = models.CharField(max_length=320)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "address"], name="unique_allowed_sender")]
+
+    def __str__(self) -> str:
+        return self.address
 
 
 class EntryQuerySet(models.QuerySet["InboxEntry"]):
@@ -87,6 +125,16 @@ class InboxEntry(models.Model):
     read = models.BooleanField(default=False)
     opened_at = models.DateTimeField(null=True, blank=True, help_text="When the owner first saw the body.")
     notice_text = models.TextField(blank=True)
+    folder = models.CharField(max_length=7, choices=Folder.choices, default=Folder.INBOX)
+    starred = models.BooleanField(default=False)
+    trashed_at = models.DateTimeField(null=True, blank=True, help_text="Emptied from Trash 30 days after this.")
+    labels = models.ManyToManyField(Label, blank=True, related_name="entries")
+    thread_key = models.CharField(
+        max_length=400, blank=True, help_text="The Message-ID that starts the conversation (see mailbox.threads)."
+    )
+    has_attachments = models.BooleanField(default=False)
+    remote_content_allowed = models.BooleanField(default=False)
+    search_document = models.TextField(blank=True, help_text="Subject, sender and, once fetched, the body text.")
 
     objects = EntryQuerySet.as_manager()
 
@@ -96,7 +144,13 @@ class InboxEntry(models.Model):
             models.UniqueConstraint(fields=["owner", "remote"], name="unique_entry_per_remote_message"),
             models.UniqueConstraint(fields=["owner", "local"], name="unique_entry_per_local_message"),
         ]
-        indexes = [models.Index(fields=["owner", "-received_at"])]
+        indexes = [
+            models.Index(fields=["owner", "folder", "-received_at", "-id"], name="entry_folder_page"),
+            models.Index(fields=["owner", "-received_at", "-id"], name="entry_all_page"),
+            models.Index(fields=["owner", "thread_key"], name="entry_thread"),
+            models.Index(fields=["owner", "folder"], condition=models.Q(read=False), name="entry_unread_by_folder"),
+            models.Index(fields=["folder", "trashed_at"], name="entry_trash_age"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject!r} for {self.owner_id} ({self.state})"

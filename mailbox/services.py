@@ -17,6 +17,7 @@ from federation import client, discovery, payloads
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
 
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+from .threads import thread_key
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type
                 subject=message.subject,
                 size=message.size,
                 state=EntryState.FETCHED,
+                thread_key=message.thread_key,
+                search_document=f"{message.subject}\n{message.sender_address}\n{message.text}",
             )
             for user in users.values()
         ],
@@ -105,6 +108,11 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         "expires_at": notification.expires,
         "local_domain": domain_of(accepted[0].email),
     }
+    conversation = thread_key(
+        message_id=notification.message_id,
+        in_reply_to=notification.in_reply_to,
+        references=notification.references,
+    )
     # Most notifications are new: insert first, and look the row up only when the
     # unique constraint says it exists (a repeat, or a split notification).
     for repeat in (False, True):
@@ -137,6 +145,8 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                             subject=notification.subject,
                             size=notification.size,
                             state=state,
+                            thread_key=conversation,
+                            search_document=f"{notification.subject}\n{notification.sender}",
                         )
                         for user in accepted
                     ],

@@ -8,6 +8,11 @@ from django.conf import settings
 from django.db import models
 
 
+class SenderFolder(models.TextChoices):
+    SENT = "sent", "Sent"
+    TRASH = "trash", "Trash"
+
+
 class Message(models.Model):
     """A sent message. ``id`` is its global id on the wire."""
 
@@ -29,10 +34,19 @@ class Message(models.Model):
     expires_at = models.DateTimeField()
     withdrawn_at = models.DateTimeField(null=True, blank=True)
     body_purged_at = models.DateTimeField(null=True, blank=True)
+    # The sender's own copy: Sent, or Trash (emptied after 30 days), starred or not.
+    sender_folder = models.CharField(max_length=5, choices=SenderFolder.choices, default=SenderFolder.SENT)
+    sender_starred = models.BooleanField(default=False)
+    sender_trashed_at = models.DateTimeField(null=True, blank=True)
+    thread_key = models.CharField(max_length=400, blank=True)
 
     class Meta:
         ordering = ["-date"]
-        indexes = [models.Index(fields=["sender", "-date"]), models.Index(fields=["expires_at"])]
+        indexes = [
+            models.Index(fields=["sender", "sender_folder", "-date"], name="message_sent_page"),
+            models.Index(fields=["sender", "thread_key"], name="message_thread"),
+            models.Index(fields=["expires_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subject!r} from {self.sender_address}"
@@ -132,3 +146,65 @@ class BodyFetch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id} fetched by {self.domain}"
+
+
+class MessageAttachment(models.Model):
+    """A file attached to a sent message; its bytes are a shared Blob."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    blob = models.ForeignKey("attachments.Blob", on_delete=models.PROTECT, related_name="message_uses")
+    position = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=127)
+    size = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["message", "position"], name="unique_attachment_position")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes)"
+
+
+class Draft(models.Model):
+    """A message being written. Sending with undo sets ``send_at``; the send task turns it into a Message."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="drafts")
+    to = models.TextField(blank=True)
+    cc = models.TextField(blank=True)
+    bcc = models.TextField(blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    text = models.TextField(blank=True)
+    markdown = models.BooleanField(default=False, help_text="Render the text as Markdown to sanitized HTML.")
+    in_reply_to = models.CharField(max_length=400, blank=True)
+    references = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    send_at = models.DateTimeField(null=True, blank=True, help_text="Queued to send at this time; undo clears it.")
+    sent_message = models.OneToOneField(
+        Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="from_draft"
+    )
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"], name="draft_page"),
+            models.Index(fields=["send_at"], name="draft_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"draft {self.subject!r} by {self.owner_id}"
+
+
+class DraftAttachment(models.Model):
+    draft = models.ForeignKey(Draft, on_delete=models.CASCADE, related_name="attachments")
+    blob = models.ForeignKey("attachments.Blob", on_delete=models.PROTECT, related_name="draft_uses")
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=127)
+    size = models.BigIntegerField()
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["added_at", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.size} bytes)"

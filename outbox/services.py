@@ -17,6 +17,7 @@ from django.utils import timezone
 from accounts.models import Domain, User
 from accounts.validators import domain_of, normalize_address
 from federation import client, discovery, payloads
+from mailbox.threads import thread_key
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
 
 from .models import (
@@ -71,7 +72,10 @@ def _references_for(in_reply_to: str) -> list[str]:
     parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
     if parent is None:
         parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
-    return [*(parent or [])[-20:], in_reply_to]
+    chain = list(parent or [])
+    if len(chain) > 20:
+        chain = chain[:1] + chain[-19:]  # keep the root: it names the thread
+    return [*chain, in_reply_to]
 
 
 def send_message(
@@ -129,6 +133,9 @@ def send_message(
         expires_at=now + settings.PUSHMAIL_RETENTION,
         size=0,
         digest="",
+    )
+    message.thread_key = thread_key(
+        message_id=message.message_id, in_reply_to=message.in_reply_to, references=message.references
     )
     content = canonical_content(message)
     message.size = len(content)

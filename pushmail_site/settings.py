@@ -70,11 +70,16 @@ INSTALLED_APPS = [
     "django_htmx",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
+    "allauth.usersessions",
+    "csp",
     "accounts",
     "federation",
     "outbox",
     "mailbox",
     "reputation",
+    "attachments",
+    "webmail",
 ]
 
 MIDDLEWARE = [
@@ -88,6 +93,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "allauth.usersessions.middleware.UserSessionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "pushmail_site.urls"
@@ -158,6 +165,25 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_EMAIL_VERIFICATION = "none"
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
 LOGIN_REDIRECT_URL = "/"
+ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_SESSION_REMEMBER = None
+# Rate limits are counted in the shared "default" cache, so every process sees them.
+ACCOUNT_RATE_LIMITS = {
+    "login": "30/m/ip",
+    "login_failed": "10/m/ip,5/5m/key",
+    "reset_password": "20/m/ip,5/m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+}
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Pushmail")
+# WebAuthn needs a secure context; browsers treat http://localhost as one.
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 86400)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -172,11 +198,39 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
+# Attachment bytes go through Django's storage API: the filesystem by default,
+# object storage (django-storages) when STORAGE_BACKEND names one, e.g.
+# "storages.backends.s3.S3Storage" with its AWS_* settings in the environment.
+STORAGES = {
+    "default": {"BACKEND": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_NAME = os.environ.get("SESSION_COOKIE_NAME", "pushmail_session")
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "SAMEORIGIN"  # the message view frames its own sanitized-HTML URL
+
+# --- Content-Security-Policy (django-csp) -------------------------------------------
+# Every page: only this origin's scripts and styles, no inline script, no plugins.
+# Views that serve message HTML or attachments replace it with a stricter sandboxing policy.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "frame-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'self'"],
+    }
+}
 # Request bodies the user API reads into memory (a message with its text and HTML).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PUSHMAIL_MAX_API_BODY_BYTES", 12 * 1024 * 1024)
 if env_bool("BEHIND_TLS_PROXY", False):
@@ -263,6 +317,12 @@ PUSHMAIL_CLAIM_SECONDS = float(os.environ.get("PUSHMAIL_CLAIM_SECONDS", "30"))
 PUSHMAIL_KEY_GRACE = timedelta(days=float(os.environ.get("PUSHMAIL_KEY_GRACE_DAYS", "7")))
 # Notifications accepted per origin domain per minute.
 PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 6000)
+# Webmail: attachment limits and the image proxy.
+PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
+PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)
+PUSHMAIL_TRASH_DAYS = float(os.environ.get("PUSHMAIL_TRASH_DAYS", "30"))
+PUSHMAIL_UNDO_SEND_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SEND_SECONDS", "10"))
+PUSHMAIL_IMAGE_PROXY_MAX_BYTES = env_int("PUSHMAIL_IMAGE_PROXY_MAX_BYTES", 5 * 1024 * 1024)
 # How long before expiry an unopened message from a known correspondent is fetched.
 PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))
 

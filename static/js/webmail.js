@@ -1,0 +1,1 @@
+// Webmail behaviour: keyboard shortcuts, live updates, title count (see templates/webmail/base.html).

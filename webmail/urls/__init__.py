@@ -1,0 +1,13 @@
+"""Webmail routes, one module per area; all under the "webmail" namespace."""
+
+from . import attachments, compose, content, mail, search, settings
+
+app_name = "webmail"
+urlpatterns = [
+    *mail.urlpatterns,
+    *compose.urlpatterns,
+    *attachments.urlpatterns,
+    *content.urlpatterns,
+    *search.urlpatterns,
+    *settings.urlpatterns,
+]

@@ -1,0 +1,5 @@
+"""Webmail routes: attachments."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

@@ -1,0 +1,5 @@
+"""Webmail routes: compose."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

@@ -1,0 +1,5 @@
+"""Webmail routes: content."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

@@ -1,0 +1,5 @@
+"""Webmail routes: mail."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

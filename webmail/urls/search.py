@@ -1,0 +1,5 @@
+"""Webmail routes: search."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []

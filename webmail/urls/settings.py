@@ -1,0 +1,5 @@
+"""Webmail routes: settings."""
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
