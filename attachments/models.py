@@ -29,3 +29,18 @@ class Blob(models.Model):
     def digest(self) -> str:
         """The wire form, as in manifests: ``sha-256:<hex>``."""
         return "sha-256:" + self.sha256
+
+
+class AttachmentFetch(models.Model):
+    """One attachment served to one recipient domain (sender side), like outbox.BodyFetch."""
+
+    attachment = models.ForeignKey("outbox.MessageAttachment", on_delete=models.CASCADE, related_name="fetches")
+    domain = models.CharField(max_length=253)
+    fetched_at = models.DateTimeField(auto_now_add=True)
+    bytes = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["attachment", "domain"])]
+
+    def __str__(self) -> str:
+        return f"{self.attachment_id} fetched by {self.domain}"
