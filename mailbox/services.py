@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import FetchPolicy, User
 from accounts.validators import domain_of
 from federation import client, discovery, payloads
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
@@ -83,7 +83,12 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
     """
     recipients = notification.recipients
     local_domains = discovery.local_domain_names()
-    users = {u.email: u for u in User.objects.filter(email__in=recipients, is_active=True).only("id", "email")}
+    users = {
+        u.email: u
+        for u in User.objects.filter(email__in=recipients, is_active=True)
+        .select_related("domain")
+        .only("id", "email", "fetch_policy", "domain__default_fetch_policy")
+    }
     results: list[RecipientResult] = []
     accepted: list[User] = []
     for address in recipients:
@@ -156,6 +161,12 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         except IntegrityError:
             if repeat:
                 raise
+    if remote.state == FetchState.NOTIFIED and any(
+        user.effective_fetch_policy == FetchPolicy.ON_NOTIFY for user in accepted
+    ):
+        # "Fetch as soon as notified": the sender cannot tell when (or whether) anyone here reads it.
+        # One fetch per message for the whole instance, as for a fetch on open.
+        request_fetch(remote_id=remote.pk)
     return results
 
 
