@@ -16,6 +16,7 @@ from accounts.validators import domain_of
 from federation import client, discovery, payloads
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
 
+from . import search
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
 from .threads import thread_key
 
@@ -31,6 +32,7 @@ _PENDING_FETCH = (FetchState.NOTIFIED, FetchState.FETCHING, FetchState.UNAVAILAB
 def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
     """Create entries for local recipients of a locally sent message; return the accepted addresses."""
     users = {u.email: u for u in User.objects.filter(email__in=addresses, is_active=True)}
+    names = [a.name for a in message.attachments.all()] if users else []
     InboxEntry.objects.bulk_create(
         [
             InboxEntry(
@@ -41,7 +43,13 @@ def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type
                 size=message.size,
                 state=EntryState.FETCHED,
                 thread_key=message.thread_key,
-                search_document=f"{message.subject}\n{message.sender_address}\n{message.text}",
+                has_attachments=bool(names),
+                search_document=search.entry_document(
+                    subject=message.subject,
+                    sender=message.sender_address,
+                    text=search.body_text({"text": message.text, "html": message.html}),
+                    attachments=names,
+                ),
             )
             for user in users.values()
         ],
@@ -112,6 +120,7 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         "references": notification.references,
         "expires_at": notification.expires,
         "local_domain": domain_of(accepted[0].email),
+        "attachments": [a.to_json() for a in notification.attachments],
     }
     conversation = thread_key(
         message_id=notification.message_id,
@@ -151,7 +160,10 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                             size=notification.size,
                             state=state,
                             thread_key=conversation,
-                            search_document=f"{notification.subject}\n{notification.sender}",
+                            has_attachments=bool(notification.attachments),
+                            search_document=search.entry_document(
+                                subject=notification.subject, sender=notification.sender
+                            ),
                         )
                         for user in accepted
                     ],
@@ -289,6 +301,7 @@ def fetch_body(remote_id: int) -> None:
                 "subject": current.subject,
                 "message_id": current.message_id,
                 "date": payloads.format_time(current.date),
+                "attachments": current.attachments,
             },
         )
         if mismatch:
@@ -302,6 +315,7 @@ def fetch_body(remote_id: int) -> None:
         _set_state(
             current, FetchState.FETCHED, content=content, fetched_at=timezone.now(), next_attempt_at=None, last_error=""
         )
+        search.index_fetched_body(remote=current, body=payloads.parse_body(content))
 
 
 def _fetch_failed(remote: RemoteMessage, error: str, *, retry_after: float | None) -> None:
@@ -342,7 +356,11 @@ def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> Withdr
         fetched_before = remote.fetched_at is not None
         if remote.state == FetchState.WITHDRAWN:
             return WithdrawalResult(fetched_before=fetched_before)
-        InboxEntry.objects.filter(remote=remote, opened_at__isnull=True).update(state=EntryState.WITHDRAWN)
+        # Whoever had not opened it can no longer find it by its body either.
+        InboxEntry.objects.filter(remote=remote, opened_at__isnull=True).update(
+            state=EntryState.WITHDRAWN,
+            search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+        )
         remote.state = FetchState.WITHDRAWN
         remote.withdrawn_at = timezone.now()
         remote.next_attempt_at = None
@@ -355,7 +373,10 @@ def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> Withdr
 
 
 def withdraw_local_entries(*, message) -> int:  # type: ignore[no-untyped-def]
-    return InboxEntry.objects.filter(local=message, opened_at__isnull=True).update(state=EntryState.WITHDRAWN)
+    return InboxEntry.objects.filter(local=message, opened_at__isnull=True).update(
+        state=EntryState.WITHDRAWN,
+        search_document=search.entry_document(subject=message.subject, sender=message.sender_address),
+    )
 
 
 # --- Sweeps ----------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""Search over one user's mail: the text each entry is matched on, and the query.
+
+Every entry carries ``search_document``: subject and sender from the notification,
+plus the body text and attachment names once the body is here. Bodies still at the
+sender's are therefore matched on subject and sender only.
+
+PostgreSQL matches with full-text search on ``to_tsvector('simple', search_document)``,
+served by the GIN expression index of migration 0003 (the query below must use exactly
+that expression, or the index is not used). Other databases (SQLite in development)
+require every word to appear as a case-insensitive substring.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import nh3
+from django.db import connection
+from django.db.models import BooleanField, Q, QuerySet
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from .models import EntryState, InboxEntry, RemoteMessage
+
+# 'simple' rather than 'english': mail is multilingual and full of addresses, names and
+# codes; 'simple' lower-cases and keeps every word (no stemming to English, no stop
+# words dropped), so "the-who" or a Finnish word is found as typed. Keep in step with
+# migration 0003, whose index is built on this exact configuration.
+FTS_CONFIG = "simple"
+FTS_MATCH = "to_tsvector('simple', \"mailbox_inboxentry\".\"search_document\") @@ websearch_to_tsquery('simple', %s)"
+
+MAX_DOCUMENT_CHARS = 200_000  # bounds indexing work (and tsvector's 1 MB limit) per message
+MAX_QUERY_CHARS = 300
+MAX_TERMS = 12
+PAGE_SIZE = 50
+
+_TOKEN = re.compile(r'(-?)(?:"([^"]*)"?|(\S+))')
+_WORD_SPLIT = re.compile(r"[^\w]+")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --- The document an entry is matched on ---------------------------------------------------
+
+
+def address_words(address: str) -> str:
+    """An address as search words: whole, its domain, and its parts ("carol", "peer").
+
+    PostgreSQL's parser keeps "carol@peer.test" as one token, so without the parts a
+    search for "carol" would not find her mail.
+    """
+    local, _, domain = address.partition("@")
+    words = [address, domain, *_WORD_SPLIT.split(local), *_WORD_SPLIT.split(domain)]
+    return " ".join(dict.fromkeys(w for w in words if w))
+
+
+def body_text(body: dict[str, Any]) -> str:
+    """The plain text of a body: its text part, or its HTML part with every tag removed."""
+    text = body.get("text") or ""
+    if text:
+        return str(text)
+    markup = body.get("html") or ""
+    if not markup:
+        return ""
+    # nh3 drops <script>/<style> content entirely and returns the rest escaped.
+    return html.unescape(nh3.clean(str(markup), tags=set()))
+
+
+def attachment_names(manifest: Iterable[Any] | None) -> list[str]:
+    return [str(item["name"]) for item in manifest or () if isinstance(item, dict) and item.get("name")]
+
+
+def entry_document(*, subject: str, sender: str, text: str = "", attachments: Iterable[str] = ()) -> str:
+    """The text an entry is matched on, capped at MAX_DOCUMENT_CHARS."""
+    parts = [subject, address_words(sender), " ".join(attachments), text]
+    document = "\n".join(part for part in parts if part)
+    # PostgreSQL text cannot hold NUL characters.
+    return document.replace("\x00", " ")[:MAX_DOCUMENT_CHARS]
+
+
+def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
+    """A body arrived: its entries become searchable by body text and attachment names."""
+    document = entry_document(
+        subject=remote.subject,
+        sender=remote.sender,
+        text=body_text(body),
+        attachments=attachment_names(body.get("attachments") or remote.attachments),
+    )
+    InboxEntry.objects.filter(remote=remote).exclude(state=EntryState.WITHDRAWN).update(search_document=document)
+
+
+# --- The query -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Query:
+    """A parsed search box: words and phrases (each must appear), -excluded ones, from:senders."""
+
+    text: str = ""  # what PostgreSQL's websearch_to_tsquery reads (from: terms removed)
+    terms: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.terms or self.excluded or self.senders)
+
+
+def parse_query(raw: str) -> Query:
+    """Split a search box into terms. ``from:addr`` filters on the sender.
+
+    Raises ValueError with a message for the page when the query is too long.
+    """
+    raw = raw.strip()
+    if len(raw) > MAX_QUERY_CHARS:
+        raise ValueError(f"The search is too long: at most {MAX_QUERY_CHARS} characters.")
+    terms: list[str] = []
+    excluded: list[str] = []
+    senders: list[str] = []
+    kept: list[str] = []
+    for match in _TOKEN.finditer(raw):
+        negated, phrase, word = match.group(1), match.group(2), match.group(3)
+        value = (phrase if phrase is not None else word or "").strip()
+        if not value:
+            continue
+        if phrase is None and value.lower().startswith("from:"):
+            sender = value[5:].strip()
+            if sender:
+                senders.append(sender)
+            continue
+        kept.append(match.group(0))
+        (excluded if negated else terms).append(value)
+    if len(terms) + len(excluded) + len(senders) > MAX_TERMS:
+        raise ValueError(f"The search has too many words: at most {MAX_TERMS}.")
+    return Query(text=" ".join(kept), terms=tuple(terms), excluded=tuple(excluded), senders=tuple(senders))
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where the next page starts: after the entry (received_at, id), newest first."""
+
+    received_at: datetime
+    entry_id: int
+
+    def __str__(self) -> str:
+        micros = (self.received_at - _EPOCH) // timedelta(microseconds=1)
+        return f"{micros}.{self.entry_id}"
+
+    @classmethod
+    def parse(cls, raw: str) -> Cursor:
+        micros, _, entry_id = raw.partition(".")
+        if not (micros.isdigit() and entry_id.isdigit() and len(micros) < 19 and len(entry_id) < 19):
+            raise ValueError("That page link is not valid; showing the first page.")
+        try:
+            moment = _EPOCH + timedelta(microseconds=int(micros))
+        except OverflowError:
+            raise ValueError("That page link is not valid; showing the first page.") from None
+        return cls(received_at=moment, entry_id=int(entry_id))
+
+
+@dataclass
+class Page:
+    entries: list[InboxEntry] = field(default_factory=list)
+    next_cursor: Cursor | None = None
+
+
+def _day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def search_entries(
+    *,
+    user,  # type: ignore[no-untyped-def]
+    query: Query,
+    folder: str = "",
+    sender: str = "",
+    has_attachment: bool = False,
+    after: date | None = None,
+    before: date | None = None,
+) -> QuerySet[InboxEntry]:
+    """The user's entries matching everything given, newest first. Dates are inclusive days."""
+    entries = InboxEntry.objects.owned_by(user)
+    if query.terms or query.excluded:
+        if connection.vendor == "postgresql":
+            # Constant SQL; the search text is a bound parameter.
+            match = RawSQL(FTS_MATCH, [query.text], output_field=BooleanField())  # noqa: S611
+            entries = entries.filter(match)
+        else:
+            for term in query.terms:
+                entries = entries.filter(search_document__icontains=term)
+            for term in query.excluded:
+                entries = entries.exclude(search_document__icontains=term)
+    for address in (*query.senders, *([sender] if sender else [])):
+        entries = entries.filter(sender__icontains=address)
+    if folder:
+        entries = entries.filter(folder=folder)
+    if has_attachment:
+        entries = entries.filter(has_attachments=True)
+    if after is not None:
+        entries = entries.filter(received_at__gte=_day_start(after))
+    if before is not None:
+        entries = entries.filter(received_at__lt=_day_start(before + timedelta(days=1)))
+    # The document can be 200 KB: never load it for a list.
+    return entries.defer("search_document", "notice_text").order_by("-received_at", "-pk")
+
+
+def page_of(entries: QuerySet[InboxEntry], *, cursor: Cursor | None = None, size: int = PAGE_SIZE) -> Page:
+    """One page of a newest-first queryset, by keyset: constant cost however deep the page."""
+    if cursor is not None:
+        entries = entries.filter(
+            Q(received_at__lt=cursor.received_at) | Q(received_at=cursor.received_at, pk__lt=cursor.entry_id)
+        )
+    rows = list(entries[: size + 1])
+    if len(rows) <= size:
+        return Page(entries=rows)
+    last = rows[size - 1]
+    return Page(entries=rows[:size], next_cursor=Cursor(received_at=last.received_at, entry_id=last.pk))
