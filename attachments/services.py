@@ -9,8 +9,11 @@ two uploads of the same file race.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import IO, Any
 
 from django.conf import settings
@@ -21,6 +24,60 @@ from django.db import IntegrityError, transaction
 from .models import Blob
 
 CHUNK = 64 * 1024
+
+
+_MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+
+
+@dataclass(frozen=True)
+class AttachmentInput:
+    """A stored blob to attach to a message, under a name and a type."""
+
+    blob: Blob
+    name: str
+    content_type: str
+
+
+def clean_name(name: str) -> str:
+    """A file name fit for a manifest: no folders, no control or formatting characters."""
+    name = re.split(r"[/\\]", name or "")[-1]
+    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")).strip()
+    if not name.strip("."):
+        name = "attachment"
+    return name[-255:] if len(name) > 255 else name
+
+
+def clean_content_type(content_type: str) -> str:
+    """A bare lowercase MIME type; anything unusable becomes application/octet-stream."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    return kind if _MIME_RE.fullmatch(kind) else "application/octet-stream"
+
+
+def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body_bytes: int = 0) -> None:
+    """The per-file, per-message and quota limits for a message about to be sent (ValidationError)."""
+    limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
+    total_limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
+    if len(attachments) > 100:
+        raise ValidationError({"attachments": ["at most 100 attachments per message"]})
+    for item in attachments:
+        if item.blob.size > limit:
+            raise ValidationError(
+                {"attachments": [f"{item.name} is larger than the {human_size(limit)} limit for one attachment."]}
+            )
+    total = sum(item.blob.size for item in attachments)
+    if total > total_limit:
+        raise ValidationError(
+            {
+                "attachments": [
+                    f"The attachments add up to {human_size(total)}, over the {human_size(total_limit)} "
+                    "limit for one message."
+                ]
+            }
+        )
+    try:
+        check_quota(user=user, extra_bytes=total + body_bytes)
+    except ValidationError as exc:
+        raise ValidationError({"attachments": exc.messages}) from exc
 
 
 class DigestMismatch(Exception):
@@ -150,3 +207,121 @@ def check_quota(*, user: Any, extra_bytes: int) -> None:
             f"and this needs {human_size(extra_bytes)} more. Delete mail or attachments to make room.",
             code="quota",
         )
+
+
+# --- Sender side: serving an attachment to a recipient domain -------------------------
+
+
+def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
+    """The MessageAttachment a recipient domain may fetch, with its fetch recorded.
+
+    The access rule is the body's (docs/protocol.md §5.7): ``to_domain`` must
+    be a remote recipient domain of the message and ``digest`` in its manifest,
+    else ``outbox.services.NotOffered``; a withdrawn message, or one past its
+    ``expires``, raises ``outbox.services.BodyGone``. Unlike the body,
+    attachments stay available until ``expires`` even after every domain
+    fetched the body, so a reader can still open one later.
+    """
+    from django.utils import timezone
+
+    from outbox.models import Delivery, Message, MessageAttachment
+    from outbox.services import BodyGone, NotOffered
+
+    from .models import AttachmentFetch
+
+    message = Message.objects.filter(pk=global_id).first()
+    if message is None or not Delivery.objects.filter(message=message, domain=to_domain, local=False).exists():
+        raise NotOffered()
+    attachment = (
+        MessageAttachment.objects.filter(message=message, blob__sha256=digest.removeprefix("sha-256:"))
+        .select_related("blob")
+        .order_by("position")
+        .first()
+    )
+    if attachment is None or not digest.startswith("sha-256:"):
+        raise NotOffered()
+    if message.withdrawn_at:
+        raise BodyGone("withdrawn")
+    if message.expires_at <= timezone.now():
+        raise BodyGone("expired")
+    AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
+    return attachment
+
+
+# --- Recipient side: the bytes behind an entry's attachment, fetched on first open ----------
+
+
+class AttachmentUnavailable(Exception):
+    """The attachment cannot be served now; ``message`` says why in words for the reader."""
+
+    def __init__(self, message: str, *, status: int = 502) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, dict[str, Any]]:
+    """The stored bytes of attachment ``index`` of ``entry`` (owned by the caller), and its manifest entry.
+
+    A local message's attachment is the sender's own Blob. A remote one is
+    fetched from the sender's instance the first time anyone here opens it,
+    checked against the manifest's size and digest, and stored once for the
+    whole instance; later opens read the stored copy. Raises LookupError for an
+    index that is not in the manifest and AttachmentUnavailable when the bytes
+    cannot be had.
+    """
+    from .selectors import manifest_for_entry
+
+    manifest = manifest_for_entry(entry)
+    if not 0 <= index < len(manifest):
+        raise LookupError(index)
+    item = manifest[index]
+    if entry.local_id is not None:
+        from outbox.models import MessageAttachment
+
+        attachment = MessageAttachment.objects.select_related("blob").get(message_id=entry.local_id, position=index)
+        return attachment.blob, item
+    digest_value = str(item["digest"])
+    held = _find(digest_value.removeprefix("sha-256:"))
+    if held is not None:
+        return held, item
+    return _fetch_remote(entry.remote, item), item
+
+
+def _fetch_remote(remote: Any, item: dict[str, Any]) -> Blob:
+    from federation import client, discovery
+
+    size = int(item["size"])
+    limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
+    if size > limit:
+        raise AttachmentUnavailable(
+            f"{item['name']} is {human_size(size)}, larger than the {human_size(limit)} this server accepts "
+            "for one attachment, so it was not fetched.",
+            status=413,
+        )
+    try:
+        instance = discovery.discover(remote.origin_domain)
+        if instance is None:
+            raise client.PeerError(f"{remote.origin_domain} no longer runs Pushmail", retryable=True)
+        with tempfile.TemporaryFile() as tmp:
+            client.fetch_attachment(
+                instance=instance,
+                as_domain=remote.local_domain,
+                global_id=remote.global_id,
+                digest=str(item["digest"]),
+                size=size,
+                sink=tmp,
+            )
+            tmp.seek(0)
+            return store_verified(stream=tmp, expected_digest=str(item["digest"]), expected_size=size)
+    except client.Gone as gone:
+        what = "withdrawn by the sender" if gone.reason == "withdrawn" else "no longer kept by the sender's server"
+        raise AttachmentUnavailable(f"{item['name']} was {what}.", status=410) from gone
+    except DigestMismatch as exc:
+        raise AttachmentUnavailable(
+            f"{item['name']} was refused: the sender's server sent other bytes than announced ({exc}).",
+        ) from exc
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        raise AttachmentUnavailable(
+            f"{item['name']} is still at the sender's: their server did not answer ({exc}). Try again later."
+        ) from exc

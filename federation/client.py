@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import IO, Any
 
 from django.conf import settings
 
@@ -32,14 +32,23 @@ class Gone(Exception):
         self.reason = reason
 
 
-def _call(method: str, url: str, *, as_domain: str, payload: dict[str, Any] | None, max_bytes: int) -> http.Response:
+def _call(
+    method: str,
+    url: str,
+    *,
+    as_domain: str,
+    payload: dict[str, Any] | None,
+    max_bytes: int,
+    accept: str = "application/json",
+    **options: Any,
+) -> http.Response:
     body = json.dumps(payload, separators=(",", ":")).encode() if payload is not None else None
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": accept}
     if body is not None:
         headers["Content-Type"] = "application/json"
     headers = sign_as(as_domain, method=method, url=url, headers=headers, body=body)
     try:
-        return http.request(method, url, headers=headers, body=body, max_bytes=max_bytes)
+        return http.request(method, url, headers=headers, body=body, max_bytes=max_bytes, **options)
     except http.OutboundError as exc:
         raise PeerError(str(exc), retryable=exc.retryable) from exc
 
@@ -121,3 +130,40 @@ def fetch_body(*, instance: Instance, as_domain: str, global_id: uuid.UUID) -> b
         raise PeerError("the sender's instance does not offer this message to us (404)", retryable=True)
     _raise_for(response)
     raise AssertionError("unreachable")
+
+
+def attachment_timeout(size: int) -> float:
+    """The deadline for one attachment: the usual one plus 1 s per 512 KiB, at most 120 s."""
+    return min(settings.PUSHMAIL_HTTP_TIMEOUT + size / (512 * 1024), 120.0)
+
+
+def fetch_attachment(
+    *, instance: Instance, as_domain: str, global_id: uuid.UUID, digest: str, size: int, sink: IO[bytes]
+) -> None:
+    """GET one attachment's bytes into ``sink`` (a file), at most ``size`` bytes (its manifest size).
+
+    The caller verifies the digest (attachments.services.store_verified).
+    Raises Gone on 410 and PeerError otherwise; more bytes than ``size`` is a
+    permanent PeerError.
+    """
+    response = _call(
+        "GET",
+        instance.url(f"messages/{global_id}/attachments/{digest}"),
+        as_domain=as_domain,
+        payload=None,
+        max_bytes=size,
+        accept="application/octet-stream",
+        sink=sink,
+        timeout=attachment_timeout(size),
+    )
+    if response.status == 200:
+        return
+    if response.status == 410:
+        try:
+            reason = response.json().get("reason", "expired")
+        except (ValueError, AttributeError):
+            reason = "expired"
+        raise Gone("withdrawn" if reason == "withdrawn" else "expired")
+    if response.status == 404:
+        raise PeerError("the sender's instance does not offer this attachment to us (404)", retryable=True)
+    _raise_for(response)

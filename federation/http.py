@@ -34,9 +34,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
-from typing import Any, Self
+from typing import IO, Any, Self
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -193,6 +194,12 @@ def allowed_private_hosts() -> set[str]:
     return hosts
 
 
+def _private_hosts_now() -> set[str]:
+    """The configured peers plus the hosts the current request() call allows."""
+    extra: frozenset[str] = getattr(_local, "extra_private_hosts", frozenset())
+    return allowed_private_hosts() | extra
+
+
 def _default_timeout() -> float:
     try:
         value = getattr(settings, "PUSHMAIL_HTTP_TIMEOUT", None)
@@ -281,7 +288,7 @@ def _resolve(conn: HTTPConnection, dns_host: str) -> list[str]:
 def _connect_checked(conn: HTTPConnection, connect: Callable[[], socket.socket]) -> socket.socket:
     """Resolve, check every address, connect to a checked one, check the peer."""
     host = conn.host
-    allow_private = _norm_host(host) in allowed_private_hosts()
+    allow_private = _norm_host(host) in _private_hosts_now()
     dns_host = conn._dns_host
     addresses = _resolve(conn, dns_host)
     if not allow_private:
@@ -313,7 +320,7 @@ def _connect_checked(conn: HTTPConnection, connect: Callable[[], socket.socket])
 
 def _check_peer(conn: HTTPConnection, sock: socket.socket, allow_private: bool | None = None) -> None:
     if allow_private is None:
-        allow_private = _norm_host(conn.host) in allowed_private_hosts()
+        allow_private = _norm_host(conn.host) in _private_hosts_now()
     if allow_private:
         return
     peer = str(sock.getpeername()[0])
@@ -429,7 +436,7 @@ def _label(origin: tuple[str, str, int]) -> str:
     return shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
 
 
-def _check_target(url: str, allowed: set[str]) -> tuple[str, str, int]:
+def _check_target(url: str, allowed: set[str], allow_http: bool = False) -> tuple[str, str, int]:
     try:
         origin = _origin(url)
     except ValueError:
@@ -437,7 +444,7 @@ def _check_target(url: str, allowed: set[str]) -> tuple[str, str, int]:
     scheme, host, _ = origin
     if host in allowed:
         return origin
-    if scheme != "https":
+    if scheme != "https" and not allow_http:
         raise BlockedAddress(f"refusing plain http:// to {host}: only configured peers may use http")
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
@@ -520,7 +527,9 @@ def _send(
         raise _translate(exc, where, deadline) from exc
 
 
-def _read_body(resp: requests.Response, max_bytes: int, deadline: _Deadline, where: str) -> bytes:
+def _read_body(
+    resp: requests.Response, max_bytes: int, deadline: _Deadline, where: str, sink: IO[bytes] | None = None
+) -> bytes:
     length = resp.headers.get("content-length", "").strip()
     if length.isdigit() and int(length) > max_bytes:
         raise ResponseTooLarge(f"response from {where} is {int(length)} bytes, over the {max_bytes}-byte limit")
@@ -539,7 +548,10 @@ def _read_body(resp: requests.Response, max_bytes: int, deadline: _Deadline, whe
             total += len(chunk)
             if total > max_bytes:
                 raise ResponseTooLarge(f"response from {where} exceeded the {max_bytes}-byte limit")
-            chunks.append(chunk)
+            if sink is not None:
+                sink.write(chunk)  # large downloads go to a file, not memory
+            else:
+                chunks.append(chunk)
     except (Urllib3Error, OSError) as exc:
         if deadline.fired:
             raise OutboundError(f"timed out after {deadline.seconds:g}s contacting {where}") from exc
@@ -560,22 +572,30 @@ def request(
     body: bytes | None = None,
     max_bytes: int = 1_048_576,
     timeout: float | None = None,
+    extra_private_hosts: frozenset[str] = frozenset(),
+    allow_http: bool = False,
+    sink: IO[bytes] | None = None,
 ) -> Response:
     """Send one server-to-server request; see the module docstring for the rules.
 
     Any HTTP status is returned as a :class:`Response`; problems reaching the
-    server, or with what it sends, raise :class:`OutboundError`.
+    server, or with what it sends, raise :class:`OutboundError`. With ``sink``,
+    a 2xx body is written there (``content`` is then empty); other answers are
+    read into memory, capped at 64 KiB.
     """
     seconds = _default_timeout() if timeout is None else float(timeout)
     if seconds <= 0:
         raise ValueError("timeout must be positive")
-    allowed = allowed_private_hosts()
-    origin = _check_target(url, allowed)
+    extra = frozenset(_norm_host(h) for h in extra_private_hosts)
+    allowed = allowed_private_hosts() | extra
+    # allow_http: plain http to public addresses (the image proxy); private ones still need allowing.
+    origin = _check_target(url, allowed, allow_http) if allow_http else _check_target(url, allowed)
     where = _label(origin)
     send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     method = method.upper()
 
-    with _Deadline(seconds) as deadline:
+    _local.extra_private_hosts = extra
+    with _Deadline(seconds) as deadline, _forget_extra_hosts():
         for redirects in range(MAX_REDIRECTS + 1):
             resp = _send(method, url, send_headers, body, seconds, deadline, where)
             try:
@@ -588,7 +608,11 @@ def request(
                         body = None
                         send_headers = _without(send_headers, "Content-Type", "Content-Length")
                     continue
-                content = _read_body(resp, max_bytes, deadline, where)
+                if sink is not None and 200 <= status < 300:
+                    content = _read_body(resp, max_bytes, deadline, where, sink)
+                else:
+                    cap = max_bytes if sink is None else min(max_bytes, 65536)
+                    content = _read_body(resp, cap, deadline, where)
                 return Response(
                     status=status,
                     headers={k.lower(): v for k, v in resp.headers.items()},
@@ -598,6 +622,14 @@ def request(
             finally:
                 resp.close()
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _forget_extra_hosts() -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _local.extra_private_hosts = frozenset()
 
 
 def _follow(url: str, location: str, origin: tuple[str, str, int], redirects: int) -> str:

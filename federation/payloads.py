@@ -8,8 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,10 @@ VERSION = 1
 DIGEST_PREFIX = "sha-256:"
 _DIGEST_RE = re.compile(r"sha-256:[0-9a-f]{64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+# RFC 6838 §4.2 restricted names, lowercase, no parameters: "image/png", "application/vnd.oasis.opendocument.text".
+_MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+MAX_ATTACHMENTS = 100
+MAX_ATTACHMENT_NAME = 255
 
 
 class PayloadError(ValueError):
@@ -60,10 +65,18 @@ def canonical_body(
     html: str | None,
     in_reply_to: str,
     references: list[str],
+    attachments: list[dict[str, Any]] | None = None,
 ) -> bytes:
-    """The bytes every reader receives and the digest covers. Bcc is never part of it."""
+    """The bytes every reader receives and the digest covers. Bcc is never part of it.
+
+    ``attachments`` (manifest entries, see :class:`ManifestEntry`) is a member
+    only when there are some, so a body without attachments has the same bytes
+    as before attachments existed (docs/protocol.md §4.4).
+    """
+    extra = {"attachments": list(attachments)} if attachments else {}
     return canonical_json(
         {
+            **extra,
             "version": VERSION,
             "id": str(global_id),
             "message_id": message_id,
@@ -84,6 +97,11 @@ def digest(content: bytes) -> str:
     return DIGEST_PREFIX + hashlib.sha256(content).hexdigest()
 
 
+def is_digest(value: str) -> bool:
+    """``sha-256:`` and exactly 64 lowercase hex digits (§4.3)."""
+    return bool(_DIGEST_RE.fullmatch(value))
+
+
 def body_mismatch(content: bytes, notification: dict[str, Any]) -> str | None:
     """Name the first field where a fetched body disagrees with its notification, if any.
 
@@ -93,9 +111,12 @@ def body_mismatch(content: bytes, notification: dict[str, Any]) -> str | None:
         body = parse_body(content)
     except (ValueError, UnicodeDecodeError):
         return "body is not a JSON object"
-    for field, expected in notification.items():
-        if body.get(field) != expected:
-            return field
+    for name, expected in notification.items():
+        actual = body.get(name)
+        if name == "attachments":  # absent and empty are the same manifest
+            actual, expected = actual or None, expected or None
+        if actual != expected:
+            return name
     return None
 
 
@@ -104,6 +125,61 @@ def parse_body(content: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise PayloadError("body is not a JSON object")
     return data
+
+
+# --- Attachment manifest ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One attachment as the notification and the body announce it (docs/protocol.md §4.4)."""
+
+    name: str
+    type: str
+    size: int
+    digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "size": self.size, "digest": self.digest}
+
+
+def _attachment_name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise PayloadError(f"{where}.name: expected a string")
+    if not value or len(value) > MAX_ATTACHMENT_NAME:
+        raise PayloadError(f"{where}.name: must be 1 to {MAX_ATTACHMENT_NAME} characters")
+    if "/" in value or "\\" in value:
+        raise PayloadError(f"{where}.name: contains a path separator")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        raise PayloadError(f"{where}.name: contains a control or formatting character")
+    if value.strip(". ") == "" or value != value.strip():
+        raise PayloadError(f"{where}.name: must not be only dots, or start or end with white space")
+    return value
+
+
+def parse_manifest(value: Any, *, field_name: str = "attachments") -> list[ManifestEntry]:
+    """Validate an attachment manifest strictly; errors name the entry and the field."""
+    if not isinstance(value, list):
+        raise PayloadError(f"{field_name}: expected a list")
+    if len(value) > MAX_ATTACHMENTS:
+        raise PayloadError(f"{field_name}: {len(value)} exceeds the limit of {MAX_ATTACHMENTS} attachments")
+    entries = []
+    for index, item in enumerate(value):
+        where = f"{field_name}[{index}]"
+        if not isinstance(item, dict):
+            raise PayloadError(f"{where}: expected an object")
+        name = _attachment_name(item.get("name"), where)
+        kind = item.get("type")
+        if not isinstance(kind, str) or not _MIME_RE.fullmatch(kind):
+            raise PayloadError(f"{where}.type: expected a lowercase MIME type such as image/png, without parameters")
+        size = item.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise PayloadError(f"{where}.size: expected an integer of at least 0")
+        digest_value = item.get("digest")
+        if not isinstance(digest_value, str) or not _DIGEST_RE.fullmatch(digest_value):
+            raise PayloadError(f"{where}.digest: expected 'sha-256:' followed by 64 lowercase hex digits")
+        entries.append(ManifestEntry(name=name, type=kind, size=size, digest=digest_value))
+    return entries
 
 
 # --- Notification -------------------------------------------------------------
@@ -122,8 +198,11 @@ class Notification:
     in_reply_to: str
     references: list[str]
     expires: datetime
+    attachments: tuple[ManifestEntry, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
+        # "attachments" only when there are some: notifications without them are unchanged.
+        extra = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
         return {
             "type": "notification",
             "version": VERSION,
@@ -138,6 +217,7 @@ class Notification:
             "in_reply_to": self.in_reply_to,
             "references": self.references,
             "expires": format_time(self.expires),
+            **extra,
         }
 
 
@@ -218,6 +298,7 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
         in_reply_to=_no_line_breaks(in_reply_to, "in_reply_to")[:400],
         references=_id_list(data.get("references", []), "references"),
         expires=parse_time(data.get("expires"), "expires"),
+        attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
     )
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
@@ -154,6 +155,45 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
     # notified digest over the decoded bytes is what the recipient checks.
     response = HttpResponse(content, content_type="application/json")
     response["Cache-Control"] = "no-store"
+    return response
+
+
+@csrf_exempt
+def message_attachment(request: HttpRequest, global_id: str, digest: str) -> HttpResponse:
+    """``GET /federation/v1/messages/{id}/attachments/{digest}``: one attachment's bytes (§5.7).
+
+    The body's access rule: recipient domains only (else 404, like an unknown
+    id), 410 once withdrawn or expired. Streamed from storage, never gzip-coded.
+    """
+    from attachments.services import serve_attachment
+
+    if request.method != "GET":
+        return _method_not_allowed(["GET"])
+    body = _body_within(request, 0)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        signer = verify_request(request, body)
+    except SignatureRejected as exc:
+        return error(exc.status, exc.code, exc.detail)
+    try:
+        parsed = uuid.UUID(global_id)
+    except ValueError:
+        return error(404, "not_found", "no such message")
+    if not payloads.is_digest(digest):
+        return error(404, "not_found", "no such attachment")
+    try:
+        attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=signer.domain)
+    except outbox_services.NotOffered:
+        return error(404, "not_found", "no such attachment of a message for your domain")
+    except outbox_services.BodyGone as gone:
+        return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+    blob = attachment.blob
+    response = FileResponse(blob.file.open("rb"), content_type="application/octet-stream")
+    response["Content-Length"] = str(blob.size)
+    response["Content-Digest"] = "sha-256=:" + base64.b64encode(bytes.fromhex(blob.sha256)).decode() + ":"
+    response["Cache-Control"] = "no-store"
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 

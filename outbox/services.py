@@ -6,7 +6,9 @@ import dataclasses
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -25,11 +27,15 @@ from .models import (
     Delivery,
     DeliveryState,
     Message,
+    MessageAttachment,
     Recipient,
     RecipientKind,
     RecipientStatus,
     WithdrawalState,
 )
+
+if TYPE_CHECKING:
+    from attachments.services import AttachmentInput
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,15 @@ def _clean_addresses(values: list[str] | None, field: str) -> list[str]:
     return cleaned
 
 
-def canonical_content(message: Message) -> bytes:
+def manifest_of(message: Message) -> list[dict[str, object]]:
+    """The attachment manifest (name, type, size, digest) in position order; [] when none."""
+    return [
+        {"name": a.name, "type": a.content_type, "size": a.size, "digest": "sha-256:" + a.blob.sha256}
+        for a in MessageAttachment.objects.filter(message=message).select_related("blob").order_by("position")
+    ]
+
+
+def canonical_content(message: Message, *, manifest: list[dict[str, object]] | None = None) -> bytes:
     return payloads.canonical_body(
         global_id=message.id,
         message_id=message.message_id,
@@ -60,6 +74,7 @@ def canonical_content(message: Message) -> bytes:
         html=message.html,
         in_reply_to=message.in_reply_to,
         references=message.references,
+        attachments=manifest_of(message) if manifest is None else manifest,
     )
 
 
@@ -88,12 +103,16 @@ def send_message(
     text: str,
     html: str | None = None,
     in_reply_to: str = "",
+    attachments: Sequence[AttachmentInput] = (),
 ) -> Message:
     """Store a message once and queue one notification per remote recipient domain.
 
     Local recipients get their inbox entry in the same transaction. Raises
     ValidationError naming the field for malformed input; unknown or legacy
     recipients are not errors, they are answered per recipient.
+    ``attachments`` are stored blobs; their manifest goes into the body (and so
+    its digest) and the notifications. The per-file, per-message and quota
+    limits are checked here, so every path (web, API) gets them.
     """
     to_list = _clean_addresses(to, "to")
     cc_list = _clean_addresses(cc, "cc")
@@ -113,6 +132,18 @@ def send_message(
             kinds.setdefault(address, kind)
     if len(kinds) > settings.PUSHMAIL_MAX_RECIPIENTS * 10:
         raise ValidationError({"to": [f"at most {settings.PUSHMAIL_MAX_RECIPIENTS * 10} recipients per message"]})
+
+    from attachments.services import check_attachments, clean_content_type, clean_name
+
+    files = [
+        dataclasses.replace(a, name=clean_name(a.name), content_type=clean_content_type(a.content_type))
+        for a in attachments
+    ]
+    manifest = [
+        {"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest} for a in files
+    ]
+    if files:
+        check_attachments(user=sender, attachments=files)
 
     now = timezone.now().replace(microsecond=0)
     global_id = uuid.uuid4()
@@ -137,7 +168,7 @@ def send_message(
     message.thread_key = thread_key(
         message_id=message.message_id, in_reply_to=message.in_reply_to, references=message.references
     )
-    content = canonical_content(message)
+    content = canonical_content(message, manifest=manifest)
     message.size = len(content)
     message.digest = payloads.digest(content)
 
@@ -148,6 +179,18 @@ def send_message(
 
     with transaction.atomic():
         message.save(force_insert=True)
+        if files:
+            MessageAttachment.objects.bulk_create(
+                MessageAttachment(
+                    message=message,
+                    blob=a.blob,
+                    position=i,
+                    name=a.name,
+                    content_type=a.content_type,
+                    size=a.blob.size,
+                )
+                for i, a in enumerate(files)
+            )
         Recipient.objects.bulk_create(
             Recipient(message=message, address=a, domain=domain_of(a), kind=k) for a, k in kinds.items()
         )
@@ -233,6 +276,7 @@ def notification_for(delivery: Delivery) -> payloads.Notification:
         in_reply_to=message.in_reply_to,
         references=message.references,
         expires=message.expires_at,
+        attachments=tuple(payloads.parse_manifest(manifest_of(message))),
     )
 
 

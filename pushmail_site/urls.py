@@ -25,6 +25,11 @@ federation_v1 = [
     path("notifications", federation_views.notifications, name="federation-notifications"),
     path("withdrawals", federation_views.withdrawals, name="federation-withdrawals"),
     path("messages/<str:global_id>/body", federation_views.message_body, name="federation-body"),
+    path(
+        "messages/<str:global_id>/attachments/<str:digest>",
+        federation_views.message_attachment,
+        name="federation-attachment",
+    ),
 ]
 
 urlpatterns = [

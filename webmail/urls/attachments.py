@@ -1,5 +1,23 @@
 """Webmail routes: attachments."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-urlpatterns: list[URLPattern] = []
+from webmail.views import attachments as views
+
+urlpatterns: list[URLPattern] = [
+    path(
+        "mail/entry/<int:entry_id>/attachments/<int:index>/",
+        views.entry_attachment,
+        name="entry-attachment",
+    ),
+    path(
+        "mail/sent/<uuid:message_id>/attachments/<int:index>/",
+        views.sent_attachment,
+        name="sent-attachment",
+    ),
+    path(
+        "compose/<int:draft_id>/attachments/<int:attachment_id>/",
+        views.draft_attachment,
+        name="draft-attachment",
+    ),
+]

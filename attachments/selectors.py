@@ -1,0 +1,170 @@
+"""Reads for attachments: what a page lists, and what counts against a mailbox's quota."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Sum
+from django.urls import reverse
+
+from .models import Blob
+
+# Shown in the page: raster images and PDF only. Never SVG, HTML or anything
+# else that a browser would run or render as a document of this origin.
+PREVIEWABLE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"})
+
+
+@dataclass(frozen=True)
+class AttachmentItem:
+    """One attachment as the message view lists it (templates/webmail/partials/attachments.html)."""
+
+    index: int
+    name: str
+    content_type: str
+    size: int
+    digest: str
+    url: str
+    preview_url: str | None
+    at_sender: bool  # not yet fetched to this instance
+
+    @property
+    def human_size(self) -> str:
+        from .services import human_size
+
+        return human_size(self.size)
+
+    @property
+    def preview_kind(self) -> str | None:
+        """ "image" or "pdf" when the page may show it inline."""
+        if self.preview_url is None:
+            return None
+        return "pdf" if self.content_type == "application/pdf" else "image"
+
+
+def previewable(content_type: str) -> bool:
+    return content_type in PREVIEWABLE_TYPES
+
+
+def _items(manifest: list[dict[str, Any]], url_for: Any, held: set[str] | None) -> list[AttachmentItem]:
+    items = []
+    for index, entry in enumerate(manifest):
+        url = url_for(index)
+        kind = str(entry.get("type") or "application/octet-stream")
+        digest = str(entry.get("digest") or "")
+        items.append(
+            AttachmentItem(
+                index=index,
+                name=str(entry.get("name") or "attachment"),
+                content_type=kind,
+                size=int(entry.get("size") or 0),
+                digest=digest,
+                url=url,
+                preview_url=f"{url}?inline=1" if previewable(kind) else None,
+                at_sender=held is not None and digest.removeprefix("sha-256:") not in held,
+            )
+        )
+    return items
+
+
+def _message_manifest(message: Any) -> list[dict[str, Any]]:
+    from outbox.services import manifest_of
+
+    return manifest_of(message)
+
+
+def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
+    """The manifest a reader of ``entry`` may see; [] while the message is hidden from them."""
+    from mailbox.models import EntryState
+
+    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        return []
+    if entry.state == EntryState.TAMPERED:
+        return []
+    if entry.local_id is not None:
+        return _message_manifest(entry.local)
+    if entry.remote_id is not None:
+        return list(entry.remote.attachments or [])
+    return []
+
+
+def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
+    """Attachments of an inbox entry, each with its download URL and whether it is still at the sender's."""
+    manifest = manifest_for_entry(entry)
+    if not manifest:
+        return []
+    held: set[str] | None = None
+    if entry.local_id is None:
+        wanted = [str(m.get("digest", "")).removeprefix("sha-256:") for m in manifest]
+        held = set(Blob.objects.filter(sha256__in=wanted).values_list("sha256", flat=True))
+    return _items(
+        manifest,
+        lambda i: reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": i}),
+        held,
+    )
+
+
+def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
+    """Attachments of a sent message, for its sender."""
+    return _items(
+        _message_manifest(message),
+        lambda i: reverse("webmail:sent-attachment", kwargs={"message_id": message.pk, "index": i}),
+        None,
+    )
+
+
+def attachment_items_for_draft(draft: Any) -> list[AttachmentItem]:
+    """Attachments of a draft; ``index`` here is the DraftAttachment id (the URL's ``attachment_id``)."""
+    from outbox.models import DraftAttachment
+
+    items = []
+    for a in DraftAttachment.objects.filter(draft=draft).select_related("blob"):
+        url = reverse("webmail:draft-attachment", kwargs={"draft_id": draft.pk, "attachment_id": a.pk})
+        items.append(
+            AttachmentItem(
+                index=a.pk,
+                name=a.name,
+                content_type=a.content_type,
+                size=a.size,
+                digest=a.blob.digest,
+                url=url,
+                preview_url=f"{url}?inline=1" if previewable(a.content_type) else None,
+                at_sender=False,
+            )
+        )
+    return items
+
+
+def usage_bytes(user: Any) -> int:
+    """Bytes that count against ``user``'s quota (``User.effective_quota_bytes``).
+
+    The sum of:
+
+    - the size of every message the user sent that is still stored (Sent and
+      Trash; the canonical body size, so the text and HTML);
+    - the size of every attachment of those messages, counted per message even
+      when the bytes are shared with other messages (dedupe saves disk for the
+      instance, not quota for the user);
+    - the size of every attachment on the user's unsent drafts;
+    - the size of every received message whose body has been fetched to this
+      instance (remote entries in state "fetched").
+
+    Not counted: received messages still at the sender's, notices, mail from
+    the same instance (it counts for its sender), and attachments fetched for
+    received mail (stored once for the whole instance).
+    """
+    from mailbox.models import EntryState, InboxEntry
+    from outbox.models import DraftAttachment, Message, MessageAttachment
+
+    def total(queryset: Any, field: str) -> int:
+        return int(queryset.aggregate(n=Sum(field))["n"] or 0)
+
+    return (
+        total(Message.objects.filter(sender=user), "size")
+        + total(MessageAttachment.objects.filter(message__sender=user), "size")
+        + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
+        + total(
+            InboxEntry.objects.filter(owner=user, remote__isnull=False, state=EntryState.FETCHED),
+            "size",
+        )
+    )

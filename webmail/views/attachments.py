@@ -1,0 +1,105 @@
+"""Attachment downloads and previews.
+
+Every answer that carries attachment bytes is built by :func:`serve_blob`:
+a download (``Content-Disposition: attachment``, ``application/octet-stream``)
+unless ``?inline=1`` asks for a preview of a raster image or a PDF, the only
+types ever shown in the page. ``nosniff`` and a sandboxing Content-Security-Policy
+keep the browser from running anything in them, whatever the sender put there.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+from urllib.parse import quote
+
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from attachments.models import Blob
+from attachments.selectors import previewable
+from attachments.services import AttachmentUnavailable, blob_for_entry
+from mailbox.models import InboxEntry
+from outbox.models import DraftAttachment, Message, MessageAttachment
+
+# Nothing in an attachment response may load, run or be framed as our origin.
+DOWNLOAD_CSP = "default-src 'none'; sandbox"
+# Chromium's PDF viewer refuses to render in a sandboxed document, so a PDF
+# preview drops "sandbox" but still loads nothing and may only be framed by us.
+PDF_PREVIEW_CSP = "default-src 'none'; frame-ancestors 'self'"
+
+
+def content_disposition(kind: str, name: str) -> str:
+    """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*`` (RFC 8187)."""
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C") or "attachment"
+    fallback = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    fallback = "".join(c if c.isalnum() or c in " .-_()+,=" else "_" for c in fallback).strip() or "attachment"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def serve_blob(request: HttpRequest, blob: Blob, *, name: str, content_type: str) -> FileResponse:
+    """Stream ``blob`` as a download, or as an inline preview when allowed (see module docstring)."""
+    inline = request.GET.get("inline") == "1" and previewable(content_type)
+    response = FileResponse(blob.file.open("rb"), content_type=content_type if inline else "application/octet-stream")
+    response["Content-Length"] = str(blob.size)
+    response["Content-Disposition"] = content_disposition("inline" if inline else "attachment", name)
+    response["X-Content-Type-Options"] = "nosniff"
+    # Set here, so django-csp leaves it as it is instead of adding the page policy.
+    response["Content-Security-Policy"] = (
+        PDF_PREVIEW_CSP if inline and content_type == "application/pdf" else DOWNLOAD_CSP
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    response["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+def _unavailable(request: HttpRequest, problem: AttachmentUnavailable, back: str) -> HttpResponse:
+    return render(
+        request,
+        "webmail/attachment_unavailable.html",
+        {"problem": problem.message, "back": back},
+        status=problem.status,
+    )
+
+
+@login_required
+@require_GET
+def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpResponse:
+    """``entry-attachment``: an attachment of the user's own inbox entry; fetched from the sender on first open."""
+    entry = get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
+    try:
+        blob, item = blob_for_entry(entry=entry, index=index)
+    except LookupError:
+        raise Http404("no such attachment") from None
+    except AttachmentUnavailable as problem:
+        from django.urls import reverse
+
+        return _unavailable(request, problem, reverse("webmail:entry", kwargs={"entry_id": entry.pk}))
+    return serve_blob(request, blob, name=str(item["name"]), content_type=str(item["type"]))
+
+
+@login_required
+@require_GET
+def sent_attachment(request: HttpRequest, message_id: Any, index: int) -> HttpResponse:
+    """``sent-attachment``: an attachment of a message the user sent."""
+    message = get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)
+    attachment = get_object_or_404(MessageAttachment.objects.select_related("blob"), message=message, position=index)
+    return serve_blob(request, attachment.blob, name=attachment.name, content_type=attachment.content_type)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def draft_attachment(request: HttpRequest, draft_id: int, attachment_id: int) -> HttpResponse:
+    """``draft-attachment``: GET downloads an attachment of the user's draft; POST removes it from the draft."""
+    attachment = get_object_or_404(
+        DraftAttachment.objects.select_related("blob").filter(draft__owner=request.user, draft_id=draft_id),
+        pk=attachment_id,
+    )
+    if request.method == "POST":
+        attachment.delete()  # the Blob stays: other messages or drafts may use the same bytes
+        if getattr(request, "htmx", False):
+            return HttpResponse("")
+        return redirect("webmail:draft", draft_id=draft_id)
+    return serve_blob(request, attachment.blob, name=attachment.name, content_type=attachment.content_type)
