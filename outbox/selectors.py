@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Count, Max, Prefetch, QuerySet
 
-from .models import BodyFetch, Delivery, Message, Recipient
+from .models import BodyFetch, Delivery, Draft, Message, Recipient
 
 
 def sent_messages_for(*, user) -> QuerySet[Message]:  # type: ignore[no-untyped-def]
@@ -50,3 +50,53 @@ def domain_status(message: Message) -> list[dict]:
             }
         )
     return rows
+
+
+# --- Drafts and correspondents (compose) ------------------------------------------
+
+
+def drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
+    """Every draft of the user, including queued and just-sent ones (for the draft page)."""
+    return Draft.objects.filter(owner=user)
+
+
+def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
+    """The Drafts folder: neither queued for sending nor sent."""
+    return (
+        drafts_for(user=user)
+        .filter(send_at__isnull=True, sent_message__isnull=True)
+        .annotate(attachment_count=Count("attachments"))
+        .order_by("-updated_at", "-pk")
+    )
+
+
+def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
+    """Addresses the user received from or sent to, most recent first, matching ``query``."""
+    from mailbox.models import EntryState, InboxEntry
+
+    query = query.strip().lower()
+    received = (
+        InboxEntry.objects.owned_by(user)
+        .exclude(state=EntryState.NOTICE)
+        .filter(sender__icontains=query)
+        .values("sender")
+        .annotate(last=Max("received_at"))
+        .order_by("-last")[: limit * 2]
+    )
+    sent = (
+        Recipient.objects.filter(message__sender=user, address__icontains=query)
+        .values("address")
+        .annotate(last=Max("message__date"))
+        .order_by("-last")[: limit * 2]
+    )
+    latest: dict[str, object] = {}
+    for address, last in [*((r["sender"], r["last"]) for r in received), *((r["address"], r["last"]) for r in sent)]:
+        address = address.lower()
+        if address == user.email.lower():
+            continue
+        if address not in latest or last > latest[address]:  # type: ignore[operator]
+            latest[address] = last
+    # Addresses that start with the query come before those that merely contain it.
+    ranked = sorted(latest, key=lambda a: latest[a], reverse=True)  # type: ignore[arg-type,return-value]
+    ranked.sort(key=lambda a: not (a.startswith(query) or a.partition("@")[2].startswith(query)))
+    return ranked[:limit]

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import services
+from . import drafts, services
 
 
 @shared_task(name="outbox.deliver_notification")
@@ -23,3 +23,13 @@ def requeue_due() -> int:
 @shared_task(name="outbox.purge_bodies")
 def purge_bodies() -> int:
     return services.purge_bodies()
+
+
+@shared_task(name="outbox.send_draft")
+def send_draft(draft_id: int) -> None:
+    drafts.send_draft(draft_id)
+
+
+@shared_task(name="outbox.send_due_drafts")
+def send_due_drafts() -> int:
+    return drafts.send_due_drafts()

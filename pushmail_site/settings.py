@@ -299,6 +299,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-deliveries": {"task": "outbox.requeue_due", **_sweep},
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
     "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0, "options": {"expires": 300.0}},
+    "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
 }
@@ -330,6 +331,19 @@ PUSHMAIL_UNDO_SEND_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SEND_SECONDS", 
 PUSHMAIL_IMAGE_PROXY_MAX_BYTES = env_int("PUSHMAIL_IMAGE_PROXY_MAX_BYTES", 5 * 1024 * 1024)
 # How long before expiry an unopened message from a known correspondent is fetched.
 PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))
+# Hosts the image proxy may reach although they resolve to private addresses (local test servers only).
+PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS = [
+    h.strip().lower() for h in os.environ.get("PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS", "").split(",") if h.strip()
+]
+# File types refused as attachments: programs and scripts that run when opened
+# on common systems (Windows executables and installers, scripts, Java archives,
+# shortcuts). Compared with the last extension of the name, in lower case.
+PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS = frozenset(
+    os.environ.get(
+        "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS",
+        ".exe .com .bat .cmd .scr .pif .cpl .msi .msp .msc .jar .js .jse .vbs .vbe .wsf .wsh .ps1 .hta .lnk .reg",
+    ).split()
+)
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,324 @@
+"""Compose: new messages, drafts with autosave, reply/forward, attachments, send with undo.
+
+Views are thin: every write is a verb in outbox.drafts, every read a selector
+scoped to the signed-in user (another user's draft is a 404 by construction).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from mailbox.selectors import inbox_for
+from outbox import drafts as drafts_service
+from outbox.models import Draft
+from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
+
+View = Callable[..., HttpResponse]
+
+SESSION_EXPIRED = "Your session has expired, so nothing was sent or saved. Sign in again, then repeat the last step."
+LOCKED = "This message is being sent: press Undo to change it."
+
+
+def signed_in(view: View) -> View:
+    """login_required that explains itself: an expired session on a POST says nothing was done,
+    and an htmx request (autosave) sends the whole page to the login form."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.user.is_authenticated:
+            return view(request, *args, **kwargs)
+        if request.method == "GET" and not request.htmx:
+            back = request.get_full_path()
+        else:
+            back = _same_site_path(request) or reverse("webmail:drafts")
+            messages.warning(request, SESSION_EXPIRED)
+        login = f"{reverse('account_login')}?{urlencode({'next': back})}"
+        if request.htmx:
+            return HttpResponseClientRedirect(login)
+        return redirect(login)
+
+    return wrapper
+
+
+def _same_site_path(request: HttpRequest) -> str | None:
+    """The page the request came from, when it is on this site."""
+    current = getattr(request.htmx, "current_url", None) if request.htmx else None
+    referer = current or request.headers.get("referer") or ""
+    if referer and url_has_allowed_host_and_scheme(referer, allowed_hosts={request.get_host()}):
+        parts = urlsplit(referer)
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return None
+
+
+def _url(name: str, *args: Any, fallback: str) -> str:
+    """A route another area owns, or a fallback while it does not exist."""
+    try:
+        return reverse(f"webmail:{name}", args=args)
+    except NoReverseMatch:
+        return fallback
+
+
+def _draft(request: HttpRequest, draft_id: int) -> Draft:
+    return get_object_or_404(drafts_for(user=request.user).select_related("owner__domain"), pk=draft_id)
+
+
+def _errors(exc: ValidationError) -> list[str]:
+    if hasattr(exc, "error_dict"):
+        return [message for messages_ in exc.message_dict.values() for message in messages_]
+    return list(exc.messages)
+
+
+# --- Pages -------------------------------------------------------------------------------
+
+
+@require_GET
+@signed_in
+def compose(request: HttpRequest) -> HttpResponse:
+    """A new draft (or the untouched one already open), with To prefilled from ?to=."""
+    to = request.GET.get("to", "")[:2000]
+    draft = drafts_service.blank_draft(owner=request.user, to=to)
+    return redirect("webmail:draft", draft_id=draft.pk)
+
+
+@require_GET
+@signed_in
+def draft(request: HttpRequest, draft_id: int) -> HttpResponse:
+    item = _draft(request, draft_id)
+    if item.sent_message_id is not None:
+        messages.info(request, "This message has been sent.")
+        return redirect(_url("sent-message", item.sent_message_id, fallback=reverse("webmail:drafts")))
+    return _render_draft(request, item)
+
+
+def _render_draft(
+    request: HttpRequest, item: Draft, *, errors: list[str] | None = None, status: int = 200
+) -> HttpResponse:
+    attachments = list(item.attachments.all())
+    for attachment in attachments:
+        attachment.url = _url("draft-attachment", item.pk, attachment.pk, fallback="")
+    context = {
+        "draft": item,
+        "attachments": attachments,
+        "errors": errors or [],
+        "undo": _undo_context(item),
+        "max_file": settings.PUSHMAIL_MAX_ATTACHMENT_BYTES,
+        "max_total": settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES,
+    }
+    return render(request, "webmail/compose/draft.html", context, status=status)
+
+
+def _undo_context(item: Draft) -> dict[str, Any] | None:
+    if item.send_at is None:
+        return None
+    remaining = max(0, round((item.send_at - timezone.now()).total_seconds()))
+    return {"seconds": remaining, "send_at": item.send_at}
+
+
+@require_GET
+@signed_in
+def drafts(request: HttpRequest) -> HttpResponse:
+    items = list(open_drafts_for(user=request.user)[:200])
+    return render(request, "webmail/compose/drafts.html", {"drafts": items})
+
+
+# --- Saving and attachments ----------------------------------------------------------------
+
+
+def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
+    post = request.POST
+    return drafts_service.update_draft(
+        draft=item,
+        to=post.get("to", item.to),
+        cc=post.get("cc", item.cc),
+        bcc=post.get("bcc", item.bcc),
+        subject=post.get("subject", item.subject),
+        text=post.get("text", item.text),
+        markdown=bool(post.get("markdown")) if "subject" in post or "text" in post else item.markdown,
+    )
+
+
+@require_POST
+@signed_in
+def draft_save(request: HttpRequest, draft_id: int) -> HttpResponse:
+    """Autosave (htmx) or the Save draft button."""
+    item = _draft(request, draft_id)
+    try:
+        item = _save_from_post(request, item)
+    except drafts_service.DraftLocked:
+        if request.htmx:
+            return HttpResponse(f'<span class="save-error">{LOCKED}</span>', status=409)
+        messages.warning(request, LOCKED)
+        return redirect("webmail:draft", draft_id=item.pk)
+    if request.htmx:
+        return render(request, "webmail/compose/_saved.html", {"draft": item})
+    messages.success(request, "Draft saved.")
+    return redirect("webmail:draft", draft_id=item.pk)
+
+
+@require_POST
+@signed_in
+def draft_attach(request: HttpRequest, draft_id: int) -> HttpResponse:
+    item = _draft(request, draft_id)
+    try:
+        item = _save_from_post(request, item)
+        added = drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
+    except drafts_service.DraftLocked:
+        messages.warning(request, LOCKED)
+        return redirect("webmail:draft", draft_id=item.pk)
+    except ValidationError as exc:
+        return _render_draft(request, item, errors=_errors(exc), status=400)
+    if added:
+        messages.success(request, "Attached: " + ", ".join(a.name for a in added) + ".")
+    else:
+        messages.info(request, "Choose one or more files to attach.")
+    return redirect("webmail:draft", draft_id=item.pk)
+
+
+@require_POST
+@signed_in
+def draft_attachment_remove(request: HttpRequest, draft_id: int, attachment_id: int) -> HttpResponse:
+    item = _draft(request, draft_id)
+    attachment = get_object_or_404(item.attachments, pk=attachment_id)
+    try:
+        item = _save_from_post(request, item)
+        drafts_service.remove_attachment(draft=item, attachment_id=attachment.pk)
+    except drafts_service.DraftLocked:
+        messages.warning(request, LOCKED)
+        return redirect("webmail:draft", draft_id=item.pk)
+    messages.success(request, f"Removed {attachment.name}.")
+    return redirect("webmail:draft", draft_id=item.pk)
+
+
+@require_POST
+@signed_in
+def draft_delete(request: HttpRequest, draft_id: int) -> HttpResponse:
+    item = _draft(request, draft_id)
+    try:
+        drafts_service.delete_draft(draft=item)
+    except drafts_service.DraftLocked:
+        messages.warning(request, LOCKED)
+        return redirect("webmail:draft", draft_id=item.pk)
+    messages.success(request, "Draft deleted.")
+    return redirect("webmail:drafts")
+
+
+# --- Send and undo ------------------------------------------------------------------------
+
+
+@require_POST
+@signed_in
+def draft_send(request: HttpRequest, draft_id: int) -> HttpResponse:
+    """Check everything, then queue the send after the undo delay; errors are shown on the form."""
+    item = _draft(request, draft_id)
+    if item.sent_message_id is not None or item.send_at is not None:
+        return redirect("webmail:draft", draft_id=item.pk)
+    try:
+        item = _save_from_post(request, item)
+        drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
+        item = drafts_service.queue_send(draft=item)
+    except drafts_service.DraftLocked:
+        return redirect("webmail:draft", draft_id=item.pk)
+    except ValidationError as exc:
+        item.refresh_from_db()
+        return _render_draft(request, item, errors=_errors(exc), status=400)
+    return redirect("webmail:draft", draft_id=item.pk)
+
+
+@require_POST
+@signed_in
+def draft_undo(request: HttpRequest, draft_id: int) -> HttpResponse:
+    item = _draft(request, draft_id)
+    if drafts_service.undo_send(draft=item):
+        messages.success(request, "Sending cancelled. The message is back in Drafts.")
+        return redirect("webmail:draft", draft_id=item.pk)
+    messages.warning(request, "Too late to undo: the message has already been sent.")
+    return redirect("webmail:draft", draft_id=item.pk)
+
+
+@require_GET
+@signed_in
+def draft_status(request: HttpRequest, draft_id: int) -> HttpResponse:
+    """The undo panel, polled while a send is pending; "Sent" once it went out."""
+    item = _draft(request, draft_id)
+    context = {
+        "draft": item,
+        "undo": _undo_context(item),
+        "sent_url": _url("sent-message", item.sent_message_id, fallback="")
+        if item.sent_message_id
+        else "",
+    }
+    return render(request, "webmail/compose/_undo.html", context)
+
+
+# --- Reply, reply all, forward ------------------------------------------------------------------
+
+
+def _open(request: HttpRequest, prepared: drafts_service.Prepared) -> HttpResponse:
+    for note in prepared.notes:
+        messages.info(request, note)
+    return redirect("webmail:draft", draft_id=prepared.draft.pk)
+
+
+def _entry(request: HttpRequest, entry_id: int) -> Any:
+    return get_object_or_404(inbox_for(user=request.user).select_related("remote", "local"), pk=entry_id)
+
+
+@require_http_methods(["GET", "POST"])
+@signed_in
+def reply(request: HttpRequest, entry_id: int) -> HttpResponse:
+    entry = _entry(request, entry_id)
+    reply_all = (request.GET.get("all") or request.POST.get("all")) == "1"
+    return _open(request, drafts_service.reply_to_entry(owner=request.user, entry=entry, reply_all=reply_all))
+
+
+@require_http_methods(["GET", "POST"])
+@signed_in
+def forward(request: HttpRequest, entry_id: int) -> HttpResponse:
+    entry = _entry(request, entry_id)
+    return _open(request, drafts_service.forward_entry(owner=request.user, entry=entry))
+
+
+@require_http_methods(["GET", "POST"])
+@signed_in
+def reply_sent(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
+    reply_all = (request.GET.get("all") or request.POST.get("all")) == "1"
+    return _open(request, drafts_service.reply_to_sent(owner=request.user, message=message, reply_all=reply_all))
+
+
+# --- Autocomplete --------------------------------------------------------------------------------
+
+
+@require_GET
+@signed_in
+def contacts(request: HttpRequest) -> HttpResponse:
+    """Past correspondents matching the address being typed: <option>s for htmx, JSON otherwise.
+
+    The query may be a whole comma-separated field (``q``, or the field's own
+    name ``to``/``cc``/``bcc`` as htmx sends it): the last item is matched,
+    and each suggestion keeps the items before it, so picking one completes
+    the field.
+    """
+    raw = next((request.GET[k] for k in ("q", "to", "cc", "bcc") if k in request.GET), "")[:2000]
+    head, sep, last = raw.rpartition(",")
+    prefix = f"{head.strip()}, " if sep and head.strip() else ""
+    query = last.strip()
+    found = correspondents_for(user=request.user, query=query) if query else []
+    if request.htmx:
+        return render(request, "webmail/compose/_contacts.html", {"options": [prefix + a for a in found]})
+    return JsonResponse({"query": query, "contacts": found})
