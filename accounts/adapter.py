@@ -1,8 +1,40 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.core import context as allauth_context
+from django.contrib.sites.shortcuts import get_current_site
+
+log = logging.getLogger(__name__)
 
 
 class AccountAdapter(DefaultAccountAdapter):
-    """Mailboxes are created by domain admins, never by self sign-up."""
+    """Mailboxes are created by domain admins, never by self sign-up.
 
-    def is_open_for_signup(self, request) -> bool:
+    Account mail (the password reset link) goes through Pushmail itself, from
+    postmaster@<the user's domain> to the recovery address the user set. Nothing is
+    sent for an unknown address or a mailbox without a recovery address, and the
+    page says the same in every case (ACCOUNT_PREVENT_ENUMERATION).
+    """
+
+    def is_open_for_signup(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+    def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
+        from .models import User
+        from .services import send_account_mail
+
+        user = context.get("user")
+        if not isinstance(user, User):
+            # e.g. "unknown account" mail: the address is whatever a stranger typed; send nothing.
+            log.info("account mail %s not sent: no mailbox", template_prefix)
+            return
+        if not user.recovery_address:
+            send_account_mail(user=user, subject="", text="")  # logs and sends nothing
+            return
+        request = allauth_context.request
+        ctx = {"request": request, "email": email, "current_site": get_current_site(request), **context}
+        message = self.render_mail(template_prefix, user.recovery_address, ctx)
+        send_account_mail(user=user, subject=str(message.subject), text=str(message.body))

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 from allauth.account.models import EmailAddress
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from federation import discovery, keys
 
-from .models import ApiToken, Domain, User
+from .models import ApiToken, Domain, FetchPolicy, RemoteContentPolicy, User
 from .validators import normalize_address, normalize_domain
+
+log = logging.getLogger(__name__)
+
+SYSTEM_LOCAL_PART = "postmaster"
 
 
 @transaction.atomic
@@ -48,3 +53,84 @@ def issue_api_token(*, user: User, name: str = "") -> str:
     raw = "pm_" + secrets.token_urlsafe(32)
     ApiToken.objects.create(user=user, name=name, key_hash=ApiToken.hash(raw), prefix=raw[:8])
     return raw
+
+
+def revoke_api_token(*, user: User, token_id: int) -> bool:
+    """Delete one of the user's own API tokens; False when the user has no such token."""
+    deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
+    return bool(deleted)
+
+
+def _no_line_breaks(value: str, field: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValidationError({field: ["must not contain a line break (CR or LF)"]})
+    return value
+
+
+def update_preferences(
+    *,
+    user: User,
+    display_name: str,
+    signature: str,
+    fetch_policy: str,
+    remote_content: str,
+    recovery_address: str,
+) -> User:
+    """Save a user's own preferences. Raises ValidationError naming the field."""
+    display_name = _no_line_breaks(display_name.strip(), "display_name")
+    if len(display_name) > 100:
+        raise ValidationError({"display_name": ["at most 100 characters"]})
+    if len(signature) > 2000:
+        raise ValidationError({"signature": ["at most 2000 characters"]})
+    if fetch_policy not in {"", *FetchPolicy.values}:
+        raise ValidationError({"fetch_policy": ["not a fetch policy"]})
+    if remote_content not in RemoteContentPolicy.values:
+        raise ValidationError({"remote_content": ["not a remote-content policy"]})
+    if recovery_address:
+        try:
+            recovery_address = normalize_address(recovery_address)
+        except ValidationError as exc:
+            raise ValidationError({"recovery_address": exc.messages}) from exc
+        if recovery_address == user.email:
+            raise ValidationError(
+                {"recovery_address": ["must be another mailbox: a reset link sent here could not be read"]}
+            )
+    user.display_name = display_name
+    user.signature = signature.replace("\r\n", "\n")
+    user.fetch_policy = fetch_policy
+    user.remote_content = remote_content
+    user.recovery_address = recovery_address
+    user.save(update_fields=["display_name", "signature", "fetch_policy", "remote_content", "recovery_address"])
+    return user
+
+
+def system_sender(*, domain: Domain) -> User:
+    """The domain's postmaster mailbox, created on first use; it cannot sign in unless an admin sets it up."""
+    address = f"{SYSTEM_LOCAL_PART}@{domain.name}"
+    user = User.objects.filter(email=address).first()
+    if user is not None:
+        return user
+    user = User(email=address, local_part=SYSTEM_LOCAL_PART, domain=domain, is_active=False)
+    user.set_unusable_password()
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:  # created concurrently
+        return User.objects.get(email=address)
+    return user
+
+
+def send_account_mail(*, user: User, subject: str, text: str) -> bool:
+    """Send an account message (a password reset link) to the user's recovery address, through Pushmail.
+
+    It leaves as ordinary pull-on-read mail from postmaster@<the user's domain>. Returns False,
+    sending nothing, when the user has set no recovery address.
+    """
+    from outbox.services import send_message
+
+    if not user.recovery_address:
+        log.info("account mail for %s not sent: no recovery address", user.pk)
+        return False
+    subject = " ".join(subject.split())  # one line, whatever the template produced
+    send_message(sender=system_sender(domain=user.domain), to=[user.recovery_address], subject=subject, text=text)
+    return True

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",  # allauth's passkey and session lists use naturaltime
     "rest_framework",
     "drf_spectacular",
     "django_htmx",

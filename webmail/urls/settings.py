@@ -1,5 +1,11 @@
 """Webmail routes: settings."""
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from webmail.views import settings as views
+
+urlpatterns = [
+    path("settings/", views.preferences, name="settings"),
+    path("settings/tokens/", views.tokens, name="tokens"),
+    path("settings/tokens/<int:token_id>/revoke/", views.revoke_token, name="token-revoke"),
+]

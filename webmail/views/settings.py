@@ -1,0 +1,60 @@
+"""Settings pages: preferences and API tokens. Account security pages are allauth's (/accounts/)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts import selectors, services
+from accounts.forms import PreferencesForm, TokenForm
+
+
+def _add_errors(form, exc: ValidationError) -> None:  # type: ignore[no-untyped-def]
+    for field, errors in exc.message_dict.items():
+        for error in errors:
+            form.add_error(field if field in form.fields else None, error)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def preferences(request: HttpRequest) -> HttpResponse:
+    user = request.user
+    form = PreferencesForm(request.POST or None, user=user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.update_preferences(user=user, **form.cleaned_data)
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, "Settings saved.")
+            return redirect("webmail:settings")
+    context = {"form": form, "storage": selectors.storage_for(user=user), "domain": user.domain}
+    return render(request, "webmail/settings/preferences.html", context, status=400 if form.errors else 200)
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def tokens(request: HttpRequest) -> HttpResponse:
+    form = TokenForm(request.POST or None)
+    new_token = None
+    if request.method == "POST" and form.is_valid():
+        # Shown in this response only; only its hash is kept.
+        new_token = services.issue_api_token(user=request.user, name=form.cleaned_data["name"])
+        form = TokenForm()
+    context = {"form": form, "tokens": selectors.api_tokens_for(user=request.user), "new_token": new_token}
+    return render(request, "webmail/settings/tokens.html", context, status=400 if form.errors else 200)
+
+
+@login_required
+@require_POST
+def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
+    if not services.revoke_api_token(user=request.user, token_id=token_id):
+        raise Http404("no such token")
+    messages.success(request, "Token revoked. Programs using it can no longer sign in.")
+    return redirect("webmail:tokens")
