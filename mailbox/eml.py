@@ -1,0 +1,96 @@
+"""A message as an RFC 5322 ``.eml`` file, for download and use in other mail programs."""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.message import EmailMessage
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.utils.text import get_valid_filename
+
+__all__ = ["EmlAttachment", "EmlSource", "build_eml", "eml_filename"]
+
+
+@dataclass(frozen=True)
+class EmlAttachment:
+    name: str
+    content_type: str
+    size: int
+    #: The bytes when this instance holds them; None while they are still at the sender's.
+    content: bytes | None = None
+
+
+@dataclass
+class EmlSource:
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: datetime | None
+    message_id: str
+    in_reply_to: str
+    references: list[str]
+    text: str
+    html: str | None
+    attachments: list[EmlAttachment] = field(default_factory=list)
+
+
+def _one_line(value: str) -> str:
+    # Header values never carry line breaks (a header-injection attempt is flattened).
+    return " ".join(str(value).split())
+
+
+def build_eml(source: EmlSource) -> bytes:
+    """The message as bytes: text/plain with an HTML alternative and the attachments held here.
+
+    Attachments still at the sender's are listed in a note at the end of the text.
+    """
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["From"] = _one_line(source.sender)
+    if source.to:
+        msg["To"] = ", ".join(_one_line(a) for a in source.to)
+    if source.cc:
+        msg["Cc"] = ", ".join(_one_line(a) for a in source.cc)
+    msg["Subject"] = _one_line(source.subject)
+    if source.date is not None:
+        msg["Date"] = email.utils.format_datetime(source.date)
+    if source.message_id:
+        msg["Message-ID"] = _one_line(source.message_id)
+    if source.in_reply_to:
+        msg["In-Reply-To"] = _one_line(source.in_reply_to)
+    if source.references:
+        msg["References"] = " ".join(_one_line(r) for r in source.references)
+    msg["MIME-Version"] = "1.0"
+
+    text = source.text or ""
+    missing = [a for a in source.attachments if a.content is None]
+    if missing:
+        lines = [f"- {a.name} ({a.content_type}, {a.size} bytes)" for a in missing]
+        text += (
+            "\n\n-- \nAttachments still at the sender's server (open the message in Pushmail to fetch them):\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    if source.html:
+        msg.add_alternative(source.html, subtype="html", charset="utf-8")
+    for attachment in source.attachments:
+        if attachment.content is None:
+            continue
+        maintype, _, subtype = attachment.content_type.partition("/")
+        if not maintype or not subtype or maintype == "text":
+            maintype, subtype = "application", "octet-stream"  # bytes as they are, no charset guessing
+        msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.name)
+    return msg.as_bytes()
+
+
+def eml_filename(subject: str) -> str:
+    """``<subject>.eml`` with only characters that are safe in a file name."""
+    try:
+        stem = get_valid_filename(_one_line(subject)[:80])
+    except SuspiciousFileOperation:  # nothing usable left, e.g. only punctuation
+        stem = ""
+    return f"{stem.strip('.') or 'message'}.eml"

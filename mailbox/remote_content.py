@@ -1,0 +1,183 @@
+"""Remote content in HTML mail: who allowed it, and the image proxy that loads it.
+
+Remote images are blocked until the reader allows them for one message, for
+a sender, or always (``User.remote_content``). Allowed images are still never
+loaded by the reader's browser: the sanitizer rewrites them to this instance's
+image proxy, which fetches them itself (no cookies, no Referer, a fixed
+User-Agent), so the sender learns neither the reader's address nor browser.
+
+Proxy URLs carry an HMAC of the reader, the time and the target URL, so the
+proxy fetches only URLs this instance wrote into a message it showed to a
+signed-in reader, never arbitrary ones.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.urls import reverse
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+from accounts.models import RemoteContentPolicy, User
+from federation import http
+
+from .models import AllowedSender, InboxEntry
+
+__all__ = [
+    "ImageRefused",
+    "ProxiedImage",
+    "allow_remote_content",
+    "fetch_image",
+    "proxy_path",
+    "remote_allowed_for_entry",
+    "sniff_image_type",
+    "verify_signature",
+]
+
+_SALT = "pushmail.image-proxy"
+PROXY_USER_AGENT = "Pushmail-ImageProxy/1"
+PROXY_TIMEOUT = 5.0
+MAX_URL_LENGTH = 2048
+
+
+# --- who allowed what --------------------------------------------------------
+
+
+def _address(sender: str) -> str:
+    return sender.strip().lower()
+
+
+def remote_allowed_for_entry(*, user: User, entry: InboxEntry) -> bool:
+    """True when this reader wants remote images in this message shown (through the proxy)."""
+    if user.remote_content == RemoteContentPolicy.ALWAYS or entry.remote_content_allowed:
+        return True
+    return AllowedSender.objects.filter(owner=user, address=_address(entry.sender)).exists()
+
+
+def allow_remote_content(*, user: User, entry: InboxEntry, scope: Literal["message", "sender"]) -> None:
+    """Show remote images for this message, or for everything from its sender."""
+    if entry.owner_id != user.pk:
+        raise PermissionError("not this user's message")
+    if scope == "sender":
+        AllowedSender.objects.get_or_create(owner=user, address=_address(entry.sender))
+    elif scope == "message":
+        if not entry.remote_content_allowed:
+            entry.remote_content_allowed = True
+            entry.save(update_fields=["remote_content_allowed"])
+    else:
+        raise ValueError(f"unknown scope {scope!r}")
+
+
+# --- signed proxy URLs -------------------------------------------------------
+# Images inside the sandboxed iframe are requested from an opaque origin, so the
+# browser sends no session cookie with them. The proxy URL itself is therefore
+# the credential: an HMAC over the reader, the hour it was issued and the URL.
+# It is valid for PROXY_LINK_SECONDS and only while the reader's account is active.
+
+PROXY_LINK_SECONDS = 24 * 3600
+_ISSUE_GRANULARITY = 3600  # URLs stay the same for an hour, so the browser can cache the image
+
+
+def _mac(url: str, user_id: int, issued: int) -> str:
+    return salted_hmac(_SALT, f"{user_id}:{issued}:{url}", algorithm="sha256").hexdigest()
+
+
+def sign_url(url: str, *, user_id: int, now: float | None = None) -> str:
+    issued = int(time.time() if now is None else now) // _ISSUE_GRANULARITY * _ISSUE_GRANULARITY
+    return f"{user_id}.{issued}.{_mac(url, user_id, issued)}"
+
+
+def verify_signature(url: str, signature: str, *, now: float | None = None) -> User | None:
+    """The reader a proxy URL was made for, if the signature is genuine and fresh."""
+    if not url or len(url) > MAX_URL_LENGTH:
+        return None
+    user_part, _, rest = signature.partition(".")
+    issued_part, _, mac = rest.partition(".")
+    if not (user_part.isdigit() and issued_part.isdigit() and mac):
+        return None
+    user_id, issued = int(user_part), int(issued_part)
+    if not constant_time_compare(_mac(url, user_id, issued), mac):
+        return None
+    age = (time.time() if now is None else now) - issued
+    if age < -_ISSUE_GRANULARITY or age > PROXY_LINK_SECONDS:
+        return None
+    return User.objects.filter(pk=user_id, is_active=True).first()
+
+
+def proxy_path(url: str, *, user: User) -> str:
+    """The image-proxy path (with query) for a remote image URL, for this reader."""
+    return reverse("webmail:image-proxy") + "?" + urlencode({"u": url, "s": sign_url(url, user_id=user.pk)})
+
+
+# --- fetching ----------------------------------------------------------------
+
+_MAGIC: list[tuple[bytes, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+]
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The raster image type the bytes really are (PNG, JPEG, GIF, WebP), or None.
+
+    The sender's Content-Type is not trusted: an SVG or HTML document labelled
+    image/png is refused here.
+    """
+    for magic, content_type in _MAGIC:
+        if data.startswith(magic):
+            return content_type
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@dataclass(frozen=True)
+class ProxiedImage:
+    content: bytes
+    content_type: str
+
+
+class ImageRefused(Exception):
+    """The proxy will not serve this image; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _allowed_private_hosts() -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in getattr(settings, "PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS", ()) if h.strip())
+
+
+def fetch_image(url: str) -> ProxiedImage:
+    """Fetch a remote image from this instance, through the SSRF-safe outbound client."""
+    max_bytes = int(settings.PUSHMAIL_IMAGE_PROXY_MAX_BYTES)
+    try:
+        response = http.request(
+            "GET",
+            url,
+            headers={"User-Agent": PROXY_USER_AGENT, "Accept": "image/png,image/jpeg,image/gif,image/webp"},
+            max_bytes=max_bytes,
+            timeout=PROXY_TIMEOUT,
+            extra_private_hosts=_allowed_private_hosts(),
+            allow_http=True,
+        )
+    except http.ResponseTooLarge as exc:
+        raise ImageRefused(f"image is over the {max_bytes}-byte limit", status=413) from exc
+    except http.BlockedAddress as exc:
+        raise ImageRefused(exc.message, status=403) from exc
+    except http.OutboundError as exc:
+        raise ImageRefused(exc.message, status=502) from exc
+    if response.status != 200:
+        raise ImageRefused(f"the image server answered {response.status}", status=502)
+    content_type = sniff_image_type(response.content)
+    if content_type is None:
+        raise ImageRefused("not a PNG, JPEG, GIF or WebP image", status=415)
+    return ProxiedImage(content=response.content, content_type=content_type)

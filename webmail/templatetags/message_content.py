@@ -1,0 +1,66 @@
+"""The message body partial's view of a message: HTML or text, and whether remote images wait."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django import template
+from django.urls import reverse
+
+from mailbox import remote_content
+from mailbox.sanitize import sanitize_html
+
+register = template.Library()
+
+
+@dataclass(frozen=True)
+class MessageContent:
+    has_html: bool
+    text: str
+    frame_url: str = ""
+    text_url: str = ""
+    eml_url: str = ""
+    allow_url: str = ""
+    #: Remote images were left out and the reader may choose to show them.
+    remote_blocked: bool = False
+
+
+def _no_proxy(url: str) -> str:
+    return url
+
+
+@register.simple_tag(takes_context=True)
+def message_content(context: template.Context) -> MessageContent | None:
+    """Use as ``{% message_content as content %}`` with ``entry`` or ``message`` and ``body`` in the context."""
+    body: dict[str, Any] | None = context.get("body")
+    if body is None:
+        return None
+    html = body.get("html") or ""
+    text = body.get("text") or ""
+    entry = context.get("entry")
+    message = context.get("message")
+    if entry is not None:
+        request = context.get("request")
+        user = getattr(request, "user", None) or entry.owner
+        blocked = False
+        if html and not remote_content.remote_allowed_for_entry(user=user, entry=entry):
+            blocked = sanitize_html(html, allow_remote=False, proxy_url=_no_proxy).remote_blocked
+        return MessageContent(
+            has_html=bool(html),
+            text=text,
+            frame_url=reverse("webmail:entry-html", args=[entry.pk]),
+            text_url=reverse("webmail:entry-text", args=[entry.pk]),
+            eml_url=reverse("webmail:entry-eml", args=[entry.pk]),
+            allow_url=reverse("webmail:entry-allow-remote", args=[entry.pk]),
+            remote_blocked=blocked,
+        )
+    if message is not None:
+        return MessageContent(
+            has_html=bool(html),
+            text=text,
+            frame_url=reverse("webmail:sent-html", args=[message.pk]),
+            text_url=reverse("webmail:sent-text", args=[message.pk]),
+            eml_url=reverse("webmail:sent-eml", args=[message.pk]),
+        )
+    return MessageContent(has_html=False, text=text)

@@ -1,0 +1,286 @@
+"""Showing mail safely: sanitized HTML for a sandboxed iframe, plain text, .eml, the image proxy.
+
+The HTML views answer with their own Content-Security-Policy (replacing the
+site-wide one): nothing may load but this instance's images (the proxy) and
+inline data: images, no script at all, and the document is sandboxed by the
+policy itself as well as by the iframe, so opening the URL directly is as safe
+as seeing it framed.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import uuid
+from typing import Any
+
+import nh3
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import NoReverseMatch, reverse
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_GET, require_POST
+
+from attachments.models import Blob
+from federation import payloads
+from mailbox import remote_content
+from mailbox.eml import EmlAttachment, EmlSource, build_eml, eml_filename
+from mailbox.models import InboxEntry
+from mailbox.sanitize import sanitize_html
+from mailbox.selectors import body_of
+from outbox.models import Message, MessageAttachment
+
+FRAME_CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'; "
+    "sandbox allow-popups allow-popups-to-escape-sandbox"
+)
+# Text, .eml files and proxied images: nothing inside may run or load anything.
+INERT_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+
+def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
+    return get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
+
+
+def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
+    return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)
+
+
+def _sent_body(message: Message) -> dict[str, Any]:
+    return {
+        "text": message.text,
+        "html": message.html,
+        "to": message.to,
+        "cc": message.cc,
+        "date": message.date,
+        "message_id": message.message_id,
+        "in_reply_to": message.in_reply_to,
+        "references": message.references,
+    }
+
+
+def _entry_body(entry: InboxEntry) -> dict[str, Any]:
+    body = body_of(entry)
+    if body is None:
+        raise Http404("The body is not here yet.")
+    return body
+
+
+def text_of(body: dict[str, Any]) -> str:
+    """The plain text of a body; for an HTML-only message, its HTML without the markup."""
+    text = body.get("text") or ""
+    if text.strip() or not body.get("html"):
+        return text
+    stripped = nh3.clean(body["html"], tags={"br", "p", "div"}, clean_content_tags={"script", "style"}, attributes={})
+    for tag in ("<br>", "</p>", "</div>"):
+        stripped = stripped.replace(tag, tag + "\n")
+    return html_lib.unescape(nh3.clean(stripped, tags=set())).strip() + "\n"
+
+
+def _frame(request: HttpRequest, html: str, *, allow_remote: bool) -> HttpResponse:
+    sanitized = sanitize_html(
+        html,
+        allow_remote=allow_remote,
+        proxy_url=lambda url: request.build_absolute_uri(remote_content.proxy_path(url, user=request.user)),  # type: ignore[arg-type]
+    )
+    response = render(request, "webmail/content/frame.html", {"html": sanitized.html})
+    response["Content-Security-Policy"] = FRAME_CSP
+    _private(response)
+    return response
+
+
+def _private(response: HttpResponse) -> None:
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "no-referrer"
+    response["Cache-Control"] = "private, no-cache"
+    response["Vary"] = "Cookie"
+
+
+@login_required
+@require_GET
+def entry_html(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """The entry's HTML body, sanitized, as a document for the sandboxed iframe."""
+    entry = _entry(request, entry_id)
+    body = _entry_body(entry)
+    if not body.get("html"):
+        raise Http404("This message has no HTML part.")
+    allowed = remote_content.remote_allowed_for_entry(user=request.user, entry=entry)  # type: ignore[arg-type]
+    return _frame(request, body["html"], allow_remote=allowed)
+
+
+@login_required
+@require_GET
+def sent_html(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    """A sent message's HTML for its sender; images the sender put in load through the proxy."""
+    message = _sent(request, message_id)
+    if not message.html:
+        raise Http404("This message has no HTML part.")
+    return _frame(request, message.html, allow_remote=True)
+
+
+def _text_response(text: str) -> HttpResponse:
+    response = HttpResponse(text, content_type="text/plain; charset=utf-8")
+    response["Content-Security-Policy"] = INERT_CSP
+    _private(response)
+    return response
+
+
+@login_required
+@require_GET
+def entry_text(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """The entry as plain text (text/plain, never sniffed as anything else)."""
+    return _text_response(text_of(_entry_body(_entry(request, entry_id))))
+
+
+@login_required
+@require_GET
+def sent_text(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    return _text_response(text_of(_sent_body(_sent(request, message_id))))
+
+
+@login_required
+@require_POST
+def entry_allow_remote(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """Show remote images for this message (scope=message) or its sender (scope=sender)."""
+    entry = _entry(request, entry_id)
+    scope = request.POST.get("scope", "")
+    if scope not in ("message", "sender"):
+        return HttpResponse("scope must be message or sender", status=400, content_type="text/plain")
+    remote_content.allow_remote_content(user=request.user, entry=entry, scope=scope)  # type: ignore[arg-type]
+    if getattr(request, "htmx", False):
+        context = {"entry": entry, "body": body_of(entry)}
+        return HttpResponse(render_to_string("webmail/partials/message_body.html", context, request))
+    try:
+        return redirect(reverse("webmail:entry", args=[entry.pk]))
+    except NoReverseMatch:
+        return redirect(reverse("webmail:entry-html", args=[entry.pk]))
+
+
+# --- .eml ----------------------------------------------------------------------
+
+
+def _blob_bytes(digest: str) -> bytes | None:
+    sha256 = digest.removeprefix("sha-256:")
+    blob = Blob.objects.filter(sha256=sha256).first()
+    if blob is None:
+        return None
+    with blob.file.open("rb") as handle:
+        return handle.read()
+
+
+def _message_attachments(message: Message) -> list[EmlAttachment]:
+    rows = MessageAttachment.objects.filter(message=message).select_related("blob").order_by("position")
+    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob.sha256)) for a in rows]
+
+
+def _entry_attachments(entry: InboxEntry) -> list[EmlAttachment]:
+    if entry.local is not None:
+        return _message_attachments(entry.local)
+    manifest = (entry.remote.attachments if entry.remote is not None else None) or []
+    items = []
+    for item in manifest:
+        digest = str(item.get("digest", ""))
+        items.append(
+            EmlAttachment(
+                str(item.get("name", "attachment")),
+                str(item.get("type", "application/octet-stream")),
+                int(item.get("size", 0)),
+                _blob_bytes(digest) if digest else None,
+            )
+        )
+    return items
+
+
+def _date(value: Any) -> Any:
+    if isinstance(value, str) and value:
+        try:
+            return payloads.parse_time(value, "date")
+        except payloads.PayloadError:
+            return None
+    return value or None
+
+
+def _eml_response(source: EmlSource) -> HttpResponse:
+    response = HttpResponse(build_eml(source), content_type="message/rfc822")
+    response["Content-Disposition"] = content_disposition_header(True, eml_filename(source.subject))
+    response["Content-Security-Policy"] = INERT_CSP
+    _private(response)
+    return response
+
+
+@login_required
+@require_GET
+def entry_eml(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """The entry as an .eml file (attachments held here included, others listed)."""
+    entry = _entry(request, entry_id)
+    body = _entry_body(entry)
+    source = EmlSource(
+        sender=entry.sender,
+        to=list(body.get("to") or []),
+        cc=list(body.get("cc") or []),
+        subject=entry.subject,
+        date=_date(body.get("date")) or entry.received_at,
+        message_id=str(body.get("message_id") or ""),
+        in_reply_to=str(body.get("in_reply_to") or ""),
+        references=[str(r) for r in body.get("references") or []],
+        text=body.get("text") or "",
+        html=body.get("html"),
+        attachments=_entry_attachments(entry),
+    )
+    return _eml_response(source)
+
+
+@login_required
+@require_GET
+def sent_eml(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    message = _sent(request, message_id)
+    source = EmlSource(
+        sender=message.sender_address,
+        to=list(message.to),
+        cc=list(message.cc),
+        subject=message.subject,
+        date=message.date,
+        message_id=message.message_id,
+        in_reply_to=message.in_reply_to,
+        references=list(message.references),
+        text=message.text,
+        html=message.html,
+        attachments=_message_attachments(message),
+    )
+    return _eml_response(source)
+
+
+# --- image proxy -----------------------------------------------------------------
+
+
+def _refused(message: str, status: int) -> HttpResponse:
+    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+    response["Content-Security-Policy"] = INERT_CSP
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+@require_GET
+def image_proxy(request: HttpRequest) -> HttpResponse:
+    """A remote image fetched by this instance, for a signed-in reader; only URLs this instance signed.
+
+    No login check on the request itself: images in the sandboxed frame come
+    without the session cookie. The signed URL names the reader and expires.
+    """
+    url = request.GET.get("u", "")
+    if remote_content.verify_signature(url, request.GET.get("s", "")) is None:
+        return _refused("This image link is not valid.", 403)
+    try:
+        image = remote_content.fetch_image(url)
+    except remote_content.ImageRefused as exc:
+        return _refused(exc.message, exc.status)
+    response = HttpResponse(image.content, content_type=image.content_type)
+    response["Content-Security-Policy"] = INERT_CSP
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "no-referrer"
+    response["Content-Disposition"] = "inline"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
