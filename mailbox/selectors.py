@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from federation import payloads
 
-from .models import EntryState, InboxEntry
+from .models import EntryState, Folder, InboxEntry, Label
 
 
 def inbox_for(*, user) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
@@ -36,3 +39,171 @@ def body_of(entry: InboxEntry) -> dict[str, Any] | None:
     return {
         key: data.get(key) for key in ("text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
     }
+
+
+# --- Folder lists (webmail) ---------------------------------------------------------------
+
+# A virtual folder: starred entries outside Spam and Trash.
+STARRED = "starred"
+LIST_FOLDERS = (Folder.INBOX, Folder.ARCHIVE, STARRED, Folder.SPAM, Folder.TRASH)
+# Folders a label or the Starred view shows: Spam and Trash stay out of sight, as elsewhere.
+_VISIBLE = (Folder.INBOX, Folder.ARCHIVE)
+# The columns a list row needs: never the search document (it holds fetched body text).
+_ROW_FIELDS = (
+    "id",
+    "owner_id",
+    "remote_id",
+    "local_id",
+    "sender",
+    "subject",
+    "size",
+    "received_at",
+    "state",
+    "read",
+    "folder",
+    "starred",
+    "has_attachments",
+    "thread_key",
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a list ordered by (time, primary key), newest first; opaque in URLs."""
+
+    at: datetime
+    pk: Any
+
+    def encode(self) -> str:
+        delta = self.at - _EPOCH
+        micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return f"{micros}~{self.pk}"
+
+    @classmethod
+    def decode(cls, raw: str | None, pk_type: Callable[[str], Any] = int) -> Cursor | None:
+        """The cursor in ``raw``, or None when it is missing or malformed (the first page then)."""
+        if not raw or len(raw) > 80:
+            return None
+        micros, sep, pk = raw.partition("~")
+        if not sep or not micros.isdigit() or len(micros) > 18:
+            return None
+        try:
+            return cls(at=_EPOCH + timedelta(microseconds=int(micros)), pk=pk_type(pk))
+        except (OverflowError, ValueError):
+            return None
+
+    @classmethod
+    def of(cls, entry: InboxEntry) -> Cursor:
+        return cls(at=entry.received_at, pk=entry.pk)
+
+
+@dataclass
+class Page:
+    """One page of a list, newest first, with the cursors of the pages around it."""
+
+    items: list[Any]
+    older: str | None = None
+    newer: str | None = None
+    first: bool = True
+
+
+def _older_than(cursor: Cursor) -> Q:
+    # received_at <= t bounds the index scan; the OR only filters rows at exactly t.
+    return Q(received_at__lte=cursor.at) & (Q(received_at__lt=cursor.at) | Q(pk__lt=cursor.pk))
+
+
+def _newer_than(cursor: Cursor) -> Q:
+    return Q(received_at__gte=cursor.at) & (Q(received_at__gt=cursor.at) | Q(pk__gt=cursor.pk))
+
+
+def _folder_entries(*, user, folder: str) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
+    entries = InboxEntry.objects.owned_by(user)
+    if folder == STARRED:
+        return entries.filter(starred=True, folder__in=_VISIBLE)
+    if folder not in Folder.values:
+        raise ValueError(f"unknown folder {folder!r}")
+    return entries.filter(folder=folder)
+
+
+def _keyset_page(
+    entries: QuerySet[InboxEntry], *, before: str | None, after: str | None, limit: int, cursor_of=Cursor.of
+) -> Page:  # type: ignore[no-untyped-def]
+    """Keyset pagination: a page costs one indexed range scan however deep it is (no OFFSET, no COUNT)."""
+    entries = entries.only(*_ROW_FIELDS).prefetch_related("labels")
+    older_cursor, newer_cursor = Cursor.decode(before), Cursor.decode(after)
+    if newer_cursor is not None and older_cursor is None:
+        rows = list(entries.filter(_newer_than(newer_cursor)).order_by("received_at", "pk")[: limit + 1])
+        has_newer = len(rows) > limit
+        rows = rows[:limit][::-1]
+        has_older = True
+    else:
+        if older_cursor is not None:
+            entries = entries.filter(_older_than(older_cursor))
+        rows = list(entries.order_by("-received_at", "-pk")[: limit + 1])
+        has_older = len(rows) > limit
+        rows = rows[:limit]
+        has_newer = older_cursor is not None
+    return Page(
+        items=rows,
+        older=cursor_of(rows[-1]).encode() if rows and has_older else None,
+        newer=cursor_of(rows[0]).encode() if rows and has_newer else None,
+        first=not has_newer,
+    )
+
+
+def folder_page(  # type: ignore[no-untyped-def]
+    *, user, folder: str, before: str | None = None, after: str | None = None, limit: int = 50
+) -> Page:
+    """One page of a folder (inbox, archive, spam, trash or the virtual "starred"), newest first.
+
+    ``before``/``after`` are cursors from a previous page (``Page.older``/``Page.newer``).
+    """
+    return _keyset_page(_folder_entries(user=user, folder=folder), before=before, after=after, limit=limit)
+
+
+def label_page(  # type: ignore[no-untyped-def]
+    *, user, label: Label, before: str | None = None, after: str | None = None, limit: int = 50
+) -> Page:
+    entries = InboxEntry.objects.owned_by(user).filter(labels=label, folder__in=_VISIBLE)
+    return _keyset_page(entries, before=before, after=after, limit=limit)
+
+
+def entries_newer_than(*, user, folder: str, after: str, limit: int = 50) -> list[InboxEntry]:  # type: ignore[no-untyped-def]
+    """Entries that arrived after the cursor (for an open list polling for new mail), newest first."""
+    cursor = Cursor.decode(after)
+    if cursor is None:
+        return []
+    entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related("labels")
+    rows = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
+    return rows[::-1]
+
+
+def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Unread entries per folder, and the starred ones, in one grouped query (index entry_unread_by_folder)."""
+    counts = dict.fromkeys(LIST_FOLDERS, 0)
+    rows = (
+        InboxEntry.objects.owned_by(user)
+        .filter(read=False)
+        .values("folder")
+        .annotate(n=Count("pk"), starred_n=Count("pk", filter=Q(starred=True)))
+        .order_by()
+    )
+    for row in rows:
+        counts[row["folder"]] = row["n"]
+        if row["folder"] in _VISIBLE:
+            counts[STARRED] += row["starred_n"]
+    return counts
+
+
+def labels_for(*, user, with_unread: bool = False) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
+    """The user's labels by name; ``with_unread`` adds ``unread`` (outside Spam and Trash), still one query."""
+    labels = Label.objects.filter(owner=user).order_by("name")
+    if with_unread:
+        labels = labels.annotate(unread=Count("entries", filter=Q(entries__read=False, entries__folder__in=_VISIBLE)))
+    return labels
+
+
+def label_for(*, user, label_id: int) -> Label:  # type: ignore[no-untyped-def]
+    """One of the user's labels; another user's label is a DoesNotExist (404 in views)."""
+    return Label.objects.filter(owner=user).get(pk=label_id)

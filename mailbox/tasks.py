@@ -18,3 +18,11 @@ def requeue_due() -> int:
 @shared_task(name="mailbox.housekeeping")
 def housekeeping() -> dict[str, int]:
     return {"expired": services.expire_unfetched(), "prefetched": services.prefetch_from_correspondents()}
+
+
+@shared_task(name="mailbox.empty_trash")
+def empty_trash() -> dict[str, int]:
+    """Delete for good what has been in Trash longer than settings.PUSHMAIL_TRASH_DAYS."""
+    from . import folders
+
+    return folders.empty_trash()

@@ -113,6 +113,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "webmail.context_processors.mail_shell",
             ],
         },
     },
@@ -302,6 +303,7 @@ CELERY_BEAT_SCHEDULE = {
     "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0, "options": {"expires": 300.0}},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
+    "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
 }
 

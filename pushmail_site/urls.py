@@ -6,7 +6,7 @@ from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from outbox.api import views as outbox_api
 
-from . import health, home
+from . import health
 
 handler400 = "pushmail_site.errors.bad_request"
 handler404 = "pushmail_site.errors.not_found"
@@ -33,7 +33,6 @@ federation_v1 = [
 ]
 
 urlpatterns = [
-    path("", home.home, name="home"),
     path(".well-known/pushmail", federation_views.well_known, name="well-known"),
     path("federation/v1/", include(federation_v1)),
     path("api/v1/", include(api_v1)),

@@ -1,0 +1,35 @@
+"""What every webmail page's shell (sidebar, title) needs, computed only when a page uses it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
+
+from mailbox import selectors
+
+
+@dataclass
+class MailShell:
+    counts: dict[str, int]
+    labels: list[Any]
+
+    @property
+    def inbox_unread(self) -> int:
+        return self.counts.get("inbox", 0)
+
+
+def _shell(user) -> MailShell:  # type: ignore[no-untyped-def]
+    # Two queries: unread counts grouped by folder, and the labels with theirs.
+    return MailShell(
+        counts=selectors.unread_counts(user=user), labels=list(selectors.labels_for(user=user, with_unread=True))
+    )
+
+
+def mail_shell(request: HttpRequest) -> dict[str, Any]:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    return {"mail_shell": SimpleLazyObject(lambda: _shell(user))}

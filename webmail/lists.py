@@ -1,0 +1,58 @@
+"""Reads for the webmail's Sent list, scoped to the user (the folder lists are in mailbox.selectors)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Prefetch, Q
+
+from mailbox.selectors import Cursor, Page
+from outbox.models import Delivery, Message
+from outbox.selectors import sent_messages_for
+
+
+def sent_page(  # type: ignore[no-untyped-def]
+    *, user, folder: str = "sent", before: str | None = None, after: str | None = None, limit: int = 50
+):
+    """One page of the sender's copies in Sent (or Trash), newest first, keyset-paginated on (date, id).
+
+    Each message comes with its deliveries (one query for the page) for a per-message summary.
+    """
+    messages = (
+        sent_messages_for(user=user)
+        .filter(sender_folder=folder)
+        .defer("text", "html")
+        .prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.order_by("domain")))
+    )
+    if folder == "trash":
+        # Deleted for good from the sender's Trash but kept for its recipients: hidden.
+        messages = messages.filter(sender_trashed_at__isnull=False)
+    older, newer = Cursor.decode(before, uuid.UUID), Cursor.decode(after, uuid.UUID)
+    if newer is not None and older is None:
+        q = Q(date__gte=newer.at) & (Q(date__gt=newer.at) | Q(pk__gt=newer.pk))
+        rows = list(messages.filter(q).order_by("date", "pk")[: limit + 1])
+        has_newer, has_older = len(rows) > limit, True
+        rows = rows[:limit][::-1]
+    else:
+        if older is not None:
+            messages = messages.filter(Q(date__lte=older.at) & (Q(date__lt=older.at) | Q(pk__lt=older.pk)))
+        rows = list(messages.order_by("-date", "-pk")[: limit + 1])
+        has_older, has_newer = len(rows) > limit, older is not None
+        rows = rows[:limit]
+    for message in rows:
+        message.delivery_summary = delivery_summary(message)
+    return Page(
+        items=rows,
+        older=Cursor(rows[-1].date, rows[-1].pk).encode() if rows and has_older else None,
+        newer=Cursor(rows[0].date, rows[0].pk).encode() if rows and has_newer else None,
+        first=not has_newer,
+    )
+
+
+def delivery_summary(message: Message) -> str:
+    """E.g. "2 notified, 1 failed" from the prefetched deliveries (no query)."""
+    counts: dict[str, int] = {}
+    for delivery in message.deliveries.all():
+        counts[delivery.state] = counts.get(delivery.state, 0) + 1
+    order = ["notified", "pending", "retrying", "failed"]
+    return ", ".join(f"{counts[state]} {state}" for state in order if counts.get(state))

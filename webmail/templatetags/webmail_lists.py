@@ -1,0 +1,37 @@
+"""Filters for mail lists: short dates and human sizes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import template
+from django.utils import timezone
+
+register = template.Library()
+
+
+@register.filter
+def maildate(value: datetime | None) -> str:
+    """Today: "14:05"; this year: "3 Nov"; older: "3 Nov 2025" (local time)."""
+    if value is None:
+        return ""
+    local = timezone.localtime(value)
+    now = timezone.localtime()
+    if local.date() == now.date():
+        return local.strftime("%H:%M")
+    if local.year == now.year:
+        return f"{local.day} {local.strftime('%b')}"
+    return f"{local.day} {local.strftime('%b %Y')}"
+
+
+@register.filter
+def mailsize(value: int | None) -> str:
+    """12 KB, 1.4 MB, 820 bytes."""
+    size = int(value or 0)
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{round(size / 1024)} KB"
+    if size < 1024 * 1024 * 1024:
+        return f"{size / (1024 * 1024):.1f} MB"
+    return f"{size / (1024 * 1024 * 1024):.1f} GB"

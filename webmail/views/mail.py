@@ -1,0 +1,347 @@
+"""Webmail lists and actions: folders, labels, Sent, and what a user does to a selection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.models import User
+from mailbox import folders, selectors
+from mailbox.models import Folder, InboxEntry, Label
+from outbox import selectors as outbox_selectors
+from outbox.models import Message
+from webmail import lists
+
+FOLDER_NAMES = {
+    Folder.INBOX: "Inbox",
+    selectors.STARRED: "Starred",
+    Folder.ARCHIVE: "Archive",
+    Folder.SPAM: "Spam",
+    Folder.TRASH: "Trash",
+}
+MOVE_TARGETS = [(Folder.INBOX, "Inbox"), (Folder.ARCHIVE, "Archive"), (Folder.SPAM, "Spam"), (Folder.TRASH, "Trash")]
+# Where a moved selection is said to have gone, for the confirmation message.
+_MOVED = {Folder.INBOX: "the Inbox", Folder.ARCHIVE: "Archive", Folder.SPAM: "Spam", Folder.TRASH: "Trash"}
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """The site root: the inbox when signed in, the login page otherwise."""
+    if request.user.is_authenticated:
+        return redirect("webmail:folder", folder=Folder.INBOX)
+    return redirect("account_login")
+
+
+# --- Lists -----------------------------------------------------------------------------
+
+
+def _with_sender_names(entries: list[InboxEntry]) -> list[InboxEntry]:
+    """Attach ``sender_name``: the display name of senders who have a mailbox here (one query)."""
+    addresses = {entry.sender for entry in entries}
+    names = (
+        dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
+        if addresses
+        else {}
+    )
+    for entry in entries:
+        entry.sender_name = names.get(entry.sender, "")  # type: ignore[attr-defined]
+        entry.cursor = selectors.Cursor.of(entry).encode()  # type: ignore[attr-defined]
+    return entries
+
+
+def _list_context(request: HttpRequest, page: selectors.Page, **extra: object) -> dict[str, object]:
+    _with_sender_names(page.items)
+    return {
+        "page": page,
+        "entries": page.items,
+        "next_url": request.get_full_path(),
+        "move_targets": MOVE_TARGETS,
+        "trash_days": f"{settings.PUSHMAIL_TRASH_DAYS:g}",
+        **extra,
+    }
+
+
+@login_required
+@require_GET
+def folder(request: HttpRequest, folder: str) -> HttpResponse:
+    page = selectors.folder_page(
+        user=request.user, folder=folder, before=request.GET.get("before"), after=request.GET.get("after")
+    )
+    context = _list_context(
+        request,
+        page,
+        folder=folder,
+        folder_name=FOLDER_NAMES[folder],
+        # New mail is polled for on the newest page of the inbox only.
+        live=folder == Folder.INBOX and page.first,
+    )
+    return render(request, "webmail/folder.html", context)
+
+
+@login_required
+@require_GET
+def label(request: HttpRequest, label_id: int) -> HttpResponse:
+    the_label = get_object_or_404(selectors.labels_for(user=request.user), pk=label_id)
+    page = selectors.label_page(
+        user=request.user, label=the_label, before=request.GET.get("before"), after=request.GET.get("after")
+    )
+    context = _list_context(request, page, folder="label", folder_name=the_label.name, label=the_label)
+    return render(request, "webmail/folder.html", context)
+
+
+@login_required
+@require_GET
+def folder_updates(request: HttpRequest, folder: str) -> HttpResponse:
+    """Rows that arrived after ``after`` (a row cursor), for an open list polling for new mail.
+
+    The inbox's unread count comes back in the ``X-Unread-Count`` header.
+    """
+    entries = selectors.entries_newer_than(user=request.user, folder=folder, after=request.GET.get("after", ""))
+    _with_sender_names(entries)
+    response = render(
+        request,
+        "webmail/partials/message_rows.html",
+        {"entries": entries, "next_url": reverse("webmail:folder", args=[folder]), "folder": folder},
+    )
+    response["X-Unread-Count"] = str(selectors.unread_counts(user=request.user)[Folder.INBOX])
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_GET
+def sent(request: HttpRequest) -> HttpResponse:
+    in_trash = request.GET.get("in") == "trash"
+    page = lists.sent_page(
+        user=request.user,
+        folder="trash" if in_trash else "sent",
+        before=request.GET.get("before"),
+        after=request.GET.get("after"),
+    )
+    for message in page.items:
+        message.recipient_summary = _recipient_summary(message)
+    return render(
+        request,
+        "webmail/sent.html",
+        {
+            "page": page,
+            "sent_messages": page.items,
+            "in_trash": in_trash,
+            "folder": "sent-trash" if in_trash else "sent",
+            "folder_name": "Deleted sent messages" if in_trash else "Sent",
+            "next_url": request.get_full_path(),
+        },
+    )
+
+
+def _recipient_summary(message: Message) -> str:
+    addresses = [*message.to, *message.cc, *message.bcc]
+    if not addresses:
+        return "(no recipients)"
+    shown = ", ".join(addresses[:3])
+    return f"{shown} and {len(addresses) - 3} more" if len(addresses) > 3 else shown
+
+
+# --- Actions ---------------------------------------------------------------------------
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponseRedirect:
+    target = request.POST.get("next", "")
+    if target.startswith("/") and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return HttpResponseRedirect(target)
+    return HttpResponseRedirect(default)
+
+
+def _plural(n: int, what: str = "message") -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _apply(request: HttpRequest, action: str, ids: list[str]) -> None:
+    """Run one action on a selection of the user's entries and say what happened (or why not)."""
+    user = request.user
+    extra_label = request.POST.get("label", "")
+    if action == "move":
+        action = request.POST.get("folder", "")
+    if action == "label" and extra_label:
+        action = f"label:{extra_label}"
+
+    def move(target: str) -> int:
+        return folders.move_entries(user=user, entry_ids=ids, folder=target)
+
+    handlers: dict[str, Callable[[], str]] = {
+        **{
+            target: (lambda target=target: f"{_plural(move(target))} moved to {_MOVED[target]}.")
+            for target in Folder.values
+        },
+        "archive": lambda: f"{_plural(move(Folder.ARCHIVE))} archived.",
+        "delete": lambda: _deleted(*folders.delete(user=user, entry_ids=ids)),
+        "read": lambda: f"{_plural(folders.mark_read(user=user, entry_ids=ids))} marked read.",
+        "unread": lambda: f"{_plural(folders.mark_read(user=user, entry_ids=ids, read=False))} marked unread.",
+        "star": lambda: f"{_plural(folders.star(user=user, entry_ids=ids))} starred.",
+        "unstar": lambda: f"{_plural(folders.star(user=user, entry_ids=ids, starred=False))} unstarred.",
+    }
+    verb, _, arg = action.partition(":")
+    try:
+        if verb == "label" and arg:
+            n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+            text = f"Label added to {_plural(n)}."
+        elif verb == "unlabel" and arg:
+            folders.remove_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+            text = f"Label removed from {_plural(len(set(ids)))}."
+        elif action in handlers:
+            text = handlers[action]()
+        else:
+            messages.error(request, "That action is not available. Nothing was changed.")
+            return
+    except folders.FolderError as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+        return
+    messages.success(request, text)
+
+
+def _deleted(trashed: int, deleted: int) -> str:
+    parts = []
+    if trashed:
+        parts.append(f"{_plural(trashed)} moved to Trash")
+    if deleted:
+        parts.append(f"{_plural(deleted)} deleted forever")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if parts else "Nothing to delete."
+
+
+def _folder_url(name: str) -> str:
+    return reverse("webmail:folder", args=[name])
+
+
+@login_required
+@require_POST
+def entry_action(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """One action on one entry (the message view's buttons, a row's star)."""
+    entry = get_object_or_404(InboxEntry.objects.owned_by(request.user).only("pk", "folder"), pk=entry_id)
+    action = request.POST.get("action", "")
+    _apply(request, action, [str(entry.pk)])
+    # After archive, delete and friends the message has left the folder: back to that folder.
+    stays = action in ("read", "star", "unstar") or action.startswith(("label:", "unlabel:"))
+    default = _folder_url(entry.folder)
+    if stays:
+        try:
+            default = reverse("webmail:entry", args=[entry.pk])
+        except NoReverseMatch:
+            pass
+    return _back(request, default)
+
+
+@login_required
+@require_POST
+def bulk_action(request: HttpRequest) -> HttpResponse:
+    """One action on the checked rows of a list."""
+    ids = request.POST.getlist("ids")
+    _apply(request, request.POST.get("action", ""), ids)
+    return _back(request, _folder_url(Folder.INBOX))
+
+
+@login_required
+@require_POST
+def empty_trash(request: HttpRequest) -> HttpResponse:
+    """Empty the user's Trash now, without waiting for the 30 days."""
+    result = folders.empty_trash(user=request.user, older_than=timezone.now() + timedelta(seconds=1))
+    deleted = result["entries"] + result["sent_deleted"] + result["sent_hidden"]
+    messages.success(request, f"Trash emptied: {_plural(deleted)} deleted forever.")
+    return _back(request, _folder_url(Folder.TRASH))
+
+
+def _sent_apply(request: HttpRequest, action: str, ids: list[str]) -> None:
+    user = request.user
+    try:
+        if action in ("trash", "delete"):
+            trashed, deleted = folders.trash_sent(user=user, message_ids=ids)
+            text = _deleted(trashed, deleted)
+        elif action == "restore":
+            text = f"{_plural(folders.restore_sent(user=user, message_ids=ids))} moved back to Sent."
+        elif action == "star":
+            text = f"{_plural(folders.star_sent(user=user, message_ids=ids))} starred."
+        elif action == "unstar":
+            text = f"{_plural(folders.star_sent(user=user, message_ids=ids, starred=False))} unstarred."
+        else:
+            messages.error(request, "That action is not available. Nothing was changed.")
+            return
+    except folders.FolderError as exc:
+        messages.error(request, f"{exc} Nothing was changed.")
+        return
+    messages.success(request, text)
+
+
+@login_required
+@require_POST
+def sent_action(request: HttpRequest, message_id) -> HttpResponse:  # type: ignore[no-untyped-def]
+    """Trash, restore or star the sender's copy of one sent message."""
+    message = get_object_or_404(outbox_selectors.sent_messages_for(user=request.user).only("pk"), pk=message_id)
+    _sent_apply(request, request.POST.get("action", ""), [str(message.pk)])
+    return _back(request, reverse("webmail:sent"))
+
+
+@login_required
+@require_POST
+def sent_bulk(request: HttpRequest) -> HttpResponse:
+    _sent_apply(request, request.POST.get("action", ""), request.POST.getlist("ids"))
+    return _back(request, reverse("webmail:sent"))
+
+
+# --- Labels page -----------------------------------------------------------------------
+
+
+@login_required
+def labels(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            made = folders.create_label(user=request.user, name=request.POST.get("name", ""))
+        except folders.FolderError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Label “{made.name}” created.")
+        return redirect("webmail:labels")
+    return render(
+        request,
+        "webmail/labels.html",
+        {"all_labels": selectors.labels_for(user=request.user, with_unread=True), "folder": "labels"},
+    )
+
+
+def _own_label(request: HttpRequest, label_id: int) -> Label:
+    try:
+        return selectors.label_for(user=request.user, label_id=label_id)
+    except Label.DoesNotExist:
+        raise Http404("no such label") from None
+
+
+@login_required
+@require_POST
+def label_rename(request: HttpRequest, label_id: int) -> HttpResponse:
+    the_label = _own_label(request, label_id)
+    try:
+        renamed = folders.rename_label(user=request.user, label_id=the_label.pk, name=request.POST.get("name", ""))
+    except folders.FolderError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Label renamed to “{renamed.name}”.")
+    return redirect("webmail:labels")
+
+
+@login_required
+@require_POST
+def label_delete(request: HttpRequest, label_id: int) -> HttpResponse:
+    the_label = _own_label(request, label_id)
+    folders.delete_label(user=request.user, label_id=the_label.pk)
+    messages.success(request, f"Label “{the_label.name}” deleted; its messages are still in their folders.")
+    return redirect("webmail:labels")
