@@ -58,6 +58,11 @@ def address_words(address: str) -> str:
     return " ".join(dict.fromkeys(w for w in words if w))
 
 
+def _with_parts(name: str) -> str:
+    """A file name as search words: "budget.xlsx" is one token to PostgreSQL, so add "budget"."""
+    return " ".join(dict.fromkeys(w for w in [name, *_WORD_SPLIT.split(name)] if w))
+
+
 def body_text(body: dict[str, Any]) -> str:
     """The plain text of a body: its text part, or its HTML part with every tag removed."""
     text = body.get("text") or ""
@@ -76,7 +81,7 @@ def attachment_names(manifest: Iterable[Any] | None) -> list[str]:
 
 def entry_document(*, subject: str, sender: str, text: str = "", attachments: Iterable[str] = ()) -> str:
     """The text an entry is matched on, capped at MAX_DOCUMENT_CHARS."""
-    parts = [subject, address_words(sender), " ".join(attachments), text]
+    parts = [subject, address_words(sender), " ".join(_with_parts(name) for name in attachments), text]
     document = "\n".join(part for part in parts if part)
     # PostgreSQL text cannot hold NUL characters.
     return document.replace("\x00", " ")[:MAX_DOCUMENT_CHARS]

@@ -1,5 +1,9 @@
 """Webmail routes: search."""
 
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-urlpatterns: list[URLPattern] = []
+from webmail.views import search
+
+urlpatterns: list[URLPattern] = [
+    path("search/", search.search_view, name="search"),
+]
