@@ -1,0 +1,257 @@
+"""Reads for the message and conversation views, always scoped to the user.
+
+A conversation is every inbox entry of the user that shares the opened entry's
+``thread_key``, plus the user's own sent messages with that key, in date order.
+Its size does not change the number of queries: two, whatever the thread holds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.http import Http404
+from django.template import TemplateDoesNotExist
+from django.template.loader import get_template
+from django.urls import NoReverseMatch, reverse
+
+from mailbox.models import EntryState, InboxEntry
+from mailbox.selectors import body_of
+from outbox.models import Message
+from outbox.selectors import domain_status, sent_message_detail
+
+# Primary keys are 64-bit: a larger id in the URL is simply not found (not a database error).
+MAX_ID = 2**63 - 1
+# A conversation page shows at most this many messages, the newest ones.
+THREAD_LIMIT = 100
+
+# Entry states whose body is on its way: the page polls until it arrives.
+PENDING_STATES = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE})
+
+
+def webmail_url(name: str, fallback: str, *args: object, query: str = "") -> str:
+    """The URL of a named webmail route, or ``fallback`` while that route is not there yet."""
+    try:
+        url = reverse(f"webmail:{name}", args=args)
+    except NoReverseMatch:
+        url = fallback
+    return f"{url}?{query}" if query else url
+
+
+def template_exists(name: str) -> bool:
+    try:
+        get_template(name)
+    except TemplateDoesNotExist:
+        return False
+    return True
+
+
+# --- one entry ----------------------------------------------------------------------
+
+
+def entry_or_404(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyped-def]
+    """The user's entry with its message; another user's id, or no such id, is a 404."""
+    if not 0 < entry_id <= MAX_ID:
+        raise Http404("No such message.")
+    entry = (
+        InboxEntry.objects.owned_by(user).select_related("remote", "local", "local__sender").filter(pk=entry_id).first()
+    )
+    if entry is None:
+        raise Http404("No such message.")
+    return entry
+
+
+def entry_date(entry: InboxEntry) -> datetime:
+    if entry.remote is not None:
+        return entry.remote.date
+    if entry.local is not None:
+        return entry.local.date
+    return entry.received_at
+
+
+def entry_from(entry: InboxEntry) -> str:
+    """The sender as shown: "Name <address>" when the sender is a mailbox here with a name."""
+    if entry.local is not None and entry.local.sender.display_name:
+        return f"{entry.local.sender.display_name} <{entry.sender}>"
+    return entry.sender
+
+
+def attachment_items_for_entry(entry: InboxEntry) -> list[Any]:
+    """The attachments list for an entry, empty until the attachments views exist."""
+    try:
+        from attachments.selectors import attachment_items_for_entry as items_for
+    except ImportError:
+        return []
+    if not template_exists("webmail/partials/attachments.html"):
+        return []
+    return list(items_for(entry))
+
+
+def attachment_items_for_message(message: Message) -> list[Any]:
+    try:
+        from attachments.selectors import attachment_items_for_message as items_for
+    except ImportError:
+        return []
+    if not template_exists("webmail/partials/attachments.html"):
+        return []
+    return list(items_for(message))
+
+
+# --- a conversation ------------------------------------------------------------------
+
+
+@dataclass
+class ThreadItem:
+    """One message in a conversation: an inbox entry, or a message the user sent."""
+
+    date: datetime
+    sender: str
+    subject: str
+    size: int
+    entry: InboxEntry | None = None
+    message: Message | None = None
+    body: dict[str, Any] | None = None
+    current: bool = False
+    unread: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"entry-{self.entry.pk}" if self.entry is not None else f"sent-{self.message.pk}"  # type: ignore[union-attr]
+
+    @property
+    def state(self) -> str:
+        if self.entry is not None:
+            return self.entry.state
+        return "withdrawn" if self.message and self.message.withdrawn_at else "sent"
+
+    @property
+    def url(self) -> str:
+        if self.entry is not None:
+            return reverse("webmail:entry", args=[self.entry.pk])
+        return reverse("webmail:sent-message", args=[self.message.pk])  # type: ignore[union-attr]
+
+    @property
+    def snippet(self) -> str:
+        text = (self.body or {}).get("text") or ""
+        return " ".join(text.split())[:120]
+
+
+def message_body(message: Message) -> dict[str, Any]:
+    """A sent message's body as the sender sees it (Bcc included)."""
+    return {
+        "text": message.text,
+        "html": message.html,
+        "to": message.to,
+        "cc": message.cc,
+        "bcc": message.bcc,
+        "date": message.date,
+        "message_id": message.message_id,
+        "in_reply_to": message.in_reply_to,
+        "references": message.references,
+    }
+
+
+@dataclass
+class Conversation:
+    items: list[ThreadItem] = field(default_factory=list)
+    earlier: int = 0  # older messages left out (THREAD_LIMIT)
+
+    @property
+    def current(self) -> ThreadItem | None:
+        return next((item for item in self.items if item.current), None)
+
+
+def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Conversation:  # type: ignore[no-untyped-def]
+    """``entry`` and the rest of its conversation, oldest first.
+
+    ``body`` is the opened entry's body (already read by the caller). The other
+    entries' bodies come from the rows loaded here; nothing is fetched for them.
+    """
+    entries: list[InboxEntry] = []
+    sent: list[Message] = []
+    if entry.thread_key:
+        entries = list(
+            InboxEntry.objects.owned_by(user)
+            .filter(thread_key=entry.thread_key)
+            .exclude(pk=entry.pk)
+            .select_related("remote", "local", "local__sender")
+            .order_by("-received_at", "-pk")[:THREAD_LIMIT]
+        )
+        mine = {e.local_id for e in [entry, *entries] if e.local_id}
+        sent = [
+            m
+            for m in Message.objects.filter(sender=user, thread_key=entry.thread_key)
+            .select_related("sender")
+            .order_by("-date")[:THREAD_LIMIT]
+            if m.pk not in mine  # a message to oneself is shown once, as received
+        ]
+    items = [
+        ThreadItem(
+            date=entry_date(entry),
+            sender=entry_from(entry),
+            subject=entry.subject,
+            size=entry.size,
+            entry=entry,
+            body=body,
+            current=True,
+        )
+    ]
+    for other in entries:
+        items.append(
+            ThreadItem(
+                date=entry_date(other),
+                sender=entry_from(other),
+                subject=other.subject,
+                size=other.size,
+                entry=other,
+                body=body_of(other),
+                unread=not other.read,
+            )
+        )
+    for message in sent:
+        name = message.sender.display_name
+        items.append(
+            ThreadItem(
+                date=message.date,
+                sender=f"{name} <{message.sender_address}>" if name else message.sender_address,
+                subject=message.subject,
+                size=message.size,
+                message=message,
+                body=message_body(message),
+            )
+        )
+    items.sort(key=lambda item: (item.date, item.key))
+    earlier = max(0, len(items) - THREAD_LIMIT)
+    if earlier:
+        kept = items[earlier:]
+        if not any(item.current for item in kept):
+            kept = sorted([next(item for item in items if item.current), *kept[1:]], key=lambda i: (i.date, i.key))
+        items = kept
+    return Conversation(items=items, earlier=earlier)
+
+
+# --- the sender's view -----------------------------------------------------------------
+
+
+def sent_message_or_404(*, user, message_id: uuid.UUID) -> Message:  # type: ignore[no-untyped-def]
+    """The user's sent message with its deliveries, recipients and fetches; anyone else's is a 404."""
+    try:
+        return sent_message_detail(user=user, message_id=message_id)
+    except Message.DoesNotExist:
+        raise Http404("No such message.") from None
+
+
+def delivery_rows(message: Message) -> list[dict[str, Any]]:
+    """One row per recipient domain (outbox.selectors.domain_status), with a one-word state."""
+    rows = domain_status(message)
+    for row in rows:
+        delivery = row["delivery"]
+        if delivery.state == "failed":
+            row["state"] = "failed"
+        elif row["fetch_status"] == "fetched":
+            row["state"] = "fetched"
+        else:
+            row["state"] = delivery.state
+    return rows

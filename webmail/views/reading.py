@@ -1,0 +1,126 @@
+"""Reading: a message and its conversation, the pull made visible, the sender's view."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from mailbox.models import EntryState, InboxEntry
+from mailbox.selectors import body_of
+from mailbox.services import open_entry, retry_fetch_now
+from outbox.services import withdraw_message
+from webmail import reading
+
+
+def _state_context(entry: InboxEntry, body: dict[str, Any] | None, *, retrying: bool = False) -> dict[str, Any]:
+    """What the body region of one entry needs: the body, or the state it is in."""
+    pending = body is None and entry.state in reading.PENDING_STATES
+    return {
+        "entry": entry,
+        "body": body,
+        "sender": reading.entry_from(entry),
+        "date": reading.entry_date(entry),
+        "pending": pending,
+        "retrying": retrying,
+        # While the sender's server does not answer, the worker retries on its own
+        # schedule; the page keeps asking, less often.
+        "poll_delay": "3s" if entry.state == EntryState.UNAVAILABLE and not retrying else "500ms",
+        "last_try": entry.remote.last_attempt_at if entry.remote is not None else None,
+        "attachment_items": reading.attachment_items_for_entry(entry) if body is not None else [],
+    }
+
+
+def _actions(entry: InboxEntry) -> dict[str, str]:
+    pk = entry.pk
+    return {
+        "reply": reading.webmail_url("reply", f"/compose/reply/{pk}/", pk),
+        "reply_all": reading.webmail_url("reply", f"/compose/reply/{pk}/", pk, query="all=1"),
+        "forward": reading.webmail_url("forward", f"/compose/forward/{pk}/", pk),
+        "action": reading.webmail_url("entry-action", f"/mail/entry/{pk}/action/", pk),
+        "eml": reading.webmail_url("entry-eml", f"/mail/entry/{pk}/eml/", pk),
+        "text": reading.webmail_url("entry-text", f"/mail/entry/{pk}/?plain=1", pk),
+    }
+
+
+@login_required
+@require_GET
+def entry(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """Open an entry (marks it read, queues the fetch if needed) and show its conversation."""
+    item = reading.entry_or_404(user=request.user, entry_id=entry_id)
+    open_entry(entry=item)
+    if item.state == EntryState.NOTIFIED and item.remote is not None:
+        item.state = EntryState.FETCHING  # what open_entry just stored for every reader
+    body = body_of(item)
+    thread = reading.conversation(user=request.user, entry=item, body=body)
+    return render(
+        request,
+        "webmail/reading/entry.html",
+        {
+            "entry": item,
+            "thread": thread,
+            "plain": request.GET.get("plain") == "1",
+            "actions": _actions(item),
+            **_state_context(item, body),
+        },
+    )
+
+
+@login_required
+@require_GET
+def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """The body region alone: polled by htmx until the fetch finishes, then the body."""
+    item = reading.entry_or_404(user=request.user, entry_id=entry_id)
+    if item.opened_at is None and item.state == EntryState.FETCHED:
+        open_entry(entry=item)  # the body arrived while the reader watched: now it is seen
+    return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item)))
+
+
+@login_required
+@require_POST
+def entry_retry(request: HttpRequest, entry_id: int) -> HttpResponse:
+    """ "Retry now" on an entry whose sender's server did not answer."""
+    item = reading.entry_or_404(user=request.user, entry_id=entry_id)
+    retry_fetch_now(entry=item)
+    if request.htmx:  # type: ignore[attr-defined]
+        item = reading.entry_or_404(user=request.user, entry_id=entry_id)
+        return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), retrying=True))
+    return redirect("webmail:entry", entry_id=item.pk)
+
+
+@login_required
+@require_GET
+def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    """The sender's own message with its delivery status per recipient domain."""
+    message = reading.sent_message_or_404(user=request.user, message_id=message_id)
+    return render(
+        request,
+        "webmail/reading/sent.html",
+        {
+            "message": message,
+            "body": reading.message_body(message),
+            "rows": reading.delivery_rows(message),
+            "attachment_items": reading.attachment_items_for_message(message),
+            "eml_url": reading.webmail_url("sent-eml", f"/mail/sent/{message.pk}/eml/", message.pk),
+            "text_url": reading.webmail_url("sent-text", "", message.pk),
+        },
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def sent_withdraw(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    """GET asks for confirmation; POST withdraws the message from every recipient domain."""
+    message = reading.sent_message_or_404(user=request.user, message_id=message_id)
+    if request.method == "GET" or message.withdrawn_at:
+        if message.withdrawn_at:
+            return redirect("webmail:sent-message", message_id=message.pk)
+        return render(request, "webmail/reading/withdraw_confirm.html", {"message": message})
+    withdraw_message(message=message)
+    messages.success(request, "Message withdrawn. Recipients who have not opened it can no longer read it.")
+    return redirect("webmail:sent-message", message_id=message.pk)
