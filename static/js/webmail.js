@@ -1,1 +1,291 @@
 // Webmail behaviour: keyboard shortcuts, live updates, title count (see templates/webmail/base.html).
+// Loaded with `defer` from a static file: the Content-Security-Policy allows no inline script.
+(function () {
+  "use strict";
+
+  const POLL_MS = 10000;
+  const body = document.body;
+  const ROW = '[data-testid="message-row"], [data-testid="sent-row"]';
+  let selected = -1;
+
+  // --- unread count in the title and sidebar -------------------------------------------
+
+  function setUnread(count) {
+    const n = Math.max(0, parseInt(count, 10) || 0);
+    body.dataset.unread = String(n);
+    const bare = document.title.replace(/^\(\d+\)\s+/, "");
+    document.title = n > 0 ? "(" + n + ") " + bare : bare;
+    const link = document.querySelector('.sidebar a[data-folder="inbox"]');
+    if (!link) return;
+    let badge = link.querySelector('[data-unread-count="inbox"]');
+    if (n === 0) {
+      if (badge) badge.remove();
+      return;
+    }
+    if (!badge) {
+      badge = document.createElement("span");
+      badge.className = "count";
+      badge.dataset.unreadCount = "inbox";
+      link.append(" ", badge);
+    }
+    badge.replaceChildren();
+    const open = document.createElement("span");
+    open.className = "visually-hidden";
+    open.textContent = "(";
+    const close = document.createElement("span");
+    close.className = "visually-hidden";
+    close.textContent = " unread)";
+    badge.append(open, String(n), close);
+  }
+
+  // --- rows and selection ------------------------------------------------------------
+
+  function rows() {
+    return Array.from(document.querySelectorAll(ROW));
+  }
+
+  function select(index, focus) {
+    const all = rows();
+    if (all.length === 0) return;
+    selected = Math.max(0, Math.min(all.length - 1, index));
+    all.forEach(function (row, i) {
+      row.classList.toggle("selected", i === selected);
+    });
+    const row = all[selected];
+    row.scrollIntoView({ block: "nearest" });
+    if (focus) {
+      const link = row.querySelector("a.open");
+      if (link) link.focus({ preventScroll: true });
+    }
+  }
+
+  function selectedRow() {
+    const all = rows();
+    if (selected < 0 || selected >= all.length) return null;
+    return all[selected];
+  }
+
+  function openRow(row) {
+    const href = row && row.dataset.href;
+    if (href) window.location.assign(href);
+  }
+
+  function csrfToken() {
+    const input = document.querySelector('input[name="csrfmiddlewaretoken"]');
+    if (input) return input.value;
+    try {
+      return JSON.parse(body.getAttribute("hx-headers") || "{}")["X-CSRFToken"] || "";
+    } catch (e) {
+      return "";
+    }
+  }
+
+  function postAction(url, action) {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = url;
+    const fields = { csrfmiddlewaretoken: csrfToken(), action: action, next: location.pathname + location.search };
+    Object.keys(fields).forEach(function (name) {
+      const input = document.createElement("input");
+      input.type = "hidden";
+      input.name = name;
+      input.value = fields[name];
+      form.append(input);
+    });
+    body.append(form);
+    form.submit();
+  }
+
+  // A button the page marks for a key (the message view's Reply, Archive...), if any.
+  function pageButton(key) {
+    return document.querySelector('[data-shortcut="' + (window.CSS && CSS.escape ? CSS.escape(key) : key) + '"]');
+  }
+
+  function composeFor(kind, row) {
+    const id = row && row.dataset.entryId;
+    if (!id) return;
+    if (kind === "forward") window.location.assign("/compose/forward/" + id + "/");
+    else window.location.assign("/compose/reply/" + id + "/" + (kind === "all" ? "?all=1" : ""));
+  }
+
+  // --- keyboard shortcuts ----------------------------------------------------------------
+
+  function typing(target) {
+    if (!target || !(target instanceof Element)) return false;
+    if (target.isContentEditable) return true;
+    return Boolean(target.closest("input, textarea, select, [contenteditable]"));
+  }
+
+  function onKey(event) {
+    if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
+    const help = document.getElementById("shortcuts-help");
+    if (help && help.open) return; // the dialog handles Escape itself
+    if (typing(event.target)) {
+      if (event.key === "Escape") event.target.blur();
+      return;
+    }
+    const key = event.key;
+    const row = selectedRow();
+    const onControl = event.target instanceof Element && event.target.closest("a, button");
+    switch (key) {
+      case "j":
+        select(selected + 1, true);
+        break;
+      case "k":
+        select(selected < 0 ? 0 : selected - 1, true);
+        break;
+      case "o":
+        openRow(row);
+        break;
+      case "Enter":
+        if (onControl || !row) return; // links and buttons do their own thing
+        openRow(row);
+        break;
+      case "x": {
+        const box = row && row.querySelector('input[type="checkbox"]');
+        if (box) box.click();
+        break;
+      }
+      case "r":
+      case "a":
+      case "f": {
+        const button = pageButton(key);
+        if (button) button.click();
+        else composeFor({ r: "reply", a: "all", f: "forward" }[key], row);
+        break;
+      }
+      case "e":
+      case "#": {
+        const button = pageButton(key);
+        if (button) button.click();
+        else if (row && row.dataset.actionUrl) postAction(row.dataset.actionUrl, key === "e" ? "archive" : "delete");
+        break;
+      }
+      case "/": {
+        const search = document.querySelector("[data-search-input]");
+        if (!search) return;
+        search.focus();
+        search.select();
+        break;
+      }
+      case "c": {
+        window.location.assign(body.dataset.composeUrl || "/compose/");
+        break;
+      }
+      case "?":
+        if (help && typeof help.showModal === "function") help.showModal();
+        break;
+      case "Escape":
+        body.classList.remove("sidebar-open");
+        return;
+      default:
+        return;
+    }
+    event.preventDefault();
+  }
+
+  // --- live new mail ---------------------------------------------------------------------
+
+  let announcer = null;
+
+  function announce(text) {
+    if (!announcer) {
+      announcer = document.createElement("div");
+      announcer.className = "visually-hidden";
+      announcer.setAttribute("role", "status");
+      announcer.setAttribute("aria-live", "polite");
+      body.append(announcer);
+    }
+    announcer.textContent = text;
+  }
+
+  function startPolling(table) {
+    const tbody = table.querySelector("tbody");
+    let busy = false;
+
+    async function poll() {
+      if (busy || document.hidden) return;
+      busy = true;
+      try {
+        const url = table.dataset.pollUrl + "?after=" + encodeURIComponent(table.dataset.pollAfter || "0~0");
+        const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+        if (!response.ok || response.redirected) return; // signed out, or the server is busy: try later
+        const unread = response.headers.get("X-Unread-Count");
+        if (unread !== null) setUnread(unread);
+        const template = document.createElement("template");
+        template.innerHTML = await response.text();
+        const fresh = Array.from(template.content.querySelectorAll(ROW)).filter(function (row) {
+          return !document.querySelector('[data-entry-id="' + row.dataset.entryId + '"]');
+        });
+        if (fresh.length === 0) return;
+        fresh.forEach(function (row) {
+          row.classList.add("new");
+        });
+        tbody.prepend.apply(tbody, fresh);
+        table.dataset.pollAfter = fresh[0].dataset.cursor;
+        if (selected >= 0) selected += fresh.length;
+        const empty = document.querySelector('[data-testid="empty-folder"]');
+        if (empty) empty.remove();
+        announce(fresh.length === 1 ? "1 new message" : fresh.length + " new messages");
+      } catch (e) {
+        // Offline for a moment: the next tick tries again.
+      } finally {
+        busy = false;
+      }
+    }
+
+    window.setInterval(poll, POLL_MS);
+    document.addEventListener("visibilitychange", function () {
+      if (!document.hidden) poll();
+    });
+  }
+
+  // --- wiring ----------------------------------------------------------------------------
+
+  function init() {
+    setUnread(body.dataset.unread);
+    document.addEventListener("keydown", onKey);
+
+    document.querySelectorAll("[data-help-open]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        const help = document.getElementById("shortcuts-help");
+        if (help && typeof help.showModal === "function") help.showModal();
+      });
+    });
+
+    const toggle = document.querySelector("[data-sidebar-toggle]");
+    if (toggle) {
+      toggle.addEventListener("click", function () {
+        const open = body.classList.toggle("sidebar-open");
+        toggle.setAttribute("aria-expanded", open ? "true" : "false");
+        if (open) {
+          const first = document.querySelector(".sidebar a");
+          if (first) first.focus();
+        }
+      });
+    }
+
+    document.querySelectorAll("[data-select-all]").forEach(function (all) {
+      all.addEventListener("change", function () {
+        const form = all.form;
+        document.querySelectorAll('input[type="checkbox"][name="ids"]').forEach(function (box) {
+          if (!form || box.form === form) box.checked = all.checked;
+        });
+      });
+    });
+
+    // A click anywhere on a row (not on its controls) opens the message.
+    document.addEventListener("click", function (event) {
+      const target = event.target;
+      if (!(target instanceof Element) || target.closest("a, button, input, label, select")) return;
+      const row = target.closest(ROW);
+      if (row) openRow(row);
+    });
+
+    const live = document.querySelector("table[data-poll-url]");
+    if (live) startPolling(live);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
