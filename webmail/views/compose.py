@@ -258,9 +258,7 @@ def draft_status(request: HttpRequest, draft_id: int) -> HttpResponse:
     context = {
         "draft": item,
         "undo": _undo_context(item),
-        "sent_url": _url("sent-message", item.sent_message_id, fallback="")
-        if item.sent_message_id
-        else "",
+        "sent_url": _url("sent-message", item.sent_message_id, fallback="") if item.sent_message_id else "",
     }
     return render(request, "webmail/compose/_undo.html", context)
 
