@@ -345,8 +345,6 @@ PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS = frozenset(
     os.environ.get(
         "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS",
         ".exe .com .bat .cmd .scr .pif .cpl .msi .msp .msc .jar .js .jse .vbs .vbe .wsf .wsh .ps1 .hta .lnk .reg",
-# How long before expiry an unopened message from a known correspondent is fetched.
-PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))
     ).split()
 )
 
