@@ -580,8 +580,8 @@ def request(
 
     Any HTTP status is returned as a :class:`Response`; problems reaching the
     server, or with what it sends, raise :class:`OutboundError`. With ``sink``,
-    a 2xx body is written there (``content`` is then empty); other answers are
-    read into memory, capped at 64 KiB.
+    a 2xx body is written there (``content`` is then empty) and ``max_bytes``
+    caps it; other answers are read into memory, capped at 64 KiB.
     """
     seconds = _default_timeout() if timeout is None else float(timeout)
     if seconds <= 0:
@@ -611,7 +611,7 @@ def request(
                 if sink is not None and 200 <= status < 300:
                     content = _read_body(resp, max_bytes, deadline, where, sink)
                 else:
-                    cap = max_bytes if sink is None else min(max_bytes, 65536)
+                    cap = max_bytes if sink is None else 65536  # an error answer, whatever the file's cap
                     content = _read_body(resp, cap, deadline, where)
                 return Response(
                     status=status,

@@ -34,8 +34,16 @@ PDF_PREVIEW_CSP = "default-src 'none'; frame-ancestors 'self'"
 def content_disposition(kind: str, name: str) -> str:
     """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*`` (RFC 8187)."""
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C") or "attachment"
-    fallback = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    fallback = "".join(c if c.isalnum() or c in " .-_()+,=" else "_" for c in fallback).strip() or "attachment"
+    # ASCII fallback for old clients: accents dropped (ü -> u), anything else unsafe becomes "_".
+    decomposed = unicodedata.normalize("NFKD", name)
+    fallback = (
+        "".join(
+            c if c.isascii() and (c.isalnum() or c in " .-_()+,=") else "_"
+            for c in decomposed
+            if not unicodedata.combining(c)
+        ).strip()
+        or "attachment"
+    )
     return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
