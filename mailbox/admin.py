@@ -1,10 +1,10 @@
 from django.contrib import admin, messages
 
-from .models import InboxEntry, RemoteMessage
+from .models import AllowedSender, InboxEntry, Label, RemoteMessage
 
 
 @admin.action(description="Fetch now")
-def fetch_now(modeladmin, request, queryset):
+def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
     from .services import request_fetch
 
     for remote_id in queryset.values_list("pk", flat=True):
@@ -14,16 +14,69 @@ def fetch_now(modeladmin, request, queryset):
 
 @admin.register(RemoteMessage)
 class RemoteMessageAdmin(admin.ModelAdmin):
-    list_display = ["subject", "sender", "origin_domain", "state", "attempts", "next_attempt_at", "fetched_at"]
-    list_filter = ["state", "origin_domain"]
-    search_fields = ["subject", "sender", "global_id"]
-    exclude = ["content"]
+    """Messages notified to this instance: one row per message, whatever the number of local readers."""
+
+    list_display = [
+        "subject",
+        "sender",
+        "origin_domain",
+        "local_domain",
+        "size",
+        "state",
+        "attempts",
+        "received_at",
+        "next_attempt_at",
+        "fetched_at",
+    ]
+    list_filter = ["state", "origin_domain", "local_domain"]
+    search_fields = ["subject", "sender", "=global_id", "=message_id", "origin_domain"]
+    date_hierarchy = "received_at"
+    exclude = ["content"]  # body bytes: read them in the owner's webmail, not here
+    readonly_fields = [
+        "origin_domain",
+        "global_id",
+        "message_id",
+        "sender",
+        "subject",
+        "date",
+        "size",
+        "digest",
+        "in_reply_to",
+        "references",
+        "attachments",
+        "expires_at",
+        "local_domain",
+        "received_at",
+        "fetched_at",
+        "last_attempt_at",
+        "withdrawn_at",
+    ]
     actions = [fetch_now]
 
 
 @admin.register(InboxEntry)
 class InboxEntryAdmin(admin.ModelAdmin):
-    list_display = ["subject", "owner", "sender", "state", "read", "received_at"]
-    list_filter = ["state", "read"]
-    search_fields = ["subject", "sender", "owner__email"]
+    list_display = ["subject", "owner", "sender", "state", "folder", "read", "starred", "size", "received_at"]
+    list_filter = ["state", "folder", "read", "starred", "has_attachments", "owner__domain"]
+    search_fields = ["subject", "sender", "owner__email", "thread_key"]
+    date_hierarchy = "received_at"
+    list_select_related = ["owner"]
     raw_id_fields = ["owner", "remote", "local"]
+    exclude = ["search_document"]  # holds the body text once fetched
+    filter_horizontal = ["labels"]
+
+
+@admin.register(Label)
+class LabelAdmin(admin.ModelAdmin):
+    list_display = ["name", "owner"]
+    search_fields = ["name", "owner__email"]
+    list_select_related = ["owner"]
+    raw_id_fields = ["owner"]
+
+
+@admin.register(AllowedSender)
+class AllowedSenderAdmin(admin.ModelAdmin):
+    list_display = ["address", "owner", "created_at"]
+    search_fields = ["address", "owner__email"]
+    list_select_related = ["owner"]
+    raw_id_fields = ["owner"]

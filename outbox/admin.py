@@ -1,26 +1,77 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from .models import BodyFetch, Delivery, DeliveryState, Message, Recipient
+from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient
 
 
 class RecipientInline(admin.TabularInline):
     model = Recipient
     extra = 0
     readonly_fields = ["address", "domain", "kind", "status", "reason"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    extra = 0
+    fields = ["domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error", "withdrawal"]
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class BodyFetchInline(admin.TabularInline):
+    model = BodyFetch
+    extra = 0
+    readonly_fields = ["domain", "fetched_at", "bytes"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
+    """Sent messages: who, when, where they went and who fetched them. Bodies stay out of the admin."""
+
     list_display = ["subject", "sender_address", "date", "size", "withdrawn_at", "body_purged_at"]
-    search_fields = ["subject", "sender_address", "message_id"]
-    list_filter = ["date"]
-    inlines = [RecipientInline]
-    readonly_fields = ["id", "digest", "size", "message_id"]
+    search_fields = ["subject", "sender_address", "=message_id", "=id"]
+    list_filter = ["sender__domain", "sender_folder"]
+    date_hierarchy = "date"
+    inlines = [RecipientInline, DeliveryInline, BodyFetchInline]
+    exclude = ["text", "html"]
+    readonly_fields = [
+        "id",
+        "sender",
+        "sender_address",
+        "subject",
+        "to",
+        "cc",
+        "bcc",
+        "message_id",
+        "in_reply_to",
+        "references",
+        "thread_key",
+        "date",
+        "size",
+        "digest",
+        "expires_at",
+        "withdrawn_at",
+        "body_purged_at",
+    ]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False  # messages are sent by their senders (webmail or API), never typed in here
 
 
 @admin.action(description="Retry notification now")
-def retry_now(modeladmin, request, queryset):
+def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
     from .services import _queue_deliveries
 
     ids = list(
@@ -35,13 +86,48 @@ def retry_now(modeladmin, request, queryset):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ["message", "domain", "state", "attempts", "next_attempt_at", "last_error", "withdrawal"]
-    list_filter = ["state", "withdrawal", "local"]
-    search_fields = ["domain", "message__subject"]
+    """One notification per message and recipient domain."""
+
+    list_display = [
+        "message",
+        "domain",
+        "local",
+        "state",
+        "attempts",
+        "notified_at",
+        "next_attempt_at",
+        "failed_at",
+        "last_error",
+        "withdrawal",
+    ]
+    list_filter = ["state", "withdrawal", "local", "domain"]
+    search_fields = ["domain", "message__subject", "message__sender_address", "=message__id", "last_error"]
+    date_hierarchy = "notified_at"
+    list_select_related = ["message"]
+    raw_id_fields = ["message"]
     actions = [retry_now]
 
 
 @admin.register(BodyFetch)
 class BodyFetchAdmin(admin.ModelAdmin):
+    """Each time a recipient domain pulled a body: the sender side's view of reads (per domain, never per user)."""
+
     list_display = ["message", "domain", "fetched_at", "bytes"]
     list_filter = ["domain"]
+    search_fields = ["domain", "message__subject", "message__sender_address", "=message__id"]
+    date_hierarchy = "fetched_at"
+    list_select_related = ["message"]
+    raw_id_fields = ["message"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Draft)
+class DraftAdmin(admin.ModelAdmin):
+    list_display = ["subject", "owner", "updated_at", "send_at"]
+    search_fields = ["subject", "owner__email"]
+    list_select_related = ["owner"]
+    date_hierarchy = "updated_at"
+    exclude = ["text"]
+    raw_id_fields = ["owner", "sent_message"]
