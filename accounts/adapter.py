@@ -4,6 +4,7 @@ import logging
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
+from allauth.account.internal.flows.login import AUTHENTICATION_METHODS_SESSION_KEY
 from allauth.core import context as allauth_context
 from django.contrib.sites.shortcuts import get_current_site
 
@@ -21,6 +22,16 @@ class AccountAdapter(DefaultAccountAdapter):
 
     def is_open_for_signup(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False
+
+    def login(self, request, user) -> None:  # type: ignore[no-untyped-def]
+        super().login(request, user)
+        # A sign-in that has just happened (password, and the second factor when one is set) is as
+        # fresh as re-entering the password: security pages (two-factor, passkeys) open without
+        # asking again until ACCOUNT_REAUTHENTICATION_TIMEOUT has passed, then they ask.
+        records = request.session.get(AUTHENTICATION_METHODS_SESSION_KEY)
+        if records:
+            records[-1]["reauthenticated"] = True
+            request.session[AUTHENTICATION_METHODS_SESSION_KEY] = records
 
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         from .models import User

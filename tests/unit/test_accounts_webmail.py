@@ -109,6 +109,22 @@ def test_repeated_failed_logins_are_rate_limited(client: Client, alice: User) ->
 # --- two-factor ----------------------------------------------------------------------------
 
 
+def test_security_pages_ask_for_the_password_unless_just_signed_in(
+    client: Client, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _login(client, alice.email)
+    assert client.get("/accounts/2fa/webauthn/add/").status_code == 200  # a fresh sign-in counts
+    import time
+
+    later = time.time() + 301
+    monkeypatch.setattr(time, "time", lambda: later)
+    response = client.get("/accounts/2fa/webauthn/add/")
+    assert response["Location"].startswith("/accounts/reauthenticate/")
+    monkeypatch.undo()
+    _reauthenticate(client)
+    assert client.get("/accounts/2fa/webauthn/add/").status_code == 200
+
+
 def _reauthenticate(client: Client, password: str = PASSWORD) -> None:
     """allauth asks for the password again before security changes, even right after sign-in."""
     page = client.get("/accounts/reauthenticate/")
@@ -117,8 +133,6 @@ def _reauthenticate(client: Client, password: str = PASSWORD) -> None:
 
 
 def _activate_totp(client: Client) -> str:
-    assert client.get("/accounts/2fa/totp/activate/")["Location"].startswith("/accounts/reauthenticate/")
-    _reauthenticate(client)
     page = client.get("/accounts/2fa/totp/activate/")
     assert page.status_code == 200
     html = page.content.decode()
