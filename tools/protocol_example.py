@@ -53,6 +53,26 @@ MESSAGE = {
 BCC = ["dave@beta.example"]  # never in the body; only in beta.example's notification
 EXPIRES = datetime(2026, 12, 26, 9, 59, 58, tzinfo=UTC)  # date + 30 days
 
+# §11.6: a second message, with one attachment.
+ATTACH_ID = uuid.UUID("5d0c7e2a-1b3f-4c8d-9a6e-2f4b8c1d0e37")
+ATTACHMENT_FILE = "Q4 plan\n\n1. Ship attachments.\n2. Café on Friday.\n".encode()
+ATTACH_MESSAGE = {
+    "global_id": ATTACH_ID,
+    "message_id": f"<{ATTACH_ID}@alpha.example>",
+    "sender": "ann@alpha.example",
+    "to": ["bob@beta.example"],
+    "cc": [],
+    "subject": "The Q4 plan, attached",
+    "date": datetime(2026, 11, 26, 11, 0, 0, tzinfo=UTC),
+    "text": "Hi Bob,\n\nthe plan is attached.\n\n— Ann\n",
+    "html": None,
+    "in_reply_to": "",
+    "references": [],
+}
+ATTACH_EXPIRES = datetime(2026, 12, 26, 11, 0, 0, tzinfo=UTC)
+ATTACH_FETCH_CREATED = datetime(2026, 11, 26, 11, 20, 0, tzinfo=UTC)
+ATTACH_FETCH_NONCE = "Qm3sV8xK1pT6wZ0bN4cR7y"
+
 NOTIFY_CREATED = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 NOTIFY_NONCE = "q7Vw2mZ9xR4tYb1nK8sJ3a"
 FETCH_CREATED = datetime(2026, 11, 26, 10, 15, 0, tzinfo=UTC)
@@ -162,6 +182,41 @@ def build() -> dict[str, str]:
         created=FETCH_CREATED,
         nonce=FETCH_NONCE,
     )
+    attachment_digest = payloads.digest(ATTACHMENT_FILE)
+    manifest = [
+        {"name": "Q4 plan.txt", "type": "text/plain", "size": len(ATTACHMENT_FILE), "digest": attachment_digest}
+    ]
+    attach_body = payloads.canonical_body(**ATTACH_MESSAGE, attachments=manifest)
+    attach_notification = payloads.Notification(
+        global_id=ATTACH_ID,
+        message_id=ATTACH_MESSAGE["message_id"],
+        sender=ATTACH_MESSAGE["sender"],
+        recipients=["bob@beta.example"],
+        subject=ATTACH_MESSAGE["subject"],
+        date=ATTACH_MESSAGE["date"],
+        size=len(attach_body),
+        digest=payloads.digest(attach_body),
+        in_reply_to="",
+        references=[],
+        expires=ATTACH_EXPIRES,
+        attachments=tuple(payloads.parse_manifest(manifest)),
+    )
+    attach_notify_body = json.dumps(attach_notification.to_json(), separators=(",", ":")).encode()
+    attach_fetch_url = ALPHA_API + f"messages/{ATTACH_ID}/attachments/{attachment_digest}"
+    attach_fetch_headers = sign(
+        method="GET",
+        url=attach_fetch_url,
+        headers={"Accept": "application/octet-stream"},
+        body=None,
+        key_id=BETA_KEY_ID,
+        private_key=beta_private,
+        created=ATTACH_FETCH_CREATED,
+        nonce=ATTACH_FETCH_NONCE,
+    )
+    attach_fetch_base = _signature_base("GET", attach_fetch_url, attach_fetch_headers)
+    attach_fetch_signature = attach_fetch_headers["Signature"][len("pm=:") : -1]
+    assert _b64(beta_private.sign(attach_fetch_base.encode())) == attach_fetch_signature
+
     notify_base = _signature_base("POST", notify_url, notify_headers)
     fetch_base = _signature_base("GET", fetch_url, fetch_headers)
     notify_signature = notify_headers["Signature"][len("pm=:") : -1]
@@ -187,6 +242,15 @@ def build() -> dict[str, str]:
         "fetch-request": _http_head("GET", fetch_url, fetch_headers, None),
         "fetch-signature-base": fetch_base,
         "fetch-signature": fetch_signature,
+        "attachment-file": ATTACHMENT_FILE.decode("utf-8").rstrip("\n"),
+        "attachment-digest": attachment_digest,
+        "attachment-body": attach_body.decode("utf-8"),
+        "attachment-body-digest": payloads.digest(attach_body),
+        "attachment-notification-body": attach_notify_body.decode("ascii"),
+        "attachment-fetch-request": _http_head("GET", attach_fetch_url, attach_fetch_headers, None),
+        "attachment-fetch-signature-base": attach_fetch_base,
+        "attachment-fetch-signature": attach_fetch_signature,
+        "attachment-content-digest": "sha-256=:" + _b64(hashlib.sha256(ATTACHMENT_FILE).digest()) + ":",
     }
 
 
@@ -248,6 +312,9 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
             {"error": "wrong_domain", "detail": "sender ann@alpha.example is not of the signing domain beta.example"}
         ),
         "gone.json": pretty({"error": "gone", "reason": "withdrawn", "detail": "message withdrawn"}),
+        # §11.6: byte-exact like body.json; the notification pretty-printed.
+        "body_with_attachment.json": blocks["attachment-body"],
+        "notification_with_attachment.json": pretty(json.loads(blocks["attachment-notification-body"])),
     }
 
 

@@ -50,6 +50,16 @@ EXAMPLE_BLOCKS = {
     "fetch-request",
     "fetch-signature-base",
     "fetch-signature",
+    # §11.6, checked in test_attachment_protocol.py
+    "attachment-file",
+    "attachment-digest",
+    "attachment-body",
+    "attachment-body-digest",
+    "attachment-notification-body",
+    "attachment-fetch-request",
+    "attachment-fetch-signature-base",
+    "attachment-fetch-signature",
+    "attachment-content-digest",
 }
 
 
