@@ -284,6 +284,10 @@ def _declarations(style: str) -> list[str]:
     return [p for p in (part.strip() for part in parts) if p]
 
 
+def _drop_relative(url: str) -> None:
+    return None
+
+
 def sanitize_html(html: str, *, allow_remote: bool, proxy_url: Callable[[str], str]) -> Sanitized:
     """Clean an HTML mail body for display; see the module docstring.
 
@@ -302,6 +306,9 @@ def sanitize_html(html: str, *, allow_remote: bool, proxy_url: Callable[[str], s
         url_schemes=set(URL_SCHEMES),
         filter_style_properties=set(STYLE_PROPERTIES),
         set_tag_attribute_values={"a": {"target": "_blank"}},
-        url_relative="deny",
+        # A callable rather than "deny", so protocol-relative URLs (//host/x.png)
+        # still reach the filter and count as remote content; every relative URL
+        # that is left is dropped.
+        url_relative=_drop_relative,
     )
     return Sanitized(html=cleaned, has_remote=remote.found, remote_blocked=remote.found and not allow_remote)
