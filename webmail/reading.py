@@ -13,8 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from django.http import Http404
-from django.template import TemplateDoesNotExist
-from django.template.loader import get_template
 from django.urls import NoReverseMatch, reverse
 
 from mailbox.models import EntryState, InboxEntry
@@ -38,14 +36,6 @@ def webmail_url(name: str, fallback: str, *args: object, query: str = "") -> str
     except NoReverseMatch:
         url = fallback
     return f"{url}?{query}" if query else url
-
-
-def template_exists(name: str) -> bool:
-    try:
-        get_template(name)
-    except TemplateDoesNotExist:
-        return False
-    return True
 
 
 # --- one entry ----------------------------------------------------------------------
@@ -76,27 +66,6 @@ def entry_from(entry: InboxEntry) -> str:
     if entry.local is not None and entry.local.sender.display_name:
         return f"{entry.local.sender.display_name} <{entry.sender}>"
     return entry.sender
-
-
-def attachment_items_for_entry(entry: InboxEntry) -> list[Any]:
-    """The attachments list for an entry, empty until the attachments views exist."""
-    try:
-        from attachments.selectors import attachment_items_for_entry as items_for
-    except ImportError:
-        return []
-    if not template_exists("webmail/partials/attachments.html"):
-        return []
-    return list(items_for(entry))
-
-
-def attachment_items_for_message(message: Message) -> list[Any]:
-    try:
-        from attachments.selectors import attachment_items_for_message as items_for
-    except ImportError:
-        return []
-    if not template_exists("webmail/partials/attachments.html"):
-        return []
-    return list(items_for(message))
 
 
 # --- a conversation ------------------------------------------------------------------

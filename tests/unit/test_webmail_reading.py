@@ -118,6 +118,18 @@ def test_message_view_has_header_actions_and_marks_read(alice: User, peer: FakeP
     assert 'data-testid="message-body"' in html
 
 
+def test_attachments_of_the_opened_message_are_listed_as_still_at_the_senders(alice: User, peer: FakePeer) -> None:
+    entry = _fetched(peer, PeerMessageFactory(text="See the report"))
+    manifest = [{"name": "report.pdf", "type": "application/pdf", "size": 12345, "digest": "sha-256:" + "0" * 64}]
+    RemoteMessage.objects.filter(pk=entry.remote_id).update(attachments=manifest)
+
+    html = _page(_client(alice).get(_entry_url(entry)))
+
+    assert 'data-testid="attachment-link"' in html and "report.pdf" in html
+    assert f'href="/mail/entry/{entry.pk}/attachments/0/"' in html
+    assert "at sender" in html
+
+
 def test_plain_text_view(alice: User, peer: FakePeer) -> None:
     entry = _fetched(peer, PeerMessageFactory(text="Line one\nLine <two>"))
 

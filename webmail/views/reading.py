@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import body_of
 from mailbox.services import open_entry, retry_fetch_now
@@ -32,7 +33,7 @@ def _state_context(entry: InboxEntry, body: dict[str, Any] | None, *, retrying: 
         # schedule; the page keeps asking, less often.
         "poll_delay": "3s" if entry.state == EntryState.UNAVAILABLE and not retrying else "500ms",
         "last_try": entry.remote.last_attempt_at if entry.remote is not None else None,
-        "attachment_items": reading.attachment_items_for_entry(entry) if body is not None else [],
+        "attachment_items": attachment_items_for_entry(entry) if body is not None else [],
     }
 
 
@@ -105,7 +106,7 @@ def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
             "message": message,
             "body": reading.message_body(message),
             "rows": reading.delivery_rows(message),
-            "attachment_items": reading.attachment_items_for_message(message),
+            "attachment_items": attachment_items_for_message(message),
             "eml_url": reading.webmail_url("sent-eml", f"/mail/sent/{message.pk}/eml/", message.pk),
             "text_url": reading.webmail_url("sent-text", "", message.pk),
         },
