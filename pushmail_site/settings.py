@@ -182,7 +182,9 @@ ACCOUNT_RATE_LIMITS = {
 MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Pushmail")
-# WebAuthn needs a secure context; browsers treat http://localhost as one.
+# WebAuthn needs a secure context: https, or http://localhost and http://*.localhost, which browsers and
+# fido2's origin check both accept (passkeys work on the demo's alpha.localhost with DEBUG off). On, this
+# flag makes the server accept a passkey from ANY origin: for development only.
 MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

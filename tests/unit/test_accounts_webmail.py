@@ -394,3 +394,17 @@ def test_empty_token_name_is_refused(client: Client, alice: User) -> None:
 
 def test_other_mailbox_factory_is_unaffected(alice: User) -> None:
     assert MailboxFactory(domain=alice.domain).is_active
+
+
+# --- sessions ------------------------------------------------------------------------------
+
+
+def test_sign_out_other_sessions(alice: User) -> None:
+    laptop, phone = Client(), Client()
+    _login(laptop, alice.email)
+    _login(phone, alice.email)
+    page = laptop.get("/accounts/sessions/").content.decode()
+    assert page.count("<tr") >= 3  # header and both sessions
+    assert laptop.post("/accounts/sessions/").status_code == 302
+    assert _signed_in_as(laptop) == alice.email
+    assert _signed_in_as(phone) is None
