@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from attachments.admin import MessageAttachmentInline
+
 from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient
 
 
@@ -44,7 +46,7 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ["subject", "sender_address", "=message_id", "=id"]
     list_filter = ["sender__domain", "sender_folder"]
     date_hierarchy = "date"
-    inlines = [RecipientInline, DeliveryInline, BodyFetchInline]
+    inlines = [RecipientInline, DeliveryInline, BodyFetchInline, MessageAttachmentInline]
     exclude = ["text", "html"]
     readonly_fields = [
         "id",

@@ -656,3 +656,27 @@ def test_a_second_mailbox_gets_the_same_stored_copy(alice: User, peer: FakePeer,
     response = _download(login(dave), second["entry"], 0)
     assert b"".join(response.streaming_content) == b"shared file"
     assert len(_attachment_gets(peer)) == 1
+
+
+# --- admin ---------------------------------------------------------------------------------------------------------
+
+
+def test_admin_lists_blobs_by_digest_and_a_messages_attachments(alice: User, local_domain: Any, peer: FakePeer) -> None:
+    from accounts.services import create_mailbox
+
+    root = create_mailbox(address=f"root@{local_domain.name}", password="admin passphrase 123", is_staff=True)
+    User.objects.filter(pk=root.pk).update(is_superuser=True)
+    client = login(User.objects.get(pk=root.pk))
+    message = _send(alice, [("plan.pdf", "application/pdf", b"%PDF-1.4 plan")])
+    FederationClient().send("GET", _attachment_path(message, digest_of(b"%PDF-1.4 plan")), signer=peer)
+    blob = Blob.objects.get()
+
+    found = client.get("/admin/attachments/blob/", {"q": "sha-256:" + blob.sha256[:12]})
+    assert found.status_code == 200 and blob.sha256 in found.content.decode()
+    assert client.get("/admin/attachments/blob/", {"q": "0" * 12}).content.decode().count(blob.sha256) == 0
+    assert client.get(f"/admin/attachments/blob/{blob.pk}/change/").status_code == 200
+    assert client.get("/admin/attachments/blob/add/").status_code == 403
+
+    page = client.get(f"/admin/outbox/message/{message.pk}/change/").content.decode()
+    assert "plan.pdf" in page and "application/pdf" in page
+    assert client.get("/admin/attachments/attachmentfetch/").status_code == 200
