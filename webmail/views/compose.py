@@ -83,6 +83,11 @@ def _errors(exc: ValidationError) -> list[str]:
     return list(exc.messages)
 
 
+def _invalid(exc: ValidationError) -> set[str]:
+    """The form fields an error names, marked aria-invalid on the page."""
+    return set(exc.message_dict) if hasattr(exc, "error_dict") else set()
+
+
 # --- Pages -------------------------------------------------------------------------------
 
 
@@ -106,7 +111,7 @@ def draft(request: HttpRequest, draft_id: int) -> HttpResponse:
 
 
 def _render_draft(
-    request: HttpRequest, item: Draft, *, errors: list[str] | None = None, status: int = 200
+    request: HttpRequest, item: Draft, *, error: ValidationError | None = None, status: int = 200
 ) -> HttpResponse:
     attachments = list(item.attachments.all())
     for attachment in attachments:
@@ -114,7 +119,8 @@ def _render_draft(
     context = {
         "draft": item,
         "attachments": attachments,
-        "errors": errors or [],
+        "errors": _errors(error) if error else [],
+        "invalid": _invalid(error) if error else set(),
         "undo": _undo_context(item),
         "max_file": settings.PUSHMAIL_MAX_ATTACHMENT_BYTES,
         "max_total": settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES,
@@ -181,7 +187,7 @@ def draft_attach(request: HttpRequest, draft_id: int) -> HttpResponse:
         messages.warning(request, LOCKED)
         return redirect("webmail:draft", draft_id=item.pk)
     except ValidationError as exc:
-        return _render_draft(request, item, errors=_errors(exc), status=400)
+        return _render_draft(request, item, error=exc, status=400)
     if added:
         messages.success(request, "Attached: " + ", ".join(a.name for a in added) + ".")
     else:
@@ -235,7 +241,7 @@ def draft_send(request: HttpRequest, draft_id: int) -> HttpResponse:
         return redirect("webmail:draft", draft_id=item.pk)
     except ValidationError as exc:
         item.refresh_from_db()
-        return _render_draft(request, item, errors=_errors(exc), status=400)
+        return _render_draft(request, item, error=exc, status=400)
     return redirect("webmail:draft", draft_id=item.pk)
 
 
