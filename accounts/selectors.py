@@ -14,7 +14,7 @@ def api_tokens_for(*, user: User) -> QuerySet[ApiToken]:
 def storage_for(*, user: User) -> dict[str, int] | None:
     """Bytes used and the quota, or None while the attachments store cannot count usage."""
     try:
-        from attachments.selectors import usage_bytes  # type: ignore[attr-defined]
+        from attachments.selectors import usage_bytes
     except ImportError:
         return None
     used = usage_bytes(user=user)

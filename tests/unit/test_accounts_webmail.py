@@ -106,6 +106,22 @@ def test_repeated_failed_logins_are_rate_limited(client: Client, alice: User) ->
     assert _signed_in_as(client) is None
 
 
+def test_repeated_reset_requests_are_rate_limited(client: Client, alice: User) -> None:
+    for _ in range(5):
+        assert client.post(RESET, {"email": alice.email}).status_code == 302
+    response = client.post(RESET, {"email": alice.email})
+    assert response.status_code == 429
+    html = response.content.decode()
+    assert "Too many attempts" in html and "— Pushmail</title>" in html
+
+
+def test_expired_session_gets_a_clear_message_on_the_way_to_sign_in(client: Client) -> None:
+    response = client.get("/settings/", follow=True)
+    assert response.redirect_chain[-1][0].startswith(LOGIN + "?next=")
+    assert "your session has ended" in response.content.decode()
+    assert "your session has ended" not in client.get(LOGIN).content.decode()
+
+
 # --- two-factor ----------------------------------------------------------------------------
 
 
