@@ -632,19 +632,23 @@ def send_draft(draft_id: int) -> Message | None:
         kwargs: dict[str, Any] = {}
         attachments = list(draft.attachments.select_related("blob"))
         try:
-            if attachments:
-                kwargs["attachments"] = _attachment_inputs(attachments)
-            message = send_message(
-                sender=draft.owner,
-                to=outgoing.to,
-                cc=outgoing.cc,
-                bcc=outgoing.bcc,
-                subject=outgoing.subject,
-                text=outgoing.text,
-                html=outgoing.html,
-                in_reply_to=draft.in_reply_to,
-                **kwargs,
-            )
+            with transaction.atomic():
+                if attachments:
+                    kwargs["attachments"] = _attachment_inputs(attachments)
+                    # From here the files count against the quota as the message's, not the draft's
+                    # (send_message checks the quota with them as extra bytes); undone if it refuses.
+                    DraftAttachment.objects.filter(draft=draft).delete()
+                message = send_message(
+                    sender=draft.owner,
+                    to=outgoing.to,
+                    cc=outgoing.cc,
+                    bcc=outgoing.bcc,
+                    subject=outgoing.subject,
+                    text=outgoing.text,
+                    html=outgoing.html,
+                    in_reply_to=draft.in_reply_to,
+                    **kwargs,
+                )
         except ValidationError as exc:
             _reopen(draft, exc)
             return None

@@ -590,3 +590,49 @@ def test_contacts_suggests_past_correspondents_most_recent_first(web: Client, al
     options = page_text(web.get(url("contacts"), {"to": "dan@x.test, car"}, headers=HTMX))
     assert '<option value="dan@x.test, cara@peer.test">' in options
     assert '<option value="dan@x.test, carol@peer.test">' in options
+
+
+def test_files_on_a_draft_count_once_against_the_quota_when_sent(
+    web: Client, alice: User, bob: User, queued: list, django_capture_on_commit_callbacks: Any
+) -> None:
+    alice.quota_bytes = 5000
+    alice.save(update_fields=["quota_bytes"])
+    draft = new_draft(alice)
+    upload = SimpleUploadedFile("half.bin", b"h" * 3000)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = web.post(
+            url("draft-send", draft.pk), {**form(draft, to="bob@alpha.test", subject="Q", text="q"), "files": [upload]}
+        )
+    assert response.status_code == 302
+    due(draft)
+    message = drafts.send_draft(draft.pk)
+
+    assert message is not None
+    assert [a.name for a in message.attachments.all()] == ["half.bin"]
+
+
+def test_a_send_refused_at_the_last_moment_reopens_the_draft_with_its_files_and_says_why(
+    web: Client, alice: User, bob: User, queued: list, django_capture_on_commit_callbacks: Any, settings: Any
+) -> None:
+    draft = new_draft(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        web.post(
+            url("draft-send", draft.pk),
+            {
+                **form(draft, to="bob@alpha.test", subject="Big", text="q"),
+                "files": [SimpleUploadedFile("f.bin", b"f" * 50)],
+            },
+        )
+    settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = 10  # lowered by the admin during the undo window
+    due(draft)
+
+    assert drafts.send_draft(draft.pk) is None
+
+    assert not Message.objects.exists()
+    draft.refresh_from_db()
+    assert draft.send_at is None
+    assert [a.name for a in draft.attachments.all()] == ["f.bin"]
+    notice = InboxEntry.objects.get(owner=alice, state=EntryState.NOTICE)
+    assert notice.subject == "Not sent: Big"
+    assert "over the limit of 10" in notice.notice_text
