@@ -266,6 +266,16 @@ def _others(addresses: list[str], exclude: set[str]) -> list[str]:
     return result
 
 
+def _why_no_body(entry: Any) -> str:
+    from mailbox.models import EntryState
+
+    return {
+        EntryState.WITHDRAWN: "The message was withdrawn by the sender",
+        EntryState.EXPIRED: "The message expired at the sender's server before it was fetched",
+        EntryState.TAMPERED: "The message's body did not match what was announced and was refused",
+    }.get(entry.state, "The message is still at the sender's server")
+
+
 def reply_to_entry(*, owner: User, entry: Any, reply_all: bool = False) -> Prepared:
     """A draft answering an inbox entry, quoting it when its body is here."""
     from mailbox.selectors import body_of
@@ -282,15 +292,14 @@ def reply_to_entry(*, owner: User, entry: Any, reply_all: bool = False) -> Prepa
             cc = _others(body.get("cc") or [], own | set(to))
         else:
             notes.append(
-                "The message is still at the sender's server, so only the sender is addressed: "
-                "the other recipients are listed in its body."
+                f"{_why_no_body(entry)}, so only the sender is addressed: the other recipients are listed in its body."
             )
     if body is not None and _body_text(body):
         text = f"\n\nOn {format_date(date)}, {entry.sender} wrote:\n{quote(_body_text(body))}\n"
     else:
         text = ""
         if body is None:
-            notes.append("The message is still at the sender's server, so the reply does not quote it.")
+            notes.append(f"{_why_no_body(entry)}, so the reply does not quote it.")
     draft = create_draft(
         owner=owner,
         to=", ".join(to),
@@ -362,7 +371,7 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
     )
     if body is None:
         text = f"\n\n{header}\n\n"
-        notes.append("The message is still at the sender's server, so its text is not included.")
+        notes.append(f"{_why_no_body(entry)}, so its text is not included.")
     else:
         text = f"\n\n{header}\n\n{_body_text(body)}\n"
 

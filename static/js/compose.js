@@ -8,7 +8,7 @@
       var sendAt = Date.parse(el.getAttribute("data-send-at"));
       if (isNaN(sendAt)) return;
       var left = Math.max(0, Math.ceil((sendAt - Date.now()) / 1000));
-      var text = left + " s";
+      var text = left > 0 ? left + " s" : "a moment";
       if (el.textContent !== text) el.textContent = text;
     });
   }

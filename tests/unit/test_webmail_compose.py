@@ -636,3 +636,23 @@ def test_a_send_refused_at_the_last_moment_reopens_the_draft_with_its_files_and_
     notice = InboxEntry.objects.get(owner=alice, state=EntryState.NOTICE)
     assert notice.subject == "Not sent: Big"
     assert "over the limit of 10" in notice.notice_text
+
+
+def test_autosave_while_the_message_is_being_sent_changes_nothing_and_says_so(web: Client, alice: User) -> None:
+    draft = new_draft(alice, to="bob@alpha.test", subject="Going out")
+    Draft.objects.filter(pk=draft.pk).update(send_at=timezone.now() + timedelta(seconds=8))
+
+    response = web.post(url("draft-save", draft.pk), form(draft, subject="Changed"), headers=HTMX)
+
+    assert "Not saved. This message is being sent: press Undo to change it." in page_text(response)
+    draft.refresh_from_db()
+    assert draft.subject == "Going out"
+
+
+def test_reply_to_a_withdrawn_message_says_why_there_is_no_quote(web: Client, alice: User) -> None:
+    entry = InboxEntryFactory(owner=alice, subject="Oops", state=EntryState.WITHDRAWN)
+
+    response = web.get(url("reply", entry.pk), follow=True)
+
+    assert "The message was withdrawn by the sender, so the reply does not quote it." in page_text(response)
+    assert Draft.objects.get(owner=alice).subject == "Re: Oops"

@@ -167,7 +167,8 @@ def draft_save(request: HttpRequest, draft_id: int) -> HttpResponse:
         item = _save_from_post(request, item)
     except drafts_service.DraftLocked:
         if request.htmx:
-            return HttpResponse(f'<span class="save-error">{LOCKED}</span>', status=409)
+            # 200 so htmx shows it in the status line (it does not swap error responses).
+            return HttpResponse(f'<span class="save-error">Not saved. {LOCKED}</span>')
         messages.warning(request, LOCKED)
         return redirect("webmail:draft", draft_id=item.pk)
     if request.htmx:
