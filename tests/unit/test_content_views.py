@@ -116,6 +116,7 @@ def test_other_users_cannot_see_the_frame_text_or_eml(alice: User, bob: User) ->
         assert bob_client.get(reverse(f"webmail:{name}", args=[entry.pk])).status_code == 404, name
     response = bob_client.post(reverse("webmail:entry-allow-remote", args=[entry.pk]), {"scope": "message"})
     assert response.status_code == 404
+    assert bob_client.get(reverse("webmail:entry-allow-remote", args=[entry.pk])).status_code == 404
     entry.refresh_from_db()
     assert not entry.remote_content_allowed
 

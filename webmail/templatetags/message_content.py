@@ -30,6 +30,14 @@ def _no_proxy(url: str) -> str:
     return url
 
 
+def _reader(context: template.Context, entry: Any) -> Any:
+    """The entry's owner, without a query when it is the signed-in user (it always is, in a view)."""
+    user = getattr(context.get("request"), "user", None)
+    if user is not None and user.pk == entry.owner_id:
+        return user
+    return entry.owner
+
+
 @register.simple_tag(takes_context=True)
 def message_content(context: template.Context) -> MessageContent | None:
     """Use as ``{% message_content as content %}`` with ``entry`` or ``message`` and ``body`` in the context."""
@@ -41,10 +49,8 @@ def message_content(context: template.Context) -> MessageContent | None:
     entry = context.get("entry")
     message = context.get("message")
     if entry is not None:
-        request = context.get("request")
-        user = getattr(request, "user", None) or entry.owner
         blocked = False
-        if html and not remote_content.remote_allowed_for_entry(user=user, entry=entry):
+        if html and not remote_content.remote_allowed_for_entry(user=_reader(context, entry), entry=entry):
             blocked = sanitize_html(html, allow_remote=False, proxy_url=_no_proxy).remote_blocked
         return MessageContent(
             has_html=bool(html),

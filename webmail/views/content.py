@@ -15,12 +15,12 @@ from typing import Any
 
 import nh3
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import NoReverseMatch, reverse
 from django.utils.http import content_disposition_header
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from attachments.models import Blob
 from federation import payloads
@@ -141,10 +141,11 @@ def sent_text(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-@require_POST
 def entry_allow_remote(request: HttpRequest, entry_id: int) -> HttpResponse:
     """Show remote images for this message (scope=message) or its sender (scope=sender)."""
-    entry = _entry(request, entry_id)
+    entry = _entry(request, entry_id)  # someone else's id is a 404 whatever the method
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
     scope = request.POST.get("scope", "")
     if scope not in ("message", "sender"):
         return HttpResponse("scope must be message or sender", status=400, content_type="text/plain")
