@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from attachments import api as attachments_api
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from outbox.api import views as outbox_api
@@ -19,6 +20,11 @@ api_v1 = [
     path("inbox/", inbox_api.InboxListView.as_view(), name="inbox-list"),
     path("inbox/<int:entry_id>/", inbox_api.InboxEntryView.as_view(), name="inbox-detail"),
     path("inbox/<int:entry_id>/retry/", inbox_api.InboxRetryView.as_view(), name="inbox-retry"),
+    path(
+        "inbox/<int:entry_id>/attachments/<int:index>/",
+        attachments_api.EntryAttachmentView.as_view(),
+        name="inbox-attachment",
+    ),
 ]
 
 federation_v1 = [

@@ -19,6 +19,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
     last_attempt_at = serializers.SerializerMethodField()
     next_attempt_at = serializers.SerializerMethodField()
     digest = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     class Meta:
         model = InboxEntry
@@ -35,6 +36,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
             "last_attempt_at",
             "next_attempt_at",
             "body",
+            "attachments",
         ]
         read_only_fields = fields
 
@@ -51,6 +53,16 @@ class EntryDetailSerializer(serializers.ModelSerializer):
     def get_next_attempt_at(self, entry: InboxEntry) -> str | None:
         value = entry.remote.next_attempt_at if entry.remote else None
         return value.isoformat() if value else None
+
+    def get_attachments(self, entry: InboxEntry) -> list[dict]:
+        """The manifest, each file with ``at_sender`` (not fetched here yet); download at
+        ``/api/v1/inbox/<id>/attachments/<index>/``."""
+        from attachments.selectors import attachment_items_for_entry
+
+        return [
+            {"name": a.name, "type": a.content_type, "size": a.size, "digest": a.digest, "at_sender": a.at_sender}
+            for a in attachment_items_for_entry(entry)
+        ]
 
     def get_digest(self, entry: InboxEntry) -> str | None:
         if entry.remote:

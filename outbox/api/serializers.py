@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from attachments.api import AttachmentUploadSerializer
+
 from ..models import Message
 from ..selectors import domain_status
 
@@ -32,6 +34,7 @@ class SendSerializer(serializers.Serializer):
         required=False, allow_null=True, allow_blank=True, trim_whitespace=False, max_length=5_000_000
     )
     in_reply_to = serializers.CharField(required=False, allow_blank=True, default="", max_length=400)
+    attachments = AttachmentUploadSerializer(many=True, required=False, default=list)
 
 
 class RecipientSerializer(serializers.Serializer):
@@ -61,6 +64,7 @@ class MessageSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(read_only=True)
     deliveries = serializers.SerializerMethodField()
     gone_reason = serializers.CharField(read_only=True, allow_null=True)
+    attachments = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -82,9 +86,16 @@ class MessageSerializer(serializers.ModelSerializer):
             "expires_at",
             "withdrawn_at",
             "gone_reason",
+            "attachments",
             "deliveries",
         ]
         read_only_fields = fields
+
+    def get_attachments(self, message: Message) -> list[dict]:
+        """The manifest: name, type, size and digest of each file, in order."""
+        from ..services import manifest_of
+
+        return manifest_of(message)  # type: ignore[return-value]
 
     def get_deliveries(self, message: Message) -> list[dict]:
         return DomainStatusSerializer(domain_status(message), many=True).data  # type: ignore[return-value]

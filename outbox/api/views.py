@@ -11,6 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from attachments.api import store_api_attachments
+
 from .. import selectors, services
 from ..models import Message
 from .serializers import MessageSerializer, SendSerializer
@@ -28,8 +30,10 @@ class MessageCreateView(APIView):
     def post(self, request: Request) -> Response:
         serializer = SendSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
         try:
-            message = services.send_message(sender=request.user, **serializer.validated_data)
+            attachments = store_api_attachments(data.pop("attachments", []))
+            message = services.send_message(sender=request.user, attachments=attachments, **data)
         except ValidationError as exc:
             raise ApiValidationError(
                 exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}

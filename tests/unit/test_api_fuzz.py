@@ -31,6 +31,7 @@ EXPECTED_OPERATIONS = {
     "GET /api/v1/inbox/",
     "GET /api/v1/inbox/{entry_id}/",
     "POST /api/v1/inbox/{entry_id}/retry/",
+    "GET /api/v1/inbox/{entry_id}/attachments/{index}/",
 }
 
 
@@ -59,7 +60,7 @@ def known_ids(alice: User, bob: User, peer: FakePeer) -> dict[str, list[Any]]:
     sent = [SentMessageFactory(sender=alice, to=["carol@peer.test", "bob@alpha.test"]), SentMessageFactory(sender=bob)]
     entries = InboxEntryFactory.create_batch(3, owner=alice) + InboxEntryFactory.create_batch(1, owner=bob)
     accept_notification(origin="peer.test", notification=PeerMessageFactory().notification())
-    return {"message_id": [str(m.pk) for m in sent], "entry_id": [e.pk for e in entries]}
+    return {"message_id": [str(m.pk) for m in sent], "entry_id": [e.pk for e in entries], "index": [0, 1]}
 
 
 def _strategy(operation: Any, mode: GenerationMode, known_ids: dict[str, list[Any]]) -> st.SearchStrategy[Any]:

@@ -680,3 +680,52 @@ def test_admin_lists_blobs_by_digest_and_a_messages_attachments(alice: User, loc
     page = client.get(f"/admin/outbox/message/{message.pk}/change/").content.decode()
     assert "plan.pdf" in page and "application/pdf" in page
     assert client.get("/admin/attachments/attachmentfetch/").status_code == 200
+
+
+# --- user API -------------------------------------------------------------------------------------------------------
+
+
+def test_the_api_sends_attachments_and_downloads_them(alice: User, bob: User, peer: FakePeer) -> None:
+    import base64
+
+    from tests.conftest import api_as
+
+    response = api_as(alice).post(
+        "/api/v1/messages/",
+        {
+            "to": [bob.email, "carol@peer.test"],
+            "subject": "API files",
+            "text": "see attached",
+            "attachments": [{"name": "logo.png", "type": "image/png", "content": base64.b64encode(PNG).decode()}],
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201, response.content
+    assert response.json()["attachments"] == [
+        {"name": "logo.png", "type": "image/png", "size": len(PNG), "digest": digest_of(PNG)}
+    ]
+    entry = InboxEntry.objects.get(owner=bob)
+    detail = api_as(bob).get(f"/api/v1/inbox/{entry.pk}/").json()
+    assert detail["attachments"][0]["name"] == "logo.png" and detail["attachments"][0]["at_sender"] is False
+    download = api_as(bob).get(f"/api/v1/inbox/{entry.pk}/attachments/0/")
+    assert download.status_code == 200 and b"".join(download.streaming_content) == PNG
+    assert download["Content-Type"] == "application/octet-stream"
+    assert api_as(alice).get(f"/api/v1/inbox/{entry.pk}/attachments/0/").status_code == 404
+
+
+def test_the_api_refuses_bad_base64_and_oversized_files_with_a_message(alice: User, settings: Any) -> None:
+    from tests.conftest import api_as
+
+    send = {"to": ["carol@peer.test"], "subject": "x", "text": ""}
+    bad = api_as(alice).post(
+        "/api/v1/messages/", send | {"attachments": [{"name": "a", "content": "%%%"}]}, format="json"
+    )
+    assert bad.status_code == 400 and "not valid base64" in json.dumps(bad.json())
+
+    settings.PUSHMAIL_MAX_ATTACHMENT_BYTES = 4
+    big = api_as(alice).post(
+        "/api/v1/messages/", send | {"attachments": [{"name": "big.bin", "content": "AAAAAAAA"}]}, format="json"
+    )
+    assert big.status_code == 400 and "big.bin is larger than the 4 bytes limit" in json.dumps(big.json())
+    assert not Message.objects.exists()

@@ -1,0 +1,64 @@
+"""User API for attachments: upload with a message (base64 in JSON) and download an inbox entry's file."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.http import Http404, HttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .services import AttachmentInput, AttachmentUnavailable, blob_for_entry, store_upload
+
+
+class AttachmentUploadSerializer(serializers.Serializer):
+    """One file sent with a message through the API: its bytes in standard base64."""
+
+    name = serializers.CharField(max_length=255)
+    type = serializers.CharField(max_length=127, required=False, default="application/octet-stream")
+    content = serializers.CharField(help_text="The file's bytes, standard base64.", trim_whitespace=False)
+
+    def validate_content(self, value: str) -> bytes:
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise serializers.ValidationError("not valid base64") from exc
+
+
+def store_api_attachments(files: list[dict[str, Any]]) -> list[AttachmentInput]:
+    """Store the uploaded files (once each, by digest) for send_message; ValidationError names the file."""
+    inputs = []
+    for item in files:
+        blob = store_upload(file=SimpleUploadedFile(item["name"], item["content"]))
+        inputs.append(AttachmentInput(blob=blob, name=item["name"], content_type=item["type"]))
+    return inputs
+
+
+class EntryAttachmentView(APIView):
+    """``GET /api/v1/inbox/<id>/attachments/<index>/``: the file's bytes, fetched from the sender on first use."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    def get(self, request: Request, entry_id: int, index: int) -> HttpResponse:
+        from mailbox.models import InboxEntry
+        from webmail.views.attachments import serve_blob
+
+        entry = InboxEntry.objects.owned_by(request.user).select_related("remote", "local").filter(pk=entry_id).first()
+        if entry is None:
+            raise Http404("no such entry")
+        try:
+            blob, item = blob_for_entry(entry=entry, index=index)
+        except LookupError:
+            raise Http404("no such attachment") from None
+        except AttachmentUnavailable as problem:
+            return Response({"error": "attachment_unavailable", "detail": problem.message}, status=problem.status)
+        return serve_blob(request, blob, name=str(item["name"]), content_type=str(item["type"]))
+
+
+__all__ = ["AttachmentUploadSerializer", "EntryAttachmentView", "ValidationError", "store_api_attachments"]
