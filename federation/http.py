@@ -21,6 +21,10 @@ So every outbound request goes through :func:`request`, which
   socket down), so a slow-drip peer cannot hold a worker;
 * streams the body and stops as soon as it grows past ``max_bytes``.
 
+One caller widens the rules per call: the webmail's image proxy passes
+``allow_http=True`` (plain http to public addresses) and, for local test
+servers, ``extra_private_hosts`` (treated like peers for that call only).
+
 Failures raise :class:`OutboundError` (or a subclass) with a short,
 human-readable message and a ``retryable`` flag for the delivery queue.
 """

@@ -160,11 +160,11 @@ class _Remote:
             return url
         return None
 
-    def srcset(self, value: str) -> None:
-        # Candidate lists are easy to get wrong; <img src> alone is enough.
+    def note_srcset(self, value: str) -> None:
+        # srcset is always dropped (candidate lists are easy to get wrong; <img src>
+        # alone is enough), but remote candidates still count as remote content.
         if any(_url_parts(part.strip())[0] in ("http", "https") for part in value.split(",")):
             self.found = True
-        return None
 
     def style(self, value: str) -> str | None:
         kept: list[str] = []
@@ -207,7 +207,8 @@ class _Remote:
         if attr == "src":
             return self.image(value) if tag == "img" else None
         if attr == "srcset":
-            return self.srcset(value)
+            self.note_srcset(value)
+            return None
         if attr == "background":
             scheme, url = _url_parts(value)
             if scheme in ("http", "https"):

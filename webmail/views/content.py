@@ -45,7 +45,7 @@ def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
 
 
 def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
-    return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)
+    return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)  # type: ignore[misc]
 
 
 def _sent_body(message: Message) -> dict[str, Any]:
