@@ -88,7 +88,7 @@ def test_shell_has_sidebar_compose_search_and_unread_counts(web: Client, alice: 
     assert re.search(r'<label for="search-q"[^>]*>Search mail</label>', html)
     assert 'name="q"' in html and 'action="/search/"' in html
     counts = selectors.unread_counts(user=alice)
-    assert counts == {"inbox": 2, "archive": 1, "starred": 1, "spam": 1, "trash": 0}
+    assert counts == {"inbox": 2, "archive": 1, "spam": 1, "trash": 0}
     assert 'data-unread-count="inbox"' in html
     # No inline scripts, styles or handlers (strict CSP).
     assert "<script>" not in html and ' style="' not in html and " onclick=" not in html
