@@ -584,7 +584,8 @@ def queue_send(*, draft: Draft) -> Draft:
     from .tasks import send_draft
 
     with transaction.atomic():
-        current = lock(Draft.objects.select_related("owner__domain").filter(pk=draft.pk), skip_locked=False).get()
+        # Only the draft row is locked (no joins): FOR UPDATE would lock the owner and domain rows too.
+        current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
         if current.sent_message_id is not None:
             raise ValidationError({"__all__": ["This message has already been sent."]})
         if current.send_at is not None:
@@ -626,7 +627,9 @@ def send_draft(draft_id: int) -> Message | None:
 
     with transaction.atomic():
         draft = (
-            lock(Draft.objects.select_related("owner__domain"))
+            # No select_related: FOR UPDATE would also lock the joined owner and domain rows, and
+            # skip_locked would then skip this draft while another of the domain's drafts is sending.
+            lock(Draft.objects.all())
             .filter(pk=draft_id, sent_message__isnull=True, send_at__isnull=False, send_at__lte=timezone.now())
             .first()
         )
