@@ -59,7 +59,17 @@ def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body
     total_limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
     if len(attachments) > 100:
         raise ValidationError({"attachments": ["at most 100 attachments per message"]})
+    blocked = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", frozenset())
     for item in attachments:
+        suffix = ("." + item.name.rsplit(".", 1)[-1].lower()) if "." in item.name else ""
+        if suffix in blocked:
+            raise ValidationError(
+                {
+                    "attachments": [
+                        f"{item.name}: files of type {suffix} cannot be attached (they could run as programs)."
+                    ]
+                }
+            )
         if item.blob.size > limit:
             raise ValidationError(
                 {"attachments": [f"{item.name} is larger than the {human_size(limit)} limit for one attachment."]}

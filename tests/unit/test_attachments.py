@@ -729,3 +729,11 @@ def test_the_api_refuses_bad_base64_and_oversized_files_with_a_message(alice: Us
     )
     assert big.status_code == 400 and "big.bin is larger than the 4 bytes limit" in json.dumps(big.json())
     assert not Message.objects.exists()
+
+
+def test_send_message_refuses_program_files_whatever_the_path(alice: User) -> None:
+    with pytest.raises(ValidationError) as refused:
+        _send(alice, [("setup.EXE", "application/octet-stream", b"MZ")])
+
+    assert "setup.EXE: files of type .exe cannot be attached" in refused.value.message_dict["attachments"][0]
+    assert not Message.objects.exists()
