@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -260,9 +262,16 @@ class ImageServer:
     def __init__(self, routes: dict[str, tuple[str, bytes]]) -> None:
         self.routes = routes
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.connections: list[socket.socket] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, so pooled connections get reused
+
+            def setup(self) -> None:
+                super().setup()
+                owner.connections.append(self.connection)
+
             def do_GET(self) -> None:
                 owner.requests.append((self.path, dict(self.headers)))
                 content_type, body = owner.routes.get(self.path, ("text/plain", b""))
@@ -294,6 +303,9 @@ class ImageServer:
         assert self.httpd is not None
         self.httpd.shutdown()
         self.httpd.server_close()
+        for connection in self.connections:  # kept-alive ones too, so no later test reaches this server
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -425,6 +437,21 @@ def test_shown_images_load_through_the_proxy_end_to_end(alice: User, image_serve
     assert server.requests == []  # still nobody: the browser has not asked yet
     response = Client().get(url)  # the frame's image request, without cookies
     assert response.status_code == 200 and response.content == PNG
+    assert len(server.requests) == 1
+
+
+def test_the_proxy_allowlist_does_not_outlive_its_call(image_server: Any) -> None:
+    """Hosts allowed for one image-proxy fetch stay blocked for every other outbound request."""
+    from federation import http
+
+    server = image_server({"/a.png": ("image/png", PNG)})
+    url = f"http://localhost:{server.port}/a.png"
+    assert http.request("GET", url, extra_private_hosts=frozenset({"localhost"}), allow_http=True).status == 200
+    # Same host again: the keep-alive connection in the pool must be refused too.
+    with pytest.raises(http.BlockedAddress):
+        http.request("GET", url, allow_http=True)
+    with pytest.raises(http.BlockedAddress):
+        http.request("GET", url)
     assert len(server.requests) == 1
 
 
