@@ -656,3 +656,16 @@ def test_reply_to_a_withdrawn_message_says_why_there_is_no_quote(web: Client, al
 
     assert "The message was withdrawn by the sender, so the reply does not quote it." in page_text(response)
     assert Draft.objects.get(owner=alice).subject == "Re: Oops"
+
+
+def test_the_sweep_forgets_drafts_sent_more_than_an_hour_ago(alice: User, bob: User) -> None:
+    old, recent = new_draft(alice, to="bob@alpha.test"), new_draft(alice, to="bob@alpha.test")
+    for draft in (old, recent):
+        due(draft)
+        assert drafts.send_draft(draft.pk) is not None
+    Draft.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(hours=2))
+
+    drafts.send_due_drafts()
+
+    assert list(Draft.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert Message.objects.count() == 2  # the messages themselves stay in Sent
