@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 def blob_path(instance: Blob, filename: str) -> str:
@@ -21,6 +22,9 @@ class Blob(models.Model):
     size = models.BigIntegerField()
     file = models.FileField(upload_to=blob_path, max_length=200)
     created_at = models.DateTimeField(auto_now_add=True)
+    last_stored_at = models.DateTimeField(
+        default=timezone.now, help_text="Last time these bytes were uploaded or fetched; the unused-file sweep waits."
+    )
 
     def __str__(self) -> str:
         return f"{self.sha256[:12]}… ({self.size} bytes)"

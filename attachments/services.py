@@ -14,12 +14,14 @@ import tempfile
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import IO, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files import File
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from .models import Blob
 
@@ -149,6 +151,8 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
     """The one row for these bytes: the existing one, or a new one saved to storage."""
     existing = _find(sha256)
     if existing is not None:
+        # Stored again just now: the unused-file sweep must not take it before it is attached.
+        Blob.objects.filter(pk=existing.pk).update(last_stored_at=timezone.now())
         return existing
     blob = Blob(sha256=sha256, size=size)
     # FileField.save goes through STORAGES["default"] (filesystem or object storage) at blob_path.
@@ -232,8 +236,6 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
     attachments stay available until ``expires`` even after every domain
     fetched the body, so a reader can still open one later.
     """
-    from django.utils import timezone
-
     from outbox.models import Delivery, Message, MessageAttachment
     from outbox.services import BodyGone, NotOffered
 
@@ -335,3 +337,35 @@ def _fetch_remote(remote: Any, item: dict[str, Any]) -> Blob:
         raise AttachmentUnavailable(
             f"{item['name']} is still at the sender's: their server did not answer ({exc}). Try again later."
         ) from exc
+
+
+# --- Housekeeping ------------------------------------------------------------------------------
+
+
+def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500) -> int:
+    """Delete stored files nothing uses any more; return how many.
+
+    Unused means: no sent message and no draft attaches it, no received message's
+    manifest names it, and it was not uploaded or fetched again for ``grace``
+    (an upload is stored before its draft row exists). The row goes first, the
+    file after commit, so a file is never missing under a row.
+    """
+    from mailbox.models import RemoteMessage
+
+    cutoff = timezone.now() - grace
+    candidates = Blob.objects.filter(
+        last_stored_at__lt=cutoff, message_uses__isnull=True, draft_uses__isnull=True
+    ).values_list("pk", "sha256", "file")[:limit]
+    purged = 0
+    for pk, sha256, name in candidates:
+        if RemoteMessage.objects.filter(attachments__icontains=sha256).exists():
+            continue
+        with transaction.atomic():
+            deleted, _ = Blob.objects.filter(
+                pk=pk, last_stored_at__lt=cutoff, message_uses__isnull=True, draft_uses__isnull=True
+            ).delete()
+            if deleted:
+                storage = Blob._meta.get_field("file").storage
+                transaction.on_commit(lambda name=name, storage=storage: storage.delete(name))
+                purged += 1
+    return purged

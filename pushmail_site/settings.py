@@ -307,6 +307,7 @@ CELERY_BEAT_SCHEDULE = {
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
+    "purge-unused-blobs": {"task": "attachments.purge_unused_blobs", "schedule": 3600.0, "options": {"expires": 3600.0}},
 }
 
 # --- Pushmail -----------------------------------------------------------------

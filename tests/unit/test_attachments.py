@@ -17,7 +17,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
+from django.test import Client, TestCase
 from django.urls import reverse
 from django.utils import timezone
 
@@ -737,3 +737,31 @@ def test_send_message_refuses_program_files_whatever_the_path(alice: User) -> No
 
     assert "setup.EXE: files of type .exe cannot be attached" in refused.value.message_dict["attachments"][0]
     assert not Message.objects.exists()
+
+
+def test_unused_files_are_purged_after_a_grace_and_used_ones_stay(alice: User, peer: FakePeer, media: Path) -> None:
+    from attachments.services import purge_unused_blobs
+
+    sent = _send(alice, [("sent.txt", "text/plain", b"attached to a message")])
+    draft = Draft.objects.create(owner=alice)
+    on_draft = upload(b"on a draft")
+    DraftAttachment.objects.create(draft=draft, blob=on_draft, name="d.txt", content_type="text/plain", size=10)
+    received = _receive(alice, peer, [("r.txt", "text/plain", b"received file")])
+    _download(login(alice), received["entry"], 0)
+    orphan = upload(b"uploaded, never attached")
+    assert Blob.objects.count() == 4
+
+    assert purge_unused_blobs() == 0  # within the grace period nothing goes
+    Blob.objects.update(last_stored_at=timezone.now() - timedelta(days=2))
+    upload(b"on a draft")  # stored again: its clock restarts (it is also in use)
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        assert purge_unused_blobs() == 1
+
+    assert not Blob.objects.filter(pk=orphan.pk).exists()
+    assert not default_storage.exists(orphan.file.name)
+    assert set(Blob.objects.values_list("sha256", flat=True)) == {
+        sent.attachments.get().blob.sha256,
+        on_draft.sha256,
+        digest_of(b"received file").removeprefix("sha-256:"),
+    }
