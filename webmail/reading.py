@@ -46,7 +46,11 @@ def entry_or_404(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyp
     if not 0 < entry_id <= MAX_ID:
         raise Http404("No such message.")
     entry = (
-        InboxEntry.objects.owned_by(user).select_related("remote", "local", "local__sender").filter(pk=entry_id).first()
+        InboxEntry.objects.owned_by(user)
+        .select_related("remote")
+        .prefetch_related("local__sender")  # no query unless the entry is a local message
+        .filter(pk=entry_id)
+        .first()
     )
     if entry is None:
         raise Http404("No such message.")
@@ -122,6 +126,29 @@ def message_body(message: Message) -> dict[str, Any]:
     }
 
 
+def _thread_body(entry: InboxEntry) -> dict[str, Any] | None:
+    """body_of() for a message shown in a conversation, without a query per message.
+
+    A local message's body is read from its row (body_of would rebuild its canonical
+    bytes, attachment manifest included, one query each); Bcc is never shown to recipients.
+    """
+    if entry.local is None:
+        return body_of(entry)
+    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        return None
+    message = entry.local
+    return {
+        "text": message.text,
+        "html": message.html,
+        "to": message.to,
+        "cc": message.cc,
+        "date": message.date,
+        "message_id": message.message_id,
+        "in_reply_to": message.in_reply_to,
+        "references": message.references,
+    }
+
+
 @dataclass
 class Conversation:
     items: list[ThreadItem] = field(default_factory=list)
@@ -145,15 +172,14 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
             InboxEntry.objects.owned_by(user)
             .filter(thread_key=entry.thread_key)
             .exclude(pk=entry.pk)
-            .select_related("remote", "local", "local__sender")
+            .select_related("remote")
+            .prefetch_related("local__sender")
             .order_by("-received_at", "-pk")[:THREAD_LIMIT]
         )
         mine = {e.local_id for e in [entry, *entries] if e.local_id}
         sent = [
             m
-            for m in Message.objects.filter(sender=user, thread_key=entry.thread_key)
-            .select_related("sender")
-            .order_by("-date")[:THREAD_LIMIT]
+            for m in Message.objects.filter(sender=user, thread_key=entry.thread_key).order_by("-date")[:THREAD_LIMIT]
             if m.pk not in mine  # a message to oneself is shown once, as received
         ]
     items = [
@@ -175,12 +201,12 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
                 subject=other.subject,
                 size=other.size,
                 entry=other,
-                body=body_of(other),
+                body=_thread_body(other),
                 unread=not other.read,
             )
         )
+    name = user.display_name
     for message in sent:
-        name = message.sender.display_name
         items.append(
             ThreadItem(
                 date=message.date,
