@@ -787,3 +787,31 @@ def test_error_hierarchy() -> None:
         assert cls("x").retryable is False
     assert outbound.OutboundError("x").retryable is True
     assert outbound.OutboundError("x", retryable=False).retryable is False
+
+
+# --- downloads into a file (attachments) ----------------------------------------------------
+
+
+def test_a_download_streams_into_the_sink_and_is_capped(make_server: Callable[..., LocalServer], settings: Any) -> None:
+    import io
+
+    payload = bytes(range(256)) * 1024  # 256 KiB: many reads
+    server = make_server(
+        {
+            "/file": lambda h: reply(h, 200, payload),
+            "/gone": lambda h: reply(h, 410, b'{"error": "gone", "reason": "withdrawn"}' + b" " * 100),
+        }
+    )
+    make_peer(settings, server.port)
+
+    sink = io.BytesIO()
+    resp = outbound.request("GET", server.url("/file"), max_bytes=len(payload), sink=sink)
+    assert resp.status == 200 and resp.content == b"" and sink.getvalue() == payload
+
+    with pytest.raises(outbound.ResponseTooLarge):
+        outbound.request("GET", server.url("/file"), max_bytes=len(payload) - 1, sink=io.BytesIO())
+
+    # An error answer is read into memory with its own cap, whatever the file's size.
+    sink = io.BytesIO()
+    gone = outbound.request("GET", server.url("/gone"), max_bytes=1, sink=sink)
+    assert gone.status == 410 and gone.json()["reason"] == "withdrawn" and sink.getvalue() == b""
