@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import template
+from django.core.cache import caches
 from django.urls import reverse
 
 from mailbox import remote_content
@@ -30,6 +31,21 @@ def _no_proxy(url: str) -> str:
     return url
 
 
+def _has_remote(entry: Any, html: str) -> bool:
+    """Whether the body refers to remote images, remembered per body digest in this process."""
+    source = entry.remote if entry.remote_id is not None else entry.local
+    digest = getattr(source, "digest", "") if source is not None else ""
+    key = f"pushmail:has-remote:{digest}" if digest else None
+    if key is not None:
+        cached = caches["local"].get(key)
+        if cached is not None:
+            return bool(cached)
+    found = sanitize_html(html, allow_remote=False, proxy_url=_no_proxy).has_remote
+    if key is not None:
+        caches["local"].set(key, found, 24 * 3600)
+    return found
+
+
 def _reader(context: template.Context, entry: Any) -> Any:
     """The entry's owner, without a query when it is the signed-in user (it always is, in a view)."""
     user = getattr(context.get("request"), "user", None)
@@ -51,7 +67,7 @@ def message_content(context: template.Context) -> MessageContent | None:
     if entry is not None:
         blocked = False
         if html and not remote_content.remote_allowed_for_entry(user=_reader(context, entry), entry=entry):
-            blocked = sanitize_html(html, allow_remote=False, proxy_url=_no_proxy).remote_blocked
+            blocked = _has_remote(entry, html)
         return MessageContent(
             has_html=bool(html),
             text=text,
