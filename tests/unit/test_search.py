@@ -234,6 +234,8 @@ def test_sender_filter_and_from_syntax(alice: User, alice_client: Client, peer: 
     assert _search(alice_client, q="status", sender="Dave@")[0] == [dave.pk]
     assert _search(alice_client, q="status from:carol@peer.test")[0] == [carol.pk]
     assert _search(alice_client, q="from:dave")[0] == [dave.pk]
+    assert sorted(_search(alice_client, sender="@peer.test")[0]) == sorted([carol.pk, dave.pk])
+    assert _search(alice_client, sender="@other.test")[0] == []
     assert sorted(_search(alice_client, q="status")[0]) == sorted([carol.pk, dave.pk])
 
 
