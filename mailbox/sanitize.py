@@ -113,9 +113,11 @@ _TAB_OR_NEWLINE = re.compile(r"[\t\n\r]")
 _C0_AND_SPACE = "".join(chr(c) for c in range(0x21))
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*$", re.IGNORECASE)
 _CSS_URL = re.compile(r'url\("((?:[^"\\]|\\.)*)"\)', re.IGNORECASE)
-_CSS_DANGER = re.compile(r"url\(|image-set\(|src\(|expression|\\|@|javascript:|vbscript:|<|>", re.IGNORECASE)
+_CSS_DANGER = re.compile(
+    r"url\(|image-set\(|image\(|cross-fade\(|src\(|expression|\\|@|javascript:|vbscript:|<|>", re.IGNORECASE
+)
 # Anything that may hide or be a URL once CSS is parsed (escapes, comments, functions).
-_CSS_SUSPECT = ("url", "image-set", "src", "expression", "\\", "/*", "@", "script:", "<", ">")
+_CSS_SUSPECT = ("url", "image", "src", "cross-fade", "expression", "\\", "/*", "@", "script:", "<", ">")
 
 
 @dataclass(frozen=True)

@@ -375,3 +375,19 @@ def test_blocked_content_that_allowing_would_not_load_does_not_ask() -> None:
         proxy_url=proxy_url,
     )
     assert not result.remote_blocked
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        'background-image: image("https://evil.example/i.png")',
+        'background: -webkit-image-set("https://evil.example/i.png" 1x)',
+        "background: cross-fade(url(https://evil.example/a.png), url(https://evil.example/b.png), 50%)",
+        'background: src("https://evil.example/s.png")',
+        "background: u\\rl(https://evil.example/e.png)",
+        "background: ur/**/l(https://evil.example/c.png)",
+    ],
+)
+def test_no_css_function_loads_anything_when_blocked(style: str) -> None:
+    html = sanitize_html(f"<div style='{style}'>x</div>", allow_remote=False, proxy_url=proxy_url).html
+    assert "evil.example" not in html
