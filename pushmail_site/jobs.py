@@ -45,12 +45,17 @@ def lock(queryset: QuerySet[M], *, skip_locked: bool = True) -> QuerySet[M]:
 
     Claims skip rows another worker holds (``skip_locked``); updates that must
     see the row wait for the lock instead.
+
+    Only the queryset's own rows are locked, never rows joined by
+    ``select_related``: two deliveries of one message must not block (or, with
+    ``skip_locked``, skip) each other over their shared message row.
     """
     if not connection.features.has_select_for_update:
         return queryset
+    of = ("self",) if connection.features.has_select_for_update_of else ()
     if skip_locked and connection.features.has_select_for_update_skip_locked:
-        return queryset.select_for_update(skip_locked=True)
-    return queryset.select_for_update()
+        return queryset.select_for_update(skip_locked=True, of=of)
+    return queryset.select_for_update(of=of)
 
 
 def enqueue(task, *args: object, countdown: float | None = None) -> None:  # type: ignore[no-untyped-def]
