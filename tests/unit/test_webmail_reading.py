@@ -153,11 +153,15 @@ def test_indicator_turns_into_the_body_once_the_fetch_finishes(
 
     assert [q.name for q in queued] == ["mailbox.fetch_body"]  # opening queued the fetch
     assert 'data-testid="fetch-indicator"' in html and "Fetching from the sender's server…" in html
-    assert f'hx-get="{_body_url(entry)}"' in html and 'hx-swap="outerHTML"' in html
+    assert f'hx-get="{_body_url(entry)}?n=1"' in html and 'hx-swap="outerHTML"' in html
+    assert 'hx-trigger="load delay:500ms"' in html
     assert "The body from afar" not in html
 
-    poll = _page(client.get(_body_url(entry), headers={"HX-Request": "true"}))
-    assert 'data-testid="fetch-indicator"' in poll and f'hx-get="{_body_url(entry)}"' in poll
+    poll = _page(client.get(_body_url(entry) + "?n=1", headers={"HX-Request": "true"}))
+    assert 'data-testid="fetch-indicator"' in poll and f'hx-get="{_body_url(entry)}?n=2"' in poll
+    # A fetch that takes long is asked about less often; a bad counter is harmless.
+    assert 'hx-trigger="load delay:2s"' in _page(client.get(_body_url(entry) + "?n=30"))
+    assert 'hx-trigger="load delay:500ms"' in _page(client.get(_body_url(entry) + "?n=-1x"))
     assert "<html" not in poll  # a fragment, swapped in place
 
     fetch_body(entry.remote_id)  # the worker runs the task

@@ -19,7 +19,23 @@ from outbox.services import withdraw_message
 from webmail import reading
 
 
-def _state_context(entry: InboxEntry, body: dict[str, Any] | None, *, retrying: bool = False) -> dict[str, Any]:
+def _poll_delay(state: str, polls: int, *, retrying: bool) -> str:
+    """How long the page waits before asking again: quickly at first, then less often."""
+    if state == EntryState.UNAVAILABLE and not retrying:
+        return "10s"  # the worker retries on its own schedule; "Retry now" is there meanwhile
+    if polls < 20:
+        return "500ms"
+    return "2s" if polls < 60 else "5s"
+
+
+def _polls(request: HttpRequest) -> int:
+    value = request.GET.get("n", "")
+    return min(int(value), 10_000) if value.isdigit() and len(value) < 6 else 0
+
+
+def _state_context(
+    entry: InboxEntry, body: dict[str, Any] | None, *, polls: int = 0, retrying: bool = False
+) -> dict[str, Any]:
     """What the body region of one entry needs: the body, or the state it is in."""
     pending = body is None and entry.state in reading.PENDING_STATES
     return {
@@ -29,9 +45,8 @@ def _state_context(entry: InboxEntry, body: dict[str, Any] | None, *, retrying: 
         "date": reading.entry_date(entry),
         "pending": pending,
         "retrying": retrying,
-        # While the sender's server does not answer, the worker retries on its own
-        # schedule; the page keeps asking, less often.
-        "poll_delay": "3s" if entry.state == EntryState.UNAVAILABLE and not retrying else "500ms",
+        "next_poll": polls + 1,
+        "poll_delay": _poll_delay(entry.state, polls, retrying=retrying),
         "last_try": entry.remote.last_attempt_at if entry.remote is not None else None,
         "attachment_items": attachment_items_for_entry(entry) if body is not None else [],
     }
@@ -79,7 +94,7 @@ def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     if item.opened_at is None and item.state == EntryState.FETCHED:
         open_entry(entry=item)  # the body arrived while the reader watched: now it is seen
-    return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item)))
+    return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), polls=_polls(request)))
 
 
 @login_required
