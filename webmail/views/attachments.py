@@ -24,11 +24,10 @@ from attachments.services import AttachmentUnavailable, blob_for_entry
 from mailbox.models import InboxEntry
 from outbox.models import DraftAttachment, Message, MessageAttachment
 
-# Nothing in an attachment response may load, run or be framed as our origin.
-DOWNLOAD_CSP = "default-src 'none'; sandbox"
-# Chromium's PDF viewer refuses to render in a sandboxed document, so a PDF
-# preview drops "sandbox" but still loads nothing and may only be framed by us.
-PDF_PREVIEW_CSP = "default-src 'none'; frame-ancestors 'self'"
+# Nothing in an attachment response may load, run or act as our origin. The
+# sandbox comes from this header, not from an iframe attribute: Chromium's PDF
+# viewer still renders under it, but refuses to load in a sandboxed <iframe>.
+ATTACHMENT_CSP = "default-src 'none'; sandbox"
 
 
 def content_disposition(kind: str, name: str) -> str:
@@ -55,9 +54,7 @@ def serve_blob(request: HttpRequest, blob: Blob, *, name: str, content_type: str
     response["Content-Disposition"] = content_disposition("inline" if inline else "attachment", name)
     response["X-Content-Type-Options"] = "nosniff"
     # Set here, so django-csp leaves it as it is instead of adding the page policy.
-    response["Content-Security-Policy"] = (
-        PDF_PREVIEW_CSP if inline and content_type == "application/pdf" else DOWNLOAD_CSP
-    )
+    response["Content-Security-Policy"] = ATTACHMENT_CSP
     response["Cache-Control"] = "private, max-age=3600"
     response["Referrer-Policy"] = "no-referrer"
     return response
