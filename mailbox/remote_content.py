@@ -13,12 +13,14 @@ signed-in reader, never arbitrary ones.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
+from django.core.cache import cache
 from django.urls import reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
 
@@ -156,9 +158,22 @@ def _allowed_private_hosts() -> frozenset[str]:
     return frozenset(h.strip().lower() for h in getattr(settings, "PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS", ()) if h.strip())
 
 
+# A host that timed out or refused is not asked again for a while: a hostile
+# sender's slow server must not tie up the web workers one image at a time.
+HOST_PAUSE_SECONDS = 120
+
+
+def _pause_key(url: str) -> str:
+    host = (urlsplit(url).hostname or "").lower()
+    return "pushmail:image-proxy:paused:" + hashlib.sha256(host.encode()).hexdigest()[:32]
+
+
 def fetch_image(url: str) -> ProxiedImage:
     """Fetch a remote image from this instance, through the SSRF-safe outbound client."""
     max_bytes = int(settings.PUSHMAIL_IMAGE_PROXY_MAX_BYTES)
+    pause_key = _pause_key(url)
+    if cache.get(pause_key):
+        raise ImageRefused("the image server did not answer recently; not asking again yet", status=502)
     try:
         response = http.request(
             "GET",
@@ -174,6 +189,8 @@ def fetch_image(url: str) -> ProxiedImage:
     except http.BlockedAddress as exc:
         raise ImageRefused(exc.message, status=403) from exc
     except http.OutboundError as exc:
+        if exc.retryable:  # unreachable, refused, timed out: give the host a rest
+            cache.set(pause_key, True, HOST_PAUSE_SECONDS)
         raise ImageRefused(exc.message, status=502) from exc
     if response.status != 200:
         raise ImageRefused(f"the image server answered {response.status}", status=502)

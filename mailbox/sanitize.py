@@ -102,6 +102,9 @@ STYLE_PROPERTIES = frozenset(
 # The only properties where a url() may survive (rewritten to the proxy).
 _BACKGROUND_PROPERTIES = frozenset({"background", "background-image"})
 
+# Each proxied image is a fetch by this server: a message gets this many at most.
+MAX_PROXIED_IMAGES = 100
+
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 # "data" is listed so inline data:image URLs reach the attribute filter, which
 # keeps them only on <img src> and only for raster image types.
@@ -152,12 +155,19 @@ class _Remote:
         self.allow_remote = allow_remote
         self.proxy_url = proxy_url
         self.found = False
+        self.proxied = 0
+
+    def remote_image(self, url: str) -> str | None:
+        self.found = True
+        if not self.allow_remote or self.proxied >= MAX_PROXIED_IMAGES:
+            return None
+        self.proxied += 1
+        return self.proxy_url(url)
 
     def image(self, value: str) -> str | None:
         scheme, url = _url_parts(value)
         if scheme in ("http", "https"):
-            self.found = True
-            return self.proxy_url(url) if self.allow_remote else None
+            return self.remote_image(url)
         if scheme == "data" and _DATA_IMAGE.match(url):
             return url
         if scheme == "cid":
@@ -205,6 +215,10 @@ class _Remote:
         if _CSS_DANGER.search(rest):
             return None
 
+        if self.proxied + len(urls) > MAX_PROXIED_IMAGES:
+            return None
+        self.proxied += len(urls)
+
         def proxied(match: re.Match[str]) -> str:
             return 'url("' + _css_string(self.proxy_url(_url_parts(match.group(1))[1])) + '")'
 
@@ -221,10 +235,7 @@ class _Remote:
             return None
         if attr == "background":
             scheme, url = _url_parts(value)
-            if scheme in ("http", "https"):
-                self.found = True
-                return self.proxy_url(url) if self.allow_remote else None
-            return None
+            return self.remote_image(url) if scheme in ("http", "https") else None
         if attr == "style":
             return self.style(value)
         return value

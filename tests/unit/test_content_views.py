@@ -440,6 +440,28 @@ def test_shown_images_load_through_the_proxy_end_to_end(alice: User, image_serve
     assert len(server.requests) == 1
 
 
+@pytest.mark.django_db
+def test_a_host_that_does_not_answer_is_left_alone_for_a_while(
+    alice: User, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    from federation import http
+
+    calls: list[str] = []
+
+    def down(method: str, url: str, **kwargs: Any) -> http.Response:
+        calls.append(url)
+        raise http.OutboundError("timed out after 5s contacting slow.example")
+
+    monkeypatch.setattr(http, "request", down)
+    client = signed_in(alice)
+    first = proxy(client, alice, "https://slow.example/a.png")
+    second = proxy(client, alice, "https://slow.example/b.png")
+    assert (first.status_code, second.status_code) == (502, 502)
+    assert calls == ["https://slow.example/a.png"]
+    assert proxy(client, alice, "https://other.example/c.png").status_code == 502
+    assert len(calls) == 2
+
+
 def test_the_proxy_allowlist_does_not_outlive_its_call(image_server: Any) -> None:
     """Hosts allowed for one image-proxy fetch stay blocked for every other outbound request."""
     from federation import http

@@ -391,3 +391,13 @@ def test_blocked_content_that_allowing_would_not_load_does_not_ask() -> None:
 def test_no_css_function_loads_anything_when_blocked(style: str) -> None:
     html = sanitize_html(f"<div style='{style}'>x</div>", allow_remote=False, proxy_url=proxy_url).html
     assert "evil.example" not in html
+
+
+def test_a_message_gets_a_bounded_number_of_proxied_images() -> None:
+    from mailbox.sanitize import MAX_PROXIED_IMAGES
+
+    html = "".join(f'<img src="https://cdn.example/{n}.png">' for n in range(MAX_PROXIED_IMAGES + 50))
+    result = sanitize_html(html, allow_remote=True, proxy_url=proxy_url)
+    assert result.html.count("<img") == MAX_PROXIED_IMAGES + 50
+    assert result.html.count('src="' + PROXY) == result.html.count("src=") == MAX_PROXIED_IMAGES
+    assert_safe(result.html, remote_allowed=True)
