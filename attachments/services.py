@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -301,6 +302,32 @@ def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, dict[str, Any]]:
 
 
 def _fetch_remote(remote: Any, item: dict[str, Any]) -> Blob:
+    """Fetch once per instance: a second reader opening the same file meanwhile waits for the first."""
+    from django.core.cache import cache
+
+    from federation import client
+
+    digest_value = str(item["digest"])
+    key = f"pushmail:attachment-fetch:{digest_value}"
+    timeout = client.attachment_timeout(int(item["size"])) + 5
+    if not cache.add(key, "1", timeout=timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and cache.get(key) is not None:
+            time.sleep(0.2)
+            held = _find(digest_value.removeprefix("sha-256:"))
+            if held is not None:
+                return held
+        held = _find(digest_value.removeprefix("sha-256:"))
+        if held is not None:
+            return held
+        # The other fetch failed: try ourselves.
+    try:
+        return _fetch_remote_now(remote, item)
+    finally:
+        cache.delete(key)
+
+
+def _fetch_remote_now(remote: Any, item: dict[str, Any]) -> Blob:
     from federation import client, discovery
 
     size = int(item["size"])

@@ -765,3 +765,24 @@ def test_unused_files_are_purged_after_a_grace_and_used_ones_stay(alice: User, p
         on_draft.sha256,
         digest_of(b"received file").removeprefix("sha-256:"),
     }
+
+
+def test_a_second_reader_during_a_fetch_waits_for_it_instead_of_fetching_again(
+    alice: User, bob: User, peer: FakePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.cache import cache
+
+    first = _receive(alice, peer, [("a.txt", "text/plain", b"one transfer")])
+    key = f"pushmail:attachment-fetch:{digest_of(b'one transfer')}"
+    assert cache.add(key, "1", timeout=60)  # another request here is fetching it right now
+
+    def other_request_finishes(seconds: float) -> None:
+        store_verified(stream=io.BytesIO(b"one transfer"), expected_digest=digest_of(b"one transfer"), expected_size=12)
+        cache.delete(key)
+
+    monkeypatch.setattr(services.time, "sleep", other_request_finishes)
+
+    response = _download(login(alice), first["entry"], 0)
+
+    assert b"".join(response.streaming_content) == b"one transfer"
+    assert not _attachment_gets(peer)
