@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -21,9 +22,11 @@ from typing import Any
 
 import nh3
 from django.db import connection
-from django.db.models import BooleanField, Q, QuerySet
+from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
+
+from outbox.models import Message, MessageAttachment, Recipient, SenderFolder
 
 from .models import EntryState, InboxEntry, RemoteMessage
 
@@ -160,31 +163,38 @@ def parse_query(raw: str) -> Query:
 
 @dataclass(frozen=True)
 class Cursor:
-    """Where the next page starts: after the entry (received_at, id), newest first."""
+    """Where the next page starts: after the row (moment, id), newest first.
 
-    received_at: datetime
-    entry_id: int
+    The id is an entry's integer key, or a sent message's UUID.
+    """
+
+    moment: datetime
+    key: int | uuid.UUID
 
     def __str__(self) -> str:
-        micros = (self.received_at - _EPOCH) // timedelta(microseconds=1)
-        return f"{micros}.{self.entry_id}"
+        micros = (self.moment - _EPOCH) // timedelta(microseconds=1)
+        key = self.key.hex if isinstance(self.key, uuid.UUID) else self.key
+        return f"{micros}.{key}"
 
     @classmethod
     def parse(cls, raw: str) -> Cursor:
-        micros, _, entry_id = raw.partition(".")
-        if not (micros.isdigit() and entry_id.isdigit() and len(micros) < 19 and len(entry_id) < 19):
-            raise ValueError("That page link is not valid; showing the first page.")
+        invalid = ValueError("That page link is not valid; showing the first page.")
+        micros, _, key = raw.partition(".")
+        if not (micros.isdigit() and len(micros) < 19 and key.isascii() and key.isalnum()):
+            raise invalid
         try:
             moment = _EPOCH + timedelta(microseconds=int(micros))
-        except OverflowError:
-            raise ValueError("That page link is not valid; showing the first page.") from None
-        return cls(received_at=moment, entry_id=int(entry_id))
+            parsed: int | uuid.UUID = int(key) if key.isdigit() and len(key) < 19 else uuid.UUID(hex=key)
+        except (OverflowError, ValueError):
+            raise invalid from None
+        return cls(moment=moment, key=parsed)
 
 
 @dataclass
 class Page:
-    entries: list[InboxEntry] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)
     next_cursor: Cursor | None = None
+    sent: bool = False  # rows are the user's sent messages, not inbox entries
 
 
 def _day_start(day: date) -> datetime:
@@ -232,14 +242,52 @@ def search_entries(
     return entries.defer("search_document", "notice_text").order_by("-received_at", "-pk")
 
 
-def page_of(entries: QuerySet[InboxEntry], *, cursor: Cursor | None = None, size: int = PAGE_SIZE) -> Page:
+def page_of(rows: QuerySet[Any], *, cursor: Cursor | None = None, size: int = PAGE_SIZE) -> Page:
     """One page of a newest-first queryset, by keyset: constant cost however deep the page."""
+    is_sent = rows.model is Message
+    moment = "date" if is_sent else "received_at"
     if cursor is not None:
-        entries = entries.filter(
-            Q(received_at__lt=cursor.received_at) | Q(received_at=cursor.received_at, pk__lt=cursor.entry_id)
-        )
-    rows = list(entries[: size + 1])
-    if len(rows) <= size:
-        return Page(entries=rows)
-    last = rows[size - 1]
-    return Page(entries=rows[:size], next_cursor=Cursor(received_at=last.received_at, entry_id=last.pk))
+        if isinstance(cursor.key, uuid.UUID) != is_sent:
+            raise ValueError("That page link is not valid; showing the first page.")
+        rows = rows.filter(Q(**{f"{moment}__lt": cursor.moment}) | Q(**{moment: cursor.moment, "pk__lt": cursor.key}))
+    found = list(rows[: size + 1])
+    if len(found) <= size:
+        return Page(entries=found, sent=is_sent)
+    last = found[size - 1]
+    return Page(entries=found[:size], next_cursor=Cursor(moment=getattr(last, moment), key=last.pk), sent=is_sent)
+
+
+def search_sent(
+    *,
+    user,  # type: ignore[no-untyped-def]
+    query: Query,
+    sender: str = "",
+    has_attachment: bool = False,
+    after: date | None = None,
+    before: date | None = None,
+) -> QuerySet[Message]:
+    """The user's sent messages (Sent, not Trash) matching everything given, newest first.
+
+    Every word must appear in the subject, the text or a recipient's address, on every
+    database: one user's Sent is small next to a whole instance's inboxes, so it has no
+    full-text index of its own.
+    """
+    messages = Message.objects.filter(sender=user, sender_folder=SenderFolder.SENT)
+
+    def matches(term: str) -> Q:
+        recipients = Recipient.objects.filter(message=OuterRef("pk"), address__icontains=term)
+        return Q(subject__icontains=term) | Q(text__icontains=term) | Q(Exists(recipients))
+
+    for term in query.terms:
+        messages = messages.filter(matches(term))
+    for term in query.excluded:
+        messages = messages.exclude(matches(term))
+    for address in (*query.senders, *([sender] if sender else [])):
+        messages = messages.filter(sender_address__icontains=address)
+    if has_attachment:
+        messages = messages.filter(Exists(MessageAttachment.objects.filter(message=OuterRef("pk"))))
+    if after is not None:
+        messages = messages.filter(date__gte=_day_start(after))
+    if before is not None:
+        messages = messages.filter(date__lt=_day_start(before + timedelta(days=1)))
+    return messages.defer("text", "html").order_by("-date", "-pk")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -376,3 +377,30 @@ def test_row_carries_the_entry_state(alice: User, alice_client: Client) -> None:
     withdrawn = InboxEntryFactory(owner=alice, search_document="tapir", state=EntryState.WITHDRAWN)
     _ids, html = _search(alice_client, q="tapir")
     assert f'data-entry-id="{withdrawn.pk}" data-state="withdrawn"' in html
+
+
+SENT_ROW = re.compile(r'<tr data-testid="sent-row" data-message-id="([0-9a-f-]+)"')
+
+
+def test_sent_mail_is_searched_when_sent_is_chosen(alice: User, bob: User, alice_client: Client) -> None:
+    mine = SentMessageFactory(sender=alice, to=["carol@peer.test"], subject="Kiwi plan", text="bring the mango")
+    SentMessageFactory(sender=bob, to=["carol@peer.test"], subject="Kiwi plan", text="bring the mango")
+
+    def sent_ids(**params: str) -> list[str]:
+        response = alice_client.get("/search/", {"folder": "sent", **params})
+        assert response.status_code == 200
+        return SENT_ROW.findall(response.content.decode())
+
+    assert sent_ids(q="mango") == [str(mine.pk)]
+    assert sent_ids(q="carol@peer") == [str(mine.pk)]  # a recipient
+    assert sent_ids(q="kiwi -mango") == []
+    assert sent_ids(q="mango", has_attachment="1") == []
+    assert sent_ids(q="mango", after="2000-01-01", before="2000-12-31") == []
+    assert _search(alice_client, q="mango")[0] == []  # "Any folder" is the mail she received
+
+
+def test_cursor_round_trip() -> None:
+    moment = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    for key in (42, uuid.uuid4()):
+        cursor = search.Cursor(moment=moment, key=key)
+        assert search.Cursor.parse(str(cursor)) == cursor

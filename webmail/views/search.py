@@ -14,6 +14,7 @@ from mailbox import search
 from mailbox.models import EntryState, Folder
 
 DATE_HELP = "YYYY-MM-DD"
+SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
 # The body of an entry in these states is still at the sender's.
 AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
 
@@ -30,7 +31,7 @@ def human_size(size: int) -> str:
 class SearchForm(forms.Form):
     q = forms.CharField(label="Search mail", required=False, strip=True)
     folder = forms.ChoiceField(
-        label="Folder", required=False, choices=[("", "Any folder"), *Folder.choices], initial=""
+        label="Folder", required=False, choices=[("", "Any folder"), *Folder.choices, (SENT, "Sent")], initial=""
     )
     sender = forms.CharField(label="From", required=False, max_length=320, strip=True)
     has_attachment = forms.BooleanField(label="Has attachment", required=False)
@@ -83,21 +84,31 @@ def search_view(request: HttpRequest) -> HttpResponse:
                 cursor = search.Cursor.parse(raw_cursor)
             except ValueError as exc:
                 cursor_error = str(exc)
-        entries = search.search_entries(
-            user=request.user,
-            query=data["q"],
-            folder=data["folder"],
-            sender=data["sender"],
-            has_attachment=data["has_attachment"],
-            after=data["after"],
-            before=data["before"],
-        )
-        page = search.page_of(entries, cursor=cursor)
+        filters = {
+            "user": request.user,
+            "query": data["q"],
+            "sender": data["sender"],
+            "has_attachment": data["has_attachment"],
+            "after": data["after"],
+            "before": data["before"],
+        }
+        if data["folder"] == SENT:
+            rows = search.search_sent(**filters)
+        else:
+            rows = search.search_entries(folder=data["folder"], **filters)
+        try:
+            page = search.page_of(rows, cursor=cursor)
+        except ValueError as exc:  # a cursor from the other kind of list
+            cursor_error = str(exc)
+            page = search.page_of(rows)
     next_query = first_query = ""
     if page is not None:
-        for entry in page.entries:
-            entry.size_label = human_size(entry.size)  # type: ignore[attr-defined]
-            entry.at_sender = entry.state in AT_SENDER  # type: ignore[attr-defined]
+        for row in page.entries:
+            row.size_label = human_size(row.size)
+            if page.sent:
+                row.recipient_summary = ", ".join([*row.to, *row.cc, *row.bcc])
+            else:
+                row.at_sender = row.state in AT_SENDER
         params = request.GET.copy()
         if "cursor" in params:
             params.pop("cursor")
