@@ -33,6 +33,9 @@ class AccountAdapter(DefaultAccountAdapter):
             records[-1]["reauthenticated"] = True
             request.session[AUTHENTICATION_METHODS_SESSION_KEY] = records
 
+    def format_email_subject(self, subject: str) -> str:
+        return str(subject)  # no "[host]" prefix: the sender is already postmaster@<domain>
+
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         from .models import User
         from .services import send_account_mail

@@ -206,11 +206,17 @@ def test_account_security_pages_render_in_the_webmail_layout(client: Client, ali
         "/accounts/2fa/webauthn/",
         "/accounts/2fa/webauthn/add/",
         "/accounts/sessions/",
+        "/accounts/2fa/recovery-codes/generate/",
+        "/accounts/logout/",
+        "/accounts/reauthenticate/",
+        "/accounts/password/reset/key/done/",
     ]:
         response = client.get(url)
         html = response.content.decode()
         assert response.status_code == 200, url
-        assert "— Pushmail</title>" in html and 'aria-label="Settings"' in html, url
+        assert "— Pushmail</title>" in html, url
+        if "/logout/" not in url and "/reauthenticate/" not in url and "/reset/" not in url:
+            assert 'aria-label="Settings"' in html, url  # the settings navigation beside the page
         for attrs, _body in re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S):
             assert "src=" in attrs or 'type="application/json"' in attrs, (url, attrs)
 
@@ -250,7 +256,7 @@ def test_reset_mail_arrives_in_the_local_recovery_mailbox_and_resets(
     assert response.status_code == 302
     entry = InboxEntry.objects.get(owner=bob)
     assert entry.sender == "postmaster@alpha.test"
-    assert alice.email in entry.subject
+    assert entry.subject == f"Password reset for {alice.email}"
     postmaster = User.objects.get(email="postmaster@alpha.test")
     assert not postmaster.is_active and not postmaster.has_usable_password()
 
