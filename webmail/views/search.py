@@ -10,22 +10,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from accounts.models import User
 from mailbox import search
-from mailbox.models import EntryState, Folder
+from mailbox.models import Folder, InboxEntry
 
 DATE_HELP = "YYYY-MM-DD"
 SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
-# The body of an entry in these states is still at the sender's.
-AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
-
-
-def human_size(size: int) -> str:
-    """Sizes as a list shows them: "812 bytes", "12 KB", "3.4 MB"."""
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 1024 * 1024:
-        return f"{round(size / 1024)} KB"
-    return f"{size / (1024 * 1024):.1f} MB"
 
 
 class SearchForm(forms.Form):
@@ -70,6 +60,15 @@ class SearchForm(forms.Form):
         )
 
 
+def _with_sender_names(entries: list[InboxEntry]) -> None:
+    """What the shared row template shows: senders' display names (one query) and row cursors."""
+    addresses = {entry.sender for entry in entries}
+    names = dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
+    for entry in entries:
+        entry.sender_name = names.get(entry.sender, "")
+        entry.cursor = str(search.Cursor(moment=entry.received_at, key=entry.pk))
+
+
 @require_GET
 @login_required
 def search_view(request: HttpRequest) -> HttpResponse:
@@ -95,7 +94,7 @@ def search_view(request: HttpRequest) -> HttpResponse:
         if data["folder"] == SENT:
             rows = search.search_sent(**filters)
         else:
-            rows = search.search_entries(folder=data["folder"], **filters)
+            rows = search.search_entries(folder=data["folder"], **filters).prefetch_related("labels")
         try:
             page = search.page_of(rows, cursor=cursor)
         except ValueError as exc:  # a cursor from the other kind of list
@@ -103,12 +102,11 @@ def search_view(request: HttpRequest) -> HttpResponse:
             page = search.page_of(rows)
     next_query = first_query = ""
     if page is not None:
-        for row in page.entries:
-            row.size_label = human_size(row.size)
-            if page.sent:
-                row.recipient_summary = ", ".join([*row.to, *row.cc, *row.bcc])
-            else:
-                row.at_sender = row.state in AT_SENDER
+        if page.sent:
+            for message in page.entries:
+                message.recipient_summary = ", ".join([*message.to, *message.cc, *message.bcc])
+        else:
+            _with_sender_names(page.entries)
         params = request.GET.copy()
         if "cursor" in params:
             params.pop("cursor")
@@ -125,5 +123,6 @@ def search_view(request: HttpRequest) -> HttpResponse:
             "next_query": next_query,
             "first_query": first_query,
             "cursor_error": cursor_error,
+            "move_targets": [(value, name) for value, name in Folder.choices],
         },
     )
