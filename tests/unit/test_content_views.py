@@ -580,3 +580,14 @@ def test_eml_headers_cannot_be_injected(alice: User, alice_client: Client) -> No
     assert msg["Bcc"] is None
     assert msg["Subject"] == "Hi Bcc: victim@example.org"
     assert b"\r\nBcc:" not in response.content
+
+
+@pytest.mark.django_db
+def test_long_plain_text_is_shown_whole_and_escaped(alice: User) -> None:
+    from mailbox.selectors import body_of
+
+    text = "<i>x</i> https://example.org/ " * 2000
+    entry = received(alice, html=None, text=text)
+    page = render_partial(alice, entry=entry, body=body_of(entry))
+    assert page.count("&lt;i&gt;x&lt;/i&gt;") == 2000
+    assert "<i>" not in page

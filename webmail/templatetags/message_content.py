@@ -14,6 +14,8 @@ from mailbox.sanitize import sanitize_html
 
 register = template.Library()
 
+LINKIFY_MAX_CHARS = 10_000
+
 
 @dataclass(frozen=True)
 class MessageContent:
@@ -25,6 +27,11 @@ class MessageContent:
     allow_url: str = ""
     #: Remote images were left out and the reader may choose to show them.
     remote_blocked: bool = False
+
+    @property
+    def linkify(self) -> bool:
+        # Django's urlize costs about 2 ms per KB: long texts are shown without links.
+        return len(self.text) <= LINKIFY_MAX_CHARS
 
 
 def _no_proxy(url: str) -> str:
