@@ -36,13 +36,28 @@ class AccountAdapter(DefaultAccountAdapter):
     def format_email_subject(self, subject: str) -> str:
         return str(subject)  # no "[host]" prefix: the sender is already postmaster@<domain>
 
+    def send_password_reset_mail(self, user, email: str, context: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+        # A worker builds a fresh link and sends it: the page answers alike for every address.
+        self._queue_reset(user.pk)
+
+    def _queue_reset(self, user_id: int | None) -> None:
+        from pushmail_site.jobs import enqueue
+
+        from .tasks import send_password_reset
+
+        origin = allauth_context.request.build_absolute_uri("/")
+        enqueue(send_password_reset, user_id, origin)
+
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         from .models import User
         from .services import send_account_mail
 
         user = context.get("user")
         if not isinstance(user, User):
-            # e.g. "unknown account" mail: the address is whatever a stranger typed; send nothing.
+            # "Unknown account" mail: the address is whatever a stranger typed. Send nothing, but
+            # queue the same (empty) work as for a mailbox, so the answer takes as long.
+            if template_prefix == "account/email/unknown_account":
+                self._queue_reset(None)
             log.info("account mail %s not sent: no mailbox", template_prefix)
             return
         if not user.recovery_address:

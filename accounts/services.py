@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from urllib.parse import quote
 
 from allauth.account.models import EmailAddress
 from django.core.exceptions import ValidationError
@@ -134,3 +135,26 @@ def send_account_mail(*, user: User, subject: str, text: str) -> bool:
     subject = " ".join(subject.split())  # one line, whatever the template produced
     send_message(sender=system_sender(domain=user.domain), to=[user.recovery_address], subject=subject, text=text)
     return True
+
+
+def send_password_reset(*, user_id: int | None, origin: str) -> bool:
+    """Mail a fresh password reset link for a mailbox to its recovery address (see send_account_mail).
+
+    Runs in a worker, so the reset page answers as fast for a mailbox with a recovery address as for
+    any other address (no enumeration by timing). ``user_id`` None (an unknown address) sends nothing;
+    ``origin`` is the scheme and host the user asked from, e.g. "https://mail.example.org".
+    """
+    from allauth.account import app_settings as allauth_settings
+    from allauth.account.utils import user_pk_to_url_str
+    from django.template.loader import render_to_string
+    from django.urls import reverse
+
+    user = User.objects.select_related("domain").filter(pk=user_id, is_active=True).first() if user_id else None
+    if user is None or not user.recovery_address:
+        return False
+    key = f"{user_pk_to_url_str(user)}-{allauth_settings.PASSWORD_RESET_TOKEN_GENERATOR().make_token(user)}"
+    path = reverse("account_reset_password_from_key", kwargs={"uidb36": "UID", "key": "KEY"})
+    context = {"user": user, "password_reset_url": origin.rstrip("/") + path.replace("UID-KEY", quote(key))}
+    subject = render_to_string("account/email/password_reset_key_subject.txt", context)
+    text = render_to_string("account/email/password_reset_key_message.txt", context)
+    return send_account_mail(user=user, subject=subject, text=text)
