@@ -24,7 +24,7 @@ class _ReadOnly:
 class AttachmentFetchInline(_ReadOnly, admin.TabularInline):
     model = AttachmentFetch
     extra = 0
-    fields = readonly_fields = ["domain", "fetched_at", "bytes"]
+    fields = readonly_fields = ["domain", "fetched_at", "bytes"]  # type: ignore[assignment]
     can_delete = False
 
 
@@ -33,7 +33,7 @@ class MessageAttachmentInline(_ReadOnly, admin.TabularInline):
 
     model = MessageAttachment
     extra = 0
-    fields = readonly_fields = ["position", "name", "content_type", "size", "blob", "fetch_count"]
+    fields = readonly_fields = ["position", "name", "content_type", "size", "blob", "fetch_count"]  # type: ignore[assignment]
     can_delete = False
     show_change_link = False
 
@@ -52,7 +52,7 @@ class BlobAdmin(_ReadOnly, admin.ModelAdmin):
     list_display = ["sha256", "size", "created_at", "uses"]
     search_fields = ["sha256"]
     date_hierarchy = "created_at"
-    fields = readonly_fields = ["sha256", "size", "file", "created_at"]
+    fields = readonly_fields = ["sha256", "size", "file", "created_at", "last_stored_at"]  # type: ignore[assignment]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Blob]:
         return (

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.http import Http404, HttpResponse
+from django.http import Http404
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -45,7 +46,7 @@ class EntryAttachmentView(APIView):
     """``GET /api/v1/inbox/<id>/attachments/<index>/``: the file's bytes, fetched from the sender on first use."""
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    def get(self, request: Request, entry_id: int, index: int) -> HttpResponse:
+    def get(self, request: Request, entry_id: int, index: int) -> HttpResponseBase:
         from mailbox.models import InboxEntry
         from webmail.views.attachments import serve_blob
 

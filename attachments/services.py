@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import IO, Any
 
 from django.conf import settings
@@ -62,7 +63,7 @@ def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body
     total_limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
     if len(attachments) > 100:
         raise ValidationError({"attachments": ["at most 100 attachments per message"]})
-    blocked = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", frozenset())
+    blocked: frozenset[str] = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", frozenset())
     for item in attachments:
         suffix = ("." + item.name.rsplit(".", 1)[-1].lower()) if "." in item.name else ""
         if suffix in blocked:
@@ -165,7 +166,7 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
         # The same bytes were stored concurrently: keep theirs, drop our copy
         # (unless storage gave both the same name, which is then theirs too).
         winner = Blob.objects.get(sha256=sha256)
-        if blob.file.name != winner.file.name:
+        if blob.file.name and blob.file.name != winner.file.name:
             blob.file.storage.delete(blob.file.name)
         return winner
     return blob
@@ -369,6 +370,10 @@ def _fetch_remote_now(remote: Any, item: dict[str, Any]) -> Blob:
 # --- Housekeeping ------------------------------------------------------------------------------
 
 
+def _delete_file(name: str) -> None:
+    Blob._meta.get_field("file").storage.delete(name)  # type: ignore[attr-defined]
+
+
 def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500) -> int:
     """Delete stored files nothing uses any more; return how many.
 
@@ -392,7 +397,6 @@ def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500
                 pk=pk, last_stored_at__lt=cutoff, message_uses__isnull=True, draft_uses__isnull=True
             ).delete()
             if deleted:
-                storage = Blob._meta.get_field("file").storage
-                transaction.on_commit(lambda name=name, storage=storage: storage.delete(name))
+                transaction.on_commit(partial(_delete_file, name))
                 purged += 1
     return purged

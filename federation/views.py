@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
@@ -159,7 +160,7 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
 
 
 @csrf_exempt
-def message_attachment(request: HttpRequest, global_id: str, digest: str) -> HttpResponse:
+def message_attachment(request: HttpRequest, global_id: str, digest: str) -> HttpResponseBase:
     """``GET /federation/v1/messages/{id}/attachments/{digest}``: one attachment's bytes (§5.7).
 
     The body's access rule: recipient domains only (else 404, like an unknown
