@@ -108,7 +108,7 @@ class ThreadItem:
     @property
     def snippet(self) -> str:
         text = (self.body or {}).get("text") or ""
-        return " ".join(text.split())[:120]
+        return " ".join(text[:400].split())[:120]
 
 
 def message_body(message: Message) -> dict[str, Any]:
