@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo run test test-unit test-integration lint bench clean
+.PHONY: setup demo run test test-unit test-integration test-browser screenshots lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-unit: setup
 
 test-integration: setup
 	bash tools/test.sh tests/integration
+
+test-browser: setup  ## Playwright + Debian's /usr/bin/chromium against two running instances
+	bash tools/test.sh tests/browser
+
+screenshots: setup  ## regenerate docs/screenshots/*.png (desktop and phone widths)
+	$(BIN)/python -m tools.screenshots
 
 lint: setup
 	$(BIN)/ruff check .

@@ -13,7 +13,6 @@ and the instances have their own databases): setup goes through management comma
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,6 @@ import pytest
 from tests.browser.harness import (
     CHROMIUM,
     CountingServer,
-    Mailbox,
-    create_mailboxes,
     is_ci,
     launch_chromium,
     port_in_range,
@@ -106,26 +103,6 @@ def alpha(instances: dict[str, Instance]) -> Instance:
 @pytest.fixture(scope="package")
 def beta(instances: dict[str, Instance]) -> Instance:
     return instances["beta"]
-
-
-@pytest.fixture(scope="package")
-def users(alpha: Instance, beta: Instance) -> dict[str, Mailbox]:
-    """ann@alpha.localhost and bob@beta.localhost, shared by the mail-flow tests."""
-    return {
-        **{a.split("@")[0]: m for a, m in create_mailboxes(alpha, ["ann@alpha.localhost"]).items()},
-        **{a.split("@")[0]: m for a, m in create_mailboxes(beta, ["bob@beta.localhost"]).items()},
-    }
-
-
-@pytest.fixture
-def fresh_mailbox() -> Any:
-    """A new mailbox on the given instance (for tests that change account settings such as MFA)."""
-
-    def make(inst: Instance, prefix: str) -> Mailbox:
-        address = f"{prefix}-{secrets.token_hex(4)}@{inst.domains[0]}"
-        return create_mailboxes(inst, [address])[address]
-
-    return make
 
 
 @pytest.fixture(scope="package")

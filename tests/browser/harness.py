@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
 import threading
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,12 +173,23 @@ def shell_json(inst: Instance, code: str) -> Any:
     return json.loads(inst.shell(code).strip().splitlines()[-1])
 
 
-# A 1x1 PNG: what the local "remote image" server answers.
-PIXEL_PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5b1d4"
-    "6d0000000049454e44ae426082"
-)
+def make_png(width: int, height: int, rgb: tuple[int, int, int] = (46, 125, 50)) -> bytes:
+    """A valid PNG of one colour (no imaging library needed)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+# What the local "remote image" server answers.
+PIXEL_PNG = make_png(1, 1)
 
 
 class CountingServer:
