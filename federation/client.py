@@ -133,8 +133,12 @@ def fetch_body(*, instance: Instance, as_domain: str, global_id: uuid.UUID) -> b
 
 
 def attachment_timeout(size: int) -> float:
-    """The deadline for one attachment: the usual one plus 1 s per 512 KiB, at most 120 s."""
-    return min(settings.PUSHMAIL_HTTP_TIMEOUT + size / (512 * 1024), 120.0)
+    """The deadline for one attachment: the usual one plus 1 s per 512 KiB, at most 25 s.
+
+    The reader's web request waits for it, so it stays under a web server's
+    usual 30 s worker timeout.
+    """
+    return max(min(settings.PUSHMAIL_HTTP_TIMEOUT + size / (512 * 1024), 25.0), settings.PUSHMAIL_HTTP_TIMEOUT)
 
 
 def fetch_attachment(
