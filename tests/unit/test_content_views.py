@@ -591,3 +591,23 @@ def test_long_plain_text_is_shown_whole_and_escaped(alice: User) -> None:
     page = render_partial(alice, entry=entry, body=body_of(entry))
     assert page.count("&lt;i&gt;x&lt;/i&gt;") == 2000
     assert "<i>" not in page
+
+
+@pytest.mark.django_db
+def test_a_conversation_reads_the_allowed_senders_once(alice: User) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mailbox.selectors import body_of
+
+    entries = [received(alice) for _ in range(4)]
+    bodies = [body_of(e) for e in entries]
+    request = RequestFactory().get("/")
+    request.user = alice
+    with CaptureQueriesContext(connection) as queries:
+        pages = [
+            render_to_string("webmail/partials/message_body.html", {"entry": e, "body": b}, request)
+            for e, b in zip(entries, bodies, strict=True)
+        ]
+    assert all('data-testid="remote-content-banner"' in page for page in pages)
+    assert sum("mailbox_allowedsender" in q["sql"] for q in queries.captured_queries) == 1

@@ -38,6 +38,18 @@ def _no_proxy(url: str) -> str:
     return url
 
 
+def _allowed_senders(context: template.Context, reader: Any) -> set[str]:
+    """Read once per request, however many messages a conversation shows."""
+    request = context.get("request")
+    cached = getattr(request, "_pushmail_allowed_senders", None)
+    if cached is not None and cached[0] == reader.pk:
+        return cached[1]
+    senders = remote_content.allowed_senders(user=reader)
+    if request is not None:
+        request._pushmail_allowed_senders = (reader.pk, senders)
+    return senders
+
+
 def _has_remote(entry: Any, html: str) -> bool:
     """Whether the body refers to remote images, remembered per body digest in this process."""
     source = entry.remote if entry.remote_id is not None else entry.local
@@ -73,8 +85,10 @@ def message_content(context: template.Context) -> MessageContent | None:
     message = context.get("message")
     if entry is not None:
         blocked = False
-        if html and not remote_content.remote_allowed_for_entry(user=_reader(context, entry), entry=entry):
-            blocked = _has_remote(entry, html)
+        if html and _has_remote(entry, html):
+            reader = _reader(context, entry)
+            senders = _allowed_senders(context, reader)
+            blocked = not remote_content.remote_allowed_for_entry(user=reader, entry=entry, senders=senders)
         return MessageContent(
             has_html=bool(html),
             text=text,
