@@ -168,3 +168,29 @@ def usage_bytes(user: Any) -> int:
             "size",
         )
     )
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What a settings page or the compose form shows: "1.2 MB of 2.0 GB used (0%)"."""
+
+    used: int
+    quota: int
+
+    @property
+    def percent(self) -> int:
+        return min(100, round(100 * self.used / self.quota)) if self.quota > 0 else 100
+
+    @property
+    def full(self) -> bool:
+        return self.used >= self.quota
+
+    def __str__(self) -> str:
+        from .services import human_size
+
+        return f"{human_size(self.used)} of {human_size(self.quota)} used ({self.percent}%)"
+
+
+def quota_for(user: Any) -> QuotaUsage:
+    """The user's storage use against their quota (see :func:`usage_bytes` for what counts)."""
+    return QuotaUsage(used=usage_bytes(user), quota=user.effective_quota_bytes)

@@ -786,3 +786,16 @@ def test_a_second_reader_during_a_fetch_waits_for_it_instead_of_fetching_again(
 
     assert b"".join(response.streaming_content) == b"one transfer"
     assert not _attachment_gets(peer)
+
+
+def test_quota_usage_reads_plainly(alice: User) -> None:
+    from attachments.selectors import quota_for
+
+    alice.quota_bytes = 4096
+    alice.save(update_fields=["quota_bytes"])
+    message = _send(alice, [("a.bin", "application/octet-stream", b"x" * 1024)])
+
+    usage = quota_for(alice)
+
+    assert usage.used == message.size + 1024 and usage.quota == 4096 and not usage.full
+    assert str(usage) == f"{services.human_size(usage.used)} of 4.0 KB used ({usage.percent}%)"
