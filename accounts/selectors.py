@@ -20,3 +20,19 @@ def storage_for(*, user: User) -> dict[str, int] | None:
     used = usage_bytes(user=user)
     quota = user.effective_quota_bytes
     return {"used": used, "quota": quota, "percent": min(100, round(100 * used / quota)) if quota else 100}
+
+
+def security_for(*, user: User) -> dict[str, object]:
+    """What protects the sign-in: authenticator app on or off, passkeys, unused recovery codes."""
+    from allauth.mfa.models import Authenticator
+    from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
+
+    by_type: dict[str, list[Authenticator]] = {}
+    for authenticator in Authenticator.objects.filter(user=user):
+        by_type.setdefault(authenticator.type, []).append(authenticator)
+    codes = by_type.get(Authenticator.Type.RECOVERY_CODES, [])
+    return {
+        "totp": bool(by_type.get(Authenticator.Type.TOTP)),
+        "passkeys": len(by_type.get(Authenticator.Type.WEBAUTHN, [])),
+        "recovery_codes": len(RecoveryCodes(codes[0]).get_unused_codes()) if codes else 0,
+    }

@@ -182,7 +182,11 @@ def test_totp_activation_then_login_requires_the_code(client: Client, alice: Use
 
 def test_recovery_code_signs_in_once(client: Client, alice: User) -> None:
     _login(client, alice.email)
+    status = client.get("/settings/").content.decode()
+    assert "Authenticator app</dt>\n    <dd>Off" in status
     _activate_totp(client)
+    status = client.get("/settings/").content.decode()
+    assert "Authenticator app</dt>\n    <dd>On" in status and "10 unused" in status
     page = client.get("/accounts/2fa/recovery-codes/")
     assert page.status_code == 200
     codes = RecoveryCodes(Authenticator.objects.get(user=alice, type=Authenticator.Type.RECOVERY_CODES))
@@ -391,7 +395,8 @@ def test_token_create_shows_it_once_and_it_works(client: Client, alice: User) ->
     assert "my laptop" in listing and raw[:8] in listing and "never" in listing
     api = Client(headers={"Authorization": f"Bearer {raw}"})
     assert api.get("/api/v1/inbox/").status_code == 200
-    assert "my laptop" in client.get("/settings/tokens/").content.decode()
+    listing = client.get("/settings/tokens/").content.decode()
+    assert "my laptop" in listing and ">never<" not in listing  # last used: now
 
 
 def test_token_revoke(client: Client, alice: User) -> None:

@@ -33,7 +33,12 @@ def preferences(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, "Settings saved.")
             return redirect("webmail:settings")
-    context = {"form": form, "storage": selectors.storage_for(user=user), "domain": user.domain}
+    context = {
+        "form": form,
+        "storage": selectors.storage_for(user=user),
+        "security": selectors.security_for(user=user),
+        "domain": user.domain,
+    }
     return render(request, "webmail/settings/preferences.html", context, status=400 if form.errors else 200)
 
 
