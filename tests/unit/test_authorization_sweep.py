@@ -325,3 +325,30 @@ def test_another_users_object_is_a_404_on_every_route(owner: Owned, intruder: Us
     assert not unreachable, "the owner's own object was not found either (the table makes it wrong):\n  " + (
         "\n  ".join(unreachable)
     )
+
+
+@pytest.mark.django_db
+def test_ids_in_form_bodies_only_reach_the_users_own_objects(owner: Owned, intruder: User) -> None:
+    """Bulk actions take ids in the POST body, where the walk above cannot see them."""
+    present = {route.key for route in routes_with_parameters()} | {
+        route.key for route in walk(get_resolver()) if not route.params
+    }
+    other = _client(intruder)
+    label = f"label:{owner.label.pk}"
+    if "webmail:bulk-action" in present:
+        for action in ("archive", "trash", "spam", "delete", "read", "star", label):
+            other.post(reverse("webmail:bulk-action"), {"ids": [owner.entry.pk], "action": action})
+    if "webmail:sent-bulk" in present:
+        for action in ("trash", "delete", "star"):
+            other.post(reverse("webmail:sent-bulk"), {"ids": [str(owner.message.pk)], "action": action})
+    if "webmail:entry-action" in present:
+        # The intruder's own message, with the owner's label: the label is not theirs to use.
+        own = InboxEntryFactory(owner=intruder)
+        other.post(reverse("webmail:entry-action", kwargs={"entry_id": own.pk}), {"action": label})
+        assert not own.labels.exists()
+
+    entry = InboxEntry.objects.get(pk=owner.entry.pk)
+    assert (entry.folder, entry.read, entry.starred, entry.trashed_at) == ("inbox", False, False, None)
+    assert not entry.labels.exists()
+    message = Message.objects.get(pk=owner.message.pk)
+    assert (message.sender_folder, message.sender_starred, message.sender_trashed_at) == ("sent", False, None)
