@@ -74,7 +74,7 @@ def test_page_shows_the_form_and_says_what_unfetched_mail_is_matched_on(alice_cl
     assert ids == []
     assert '<label for="search-q" class="visually-hidden">Search mail</label>' in html
     assert html.count(">Search mail</label>") == 1  # the top bar's box is this page's query field
-    for label in ("Folder", "From", "Has attachment", "After", "Before"):
+    for label in ("In folder", "From", "Has attachment", "After", "Before"):
         assert f">{label}</label>" in html
     assert NOTE in html
 

@@ -21,10 +21,12 @@ SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
 class SearchForm(forms.Form):
     q = forms.CharField(label="Search mail", required=False, strip=True)
     folder = forms.ChoiceField(
-        label="Folder", required=False, choices=[("", "Any folder"), *Folder.choices, (SENT, "Sent")], initial=""
+        label="In folder", required=False, choices=[("", "Any folder"), *Folder.choices, (SENT, "Sent")], initial=""
     )
     sender = forms.CharField(label="From", required=False, max_length=320, strip=True)
-    has_attachment = forms.BooleanField(label="Has attachment", required=False)
+    has_attachment = forms.BooleanField(
+        label="Has attachment", required=False, widget=forms.CheckboxInput(attrs={"value": "1"})
+    )
     after = forms.DateField(label="After", required=False, input_formats=["%Y-%m-%d"], help_text=DATE_HELP)
     before = forms.DateField(label="Before", required=False, input_formats=["%Y-%m-%d"], help_text=DATE_HELP)
 
