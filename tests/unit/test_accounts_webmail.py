@@ -449,3 +449,35 @@ def test_sign_out_other_sessions(alice: User) -> None:
     assert laptop.post("/accounts/sessions/").status_code == 302
     assert _signed_in_as(laptop) == alice.email
     assert _signed_in_as(phone) is None
+
+
+# --- cookies in production -------------------------------------------------------------------
+
+
+def _cookie_settings(**env: str) -> list[str]:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from django.conf import settings as s; import django; django.setup(); "
+        "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY, s.SESSION_COOKIE_SAMESITE)"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECURE_COOKIES"}}
+    clean.update(DJANGO_SETTINGS_MODULE="pushmail_site.settings", SECRET_KEY="cookie-test-secret", **env)
+    out = subprocess.run(  # noqa: S603 - fixed command
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[2],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout.split()
+
+
+def test_cookies_are_secure_in_production_and_never_readable_by_scripts() -> None:
+    assert _cookie_settings(DEBUG="0") == ["True", "True", "True", "Lax"]
+    assert _cookie_settings(DEBUG="0", SECURE_COOKIES="0") == ["False", "False", "True", "Lax"]
