@@ -6,16 +6,19 @@ from datetime import date
 
 from django import forms
 from django.contrib.auth.decorators import login_required
+from django.db.models import Prefetch
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from accounts.models import User
 from mailbox import search
-from mailbox.models import Folder, InboxEntry
+from mailbox.models import EntryState, Folder, InboxEntry, Label
 
 DATE_HELP = "YYYY-MM-DD"
 SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
+# The body of an entry in these states is still at the sender's.
+AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
 
 
 class SearchForm(forms.Form):
@@ -63,12 +66,13 @@ class SearchForm(forms.Form):
 
 
 def _with_sender_names(entries: list[InboxEntry]) -> None:
-    """What the shared row template shows: senders' display names (one query) and row cursors."""
+    """What a row shows beyond the entry: senders' display names (one query), cursor, body still away."""
     addresses = {entry.sender for entry in entries}
     names = dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
     for entry in entries:
         entry.sender_name = names.get(entry.sender, "")
         entry.cursor = str(search.Cursor(moment=entry.received_at, key=entry.pk))
+        entry.at_sender = entry.state in AT_SENDER
 
 
 @require_GET
@@ -96,7 +100,9 @@ def search_view(request: HttpRequest) -> HttpResponse:
         if data["folder"] == SENT:
             rows = search.search_sent(**filters)
         else:
-            rows = search.search_entries(folder=data["folder"], **filters).prefetch_related("labels")
+            rows = search.search_entries(folder=data["folder"], **filters).prefetch_related(
+                Prefetch("labels", queryset=Label.objects.order_by("name"), to_attr="label_list")
+            )
         try:
             page = search.page_of(rows, cursor=cursor)
         except ValueError as exc:  # a cursor from the other kind of list
