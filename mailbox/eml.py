@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.policy
 import email.utils
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
@@ -48,7 +49,8 @@ def build_eml(source: EmlSource) -> bytes:
 
     Attachments still at the sender's are listed in a note at the end of the text.
     """
-    msg = EmailMessage(policy=email.policy.SMTP)
+    # 7-bit transfer encodings: the file is portable to any mail program or transport.
+    msg = EmailMessage(policy=email.policy.SMTP.clone(cte_type="7bit"))
     msg["From"] = _one_line(source.sender)
     if source.to:
         msg["To"] = ", ".join(_one_line(a) for a in source.to)
@@ -93,4 +95,5 @@ def eml_filename(subject: str) -> str:
         stem = get_valid_filename(_one_line(subject)[:80])
     except SuspiciousFileOperation:  # nothing usable left, e.g. only punctuation
         stem = ""
-    return f"{stem.strip('.') or 'message'}.eml"
+    stem = re.sub(r"_{2,}", "_", stem).strip("._")
+    return f"{stem or 'message'}.eml"

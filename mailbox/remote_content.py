@@ -37,6 +37,7 @@ __all__ = [
     "fetch_image",
     "proxy_path",
     "remote_allowed_for_entry",
+    "sign_url",
     "sniff_image_type",
     "verify_signature",
 ]

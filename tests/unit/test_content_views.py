@@ -611,3 +611,14 @@ def test_a_conversation_reads_the_allowed_senders_once(alice: User) -> None:
         ]
     assert all('data-testid="remote-content-banner"' in page for page in pages)
     assert sum("mailbox_allowedsender" in q["sql"] for q in queries.captured_queries) == 1
+
+
+@pytest.mark.django_db
+def test_eml_keeps_a_non_ascii_subject(alice: User, alice_client: Client) -> None:
+    entry = received(alice, subject="Café ☕ plans", text="Ça va ?")
+    response = alice_client.get(reverse("webmail:entry-eml", args=[entry.pk]))
+    assert response["Content-Disposition"] == "attachment; filename*=utf-8''Caf%C3%A9_plans.eml"
+    msg = parse_eml(response)
+    assert msg["Subject"] == "Café ☕ plans"
+    assert msg.get_body(("plain",)).get_content().strip() == "Ça va ?"  # type: ignore[union-attr]
+    assert all(byte < 128 for byte in response.content)  # 7-bit clean on the wire
