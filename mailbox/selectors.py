@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Prefetch, Q, QuerySet
 
 from federation import payloads
 
@@ -66,6 +66,8 @@ _ROW_FIELDS = (
     "thread_key",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A row's labels, as a plain list (``entry.label_list``), one query for the page.
+_LABELS = Prefetch("labels", queryset=Label.objects.order_by("name"), to_attr="label_list")
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _keyset_page(
     entries: QuerySet[InboxEntry], *, before: str | None, after: str | None, limit: int, cursor_of=Cursor.of
 ) -> Page:  # type: ignore[no-untyped-def]
     """Keyset pagination: a page costs one indexed range scan however deep it is (no OFFSET, no COUNT)."""
-    entries = entries.only(*_ROW_FIELDS).prefetch_related("labels")
+    entries = entries.only(*_ROW_FIELDS).prefetch_related(_LABELS)
     older_cursor, newer_cursor = Cursor.decode(before), Cursor.decode(after)
     if newer_cursor is not None and older_cursor is None:
         rows = list(entries.filter(_newer_than(newer_cursor)).order_by("received_at", "pk")[: limit + 1])
@@ -174,7 +176,7 @@ def entries_newer_than(*, user, folder: str, after: str, limit: int = 50) -> lis
     cursor = Cursor.decode(after)
     if cursor is None:
         return []
-    entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related("labels")
+    entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related(_LABELS)
     rows = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
     return rows[::-1]
 
@@ -185,16 +187,36 @@ def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
     Starred is not counted: it is a view across folders, and counting it would need the table rows.
     """
     counts = dict.fromkeys(Folder.values, 0)
-    rows = InboxEntry.objects.owned_by(user).filter(read=False).values_list("folder").annotate(n=Count("pk")).order_by()
+    # COUNT(*) (not COUNT(id)) lets PostgreSQL answer from the index alone.
+    rows = InboxEntry.objects.owned_by(user).filter(read=False).values_list("folder").annotate(n=Count("*")).order_by()
     counts.update(dict(rows))
     return counts
 
 
-def labels_for(*, user, with_unread: bool = False) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
-    """The user's labels by name; ``with_unread`` adds ``unread`` (outside Spam and Trash), still one query."""
-    labels = Label.objects.filter(owner=user).order_by("name")
-    if with_unread:
-        labels = labels.annotate(unread=Count("entries", filter=Q(entries__read=False, entries__folder__in=_VISIBLE)))
+def labels_for(*, user) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
+    """The user's labels by name."""
+    return Label.objects.filter(owner=user).order_by("name")
+
+
+def label_unread_counts(*, user) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    """Unread entries per label outside Spam and Trash, in one query starting from the unread entries
+    (index entry_unread_by_folder), so its cost follows the unread mail, not the mailbox."""
+    through = InboxEntry.labels.through
+    rows = (
+        through.objects.filter(inboxentry__owner=user, inboxentry__read=False, inboxentry__folder__in=_VISIBLE)
+        .values_list("label_id")
+        .annotate(n=Count("*"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def labels_with_unread(*, user) -> list[Label]:  # type: ignore[no-untyped-def]
+    """The user's labels by name, each with ``unread`` set (two queries)."""
+    counts = label_unread_counts(user=user)
+    labels = list(labels_for(user=user))
+    for label in labels:
+        label.unread = counts.get(label.pk, 0)  # type: ignore[attr-defined]
     return labels
 
 

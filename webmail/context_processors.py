@@ -22,10 +22,8 @@ class MailShell:
 
 
 def _shell(user) -> MailShell:  # type: ignore[no-untyped-def]
-    # Two queries: unread counts grouped by folder, and the labels with theirs.
-    return MailShell(
-        counts=selectors.unread_counts(user=user), labels=list(selectors.labels_for(user=user, with_unread=True))
-    )
+    # Three queries: unread counts grouped by folder, the labels, and their unread counts.
+    return MailShell(counts=selectors.unread_counts(user=user), labels=selectors.labels_with_unread(user=user))
 
 
 def mail_shell(request: HttpRequest) -> dict[str, Any]:

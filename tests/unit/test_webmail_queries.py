@@ -17,8 +17,8 @@ from mailbox.models import EntryState, Folder, InboxEntry, Label
 pytestmark = pytest.mark.django_db
 
 # session, user, inbox page, labels of the page's rows, sender display names,
-# unread counts (one grouped query), sidebar labels with their unread counts.
-INBOX_PAGE_QUERIES = 7
+# unread counts (one grouped query), sidebar labels, and their unread counts.
+INBOX_PAGE_QUERIES = 8
 
 
 def fill(owner: User, count: int) -> None:

@@ -35,3 +35,11 @@ def mailsize(value: int | None) -> str:
     if size < 1024 * 1024 * 1024:
         return f"{size / (1024 * 1024):.1f} MB"
     return f"{size / (1024 * 1024 * 1024):.1f} GB"
+
+
+@register.simple_tag
+def mail_rows(entries):  # type: ignore[no-untyped-def]
+    """The rows of a mail list (see webmail.rows)."""
+    from webmail.rows import render_rows
+
+    return render_rows(entries)

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from mailbox import folders, selectors
-from mailbox.models import Folder, InboxEntry, Label
+from mailbox.models import EntryState, Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
 from outbox.models import Message
 from webmail import lists
@@ -30,6 +30,7 @@ FOLDER_NAMES = {
     Folder.TRASH: "Trash",
 }
 MOVE_TARGETS = [(Folder.INBOX, "Inbox"), (Folder.ARCHIVE, "Archive"), (Folder.SPAM, "Spam"), (Folder.TRASH, "Trash")]
+_AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
 # Where a moved selection is said to have gone, for the confirmation message.
 _MOVED = {Folder.INBOX: "the Inbox", Folder.ARCHIVE: "Archive", Folder.SPAM: "Spam", Folder.TRASH: "Trash"}
 
@@ -44,17 +45,31 @@ def home(request: HttpRequest) -> HttpResponse:
 # --- Lists -----------------------------------------------------------------------------
 
 
+def _url_pattern(name: str) -> str:
+    """The URL of ``name`` for any entry id, as a format string (reversed once per page, not per row)."""
+    marker = 987654321
+    try:
+        return reverse(f"webmail:{name}", args=[marker]).replace(str(marker), "{}")
+    except NoReverseMatch:
+        return ""
+
+
 def _with_sender_names(entries: list[InboxEntry]) -> list[InboxEntry]:
-    """Attach ``sender_name``: the display name of senders who have a mailbox here (one query)."""
+    """Attach what a row shows beyond the entry: the sender's display name if the sender has a
+    mailbox here (one query for the page), the row's links and its keyset cursor."""
     addresses = {entry.sender for entry in entries}
     names = (
         dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
         if addresses
         else {}
     )
+    entry_url, action_url = _url_pattern("entry"), _url_pattern("entry-action")
     for entry in entries:
         entry.sender_name = names.get(entry.sender, "")  # type: ignore[attr-defined]
         entry.cursor = selectors.Cursor.of(entry).encode()  # type: ignore[attr-defined]
+        entry.url = entry_url.format(entry.pk) if entry_url else ""  # type: ignore[attr-defined]
+        entry.action_url = action_url.format(entry.pk)  # type: ignore[attr-defined]
+        entry.at_sender = entry.state in _AT_SENDER  # type: ignore[attr-defined]
     return entries
 
 
@@ -314,7 +329,7 @@ def labels(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "webmail/labels.html",
-        {"all_labels": selectors.labels_for(user=request.user, with_unread=True), "folder": "labels"},
+        {"all_labels": selectors.labels_with_unread(user=request.user), "folder": "labels"},
     )
 
 

@@ -1,0 +1,90 @@
+"""Mail list rows, rendered in Python.
+
+The rows are the hot path of every list page (50 per page, and the live-update
+partial): built with ``escape`` here they cost a fraction of the same markup in
+the template engine. The markup follows the DOM contract for list rows
+(``data-testid="message-row"``, ``data-entry-id``, ``data-state``, "at sender's" + size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.utils import timezone
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from mailbox.models import InboxEntry
+
+from .templatetags.webmail_lists import mailsize
+
+_AT_SENDER_TITLE = "The body is still on the sender's server; it is fetched when you open the message"
+_UNREAD = '<span class="visually-hidden">Unread: </span>'
+_STATE_CHIPS = {
+    "withdrawn": '<span class="state-chip withdrawn">Withdrawn</span>',
+    "expired": '<span class="state-chip expired">Expired</span>',
+    "tampered": '<span class="state-chip tampered">Tampered</span>',
+}
+
+
+def _short_date(local: datetime, today: datetime) -> str:
+    if local.date() == today.date():
+        return local.strftime("%H:%M")
+    if local.year == today.year:
+        return f"{local.day} {local.strftime('%b')}"
+    return f"{local.day} {local.strftime('%b %Y')}"
+
+
+def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
+    """The ``<tr>`` rows for entries prepared by ``webmail.views.mail._with_sender_names``."""
+    today = timezone.localtime()
+    out: list[str] = []
+    for entry in entries:
+        pk = entry.pk
+        subject = escape(entry.subject or "(no subject)")
+        action_url = escape(entry.action_url)  # type: ignore[attr-defined]
+        url = escape(entry.url)  # type: ignore[attr-defined]
+        unread = not entry.read
+        local = timezone.localtime(entry.received_at)
+        size = mailsize(entry.size)
+        if entry.starred:
+            star = (
+                f'<button type="submit" form="bulk-form" formaction="{action_url}" name="action" value="unstar" '
+                f'class="star-toggle starred" aria-pressed="true" title="Starred"><span aria-hidden="true">★</span>'
+                f'<span class="visually-hidden">Unstar: {subject}</span></button>'
+            )
+        else:
+            star = (
+                f'<button type="submit" form="bulk-form" formaction="{action_url}" name="action" value="star" '
+                f'class="star-toggle" aria-pressed="false" title="Not starred"><span aria-hidden="true">☆</span>'
+                f'<span class="visually-hidden">Star: {subject}</span></button>'
+            )
+        labels = "".join(f'<span class="label-chip">{escape(label.name)}</span>' for label in entry.label_list)  # type: ignore[attr-defined]
+        if entry.at_sender:  # type: ignore[attr-defined]
+            chip = f'<span class="state-chip at-sender" title="{escape(_AT_SENDER_TITLE)}">at sender\'s · {size}</span>'
+        else:
+            chip = _STATE_CHIPS.get(entry.state, "")
+        attach = (
+            '<span title="Has attachments"><span aria-hidden="true">📎</span>'
+            '<span class="visually-hidden">Has attachments</span></span>'
+            if entry.has_attachments
+            else ""
+        )
+        out.append(
+            f'<tr data-testid="message-row" data-entry-id="{pk}" data-state="{escape(entry.state)}" '
+            f'data-cursor="{escape(entry.cursor)}" data-href="{url}" data-action-url="{action_url}" '  # type: ignore[attr-defined]
+            f'class="message-row{" unread" if unread else ""}">\n'
+            f'  <td class="select"><input type="checkbox" name="ids" value="{pk}" form="bulk-form" '
+            f'aria-label="Select: {subject}"></td>\n'
+            f'  <td class="star">{star}</td>\n'
+            f'  <td class="sender" title="{escape(entry.sender)}">{escape(entry.sender_name or entry.sender)}</td>\n'  # type: ignore[attr-defined]
+            f'  <td class="subject"><a href="{url or "#"}" class="open">'
+            f"{_UNREAD if unread else ''}{subject}</a>{labels}{chip}</td>\n"
+            f'  <td class="attach">{attach}</td>\n'
+            f'  <td class="size">{size}</td>\n'
+            f'  <td class="date"><time datetime="{local.isoformat()}" title="{local.day} {local:%b %Y %H:%M}">'
+            f"{_short_date(local, today)}</time></td>\n"
+            "</tr>\n"
+        )
+    return mark_safe("".join(out))  # noqa: S308 - every value above is escaped
