@@ -799,3 +799,17 @@ def test_quota_usage_reads_plainly(alice: User) -> None:
 
     assert usage.used == message.size + 1024 and usage.quota == 4096 and not usage.full
     assert str(usage) == f"{services.human_size(usage.used)} of 4.0 KB used ({usage.percent}%)"
+
+
+def test_attachments_outlive_an_early_body_deletion_until_expiry(
+    alice: User, peer: FakePeer, federation: FederationClient
+) -> None:
+    message = _send(alice, [("a.txt", "text/plain", b"still here")])
+    Message.objects.filter(pk=message.pk).update(body_purged_at=timezone.now(), text="")  # every domain fetched it
+
+    assert federation.fetch(peer, message.pk).status_code == 410  # the body is gone
+    response = federation.send(
+        "GET", _attachment_path(message, digest_of(b"still here")), signer=peer, headers={"Accept-Encoding": "gzip"}
+    )
+    assert response.status_code == 200 and b"".join(response.streaming_content) == b"still here"
+    assert "Content-Encoding" not in response  # never content-coded: the digest is over these bytes
