@@ -436,6 +436,8 @@ def test_hostile_html_mail_runs_nothing_and_loads_nothing_until_images_are_allow
         lambda: any(p.startswith(f"/pixel-{mark}.png") for p in image_server.requests),
         timeout=20,
     )
+    shown = page.get_by_test_id("message-html").element_handle().content_frame().locator('img[alt="logo"]')
+    expect(shown).to_have_js_property("naturalWidth", 1)  # the 1x1 image, through the proxy
     page.wait_for_timeout(1000)
     assert page.dialogs == [], f"a payload opened a dialog: {page.dialogs}"
     assert page.evaluate("window.__xss") is None
