@@ -173,6 +173,18 @@ def test_indicator_turns_into_the_body_once_the_fetch_finishes(
     assert entry.opened_at is not None  # seen by the reader once the body was swapped in
 
 
+def test_asking_for_the_body_of_an_unopened_entry_fetches_it(
+    alice: User, peer: FakePeer, queued: list[Queued], django_capture_on_commit_callbacks: Any
+) -> None:
+    entry = _receive(peer, PeerMessageFactory(text="Straight to the body"))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        poll = _page(_client(alice).get(_body_url(entry)))
+
+    assert [q.name for q in queued] == ["mailbox.fetch_body"]  # otherwise the indicator would poll forever
+    assert 'data-testid="fetch-indicator"' in poll and 'data-state="fetching"' in poll
+
+
 def test_unavailable_is_shown_plainly_with_retry_now(
     alice: User, peer: FakePeer, queued: list[Queued], django_capture_on_commit_callbacks: Any
 ) -> None:

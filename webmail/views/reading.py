@@ -94,6 +94,10 @@ def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     if item.opened_at is None and item.state == EntryState.FETCHED:
         open_entry(entry=item)  # the body arrived while the reader watched: now it is seen
+    elif item.state == EntryState.NOTIFIED:
+        open_entry(entry=item)  # asked for the body without opening the page: fetch it
+        if item.remote is not None:
+            item.state = EntryState.FETCHING
     return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), polls=_polls(request)))
 
 
