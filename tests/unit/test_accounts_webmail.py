@@ -172,7 +172,7 @@ def test_totp_activation_then_login_requires_the_code(client: Client, alice: Use
     assert response.status_code == 302 and response["Location"] == "/accounts/2fa/authenticate/"
     assert _signed_in_as(client) is None
     page = client.get("/accounts/2fa/authenticate/")
-    assert "Two-Factor Authentication" in page.content.decode()
+    assert "Enter the code from your authenticator app, or one of your recovery codes." in page.content.decode()
     wrong = client.post("/accounts/2fa/authenticate/", {"code": "000000" if _totp_code(secret) != "000000" else "1"})
     assert "Incorrect code." in wrong.content.decode()
     assert _signed_in_as(client) is None
