@@ -25,6 +25,24 @@ MAX_ID = 2**63 - 1
 # A conversation page shows at most this many messages, the newest ones.
 THREAD_LIMIT = 100
 
+# What a conversation shows of its other entries (no search document, no notification details).
+THREAD_ENTRY_FIELDS = (
+    "owner_id",
+    "remote_id",
+    "local_id",
+    "sender",
+    "subject",
+    "size",
+    "received_at",
+    "state",
+    "read",
+    "opened_at",
+    "notice_text",
+    "thread_key",
+    "remote__date",
+    "remote__content",
+)
+
 # Entry states whose body is on its way: the page polls until it arrives.
 PENDING_STATES = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE})
 
@@ -173,6 +191,7 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
             .filter(thread_key=entry.thread_key)
             .exclude(pk=entry.pk)
             .select_related("remote")
+            .only(*THREAD_ENTRY_FIELDS)
             .prefetch_related("local__sender")
             .order_by("-received_at", "-pk")[:THREAD_LIMIT]
         )
