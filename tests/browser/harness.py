@@ -38,8 +38,8 @@ CHROMIUM_ARGS = [
 ]
 PORTS = range(18800, 19000)
 PASSWORD = "correct-horse-battery"
-# Redis database numbers for the browser instances (the integration tests start at 9).
-REDIS_DB_BASE = 13
+# Redis database numbers for the browser instances: 6 and 7 (integration tests use 9 and up, benchmarks 14 and up).
+REDIS_DB_BASE = 5
 
 # Short timings so sweeps, retries and the undo window pass within a test's patience.
 FAST_ENV = {
