@@ -6,6 +6,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
 from django.core.exceptions import ValidationError
+from django.db.models import Count
 from django.template.defaultfilters import filesizeformat
 
 from federation.models import SigningKey
@@ -43,9 +44,12 @@ class DomainAdmin(admin.ModelAdmin):
     def default_quota(self, obj: Domain) -> str:
         return filesizeformat(obj.default_quota_bytes)
 
-    @admin.display(description="Mailboxes")
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        return super().get_queryset(request).annotate(mailbox_total=Count("mailboxes"))
+
+    @admin.display(description="Mailboxes", ordering="mailbox_total")
     def mailbox_count(self, obj: Domain) -> int:
-        return obj.mailboxes.count()
+        return obj.mailbox_total  # type: ignore[attr-defined]
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         from federation import discovery
