@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.http import Http404
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import body_of
@@ -45,15 +45,6 @@ THREAD_ENTRY_FIELDS = (
 
 # Entry states whose body is on its way: the page polls until it arrives.
 PENDING_STATES = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE})
-
-
-def webmail_url(name: str, fallback: str, *args: object, query: str = "") -> str:
-    """The URL of a named webmail route, or ``fallback`` while that route is not there yet."""
-    try:
-        url = reverse(f"webmail:{name}", args=args)
-    except NoReverseMatch:
-        url = fallback
-    return f"{url}?{query}" if query else url
 
 
 # --- one entry ----------------------------------------------------------------------

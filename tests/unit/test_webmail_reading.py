@@ -313,7 +313,7 @@ def test_sent_message_shows_status_per_domain_and_withdraws(alice: User, bob: Us
     assert 'nobody@peer.test (Cc): <span class="recipient-rejected">rejected</span> (unknown mailbox)' in html
     assert "failed (other.test refused the connection)" in html
     assert "delivered on this server" in html and "fetched <time" in html
-    assert ">Withdraw</button>" in html
+    assert ">Withdraw</button>" in html and f'action="/compose/reply-sent/{message.pk}/"' in html
 
     confirm = _page(client.get(f"/mail/sent/{message.pk}/withdraw/"))
     assert "Withdraw “Plans”?" in confirm and ">Withdraw</button>" in confirm

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
@@ -53,14 +54,13 @@ def _state_context(
 
 
 def _actions(entry: InboxEntry) -> dict[str, str]:
-    pk = entry.pk
+    args = [entry.pk]
     return {
-        "reply": reading.webmail_url("reply", f"/compose/reply/{pk}/", pk),
-        "reply_all": reading.webmail_url("reply", f"/compose/reply/{pk}/", pk, query="all=1"),
-        "forward": reading.webmail_url("forward", f"/compose/forward/{pk}/", pk),
-        "action": reading.webmail_url("entry-action", f"/mail/entry/{pk}/action/", pk),
-        "eml": reading.webmail_url("entry-eml", f"/mail/entry/{pk}/eml/", pk),
-        "text": reading.webmail_url("entry-text", f"/mail/entry/{pk}/?plain=1", pk),
+        "reply": reverse("webmail:reply", args=args),
+        "forward": reverse("webmail:forward", args=args),
+        "action": reverse("webmail:entry-action", args=args),
+        "eml": reverse("webmail:entry-eml", args=args),
+        "text": reverse("webmail:entry-text", args=args),
     }
 
 
@@ -126,8 +126,6 @@ def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
             "body": reading.message_body(message),
             "rows": reading.delivery_rows(message),
             "attachment_items": attachment_items_for_message(message),
-            "eml_url": reading.webmail_url("sent-eml", f"/mail/sent/{message.pk}/eml/", message.pk),
-            "text_url": reading.webmail_url("sent-text", "", message.pk),
         },
     )
 
