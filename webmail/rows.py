@@ -20,6 +20,11 @@ from mailbox.models import InboxEntry
 from .templatetags.webmail_lists import mailsize
 
 _AT_SENDER_TITLE = "The body is still on the sender's server; it is fetched when you open the message"
+_PAPERCLIP = (
+    '<svg class="icon" aria-hidden="true" viewBox="0 0 24 24" width="16" height="16"><path fill="none" '
+    'stroke="currentColor" stroke-width="2" stroke-linecap="round" d="M21 11.5l-8.5 8.5a5 5 0 0 1-7-7L14 4.5'
+    'a3.5 3.5 0 0 1 5 5L10.5 18a2 2 0 0 1-3-3L15 7.5"/></svg>'
+)
 _UNREAD = '<span class="visually-hidden">Unread: </span>'
 _STATE_CHIPS = {
     "withdrawn": '<span class="state-chip withdrawn">Withdrawn</span>',
@@ -66,8 +71,7 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
         else:
             chip = _STATE_CHIPS.get(entry.state, "")
         attach = (
-            '<span title="Has attachments"><span aria-hidden="true">📎</span>'
-            '<span class="visually-hidden">Has attachments</span></span>'
+            f'<span title="Has attachments">{_PAPERCLIP}<span class="visually-hidden">Has attachments</span></span>'
             if entry.has_attachments
             else ""
         )
@@ -79,8 +83,8 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
             f'aria-label="Select: {subject}"></td>\n'
             f'  <td class="star">{star}</td>\n'
             f'  <td class="sender" title="{escape(entry.sender)}">{escape(entry.sender_name or entry.sender)}</td>\n'  # type: ignore[attr-defined]
-            f'  <td class="subject"><a href="{url or "#"}" class="open">'
-            f"{_UNREAD if unread else ''}{subject}</a>{labels}{chip}</td>\n"
+            f'  <td class="subject">{chip}{labels}<a href="{url or "#"}" class="open">'
+            f"{_UNREAD if unread else ''}{subject}</a></td>\n"
             f'  <td class="attach">{attach}</td>\n'
             f'  <td class="size">{size}</td>\n'
             f'  <td class="date"><time datetime="{local.isoformat()}" title="{local.day} {local:%b %Y %H:%M}">'

@@ -175,9 +175,12 @@
       case "?":
         if (help && typeof help.showModal === "function") help.showModal();
         break;
-      case "Escape":
+      case "Escape": {
         body.classList.remove("sidebar-open");
+        const toggleButton = document.querySelector("[data-sidebar-toggle]");
+        if (toggleButton) toggleButton.setAttribute("aria-expanded", "false");
         return;
+      }
       default:
         return;
     }
@@ -255,14 +258,27 @@
 
     const toggle = document.querySelector("[data-sidebar-toggle]");
     if (toggle) {
-      toggle.addEventListener("click", function () {
-        const open = body.classList.toggle("sidebar-open");
+      const topbar = document.querySelector(".topbar");
+      const setOpen = function (open) {
+        if (open && topbar) document.documentElement.style.setProperty("--topbar-height", topbar.offsetHeight + "px");
+        body.classList.toggle("sidebar-open", open);
         toggle.setAttribute("aria-expanded", open ? "true" : "false");
+      };
+      toggle.addEventListener("click", function () {
+        const open = !body.classList.contains("sidebar-open");
+        setOpen(open);
         if (open) {
           const first = document.querySelector(".sidebar a");
           if (first) first.focus();
         }
       });
+      // A tap on the page beside the open sidebar closes it.
+      const main = document.getElementById("main");
+      if (main) {
+        main.addEventListener("click", function () {
+          if (body.classList.contains("sidebar-open")) setOpen(false);
+        });
+      }
     }
 
     document.querySelectorAll("[data-select-all]").forEach(function (all) {
