@@ -27,7 +27,7 @@ from tests.browser.harness import CountingServer, Mailbox, create_mailboxes, log
 from tools.cluster import Instance
 
 ALPHA_USERS = ["ann", "ada", "amy", "abe", "ari", "tina", "pat"]
-BETA_USERS = ["bob", "bea", "ben", "bev", "bo"]
+BETA_USERS = ["bob", "bea", "ben", "bev", "bo", "bree"]
 
 
 @pytest.fixture(scope="module")
@@ -384,6 +384,21 @@ def test_withdrawn_message_shows_as_withdrawn_on_the_other_side(
     expect(beta_page.locator("main")).not_to_contain_text("Please ignore this one.")
 
 
+def test_new_mail_appears_in_an_open_inbox_without_a_reload(page: Any, people: dict[str, Mailbox]) -> None:
+    ann, bree = people["ann"], people["bree"]
+    subject = f"Are you there? {token()}"
+    login(page, bree)
+    page.goto(f"{bree.origin}/mail/inbox/")
+    expect(page.get_by_test_id("message-row")).to_have_count(0)
+    page.evaluate("window.__marker = 1")
+
+    send(ann, bree, subject, "Just checking the new inbox.")
+    row = page.get_by_test_id("message-row").filter(has_text=subject)
+    expect(row).to_have_count(1, timeout=40_000)
+    expect(row).to_contain_text("at sender's")
+    assert page.evaluate("window.__marker") == 1, "the inbox was reloaded instead of updated in place"
+
+
 # --- HTML mail, safely --------------------------------------------------------------------------------
 
 
@@ -408,7 +423,6 @@ def test_hostile_html_mail_runs_nothing_and_loads_nothing_until_images_are_allow
 <div style="background:url({image_server.url(f"/bg-{mark}.png")})">styled</div>
 </body></html>"""
     send(ari, bo, f"Newsletter {mark}", f"Quarterly newsletter {mark} (plain text)", html=html)
-    page.evaluate("1")  # the page exists before any navigation, so dialogs are caught from the start
 
     login(page, bo)
     row = inbox_row(page, bo, f"Newsletter {mark}")
