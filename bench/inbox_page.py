@@ -109,7 +109,7 @@ def fill(owner, count: int, labels: list, *, seed: int) -> None:  # type: ignore
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE mailbox_inboxentry"
-                " SET received_at = %s - (abs(hashint4(id + %s)::bigint) %% %s) * interval '1 second'"
+                " SET received_at = %s - (abs(hashint4(id::int + %s::int)::bigint) %% %s) * interval '1 second'"
                 " WHERE owner_id = %s AND id BETWEEN %s AND %s",
                 [now, seed, span, owner.pk, made[0].pk, made[-1].pk],
             )
