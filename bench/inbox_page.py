@@ -19,8 +19,8 @@ queries, so the indexes used are on record.
     python -m bench.inbox_page                       # 300 requests per mailbox
     python -m bench.inbox_page --requests 500 --entries 100000 --keep
 
-DATABASE_URL (a PostgreSQL URL; default
-postgres://postgres@127.0.0.1:5432/pushmail_bench_inbox) names the database;
+DATABASE_URL (a PostgreSQL URL; else PUSHMAIL_BENCH_POSTGRES + /pushmail_bench_inbox;
+default postgres://postgres@127.0.0.1:5432/pushmail_bench_inbox) names the database;
 the script connects to the server's ``postgres`` database to create and drop it.
 """
 
@@ -176,7 +176,8 @@ def main() -> int:
 
     database_url = os.environ.get("DATABASE_URL", "")
     if not database_url.startswith("postgres"):
-        database_url = DEFAULT_URL
+        server = os.environ.get("PUSHMAIL_BENCH_POSTGRES")  # as the other benchmarks (bench/run_all.sh)
+        database_url = f"{server.rstrip('/')}/pushmail_bench_inbox" if server else DEFAULT_URL
     dbname = urlsplit(database_url).path.lstrip("/")
     if not dbname.replace("_", "").isalnum():
         raise SystemExit(f"unexpected database name {dbname!r}")

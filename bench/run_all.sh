@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run the three benchmarks in sequence (ingest with the Postfix baseline,
-# bandwidth, open latency). Each prints JSON lines and a table on stdout;
+# Run the benchmarks in sequence (ingest with the Postfix baseline,
+# bandwidth, open latency, the webmail inbox page). Each prints JSON lines and a table on stdout;
 # everything is also kept in var/bench-results/<UTC time>/ for docs/benchmarks.md.
 #
 # Needs PostgreSQL and Redis on loopback (PUSHMAIL_BENCH_POSTGRES,
@@ -25,4 +25,5 @@ run() {
 run ingest --profile 1000
 run bandwidth
 run open_latency
+run inbox_page
 exit "$status"
