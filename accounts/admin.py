@@ -11,11 +11,12 @@ from django.template.defaultfilters import filesizeformat
 
 from federation.models import SigningKey
 
+from .admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from .models import ApiToken, Domain, User
 from .validators import normalize_address
 
 
-class SigningKeyInline(admin.TabularInline):
+class SigningKeyInline(DomainScopedInline):
     model = SigningKey
     extra = 0
     fields = ["key_id", "public_key", "created_at", "retired_at", "expires_at"]
@@ -28,7 +29,9 @@ class SigningKeyInline(admin.TabularInline):
 
 
 @admin.register(Domain)
-class DomainAdmin(admin.ModelAdmin):
+class DomainAdmin(DomainScopedAdmin):
+    domain_lookup = "pk"
+    domain_admin_can_change = True  # its defaults; adding and deleting domains is for superusers
     list_display = ["name", "default_fetch_policy", "default_quota", "mailbox_count", "created_at"]
     list_filter = ["default_fetch_policy"]
     search_fields = ["name"]
@@ -64,6 +67,8 @@ class DomainAdmin(admin.ModelAdmin):
 class MailboxCreationForm(AdminUserCreationForm):
     """Create a mailbox from its address; its domain must be hosted here."""
 
+    allowed_domain_id: int | None = None  # set for a domain admin: mailboxes of that domain only
+
     class Meta:
         model = User
         fields = ("email",)
@@ -77,6 +82,8 @@ class MailboxCreationForm(AdminUserCreationForm):
         domain = Domain.objects.filter(name=domain_name).first()
         if domain is None:
             raise forms.ValidationError(f"{domain_name} is not a domain of this instance; add the domain first.")
+        if self.allowed_domain_id is not None and domain.pk != self.allowed_domain_id:
+            raise forms.ValidationError(f"You administer another domain than {domain_name}.")
         if User.objects.filter(email=address).exists():
             raise forms.ValidationError(f"The mailbox {address} already exists.")
         self.instance.local_part = local_part
@@ -85,8 +92,11 @@ class MailboxCreationForm(AdminUserCreationForm):
 
 
 @admin.register(User)
-class MailboxAdmin(UserAdmin):
+class MailboxAdmin(DomainScopedAdmin, UserAdmin):
     """Mailboxes. "Reset password" is Django's password form, linked from the change page."""
+
+    domain_admin_can_add = True
+    domain_admin_can_change = True
 
     add_form = MailboxCreationForm
     ordering = ["email"]
@@ -107,6 +117,22 @@ class MailboxAdmin(UserAdmin):
     def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
         return self.readonly_fields if obj else []
 
+    def get_fieldsets(self, request, obj=None):  # type: ignore[no-untyped-def]
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and is_domain_admin(request):
+            # A domain admin makes domain admins (staff), never superusers, and grants no permissions.
+            fieldsets = [
+                (name, {**opts, "fields": [f for f in opts["fields"] if f not in _SUPERUSER_ONLY]})
+                for name, opts in fieldsets
+            ]
+        return fieldsets
+
+    def get_form(self, request, obj=None, **kwargs):  # type: ignore[no-untyped-def]
+        form = super().get_form(request, obj, **kwargs)
+        if obj is None and is_domain_admin(request):
+            form = type(form.__name__, (form,), {"allowed_domain_id": request.user.domain_id})
+        return form
+
     @admin.display(description="Quota", ordering="quota_bytes")
     def quota(self, obj: User) -> str:
         text = filesizeformat(obj.effective_quota_bytes)
@@ -119,8 +145,13 @@ class MailboxAdmin(UserAdmin):
             EmailAddress.objects.get_or_create(user=obj, email=obj.email, defaults={"verified": True, "primary": True})
 
 
+_SUPERUSER_ONLY = {"is_superuser", "groups", "user_permissions"}
+
+
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(DomainScopedAdmin):
+    domain_lookup = "user__domain"
+    domain_admin_can_delete = True  # revoke
     list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
     list_filter = ["user__domain"]
     search_fields = ["user__email", "name", "prefix"]
@@ -138,7 +169,8 @@ admin.site.unregister(UserSession)
 
 
 @admin.register(UserSession)
-class MailboxSessionAdmin(UserSessionAdmin):
+class MailboxSessionAdmin(DomainScopedAdmin, UserSessionAdmin):
+    domain_lookup = "user__domain"
     search_fields = ["user__email", "ip", "user_agent"]
     list_filter = ["user__domain"]
     list_select_related = ["user"]

@@ -1,11 +1,13 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
+from accounts.admin_scope import DomainScopedAdmin
+
 from .models import SigningKey
 
 
 @admin.register(SigningKey)
-class SigningKeyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class SigningKeyAdmin(DomainScopedAdmin):
     """Ed25519 keys the domains sign with. Rotate with `manage.py rotatekey`; private keys never show here."""
 
     list_display = ["key_id", "domain", "created_at", "retired_at", "expires_at"]

@@ -1,9 +1,11 @@
 from django.contrib import admin, messages
 
+from accounts.admin_scope import DomainScopedAdmin
+
 from .models import AllowedSender, InboxEntry, Label, RemoteMessage
 
 
-@admin.action(description="Fetch now")
+@admin.action(description="Fetch now", permissions=["change"])
 def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
     from .services import request_fetch
 
@@ -13,8 +15,11 @@ def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
 
 
 @admin.register(RemoteMessage)
-class RemoteMessageAdmin(admin.ModelAdmin):
+class RemoteMessageAdmin(DomainScopedAdmin):
     """Messages notified to this instance: one row per message, whatever the number of local readers."""
+
+    def scope(self, request, queryset):  # type: ignore[no-untyped-def]
+        return queryset.filter(entries__owner__domain=request.user.domain_id).distinct()
 
     list_display = [
         "subject",
@@ -55,7 +60,8 @@ class RemoteMessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(InboxEntry)
-class InboxEntryAdmin(admin.ModelAdmin):
+class InboxEntryAdmin(DomainScopedAdmin):
+    domain_lookup = "owner__domain"
     list_display = ["subject", "owner", "sender", "state", "folder", "read", "starred", "size", "received_at"]
     list_filter = ["state", "folder", "read", "starred", "has_attachments", "owner__domain"]
     search_fields = ["subject", "sender", "owner__email", "thread_key"]
@@ -67,7 +73,8 @@ class InboxEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(Label)
-class LabelAdmin(admin.ModelAdmin):
+class LabelAdmin(DomainScopedAdmin):
+    domain_lookup = "owner__domain"
     list_display = ["name", "owner"]
     search_fields = ["name", "owner__email"]
     list_select_related = ["owner"]
@@ -75,7 +82,8 @@ class LabelAdmin(admin.ModelAdmin):
 
 
 @admin.register(AllowedSender)
-class AllowedSenderAdmin(admin.ModelAdmin):
+class AllowedSenderAdmin(DomainScopedAdmin):
+    domain_lookup = "owner__domain"
     list_display = ["address", "owner", "created_at"]
     search_fields = ["address", "owner__email"]
     list_select_related = ["owner"]

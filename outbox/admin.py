@@ -1,12 +1,13 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
+from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from attachments.admin import MessageAttachmentInline
 
 from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient
 
 
-class RecipientInline(admin.TabularInline):
+class RecipientInline(DomainScopedInline):
     model = Recipient
     extra = 0
     readonly_fields = ["address", "domain", "kind", "status", "reason"]
@@ -16,7 +17,7 @@ class RecipientInline(admin.TabularInline):
         return False
 
 
-class DeliveryInline(admin.TabularInline):
+class DeliveryInline(DomainScopedInline):
     model = Delivery
     extra = 0
     fields = ["domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error", "withdrawal"]
@@ -28,7 +29,7 @@ class DeliveryInline(admin.TabularInline):
         return False
 
 
-class BodyFetchInline(admin.TabularInline):
+class BodyFetchInline(DomainScopedInline):
     model = BodyFetch
     extra = 0
     readonly_fields = ["domain", "fetched_at", "bytes"]
@@ -39,8 +40,10 @@ class BodyFetchInline(admin.TabularInline):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(DomainScopedAdmin):
     """Sent messages: who, when, where they went and who fetched them. Bodies stay out of the admin."""
+
+    domain_lookup = "sender__domain"
 
     list_display = ["subject", "sender_address", "date", "size", "withdrawn_at", "body_purged_at"]
     search_fields = ["subject", "sender_address", "=message_id", "=id"]
@@ -72,7 +75,7 @@ class MessageAdmin(admin.ModelAdmin):
         return False  # messages are sent by their senders (webmail or API), never typed in here
 
 
-@admin.action(description="Retry notification now")
+@admin.action(description="Retry notification now", permissions=["change"])
 def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
     from .services import _queue_deliveries
 
@@ -87,8 +90,10 @@ def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(admin.ModelAdmin):
+class DeliveryAdmin(DomainScopedAdmin):
     """One notification per message and recipient domain."""
+
+    domain_lookup = "message__sender__domain"
 
     list_display = [
         "message",
@@ -111,8 +116,10 @@ class DeliveryAdmin(admin.ModelAdmin):
 
 
 @admin.register(BodyFetch)
-class BodyFetchAdmin(admin.ModelAdmin):
+class BodyFetchAdmin(DomainScopedAdmin):
     """Each time a recipient domain pulled a body: the sender side's view of reads (per domain, never per user)."""
+
+    domain_lookup = "message__sender__domain"
 
     list_display = ["message", "domain", "fetched_at", "bytes"]
     list_filter = ["domain"]
@@ -126,7 +133,8 @@ class BodyFetchAdmin(admin.ModelAdmin):
 
 
 @admin.register(Draft)
-class DraftAdmin(admin.ModelAdmin):
+class DraftAdmin(DomainScopedAdmin):
+    domain_lookup = "owner__domain"
     list_display = ["subject", "owner", "updated_at", "send_at"]
     search_fields = ["subject", "owner__email"]
     list_select_related = ["owner"]

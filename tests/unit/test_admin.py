@@ -182,3 +182,100 @@ def test_admin_blocks_a_peer(admin_client: Client) -> None:
     )
     assert response.status_code == 302, response.content.decode()[:3000]
     assert OriginPolicy.objects.get(domain="noisy.test").blocked
+
+
+# --- a domain admin: staff, not superuser, scoped to its own domain --------------------------------
+
+
+@pytest.fixture
+def other_domain(db: None) -> Domain:
+    from tests.factories import DomainFactory
+
+    return DomainFactory(name="gamma.test")
+
+
+@pytest.fixture
+def domain_admin_client(local_domain: Domain) -> Client:
+    user = create_mailbox(address=f"admin@{local_domain.name}", password=ADMIN_PASSWORD, is_staff=True)
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def outsider(other_domain: Domain) -> User:
+    return create_mailbox(address=f"olga@{other_domain.name}", password=ADMIN_PASSWORD)
+
+
+def test_domain_admin_sees_only_its_domain(
+    domain_admin_client: Client, alice: User, outsider: User, some_of_everything: None
+) -> None:
+    listing = domain_admin_client.get("/admin/accounts/user/").content.decode()
+    assert alice.email in listing and outsider.email not in listing
+    assert domain_admin_client.get(f"/admin/accounts/user/{outsider.pk}/change/").status_code == 302  # not found
+    assert domain_admin_client.get(f"/admin/accounts/user/{outsider.pk}/password/").status_code == 404
+    domains = domain_admin_client.get("/admin/accounts/domain/").content.decode()
+    assert "alpha.test" in domains and "gamma.test" not in domains
+    # Peers are instance-wide: superusers only.
+    assert domain_admin_client.get("/admin/reputation/originpolicy/").status_code == 403
+
+
+def test_domain_admin_walks_every_page_it_may_see(domain_admin_client: Client, some_of_everything: None) -> None:
+    index = domain_admin_client.get("/admin/")
+    assert index.status_code == 200
+    visible = set()
+    for model in admin.site._registry:
+        opts = model._meta
+        changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+        status = domain_admin_client.get(changelist).status_code
+        assert status in (200, 403), changelist
+        assert (status == 200) == (changelist in index.content.decode()), changelist
+        if status == 200:
+            visible.add(f"{opts.app_label}.{opts.model_name}")
+    assert {
+        "accounts.domain",
+        "accounts.user",
+        "accounts.apitoken",
+        "federation.signingkey",
+        "outbox.delivery",
+        "outbox.bodyfetch",
+        "mailbox.remotemessage",
+        "mailbox.inboxentry",
+    } <= visible
+    assert "reputation.originpolicy" not in visible
+
+
+def test_domain_admin_resets_a_password_and_cannot_make_superusers(domain_admin_client: Client, alice: User) -> None:
+    page = domain_admin_client.get(f"/admin/accounts/user/{alice.pk}/change/").content.decode()
+    assert 'name="is_staff"' in page and 'name="is_superuser"' not in page
+    new = "domain admin chose this 7"
+    response = domain_admin_client.post(
+        f"/admin/accounts/user/{alice.pk}/password/", {"password1": new, "password2": new, "usable_password": "true"}
+    )
+    assert response.status_code == 302
+    alice.refresh_from_db()
+    assert alice.check_password(new)
+
+
+def test_domain_admin_adds_mailboxes_in_its_domain_only(
+    domain_admin_client: Client, local_domain: Domain, other_domain: Domain
+) -> None:
+    data = {"usable_password": "true", "password1": "p4ss x 12 y", "password2": "p4ss x 12 y"}
+    response = domain_admin_client.post("/admin/accounts/user/add/", {"email": "x@gamma.test", **data})
+    assert response.status_code == 200
+    assert "You administer another domain than gamma.test." in response.content.decode()
+    response = domain_admin_client.post("/admin/accounts/user/add/", {"email": "x@alpha.test", **data})
+    assert response.status_code == 302
+    assert User.objects.filter(email="x@alpha.test", domain=local_domain).exists()
+
+
+def test_domain_admin_only_views_mail_records(domain_admin_client: Client, some_of_everything: None) -> None:
+    from outbox.models import Delivery
+
+    delivery = Delivery.objects.first()
+    assert delivery is not None
+    page = domain_admin_client.get(f"/admin/outbox/delivery/{delivery.pk}/change/")
+    assert page.status_code == 200 and 'type="submit" value="Save"' not in page.content.decode()
+    assert domain_admin_client.post(f"/admin/outbox/delivery/{delivery.pk}/change/", {}).status_code == 403
+    actions = domain_admin_client.get("/admin/outbox/delivery/").content.decode()
+    assert "Retry notification now" not in actions

@@ -1,0 +1,64 @@
+"""Domain admins in the Django admin.
+
+A superuser manages the whole instance. A staff mailbox that is not a superuser is the admin of its
+own domain: it sees that domain's rows only, and changes what a domain admin may change (the domain's
+defaults, its mailboxes, their tokens); the rest it may only view. Instance-wide settings (peers)
+stay with superusers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+
+def is_domain_admin(request: HttpRequest) -> bool:
+    user = request.user
+    return bool(user.is_active and user.is_staff and not user.is_superuser)
+
+
+class DomainScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    #: Lookup from the model to its accounts.Domain primary key ("pk" for Domain itself).
+    domain_lookup = "domain"
+    #: What a domain admin may do besides viewing.
+    domain_admin_can_add = False
+    domain_admin_can_change = False
+    domain_admin_can_delete = False
+
+    def scope(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.domain_lookup: request.user.domain_id})  # type: ignore[union-attr]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        return self.scope(request, queryset) if is_domain_admin(request) else queryset
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return is_domain_admin(request) or super().has_module_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_domain_admin(request) or super().has_view_permission(request, obj)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        if is_domain_admin(request):
+            return self.domain_admin_can_add
+        return super().has_add_permission(request, *args)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_domain_admin(request):
+            return self.domain_admin_can_change
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if is_domain_admin(request):
+            return self.domain_admin_can_delete
+        return super().has_delete_permission(request, obj)
+
+
+class DomainScopedInline(admin.TabularInline):  # type: ignore[type-arg]
+    """Inlines follow their parent's scope; a domain admin may view them."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_domain_admin(request) or super().has_view_permission(request, obj)
