@@ -10,8 +10,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("address")
         parser.add_argument("--password", required=True)
-        parser.add_argument("--staff", action="store_true", help="May use the Django admin.")
-        parser.add_argument("--superuser", action="store_true", help="A domain admin with every permission.")
+        parser.add_argument(
+            "--staff", action="store_true", help="A domain admin: manages its own domain in the Django admin."
+        )
+        parser.add_argument("--superuser", action="store_true", help="Manages the whole instance (every domain).")
 
     def handle(self, *args, address: str, password: str, staff: bool, superuser: bool, **options):
         try:
