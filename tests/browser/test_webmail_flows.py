@@ -26,8 +26,8 @@ from playwright.sync_api import expect
 from tests.browser.harness import CountingServer, Mailbox, create_mailboxes, login, make_png, shell_json
 from tools.cluster import Instance
 
-ALPHA_USERS = ["ann", "ada", "amy", "abe", "ari", "tina", "pat"]
-BETA_USERS = ["bob", "bea", "ben", "bev", "bo", "bree"]
+ALPHA_USERS = ["ann", "ada", "amy", "abe", "ari", "al", "tina", "pat"]
+BETA_USERS = ["bob", "bea", "ben", "bev", "bo", "bree", "bia"]
 
 
 @pytest.fixture(scope="module")
@@ -458,3 +458,33 @@ def test_hostile_html_mail_runs_nothing_and_loads_nothing_until_images_are_allow
     assert not [p for p in image_server.requests if f"/import-{mark}" in p], "a CSS @import was followed"
     browser_hits = [(p, ua) for p, ua in image_server.hits if mark in p and "Chrome" in ua]
     assert browser_hits == [], "the reader's browser contacted the remote host directly"
+
+
+# --- the sender's server away (last: it stops alpha's web server for a while) -------------------------
+
+
+def test_unavailable_while_the_senders_server_is_down_then_the_body_arrives(
+    page: Any, people: dict[str, Mailbox], alpha: Instance
+) -> None:
+    al, bia = people["al"], people["bia"]
+    subject = f"Train times {token()}"
+    text = f"The 8:15 is cancelled tomorrow. {token()}"
+    send(al, bia, subject, text)
+    listed_entry(bia, subject)
+
+    login(page, bia)
+    row = inbox_row(page, bia, subject)
+    alpha.stop_web()
+    try:
+        open_row(row)
+        main = page.locator("main")
+        expect(main).to_contain_text(
+            re.compile(r"Unavailable — the sender's server did not answer, retrying \(last try .+\)"), timeout=30_000
+        )
+        expect(page.get_by_test_id("message-body")).to_have_count(0)
+        page.evaluate("window.__marker = 1")
+    finally:
+        alpha.start_web()
+    body = page.get_by_test_id("message-body")
+    expect(body).to_contain_text(text, timeout=40_000)
+    assert page.evaluate("window.__marker") == 1, "the page was reloaded instead of swapping the body in"
