@@ -16,6 +16,7 @@ and the page's server time (Django test client, p50/p95 of 30 requests).
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import random
 import statistics
@@ -57,6 +58,8 @@ def _drop_database(url: str) -> None:
 
 
 def _fill(entries: int) -> tuple[object, object]:
+    from django.db import connection
+
     from accounts.models import User
     from accounts.services import create_domain, create_mailbox
     from mailbox.models import EntryState, Folder, InboxEntry
@@ -74,6 +77,10 @@ def _fill(entries: int) -> tuple[object, object]:
         del domain
     reader = User.objects.get(email="reader@bench.test")
     other = User.objects.get(email="other@bench.test")
+    # Bulk loading is much faster with the GIN index built once afterwards (as migration 0003 builds it).
+    index = importlib.import_module("mailbox.migrations.0003_entry_search_index")
+    with connection.schema_editor() as editor:
+        index.drop_index(None, editor)
     rng = random.Random(7)
     vocab = _vocabulary(rng)
     weights = [1 / (rank + 1) for rank in range(len(vocab))]
@@ -113,8 +120,8 @@ def _fill(entries: int) -> tuple[object, object]:
             batch = []
     if batch:
         InboxEntry.objects.bulk_create(batch)
-    from django.db import connection
-
+    with connection.schema_editor() as editor:
+        index.create_index(None, editor)
     with connection.cursor() as cursor:
         # Spread received_at over two years, in id order (as mail arrives).
         cursor.execute(
