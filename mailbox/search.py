@@ -89,8 +89,9 @@ def entry_document(*, subject: str, sender: str, text: str = "", attachments: It
     """The text an entry is matched on, capped at MAX_DOCUMENT_CHARS."""
     parts = [subject, address_words(sender), " ".join(_with_parts(name) for name in attachments), text]
     document = "\n".join(part for part in parts if part)
-    # PostgreSQL text cannot hold NUL characters.
-    return document.replace("\x00", " ")[:MAX_DOCUMENT_CHARS]
+    # PostgreSQL text cannot hold NUL characters. Lower case makes SQLite's substring match
+    # case-insensitive beyond ASCII ("München"); PostgreSQL lower-cases the words anyway.
+    return document.replace("\x00", " ").lower()[:MAX_DOCUMENT_CHARS]
 
 
 def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
@@ -220,9 +221,9 @@ def search_entries(
             entries = entries.filter(match)
         else:
             for term in query.terms:
-                entries = entries.filter(search_document__icontains=term)
+                entries = entries.filter(search_document__icontains=term.lower())
             for term in query.excluded:
-                entries = entries.exclude(search_document__icontains=term)
+                entries = entries.exclude(search_document__icontains=term.lower())
     for address in (*query.senders, *([sender] if sender else [])):
         entries = entries.filter(sender__icontains=address)
         if connection.vendor == "postgresql" and _names_a_person(address) and (prefixes := _prefix_query(address)):

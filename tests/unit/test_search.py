@@ -409,3 +409,10 @@ def test_cursor_round_trip() -> None:
     for key in (42, uuid.uuid4()):
         cursor = search.Cursor(moment=moment, key=key)
         assert search.Cursor.parse(str(cursor)) == cursor
+
+
+def test_case_does_not_matter_beyond_ascii(alice: User, alice_client: Client, peer: FakePeer) -> None:
+    entry = _entry(alice, _receive(peer, PeerMessageFactory(subject="Grüße aus MÜNCHEN")))
+
+    assert _search(alice_client, q="münchen grüße")[0] == [entry.pk]
+    assert _search(alice_client, q="GRÜSSE")[0] == []  # no folding of ß to ss, on either database
