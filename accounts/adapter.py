@@ -6,7 +6,6 @@ from typing import Any
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.internal.flows.login import AUTHENTICATION_METHODS_SESSION_KEY
 from allauth.core import context as allauth_context
-from django.contrib.sites.shortcuts import get_current_site
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ class AccountAdapter(DefaultAccountAdapter):
 
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
         from .models import User
-        from .services import send_account_mail
 
         user = context.get("user")
         if not isinstance(user, User):
@@ -60,10 +58,6 @@ class AccountAdapter(DefaultAccountAdapter):
                 self._queue_reset(None)
             log.info("account mail %s not sent: no mailbox", template_prefix)
             return
-        if not user.recovery_address:
-            send_account_mail(user=user, subject="", text="")  # logs and sends nothing
-            return
-        request = allauth_context.request
-        ctx = {"request": request, "email": email, "current_site": get_current_site(request), **context}
-        message = self.render_mail(template_prefix, user.recovery_address, ctx)
-        send_account_mail(user=user, subject=str(message.subject), text=str(message.body))
+        # Only the password reset link leaves (send_password_reset_mail); nothing else allauth may
+        # send (address confirmations above all: the mailbox address is fixed) goes anywhere.
+        log.info("account mail %s for mailbox %s not sent", template_prefix, user.pk)

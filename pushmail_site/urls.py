@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
+from accounts import views as account_views
 from attachments import api as attachments_api
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
@@ -45,6 +46,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", health.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    # The mailbox address is the sign-in: allauth's page for adding or switching addresses is closed.
+    path("accounts/email/", account_views.address_is_fixed),
     path("accounts/", include("allauth.urls")),
     path("", include("webmail.urls")),
 ]

@@ -481,3 +481,18 @@ def _cookie_settings(**env: str) -> list[str]:
 def test_cookies_are_secure_in_production_and_never_readable_by_scripts() -> None:
     assert _cookie_settings(DEBUG="0") == ["True", "True", "True", "Lax"]
     assert _cookie_settings(DEBUG="0", SECURE_COOKIES="0") == ["False", "False", "True", "Lax"]
+
+
+def test_the_mailbox_address_cannot_be_changed_or_added_to(client: Client, alice: User, bob: User) -> None:
+    from allauth.account.models import EmailAddress
+
+    User.objects.filter(pk=alice.pk).update(recovery_address=bob.email)
+    client.force_login(alice)
+    for data in [{"action_add": "", "email": "x@evil.test"}, {"action_primary": "", "email": "x@evil.test"}]:
+        response = client.post("/accounts/email/", data, follow=True)
+        assert response.redirect_chain[-1][0] == "/settings/"
+        assert "cannot be changed or added to here" in response.content.decode()
+    assert list(EmailAddress.objects.filter(user=alice).values_list("email", flat=True)) == [alice.email]
+    assert not InboxEntry.objects.filter(owner=bob).exists()  # no confirmation mail went anywhere
+    alice.refresh_from_db()
+    assert alice.email == "alice@alpha.test"
