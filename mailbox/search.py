@@ -34,7 +34,6 @@ from .models import EntryState, InboxEntry, RemoteMessage
 # codes; 'simple' lower-cases and keeps every word (no stemming to English, no stop
 # words dropped), so "the-who" or a Finnish word is found as typed. Keep in step with
 # migration 0003, whose index is built on this exact configuration.
-FTS_CONFIG = "simple"
 FTS_MATCH = "to_tsvector('simple', \"mailbox_inboxentry\".\"search_document\") @@ websearch_to_tsquery('simple', %s)"
 
 FTS_PREFIX_MATCH = "to_tsvector('simple', \"mailbox_inboxentry\".\"search_document\") @@ to_tsquery('simple', %s)"
@@ -212,7 +211,12 @@ def search_entries(
     after: date | None = None,
     before: date | None = None,
 ) -> QuerySet[InboxEntry]:
-    """The user's entries matching everything given, newest first. Dates are inclusive days."""
+    """The user's entries matching everything given, newest first. Dates are inclusive days.
+
+    ``sender`` (and each ``from:`` of the query) is a case-insensitive part of the address;
+    on PostgreSQL each of its words must also start a word of the address ("dana", "okafor@lum"),
+    which lets the GIN index find one correspondent's mail without reading the whole mailbox.
+    """
     entries = InboxEntry.objects.owned_by(user)
     if query.terms or query.excluded:
         if connection.vendor == "postgresql":
