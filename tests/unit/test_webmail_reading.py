@@ -327,7 +327,7 @@ def test_sent_message_shows_status_per_domain_and_withdraws(alice: User, bob: Us
     assert message.withdrawn_at is not None
     assert InboxEntry.objects.get(owner=bob, local=message).state == EntryState.WITHDRAWN
     html = _page(client.get(f"/mail/sent/{message.pk}/"))
-    assert "You withdrew this message" in html and ">Withdraw</button>" not in html
+    assert "Withdrawn: you withdrew this message" in html and ">Withdraw</button>" not in html
     cells = re.findall(r'data-domain="([^"]+)".*?</tr>', html, flags=re.S)
     assert cells == ["alpha.test", "other.test", "peer.test"]
     status = {d: row for d, row in re.findall(r'data-domain="([^"]+)"(.*?)</tr>', html, flags=re.S)}

@@ -23,7 +23,7 @@ from webmail import reading
 def _poll_delay(state: str, polls: int, *, retrying: bool) -> str:
     """How long the page waits before asking again: quickly at first, then less often."""
     if state == EntryState.UNAVAILABLE and not retrying:
-        return "10s"  # the worker retries on its own schedule; "Retry now" is there meanwhile
+        return "5s"  # the worker retries on its own schedule; "Retry now" is there meanwhile
     if polls < 20:
         return "500ms"
     return "2s" if polls < 60 else "5s"
