@@ -26,6 +26,7 @@ from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from federation import payloads
 from outbox.models import Message, MessageAttachment, Recipient, SenderFolder
 
 from .models import EntryState, InboxEntry, RemoteMessage
@@ -102,6 +103,50 @@ def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
         attachments=attachment_names(body.get("attachments") or remote.attachments),
     )
     InboxEntry.objects.filter(remote=remote).exclude(state=EntryState.WITHDRAWN).update(search_document=document)
+
+
+def document_of(entry: InboxEntry) -> str:
+    """What ``entry`` is matched on now: the same text the services write as mail comes and goes."""
+    if entry.state == EntryState.NOTICE:
+        return entry_document(subject=entry.subject, sender=entry.sender, text=entry.notice_text)
+    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        return entry_document(subject=entry.subject, sender=entry.sender)
+    if entry.local is not None:
+        message = entry.local
+        return entry_document(
+            subject=message.subject,
+            sender=message.sender_address,
+            text=body_text({"text": message.text, "html": message.html}),
+            attachments=[attachment.name for attachment in message.attachments.all()],
+        )
+    if entry.remote is not None and entry.remote.content is not None:
+        body = payloads.parse_body(bytes(entry.remote.content))
+        return entry_document(
+            subject=entry.subject,
+            sender=entry.sender,
+            text=body_text(body),
+            attachments=attachment_names(body.get("attachments") or entry.remote.attachments),
+        )
+    return entry_document(subject=entry.subject, sender=entry.sender)
+
+
+def rebuild_documents(*, batch_size: int = 200) -> int:
+    """Recompute every entry's search document, e.g. after what goes into one changed; returns the count."""
+    done, last = 0, 0
+    while True:
+        entries = list(
+            InboxEntry.objects.filter(pk__gt=last)
+            .select_related("remote", "local")
+            .prefetch_related("local__attachments")
+            .order_by("pk")[:batch_size]
+        )
+        if not entries:
+            return done
+        for entry in entries:
+            entry.search_document = document_of(entry)
+        InboxEntry.objects.bulk_update(entries, ["search_document"])
+        done += len(entries)
+        last = entries[-1].pk
 
 
 def _names_a_person(text: str) -> bool:

@@ -67,6 +67,7 @@ def post_notice(*, owner: User, subject: str, text: str) -> InboxEntry:
         size=len(text.encode()),
         state=EntryState.NOTICE,
         notice_text=text,
+        search_document=search.entry_document(subject=subject, sender=f"postmaster@{owner.domain.name}", text=text),
     )
 
 

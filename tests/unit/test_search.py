@@ -5,12 +5,14 @@ is really used and websearch syntax."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -19,7 +21,7 @@ from accounts.models import User
 from federation import payloads
 from mailbox import search
 from mailbox.models import EntryState, Folder, InboxEntry, RemoteMessage
-from mailbox.services import accept_notification, accept_withdrawal, fetch_body, open_entry
+from mailbox.services import accept_notification, accept_withdrawal, fetch_body, open_entry, post_notice
 from tests.conftest import FakePeer
 from tests.factories import InboxEntryFactory, PeerMessage, PeerMessageFactory, SentMessageFactory
 
@@ -416,3 +418,30 @@ def test_case_does_not_matter_beyond_ascii(alice: User, alice_client: Client, pe
 
     assert _search(alice_client, q="münchen grüße")[0] == [entry.pk]
     assert _search(alice_client, q="GRÜSSE")[0] == []  # no folding of ß to ss, on either database
+
+
+def test_notices_are_searchable(alice: User, alice_client: Client) -> None:
+    notice = post_notice(owner=alice, subject="Delivery failed", text="nobody at wombat.example answered")
+
+    assert _search(alice_client, q="wombat")[0] == [notice.pk]
+
+
+def test_reindexsearch_rebuilds_every_document(alice: User, bob: User, peer: FakePeer) -> None:
+    fetched = _receive(peer, PeerMessageFactory(subject="Rebuilt", text="the axolotl chapter"))
+    _open_and_fetch(alice, fetched)
+    unfetched = _receive(peer, PeerMessageFactory(subject="Waiting", text="the secret pangolin"))
+    SentMessageFactory(sender=bob, to=["alice@alpha.test"], subject="Local", html="<p>a <b>capybara</b></p>", text="")
+    post_notice(owner=alice, subject="Notice", text="about the dugong")
+    before = dict(InboxEntry.objects.values_list("pk", "search_document"))
+    InboxEntry.objects.update(search_document="")  # as if written by an older version
+
+    out = io.StringIO()
+    call_command("reindexsearch", "--batch-size", "2", stdout=out)
+
+    assert "4 entries" in out.getvalue()
+    assert dict(InboxEntry.objects.values_list("pk", "search_document")) == before
+    client = _client(alice)
+    for word in ("axolotl", "capybara", "dugong", "waiting"):
+        assert len(_search(client, q=word)[0]) == 1, word
+    assert _search(client, q="pangolin")[0] == []
+    assert InboxEntry.objects.filter(remote=unfetched).exists()
