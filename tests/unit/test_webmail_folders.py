@@ -442,3 +442,29 @@ def test_other_users_mail_never_appears_in_updates(web: Client, bob: User) -> No
 
 def test_factories_make_distinct_mailboxes() -> None:
     assert MailboxFactory().pk != MailboxFactory().pk
+
+
+def test_sent_pages_older_and_newer(web: Client, alice: User) -> None:
+    sent = [SentMessageFactory(sender=alice, subject=f"Batch {i}") for i in range(53)]
+    base = timezone.now()
+    for i, message in enumerate(sent):
+        Message.objects.filter(pk=message.pk).update(date=base - timedelta(minutes=i))
+    first = web.get(reverse("webmail:sent"))
+    ids = re.findall(r'data-testid="sent-row" data-message-id="([^"]+)"', first.content.decode())
+    assert ids == [str(m.pk) for m in sent[:50]]
+    older = web.get(reverse("webmail:sent"), {"before": first.context["page"].older})
+    older_ids = re.findall(r'data-testid="sent-row" data-message-id="([^"]+)"', older.content.decode())
+    assert older_ids == [str(m.pk) for m in sent[50:]]
+    assert older.context["page"].older is None and older.context["page"].newer
+
+
+def test_label_and_starred_lists_leave_out_spam_and_trash(web: Client, alice: User) -> None:
+    label = Label.objects.create(owner=alice, name="Receipts")
+    shown = entry(alice, starred=True)
+    archived = entry(alice, starred=True, folder=Folder.ARCHIVE)
+    spam = entry(alice, starred=True, folder=Folder.SPAM)
+    trashed = entry(alice, starred=True, folder=Folder.TRASH, trashed_at=timezone.now())
+    for e in (shown, archived, spam, trashed):
+        e.labels.add(label)
+    assert sorted(row_ids(web.get("/mail/starred/"))) == sorted([shown.pk, archived.pk])
+    assert sorted(row_ids(web.get(reverse("webmail:label", args=[label.pk])))) == sorted([shown.pk, archived.pk])
