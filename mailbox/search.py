@@ -45,7 +45,7 @@ MAX_TERMS = 12
 PAGE_SIZE = 50
 
 _TOKEN = re.compile(r'(-?)(?:"([^"]*)"?|(\S+))')
-_WORD_SPLIT = re.compile(r"[^\w]+")
+_JOINERS = re.compile(r"(?<=\w)[^\w\s]+(?=\w)")  # "@" in "carol@peer", "." in "budget.xlsx"
 _QUERY_WORD = re.compile(r"[^\W_]+")  # what PostgreSQL's parser makes words of
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -53,20 +53,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # --- The document an entry is matched on ---------------------------------------------------
 
 
-def address_words(address: str) -> str:
-    """An address as search words: whole, its domain, and its parts ("carol", "peer").
+def searchable(text: str) -> str:
+    """Text as it is matched: lower case, and punctuation inside a word turned into a space.
 
-    PostgreSQL's parser keeps "carol@peer.test" as one token, so without the parts a
-    search for "carol" would not find her mail.
+    PostgreSQL's parser keeps "carol@peer.test", "budget.xlsx" or "example.com/path" as
+    single tokens, so a search for "carol" or "budget" would not find them. Documents and
+    queries both go through this, so "carol@peer.test" is still found as typed (as the
+    words "carol peer test"). Lower case makes SQLite's substring match case-insensitive
+    beyond ASCII ("München").
     """
-    local, _, domain = address.partition("@")
-    words = [address, domain, *_WORD_SPLIT.split(local), *_WORD_SPLIT.split(domain)]
-    return " ".join(dict.fromkeys(w for w in words if w))
-
-
-def _with_parts(name: str) -> str:
-    """A file name as search words: "budget.xlsx" is one token to PostgreSQL, so add "budget"."""
-    return " ".join(dict.fromkeys(w for w in [name, *_WORD_SPLIT.split(name)] if w))
+    return _JOINERS.sub(" ", text).lower()
 
 
 def body_text(body: dict[str, Any]) -> str:
@@ -87,11 +83,9 @@ def attachment_names(manifest: Iterable[Any] | None) -> list[str]:
 
 def entry_document(*, subject: str, sender: str, text: str = "", attachments: Iterable[str] = ()) -> str:
     """The text an entry is matched on, capped at MAX_DOCUMENT_CHARS."""
-    parts = [subject, address_words(sender), " ".join(_with_parts(name) for name in attachments), text]
-    document = "\n".join(part for part in parts if part)
-    # PostgreSQL text cannot hold NUL characters. Lower case makes SQLite's substring match
-    # case-insensitive beyond ASCII ("München"); PostgreSQL lower-cases the words anyway.
-    return document.replace("\x00", " ").lower()[:MAX_DOCUMENT_CHARS]
+    document = "\n".join(part for part in (subject, sender, " ".join(attachments), text) if part)
+    # PostgreSQL text cannot hold NUL characters.
+    return searchable(document.replace("\x00", " "))[:MAX_DOCUMENT_CHARS]
 
 
 def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
@@ -266,13 +260,13 @@ def search_entries(
     if query.terms or query.excluded:
         if connection.vendor == "postgresql":
             # Constant SQL; the search text is a bound parameter.
-            match = RawSQL(FTS_MATCH, [query.text], output_field=BooleanField())  # noqa: S611
+            match = RawSQL(FTS_MATCH, [searchable(query.text)], output_field=BooleanField())  # noqa: S611
             entries = entries.filter(match)
         else:
             for term in query.terms:
-                entries = entries.filter(search_document__icontains=term.lower())
+                entries = entries.filter(search_document__contains=searchable(term))
             for term in query.excluded:
-                entries = entries.exclude(search_document__icontains=term.lower())
+                entries = entries.exclude(search_document__contains=searchable(term))
     for address in (*query.senders, *([sender] if sender else [])):
         entries = entries.filter(sender__icontains=address)
         if connection.vendor == "postgresql" and _names_a_person(address) and (prefixes := _prefix_query(address)):

@@ -445,3 +445,16 @@ def test_reindexsearch_rebuilds_every_document(alice: User, bob: User, peer: Fak
         assert len(_search(client, q=word)[0]) == 1, word
     assert _search(client, q="pangolin")[0] == []
     assert InboxEntry.objects.filter(remote=unfetched).exists()
+
+
+def test_words_inside_addresses_file_names_and_links_are_found(
+    alice: User, alice_client: Client, peer: FakePeer
+) -> None:
+    text = "Slides at https://files.example.com/q3-figures.pdf, ask ops@example.com"
+    remote = _receive(peer, PeerMessageFactory(text=text))
+    _open_and_fetch(alice, remote)
+    entry = _entry(alice, remote)
+
+    for query in ("q3", "figures", "files.example.com", "ops", "ops@example.com", '"q3-figures.pdf"'):
+        assert _search(alice_client, q=query)[0] == [entry.pk], query
+    assert _search(alice_client, q="q3-figures.docx")[0] == []
