@@ -162,7 +162,7 @@
         break;
       }
       case "/": {
-        const search = document.querySelector("[data-search-input]");
+        const search = document.querySelector("[data-search-input], #search-q, input[type=\"search\"][name=\"q\"]");
         if (!search) return;
         search.focus();
         search.select();
