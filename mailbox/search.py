@@ -240,6 +240,15 @@ def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
+def _dated(rows: QuerySet[Any], field: str, after: date | None, before: date | None) -> QuerySet[Any]:
+    """Rows from the start of ``after`` to the end of ``before`` (both days included)."""
+    if after is not None:
+        rows = rows.filter(**{f"{field}__gte": _day_start(after)})
+    if before is not None and before < date.max:
+        rows = rows.filter(**{f"{field}__lt": _day_start(before + timedelta(days=1))})
+    return rows
+
+
 def search_entries(
     *,
     user,  # type: ignore[no-untyped-def]
@@ -278,10 +287,7 @@ def search_entries(
         entries = entries.filter(folder=folder)
     if has_attachment:
         entries = entries.filter(has_attachments=True)
-    if after is not None:
-        entries = entries.filter(received_at__gte=_day_start(after))
-    if before is not None:
-        entries = entries.filter(received_at__lt=_day_start(before + timedelta(days=1)))
+    entries = _dated(entries, "received_at", after, before)
     # The document can be 200 KB: never load it for a list.
     return entries.defer("search_document", "notice_text").order_by("-received_at", "-pk")
 
@@ -330,8 +336,5 @@ def search_sent(
         messages = messages.filter(sender_address__icontains=address)
     if has_attachment:
         messages = messages.filter(Exists(MessageAttachment.objects.filter(message=OuterRef("pk"))))
-    if after is not None:
-        messages = messages.filter(date__gte=_day_start(after))
-    if before is not None:
-        messages = messages.filter(date__lt=_day_start(before + timedelta(days=1)))
+    messages = _dated(messages, "date", after, before)
     return messages.defer("text", "html").order_by("-date", "-pk")

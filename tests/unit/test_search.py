@@ -272,6 +272,7 @@ def test_date_range_is_inclusive_and_results_are_newest_first(
     assert _search(alice_client, after="2026-05-01")[0] == [entries["may"]]
     assert _search(alice_client, before="2026-03-01")[0] == [entries["march"]]
     assert _search(alice_client, q="invoice")[0] == [entries[n] for n in ("may", "april_end", "april_start", "march")]
+    assert len(_search(alice_client, q="invoice", after="0001-01-01", before="9999-12-31")[0]) == 4  # the extremes
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,6 @@ from accounts.models import User
 from mailbox import search
 from mailbox.models import EntryState, Folder, InboxEntry, Label
 
-DATE_HELP = "YYYY-MM-DD"
 SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
 # The body of an entry in these states is still at the sender's.
 AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
@@ -30,8 +29,8 @@ class SearchForm(forms.Form):
     has_attachment = forms.BooleanField(
         label="Has attachment", required=False, widget=forms.CheckboxInput(attrs={"value": "1"})
     )
-    after = forms.DateField(label="After", required=False, input_formats=["%Y-%m-%d"], help_text=DATE_HELP)
-    before = forms.DateField(label="Before", required=False, input_formats=["%Y-%m-%d"], help_text=DATE_HELP)
+    after = forms.DateField(label="After", required=False, input_formats=["%Y-%m-%d"])
+    before = forms.DateField(label="Before", required=False, input_formats=["%Y-%m-%d"])
 
     error_messages = {
         "date": "Enter a date as YYYY-MM-DD, for example 2026-03-31.",
@@ -42,6 +41,7 @@ class SearchForm(forms.Form):
         for name in ("after", "before"):
             self.fields[name].error_messages["invalid"] = self.error_messages["date"]
             self.fields[name].widget.input_type = "date"
+            self.fields[name].widget.attrs["placeholder"] = "YYYY-MM-DD"  # where there is no date picker
         self.fields["folder"].error_messages["invalid_choice"] = "Choose a folder from the list."
         self.fields["sender"].error_messages["max_length"] = "The sender is too long: at most 320 characters."
 
