@@ -459,3 +459,18 @@ def test_words_inside_addresses_file_names_and_links_are_found(
     for query in ("q3", "figures", "files.example.com", "ops", "ops@example.com", '"q3-figures.pdf"'):
         assert _search(alice_client, q=query)[0] == [entry.pk], query
     assert _search(alice_client, q="q3-figures.docx")[0] == []
+
+
+@pytest.mark.parametrize(
+    "q",
+    ['"', "-", "!", "&|!", "':*", "a:*", "from:", 'from:"x"', "\\", "(((", "or", "-or -and", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "\x00", "日本"],
+)
+@pytest.mark.parametrize("sender", ["", "a:*|b", "&", "\\"])
+def test_odd_input_never_breaks_the_page(
+    alice: User, alice_client: Client, peer: FakePeer, q: str, sender: str
+) -> None:
+    _receive(peer, PeerMessageFactory(subject="anything"))
+
+    response = alice_client.get("/search/", {"q": q, "sender": sender})
+
+    assert response.status_code == 200
