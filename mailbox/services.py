@@ -170,6 +170,9 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                     ],
                     ignore_conflicts=True,
                 )
+                if not created and remote.content is not None:
+                    # A recipient added after the body was fetched finds it by its text too.
+                    search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
             break
         except IntegrityError:
             if repeat:

@@ -474,3 +474,13 @@ def test_odd_input_never_breaks_the_page(
     response = alice_client.get("/search/", {"q": q, "sender": sender})
 
     assert response.status_code == 200
+
+
+def test_recipient_notified_after_the_fetch_finds_the_body(alice: User, bob: User, peer: FakePeer) -> None:
+    message = PeerMessageFactory(text="the late numbat", to=["alice@alpha.test", "bob@alpha.test"])
+    remote = _receive(peer, message, recipients=["alice@alpha.test"])
+    _open_and_fetch(alice, remote)
+
+    _receive(peer, message, recipients=["bob@alpha.test"])  # the same message, notified for bob later
+
+    assert _search(_client(bob), q="numbat")[0] == [_entry(bob, remote).pk]
