@@ -54,16 +54,26 @@ def entry_or_404(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyp
     """The user's entry with its message; another user's id, or no such id, is a 404."""
     if not 0 < entry_id <= MAX_ID:
         raise Http404("No such message.")
-    entry = (
-        InboxEntry.objects.owned_by(user)
-        .select_related("remote")
-        .prefetch_related("local__sender")  # no query unless the entry is a local message
-        .filter(pk=entry_id)
-        .first()
-    )
-    if entry is None:
+    found = list(InboxEntry.objects.owned_by(user).select_related("remote").filter(pk=entry_id)[:1])
+    if not found:
         raise Http404("No such message.")
-    return entry
+    _load_local_messages(found)
+    return found[0]
+
+
+def _load_local_messages(entries: list[InboxEntry]) -> None:
+    """Attach the local messages (with their senders) of entries sent on this instance.
+
+    One query, and none at all when every entry came from another instance, which is
+    most mail (a join or prefetch_related would cost every page for the rare case).
+    """
+    wanted = {e.local_id for e in entries if e.local_id is not None}
+    if not wanted:
+        return
+    messages = Message.objects.select_related("sender").in_bulk(wanted)
+    for entry in entries:
+        if entry.local_id is not None:
+            entry.local = messages[entry.local_id]
 
 
 def entry_date(entry: InboxEntry) -> datetime:
@@ -183,9 +193,9 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
             .exclude(pk=entry.pk)
             .select_related("remote")
             .only(*THREAD_ENTRY_FIELDS)
-            .prefetch_related("local__sender")
             .order_by("-received_at", "-pk")[:THREAD_LIMIT]
         )
+        _load_local_messages(entries)
         mine = {e.local_id for e in [entry, *entries] if e.local_id}
         sent = [
             m
