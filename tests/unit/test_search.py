@@ -286,6 +286,8 @@ def test_date_range_is_inclusive_and_results_are_newest_first(
         ({"q": " ".join(f"w{i}" for i in range(13))}, "The search has too many words: at most 12."),
         ({"q": "hello", "cursor": "not-a-cursor"}, "That page link is not valid"),
         ({"q": "hello", "cursor": "9" * 40 + ".1"}, "That page link is not valid"),
+        ({"q": "hello", "cursor": "1." + uuid.uuid4().hex}, "That page link is not valid"),  # a Sent page's link
+        ({"q": "hello", "folder": "sent", "cursor": "1.5"}, "That page link is not valid"),
         ({"sender": "a" * 400}, "The sender is too long"),
     ],
 )
