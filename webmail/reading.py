@@ -72,7 +72,7 @@ def _load_local_messages(entries: list[InboxEntry]) -> None:
         return
     messages = Message.objects.select_related("sender").in_bulk(wanted)
     for entry in entries:
-        if entry.local_id is not None:
+        if entry.local_id in messages:
             entry.local = messages[entry.local_id]
 
 
