@@ -399,6 +399,29 @@ def test_new_mail_appears_in_an_open_inbox_without_a_reload(page: Any, people: d
     assert page.evaluate("window.__marker") == 1, "the inbox was reloaded instead of updated in place"
 
 
+def test_main_pages_work_under_the_strict_content_security_policy(page: Any, people: dict[str, Mailbox]) -> None:
+    """No page breaks its own policy (an inline script or style would be refused) or throws a script error."""
+    bob = people["bob"]
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    page.on(
+        "console",
+        lambda msg: (
+            problems.append(f"{msg.type}: {msg.text}")
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
+    )
+    login(page, bob)
+    for path in ("/mail/inbox/", "/mail/sent/", "/drafts/", "/compose/", "/search/?q=hello", "/settings/"):
+        response = page.goto(f"{bob.origin}{path}")
+        assert response is not None and response.status == 200, f"{path}: {response and response.status}"
+        assert response.headers.get("content-security-policy"), f"{path} has no Content-Security-Policy"
+        page.wait_for_load_state("load")
+    page.wait_for_timeout(500)
+    assert problems == []
+
+
 # --- HTML mail, safely --------------------------------------------------------------------------------
 
 
