@@ -66,6 +66,8 @@ def _setup_django(database_url: str) -> None:
     os.environ.setdefault("SECRET_KEY", "bench-only-" + uuid.uuid4().hex)
     os.environ["ALLOWED_HOSTS"] = "testserver"
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+    # As in production: the shared cache (and so the sessions) in Redis.
+    os.environ.setdefault("CACHE_URL", os.environ.get("PUSHMAIL_BENCH_REDIS", "redis://127.0.0.1:6379") + "/13")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["DJANGO_SETTINGS_MODULE"] = "pushmail_site.settings"
     import django
@@ -281,7 +283,9 @@ def main() -> int:
 
             profiler = cProfile.Profile()
             profiler.runcall(time_opens, client, sample)
-            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(
+                os.environ.get("BENCH_PROFILE_SORT", "cumulative")
+            ).print_stats(os.environ.get("BENCH_PROFILE_FILTER", ""), 40)
         with CaptureQueriesContext(connection) as first_queries:
             time_opens(client, [i for i in ids if i not in set(sample) and i not in set(warmup)][:1])
         with CaptureQueriesContext(connection) as repeat_queries:

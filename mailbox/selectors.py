@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Prefetch, Q, QuerySet
+from django.db import connection
+from django.db.models import Prefetch, Q, QuerySet
 
 from federation import payloads
 
@@ -181,16 +182,39 @@ def entries_newer_than(*, user, folder: str, after: str, limit: int = 50) -> lis
     return rows[::-1]
 
 
-def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Unread entries per folder in one grouped query, read off the partial index entry_unread_by_folder.
+# Unread counts stop here (the page shows "999+"): a mailbox with 100,000 unread
+# newsletters costs the sidebar no more than one with a thousand.
+UNREAD_CAP = 1000
 
+
+def _capped_counts(parts: list[tuple[str, list[object]]]) -> list[int]:
+    """Run ``SELECT COUNT(*) FROM (<part> LIMIT cap)`` for each part, in one query."""
+    # Only integers and SQL the ORM compiled are interpolated; values stay parameters.
+    sql = " UNION ALL ".join(
+        f"SELECT {i} AS k, COUNT(*) AS n FROM ({part} LIMIT {UNREAD_CAP}) AS part_{i}"  # noqa: S608
+        for i, (part, _) in enumerate(parts)
+    )
+    params = [p for _, part_params in parts for p in part_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = dict(cursor.fetchall())
+    return [int(found.get(i, 0)) for i in range(len(parts))]
+
+
+def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Unread entries per folder, each capped at UNREAD_CAP, in one query.
+
+    Each count walks the partial index entry_unread_by_folder and stops at the cap.
     Starred is not counted: it is a view across folders, and counting it would need the table rows.
     """
-    counts = dict.fromkeys(Folder.values, 0)
-    # COUNT(*) (not COUNT(id)) lets PostgreSQL answer from the index alone.
-    rows = InboxEntry.objects.owned_by(user).filter(read=False).values_list("folder").annotate(n=Count("*")).order_by()
-    counts.update(dict(rows))
-    return counts
+    folders = list(Folder.values)
+    parts = []
+    for folder in folders:
+        # Only indexed columns: PostgreSQL answers from the partial index alone.
+        query = InboxEntry.objects.owned_by(user).filter(read=False, folder=folder).values("folder").order_by().query
+        sql, params = query.sql_with_params()
+        parts.append((sql, list(params)))
+    return dict(zip(folders, _capped_counts(parts), strict=True))
 
 
 def labels_for(*, user) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
@@ -198,23 +222,30 @@ def labels_for(*, user) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
     return Label.objects.filter(owner=user).order_by("name")
 
 
-def label_unread_counts(*, user) -> dict[int, int]:  # type: ignore[no-untyped-def]
-    """Unread entries per label outside Spam and Trash, in one query starting from the unread entries
-    (index entry_unread_by_folder), so its cost follows the unread mail, not the mailbox."""
+def label_unread_counts(*, user, label_ids: list[int]) -> dict[int, int]:  # type: ignore[no-untyped-def]
+    """Unread entries per label outside Spam and Trash, each capped at UNREAD_CAP, in one query."""
+    if not label_ids:
+        return {}
     through = InboxEntry.labels.through
-    rows = (
-        through.objects.filter(inboxentry__owner=user, inboxentry__read=False, inboxentry__folder__in=_VISIBLE)
-        .values_list("label_id")
-        .annotate(n=Count("*"))
-        .order_by()
-    )
-    return dict(rows)
+    parts = []
+    for label_id in label_ids:
+        query = (
+            through.objects.filter(
+                label_id=label_id, inboxentry__owner=user, inboxentry__read=False, inboxentry__folder__in=_VISIBLE
+            )
+            .values("label_id")
+            .order_by()
+            .query
+        )
+        sql, params = query.sql_with_params()
+        parts.append((sql, list(params)))
+    return dict(zip(label_ids, _capped_counts(parts), strict=True))
 
 
 def labels_with_unread(*, user) -> list[Label]:  # type: ignore[no-untyped-def]
-    """The user's labels by name, each with ``unread`` set (two queries)."""
-    counts = label_unread_counts(user=user)
+    """The user's labels by name, each with ``unread`` set (two queries; one when there are none)."""
     labels = list(labels_for(user=user))
+    counts = label_unread_counts(user=user, label_ids=[label.pk for label in labels])
     for label in labels:
         label.unread = counts.get(label.pk, 0)  # type: ignore[attr-defined]
     return labels

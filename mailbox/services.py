@@ -206,7 +206,7 @@ def open_entry(*, entry: InboxEntry) -> InboxEntry:
             entry.opened_at = now
             fields.append("opened_at")
             if remote is not None:
-                record_read(message=remote, reader=entry.owner)
+                record_read(message=remote, reader_id=entry.owner_id)
     elif remote.state in _PENDING_FETCH:
         request_fetch(remote_id=remote.pk)
     if fields:

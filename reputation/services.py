@@ -19,9 +19,9 @@ class OriginRefused(Exception):
         self.retry_after = retry_after
 
 
-def record_read(*, message, reader) -> None:  # type: ignore[no-untyped-def]
-    """Count a local reader of a remote message once."""
-    Read.objects.get_or_create(message=message, reader=reader)
+def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Count a local reader of a remote message once (one INSERT; a repeat is ignored)."""
+    Read.objects.bulk_create([Read(message=message, reader_id=reader_id)], ignore_conflicts=True)
 
 
 def readers_of(message) -> int:  # type: ignore[no-untyped-def]

@@ -17,8 +17,12 @@ class MailShell:
     labels: list[Any]
 
     @property
-    def inbox_unread(self) -> int:
-        return self.counts.get("inbox", 0)
+    def inbox_unread(self) -> str:
+        """As shown in the title: "" when nothing is unread, "999+" past the cap."""
+        from webmail.templatetags.webmail_lists import unread_badge
+
+        count = self.counts.get("inbox", 0)
+        return unread_badge(count) if count else ""
 
 
 def _shell(user) -> MailShell:  # type: ignore[no-untyped-def]

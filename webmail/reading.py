@@ -54,7 +54,10 @@ def entry_or_404(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyp
     """The user's entry with its message; another user's id, or no such id, is a 404."""
     if not 0 < entry_id <= MAX_ID:
         raise Http404("No such message.")
-    found = list(InboxEntry.objects.owned_by(user).select_related("remote").filter(pk=entry_id)[:1])
+    found = list(
+        # The search document can be far larger than the body; the page never shows it.
+        InboxEntry.objects.owned_by(user).select_related("remote").defer("search_document").filter(pk=entry_id)[:1]
+    )
     if not found:
         raise Http404("No such message.")
     _load_local_messages(found)

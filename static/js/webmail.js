@@ -11,10 +11,13 @@
   // --- unread count in the title and sidebar -------------------------------------------
 
   function setUnread(count) {
-    const n = Math.max(0, parseInt(count, 10) || 0);
-    body.dataset.unread = String(n);
-    const bare = document.title.replace(/^\(\d+\)\s+/, "");
-    document.title = n > 0 ? "(" + n + ") " + bare : bare;
+    // The server caps counts and sends "999+" past the cap.
+    const text = String(count).trim();
+    const n = Math.max(0, parseInt(text, 10) || 0);
+    const shown = n > 0 && text.endsWith("+") ? n + "+" : String(n);
+    body.dataset.unread = shown;
+    const bare = document.title.replace(/^\(\d+\+?\)\s+/, "");
+    document.title = n > 0 ? "(" + shown + ") " + bare : bare;
     const link = document.querySelector('.sidebar a[data-folder="inbox"]');
     if (!link) return;
     let badge = link.querySelector('[data-unread-count="inbox"]');
@@ -35,7 +38,7 @@
     const close = document.createElement("span");
     close.className = "visually-hidden";
     close.textContent = " unread)";
-    badge.append(open, String(n), close);
+    badge.append(open, shown, close);
   }
 
   // --- rows and selection ------------------------------------------------------------

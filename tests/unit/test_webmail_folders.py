@@ -468,3 +468,19 @@ def test_label_and_starred_lists_leave_out_spam_and_trash(web: Client, alice: Us
         e.labels.add(label)
     assert sorted(row_ids(web.get("/mail/starred/"))) == sorted([shown.pk, archived.pk])
     assert sorted(row_ids(web.get(reverse("webmail:label", args=[label.pk])))) == sorted([shown.pk, archived.pk])
+
+
+def test_unread_counts_stop_at_the_cap_and_show_999_plus(alice: User) -> None:
+    from mailbox.selectors import UNREAD_CAP
+
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(owner=alice, sender="news@peer.test", subject="n", size=1, state="notified")
+            for _ in range(UNREAD_CAP + 5)
+        ]
+    )
+    assert selectors.unread_counts(user=alice)["inbox"] == UNREAD_CAP
+    client = Client()
+    client.force_login(alice)
+    page = client.get("/mail/inbox/").content.decode()
+    assert "<title>(999+) Inbox — Pushmail</title>" in page

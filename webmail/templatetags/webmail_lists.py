@@ -43,3 +43,11 @@ def mail_rows(entries):  # type: ignore[no-untyped-def]
     from webmail.rows import render_rows
 
     return render_rows(entries)
+
+
+@register.filter
+def unread_badge(count: int) -> str:
+    """An unread count as shown: counts stop at the cap, shown as "999+"."""
+    from mailbox.selectors import UNREAD_CAP
+
+    return f"{UNREAD_CAP - 1}+" if count >= UNREAD_CAP else str(count)

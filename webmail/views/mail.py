@@ -21,6 +21,7 @@ from mailbox.models import EntryState, Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
 from outbox.models import Message
 from webmail import lists
+from webmail.templatetags.webmail_lists import unread_badge
 
 FOLDER_NAMES = {
     Folder.INBOX: "Inbox",
@@ -127,7 +128,7 @@ def folder_updates(request: HttpRequest, folder: str) -> HttpResponse:
         "webmail/partials/message_rows.html",
         {"entries": entries, "next_url": reverse("webmail:folder", args=[folder]), "folder": folder},
     )
-    response["X-Unread-Count"] = str(selectors.unread_counts(user=request.user)[Folder.INBOX])
+    response["X-Unread-Count"] = unread_badge(selectors.unread_counts(user=request.user)[Folder.INBOX])
     response["Cache-Control"] = "no-store"
     return response
 
