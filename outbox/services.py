@@ -139,9 +139,7 @@ def send_message(
         dataclasses.replace(a, name=clean_name(a.name), content_type=clean_content_type(a.content_type))
         for a in attachments
     ]
-    manifest = [
-        {"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest} for a in files
-    ]
+    manifest = [{"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest} for a in files]
     if files:
         check_attachments(user=sender, attachments=files)
 

@@ -8,6 +8,7 @@ RabbitMQ), CACHE_URL (Redis), SECRET_KEY, DEBUG=0 and ALLOWED_HOSTS.
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -209,6 +210,9 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 # `manage.py collectstatic` into STATIC_ROOT; until that exists (development,
 # the demo, tests) files are served straight from the apps' static folders.
 WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
+if WHITENOISE_USE_FINDERS:
+    # ...and WhiteNoise need not warn that STATIC_ROOT is missing.
+    warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
 # Attachment bytes go through Django's storage API: the filesystem by default,
 # object storage (django-storages) when STORAGE_BACKEND names one, e.g.
@@ -310,7 +314,11 @@ CELERY_BEAT_SCHEDULE = {
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
-    "purge-unused-blobs": {"task": "attachments.purge_unused_blobs", "schedule": 3600.0, "options": {"expires": 3600.0}},
+    "purge-unused-blobs": {
+        "task": "attachments.purge_unused_blobs",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
 }
 
 # --- Pushmail -----------------------------------------------------------------
