@@ -128,6 +128,10 @@ def test_attachments_of_the_opened_message_are_listed_as_still_at_the_senders(al
     assert 'data-testid="attachment-link"' in html and "report.pdf" in html
     assert f'href="/mail/entry/{entry.pk}/attachments/0/"' in html
     assert "at sender" in html
+    # Nothing on the page loads the file by itself: a preview is only shown on request.
+    assert 'data-testid="attachment-preview"' not in html
+    assert f'data-preview-url="/mail/entry/{entry.pk}/attachments/0/?inline=1"' in html
+    assert ">Show preview</button>" in html
 
 
 def test_plain_text_view(alice: User, peer: FakePeer) -> None:
