@@ -267,7 +267,10 @@ def test_message_with_attachment_is_pulled_when_opened(context: Any, page: Any, 
     assert headers["nosniff"] == "nosniff"
     assert headers["disposition"].startswith("attachment"), headers
 
-    # A raster image is previewed in the page.
+    # A raster image is previewed in the page (on request while the page still shows it at the sender's).
+    show = beta_page.get_by_role("button", name="Show preview")
+    if show.count():
+        show.first.click()
     preview = beta_page.get_by_test_id("attachment-preview").first
     expect(preview).to_be_visible()
     if preview.evaluate("el => el.tagName") == "IMG":
