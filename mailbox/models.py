@@ -133,6 +133,7 @@ class InboxEntry(models.Model):
         max_length=400, blank=True, help_text="The Message-ID that starts the conversation (see mailbox.threads)."
     )
     has_attachments = models.BooleanField(default=False)
+    attachments_size = models.BigIntegerField(default=0, help_text="Bytes of the attachments, fetched or not.")
     remote_content_allowed = models.BooleanField(default=False)
     search_document = models.TextField(blank=True, help_text="Subject, sender and, once fetched, the body text.")
 

@@ -64,6 +64,7 @@ _ROW_FIELDS = (
     "folder",
     "starred",
     "has_attachments",
+    "attachments_size",
     "thread_key",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -32,7 +32,8 @@ _PENDING_FETCH = (FetchState.NOTIFIED, FetchState.FETCHING, FetchState.UNAVAILAB
 def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type: ignore[no-untyped-def]
     """Create entries for local recipients of a locally sent message; return the accepted addresses."""
     users = {u.email: u for u in User.objects.filter(email__in=addresses, is_active=True)}
-    names = [a.name for a in message.attachments.all()] if users else []
+    files = list(message.attachments.all()) if users else []
+    names = [a.name for a in files]
     InboxEntry.objects.bulk_create(
         [
             InboxEntry(
@@ -44,6 +45,7 @@ def deliver_local_entries(*, message, addresses: list[str]) -> set[str]:  # type
                 state=EntryState.FETCHED,
                 thread_key=message.thread_key,
                 has_attachments=bool(names),
+                attachments_size=sum(a.size for a in files),
                 search_document=search.entry_document(
                     subject=message.subject,
                     sender=message.sender_address,
@@ -162,6 +164,7 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                             state=state,
                             thread_key=conversation,
                             has_attachments=bool(notification.attachments),
+                            attachments_size=sum(a.size for a in notification.attachments),
                             search_document=search.entry_document(
                                 subject=notification.subject, sender=notification.sender
                             ),

@@ -52,7 +52,7 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
         url = escape(entry.url)  # type: ignore[attr-defined]
         unread = not entry.read
         local = timezone.localtime(entry.received_at)
-        size = mailsize(entry.size)
+        size = mailsize(entry.size + entry.attachments_size)  # what opening everything would pull
         if entry.starred:
             star = (
                 f'<button type="submit" form="bulk-form" formaction="{action_url}" name="action" value="unstar" '

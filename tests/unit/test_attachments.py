@@ -422,6 +422,7 @@ def test_the_notification_manifest_is_kept_and_nothing_is_fetched_until_a_downlo
         {"name": "logo.png", "type": "image/png", "size": len(PNG), "digest": digest_of(PNG)}
     ]
     assert received["entry"].has_attachments
+    assert received["entry"].attachments_size == len(PNG)
     [item] = attachment_items_for_entry(received["entry"])
     assert (item.name, item.content_type, item.size, item.at_sender) == ("logo.png", "image/png", len(PNG), True)
     assert item.preview_url == item.url + "?inline=1"
@@ -529,7 +530,7 @@ def test_a_local_message_streams_the_senders_blob_without_any_fetch(alice: User,
     message = _send(alice, [("notes.txt", "text/plain", b"local notes")], to=[bob.email])
     entry = InboxEntry.objects.get(owner=bob, local=message)
 
-    assert entry.has_attachments
+    assert entry.has_attachments and entry.attachments_size == len(b"local notes")
     [item] = attachment_items_for_entry(entry)
     assert not item.at_sender
     response = _download(login(bob), entry, 0)
@@ -596,16 +597,28 @@ def test_the_partial_lists_links_sizes_and_previews(alice: User, peer: FakePeer)
         [("logo.png", "image/png", PNG), ("plan.pdf", "application/pdf", b"%PDF"), ("x.svg", "image/svg+xml", SVG)],
     )
 
-    page = render_to_string(
-        "webmail/partials/attachments.html", {"attachment_items": attachment_items_for_entry(received["entry"])}
-    )
+    def render() -> str:
+        items = attachment_items_for_entry(received["entry"])
+        return render_to_string("webmail/partials/attachments.html", {"attachment_items": items})
 
+    # Still at the sender's: previews are offered, not loaded (loading one would fetch the file).
+    page = render()
     assert page.count('data-testid="attachment-link"') == 3
+    assert 'data-testid="attachment-preview"' not in page
+    assert re.search(r'data-preview-url="[^"]+/0/\?inline=1"\s+data-preview-kind="image"', page)
+    assert re.search(r'data-preview-url="[^"]+/1/\?inline=1"\s+data-preview-kind="pdf"', page)
+    assert "/2/?inline=1" not in page  # never SVG inline
+    assert html.unescape(page).count("at sender's — fetched when you download or preview it") == 3
+    assert "image/svg+xml" in page and f"{len(PNG)} bytes" in page
+
+    # Once here, the image and the PDF are previewed in the page.
+    for index in (0, 1):
+        assert _download(login(alice), received["entry"], index).status_code == 200
+    page = render()
     assert re.search(r'<img data-testid="attachment-preview" src="[^"]+/0/\?inline=1"', page)
     assert re.search(r'<iframe data-testid="attachment-preview" class="pdf-preview" src="[^"]+/1/\?inline=1"', page)
-    assert "/2/?inline=1" not in page  # never SVG inline
-    assert html.unescape(page).count("at sender's — fetched when you open it") == 3
-    assert "image/svg+xml" in page and f"{len(PNG)} bytes" in page
+    assert "/2/?inline=1" not in page
+    assert html.unescape(page).count("at sender's") == 1
 
 
 # --- the sender's own copy and drafts ---------------------------------------------------------------------------

@@ -107,14 +107,15 @@ def test_row_shows_sender_name_subject_size_at_senders_withdrawn_and_paperclip(
 ) -> None:
     bob.display_name = "Bob Builder"
     bob.save(update_fields=["display_name"])
-    unfetched = entry(alice, size=12 * 1024, has_attachments=True, subject="Plans")
+    # 12 KB of body and 2 MB of attachments: the row says what opening everything would pull.
+    unfetched = entry(alice, size=12 * 1024, has_attachments=True, attachments_size=2 * 1024**2, subject="Plans")
     fetched = entry(alice, state=EntryState.FETCHED, sender=bob.email, subject="Lunch", read=True)
     withdrawn = entry(alice, state=EntryState.WITHDRAWN, subject="Oops")
     html = web.get("/mail/inbox/").content.decode()
     row_re = r'<tr data-testid="message-row" data-entry-id="(\d+)".*?</tr>'
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(row_re, html, re.S)}
     assert 'data-state="notified"' in rows[unfetched.pk]
-    assert "at sender's · 12 KB" in rows[unfetched.pk]
+    assert "at sender's · 2.0 MB" in rows[unfetched.pk]
     assert "Has attachments" in rows[unfetched.pk]
     assert "unread" in rows[unfetched.pk].split(">")[0]
     assert "Bob Builder" in rows[fetched.pk] and "at sender's" not in rows[fetched.pk]
