@@ -206,13 +206,6 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
-# WhiteNoise serves static files from the app processes. Production runs
-# `manage.py collectstatic` into STATIC_ROOT; until that exists (development,
-# the demo, tests) files are served straight from the apps' static folders.
-WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
-if WHITENOISE_USE_FINDERS:
-    # ...and WhiteNoise need not warn that STATIC_ROOT is missing.
-    warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", DATA_DIR / "media"))
 # Attachment bytes go through Django's storage API: the filesystem by default,
 # object storage (django-storages) when STORAGE_BACKEND names one, e.g.
@@ -221,6 +214,16 @@ STORAGES = {
     "default": {"BACKEND": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage")},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# WhiteNoise serves static files from the app processes. Production runs
+# `manage.py collectstatic` into STATIC_ROOT; until that exists (development,
+# the demo, tests) files are served straight from the apps' static folders.
+WHITENOISE_USE_FINDERS = not STATIC_ROOT.exists()
+if not WHITENOISE_USE_FINDERS:
+    # Collected files get content-hashed names, so browsers may cache them for ever.
+    STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}
+else:
+    # ...and WhiteNoise need not warn that STATIC_ROOT is missing.
+    warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
