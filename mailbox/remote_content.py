@@ -60,6 +60,16 @@ def allowed_senders(*, user: User) -> set[str]:
     return set(AllowedSender.objects.filter(owner=user).values_list("address", flat=True))
 
 
+def allowed_senders_for(*, user: User) -> list[AllowedSender]:
+    """The senders this reader always shows remote images from, for the settings page."""
+    return list(AllowedSender.objects.filter(owner=user).order_by("address"))
+
+
+def forget_allowed_sender(*, user: User, sender_id: int) -> None:
+    """Stop showing a sender's remote images automatically; another user's id is a DoesNotExist."""
+    AllowedSender.objects.filter(owner=user).get(pk=sender_id).delete()
+
+
 def remote_allowed_for_entry(*, user: User, entry: InboxEntry, senders: set[str] | None = None) -> bool:
     """True when this reader wants remote images in this message shown (through the proxy).
 

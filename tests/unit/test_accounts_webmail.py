@@ -497,3 +497,19 @@ def test_the_mailbox_address_cannot_be_changed_or_added_to(client: Client, alice
     assert not InboxEntry.objects.filter(owner=bob).exists()  # no confirmation mail went anywhere
     alice.refresh_from_db()
     assert alice.email == "alice@alpha.test"
+
+
+def test_settings_lists_senders_whose_images_show_and_removes_one(client: Client) -> None:
+    from mailbox.models import AllowedSender
+
+    user = MailboxFactory()
+    AllowedSender.objects.create(owner=user, address="news@peer.test")
+    client.force_login(user)
+
+    page = client.get("/settings/").content.decode()
+    assert "news@peer.test" in page and 'data-testid="allowed-senders"' in page
+
+    sender = AllowedSender.objects.get(owner=user)
+    response = client.post(f"/settings/allowed-senders/{sender.pk}/remove/", follow=True)
+    assert "Images from that sender are blocked again" in response.content.decode()
+    assert not AllowedSender.objects.filter(owner=user).exists()

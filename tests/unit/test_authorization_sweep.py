@@ -31,7 +31,7 @@ from accounts.models import ApiToken, User
 from accounts.services import issue_api_token
 from attachments.models import Blob
 from federation import payloads
-from mailbox.models import EntryState, FetchState, InboxEntry, Label
+from mailbox.models import AllowedSender, EntryState, FetchState, InboxEntry, Label
 from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
 from tests.factories import (
     InboxEntryFactory,
@@ -90,6 +90,7 @@ class Owned:
     label: Label
     token: ApiToken
     authenticator: Any  # an allauth WebAuthn authenticator
+    allowed_sender: AllowedSender
 
 
 def _blob(content: bytes) -> Blob:
@@ -136,7 +137,8 @@ def make_owned(user: User) -> Owned:
     authenticator = Authenticator.objects.create(
         user=user, type=Authenticator.Type.WEBAUTHN, data={"name": "Laptop", "credential": {}}
     )
-    return Owned(user, entry, message, draft, draft_attachment, label, token, authenticator)
+    allowed_sender = AllowedSender.objects.create(owner=user, address="news@peer.test")
+    return Owned(user, entry, message, draft, draft_attachment, label, token, authenticator, allowed_sender)
 
 
 Kwargs = Callable[[Owned], dict[str, Any]]
@@ -203,6 +205,7 @@ ROUTES: dict[str, Kwargs] = {
     "webmail:sent-eml": _message,
     # settings
     "webmail:token-revoke": lambda o: {"token_id": o.token.pk},
+    "webmail:allowed-sender-remove": lambda o: {"sender_id": o.allowed_sender.pk},
     "mfa_edit_webauthn": lambda o: {"pk": o.authenticator.pk},
     "mfa_remove_webauthn": lambda o: {"pk": o.authenticator.pk},
 }

@@ -12,6 +12,8 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors, services
 from accounts.forms import PreferencesForm, TokenForm
+from mailbox import remote_content
+from mailbox.models import AllowedSender
 
 
 def _add_errors(form, exc: ValidationError) -> None:  # type: ignore[no-untyped-def]
@@ -38,6 +40,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
         "storage": selectors.storage_for(user=user),
         "security": selectors.security_for(user=user),
         "domain": user.domain,
+        "allowed_senders": remote_content.allowed_senders_for(user=user),
     }
     return render(request, "webmail/settings/preferences.html", context, status=400 if form.errors else 200)
 
@@ -63,3 +66,15 @@ def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
         raise Http404("no such token")
     messages.success(request, "Token revoked. Programs using it can no longer sign in.")
     return redirect("webmail:tokens")
+
+
+@login_required
+@require_POST
+def remove_allowed_sender(request: HttpRequest, sender_id: int) -> HttpResponse:
+    """Images from this sender are blocked again until allowed."""
+    try:
+        remote_content.forget_allowed_sender(user=request.user, sender_id=sender_id)
+    except AllowedSender.DoesNotExist:
+        raise Http404("No such sender in your list.") from None
+    messages.success(request, "Images from that sender are blocked again until you allow them.")
+    return redirect("webmail:settings")
