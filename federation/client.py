@@ -109,6 +109,19 @@ def send_withdrawal(*, instance: Instance, sender_domain: str, withdrawal: Withd
     return data if isinstance(data, dict) else {}
 
 
+def _raise_for_fetch(response: http.Response, what: str) -> None:
+    """A fetch that did not answer 200: Gone on 410, a retryable PeerError on 404, else by status."""
+    if response.status == 410:
+        try:
+            reason = response.json().get("reason", "expired")
+        except (ValueError, AttributeError):
+            reason = "expired"
+        raise Gone("withdrawn" if reason == "withdrawn" else "expired")
+    if response.status == 404:
+        raise PeerError(f"the sender's instance does not offer this {what} to us (404)", retryable=True)
+    _raise_for(response)
+
+
 def fetch_body(*, instance: Instance, as_domain: str, global_id: uuid.UUID) -> bytes:
     """GET the canonical body bytes; raise Gone on 410, PeerError otherwise."""
     response = _call(
@@ -120,15 +133,7 @@ def fetch_body(*, instance: Instance, as_domain: str, global_id: uuid.UUID) -> b
     )
     if response.status == 200:
         return response.content
-    if response.status == 410:
-        try:
-            reason = response.json().get("reason", "expired")
-        except (ValueError, AttributeError):
-            reason = "expired"
-        raise Gone("withdrawn" if reason == "withdrawn" else "expired")
-    if response.status == 404:
-        raise PeerError("the sender's instance does not offer this message to us (404)", retryable=True)
-    _raise_for(response)
+    _raise_for_fetch(response, "message")
     raise AssertionError("unreachable")
 
 
@@ -162,12 +167,4 @@ def fetch_attachment(
     )
     if response.status == 200:
         return
-    if response.status == 410:
-        try:
-            reason = response.json().get("reason", "expired")
-        except (ValueError, AttributeError):
-            reason = "expired"
-        raise Gone("withdrawn" if reason == "withdrawn" else "expired")
-    if response.status == 404:
-        raise PeerError("the sender's instance does not offer this attachment to us (404)", retryable=True)
-    _raise_for(response)
+    _raise_for_fetch(response, "attachment")

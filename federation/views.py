@@ -129,10 +129,8 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
     )
 
 
-@csrf_exempt
-@gzip_page
-def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
-    """``GET /federation/v1/messages/{id}/body``: the canonical body, for recipient domains only (§6)."""
+def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] | HttpResponse:
+    """Check a signed GET for a message: (the signing domain, the message id), or the error answer."""
     if request.method != "GET":
         return _method_not_allowed(["GET"])
     body = _body_within(request, 0)
@@ -143,15 +141,29 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
     except SignatureRejected as exc:
         return error(exc.status, exc.code, exc.detail)
     try:
-        parsed = uuid.UUID(global_id)
+        return signer.domain, uuid.UUID(global_id)
     except ValueError:
         return error(404, "not_found", "no such message")
+
+
+def _gone(gone: outbox_services.BodyGone) -> JsonResponse:
+    return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+
+
+@csrf_exempt
+@gzip_page
+def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
+    """``GET /federation/v1/messages/{id}/body``: the canonical body, for recipient domains only (§6)."""
+    checked = _signed_get(request, global_id)
+    if isinstance(checked, HttpResponse):
+        return checked
+    domain, parsed = checked
     try:
-        content = outbox_services.serve_body(global_id=parsed, to_domain=signer.domain)
+        content = outbox_services.serve_body(global_id=parsed, to_domain=domain)
     except outbox_services.NotOffered:
         return error(404, "not_found", "no such message for your domain")
     except outbox_services.BodyGone as gone:
-        return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+        return _gone(gone)
     # No Content-Digest here: the answer may be gzip-coded in transit, and the
     # notified digest over the decoded bytes is what the recipient checks.
     response = HttpResponse(content, content_type="application/json")
@@ -168,27 +180,18 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     """
     from attachments.services import serve_attachment
 
-    if request.method != "GET":
-        return _method_not_allowed(["GET"])
-    body = _body_within(request, 0)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
-    try:
-        parsed = uuid.UUID(global_id)
-    except ValueError:
-        return error(404, "not_found", "no such message")
+    checked = _signed_get(request, global_id)
+    if isinstance(checked, HttpResponse):
+        return checked
+    domain, parsed = checked
     if not payloads.is_digest(digest):
         return error(404, "not_found", "no such attachment")
     try:
-        attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=signer.domain)
+        attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
     except outbox_services.NotOffered:
         return error(404, "not_found", "no such attachment of a message for your domain")
     except outbox_services.BodyGone as gone:
-        return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+        return _gone(gone)
     blob = attachment.blob
     response = FileResponse(blob.file.open("rb"), content_type="application/octet-stream")
     response["Content-Length"] = str(blob.size)
@@ -196,7 +199,3 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     response["Cache-Control"] = "no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
-
-
-def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
-    return error(404, "not_found", f"no endpoint at {request.path}")

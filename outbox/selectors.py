@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import Count, Max, Prefetch, QuerySet
 
 from .models import BodyFetch, Delivery, Draft, Message, Recipient
@@ -22,6 +24,23 @@ def sent_message_detail(*, user, message_id) -> Message:  # type: ignore[no-unty
         )
         .get(pk=message_id)
     )
+
+
+def body_of_message(message: Message, *, with_bcc: bool = False) -> dict[str, Any]:
+    """A sent message's body as a reader sees it, read from its row; Bcc only for its sender."""
+    body: dict[str, Any] = {
+        "text": message.text,
+        "html": message.html,
+        "to": message.to,
+        "cc": message.cc,
+        "date": message.date,
+        "message_id": message.message_id,
+        "in_reply_to": message.in_reply_to,
+        "references": message.references,
+    }
+    if with_bcc:
+        body["bcc"] = message.bcc
+    return body
 
 
 def domain_status(message: Message) -> list[dict]:

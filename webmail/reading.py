@@ -18,7 +18,7 @@ from django.urls import reverse
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import body_of
 from outbox.models import Message
-from outbox.selectors import domain_status, sent_message_detail
+from outbox.selectors import body_of_message, domain_status, sent_message_detail
 
 # Primary keys are 64-bit: a larger id in the URL is simply not found (not a database error).
 MAX_ID = 2**63 - 1
@@ -135,17 +135,7 @@ class ThreadItem:
 
 def message_body(message: Message) -> dict[str, Any]:
     """A sent message's body as the sender sees it (Bcc included)."""
-    return {
-        "text": message.text,
-        "html": message.html,
-        "to": message.to,
-        "cc": message.cc,
-        "bcc": message.bcc,
-        "date": message.date,
-        "message_id": message.message_id,
-        "in_reply_to": message.in_reply_to,
-        "references": message.references,
-    }
+    return body_of_message(message, with_bcc=True)
 
 
 def _thread_body(entry: InboxEntry) -> dict[str, Any] | None:
@@ -158,17 +148,7 @@ def _thread_body(entry: InboxEntry) -> dict[str, Any] | None:
         return body_of(entry)
     if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
         return None
-    message = entry.local
-    return {
-        "text": message.text,
-        "html": message.html,
-        "to": message.to,
-        "cc": message.cc,
-        "date": message.date,
-        "message_id": message.message_id,
-        "in_reply_to": message.in_reply_to,
-        "references": message.references,
-    }
+    return body_of_message(entry.local)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from mailbox.models import InboxEntry
 from mailbox.sanitize import sanitize_html
 from mailbox.selectors import body_of
 from outbox.models import Message, MessageAttachment
+from outbox.selectors import body_of_message
 
 FRAME_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -46,19 +47,6 @@ def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
 
 def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
     return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)  # type: ignore[misc]
-
-
-def _sent_body(message: Message) -> dict[str, Any]:
-    return {
-        "text": message.text,
-        "html": message.html,
-        "to": message.to,
-        "cc": message.cc,
-        "date": message.date,
-        "message_id": message.message_id,
-        "in_reply_to": message.in_reply_to,
-        "references": message.references,
-    }
 
 
 def _entry_body(entry: InboxEntry) -> dict[str, Any]:
@@ -137,7 +125,7 @@ def entry_text(request: HttpRequest, entry_id: int) -> HttpResponse:
 @login_required
 @require_GET
 def sent_text(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
-    return _text_response(text_of(_sent_body(_sent(request, message_id))))
+    return _text_response(text_of(body_of_message(_sent(request, message_id))))
 
 
 @login_required
