@@ -221,6 +221,18 @@ class Instance:
         self.stop_web()
 
 
+def log_tails(instances: list[Instance], limit: int = 6000) -> list[tuple[str, str]]:
+    """The end of each instance's web and worker logs, titled, for a failed test's report."""
+    tails = []
+    for inst in instances:
+        for kind in ("web", "worker"):
+            log = inst.data_dir / f"{kind}.log"
+            if log.exists():
+                tail = log.read_bytes()[-limit:].decode(errors="replace")
+                tails.append((f"{inst.domains[0]} {kind}.log (tail)", tail))
+    return tails
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)

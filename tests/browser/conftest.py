@@ -29,7 +29,7 @@ from tests.browser.harness import (
     stop_all,
 )
 from tests.integration.conftest import backend_problem
-from tools.cluster import Backend, Instance
+from tools.cluster import Backend, Instance, log_tails
 
 _LIVE: list[Instance] = []
 
@@ -46,12 +46,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when in ("setup", "call"):
-        for inst in list(_LIVE):
-            for kind in ("web", "worker"):
-                log = inst.data_dir / f"{kind}.log"
-                if log.exists():
-                    tail = log.read_bytes()[-5000:].decode(errors="replace")
-                    report.sections.append((f"{inst.domains[0]} {kind}.log (tail)", tail))
+        report.sections.extend(log_tails(list(_LIVE)))
 
 
 @pytest.fixture(scope="package")

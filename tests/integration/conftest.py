@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
-from tools.cluster import Backend, Instance, free_port, make_cluster
+from tools.cluster import Backend, Instance, free_port, log_tails, make_cluster
 
 T = TypeVar("T")
 
@@ -110,12 +110,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     if report.failed and call.when in ("setup", "call"):
-        for inst in list(_LIVE):
-            for kind in ("web", "worker"):
-                log = inst.data_dir / f"{kind}.log"
-                if log.exists():
-                    tail = log.read_bytes()[-6000:].decode(errors="replace")
-                    report.sections.append((f"{inst.name} {kind}.log (tail)", tail))
+        report.sections.extend(log_tails(list(_LIVE)))
 
 
 # --- Starting clusters ------------------------------------------------------------------------
