@@ -189,7 +189,7 @@ MFA_TOTP_ISSUER = os.environ.get("MFA_TOTP_ISSUER", "Pushmail")
 # WebAuthn needs a secure context: https, or http://localhost and http://*.localhost, which browsers and
 # fido2's origin check both accept (passkeys work on the demo's alpha.localhost with DEBUG off). On, this
 # flag makes the server accept a passkey from ANY origin: for development only.
-MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", DEBUG)
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = env_bool("MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN", False)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 14 * 86400)

@@ -49,8 +49,6 @@ FAST_ENV = {
     "PUSHMAIL_CLAIM_SECONDS": "5",
     "PUSHMAIL_SWEEP_GRACE_SECONDS": "2",
     "PUSHMAIL_UNDO_SEND_SECONDS": "3",
-    # WebAuthn on http://*.localhost (a secure context for the browser).
-    "MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN": "1",
 }
 
 
