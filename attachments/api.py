@@ -59,7 +59,7 @@ class EntryAttachmentView(APIView):
             raise Http404("no such attachment") from None
         except AttachmentUnavailable as problem:
             return Response({"error": "attachment_unavailable", "detail": problem.message}, status=problem.status)
-        return serve_blob(request, blob, name=str(item["name"]), content_type=str(item["type"]))
+        return serve_blob(request, blob, name=item.name, content_type=item.content_type)
 
 
 __all__ = ["AttachmentUploadSerializer", "EntryAttachmentView", "ValidationError", "store_api_attachments"]

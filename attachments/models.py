@@ -48,3 +48,27 @@ class AttachmentFetch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.attachment_id} fetched by {self.domain}"
+
+
+class ReceivedAttachment(models.Model):
+    """Attachment ``position`` of a received message, once fetched from that message's sender and verified.
+
+    Blobs are shared by the whole instance and found by digest, so holding a
+    Blob says nothing about who may read it: a manifest can name any digest.
+    This row is the proof that these bytes came from this message's sender
+    (checked against its manifest's size and digest); only then are they
+    served for the message. It is written by that fetch alone.
+    """
+
+    remote = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="received_attachments")
+    position = models.PositiveSmallIntegerField()
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="received_uses")
+    fetched_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["remote", "position"], name="unique_received_attachment_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"attachment {self.position} of {self.remote_id}"

@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Sum
 from django.urls import reverse
 
-from .models import Blob
+from mailbox.content import readable_content_for
 
 # Shown in the page: raster images and PDF only. Never SVG, HTML or anything
 # else that a browser would run or render as a document of this origin.
@@ -46,22 +46,21 @@ def previewable(content_type: str) -> bool:
     return content_type in PREVIEWABLE_TYPES
 
 
-def _items(manifest: list[dict[str, Any]], url_for: Any, held: set[str] | None) -> list[AttachmentItem]:
+def _items(manifest: list[dict[str, Any]], url_for: Any) -> list[AttachmentItem]:
     items = []
     for index, entry in enumerate(manifest):
         url = url_for(index)
         kind = str(entry.get("type") or "application/octet-stream")
-        digest = str(entry.get("digest") or "")
         items.append(
             AttachmentItem(
                 index=index,
                 name=str(entry.get("name") or "attachment"),
                 content_type=kind,
                 size=int(entry.get("size") or 0),
-                digest=digest,
+                digest=str(entry.get("digest") or ""),
                 url=url,
                 preview_url=f"{url}?inline=1" if previewable(kind) else None,
-                at_sender=held is not None and digest.removeprefix("sha-256:") not in held,
+                at_sender=False,
             )
         )
     return items
@@ -75,33 +74,32 @@ def _message_manifest(message: Any) -> list[dict[str, Any]]:
 
 def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
     """The manifest a reader of ``entry`` may see; [] while the message is hidden from them."""
-    from mailbox.models import EntryState
-
-    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
-        return []
-    if entry.state == EntryState.TAMPERED:
-        return []
-    if entry.local_id is not None:
-        return _message_manifest(entry.local)
-    if entry.remote_id is not None:
-        return list(entry.remote.attachments or [])
-    return []
+    return [item.manifest_item() for item in readable_content_for(entry=entry).attachments]
 
 
 def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
-    """Attachments of an inbox entry, each with its download URL and whether it is still at the sender's."""
-    manifest = manifest_for_entry(entry)
-    if not manifest:
-        return []
-    held: set[str] | None = None
-    if entry.local_id is None:
-        wanted = [str(m.get("digest", "")).removeprefix("sha-256:") for m in manifest]
-        held = set(Blob.objects.filter(sha256__in=wanted).values_list("sha256", flat=True))
-    return _items(
-        manifest,
-        lambda i: reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": i}),
-        held,
-    )
+    """Attachments of an inbox entry, each with its download URL and whether it is still at the sender's.
+
+    "At the sender's" means this message's own fetch has not brought the bytes
+    yet, whatever else is stored here: the same file held for another message
+    must not show (it would tell the reader what others hold).
+    """
+    items = []
+    for item in readable_content_for(entry=entry).attachments:
+        url = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": item.index})
+        items.append(
+            AttachmentItem(
+                index=item.index,
+                name=item.name,
+                content_type=item.content_type,
+                size=item.size,
+                digest=item.digest,
+                url=url,
+                preview_url=f"{url}?inline=1" if previewable(item.content_type) else None,
+                at_sender=item.blob is None,
+            )
+        )
+    return items
 
 
 def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
@@ -109,7 +107,6 @@ def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
     return _items(
         _message_manifest(message),
         lambda i: reverse("webmail:sent-attachment", kwargs={"message_id": message.pk, "index": i}),
-        None,
     )
 
 

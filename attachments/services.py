@@ -4,6 +4,11 @@ Both the sender (an upload) and the recipient (a verified fetch) end up with a
 :class:`~attachments.models.Blob` row. A row exists only once its bytes are in
 storage and hashed, and the unique ``sha256`` keeps a second copy out even when
 two uploads of the same file race.
+
+Storage is shared, access is not: a Blob is served for a received message only
+through that message's own :class:`~attachments.models.ReceivedAttachment`
+(written when its sender's bytes were fetched and verified), never because the
+same digest is stored here for someone else.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import Blob
+from mailbox.content import ReadableAttachment, readable_content_for
+
+from .models import Blob, ReceivedAttachment
 
 CHUNK = 64 * 1024
 
@@ -274,51 +281,50 @@ class AttachmentUnavailable(Exception):
         self.status = status
 
 
-def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, dict[str, Any]]:
-    """The stored bytes of attachment ``index`` of ``entry`` (owned by the caller), and its manifest entry.
+def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, ReadableAttachment]:
+    """The stored bytes of attachment ``index`` of ``entry`` (owned by the caller), and the attachment.
 
-    A local message's attachment is the sender's own Blob. A remote one is
-    fetched from the sender's instance the first time anyone here opens it,
-    checked against the manifest's size and digest, and stored once for the
-    whole instance; later opens read the stored copy. Raises LookupError for an
-    index that is not in the manifest and AttachmentUnavailable when the bytes
-    cannot be had.
+    The rules of ``mailbox.content`` decide what the reader may see. A local
+    message's attachment is the sender's own upload. A remote one is served
+    only once this message's own fetch from its sender has brought and
+    verified it; until then it is fetched now, even when bytes with the same
+    digest are already stored here (for another message or user): whether
+    something is stored must not change what the sender sees or the reader
+    gets. Raises LookupError for an index the reader has no attachment at and
+    AttachmentUnavailable when the bytes cannot be had.
     """
-    from .selectors import manifest_for_entry
-
-    manifest = manifest_for_entry(entry)
-    if not 0 <= index < len(manifest):
+    item = readable_content_for(entry=entry).attachment(index)
+    if item.blob is not None:
+        return item.blob, item
+    if entry.remote_id is None:
         raise LookupError(index)
-    item = manifest[index]
-    if entry.local_id is not None:
-        from outbox.models import MessageAttachment
-
-        attachment = MessageAttachment.objects.select_related("blob").get(message_id=entry.local_id, position=index)
-        return attachment.blob, item
-    digest_value = str(item["digest"])
-    held = _find(digest_value.removeprefix("sha-256:"))
-    if held is not None:
-        return held, item
     return _fetch_remote(entry.remote, item), item
 
 
-def _fetch_remote(remote: Any, item: dict[str, Any]) -> Blob:
-    """Fetch once per instance: a second reader opening the same file meanwhile waits for the first."""
+def _held_for(remote: Any, item: ReadableAttachment) -> Blob | None:
+    """The bytes this message's own fetch stored for ``item``, if it has."""
+    row = ReceivedAttachment.objects.filter(remote=remote, position=item.index).select_related("blob").first()
+    if row is None or row.blob.digest != item.digest or row.blob.size != item.size:
+        return None
+    return row.blob
+
+
+def _fetch_remote(remote: Any, item: ReadableAttachment) -> Blob:
+    """Fetch once per message: a second reader of the same message meanwhile waits for the first."""
     from django.core.cache import cache
 
     from federation import client
 
-    digest_value = str(item["digest"])
-    key = f"pushmail:attachment-fetch:{digest_value}"
-    timeout = client.attachment_timeout(int(item["size"])) + 5
+    key = f"pushmail:attachment-fetch:{remote.pk}:{item.index}"
+    timeout = client.attachment_timeout(item.size) + 5
     if not cache.add(key, "1", timeout=timeout):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and cache.get(key) is not None:
             time.sleep(0.2)
-            held = _find(digest_value.removeprefix("sha-256:"))
+            held = _held_for(remote, item)
             if held is not None:
                 return held
-        held = _find(digest_value.removeprefix("sha-256:"))
+        held = _held_for(remote, item)
         if held is not None:
             return held
         # The other fetch failed: try ourselves.
@@ -328,14 +334,18 @@ def _fetch_remote(remote: Any, item: dict[str, Any]) -> Blob:
         cache.delete(key)
 
 
-def _fetch_remote_now(remote: Any, item: dict[str, Any]) -> Blob:
+def _record_fetch(remote: Any, item: ReadableAttachment, blob: Blob) -> None:
+    """From now on these bytes may be served for this message: its sender sent them."""
+    ReceivedAttachment.objects.update_or_create(remote=remote, position=item.index, defaults={"blob": blob})
+
+
+def _fetch_remote_now(remote: Any, item: ReadableAttachment) -> Blob:
     from federation import client, discovery
 
-    size = int(item["size"])
     limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    if size > limit:
+    if item.size > limit:
         raise AttachmentUnavailable(
-            f"{item['name']} is {human_size(size)}, larger than the {human_size(limit)} this server accepts "
+            f"{item.name} is {human_size(item.size)}, larger than the {human_size(limit)} this server accepts "
             "for one attachment, so it was not fetched.",
             status=413,
         )
@@ -348,23 +358,25 @@ def _fetch_remote_now(remote: Any, item: dict[str, Any]) -> Blob:
                 instance=instance,
                 as_domain=remote.local_domain,
                 global_id=remote.global_id,
-                digest=str(item["digest"]),
-                size=size,
+                digest=item.digest,
+                size=item.size,
                 sink=tmp,
             )
             tmp.seek(0)
-            return store_verified(stream=tmp, expected_digest=str(item["digest"]), expected_size=size)
+            blob = store_verified(stream=tmp, expected_digest=item.digest, expected_size=item.size)
     except client.Gone as gone:
         what = "withdrawn by the sender" if gone.reason == "withdrawn" else "no longer kept by the sender's server"
-        raise AttachmentUnavailable(f"{item['name']} was {what}.", status=410) from gone
+        raise AttachmentUnavailable(f"{item.name} was {what}.", status=410) from gone
     except DigestMismatch as exc:
         raise AttachmentUnavailable(
-            f"{item['name']} was refused: the sender's server sent other bytes than announced ({exc}).",
+            f"{item.name} was refused: the sender's server sent other bytes than announced ({exc}).",
         ) from exc
     except (discovery.DiscoveryError, client.PeerError) as exc:
         raise AttachmentUnavailable(
-            f"{item['name']} is still at the sender's: their server did not answer ({exc}). Try again later."
+            f"{item.name} is still at the sender's: their server did not answer ({exc}). Try again later."
         ) from exc
+    _record_fetch(remote, item, blob)
+    return blob
 
 
 # --- Housekeeping ------------------------------------------------------------------------------
@@ -378,24 +390,21 @@ def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500
     """Delete stored files nothing uses any more; return how many.
 
     Unused means: no sent message and no draft attaches it, no received message's
-    manifest names it, and it was not uploaded or fetched again for ``grace``
+    fetch stored it or its manifest names it, and it was not uploaded or fetched again for ``grace``
     (an upload is stored before its draft row exists). The row goes first, the
     file after commit, so a file is never missing under a row.
     """
     from mailbox.models import RemoteMessage
 
     cutoff = timezone.now() - grace
-    candidates = Blob.objects.filter(
-        last_stored_at__lt=cutoff, message_uses__isnull=True, draft_uses__isnull=True
-    ).values_list("pk", "sha256", "file")[:limit]
+    unused = {"message_uses__isnull": True, "draft_uses__isnull": True, "received_uses__isnull": True}
+    candidates = Blob.objects.filter(last_stored_at__lt=cutoff, **unused).values_list("pk", "sha256", "file")[:limit]
     purged = 0
     for pk, sha256, name in candidates:
         if RemoteMessage.objects.filter(attachments__icontains=sha256).exists():
             continue
         with transaction.atomic():
-            deleted, _ = Blob.objects.filter(
-                pk=pk, last_stored_at__lt=cutoff, message_uses__isnull=True, draft_uses__isnull=True
-            ).delete()
+            deleted, _ = Blob.objects.filter(pk=pk, last_stored_at__lt=cutoff, **unused).delete()
             if deleted:
                 transaction.on_commit(partial(_delete_file, name))
                 purged += 1

@@ -26,9 +26,9 @@ from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from federation import payloads
 from outbox.models import Message, MessageAttachment, Recipient, SenderFolder
 
+from .content import readable_content_for
 from .models import EntryState, InboxEntry, RemoteMessage
 
 # 'simple' rather than 'english': mail is multilingual and full of addresses, names and
@@ -96,32 +96,24 @@ def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
         text=body_text(body),
         attachments=attachment_names(body.get("attachments") or remote.attachments),
     )
-    InboxEntry.objects.filter(remote=remote).exclude(state=EntryState.WITHDRAWN).update(search_document=document)
+    # Only entries whose reader may read the body (mailbox.content): not a withdrawn or refused one.
+    InboxEntry.objects.filter(remote=remote, state=EntryState.FETCHED).update(search_document=document)
 
 
 def document_of(entry: InboxEntry) -> str:
-    """What ``entry`` is matched on now: the same text the services write as mail comes and goes."""
-    if entry.state == EntryState.NOTICE:
+    """What ``entry`` is matched on now: only what its reader may read (mailbox.content)."""
+    content = readable_content_for(entry=entry)
+    if content.notice:
         return entry_document(subject=entry.subject, sender=entry.sender, text=entry.notice_text)
-    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+    body = content.body
+    if body is None:
         return entry_document(subject=entry.subject, sender=entry.sender)
-    if entry.local is not None:
-        message = entry.local
-        return entry_document(
-            subject=message.subject,
-            sender=message.sender_address,
-            text=body_text({"text": message.text, "html": message.html}),
-            attachments=[attachment.name for attachment in message.attachments.all()],
-        )
-    if entry.remote is not None and entry.remote.content is not None:
-        body = payloads.parse_body(bytes(entry.remote.content))
-        return entry_document(
-            subject=entry.subject,
-            sender=entry.sender,
-            text=body_text(body),
-            attachments=attachment_names(body.get("attachments") or entry.remote.attachments),
-        )
-    return entry_document(subject=entry.subject, sender=entry.sender)
+    return entry_document(
+        subject=entry.subject,
+        sender=entry.sender,
+        text=body_text(body),
+        attachments=content.attachment_names,
+    )
 
 
 def rebuild_documents(*, batch_size: int = 200) -> int:

@@ -278,9 +278,9 @@ def _why_no_body(entry: Any) -> str:
 
 def reply_to_entry(*, owner: User, entry: Any, reply_all: bool = False) -> Prepared:
     """A draft answering an inbox entry, quoting it when its body is here."""
-    from mailbox.selectors import body_of
+    from mailbox.content import readable_content_for
 
-    body = body_of(entry)
+    body = readable_content_for(entry=entry).body
     message_id, references, date = _entry_parent(entry)
     own = {owner.email.lower()}
     to = _others([entry.sender], own)
@@ -355,11 +355,17 @@ def _forward_header(*, sender: str, date: datetime, subject: str, to: list[str],
 
 
 def forward_entry(*, owner: User, entry: Any) -> Prepared:
-    """A draft forwarding an inbox entry with the attachments already stored here."""
-    from attachments.models import Blob
-    from mailbox.selectors import body_of
+    """A draft forwarding an inbox entry with the attachments its reader already has.
 
-    body = body_of(entry)
+    What the reader may read (``mailbox.content``) is all a forward carries: a
+    message withdrawn before it was opened, or refused, forwards no text and no
+    file, and a received file is attached only once this message's own fetch
+    brought it from its sender.
+    """
+    from mailbox.content import readable_content_for
+
+    content = readable_content_for(entry=entry)
+    body = content.body
     _message_id, _references_, date = _entry_parent(entry)
     notes = []
     header = _forward_header(
@@ -375,27 +381,17 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
     else:
         text = f"\n\n{header}\n\n{_body_text(body)}\n"
 
-    # What the message carries, and which of those bytes are held on this instance.
-    carried: list[tuple[str, str, int, Blob | None]] = []
-    if entry.local is not None:
-        for item in entry.local.attachments.select_related("blob"):
-            carried.append((item.name, item.content_type, item.size, item.blob))
-    elif entry.remote is not None:
-        manifest = [m for m in (entry.remote.attachments or []) if isinstance(m, dict)]
-        hexes = [str(m.get("digest", "")).removeprefix("sha-256:") for m in manifest]
-        blobs = {b.sha256: b for b in Blob.objects.filter(sha256__in=hexes)}
-        for item, hexdigest in zip(manifest, hexes, strict=True):
-            name = str(item.get("name") or "attachment")
-            content_type = str(item.get("type") or item.get("content_type") or "application/octet-stream")
-            carried.append((name, content_type, int(item.get("size") or 0), blobs.get(hexdigest)))
-    left = [name for name, _t, _s, blob in carried if blob is None]
+    carried = content.attachments
+    left = [item.name for item in carried if item.blob is None]
 
     with transaction.atomic():
         draft = create_draft(owner=owner, subject=forward_subject(entry.subject), text=text, signature=False)
         DraftAttachment.objects.bulk_create(
-            DraftAttachment(draft=draft, blob=blob, name=name, content_type=content_type, size=blob.size)
-            for name, content_type, _size, blob in carried
-            if blob is not None
+            DraftAttachment(
+                draft=draft, blob=item.blob, name=item.name, content_type=item.content_type, size=item.blob.size
+            )
+            for item in carried
+            if item.blob is not None
         )
     if left:
         notes.append(

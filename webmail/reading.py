@@ -40,6 +40,7 @@ THREAD_ENTRY_FIELDS = (
     "notice_text",
     "thread_key",
     "remote__date",
+    "remote__state",
     "remote__content",
 )
 
@@ -138,19 +139,6 @@ def message_body(message: Message) -> dict[str, Any]:
     return body_of_message(message, with_bcc=True)
 
 
-def _thread_body(entry: InboxEntry) -> dict[str, Any] | None:
-    """body_of() for a message shown in a conversation, without a query per message.
-
-    A local message's body is read from its row (body_of would rebuild its canonical
-    bytes, attachment manifest included, one query each); Bcc is never shown to recipients.
-    """
-    if entry.local is None:
-        return body_of(entry)
-    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
-        return None
-    return body_of_message(entry.local)
-
-
 @dataclass
 class Conversation:
     items: list[ThreadItem] = field(default_factory=list)
@@ -204,7 +192,7 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
                 subject=other.subject,
                 size=other.size,
                 entry=other,
-                body=_thread_body(other),
+                body=body_of(other),  # a local message's body is read from its row: no query
                 unread=not other.read,
             )
         )

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from attachments import services
-from attachments.models import AttachmentFetch, Blob
+from attachments.models import AttachmentFetch, Blob, ReceivedAttachment
 from attachments.selectors import attachment_items_for_entry, attachment_items_for_message, usage_bytes
 from attachments.services import AttachmentInput, DigestMismatch, store_upload, store_verified
 from federation import http, payloads
@@ -659,16 +659,24 @@ def test_a_draft_attachment_downloads_and_deletes_for_its_owner_only(alice: User
     assert Blob.objects.filter(pk=blob.pk).exists()  # the bytes may be shared
 
 
-def test_a_second_mailbox_gets_the_same_stored_copy(alice: User, peer: FakePeer, local_domain: Any) -> None:
+def test_a_second_message_with_the_same_file_fetches_it_from_its_own_sender(
+    alice: User, peer: FakePeer, local_domain: Any, media: Path
+) -> None:
     dave = MailboxFactory(domain=local_domain, local_part="dave")
     first = _receive(alice, peer, [("a.txt", "text/plain", b"shared file")])
     _download(login(alice), first["entry"], 0)
     second = _receive(dave, peer, [("copy.txt", "text/plain", b"shared file")])
 
-    assert not attachment_items_for_entry(second["entry"])[0].at_sender
+    # Stored here already, but not fetched for this message: it is still at the sender's.
+    assert attachment_items_for_entry(second["entry"])[0].at_sender
     response = _download(login(dave), second["entry"], 0)
     assert b"".join(response.streaming_content) == b"shared file"
-    assert len(_attachment_gets(peer)) == 1
+    assert [c.path.split("/")[4] for c in _attachment_gets(peer)] == [
+        str(first["global_id"]),
+        str(second["global_id"]),
+    ]
+    assert len(stored_files(media)) == 1  # the bytes are still stored once
+    assert not attachment_items_for_entry(second["entry"])[0].at_sender
 
 
 # --- admin ---------------------------------------------------------------------------------------------------------
@@ -786,11 +794,14 @@ def test_a_second_reader_during_a_fetch_waits_for_it_instead_of_fetching_again(
     from django.core.cache import cache
 
     first = _receive(alice, peer, [("a.txt", "text/plain", b"one transfer")])
-    key = f"pushmail:attachment-fetch:{digest_of(b'one transfer')}"
+    key = f"pushmail:attachment-fetch:{first['remote'].pk}:0"
     assert cache.add(key, "1", timeout=60)  # another request here is fetching it right now
 
     def other_request_finishes(seconds: float) -> None:
-        store_verified(stream=io.BytesIO(b"one transfer"), expected_digest=digest_of(b"one transfer"), expected_size=12)
+        blob = store_verified(
+            stream=io.BytesIO(b"one transfer"), expected_digest=digest_of(b"one transfer"), expected_size=12
+        )
+        ReceivedAttachment.objects.create(remote=first["remote"], position=0, blob=blob)
         cache.delete(key)
 
     monkeypatch.setattr(services.time, "sleep", other_request_finishes)

@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments.models import Blob
+from attachments.models import Blob, ReceivedAttachment
 from attachments.services import store_upload
 from mailbox.models import EntryState, InboxEntry
 from outbox import drafts
@@ -308,6 +308,7 @@ def test_forward_names_the_attachments_not_yet_fetched(web: Client, alice: User)
         ],
     )
     entry = InboxEntryFactory(owner=alice, remote=remote)
+    ReceivedAttachment.objects.create(remote=remote, position=0, blob=held)  # this message's fetch brought it
 
     response = web.get(url("forward", entry.pk), follow=True)
 

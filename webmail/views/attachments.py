@@ -82,7 +82,7 @@ def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpRes
         from django.urls import reverse
 
         return _unavailable(request, problem, reverse("webmail:entry", kwargs={"entry_id": entry.pk}))
-    return serve_blob(request, blob, name=str(item["name"]), content_type=str(item["type"]))
+    return serve_blob(request, blob, name=item.name, content_type=item.content_type)
 
 
 @login_required

@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET
 from attachments.models import Blob
 from federation import payloads
 from mailbox import remote_content
+from mailbox.content import ReadableContent, readable_content_for
 from mailbox.eml import EmlAttachment, EmlSource, build_eml, eml_filename
 from mailbox.models import InboxEntry
 from mailbox.sanitize import sanitize_html
@@ -49,8 +50,8 @@ def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
     return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)  # type: ignore[misc]
 
 
-def _entry_body(entry: InboxEntry) -> dict[str, Any]:
-    body = body_of(entry)
+def _entry_body(entry: InboxEntry, content: ReadableContent | None = None) -> dict[str, Any]:
+    body = (content or readable_content_for(entry=entry)).body
     if body is None:
         raise Http404("The body is not here yet.")
     return body
@@ -150,9 +151,7 @@ def entry_allow_remote(request: HttpRequest, entry_id: int) -> HttpResponse:
 # --- .eml ----------------------------------------------------------------------
 
 
-def _blob_bytes(digest: str) -> bytes | None:
-    sha256 = digest.removeprefix("sha-256:")
-    blob = Blob.objects.filter(sha256=sha256).first()
+def _blob_bytes(blob: Blob | None) -> bytes | None:
     if blob is None:
         return None
     with blob.file.open("rb") as handle:
@@ -161,25 +160,12 @@ def _blob_bytes(digest: str) -> bytes | None:
 
 def _message_attachments(message: Message) -> list[EmlAttachment]:
     rows = MessageAttachment.objects.filter(message=message).select_related("blob").order_by("position")
-    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob.sha256)) for a in rows]
+    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in rows]
 
 
-def _entry_attachments(entry: InboxEntry) -> list[EmlAttachment]:
-    if entry.local is not None:
-        return _message_attachments(entry.local)
-    manifest = (entry.remote.attachments if entry.remote is not None else None) or []
-    items = []
-    for item in manifest:
-        digest = str(item.get("digest", ""))
-        items.append(
-            EmlAttachment(
-                str(item.get("name", "attachment")),
-                str(item.get("type", "application/octet-stream")),
-                int(item.get("size", 0)),
-                _blob_bytes(digest) if digest else None,
-            )
-        )
-    return items
+def _entry_attachments(content: ReadableContent) -> list[EmlAttachment]:
+    """The reader's attachments: bytes only where this message's own fetch (or upload) brought them."""
+    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in content.attachments]
 
 
 def _date(value: Any) -> Any:
@@ -204,7 +190,8 @@ def _eml_response(source: EmlSource) -> HttpResponse:
 def entry_eml(request: HttpRequest, entry_id: int) -> HttpResponse:
     """The entry as an .eml file (attachments held here included, others listed)."""
     entry = _entry(request, entry_id)
-    body = _entry_body(entry)
+    content = readable_content_for(entry=entry)
+    body = _entry_body(entry, content)
     source = EmlSource(
         sender=entry.sender,
         to=list(body.get("to") or []),
@@ -216,7 +203,7 @@ def entry_eml(request: HttpRequest, entry_id: int) -> HttpResponse:
         references=[str(r) for r in body.get("references") or []],
         text=body.get("text") or "",
         html=body.get("html"),
-        attachments=_entry_attachments(entry),
+        attachments=_entry_attachments(content),
     )
     return _eml_response(source)
 
