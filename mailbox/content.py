@@ -62,12 +62,11 @@ class ReadableAttachment:
 
 def _hidden(entry: InboxEntry) -> bool:
     opened = entry.opened_at is not None
-    if entry.local_id is not None and entry.local.withdrawn_at is not None and not opened:
+    local, remote = entry.local, entry.remote
+    if local is not None and local.withdrawn_at is not None and not opened:
         return True
-    if entry.remote_id is not None:
-        state = entry.remote.state
-        if state not in _SHOWN and not (opened and state == FetchState.WITHDRAWN):
-            return True
+    if remote is not None and remote.state not in _SHOWN and not (opened and remote.state == FetchState.WITHDRAWN):
+        return True
     return entry.state not in _SHOWN and not (opened and entry.state == EntryState.WITHDRAWN)
 
 
@@ -87,8 +86,8 @@ class ReadableContent:
             return {"text": entry.notice_text, "html": None, "to": [], "cc": []}
         if self.hidden:
             return None
-        if entry.local_id is not None:
-            message = entry.local
+        message, remote = entry.local, entry.remote
+        if message is not None:
             # Read from the row, never rebuilt: the same values as its canonical body.
             return {
                 "text": message.text,
@@ -100,8 +99,8 @@ class ReadableContent:
                 "in_reply_to": message.in_reply_to,
                 "references": list(message.references or []),
             }
-        if entry.remote_id is not None and entry.remote.content is not None:
-            data = payloads.parse_body(bytes(entry.remote.content))
+        if remote is not None and remote.content is not None:
+            data = payloads.parse_body(bytes(remote.content))
             return {key: data.get(key) for key in _BODY_KEYS}
         return None
 
@@ -124,14 +123,14 @@ class ReadableContent:
                 )
                 for index, row in enumerate(rows.order_by("position"))
             ]
-        if entry.remote_id is None:
+        remote = entry.remote
+        if remote is None:
             return []
-        manifest = [item for item in entry.remote.attachments or [] if isinstance(item, dict)]
+        manifest = [item for item in remote.attachments or [] if isinstance(item, dict)]
         if not manifest:
             return []
         fetched = {
-            row.position: row.blob
-            for row in ReceivedAttachment.objects.filter(remote_id=entry.remote_id).select_related("blob")
+            row.position: row.blob for row in ReceivedAttachment.objects.filter(remote=remote).select_related("blob")
         }
         items = []
         for index, item in enumerate(manifest):
@@ -158,9 +157,9 @@ class ReadableContent:
         entry = self.entry
         if self.hidden or self.notice:
             return []
-        if entry.local_id is not None:
+        if entry.local is not None:
             return [row.name for row in entry.local.attachments.all()]  # a prefetch serves this
-        if entry.remote_id is None:
+        if entry.remote is None:
             return []
         manifest = entry.remote.attachments or []
         return [str(item.get("name") or "attachment") for item in manifest if isinstance(item, dict)]
