@@ -123,6 +123,7 @@ def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
         "webmail/reading/sent.html",
         {
             "message": message,
+            "offer_end": message.offer_end(),
             "body": reading.message_body(message),
             "rows": reading.delivery_rows(message),
             "attachment_items": attachment_items_for_message(message),
