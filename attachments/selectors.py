@@ -137,8 +137,9 @@ def usage_bytes(user: Any) -> int:
 
     The sum of:
 
-    - the size of every message the user sent that is still stored (Sent and
-      Trash; the canonical body size, so the text and HTML);
+    - the size of every message the user sent that is still in their mailbox
+      (Sent and Trash; the canonical body size, so the text and HTML), however
+      long ago recipients fetched it or its retention for them ended;
     - the size of every attachment of those messages, counted per message even
       when the bytes are shared with other messages (dedupe saves disk for the
       instance, not quota for the user);
@@ -147,18 +148,21 @@ def usage_bytes(user: Any) -> int:
       instance (remote entries in state "fetched").
 
     Not counted: received messages still at the sender's, notices, mail from
-    the same instance (it counts for its sender), and attachments fetched for
-    received mail (stored once for the whole instance).
+    the same instance (it counts for its sender), attachments fetched for
+    received mail (stored once for the whole instance), and sent messages the
+    user deleted for good whose rows stay only for their recipients.
     """
     from mailbox.models import EntryState, InboxEntry
-    from outbox.models import DraftAttachment, Message, MessageAttachment
+    from outbox.models import DraftAttachment, MessageAttachment
+    from outbox.selectors import sent_messages_for
 
     def total(queryset: Any, field: str) -> int:
         return int(queryset.aggregate(n=Sum(field))["n"] or 0)
 
+    sent = sent_messages_for(user=user)
     return (
-        total(Message.objects.filter(sender=user), "size")
-        + total(MessageAttachment.objects.filter(message__sender=user), "size")
+        total(sent, "size")
+        + total(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
         + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
         + total(
             InboxEntry.objects.filter(owner=user, remote__isnull=False, state=EntryState.FETCHED),

@@ -240,19 +240,18 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
 
     The access rule is the body's (docs/protocol.md §5.7): ``to_domain`` must
     be a remote recipient domain of the message and ``digest`` in its manifest,
-    else ``outbox.services.NotOffered``; a withdrawn message, or one past its
-    ``expires``, raises ``outbox.services.BodyGone``. Unlike the body,
-    attachments stay available until ``expires`` even after every domain
+    else ``outbox.services.NotOffered``; a domain whose recipients were all
+    rejected gets ``outbox.services.NoAcceptedRecipient``; a withdrawn message,
+    or one past its ``expires``, raises ``outbox.services.BodyGone``. Unlike the
+    body, attachments stay available until ``expires`` even after every domain
     fetched the body, so a reader can still open one later.
     """
-    from outbox.models import Delivery, Message, MessageAttachment
-    from outbox.services import BodyGone, NotOffered
+    from outbox.models import MessageAttachment
+    from outbox.services import BodyGone, NotOffered, offered_message
 
     from .models import AttachmentFetch
 
-    message = Message.objects.filter(pk=global_id).first()
-    if message is None or not Delivery.objects.filter(message=message, domain=to_domain, local=False).exists():
-        raise NotOffered()
+    message = offered_message(global_id=global_id, to_domain=to_domain)
     attachment = (
         MessageAttachment.objects.filter(message=message, blob__sha256=digest.removeprefix("sha-256:"))
         .select_related("blob")
@@ -261,10 +260,9 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
     )
     if attachment is None or not digest.startswith("sha-256:"):
         raise NotOffered()
-    if message.withdrawn_at:
-        raise BodyGone("withdrawn")
-    if message.expires_at <= timezone.now():
-        raise BodyGone("expired")
+    end = message.offer_end(attachments=True)
+    if end is not None:
+        raise BodyGone(end.reason)
     AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
     return attachment
 

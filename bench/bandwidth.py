@@ -18,7 +18,7 @@ For each read rate (0 %, 20 %, 100 % of recipients, picked at random with a
 fixed seed), alpha sends one message (all recipients Bcc), the readers open it
 through the user API, and the receiving instances' workers fetch. HTTP
 compression is whatever the instances negotiate (the client sends
-``Accept-Encoding: gzip, deflate``); the proxies count the bytes as sent and
+``Accept-Encoding: gzip``, docs/protocol.md §5.1); the proxies count the bytes as sent and
 report which answers were gzip-coded. The message text is real English prose
 (see ``message_text``). The SMTP figures come from bench/smtp_model.py.
 

@@ -19,7 +19,8 @@ So every outbound request goes through :func:`request`, which
 * follows at most 3 redirects, and only within the same scheme, host and port;
 * applies connect/read timeouts plus an overall deadline (a watchdog shuts the
   socket down), so a slow-drip peer cannot hold a worker;
-* streams the body and stops as soon as it grows past ``max_bytes``.
+* streams the body and stops as soon as it grows past ``max_bytes``;
+* asks for gzip only and refuses any other content coding (docs/protocol.md §5.1).
 
 One caller widens the rules per call: the webmail's image proxy passes
 ``allow_http=True`` (plain http to public addresses) and, for local test
@@ -70,6 +71,10 @@ DEFAULT_TIMEOUT = 10.0
 MAX_REDIRECTS = 3
 
 _CHUNK_SIZE = 64 * 1024
+# docs/protocol.md §5.1: the only content codings of version 1. Asking for no other
+# keeps a peer from answering with "deflate" (zlib or raw, an old ambiguity) or br.
+ACCEPT_ENCODING = "gzip"
+_ACCEPTED_CODINGS = frozenset({"", "identity", "gzip"})
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -396,6 +401,7 @@ def _new_session() -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
+    session.headers["Accept-Encoding"] = ACCEPT_ENCODING
     return session
 
 
@@ -612,6 +618,11 @@ def request(
                         body = None
                         send_headers = _without(send_headers, "Content-Type", "Content-Length")
                     continue
+                coding = resp.headers.get("content-encoding", "").strip().lower()
+                if coding not in _ACCEPTED_CODINGS:
+                    raise OutboundError(
+                        f"{where} answered with Content-Encoding {coding[:40]!r}; only gzip or none is accepted"
+                    )
                 if sink is not None and 200 <= status < 300:
                     content = _read_body(resp, max_bytes, deadline, where, sink)
                 else:

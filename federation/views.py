@@ -146,14 +146,28 @@ def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] |
         return error(404, "not_found", "no such message")
 
 
+_GONE_DETAIL = {
+    "withdrawn": "the sender withdrew this message",
+    "expired": "the sender's retention of this message has ended",
+    "fetched": "every recipient domain of this message has fetched it",
+}
+
+
 def _gone(gone: outbox_services.BodyGone) -> JsonResponse:
-    return JsonResponse({"error": "gone", "reason": gone.reason, "detail": f"message {gone.reason}"}, status=410)
+    detail = _GONE_DETAIL.get(gone.reason, f"message {gone.reason}")
+    return JsonResponse({"error": "gone", "reason": gone.reason, "detail": detail}, status=410)
+
+
+def _no_accepted_recipient(domain: str) -> JsonResponse:
+    return error(
+        403, "not_accepted", f"every recipient of this message at {domain} was rejected, so {domain} may not fetch it"
+    )
 
 
 @csrf_exempt
 @gzip_page
 def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
-    """``GET /federation/v1/messages/{id}/body``: the canonical body, for recipient domains only (§6)."""
+    """``GET /federation/v1/messages/{id}/body``: the canonical body, for recipient domains only (§5.5)."""
     checked = _signed_get(request, global_id)
     if isinstance(checked, HttpResponse):
         return checked
@@ -162,6 +176,8 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
         content = outbox_services.serve_body(global_id=parsed, to_domain=domain)
     except outbox_services.NotOffered:
         return error(404, "not_found", "no such message for your domain")
+    except outbox_services.NoAcceptedRecipient:
+        return _no_accepted_recipient(domain)
     except outbox_services.BodyGone as gone:
         return _gone(gone)
     # No Content-Digest here: the answer may be gzip-coded in transit, and the
@@ -176,7 +192,8 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     """``GET /federation/v1/messages/{id}/attachments/{digest}``: one attachment's bytes (§5.7).
 
     The body's access rule: recipient domains only (else 404, like an unknown
-    id), 410 once withdrawn or expired. Streamed from storage, never gzip-coded.
+    id), with a recipient not rejected (else 403), 410 once withdrawn or expired
+    (not when every domain fetched the body). Streamed from storage, never content-coded.
     """
     from attachments.services import serve_attachment
 
@@ -190,6 +207,8 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
         attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
     except outbox_services.NotOffered:
         return error(404, "not_found", "no such attachment of a message for your domain")
+    except outbox_services.NoAcceptedRecipient:
+        return _no_accepted_recipient(domain)
     except outbox_services.BodyGone as gone:
         return _gone(gone)
     blob = attachment.blob

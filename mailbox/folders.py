@@ -16,7 +16,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from outbox.models import Delivery, DeliveryState, Message, SenderFolder
+from outbox.models import Delivery, DeliveryState, Message, MessageAttachment, SenderFolder, WithdrawalState
 
 from .models import Folder, InboxEntry, Label
 
@@ -200,18 +200,22 @@ def star_sent(*, user: User, message_ids: Iterable[object], starred: bool = True
 def _forget_sender_copies(messages: QuerySet[Message]) -> int:
     """Delete sender copies for good where nothing else needs the row; hide the rest.
 
-    The Message row is also what recipients fetch the body from, what local
-    recipients' entries point to, and what pending deliveries send: such rows stay,
-    hidden from the sender (in Trash with no trash date), and a later sweep deletes
-    them once they are no longer needed.
+    The Message row is also what recipients fetch the body and attachments from,
+    what local recipients' entries point to, and what pending deliveries and
+    withdrawals send: such rows stay, hidden from the sender (in Trash with no trash
+    date), and a later sweep deletes them, with their attachment references, once
+    they are no longer needed.
     """
     now = timezone.now()
-    pending = Delivery.objects.filter(message=OuterRef("pk"), state__in=[DeliveryState.PENDING, DeliveryState.RETRYING])
-    needed = (
-        Q(Exists(pending))
-        | Q(Exists(InboxEntry.objects.filter(local=OuterRef("pk"))))
-        | Q(withdrawn_at__isnull=True, body_purged_at__isnull=True, expires_at__gt=now)
+    pending = Delivery.objects.filter(
+        Q(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING]) | Q(withdrawal=WithdrawalState.PENDING),
+        message=OuterRef("pk"),
     )
+    # Attachments stay offered until expires even once every domain fetched the body.
+    offered = Q(withdrawn_at__isnull=True, expires_at__gt=now) & (
+        Q(fetched_by_all_at__isnull=True) | Q(Exists(MessageAttachment.objects.filter(message=OuterRef("pk"))))
+    )
+    needed = Q(Exists(pending)) | Q(Exists(InboxEntry.objects.filter(local=OuterRef("pk")))) | offered
     ids = list(messages.values_list("pk", flat=True))
     keep = Message.objects.filter(pk__in=ids).filter(needed)
     keep.update(sender_folder=SenderFolder.TRASH, sender_trashed_at=None)

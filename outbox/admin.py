@@ -45,7 +45,7 @@ class MessageAdmin(DomainScopedAdmin):
 
     domain_lookup = "sender__domain"
 
-    list_display = ["subject", "sender_address", "date", "size", "withdrawn_at", "body_purged_at"]
+    list_display = ["subject", "sender_address", "date", "size", "withdrawn_at", "fetched_by_all_at"]
     search_fields = ["subject", "sender_address", "=message_id", "=id"]
     list_filter = ["sender__domain", "sender_folder"]
     date_hierarchy = "date"
@@ -68,7 +68,7 @@ class MessageAdmin(DomainScopedAdmin):
         "digest",
         "expires_at",
         "withdrawn_at",
-        "body_purged_at",
+        "fetched_by_all_at",
     ]
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]

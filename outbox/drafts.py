@@ -320,13 +320,10 @@ def reply_to_sent(*, owner: User, message: Message, reply_all: bool = False) -> 
     cc = _others(list(message.cc or []), own | set(to)) if reply_all else []
     if not to and not cc:
         to = [owner.email]
-    notes = []
-    if message.body_purged_at and not message.text:
-        text = ""
-        notes.append("The message's body is no longer stored here, so the reply does not quote it.")
-    else:
-        body_text = _body_text({"text": message.text, "html": message.html})
-        text = f"\n\nOn {format_date(message.date)}, {message.sender_address} wrote:\n{quote(body_text)}\n"
+    notes: list[str] = []
+    # The sender's copy keeps its body for as long as it is in their mailbox.
+    body_text = _body_text({"text": message.text, "html": message.html})
+    text = f"\n\nOn {format_date(message.date)}, {message.sender_address} wrote:\n{quote(body_text)}\n"
     draft = create_draft(
         owner=owner,
         to=", ".join(to),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class SenderFolder(models.TextChoices):
@@ -33,7 +36,12 @@ class Message(models.Model):
     digest = models.CharField(max_length=80)
     expires_at = models.DateTimeField()
     withdrawn_at = models.DateTimeField(null=True, blank=True)
-    body_purged_at = models.DateTimeField(null=True, blank=True)
+    # Only the federation endpoint stops serving the body then; the sender's copy stays.
+    fetched_by_all_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When every recipient domain allowed to fetch the body had fetched it.",
+    )
     # The sender's own copy: Sent, or Trash (emptied after 30 days), starred or not.
     sender_folder = models.CharField(max_length=5, choices=SenderFolder.choices, default=SenderFolder.SENT)
     sender_starred = models.BooleanField(default=False)
@@ -52,13 +60,50 @@ class Message(models.Model):
         return f"{self.subject!r} from {self.sender_address}"
 
     @property
-    def gone_reason(self) -> str | None:
-        """Why the body can no longer be fetched: 'withdrawn', 'expired' or None."""
+    def is_hidden_from_sender(self) -> bool:
+        """Deleted for good by its sender, the row kept only for its recipients."""
+        return self.sender_folder == SenderFolder.TRASH and self.sender_trashed_at is None
+
+    def offer_end(self, *, now: datetime | None = None, attachments: bool = False) -> OfferEnd | None:
+        """Why, and since when, recipient domains can no longer fetch the body; None while they can.
+
+        This is about the federation endpoints only: the sender keeps the body
+        and its attachments for as long as the message is in their mailbox.
+        With ``attachments``, for the attachment endpoint: files stay offered
+        after every domain fetched the body, since readers open them later.
+        """
+        now = now or timezone.now()
         if self.withdrawn_at:
-            return "withdrawn"
-        if self.body_purged_at:
-            return "expired"
+            return OfferEnd(GoneReason.WITHDRAWN, self.withdrawn_at)
+        if not attachments and self.fetched_by_all_at and self.fetched_by_all_at < self.expires_at:
+            return OfferEnd(GoneReason.FETCHED, self.fetched_by_all_at)
+        if self.expires_at <= now:
+            return OfferEnd(GoneReason.EXPIRED, self.expires_at)
         return None
+
+
+class GoneReason(models.TextChoices):
+    """The ``reason`` of a 410 from the body and attachment endpoints (docs/protocol.md §5.5)."""
+
+    WITHDRAWN = "withdrawn", "withdrawn by the sender"
+    EXPIRED = "expired", "retention ended"
+    FETCHED = "fetched", "every recipient domain has fetched it"
+
+
+class OfferEnd(NamedTuple):
+    """The end of the federation offer of a body: why, and since when."""
+
+    reason: GoneReason
+    at: datetime
+
+    @property
+    def api_reason(self) -> str:
+        """The user API's word for it: never "expired", since the sender's copy is still there."""
+        return {
+            GoneReason.WITHDRAWN: "withdrawn",
+            GoneReason.EXPIRED: "retention_ended",
+            GoneReason.FETCHED: "fetched_by_all",
+        }[self.reason]
 
 
 class RecipientKind(models.TextChoices):

@@ -6,11 +6,16 @@ from typing import Any
 
 from django.db.models import Count, Max, Prefetch, QuerySet
 
-from .models import BodyFetch, Delivery, Draft, Message, Recipient
+from .models import BodyFetch, Delivery, Draft, Message, Recipient, RecipientStatus, SenderFolder
 
 
 def sent_messages_for(*, user) -> QuerySet[Message]:  # type: ignore[no-untyped-def]
-    return Message.objects.filter(sender=user)
+    """The user's own sent messages (Sent and Trash), with their bodies and attachments.
+
+    A copy the user deleted for good is not theirs any more, even while its row
+    stays for recipients who may still fetch it.
+    """
+    return Message.objects.filter(sender=user).exclude(sender_folder=SenderFolder.TRASH, sender_trashed_at__isnull=True)
 
 
 def sent_message_detail(*, user, message_id) -> Message:  # type: ignore[no-untyped-def]
@@ -44,7 +49,9 @@ def body_of_message(message: Message, *, with_bcc: bool = False) -> dict[str, An
 
 
 def domain_status(message: Message) -> list[dict]:
-    """Per recipient domain: delivery, answers, fetches and the withdrawal race."""
+    """Per recipient domain: delivery, answers, fetches, the withdrawal race, and whether
+    the domain may still fetch the body (``offered``; never for local or all-rejected domains)."""
+    offer_open = message.offer_end() is None
     fetches: dict[str, list[BodyFetch]] = {}
     for fetch in message.fetches.all():
         fetches.setdefault(fetch.domain, []).append(fetch)
@@ -58,10 +65,14 @@ def domain_status(message: Message) -> list[dict]:
         withdrawn_before_fetch = None
         if message.withdrawn_at:
             withdrawn_before_fetch = first_fetch is None or message.withdrawn_at < first_fetch
+        domain_recipients = recipients.get(delivery.domain, [])
+        may_read = any(r.status != RecipientStatus.REJECTED for r in domain_recipients)
         rows.append(
             {
                 "delivery": delivery,
-                "recipients": recipients.get(delivery.domain, []),
+                "recipients": domain_recipients,
+                "offered": offer_open and may_read and not delivery.local,
+                "all_rejected": not may_read,
                 "fetch_status": "local" if delivery.local else ("fetched" if domain_fetches else "not fetched"),
                 "first_fetched_at": first_fetch,
                 "fetch_count": len(domain_fetches),

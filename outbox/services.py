@@ -1,4 +1,4 @@
-"""Sender side: send, notify, serve the body, withdraw, expire."""
+"""Sender side: send, notify, serve the body to recipient domains, withdraw."""
 
 from __future__ import annotations
 
@@ -406,19 +406,44 @@ class NotOffered(Exception):
     """The message does not exist or is not addressed to the asking domain."""
 
 
+class NoAcceptedRecipient(Exception):
+    """Every recipient of the message at the asking domain was rejected: nobody there may read it."""
+
+
 class BodyGone(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
-def serve_body(*, global_id: uuid.UUID, to_domain: str) -> bytes:
-    """Return the canonical body for a recipient domain and record the fetch."""
+def offered_message(*, global_id: uuid.UUID, to_domain: str) -> Message:
+    """The message a recipient domain asks for, if that domain may fetch it at all.
+
+    Raises NotOffered when the message is unknown or ``to_domain`` is not one of
+    its remote recipient domains, and NoAcceptedRecipient when every recipient
+    there was rejected (a recipient still pending may yet be accepted, so it counts).
+    Withdrawal, retention and "every domain fetched" are the caller's to check.
+    """
     message = Message.objects.filter(pk=global_id).first()
     if message is None or not Delivery.objects.filter(message=message, domain=to_domain, local=False).exists():
         raise NotOffered()
-    if message.gone_reason:
-        raise BodyGone(message.gone_reason)
+    readers = Recipient.objects.filter(message=message, domain=to_domain).exclude(status=RecipientStatus.REJECTED)
+    if not readers.exists():
+        raise NoAcceptedRecipient()
+    return message
+
+
+def serve_body(*, global_id: uuid.UUID, to_domain: str) -> bytes:
+    """Return the canonical body for a recipient domain and record the fetch.
+
+    Raises NotOffered, NoAcceptedRecipient (see :func:`offered_message`) or
+    BodyGone once the message is withdrawn, every recipient domain has fetched
+    it, or its retention ended. The sender's own copy is not affected by any of these.
+    """
+    message = offered_message(global_id=global_id, to_domain=to_domain)
+    end = message.offer_end()
+    if end is not None:
+        raise BodyGone(end.reason)
     content = canonical_content(message)
     BodyFetch.objects.create(message=message, domain=to_domain, bytes=len(content))
     return content
@@ -534,33 +559,37 @@ def requeue_due(*, limit: int = 1000) -> int:
     return len(due) + len(withdrawals)
 
 
-def purge_bodies() -> int:
-    """Delete bodies past retention, or fetched by every remote domain with no local reader.
+def mark_fetched_by_all() -> int:
+    """Stop offering to recipient domains the bodies that every one of them has fetched.
 
-    Metadata stays; the fetch endpoint answers 410 "expired" from then on.
+    A domain counts when it is remote and has a recipient not rejected (pending
+    ones may still be accepted and fetch). From then on the body endpoint answers
+    410 "fetched"; attachments stay offered until retention ends. Nothing of the
+    sender's copy is deleted: its text, HTML and attachments stay for as long as
+    the message is in the sender's mailbox. Returns how many messages were marked.
     """
     now = timezone.now()
     local_names = list(Domain.objects.values_list("name", flat=True))
-    live = Message.objects.filter(body_purged_at__isnull=True, withdrawn_at__isnull=True)
-    # Withdrawn bodies are no longer served but are kept for the sender until retention ends.
-    expired = Message.objects.filter(body_purged_at__isnull=True, expires_at__lte=now)
-    all_fetched = (
-        live.annotate(
-            # Domains that can fetch: remote, with at least one accepted recipient.
-            remote=Count(
-                "recipients__domain",
-                filter=Q(recipients__status=RecipientStatus.ACCEPTED) & ~Q(recipients__domain__in=local_names),
-                distinct=True,
-            ),
-            local=Count("deliveries", filter=Q(deliveries__local=True), distinct=True),
+    readers = ~Q(recipients__status=RecipientStatus.REJECTED) & ~Q(recipients__domain__in=local_names)
+    candidates = (
+        Message.objects.filter(fetched_by_all_at__isnull=True, withdrawn_at__isnull=True, expires_at__gt=now)
+        .annotate(
+            remote=Count("recipients__domain", filter=readers, distinct=True),
             fetched=Count("fetches__domain", distinct=True),
         )
-        .filter(remote__gt=0, local=0, fetched__gte=F("remote"))
+        .filter(remote__gt=0, fetched__gte=F("remote"))
         .values_list("pk", flat=True)
     )
-    ids = set(expired.values_list("pk", flat=True)) | set(all_fetched)
-    purged = Message.objects.filter(pk__in=ids)
-    # Local recipients read the stored message itself: their copy stays, only
-    # the federation fetch ends.
-    purged.filter(deliveries__local=True).update(body_purged_at=now)
-    return purged.filter(body_purged_at__isnull=True).update(text="", html=None, body_purged_at=now)
+    done = []
+    for message_id in candidates:
+        # The counts only narrow it down: the domains themselves must be the same.
+        remote = set(
+            Recipient.objects.filter(message_id=message_id)
+            .exclude(status=RecipientStatus.REJECTED)
+            .exclude(domain__in=local_names)
+            .values_list("domain", flat=True)
+        )
+        fetched = set(BodyFetch.objects.filter(message_id=message_id).values_list("domain", flat=True))
+        if remote <= fetched:
+            done.append(message_id)
+    return Message.objects.filter(pk__in=done, fetched_by_all_at__isnull=True).update(fetched_by_all_at=now)

@@ -20,9 +20,9 @@ def requeue_due() -> int:
     return services.requeue_due()
 
 
-@shared_task(name="outbox.purge_bodies")
-def purge_bodies() -> int:
-    return services.purge_bodies()
+@shared_task(name="outbox.mark_fetched_by_all")
+def mark_fetched_by_all() -> int:
+    return services.mark_fetched_by_all()
 
 
 @shared_task(name="outbox.send_draft")

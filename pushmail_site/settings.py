@@ -313,7 +313,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-deliveries": {"task": "outbox.requeue_due", **_sweep},
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
-    "purge-bodies": {"task": "outbox.purge_bodies", "schedule": 300.0, "options": {"expires": 300.0}},
+    "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},

@@ -233,8 +233,6 @@ def build() -> dict[str, str]:
         "beta-key-id": BETA_KEY_ID,
         "canonical-body": body.decode("utf-8"),
         "canonical-digest": body_digest,
-        # The Content-Digest header of the 200 that serves this body (RFC 9530 form of the same hash).
-        "body-content-digest": "sha-256=:" + _b64(hashlib.sha256(body).digest()) + ":",
         "notification-request": _http_head("POST", notify_url, notify_headers, notify_body),
         "notification-body": notify_body.decode("ascii"),
         "notification-signature-base": notify_base,

@@ -18,7 +18,7 @@ from django.urls import reverse
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import body_of
 from outbox.models import Message
-from outbox.selectors import body_of_message, domain_status, sent_message_detail
+from outbox.selectors import body_of_message, domain_status, sent_message_detail, sent_messages_for
 
 # Primary keys are 64-bit: a larger id in the URL is simply not found (not a database error).
 MAX_ID = 2**63 - 1
@@ -170,7 +170,7 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
         mine = {e.local_id for e in [entry, *entries] if e.local_id}
         sent = [
             m
-            for m in Message.objects.filter(sender=user, thread_key=entry.thread_key).order_by("-date")[:THREAD_LIMIT]
+            for m in sent_messages_for(user=user).filter(thread_key=entry.thread_key).order_by("-date")[:THREAD_LIMIT]
             if m.pk not in mine  # a message to oneself is shown once, as received
         ]
     items = [

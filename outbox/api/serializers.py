@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from attachments.api import AttachmentUploadSerializer
@@ -58,12 +59,21 @@ class DomainStatusSerializer(serializers.Serializer):
     fetch_count = serializers.IntegerField()
     withdrawal = serializers.CharField(source="delivery.withdrawal")
     withdrawn_before_fetch = serializers.BooleanField(allow_null=True)
+    offered = serializers.BooleanField(help_text="Whether this domain can still fetch the body.")
+
+
+class OfferEndedSerializer(serializers.Serializer):
+    """Why and since when recipient domains can no longer fetch the body (the sender keeps it)."""
+
+    reason = serializers.ChoiceField(choices=["withdrawn", "retention_ended", "fetched_by_all"])
+    at = serializers.DateTimeField()
 
 
 class MessageSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(read_only=True)
     deliveries = serializers.SerializerMethodField()
-    gone_reason = serializers.CharField(read_only=True, allow_null=True)
+    offered_to_recipients = serializers.SerializerMethodField()
+    offer_ended = serializers.SerializerMethodField()
     attachments = serializers.SerializerMethodField()
 
     class Meta:
@@ -85,11 +95,23 @@ class MessageSerializer(serializers.ModelSerializer):
             "digest",
             "expires_at",
             "withdrawn_at",
-            "gone_reason",
+            "offered_to_recipients",
+            "offer_ended",
             "attachments",
             "deliveries",
         ]
         read_only_fields = fields
+
+    def get_offered_to_recipients(self, message: Message) -> bool:
+        """Whether recipient domains can still fetch the body. The sender's copy stays either way."""
+        return message.offer_end() is None
+
+    @extend_schema_field(OfferEndedSerializer(allow_null=True))
+    def get_offer_ended(self, message: Message) -> dict | None:
+        end = message.offer_end()
+        if end is None:
+            return None
+        return {"reason": end.api_reason, "at": serializers.DateTimeField().to_representation(end.at)}
 
     def get_attachments(self, message: Message) -> list[dict]:
         """The manifest: name, type, size and digest of each file, in order."""

@@ -448,10 +448,9 @@ def test_expired_message_shows_expired(alpha: Instance, beta: Instance) -> None:
     message, _subject, (entry,) = send_and_wait(a, [b], text="Read me soon.")
     purged = alpha.shell(
         "from datetime import timedelta\nfrom django.utils import timezone\n"
-        "from outbox.models import Message\nfrom outbox.services import purge_bodies\n"
+        "from outbox.models import Message\n"
         f"Message.objects.filter(pk={message['id']!r}).update(expires_at=timezone.now() - timedelta(minutes=1))\n"
-        "purge_bodies()\n"
-        f"print(Message.objects.get(pk={message['id']!r}).gone_reason)"
+        f"print(Message.objects.get(pk={message['id']!r}).offer_end().reason)"
     )
     assert purged == "expired"
     opened = b.read_until(entry["id"], "expired")

@@ -329,7 +329,7 @@ def test_withdraw_endpoint(
 
     assert response.status_code == 200
     data = response.json()
-    assert data["withdrawn_at"] and data["gone_reason"] == "withdrawn"
+    assert data["withdrawn_at"] and data["offer_ended"]["reason"] == "withdrawn"
     rows = {r["domain"]: r for r in data["deliveries"]}
     assert rows["peer.test"]["withdrawal"] == WithdrawalState.PENDING
     assert ("outbox.send_withdrawal", (delivery.pk,)) in [(q.name, q.args) for q in queued]

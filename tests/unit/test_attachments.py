@@ -829,7 +829,7 @@ def test_attachments_outlive_an_early_body_deletion_until_expiry(
     alice: User, peer: FakePeer, federation: FederationClient
 ) -> None:
     message = _send(alice, [("a.txt", "text/plain", b"still here")])
-    Message.objects.filter(pk=message.pk).update(body_purged_at=timezone.now(), text="")  # every domain fetched it
+    Message.objects.filter(pk=message.pk).update(fetched_by_all_at=timezone.now())  # every domain fetched it
 
     assert federation.fetch(peer, message.pk).status_code == 410  # the body is gone
     response = federation.send(

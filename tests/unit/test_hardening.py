@@ -15,7 +15,7 @@ from federation import payloads
 from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
 from mailbox.services import accept_notification, fetch_body, open_entry
 from outbox.models import Delivery, Recipient
-from outbox.services import deliver_notification, purge_bodies
+from outbox.services import deliver_notification, mark_fetched_by_all
 from tests.conftest import NOTIFICATIONS, Call, FakeNetwork, FakePeer, FederationClient, json_response
 from tests.factories import PeerMessageFactory, SentMessageFactory
 
@@ -105,7 +105,7 @@ def test_a_legacy_domain_does_not_keep_a_fetched_body_alive(
     assert Recipient.objects.get(message=message, address="x@legacy.invalid").reason == "legacy domain"
 
     assert federation.fetch(peer, message.pk).status_code == 200
-    assert purge_bodies() == 1  # every domain that can fetch has fetched
+    assert mark_fetched_by_all() == 1  # every domain that can fetch has fetched
     assert federation.fetch(peer, message.pk).status_code == 410
 
 

@@ -15,7 +15,7 @@ from mailbox import tasks as mailbox_tasks
 from mailbox.models import FetchState, RemoteMessage
 from mailbox.services import accept_notification
 from outbox import tasks as outbox_tasks
-from outbox.models import Delivery, DeliveryState, Message
+from outbox.models import BodyFetch, Delivery, DeliveryState, Message
 from pushmail_site.celery import app
 from tests.conftest import NOTIFICATIONS, FakePeer, Queued
 from tests.factories import MailboxFactory, PeerMessageFactory, SentMessageFactory
@@ -32,7 +32,7 @@ def test_durable_task_settings() -> None:
 def test_every_scheduled_task_exists() -> None:
     app.loader.import_default_modules()
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
-    assert {"outbox.requeue_due", "mailbox.requeue_due", "outbox.purge_bodies"} <= scheduled
+    assert {"outbox.requeue_due", "mailbox.requeue_due", "outbox.mark_fetched_by_all"} <= scheduled
     assert scheduled <= set(app.tasks), scheduled - set(app.tasks)
 
 
@@ -53,8 +53,9 @@ def test_task_wrappers_do_the_work(alice: User, peer: FakePeer) -> None:
     outbox_tasks.deliver_notification(Delivery.objects.get(message=message).pk)
     assert len(peer.calls_to("POST", NOTIFICATIONS)) == 1
 
-    Message.objects.filter(pk=message.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
-    assert outbox_tasks.purge_bodies() == 1
+    assert outbox_tasks.mark_fetched_by_all() == 0  # peer.test has not fetched it
+    BodyFetch.objects.create(message=message, domain="peer.test", bytes=message.size)
+    assert outbox_tasks.mark_fetched_by_all() == 1
 
     old = PeerMessageFactory(expires=timezone.now().replace(microsecond=0) - timedelta(seconds=1))
     accept_notification(origin="peer.test", notification=old.notification())

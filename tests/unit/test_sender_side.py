@@ -15,7 +15,7 @@ from accounts.models import User
 from mailbox.models import EntryState, InboxEntry
 from mailbox.services import open_entry
 from outbox.models import BodyFetch, Delivery, DeliveryState, Message, WithdrawalState
-from outbox.services import deliver_notification, purge_bodies, send_withdrawal, withdraw_message
+from outbox.services import deliver_notification, mark_fetched_by_all, send_withdrawal, withdraw_message
 from tests.conftest import WITHDRAWALS, FakePeer, FederationClient, api_as
 from tests.factories import SentMessageFactory
 
@@ -180,43 +180,40 @@ def test_withdrawing_twice_changes_nothing(alice: User, peer: FakePeer) -> None:
 # --- retention ------------------------------------------------------------------------------------------
 
 
-def test_body_past_retention_is_purged_and_the_fetch_answers_expired(
+def test_body_past_retention_is_no_longer_served_and_the_fetch_answers_expired(
     alice: User, peer: FakePeer, federation: FederationClient
 ) -> None:
-    message = _sent(alice, "carol@peer.test", subject="Old news", text="Secret old body")
+    message = _sent(alice, "carol@peer.test", subject="Old news", text="Old body, still the sender's")
     live = _sent(alice, "carol@peer.test", text="Still here")
     Message.objects.filter(pk=message.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
-    assert purge_bodies() == 1
-
-    message.refresh_from_db()
-    assert message.text == "" and message.body_purged_at is not None
-    assert message.subject == "Old news" and message.digest  # metadata stays
     response = federation.fetch(peer, message.pk)
     assert response.status_code == 410 and response.json()["reason"] == "expired"
     assert federation.fetch(peer, live.pk).status_code == 200
-    assert api_as(alice).get(f"/api/v1/messages/{message.pk}/").json()["gone_reason"] == "expired"
+    data = api_as(alice).get(f"/api/v1/messages/{message.pk}/").json()
+    assert data["offer_ended"]["reason"] == "retention_ended" and data["text"] == "Old body, still the sender's"
 
 
-def test_body_fetched_by_every_recipient_domain_is_purged_early(
+def test_body_fetched_by_every_recipient_domain_is_no_longer_served(
     alice: User, peer: FakePeer, other_peer: FakePeer, federation: FederationClient
 ) -> None:
     message = _sent(alice, "carol@peer.test", "erin@other.test")
     federation.fetch(peer, message.pk)
-    assert purge_bodies() == 0  # other.test has not fetched yet
+    assert mark_fetched_by_all() == 0  # other.test has not fetched yet
 
     federation.fetch(other_peer, message.pk)
-    assert purge_bodies() == 1
-    assert federation.fetch(peer, message.pk).status_code == 410
+    assert mark_fetched_by_all() == 1
+    response = federation.fetch(peer, message.pk)
+    assert response.status_code == 410 and response.json()["reason"] == "fetched"
 
 
-def test_local_readers_keep_a_purged_message(
+def test_local_readers_keep_a_message_no_longer_offered(
     alice: User, bob: User, peer: FakePeer, federation: FederationClient
 ) -> None:
     message = _sent(alice, "carol@peer.test", "bob@alpha.test", text="Local copy")
     Message.objects.filter(pk=message.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
 
-    purge_bodies()
+    mark_fetched_by_all()
 
     assert federation.fetch(peer, message.pk).status_code == 410
     entry = InboxEntry.objects.get(owner=bob)

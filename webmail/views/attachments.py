@@ -22,7 +22,8 @@ from attachments.models import Blob
 from attachments.selectors import previewable
 from attachments.services import AttachmentUnavailable, blob_for_entry
 from mailbox.models import InboxEntry
-from outbox.models import DraftAttachment, Message, MessageAttachment
+from outbox.models import DraftAttachment, MessageAttachment
+from outbox.selectors import sent_messages_for
 
 # Nothing in an attachment response may load, run or act as our origin. The
 # sandbox comes from this header, not from an iframe attribute: Chromium's PDF
@@ -89,7 +90,7 @@ def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpRes
 @require_GET
 def sent_attachment(request: HttpRequest, message_id: Any, index: int) -> HttpResponse:
     """``sent-attachment``: an attachment of a message the user sent."""
-    message = get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)
+    message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
     attachment = get_object_or_404(MessageAttachment.objects.select_related("blob"), message=message, position=index)
     return serve_blob(request, attachment.blob, name=attachment.name, content_type=attachment.content_type)
 

@@ -31,7 +31,7 @@ from mailbox.models import InboxEntry
 from mailbox.sanitize import sanitize_html
 from mailbox.selectors import body_of
 from outbox.models import Message, MessageAttachment
-from outbox.selectors import body_of_message
+from outbox.selectors import body_of_message, sent_messages_for
 
 FRAME_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -47,7 +47,7 @@ def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
 
 
 def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
-    return get_object_or_404(Message.objects.filter(sender=request.user), pk=message_id)  # type: ignore[misc]
+    return get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
 
 
 def _entry_body(entry: InboxEntry, content: ReadableContent | None = None) -> dict[str, Any]:

@@ -118,13 +118,17 @@ def entry_retry(request: HttpRequest, entry_id: int) -> HttpResponse:
 def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
     """The sender's own message with its delivery status per recipient domain."""
     message = reading.sent_message_or_404(user=request.user, message_id=message_id)
+    rows = reading.delivery_rows(message)
+    # Readers on this instance read the stored message: only remote domains have an offer to end.
+    remote = any(not row["delivery"].local for row in rows)
     return render(
         request,
         "webmail/reading/sent.html",
         {
             "message": message,
+            "offer_end": message.offer_end() if remote else None,
             "body": reading.message_body(message),
-            "rows": reading.delivery_rows(message),
+            "rows": rows,
             "attachment_items": attachment_items_for_message(message),
         },
     )
