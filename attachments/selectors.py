@@ -79,7 +79,7 @@ def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
 
     if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
         return []
-    if entry.state == EntryState.TAMPERED:
+    if entry.state in (EntryState.TAMPERED, EntryState.MALFORMED):
         return []
     if entry.local_id is not None:
         return _message_manifest(entry.local)

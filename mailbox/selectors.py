@@ -23,23 +23,38 @@ def entry_for(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyped-
     return InboxEntry.objects.owned_by(user).select_related("remote", "local").get(pk=entry_id)
 
 
+BODY_KEYS = ("subject", "from", "text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
+
+
 def body_of(entry: InboxEntry) -> dict[str, Any] | None:
-    """The body a reader sees, or None while it is not available to this reader."""
+    """The body a reader sees, or None while it is not available to this reader.
+
+    ``subject`` and ``from`` are the body's own, checked against the notified digest,
+    whatever a notification said.
+    """
     if entry.state == EntryState.NOTICE:
-        return {"text": entry.notice_text, "html": None, "to": [], "cc": []}
-    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        data = {
+            "subject": entry.subject,
+            "from": entry.sender,
+            "text": entry.notice_text,
+            "html": None,
+            "to": [],
+            "cc": [],
+        }
+    elif entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
         return None
-    if entry.local is not None:
+    elif entry.local is not None:
         from outbox.services import canonical_content
 
         data = payloads.parse_body(canonical_content(entry.local))
     elif entry.remote is not None and entry.remote.content is not None:
-        data = payloads.parse_body(bytes(entry.remote.content))
+        try:
+            data = payloads.check_body(bytes(entry.remote.content))
+        except payloads.PayloadError:
+            return None  # stored before bodies were checked: never rendered (see migration 0005)
     else:
         return None
-    return {
-        key: data.get(key) for key in ("text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
-    }
+    return {key: data.get(key) for key in BODY_KEYS}
 
 
 # --- Folder lists (webmail) ---------------------------------------------------------------
