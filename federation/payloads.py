@@ -164,6 +164,18 @@ def limit_value(value: Any, field: str, default: int) -> int:
     return value
 
 
+def unfit_character(value: str, *, multiline: bool = False, tab: bool = False) -> str | None:
+    """The first character the wire refuses in ``value``, described (e.g. "a control
+    character (U+001B)"), or None. ``multiline`` text (a body's text and html) refuses only
+    NUL and unpaired surrogates; other text also refuses control characters (but TAB when
+    ``tab``). Senders check their input with this, so peers never refuse what they send."""
+    pattern = _NUL_OR_SURROGATE if multiline else _CONTROL_BUT_TAB if tab else _CONTROL
+    bad = pattern.search(value)
+    if bad is None:
+        return None
+    return "NUL" if bad.group() == "\x00" and multiline else _describe(bad.group())
+
+
 # --- Field checks ---------------------------------------------------------------------
 
 
@@ -315,9 +327,9 @@ def check_body(content: bytes) -> dict[str, Any]:
             continue
         if not isinstance(value, str):
             raise PayloadError(name, "expected a string" + (" or null" if nullable else ""))
-        bad = _NUL_OR_SURROGATE.search(value)
-        if bad:
-            raise PayloadError(name, f"contains {'NUL' if bad.group() == chr(0) else _describe(bad.group())}")
+        unfit = unfit_character(value, multiline=True)
+        if unfit:
+            raise PayloadError(name, f"contains {unfit}")
     _string(data.get("in_reply_to"), "in_reply_to", max_chars=MAX_HEADER_CHARS)
     references = data.get("references")
     if not isinstance(references, list) or len(references) > MAX_REFERENCES:

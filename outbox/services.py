@@ -125,6 +125,15 @@ def send_message(
         raise ValidationError({"subject": ["subject is longer than 998 characters"]})
     if in_reply_to and ("\r" in in_reply_to or "\n" in in_reply_to or len(in_reply_to) > 400):
         raise ValidationError({"in_reply_to": ["must be a message id without line breaks"]})
+    # What recipients' instances would refuse (docs/protocol.md §4.1) is refused here, by name.
+    for name, value, options in (
+        ("subject", subject, {"tab": True}),
+        ("in_reply_to", in_reply_to, {}),
+        ("text", text, {"multiline": True}),
+        ("html", html or "", {"multiline": True}),
+    ):
+        if unfit := payloads.unfit_character(value, **options):
+            raise ValidationError({name: [f"{name} contains {unfit}"]})
 
     kinds: dict[str, str] = {}
     for kind, addresses in ((RecipientKind.TO, to_list), (RecipientKind.CC, cc_list), (RecipientKind.BCC, bcc_list)):

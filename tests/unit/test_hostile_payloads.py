@@ -409,3 +409,26 @@ def test_the_upgrade_marks_stored_malformed_bodies_malformed(alice: User) -> Non
     assert bad.state == FetchState.MALFORMED and bad.content is None
     assert bad.last_error.startswith("body is malformed: to")
     assert bad_entry.state == EntryState.MALFORMED
+
+
+# --- what this instance sends: refused at the source, by name -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        ("subject", '"Hi \\u001b[31m"'),
+        ("subject", '"Hi \\ud800"'),
+        ("in_reply_to", '"<a\\u0000@b>"'),
+        ("text", '"broken \\udc00 text"'),
+        ("html", '"<p>\\ud83d</p>"'),
+    ],
+)
+def test_the_api_refuses_to_send_what_recipients_would_refuse(alice: User, field: str, raw: str) -> None:
+    fields = {"to": '["carol@peer.test"]', "subject": '"s"', "text": '"t"', field: raw}
+    content = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+
+    response = api_as(alice).generic("POST", "/api/v1/messages/", content, content_type="application/json")
+
+    assert response.status_code == 400, response.content
+    assert field in response.json()["fields"]
