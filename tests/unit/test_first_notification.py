@@ -220,3 +220,28 @@ def test_the_openapi_schema_documents_the_body_subject_and_sender(db: None) -> N
     body = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
 
     assert {"subject", "from", "text", "html", "to", "cc"} <= set(body["properties"])
+
+
+def test_a_sender_told_409_fails_the_delivery_at_once_and_says_why(alice: User, peer: FakePeer) -> None:
+    from outbox.models import Delivery, DeliveryState, Recipient
+    from outbox.services import deliver_notification
+    from tests.conftest import NOTIFICATIONS
+
+    peer.reply(
+        "POST",
+        NOTIFICATIONS,
+        409,
+        {"error": "conflicting_notification", "detail": "subject: differs from the first notification"},
+    )
+    message = send_message(sender=alice, to=["carol@peer.test"], subject="Hello", text="Hi")
+    delivery = Delivery.objects.get(message=message, domain="peer.test")
+
+    deliver_notification(delivery.pk)
+
+    delivery.refresh_from_db()
+    assert delivery.state == DeliveryState.FAILED and delivery.attempts == 1
+    recipient = Recipient.objects.get(message=message, address="carol@peer.test")
+    assert (recipient.status, recipient.reason) == (
+        "rejected",
+        "HTTP 409: subject: differs from the first notification",
+    )

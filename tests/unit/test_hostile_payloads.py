@@ -432,3 +432,38 @@ def test_the_api_refuses_to_send_what_recipients_would_refuse(alice: User, field
 
     assert response.status_code == 400, response.content
     assert field in response.json()["fields"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, {"id": "x", "results": [{"address": "carol@peer.test", "status": "rejected", "reason": "no\x00pe"}]}),
+        (200, {"id": "x", "results": [{"address": "carol@peer.test", "status": "rejected", "reason": ["x"]}]}),
+        (200, {"id": "x", "results": [{"address": ["carol@peer.test"], "status": "accepted"}]}),
+        (403, {"error": "blocked", "detail": "go \x00away \ud800"}),
+    ],
+    ids=["nul-reason", "list-reason", "list-address", "nul-detail"],
+)
+def test_a_peers_hostile_answer_is_recorded_without_control_characters(
+    alice: User, peer: FakePeer, answer: tuple[int, dict[str, Any]]
+) -> None:
+    from outbox.models import Delivery, Recipient
+    from outbox.services import deliver_notification, send_message
+
+    status, data = answer
+    content = json.dumps(data).encode()
+    peer.on(
+        "POST",
+        NOTIFICATIONS,
+        lambda call: http.Response(
+            status=status, headers={"content-type": "application/json"}, content=content, url=""
+        ),
+    )
+    message = send_message(sender=alice, to=["carol@peer.test"], subject="Hello", text="Hi")
+
+    deliver_notification(Delivery.objects.get(message=message).pk)  # no database error, no crash
+
+    recipient = Recipient.objects.get(message=message)
+    assert recipient.status == "rejected"
+    assert "\x00" not in recipient.reason and "\ud800" not in recipient.reason
+    assert all("\x00" not in text for text in InboxEntry.objects.values_list("notice_text", flat=True))
