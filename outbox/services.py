@@ -87,7 +87,8 @@ def _references_for(in_reply_to: str) -> list[str]:
     parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
     if parent is None:
         parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
-    chain = list(parent or [])
+    # Only ids a peer would take (docs/protocol.md §5.4): one stored by an older version may not be.
+    chain = [r for r in parent or [] if isinstance(r, str) and len(r) <= 400 and not payloads.unfit_character(r)]
     if len(chain) > 20:
         chain = chain[:1] + chain[-19:]  # keep the root: it names the thread
     return [*chain, in_reply_to]

@@ -467,3 +467,23 @@ def test_a_peers_hostile_answer_is_recorded_without_control_characters(
     assert recipient.status == "rejected"
     assert "\x00" not in recipient.reason and "\ud800" not in recipient.reason
     assert all("\x00" not in text for text in InboxEntry.objects.values_list("notice_text", flat=True))
+
+
+def test_the_bodies_this_instance_serves_pass_the_body_check(alice: User) -> None:
+    from pathlib import Path
+
+    from outbox.services import canonical_content, send_message
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    for name in ("body.json", "body_with_attachment.json"):
+        payloads.check_body((data / name).read_bytes().strip())
+    message = send_message(
+        sender=alice,
+        to=["Carol@Peer.Test", "dave@peer.test"],
+        cc=["erin@other.test"],
+        subject="Tabs\tand ünïcödé",
+        text="Line one\r\nline two\tand a form feed \x0c",
+        html="<p>Hi</p>",
+    )
+    body = payloads.check_body(canonical_content(message))
+    assert body["to"] == ["carol@peer.test", "dave@peer.test"]
