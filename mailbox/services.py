@@ -118,6 +118,9 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
 def _check_repeat(remote: RemoteMessage, notification: payloads.Notification) -> None:
     conflict = notification.conflict_with(_as_first_notification(remote))
     if conflict is not None:
+        log.warning(
+            "refused a notification of %s from %s: its %s differs", remote.global_id, remote.origin_domain, conflict
+        )
         raise ConflictingNotification(conflict)
 
 
