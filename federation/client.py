@@ -11,7 +11,7 @@ from django.conf import settings
 
 from . import http
 from .discovery import Instance
-from .payloads import Notification, Withdrawal
+from .payloads import Notification, Withdrawal, clean_text
 from .signatures import sign_as
 
 
@@ -56,7 +56,7 @@ def _call(
 def _error_text(response: http.Response) -> str:
     try:
         data = response.json()
-        detail = data.get("detail") or data.get("error")
+        detail = clean_text(data.get("detail") or data.get("error"))
     except (ValueError, AttributeError):
         detail = None
     return f"HTTP {response.status}" + (f": {detail}" if detail else "")
@@ -90,8 +90,11 @@ def send_notification(
         _raise_for(response)
     try:
         results = response.json()["results"]
+        # The peer's words are stored and shown to the sender: only strings, no control characters.
         return {
-            r["address"]: {"status": r["status"], "reason": r.get("reason", "")} for r in results if isinstance(r, dict)
+            r["address"]: {"status": clean_text(r["status"]), "reason": clean_text(r.get("reason", ""))}
+            for r in results
+            if isinstance(r, dict) and isinstance(r.get("address"), str)
         }
     except (ValueError, KeyError, TypeError) as exc:
         raise PeerError("notification answer is not the documented JSON", retryable=True) from exc
@@ -105,7 +108,10 @@ def send_withdrawal(*, instance: Instance, sender_domain: str, withdrawal: Withd
         return {"status": "unknown"}  # never notified there: nothing to withdraw
     if response.status != 200:
         _raise_for(response)
-    data = response.json()
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise PeerError("withdrawal answer is not JSON", retryable=True) from exc
     return data if isinstance(data, dict) else {}
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 
-from . import http
+from . import http, payloads
 from .keys import public_key_from_b64
 from .models import SigningKey
 
@@ -145,8 +145,8 @@ def _read_document(domain: str, doc: Any) -> Instance | None:
         domain=domain,
         api_base=api if api.endswith("/") else api + "/",
         keys=keys,
-        max_notification_bytes=int(limits.get("max_notification_bytes", 262144)),
-        max_recipients=int(limits.get("max_recipients", 1000)),
+        max_notification_bytes=payloads.limit_value(limits.get("max_notification_bytes"), "limits", 262144),
+        max_recipients=payloads.limit_value(limits.get("max_recipients"), "limits", 1000),
         keys_expire_at=keys_expire_at,
     )
 

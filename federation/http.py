@@ -33,7 +33,6 @@ human-readable message and a ``retryable`` flag for the delivery queue.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
 import threading
@@ -54,6 +53,8 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 from urllib3.util.connection import allowed_gai_family
+
+from . import payloads
 
 __all__ = [
     "BlockedAddress",
@@ -120,7 +121,8 @@ class Response:
     url: str
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        """The answer as JSON, parsed as a peer's payloads are (raises PayloadError, a ValueError)."""
+        return payloads.loads(self.content)
 
 
 # --- address policy ---------------------------------------------------------

@@ -1,6 +1,9 @@
 """Wire payloads: the canonical body, its digest, notifications and withdrawals.
 
 docs/protocol.md §4–§6 define these; this module is their only implementation.
+Everything a peer sends is checked here for type, range and characters before
+any other code sees it: JSON nesting and numbers (:func:`loads`), each field of
+a notification, withdrawal and fetched body, and the text of a peer's answers.
 """
 
 from __future__ import annotations
@@ -22,29 +25,192 @@ VERSION = 1
 DIGEST_PREFIX = "sha-256:"
 _DIGEST_RE = re.compile(r"sha-256:[0-9a-f]{64}")
 _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+# The 8-4-4-4-12 hex form, any case (normalized to lower case).
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # RFC 6838 §4.2 restricted names, lowercase, no parameters: "image/png", "application/vnd.oasis.opendocument.text".
 _MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 MAX_ATTACHMENTS = 100
 MAX_ATTACHMENT_NAME = 255
+# Nesting deeper than this is refused before anything walks the parsed value (the
+# payloads themselves nest three levels; the rest leaves room for extensions, §10).
+MAX_DEPTH = 16
+# The canonical body's length is stored in a 32-bit column; no body comes near it.
+MAX_BODY_SIZE = 2**31 - 1
+# A file's size: the largest integer every JSON implementation reads exactly (and
+# 100 of them still add up within a signed 64-bit integer).
+MAX_FILE_SIZE = 2**53 - 1
+MAX_REFERENCES = 100
+MAX_ID_CHARS = 400  # message_id, and in_reply_to and references as a notification keeps them
+MAX_HEADER_CHARS = 998  # subject; in_reply_to and references entries in a body (RFC 5322 line length)
+MAX_BODY_ADDRESSES = 10_000  # to and cc of a body together
+# Times from 1970 up to (not including) the year 9999: the last year would overflow
+# when shown in a time zone east of UTC.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+
+# C0 and C1 control characters, DEL, and unpaired surrogates (which no UTF-8 text or
+# database column can hold). A subject may hold a TAB (RFC 5322 white space).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_TAB = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff]")
+# What a multi-line text (a body's text and html) may not hold.
+_NUL_OR_SURROGATE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class PayloadError(ValueError):
-    """A payload is malformed; the message names the field and the problem."""
+    """A payload is malformed. ``field`` names the field (``body`` for the whole document)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        if len(problem) > 300:
+            problem = problem[:300] + "…"
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _describe(char: str) -> str:
+    code = ord(char)
+    if 0xD800 <= code <= 0xDFFF:
+        return f"an unpaired surrogate (U+{code:04X})"
+    if char in "\r\n":
+        return "CR or LF"
+    return f"a control character (U+{code:04X})"
 
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with whole seconds, e.g. ``2026-11-26T10:00:00Z``."""
-    return value.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    v = value.astimezone(UTC)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
 
 
 def parse_time(value: Any, field: str) -> datetime:
     if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
-        raise PayloadError(f"{field}: expected a UTC time of the form YYYY-MM-DDTHH:MM:SSZ")
+        raise PayloadError(field, "expected a UTC time of the form YYYY-MM-DDTHH:MM:SSZ")
     try:
         parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # noqa: DTZ007 - the Z is UTC, set below
     except ValueError as exc:
-        raise PayloadError(f"{field}: {value!r} is not of the form YYYY-MM-DDTHH:MM:SSZ") from exc
-    return parsed.replace(tzinfo=UTC)
+        raise PayloadError(field, f"{value!r} is not a valid time of the form YYYY-MM-DDTHH:MM:SSZ") from exc
+    parsed = parsed.replace(tzinfo=UTC)
+    if not _EARLIEST <= parsed < _LATEST:
+        raise PayloadError(field, f"{value} is outside 1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z")
+    return parsed
+
+
+# --- JSON from peers ------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise PayloadError("body", f"{name} is not a JSON number")
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise PayloadError(key[:100], "appears twice in one object")
+            seen.add(key)
+    return data
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` arrays or objects deep (without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return True
+
+
+def loads(content: bytes | str) -> Any:
+    """Parse JSON a peer sent: UTF-8, no NaN or Infinity, no member twice, at most MAX_DEPTH deep.
+
+    Raises PayloadError (field ``body``, or the repeated member's name), never
+    RecursionError or a bare ValueError, whatever the bytes.
+    """
+    try:
+        text = content.decode("utf-8") if isinstance(content, bytes) else content
+        data = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_members)
+    except PayloadError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise PayloadError("body", f"is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    except RecursionError as exc:
+        raise PayloadError("body", f"nested more than {MAX_DEPTH} levels deep") from exc
+    except ValueError as exc:  # JSONDecodeError, and integers of more than 4300 digits
+        raise PayloadError("body", f"is not valid JSON: {exc}") from exc
+    if isinstance(data, dict | list) and not _depth_within(data, MAX_DEPTH):
+        raise PayloadError("body", f"nested more than {MAX_DEPTH} levels deep")
+    return data
+
+
+def clean_text(value: Any, *, limit: int = 300) -> str:
+    """A peer's free text (an error ``detail``, a rejection ``reason``) safe to store and show:
+    control characters and unpaired surrogates become spaces, at most ``limit`` characters."""
+    if not isinstance(value, str):
+        return ""
+    return _CONTROL.sub(" ", value[:limit])
+
+
+def limit_value(value: Any, field: str, default: int) -> int:
+    """One of a discovery document's ``limits``: an integer from 1 to 2**31 - 1, or the default."""
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 2**31 - 1:
+        raise PayloadError(field, "expected an integer from 1 to 2147483647")
+    return value
+
+
+def unfit_character(value: str, *, multiline: bool = False, tab: bool = False) -> str | None:
+    """The first character the wire refuses in ``value``, described (e.g. "a control
+    character (U+001B)"), or None. ``multiline`` text (a body's text and html) refuses only
+    NUL and unpaired surrogates; other text also refuses control characters (but TAB when
+    ``tab``). Senders check their input with this, so peers never refuse what they send."""
+    pattern = _NUL_OR_SURROGATE if multiline else _CONTROL_BUT_TAB if tab else _CONTROL
+    bad = pattern.search(value)
+    if bad is None:
+        return None
+    return "NUL" if bad.group() == "\x00" and multiline else _describe(bad.group())
+
+
+# --- Field checks ---------------------------------------------------------------------
+
+
+def _string(value: Any, field: str, *, max_chars: int, min_chars: int = 0, control: re.Pattern[str] = _CONTROL) -> str:
+    """A single-line string: the right type and length, no control characters, no surrogates."""
+    if not isinstance(value, str):
+        raise PayloadError(field, "expected a string")
+    if not min_chars <= len(value) <= max_chars:
+        if min_chars:
+            raise PayloadError(field, f"must be {min_chars} to {max_chars} characters")
+        raise PayloadError(field, f"longer than {max_chars} characters")
+    bad = control.search(value)
+    if bad:
+        raise PayloadError(field, f"contains {_describe(bad.group())}")
+    return value
+
+
+def _version(data: dict[str, Any]) -> None:
+    value = data.get("version")
+    if type(value) is not int or value != VERSION:
+        shown = repr(value)[:40]
+        raise PayloadError("version", f"unsupported {shown}; this instance speaks {VERSION}")
+
+
+def _type(data: dict[str, Any], expected: str) -> None:
+    if data.get("type") != expected:
+        raise PayloadError("type", f"expected {expected!r}")
+
+
+def _integer(value: Any, field: str, *, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise PayloadError(field, "expected an integer of at least 0")
+    if value > maximum:
+        raise PayloadError(field, f"over the limit of {maximum}")
+    return value
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -102,15 +268,11 @@ def is_digest(value: str) -> bool:
     return bool(_DIGEST_RE.fullmatch(value))
 
 
-def body_mismatch(content: bytes, notification: dict[str, Any]) -> str | None:
-    """Name the first field where a fetched body disagrees with its notification, if any.
+def body_mismatch(body: dict[str, Any], notification: dict[str, Any]) -> str | None:
+    """Name the first field where a checked body (:func:`check_body`) disagrees with its notification.
 
     The digest already pins the bytes; this pins what the inbox showed before opening.
     """
-    try:
-        body = parse_body(content)
-    except (ValueError, UnicodeDecodeError):
-        return "body is not a JSON object"
     for name, expected in notification.items():
         actual = body.get(name)
         if name == "attachments":  # absent and empty are the same manifest
@@ -121,9 +283,61 @@ def body_mismatch(content: bytes, notification: dict[str, Any]) -> str | None:
 
 
 def parse_body(content: bytes) -> dict[str, Any]:
-    data = json.loads(content.decode("utf-8"))
+    """A stored body as a JSON object, without the schema check (see :func:`check_body`)."""
+    data = loads(content)
     if not isinstance(data, dict):
-        raise PayloadError("body is not a JSON object")
+        raise PayloadError("body", "is not a JSON object")
+    return data
+
+
+def _address_list(value: Any, field: str, *, limit: int) -> list[str]:
+    if not isinstance(value, list):
+        raise PayloadError(field, "expected an array of addresses")
+    if len(value) > limit:
+        raise PayloadError(field, f"{len(value)} addresses exceed the limit of {limit}")
+    for index, item in enumerate(value):
+        where = f"{field}[{index}]"
+        if _address(item, where) != item:
+            raise PayloadError(where, "is not in normalized form (§5.1)")
+    return value
+
+
+def check_body(content: bytes) -> dict[str, Any]:
+    """A fetched body, checked against the body schema (docs/protocol.md §4.1, §4.4).
+
+    Raises PayloadError naming the first field that breaks it: such a body is
+    refused as ``malformed`` and never stored. Unknown members are ignored.
+    """
+    data = parse_body(content)
+    _version(data)
+    body_id = _string(data.get("id"), "id", max_chars=36)
+    if not _UUID_RE.fullmatch(body_id):
+        raise PayloadError("id", "expected a UUID of the form 8-4-4-4-12 hex digits")
+    _string(data.get("message_id"), "message_id", min_chars=1, max_chars=MAX_ID_CHARS)
+    sender = data.get("from")
+    if _address(sender, "from") != sender:
+        raise PayloadError("from", "is not in normalized form (§5.1)")
+    to = _address_list(data.get("to"), "to", limit=MAX_BODY_ADDRESSES)
+    _address_list(data.get("cc"), "cc", limit=MAX_BODY_ADDRESSES - len(to))
+    _string(data.get("subject"), "subject", max_chars=MAX_HEADER_CHARS, control=_CONTROL_BUT_TAB)
+    parse_time(data.get("date"), "date")
+    for name, nullable in (("text", False), ("html", True)):
+        value = data.get(name)
+        if value is None and nullable and name in data:
+            continue
+        if not isinstance(value, str):
+            raise PayloadError(name, "expected a string" + (" or null" if nullable else ""))
+        unfit = unfit_character(value, multiline=True)
+        if unfit:
+            raise PayloadError(name, f"contains {unfit}")
+    _string(data.get("in_reply_to"), "in_reply_to", max_chars=MAX_HEADER_CHARS)
+    references = data.get("references")
+    if not isinstance(references, list) or len(references) > MAX_REFERENCES:
+        raise PayloadError("references", f"expected an array of at most {MAX_REFERENCES} strings")
+    for index, item in enumerate(references):
+        _string(item, f"references[{index}]", max_chars=MAX_HEADER_CHARS)
+    if "attachments" in data:
+        parse_manifest(data["attachments"])
     return data
 
 
@@ -144,40 +358,39 @@ class ManifestEntry:
 
 
 def _attachment_name(value: Any, where: str) -> str:
+    field_name = f"{where}.name"
     if not isinstance(value, str):
-        raise PayloadError(f"{where}.name: expected a string")
+        raise PayloadError(field_name, "expected a string")
     if not value or len(value) > MAX_ATTACHMENT_NAME:
-        raise PayloadError(f"{where}.name: must be 1 to {MAX_ATTACHMENT_NAME} characters")
+        raise PayloadError(field_name, f"must be 1 to {MAX_ATTACHMENT_NAME} characters")
     if "/" in value or "\\" in value:
-        raise PayloadError(f"{where}.name: contains a path separator")
-    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
-        raise PayloadError(f"{where}.name: contains a control or formatting character")
+        raise PayloadError(field_name, "contains a path separator")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in value):
+        raise PayloadError(field_name, "contains a control or formatting character")
     if value.strip(". ") == "" or value != value.strip():
-        raise PayloadError(f"{where}.name: must not be only dots, or start or end with white space")
+        raise PayloadError(field_name, "must not be only dots, or start or end with white space")
     return value
 
 
 def parse_manifest(value: Any, *, field_name: str = "attachments") -> list[ManifestEntry]:
     """Validate an attachment manifest strictly; errors name the entry and the field."""
     if not isinstance(value, list):
-        raise PayloadError(f"{field_name}: expected a list")
+        raise PayloadError(field_name, "expected a list")
     if len(value) > MAX_ATTACHMENTS:
-        raise PayloadError(f"{field_name}: {len(value)} exceeds the limit of {MAX_ATTACHMENTS} attachments")
+        raise PayloadError(field_name, f"{len(value)} exceeds the limit of {MAX_ATTACHMENTS} attachments")
     entries = []
     for index, item in enumerate(value):
         where = f"{field_name}[{index}]"
         if not isinstance(item, dict):
-            raise PayloadError(f"{where}: expected an object")
+            raise PayloadError(where, "expected an object")
         name = _attachment_name(item.get("name"), where)
         kind = item.get("type")
         if not isinstance(kind, str) or not _MIME_RE.fullmatch(kind):
-            raise PayloadError(f"{where}.type: expected a lowercase MIME type such as image/png, without parameters")
-        size = item.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise PayloadError(f"{where}.size: expected an integer of at least 0")
+            raise PayloadError(f"{where}.type", "expected a lowercase MIME type such as image/png, without parameters")
+        size = _integer(item.get("size"), f"{where}.size", maximum=MAX_FILE_SIZE)
         digest_value = item.get("digest")
         if not isinstance(digest_value, str) or not _DIGEST_RE.fullmatch(digest_value):
-            raise PayloadError(f"{where}.digest: expected 'sha-256:' followed by 64 lowercase hex digits")
+            raise PayloadError(f"{where}.digest", "expected 'sha-256:' followed by 64 lowercase hex digits")
         entries.append(ManifestEntry(name=name, type=kind, size=size, digest=digest_value))
     return entries
 
@@ -220,84 +433,99 @@ class Notification:
             **extra,
         }
 
+    def conflict_with(self, first: Notification) -> str | None:
+        """The first field, other than ``recipients`` and ``expires``, in which this repeat of
+        an already known notification differs from the first one (§5.4); None if none does."""
+        for name in (
+            "message_id",
+            "sender",
+            "subject",
+            "date",
+            "size",
+            "digest",
+            "in_reply_to",
+            "references",
+            "attachments",
+        ):
+            if getattr(self, name) != getattr(first, name):
+                return name
+        return None
 
-def _require(data: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+
+def _require(data: dict[str, Any], field: str) -> Any:
     if field not in data:
-        raise PayloadError(f"{field}: required field missing")
-    value = data[field]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        raise PayloadError(f"{field}: expected {names}")
-    return value
-
-
-def _no_line_breaks(value: str, field: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise PayloadError(f"{field}: contains CR or LF")
-    return value
+        raise PayloadError(field, "required field missing")
+    return data[field]
 
 
 def _address(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise PayloadError(f"{field}: expected an address string")
+        raise PayloadError(field, "expected an address string")
+    if len(value) > 400:
+        raise PayloadError(field, "longer than any address (at most 64 + 1 + 253 characters)")
+    bad = _CONTROL.search(value)
+    if bad:
+        raise PayloadError(field, f"contains {_describe(bad.group())}")
     try:
         return normalize_address(value)
     except ValidationError as exc:
-        raise PayloadError(f"{field}: {exc.messages[0]}") from exc
+        raise PayloadError(field, exc.messages[0]) from exc
 
 
 def _uuid(value: Any, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError as exc:
-        raise PayloadError(f"{field}: {value!r} is not a UUID") from exc
+    if not isinstance(value, str):
+        raise PayloadError(field, "expected a string")
+    if not _UUID_RE.fullmatch(value):
+        raise PayloadError(field, f"{value[:60]!r} is not a UUID of the form 8-4-4-4-12 hex digits")
+    return uuid.UUID(value)
 
 
 def _id_list(value: Any, field: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) > 100:
-        raise PayloadError(f"{field}: expected a list of at most 100 strings")
-    return [_no_line_breaks(v, field)[:400] for v in value]
+    if not isinstance(value, list) or len(value) > MAX_REFERENCES:
+        raise PayloadError(field, f"expected a list of at most {MAX_REFERENCES} strings")
+    return [
+        _string(v, f"{field}[{i}]", max_chars=len(v) if isinstance(v, str) else 0)[:MAX_ID_CHARS]
+        for i, v in enumerate(value)
+    ]
 
 
 def parse_notification(data: Any, *, max_recipients: int) -> Notification:
+    """Check a notification (§5.4) field by field; PayloadError names the first bad one."""
     if not isinstance(data, dict):
-        raise PayloadError("body: expected a JSON object")
-    if data.get("type") != "notification":
-        raise PayloadError("type: expected 'notification'")
-    if data.get("version") != VERSION:
-        raise PayloadError(f"version: unsupported {data.get('version')!r}; this instance speaks {VERSION}")
-    recipients = _require(data, "recipients", list)
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "notification")
+    _version(data)
+    recipients = _require(data, "recipients")
+    if not isinstance(recipients, list):
+        raise PayloadError("recipients", "expected a list of addresses")
     if not recipients:
-        raise PayloadError("recipients: at least one recipient is required")
+        raise PayloadError("recipients", "at least one recipient is required")
     if len(recipients) > max_recipients:
-        raise PayloadError(f"recipients: {len(recipients)} exceeds the limit of {max_recipients}")
-    digest_value = _require(data, "digest", str)
-    if not _DIGEST_RE.fullmatch(digest_value):
-        raise PayloadError("digest: expected 'sha-256:' followed by 64 lowercase hex digits")
-    size = _require(data, "size", int)
-    if size < 0:
-        raise PayloadError("size: must not be negative")
-    subject = _no_line_breaks(_require(data, "subject", str), "subject")
-    if len(subject) > 998:
-        raise PayloadError("subject: longer than 998 characters")
-    in_reply_to = data.get("in_reply_to") or ""
-    if not isinstance(in_reply_to, str):
-        raise PayloadError("in_reply_to: expected a string")
-    message_id = _no_line_breaks(_require(data, "message_id", str), "message_id")
-    if not message_id or len(message_id) > 400:
-        raise PayloadError("message_id: must be 1 to 400 characters")
+        raise PayloadError("recipients", f"{len(recipients)} exceeds the limit of {max_recipients}")
+    digest_value = _require(data, "digest")
+    if not isinstance(digest_value, str) or not _DIGEST_RE.fullmatch(digest_value):
+        raise PayloadError("digest", "expected 'sha-256:' followed by 64 lowercase hex digits")
+    size = _integer(_require(data, "size"), "size", maximum=MAX_BODY_SIZE)
+    subject = _string(_require(data, "subject"), "subject", max_chars=MAX_HEADER_CHARS, control=_CONTROL_BUT_TAB)
+    in_reply_to = data.get("in_reply_to")
+    in_reply_to = "" if in_reply_to is None else in_reply_to
+    if isinstance(in_reply_to, str):  # cut to what is kept, after the check of every character
+        in_reply_to = _string(in_reply_to, "in_reply_to", max_chars=len(in_reply_to))[:MAX_ID_CHARS]
+    else:
+        raise PayloadError("in_reply_to", "expected a string")
+    message_id = _string(_require(data, "message_id"), "message_id", min_chars=1, max_chars=MAX_ID_CHARS)
     return Notification(
-        global_id=_uuid(_require(data, "id", str), "id"),
+        global_id=_uuid(_require(data, "id"), "id"),
         message_id=message_id,
-        sender=_address(data.get("sender"), "sender"),
-        recipients=list(dict.fromkeys(_address(r, "recipients[]") for r in recipients)),
+        sender=_address(_require(data, "sender"), "sender"),
+        recipients=list(dict.fromkeys(_address(r, f"recipients[{i}]") for i, r in enumerate(recipients))),
         subject=subject,
-        date=parse_time(data.get("date"), "date"),
+        date=parse_time(_require(data, "date"), "date"),
         size=size,
-        digest=digest_value.lower(),
-        in_reply_to=_no_line_breaks(in_reply_to, "in_reply_to")[:400],
+        digest=digest_value,
+        in_reply_to=in_reply_to,
         references=_id_list(data.get("references", []), "references"),
-        expires=parse_time(data.get("expires"), "expires"),
+        expires=parse_time(_require(data, "expires"), "expires"),
         attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
     )
 
@@ -315,10 +543,9 @@ class Withdrawal:
 
 
 def parse_withdrawal(data: Any) -> Withdrawal:
+    """Check a withdrawal (§5.6) field by field; PayloadError names the first bad one."""
     if not isinstance(data, dict):
-        raise PayloadError("body: expected a JSON object")
-    if data.get("type") != "withdrawal":
-        raise PayloadError("type: expected 'withdrawal'")
-    if data.get("version") != VERSION:
-        raise PayloadError(f"version: unsupported {data.get('version')!r}; this instance speaks {VERSION}")
-    return Withdrawal(global_id=_uuid(_require(data, "id", str), "id"), sender=_address(data.get("sender"), "sender"))
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "withdrawal")
+    _version(data)
+    return Withdrawal(global_id=_uuid(_require(data, "id"), "id"), sender=_address(_require(data, "sender"), "sender"))

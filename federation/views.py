@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import uuid
 from typing import Any
 
@@ -29,14 +28,16 @@ def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
     return response
 
 
+def invalid_payload(exc: payloads.PayloadError) -> JsonResponse:
+    """``400 invalid_payload``, with ``field`` naming the offending field (§5.2)."""
+    return JsonResponse({"error": "invalid_payload", "field": exc.field, "detail": str(exc)}, status=400)
+
+
 def _read_json(request: HttpRequest, body: bytes) -> Any:
     content_type = request.content_type or ""
     if content_type != "application/json":
-        raise payloads.PayloadError(f"Content-Type must be application/json, not {content_type or 'missing'}")
-    try:
-        return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise payloads.PayloadError(f"body is not valid JSON: {exc}") from exc
+        raise payloads.PayloadError("Content-Type", f"must be application/json, not {content_type or 'missing'}")
+    return payloads.loads(body)
 
 
 def _body_within(request: HttpRequest, limit: int) -> bytes | JsonResponse:
@@ -89,7 +90,7 @@ def notifications(request: HttpRequest) -> HttpResponse:
             _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
         )
     except payloads.PayloadError as exc:
-        return error(400, "invalid_payload", str(exc))
+        return invalid_payload(exc)
     if domain_of(notification.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {notification.sender} is not of the signing domain {signer.domain}")
     try:
@@ -98,7 +99,14 @@ def notifications(request: HttpRequest) -> HttpResponse:
         if exc.retry_after is None:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
-    results = mailbox_services.accept_notification(origin=signer.domain, notification=notification)
+    try:
+        results = mailbox_services.accept_notification(origin=signer.domain, notification=notification)
+    except mailbox_services.ConflictingNotification as exc:
+        return error(
+            409,
+            "conflicting_notification",
+            f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
+        )
     return JsonResponse({"id": str(notification.global_id), "results": [r.to_json() for r in results]})
 
 
@@ -118,7 +126,7 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
     try:
         withdrawal = payloads.parse_withdrawal(_read_json(request, body))
     except payloads.PayloadError as exc:
-        return error(400, "invalid_payload", str(exc))
+        return invalid_payload(exc)
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
     result = mailbox_services.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)

@@ -39,7 +39,7 @@ __all__ = ["ReadableAttachment", "ReadableContent", "readable_content_for"]
 
 # Entry (and remote message) states whose content, or its promise, may be shown.
 _SHOWN = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.FETCHED, EntryState.UNAVAILABLE})
-_BODY_KEYS = ("text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
+_BODY_KEYS = ("subject", "from", "text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
 
 
 @dataclass(frozen=True)
@@ -83,13 +83,26 @@ class ReadableContent:
         """Text, HTML, recipients, date and ids; None while not here or not for this reader."""
         entry = self.entry
         if self.notice:
-            return {"text": entry.notice_text, "html": None, "to": [], "cc": []}
+            return {
+                "subject": entry.subject,
+                "from": entry.sender,
+                "text": entry.notice_text,
+                "html": None,
+                "to": [],
+                "cc": [],
+                "date": None,
+                "message_id": None,
+                "in_reply_to": None,
+                "references": [],
+            }
         if self.hidden:
             return None
         message, remote = entry.local, entry.remote
         if message is not None:
             # Read from the row, never rebuilt: the same values as its canonical body.
             return {
+                "subject": message.subject,
+                "from": message.sender_address,
                 "text": message.text,
                 "html": message.html,
                 "to": list(message.to or []),
@@ -100,7 +113,10 @@ class ReadableContent:
                 "references": list(message.references or []),
             }
         if remote is not None and remote.content is not None:
-            data = payloads.parse_body(bytes(remote.content))
+            try:
+                data = payloads.check_body(bytes(remote.content))
+            except payloads.PayloadError:
+                return None  # stored before bodies were checked: never rendered (see mailbox migration 0005)
             return {key: data.get(key) for key in _BODY_KEYS}
         return None
 

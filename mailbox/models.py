@@ -14,6 +14,7 @@ class FetchState(models.TextChoices):
     WITHDRAWN = "withdrawn"
     EXPIRED = "expired"
     TAMPERED = "tampered"
+    MALFORMED = "malformed"
 
 
 class EntryState(models.TextChoices):
@@ -24,6 +25,7 @@ class EntryState(models.TextChoices):
     WITHDRAWN = "withdrawn"
     EXPIRED = "expired"
     TAMPERED = "tampered"
+    MALFORMED = "malformed"
     NOTICE = "notice"
 
 

@@ -86,11 +86,51 @@ class RecipientResult:
         return data
 
 
+class ConflictingNotification(Exception):
+    """A notification repeats a known (origin, id) with other content; ``field`` names the first difference."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} differs from the first notification")
+        self.field = field
+
+
+def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
+    """What the first notification of a stored message said (its recipients aside)."""
+    return payloads.Notification(
+        global_id=remote.global_id,
+        message_id=remote.message_id,
+        sender=remote.sender,
+        recipients=[],
+        subject=remote.subject,
+        date=remote.date,
+        size=remote.size,
+        digest=remote.digest,
+        in_reply_to=remote.in_reply_to,
+        references=list(remote.references),
+        expires=remote.expires_at,
+        attachments=tuple(
+            payloads.ManifestEntry(name=a["name"], type=a["type"], size=a["size"], digest=a["digest"])
+            for a in remote.attachments or ()
+        ),
+    )
+
+
+def _check_repeat(remote: RemoteMessage, notification: payloads.Notification) -> None:
+    conflict = notification.conflict_with(_as_first_notification(remote))
+    if conflict is not None:
+        log.warning(
+            "refused a notification of %s from %s: its %s differs", remote.global_id, remote.origin_domain, conflict
+        )
+        raise ConflictingNotification(conflict)
+
+
 def accept_notification(*, origin: str, notification: payloads.Notification) -> list[RecipientResult]:
     """Record a notification: one RemoteMessage per (origin, id), one entry per local recipient.
 
     Idempotent: a repeated notification creates nothing twice and gets the same answers.
-    All rows are committed before this returns.
+    The first notification's metadata is kept for every entry: a repeat that differs
+    from it in anything but its recipients and expiry raises ConflictingNotification
+    and changes nothing (docs/protocol.md §5.4). All rows are committed before this returns.
     """
     recipients = notification.recipients
     local_domains = discovery.local_domain_names()
@@ -111,6 +151,9 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
             results.append(RecipientResult(address, "accepted"))
             accepted.append(users[address])
     if not accepted:
+        known = RemoteMessage.objects.filter(origin_domain=origin, global_id=notification.global_id).first()
+        if known is not None:
+            _check_repeat(known, notification)
         return results
     fields = {
         "message_id": notification.message_id,
@@ -125,11 +168,6 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         "local_domain": domain_of(accepted[0].email),
         "attachments": [a.to_json() for a in notification.attachments],
     }
-    conversation = thread_key(
-        message_id=notification.message_id,
-        in_reply_to=notification.in_reply_to,
-        references=notification.references,
-    )
     # Most notifications are new: insert first, and look the row up only when the
     # unique constraint says it exists (a repeat, or a split notification).
     for repeat in (False, True):
@@ -144,35 +182,9 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
                         origin_domain=origin, global_id=notification.global_id, **fields
                     )
                     created = True
-                if not created and remote.digest != notification.digest:
-                    # The same id may not be re-announced with other content.
-                    return [
-                        RecipientResult(r.address, "rejected", "conflicts with an earlier notification")
-                        if r.status == "accepted"
-                        else r
-                        for r in results
-                    ]
-                state = remote.state
-                InboxEntry.objects.bulk_create(
-                    [
-                        InboxEntry(
-                            owner=user,
-                            remote=remote,
-                            sender=notification.sender,
-                            subject=notification.subject,
-                            size=notification.size,
-                            state=state,
-                            thread_key=conversation,
-                            has_attachments=bool(notification.attachments),
-                            attachments_size=sum(a.size for a in notification.attachments),
-                            search_document=search.entry_document(
-                                subject=notification.subject, sender=notification.sender
-                            ),
-                        )
-                        for user in accepted
-                    ],
-                    ignore_conflicts=True,
-                )
+                if not created:
+                    _check_repeat(remote, notification)
+                _add_entries(remote, accepted)
                 if not created and remote.content is not None:
                     # A recipient added after the body was fetched finds it by its text too.
                     search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
@@ -187,6 +199,32 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         # One fetch per message for the whole instance, as for a fetch on open.
         request_fetch(remote_id=remote.pk)
     return results
+
+
+def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
+    """Entries for these users, from what the message's first notification said (or its verified body)."""
+    manifest = remote.attachments or []
+    conversation = thread_key(
+        message_id=remote.message_id, in_reply_to=remote.in_reply_to, references=list(remote.references)
+    )
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(
+                owner=user,
+                remote=remote,
+                sender=remote.sender,
+                subject=remote.subject,
+                size=remote.size,
+                state=remote.state,
+                thread_key=conversation,
+                has_attachments=bool(manifest),
+                attachments_size=sum(a["size"] for a in manifest),
+                search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+            )
+            for user in users
+        ],
+        ignore_conflicts=True,
+    )
 
 
 # --- Pull on read ----------------------------------------------------------------------
@@ -300,8 +338,17 @@ def fetch_body(remote_id: int) -> None:
                 last_error=f"body digest {payloads.digest(content)} does not match the notified {current.digest}",
             )
             return
+        try:
+            body = payloads.check_body(content)
+        except payloads.PayloadError as exc:
+            # The sender notified these very bytes, so fetching again cannot help.
+            log.warning("malformed body for %s from %s: %s", current.global_id, current.origin_domain, exc)
+            _set_state(
+                current, FetchState.MALFORMED, next_attempt_at=None, last_error=f"body is malformed: {exc}"[:500]
+            )
+            return
         mismatch = payloads.body_mismatch(
-            content,
+            body,
             {
                 "id": str(current.global_id),
                 "from": current.sender,
@@ -322,7 +369,11 @@ def fetch_body(remote_id: int) -> None:
         _set_state(
             current, FetchState.FETCHED, content=content, fetched_at=timezone.now(), next_attempt_at=None, last_error=""
         )
-        search.index_fetched_body(remote=current, body=payloads.parse_body(content))
+        # Every reader sees the verified body's subject and sender from now on.
+        InboxEntry.objects.filter(remote=current).exclude(subject=body["subject"], sender=body["from"]).update(
+            subject=body["subject"], sender=body["from"]
+        )
+        search.index_fetched_body(remote=current, body=body)
 
 
 def _fetch_failed(remote: RemoteMessage, error: str, *, retry_after: float | None) -> None:

@@ -273,6 +273,7 @@ def _why_no_body(entry: Any) -> str:
         EntryState.WITHDRAWN: "The message was withdrawn by the sender",
         EntryState.EXPIRED: "The message expired at the sender's server before it was fetched",
         EntryState.TAMPERED: "The message's body did not match what was announced and was refused",
+        EntryState.MALFORMED: "The message's body was malformed and was refused",
     }.get(entry.state, "The message is still at the sender's server")
 
 

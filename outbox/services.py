@@ -87,7 +87,8 @@ def _references_for(in_reply_to: str) -> list[str]:
     parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
     if parent is None:
         parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
-    chain = list(parent or [])
+    # Only ids a peer would take (docs/protocol.md §5.4): one stored by an older version may not be.
+    chain = [r for r in parent or [] if isinstance(r, str) and len(r) <= 400 and not payloads.unfit_character(r)]
     if len(chain) > 20:
         chain = chain[:1] + chain[-19:]  # keep the root: it names the thread
     return [*chain, in_reply_to]
@@ -125,6 +126,15 @@ def send_message(
         raise ValidationError({"subject": ["subject is longer than 998 characters"]})
     if in_reply_to and ("\r" in in_reply_to or "\n" in in_reply_to or len(in_reply_to) > 400):
         raise ValidationError({"in_reply_to": ["must be a message id without line breaks"]})
+    # What recipients' instances would refuse (docs/protocol.md §4.1) is refused here, by name.
+    for name, value, options in (
+        ("subject", subject, {"tab": True}),
+        ("in_reply_to", in_reply_to, {}),
+        ("text", text, {"multiline": True}),
+        ("html", html or "", {"multiline": True}),
+    ):
+        if unfit := payloads.unfit_character(value, **options):
+            raise ValidationError({name: [f"{name} contains {unfit}"]})
 
     kinds: dict[str, str] = {}
     for kind, addresses in ((RecipientKind.TO, to_list), (RecipientKind.CC, cc_list), (RecipientKind.BCC, bcc_list)):

@@ -30,6 +30,7 @@ _STATE_CHIPS = {
     "withdrawn": '<span class="state-chip withdrawn">Withdrawn</span>',
     "expired": '<span class="state-chip expired">Expired</span>',
     "tampered": '<span class="state-chip tampered">Tampered</span>',
+    "malformed": '<span class="state-chip malformed">Malformed</span>',
 }
 
 

@@ -1,9 +1,29 @@
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from ..models import InboxEntry
 from ..selectors import body_of
+
+# The body as the reader gets it (docs/protocol.md §4.1 names): ``subject`` and ``from``
+# are the verified body's, which may differ from the entry's only before it is fetched.
+BODY_SCHEMA = inline_serializer(
+    name="EntryBody",
+    allow_null=True,
+    fields={
+        "subject": serializers.CharField(help_text="The subject of the verified body"),
+        "from": serializers.CharField(help_text="The sender's address in the verified body"),
+        "text": serializers.CharField(),
+        "html": serializers.CharField(allow_null=True),
+        "to": serializers.ListField(child=serializers.CharField()),
+        "cc": serializers.ListField(child=serializers.CharField()),
+        "date": serializers.CharField(allow_null=True, help_text="YYYY-MM-DDTHH:MM:SSZ; null for a notice"),
+        "message_id": serializers.CharField(allow_null=True),
+        "in_reply_to": serializers.CharField(allow_null=True),
+        "references": serializers.ListField(child=serializers.CharField(), allow_null=True),
+    },
+)
 
 
 class EntryListSerializer(serializers.ModelSerializer):
@@ -40,6 +60,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(BODY_SCHEMA)
     def get_body(self, entry: InboxEntry) -> dict | None:
         return body_of(entry)
 

@@ -149,9 +149,8 @@ def test_same_id_with_other_content_is_refused_and_changes_nothing(
 
     response = federation.notify(peer, message.payload(digest="sha-256:" + "0" * 64, subject="Changed"))
 
-    assert response.json()["results"] == [
-        {"address": "alice@alpha.test", "status": "rejected", "reason": "conflicts with an earlier notification"}
-    ]
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflicting_notification"
     remote = RemoteMessage.objects.get()
     assert (remote.subject, remote.digest) == (message.subject, message.notification().digest)
     assert InboxEntry.objects.count() == 1
