@@ -29,6 +29,13 @@ def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
     return response
 
 
+def _refused(exc: SignatureRejected) -> JsonResponse:
+    """The answer to a request whose signature failed, or could not be checked now (503, Retry-After)."""
+    if exc.retry_after is None:
+        return error(exc.status, exc.code, exc.detail)
+    return error(exc.status, exc.code, exc.detail, Retry_After=str(exc.retry_after))
+
+
 def _read_json(request: HttpRequest, body: bytes) -> Any:
     content_type = request.content_type or ""
     if content_type != "application/json":
@@ -83,7 +90,7 @@ def notifications(request: HttpRequest) -> HttpResponse:
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         notification = payloads.parse_notification(
             _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
@@ -114,7 +121,7 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         withdrawal = payloads.parse_withdrawal(_read_json(request, body))
     except payloads.PayloadError as exc:
@@ -139,7 +146,7 @@ def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] |
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         return signer.domain, uuid.UUID(global_id)
     except ValueError:
