@@ -27,6 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import connections
 
 from . import http
 from .keys import public_key_from_b64
@@ -269,10 +270,6 @@ def _doc_key(domain: str) -> str:
     return f"pm-discovery:{domain}"
 
 
-def _settled_key(domain: str) -> str:
-    return f"pm-discovery-settled:{domain}"
-
-
 def _wait_key(domain: str) -> str:
     return f"pm-discovery-wait:{domain}"
 
@@ -293,12 +290,7 @@ def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | N
         cached = local.get(_doc_key(domain))
         if cached is not None:
             return cached or None
-    settled = local.get(_settled_key(domain))
-    if settled is not None:
-        # A lookup of this process that outlived its request's budget has finished since.
-        local.delete(_settled_key(domain))
-        return _settle(domain, settled)
-    if not refresh:
+        # Another process may have fetched it.
         shared = caches["default"].get(_doc_key(domain))
         if isinstance(shared, dict) and shared.get("until", 0) > time.time():
             instance = None if shared["document"] is None else _parse_document(domain, shared["document"])
@@ -311,57 +303,75 @@ def _retry_after(until: Any) -> int:
     return math.ceil(until - time.time()) if isinstance(until, (int, float)) else FAILED_LOOKUP_TTL
 
 
+class _Lookup:
+    """One discovery fetch in a thread, and the request waiting for it, if it still is."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.outcome: tuple[str, Any] | None = None
+        self.abandoned = False
+
+    def run(self) -> None:
+        outcome: tuple[str, Any] = ("failed", "discovery failed")
+        try:
+            outcome = ("ok", _fetch_document(self.domain))
+        except DiscoveryError as exc:
+            outcome = ("failed", str(exc))
+        except Exception:
+            logger.exception("discovery of %s failed", self.domain)
+        finally:
+            _lookup_threads.release()
+            with self.lock:
+                self.outcome = outcome
+                abandoned = self.abandoned
+            self.done.set()
+        if abandoned:
+            # The request stopped waiting: store the outcome here, for the next request on any process.
+            try:
+                _settle(self.domain, outcome)
+            except RetryLater:
+                pass
+            finally:
+                connections.close_all()  # this thread's own connection, if the shared cache is a table
+
+    def wait(self, budget: float) -> tuple[str, Any] | None:
+        """The outcome within ``budget`` seconds, or None: then the thread stores it when it comes."""
+        self.done.wait(max(budget, 0.0))
+        with self.lock:
+            if self.outcome is None:
+                self.abandoned = True
+                _remember_failure(self.domain)  # before the thread can store a success
+            return self.outcome
+
+
 def _look_up_now(domain: str, budget: float) -> Instance | None:
     shared = caches["default"]
     # One lookup per domain at a time across all processes: the key also says when to ask again.
     # It expires by itself after the outbound deadline, in case this process dies holding it.
     hold = math.ceil(settings.PUSHMAIL_HTTP_TIMEOUT) + 5
     if not shared.add(_wait_key(domain), time.time() + budget + 1, timeout=hold):
-        until = shared.get(_wait_key(domain))
         raise RetryLater(
-            f"the keys of {domain} are being looked up or could not be fetched", retry_after=_retry_after(until)
+            f"the keys of {domain} are being looked up or could not be fetched",
+            retry_after=_retry_after(shared.get(_wait_key(domain))),
         )
     if not _lookup_threads.acquire(blocking=False):
         shared.delete(_wait_key(domain))
         raise RetryLater("too many key lookups are under way here", retry_after=math.ceil(budget) + 1)
-    done = threading.Event()
-    thread = threading.Thread(target=_fetch_in_background, args=(domain, done), name=f"pm-lookup:{domain}", daemon=True)
+    job = _Lookup(domain)
     try:
-        thread.start()
+        threading.Thread(target=job.run, name=f"pm-lookup:{domain}", daemon=True).start()
     except RuntimeError:
         _lookup_threads.release()
         shared.delete(_wait_key(domain))
         raise RetryLater("cannot start a key lookup now", retry_after=math.ceil(budget) + 1) from None
-    if not done.wait(max(budget, 0.0)):
-        # The thread goes on until the outbound deadline; its answer is kept for the next request here.
-        _remember_failure(domain)
+    outcome = job.wait(budget)
+    if outcome is None:
         raise RetryLater(
             f"{domain} did not answer its discovery request within {budget:g}s", retry_after=FAILED_LOOKUP_TTL
         )
-    settled = caches["local"].get(_settled_key(domain))
-    caches["local"].delete(_settled_key(domain))
-    if settled is None:
-        settled = ("failed", "the lookup's answer was lost")
-    return _settle(domain, settled)
-
-
-def _fetch_in_background(domain: str, done: threading.Event) -> None:
-    """Fetch the document and leave the outcome in this process's cache; the waiting request stores it.
-
-    No database access here: the shared cache may be a database table, and a
-    thread that outlives its request must not hold a connection.
-    """
-    outcome: tuple[str, Any] = ("failed", "discovery failed")
-    try:
-        outcome = ("ok", _fetch_document(domain))
-    except DiscoveryError as exc:
-        outcome = ("failed", str(exc))
-    except Exception:
-        logger.exception("discovery of %s failed", domain)
-    finally:
-        caches["local"].set(_settled_key(domain), outcome, FAILED_LOOKUP_TTL)
-        _lookup_threads.release()
-        done.set()
+    return _settle(domain, outcome)
 
 
 def _settle(domain: str, outcome: Any) -> Instance | None:
