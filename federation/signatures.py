@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature as BadEd25519Signature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.core.cache import caches
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from http_message_signatures import (
     HTTPMessageSigner,
@@ -28,6 +29,8 @@ from http_message_signatures import (
     algorithms,
 )
 from http_message_signatures.exceptions import HTTPMessageSignaturesException, InvalidSignature
+
+from accounts.validators import normalize_domain
 
 from . import discovery
 from .keys import private_key_of, public_key_from_b64
@@ -127,7 +130,14 @@ def signer_domain(key_id: str) -> str:
     domain, sep, rest = key_id.partition("#")
     if not sep or not domain or not rest:
         raise SignatureRejected("unknown_key", f"key id {key_id!r} is not of the form domain#id")
-    return domain.lower()
+    domain = domain.lower()
+    try:
+        valid = normalize_domain(domain) == domain
+    except ValidationError:
+        valid = False
+    if not valid:
+        raise SignatureRejected("unknown_key", f"key id {key_id[:300]!r} does not start with a domain name")
+    return domain
 
 
 # --- the structure check: everything but the Ed25519 check, before any key lookup -------------

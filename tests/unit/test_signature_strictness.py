@@ -144,6 +144,8 @@ STRUCTURAL: dict[str, Case] = {
     ),
     "no nonce": ("nonce_missing", lambda: Signed(params={"nonce": None})),
     "keyid not domain#suffix": ("unknown_key", lambda: Signed(params={"keyid": "peer.test"})),
+    "keyid of an overlong domain": ("unknown_key", lambda: Signed(params={"keyid": "a" * 300 + ".test#k1"})),
+    "keyid of something not a domain": ("unknown_key", lambda: Signed(params={"keyid": "peer.test/x?y#k1"})),
 }
 
 
