@@ -333,6 +333,8 @@ class _Lookup:
                 _settle(self.domain, outcome)
             except RetryLater:
                 pass
+            except Exception:
+                logger.exception("could not store the discovery answer for %s", self.domain)
             finally:
                 connections.close_all()  # this thread's own connection, if the shared cache is a table
 

@@ -226,7 +226,9 @@ def _check_structure(message: _Message, body: bytes) -> _WellFormed:
     except HTTPMessageSignaturesException as exc:
         text = str(exc)
         if "digest" in text.lower():
-            raise SignatureRejected("digest_mismatch", f"Content-Digest does not match the body: {text}") from exc
+            raise SignatureRejected(
+                "digest_mismatch", f"Content-Digest missing, not covered or not the body's: {text}"
+            ) from exc
         raise SignatureRejected("signature_invalid", f"malformed signature: {text}") from exc
     params = results[0].parameters
     nonce = params.get("nonce")
