@@ -3,17 +3,31 @@
 A domain maps to a base URL through ``PUSHMAIL_PEERS`` or else
 ``https://DOMAIN``; ``GET {base}/.well-known/pushmail`` returns the discovery
 document (docs/protocol.md §2). Results are cached per process.
+
+Background work (delivery, fetches) calls :func:`discover`, which may wait for
+the whole outbound deadline. Request handlers verifying a signature call
+:func:`lookup`, which never waits longer than a short budget: the first lookup
+of a domain runs in a thread the handler waits for at most
+``PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS``; a lookup that is under way, or that
+failed or ran out of time a moment ago, is answered at once with
+:class:`RetryLater`. That state lives in the shared cache, so every process
+sees it, and a document one process fetched serves the others.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import connections
 
 from . import http, payloads
 from .keys import public_key_from_b64
@@ -23,6 +37,12 @@ PROTOCOL = "pushmail"
 VERSION = 1
 WELL_KNOWN_PATH = "/.well-known/pushmail"
 _NEGATIVE_TTL = 300
+# A lookup that failed, or did not answer within the budget, is not tried again for this long.
+FAILED_LOOKUP_TTL = 60
+# Lookups running in threads of one process at most, whatever the domains.
+_MAX_LOOKUP_THREADS = 8
+
+logger = logging.getLogger(__name__)
 
 
 class DiscoveryError(Exception):
@@ -31,6 +51,14 @@ class DiscoveryError(Exception):
     # The same shape as client.PeerError, so callers handle both alike.
     retryable = True
     retry_after: float | None = None
+
+
+class RetryLater(DiscoveryError):
+    """A request handler must not wait for this domain's keys: ask again in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
 
 
 @dataclass(frozen=True)
@@ -189,15 +217,25 @@ def discover(domain: str, *, refresh: bool = False) -> Instance | None:
         if cached is not None:
             return cached or None
     instance = _fetch(domain)
-    ttl = settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL
-    if instance and instance.keys_expire_at:
-        # Forget the document when its first retired key expires, so that key stops verifying.
-        ttl = max(1, min(ttl, int((instance.keys_expire_at - datetime.now(UTC)).total_seconds())))
-    cache.set(cache_key, instance or False, ttl)
+    cache.set(cache_key, instance or False, _ttl_for(instance))
     return instance
 
 
+def _ttl_for(instance: Instance | None) -> int:
+    ttl: int = settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL
+    if instance and instance.keys_expire_at:
+        # Forget the document when its first retired key expires, so that key stops verifying.
+        ttl = max(1, min(ttl, int((instance.keys_expire_at - datetime.now(UTC)).total_seconds())))
+    return ttl
+
+
 def _fetch(domain: str) -> Instance | None:
+    document = _fetch_document(domain)
+    return None if document is None else _parse_document(domain, document)
+
+
+def _fetch_document(domain: str) -> Any:
+    """The domain's discovery document as JSON, or None for a legacy domain; no database access."""
     named_peer = domain in settings.PUSHMAIL_PEERS
     base = base_url_for(domain)
     if not named_peer:
@@ -218,7 +256,139 @@ def _fetch(domain: str) -> Instance | None:
             raise DiscoveryError(f"discovery for {domain} answered {response.status}")
         return None
     try:
-        doc = response.json()
+        return response.json()
     except ValueError:
         return None
-    return _parse_document(domain, doc)
+
+
+# --- lookups for request handlers -------------------------------------------------------------
+
+_lookup_threads = threading.BoundedSemaphore(_MAX_LOOKUP_THREADS)
+
+
+def _doc_key(domain: str) -> str:
+    return f"pm-discovery:{domain}"
+
+
+def _wait_key(domain: str) -> str:
+    return f"pm-discovery-wait:{domain}"
+
+
+def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | None:
+    """The domain's instance, like :func:`discover`, for a handler that must not wait on a slow peer.
+
+    With ``refresh`` the cached documents are skipped. Raises :class:`RetryLater`
+    when the answer is not known within ``budget`` seconds, when another
+    request is already looking the domain up, or when a lookup failed less
+    than ``FAILED_LOOKUP_TTL`` seconds ago.
+    """
+    domain = domain.lower()
+    if is_local(domain):
+        return _local_instance(domain)
+    local = caches["local"]
+    if not refresh:
+        cached = local.get(_doc_key(domain))
+        if cached is not None:
+            return cached or None
+        # Another process may have fetched it.
+        shared = caches["default"].get(_doc_key(domain))
+        if isinstance(shared, dict) and shared.get("until", 0) > time.time():
+            instance = None if shared["document"] is None else _parse_document(domain, shared["document"])
+            local.set(_doc_key(domain), instance or False, max(1, int(shared["until"] - time.time())))
+            return instance
+    return _look_up_now(domain, budget)
+
+
+def _retry_after(until: Any) -> int:
+    return math.ceil(until - time.time()) if isinstance(until, (int, float)) else FAILED_LOOKUP_TTL
+
+
+class _Lookup:
+    """One discovery fetch in a thread, and the request waiting for it, if it still is."""
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.outcome: tuple[str, Any] | None = None
+        self.abandoned = False
+
+    def run(self) -> None:
+        outcome: tuple[str, Any] = ("failed", "discovery failed")
+        try:
+            outcome = ("ok", _fetch_document(self.domain))
+        except DiscoveryError as exc:
+            outcome = ("failed", str(exc))
+        except Exception:
+            logger.exception("discovery of %s failed", self.domain)
+        finally:
+            _lookup_threads.release()
+            with self.lock:
+                self.outcome = outcome
+                abandoned = self.abandoned
+            self.done.set()
+        if abandoned:
+            # The request stopped waiting: store the outcome here, for the next request on any process.
+            try:
+                _settle(self.domain, outcome)
+            except RetryLater:
+                pass
+            except Exception:
+                logger.exception("could not store the discovery answer for %s", self.domain)
+            finally:
+                connections.close_all()  # this thread's own connection, if the shared cache is a table
+
+    def wait(self, budget: float) -> tuple[str, Any] | None:
+        """The outcome within ``budget`` seconds, or None: then the thread stores it when it comes."""
+        self.done.wait(max(budget, 0.0))
+        with self.lock:
+            if self.outcome is None:
+                self.abandoned = True
+                _remember_failure(self.domain)  # before the thread can store a success
+            return self.outcome
+
+
+def _look_up_now(domain: str, budget: float) -> Instance | None:
+    shared = caches["default"]
+    # One lookup per domain at a time across all processes: the key also says when to ask again.
+    # It expires by itself after the outbound deadline, in case this process dies holding it.
+    hold = math.ceil(settings.PUSHMAIL_HTTP_TIMEOUT) + 5
+    if not shared.add(_wait_key(domain), time.time() + budget + 1, timeout=hold):
+        raise RetryLater(
+            f"the keys of {domain} are being looked up or could not be fetched",
+            retry_after=_retry_after(shared.get(_wait_key(domain))),
+        )
+    if not _lookup_threads.acquire(blocking=False):
+        shared.delete(_wait_key(domain))
+        raise RetryLater("too many key lookups are under way here", retry_after=math.ceil(budget) + 1)
+    job = _Lookup(domain)
+    try:
+        threading.Thread(target=job.run, name=f"pm-lookup:{domain}", daemon=True).start()
+    except RuntimeError:
+        _lookup_threads.release()
+        shared.delete(_wait_key(domain))
+        raise RetryLater("cannot start a key lookup now", retry_after=math.ceil(budget) + 1) from None
+    outcome = job.wait(budget)
+    if outcome is None:
+        raise RetryLater(
+            f"{domain} did not answer its discovery request within {budget:g}s", retry_after=FAILED_LOOKUP_TTL
+        )
+    return _settle(domain, outcome)
+
+
+def _settle(domain: str, outcome: Any) -> Instance | None:
+    """Store a finished lookup's outcome where every process sees it, and return it."""
+    kind, value = outcome
+    if kind != "ok":
+        _remember_failure(domain)
+        raise RetryLater(f"cannot fetch the keys of {domain}: {value}", retry_after=FAILED_LOOKUP_TTL)
+    instance = None if value is None else _parse_document(domain, value)
+    ttl = _ttl_for(instance)
+    caches["local"].set(_doc_key(domain), instance or False, ttl)
+    caches["default"].set(_doc_key(domain), {"document": value, "until": time.time() + ttl}, ttl)
+    caches["default"].delete(_wait_key(domain))
+    return instance
+
+
+def _remember_failure(domain: str) -> None:
+    caches["default"].set(_wait_key(domain), time.time() + FAILED_LOOKUP_TTL, FAILED_LOOKUP_TTL)

@@ -33,6 +33,13 @@ def invalid_payload(exc: payloads.PayloadError) -> JsonResponse:
     return JsonResponse({"error": "invalid_payload", "field": exc.field, "detail": str(exc)}, status=400)
 
 
+def _refused(exc: SignatureRejected) -> JsonResponse:
+    """The answer to a request whose signature failed, or could not be checked now (503, Retry-After)."""
+    if exc.retry_after is None:
+        return error(exc.status, exc.code, exc.detail)
+    return error(exc.status, exc.code, exc.detail, Retry_After=str(exc.retry_after))
+
+
 def _read_json(request: HttpRequest, body: bytes) -> Any:
     content_type = request.content_type or ""
     if content_type != "application/json":
@@ -84,7 +91,7 @@ def notifications(request: HttpRequest) -> HttpResponse:
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         notification = payloads.parse_notification(
             _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
@@ -122,7 +129,7 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         withdrawal = payloads.parse_withdrawal(_read_json(request, body))
     except payloads.PayloadError as exc:
@@ -147,7 +154,7 @@ def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] |
     try:
         signer = verify_request(request, body)
     except SignatureRejected as exc:
-        return error(exc.status, exc.code, exc.detail)
+        return _refused(exc)
     try:
         return signer.domain, uuid.UUID(global_id)
     except ValueError:

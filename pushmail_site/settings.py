@@ -330,6 +330,8 @@ PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
 PUSHMAIL_BASE_URL = os.environ.get("PUSHMAIL_BASE_URL", "http://localhost:8000").rstrip("/")
 PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
 PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)
+# How long a request waits for a peer's keys before it is answered 503 "try again later".
+PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS = float(os.environ.get("PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS", "2"))
 PUSHMAIL_MAX_NOTIFICATION_BYTES = env_int("PUSHMAIL_MAX_NOTIFICATION_BYTES", 256 * 1024)
 PUSHMAIL_MAX_RECIPIENTS = env_int("PUSHMAIL_MAX_RECIPIENTS", 1000)
 PUSHMAIL_MAX_BODY_BYTES = env_int("PUSHMAIL_MAX_BODY_BYTES", 25 * 1024 * 1024)

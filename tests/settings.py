@@ -17,3 +17,5 @@ from pushmail_site.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES["local"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "tests-local"}  # noqa: F405
+# Fake peers answer at once; a busy test machine must not turn a key lookup into a 503.
+PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS = 30.0
