@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Sum
 from django.urls import reverse
 
+from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob
 
 # Shown in the page: raster images and PDF only. Never SVG, HTML or anything
@@ -27,6 +28,7 @@ class AttachmentItem:
     url: str
     preview_url: str | None
     at_sender: bool  # not yet fetched to this instance
+    blocked: str | None = None  # why the file is refused (a blocked type), or None
 
     @property
     def human_size(self) -> str:
@@ -52,16 +54,19 @@ def _items(manifest: list[dict[str, Any]], url_for: Any, held: set[str] | None) 
         url = url_for(index)
         kind = str(entry.get("type") or "application/octet-stream")
         digest = str(entry.get("digest") or "")
+        name = clean_filename(entry.get("name"))
+        extension = blocked_extension(name)
         items.append(
             AttachmentItem(
                 index=index,
-                name=str(entry.get("name") or "attachment"),
+                name=name,
                 content_type=kind,
                 size=int(entry.get("size") or 0),
                 digest=digest,
                 url=url,
-                preview_url=f"{url}?inline=1" if previewable(kind) else None,
+                preview_url=f"{url}?inline=1" if previewable(kind) and not extension else None,
                 at_sender=held is not None and digest.removeprefix("sha-256:") not in held,
+                blocked=blocked_reason(name, extension, received=True) if extension else None,
             )
         )
     return items
@@ -74,7 +79,10 @@ def _message_manifest(message: Any) -> list[dict[str, Any]]:
 
 
 def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
-    """The manifest a reader of ``entry`` may see; [] while the message is hidden from them."""
+    """The manifest a reader of ``entry`` may see; [] while the message is hidden from them.
+
+    Names are cleaned (attachments.filenames) as an upload's would be, whatever the sender announced.
+    """
     from mailbox.models import EntryState
 
     if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
@@ -82,10 +90,12 @@ def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
     if entry.state == EntryState.TAMPERED:
         return []
     if entry.local_id is not None:
-        return _message_manifest(entry.local)
-    if entry.remote_id is not None:
-        return list(entry.remote.attachments or [])
-    return []
+        manifest = _message_manifest(entry.local)
+    elif entry.remote_id is not None:
+        manifest = list(entry.remote.attachments or [])
+    else:
+        return []
+    return [{**item, "name": clean_filename(item.get("name"))} for item in manifest]
 
 
 def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:

@@ -12,8 +12,9 @@ import hashlib
 import re
 import tempfile
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -25,9 +26,13 @@ from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from federation.payloads import MAX_ATTACHMENTS
+
+from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob
 
 CHUNK = 64 * 1024
+MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
 
 
 _MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
@@ -42,56 +47,96 @@ class AttachmentInput:
     content_type: str
 
 
-def clean_name(name: str) -> str:
-    """A file name fit for a manifest: no folders, no control or formatting characters."""
-    name = re.split(r"[/\\]", name or "")[-1]
-    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")).strip()
-    if not name.strip("."):
-        name = "attachment"
-    return name[-255:] if len(name) > 255 else name
-
-
 def clean_content_type(content_type: str) -> str:
     """A bare lowercase MIME type; anything unusable becomes application/octet-stream."""
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     return kind if _MIME_RE.fullmatch(kind) else "application/octet-stream"
 
 
+def check_new_files(
+    *, user: Any, files: Sequence[tuple[str, int]], attached: Sequence[int] = (), quota_extra: int | None = None
+) -> None:
+    """Every attachment limit, checked before any byte of ``files`` is stored (ValidationError listing each problem).
+
+    ``files`` are (name as received, size) pairs joining a message or draft that
+    already carries files of the ``attached`` sizes. The limits: blocked file
+    types, ``PUSHMAIL_MAX_ATTACHMENT_BYTES`` per file,
+    ``PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES`` and 100 files per message, and the
+    mailbox quota, which ``quota_extra`` bytes more (default: the new files)
+    must not exceed.
+    """
+    problems = []
+    count = len(attached) + len(files)
+    if count > MAX_FILES:
+        problems.append(too_many_files(count))
+    for name, size in files:
+        extension = blocked_extension(name)
+        if extension:
+            problems.append(blocked_reason(clean_filename(name), extension))
+        elif size > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
+            problems.append(file_too_large(clean_filename(name), size))
+    total = sum(attached) + sum(size for _name, size in files)
+    if not problems and total > settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES:
+        problems.append(message_too_large(total))
+    if not problems:
+        adding = sum(size for _name, size in files) if quota_extra is None else quota_extra
+        try:
+            check_quota(user=user, extra_bytes=adding)
+        except ValidationError as exc:
+            problems.extend(exc.messages)
+    if problems:
+        raise ValidationError({"attachments": problems})
+
+
 def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body_bytes: int = 0) -> None:
-    """The per-file, per-message and quota limits for a message about to be sent (ValidationError)."""
+    """The limits of :func:`check_new_files` for a message about to be sent, its files already stored."""
+    files = [(item.name, item.blob.size) for item in attachments]
+    check_new_files(user=user, files=files, quota_extra=sum(size for _name, size in files) + body_bytes)
+
+
+def too_many_files(count: int) -> str:
+    return f"{count} attachments: at most {MAX_FILES} attachments per message."
+
+
+def file_too_large(name: str, size: int | None = None) -> str:
     limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    total_limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
-    if len(attachments) > 100:
-        raise ValidationError({"attachments": ["at most 100 attachments per message"]})
-    blocked: frozenset[str] = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", frozenset())
-    for item in attachments:
-        suffix = ("." + item.name.rsplit(".", 1)[-1].lower()) if "." in item.name else ""
-        if suffix in blocked:
-            raise ValidationError(
-                {
-                    "attachments": [
-                        f"{item.name}: files of type {suffix} cannot be attached (they could run as programs)."
-                    ]
-                }
-            )
-        if item.blob.size > limit:
-            raise ValidationError(
-                {"attachments": [f"{item.name} is larger than the {human_size(limit)} limit for one attachment."]}
-            )
-    total = sum(item.blob.size for item in attachments)
-    if total > total_limit:
-        raise ValidationError(
-            {
-                "attachments": [
-                    f"The attachments add up to {human_size(total)}, over the {human_size(total_limit)} "
-                    "limit for one message."
-                ]
-            }
-        )
+    found = f" ({human_size(size)})" if size is not None else ""
+    return f"{name} is larger than the {human_size(limit)} limit for one attachment{found}."
+
+
+def message_too_large(total: int | None = None) -> str:
+    limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
+    if total is None:
+        return f"The attachments add up to more than the {human_size(limit)} limit for one message."
+    return f"The attachments add up to {human_size(total)}, over the {human_size(limit)} limit for one message."
+
+
+# --- Storing a request's files with the message, or not at all ----------------------------------
+
+# Files written to storage by _store inside storing_atomically(), so a failure can remove them.
+_new_files: ContextVar[list[str] | None] = ContextVar("pushmail_new_blob_files", default=None)
+
+
+@contextmanager
+def storing_atomically() -> Iterator[None]:
+    """Blobs stored inside the block are kept only if the whole block succeeds.
+
+    The block runs in a transaction: if it raises (a limit, a refused
+    recipient, any error), the Blob rows it created roll back and the files it
+    wrote are deleted from storage, so a rejected request leaves nothing behind.
+    Use it around storing a request's files and saving what attaches them.
+    """
+    created: list[str] = []
+    token = _new_files.set(created)
     try:
-        check_quota(user=user, extra_bytes=total + body_bytes)
-    except ValidationError as exc:
-        raise ValidationError({"attachments": exc.messages}) from exc
+        with transaction.atomic():
+            yield
+    except BaseException:
+        for name in created:
+            _delete_file(name)
+        raise
+    finally:
+        _new_files.reset(token)
 
 
 class DigestMismatch(Exception):
@@ -162,6 +207,9 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
     try:
         with transaction.atomic():
             blob.save(force_insert=True)
+        created = _new_files.get()
+        if created is not None:
+            created.append(blob.file.name)
     except IntegrityError:
         # The same bytes were stored concurrently: keep theirs, drop our copy
         # (unless storage gave both the same name, which is then theirs too).
@@ -217,6 +265,12 @@ def check_quota(*, user: Any, extra_bytes: int) -> None:
 
     quota = user.effective_quota_bytes
     used = usage_bytes(user)
+    if used + extra_bytes > quota and not extra_bytes:
+        raise ValidationError(
+            f"Your mailbox is over its quota: it uses {human_size(used)} of its {human_size(quota)}. "
+            "Delete mail or attachments to make room.",
+            code="quota",
+        )
     if used + extra_bytes > quota:
         raise ValidationError(
             f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
@@ -266,12 +320,13 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
 
 
 class AttachmentUnavailable(Exception):
-    """The attachment cannot be served now; ``message`` says why in words for the reader."""
+    """The attachment cannot be served now; ``message`` says why in words for the reader, ``code`` for the API."""
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
+    def __init__(self, message: str, *, status: int = 502, code: str = "attachment_unavailable") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
 
 
 def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, dict[str, Any]]:
@@ -290,6 +345,12 @@ def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, dict[str, Any]]:
     if not 0 <= index < len(manifest):
         raise LookupError(index)
     item = manifest[index]
+    extension = blocked_extension(item["name"])
+    if extension:
+        # Refused before any byte is fetched or served, like an upload of the same name.
+        raise AttachmentUnavailable(
+            blocked_reason(str(item["name"]), extension, received=True), status=403, code="attachment_blocked"
+        )
     if entry.local_id is not None:
         from outbox.models import MessageAttachment
 

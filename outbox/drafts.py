@@ -12,10 +12,8 @@ import inspect
 import logging
 import mimetypes
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import PurePath
 from typing import Any
 
 import markdown
@@ -24,11 +22,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.validators import normalize_address
+from attachments.filenames import blocked_extension, clean_filename
+from attachments.services import check_new_files, store_upload, storing_atomically
 from pushmail_site.jobs import enqueue, lock, overdue_before
 
 from .models import Draft, DraftAttachment, Message
@@ -385,9 +384,11 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
         hexes = [str(m.get("digest", "")).removeprefix("sha-256:") for m in manifest]
         blobs = {b.sha256: b for b in Blob.objects.filter(sha256__in=hexes)}
         for item, hexdigest in zip(manifest, hexes, strict=True):
-            name = str(item.get("name") or "attachment")
+            name = clean_filename(item.get("name"))
             content_type = str(item.get("type") or item.get("content_type") or "application/octet-stream")
             carried.append((name, content_type, int(item.get("size") or 0), blobs.get(hexdigest)))
+    refused = [name for name, _t, _s, _b in carried if blocked_extension(name)]
+    carried = [item for item in carried if item[0] not in refused]
     left = [name for name, _t, _s, blob in carried if blob is None]
 
     with transaction.atomic():
@@ -397,6 +398,8 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
             for name, content_type, _size, blob in carried
             if blob is not None
         )
+    if refused:
+        notes.append("Not attached, because files of their type could run as programs: " + ", ".join(refused) + ".")
     if left:
         notes.append(
             "Not attached, because they have not been downloaded to this server yet: "
@@ -409,84 +412,27 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
 # --- Attachments --------------------------------------------------------------------------
 
 
-def safe_filename(name: str) -> str:
-    """A display name without directories, control characters or line breaks."""
-    base = PurePath((name or "").replace("\\", "/")).name
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
-    return (base or "attachment")[:255]
-
-
-def blocked_extension(name: str) -> str | None:
-    suffix = PurePath(name.rstrip(". ").lower()).suffix
-    return suffix if suffix in settings.PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS else None
-
-
-def _usage_and_quota(user: User) -> tuple[int, int] | None:
-    """(bytes used, quota) when the attachments app measures usage; None otherwise."""
-    try:
-        from attachments.selectors import usage_bytes
-    except ImportError:
-        return None
-    quota = getattr(user, "effective_quota_bytes", None)
-    if quota is None:
-        return None
-    return int(usage_bytes(user)), int(quota)
-
-
-def _size(value: int) -> str:
-    return str(filesizeformat(value)).replace("\xa0", " ")
-
-
-def check_uploads(*, draft: Draft, files: list[UploadedFile]) -> None:
-    """Every limit, for the whole batch, before anything is stored."""
-    errors = []
-    max_file = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    max_total = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
-    total = sum(a.size for a in draft.attachments.all())
-    for upload in files:
-        name = safe_filename(upload.name or "")
-        size = upload.size or 0
-        ext = blocked_extension(name)
-        if ext:
-            errors.append(f"{name}: files of type {ext} cannot be attached (they could run as programs).")
-        elif size > max_file:
-            errors.append(f"{name} is {_size(size)}, over the limit of {_size(max_file)} per file.")
-        total += size
-    if not errors and total > max_total:
-        names = ", ".join(safe_filename(u.name or "") for u in files)
-        errors.append(
-            f"{names}: the attachments would total {_size(total)}, over the limit of {_size(max_total)} per message."
-        )
-    if not errors:
-        measured = _usage_and_quota(draft.owner)
-        if measured is not None:
-            used, quota = measured
-            adding = sum(u.size or 0 for u in files)
-            if used + adding > quota:
-                names = ", ".join(safe_filename(u.name or "") for u in files)
-                errors.append(
-                    f"{names}: not attached, your mailbox would exceed its quota "
-                    f"({_size(used)} used of {_size(quota)}; these files add {_size(adding)})."
-                )
-    if errors:
-        raise ValidationError({"attachments": errors})
-
-
 def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAttachment]:
-    """Store uploads (deduplicated by SHA-256) on a draft: all of them, or none with a reason."""
-    from attachments.services import store_upload
+    """Store uploads (deduplicated by SHA-256) on a draft: all of them, or none with a reason.
 
+    Every limit is checked before a byte is stored, and the files are stored
+    with their draft rows or not at all.
+    """
     files = [f for f in files if f is not None]
     if not files:
         return []
-    check_uploads(draft=draft, files=files)
-    with transaction.atomic():
+    with storing_atomically():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
         if current.send_at is not None or current.sent_message_id is not None:
             raise DraftLocked()
+        check_new_files(
+            user=draft.owner,
+            files=[(upload.name or "", upload.size or 0) for upload in files],
+            attached=[a.size for a in current.attachments.all()],
+        )
         added = []
         for upload in files:
-            name = safe_filename(upload.name or "")
+            name = clean_filename(upload.name)
             content_type = (upload.content_type or "").split(";")[0].strip().lower()
             if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type) or (
                 content_type == "application/octet-stream"
@@ -545,28 +491,11 @@ def check_draft(draft: Draft) -> Outgoing:
             errors["to"] = ["Add at least one recipient in To, Cc or Bcc."]
         elif count > max_recipients():
             errors["to"] = [f"Too many recipients: {count}; a message can have at most {max_recipients()}."]
-    attachments = list(draft.attachments.all())
-    total = sum(a.size for a in attachments)
-    problems = []
-    for item in attachments:
-        if item.size > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
-            problems.append(
-                f"{item.name} is {_size(item.size)}, over the limit of "
-                f"{_size(settings.PUSHMAIL_MAX_ATTACHMENT_BYTES)} per file."
-            )
-    if total > settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES:
-        problems.append(
-            f"The attachments total {_size(total)}, over the limit of "
-            f"{_size(settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES)} per message."
-        )
-    measured = _usage_and_quota(draft.owner)
-    if measured is not None and measured[0] > measured[1]:
-        problems.append(
-            f"Your mailbox is over its quota ({_size(measured[0])} used of {_size(measured[1])}): "
-            "remove attachments or delete mail, then send."
-        )
-    if problems:
-        errors["attachments"] = problems
+    try:
+        # The files are already counted in the mailbox's usage: only an overfull mailbox stops the send.
+        check_new_files(user=draft.owner, files=[(a.name, a.size) for a in draft.attachments.all()], quota_extra=0)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
     if errors:
         raise ValidationError(errors)
     return Outgoing(

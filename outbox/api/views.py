@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from attachments.api import store_api_attachments
+from attachments.services import storing_atomically
 
 from .. import selectors, services
 from ..models import Message
@@ -32,8 +33,10 @@ class MessageCreateView(APIView):
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
         try:
-            attachments = store_api_attachments(data.pop("attachments", []))
-            message = services.send_message(sender=request.user, attachments=attachments, **data)
+            # Every limit is checked before a byte is stored; a send refused later takes the stored files with it.
+            with storing_atomically():
+                attachments = store_api_attachments(user=request.user, files=data.pop("attachments", []))
+                message = services.send_message(sender=request.user, attachments=attachments, **data)
         except ValidationError as exc:
             raise ApiValidationError(
                 exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}

@@ -22,6 +22,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET
 
+from attachments.filenames import blocked_extension, clean_filename
 from attachments.models import Blob
 from federation import payloads
 from mailbox import remote_content
@@ -171,12 +172,14 @@ def _entry_attachments(entry: InboxEntry) -> list[EmlAttachment]:
     items = []
     for item in manifest:
         digest = str(item.get("digest", ""))
+        name = clean_filename(item.get("name"))
         items.append(
             EmlAttachment(
-                str(item.get("name", "attachment")),
+                name,
                 str(item.get("type", "application/octet-stream")),
                 int(item.get("size", 0)),
-                _blob_bytes(digest) if digest else None,
+                # A blocked type is never handed out, in an export either.
+                _blob_bytes(digest) if digest and not blocked_extension(name) else None,
             )
         )
     return items
