@@ -265,18 +265,25 @@ def check_quota(*, user: Any, extra_bytes: int) -> None:
 
     quota = user.effective_quota_bytes
     used = usage_bytes(user)
-    if used + extra_bytes > quota and not extra_bytes:
-        raise ValidationError(
-            f"Your mailbox is over its quota: it uses {human_size(used)} of its {human_size(quota)}. "
-            "Delete mail or attachments to make room.",
-            code="quota",
-        )
     if used + extra_bytes > quota:
-        raise ValidationError(
-            f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
-            f"and this needs {human_size(extra_bytes)} more. Delete mail or attachments to make room.",
-            code="quota",
+        raise ValidationError(quota_exceeded(used=used, quota=quota, extra=extra_bytes), code="quota")
+
+
+def quota_exceeded(*, used: int, quota: int, extra: int | None) -> str:
+    """Why ``extra`` more bytes (None: an upload cut off once over) do not fit in a mailbox."""
+    if extra == 0:
+        return (
+            f"Your mailbox is over its quota: it uses {human_size(used)} of its {human_size(quota)}. "
+            "Delete mail or attachments to make room."
         )
+    if extra is None:
+        needs = f"these files need more than the {human_size(max(0, quota - used))} left"
+    else:
+        needs = f"this needs {human_size(extra)} more"
+    return (
+        f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
+        f"and {needs}. Delete mail or attachments to make room."
+    )
 
 
 # --- Sender side: serving an attachment to a recipient domain -------------------------

@@ -12,6 +12,8 @@ import inspect
 import logging
 import mimetypes
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +23,7 @@ import nh3
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -148,26 +150,41 @@ def create_draft(
     )
 
 
-def blank_draft(*, owner: User, to: str = "") -> Draft:
-    """A new message; an untouched one the user already opened is reused, so Drafts fills only with real work."""
-    text = _with_signature(owner, "")
-    existing = (
-        Draft.objects.filter(
-            owner=owner,
-            to=to,
-            cc="",
-            bcc="",
-            subject="",
-            text=text,
-            in_reply_to="",
-            send_at__isnull=True,
-            sent_message__isnull=True,
-            attachments__isnull=True,
-        )
-        .order_by("-updated_at")
-        .first()
+def unsaved_draft(*, owner: User, to: str = "") -> Draft:
+    """What the compose page shows for a new message: a draft not stored until its first save."""
+    return Draft(owner=owner, to=to[:10_000], text=_with_signature(owner, ""))
+
+
+def draft_for_key(*, owner: User, key: uuid.UUID, create: bool = True) -> Draft | None:
+    """The draft a compose page's saves go to, made by the first one (``create``).
+
+    The page names its draft with a key it was given, so a repeated or
+    concurrent first save (autosave racing Send) finds the same draft.
+    """
+    found = Draft.objects.filter(owner=owner, client_key=key).first()
+    if found is not None or not create:
+        return found
+    draft, _created = Draft.objects.get_or_create(
+        owner=owner, client_key=key, defaults={"text": _with_signature(owner, "")}
     )
-    return existing or create_draft(owner=owner, to=to)
+    return draft
+
+
+def open_once(*, owner: User, key: uuid.UUID | None, prepare: Callable[[], Prepared]) -> Prepared:
+    """The draft ``prepare`` makes (a reply, a forward), made once per ``key``: the same request
+    repeated (a double click, a resubmitted form) opens the draft the first one made."""
+    if key is None:
+        return prepare()
+    found = draft_for_key(owner=owner, key=key, create=False)
+    if found is not None:
+        return Prepared(found)
+    try:
+        with transaction.atomic():
+            prepared = prepare()
+            Draft.objects.filter(pk=prepared.draft.pk).update(client_key=key)
+    except IntegrityError:
+        return Prepared(Draft.objects.get(owner=owner, client_key=key))
+    return prepared
 
 
 class DraftLocked(Exception):
