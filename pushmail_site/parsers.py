@@ -8,8 +8,10 @@ from typing import Any
 
 from django.conf import settings
 from django.template.defaultfilters import filesizeformat
+from rest_framework import renderers
 from rest_framework.exceptions import APIException
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser, JSONParser
+from rest_framework.settings import api_settings
 
 
 class RequestTooLarge(APIException):
@@ -22,12 +24,18 @@ def _size(value: int) -> str:
     return str(filesizeformat(value)).replace("\xa0", " ")
 
 
-class LimitedJSONParser(JSONParser):
+class LimitedJSONParser(BaseParser):
     """JSON up to the view's ``max_body_bytes()`` (default ``DATA_UPLOAD_MAX_MEMORY_SIZE``).
 
     A larger ``Content-Length`` is answered ``413 too_large`` before the body is
-    read; a body without one is read only one byte past the limit.
+    read; a body without one is read only one byte past the limit. (Not a
+    JSONParser subclass: DRF reads ``request.body`` whole for those, under
+    Django's one limit for every endpoint.)
     """
+
+    media_type = "application/json"
+    renderer_class = renderers.JSONRenderer
+    strict = api_settings.STRICT_JSON
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         context = parser_context or {}
@@ -49,4 +57,4 @@ class LimitedJSONParser(JSONParser):
         data = stream.read(limit + 1) if stream is not None else b""
         if len(data) > limit:
             raise RequestTooLarge(f"The request body is over the {_size(limit)} limit{what}.")
-        return super().parse(io.BytesIO(data), media_type, parser_context)
+        return JSONParser().parse(io.BytesIO(data), media_type, parser_context)
