@@ -395,3 +395,22 @@ def test_save_draft_ignores_chosen_files_without_storing_them(web: Client, alice
     draft.refresh_from_db()
     assert draft.subject == "s"
     assert not DraftAttachment.objects.exists() and not Blob.objects.exists() and not stored_files(media)
+
+
+def test_compose_posts_still_need_the_csrf_token(alice: User, media: Path) -> None:
+    """The upload limits are set before the body is read, so the CSRF check runs inside the view: it still runs."""
+    web = Client(enforce_csrf_checks=True)
+    web.force_login(alice)
+    draft = drafts.create_draft(owner=alice, signature=False)
+    upload = {"subject": "s", "files": [SimpleUploadedFile("a.txt", b"a")]}
+
+    refused = web.post(f"/compose/{draft.pk}/attach/", upload)
+    assert refused.status_code == 403
+    assert not Blob.objects.exists() and not DraftAttachment.objects.exists()
+
+    page = web.get(f"/compose/{draft.pk}/").content.decode()
+    token = page.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    upload["files"] = [SimpleUploadedFile("a.txt", b"a")]
+    accepted = web.post(f"/compose/{draft.pk}/attach/", {**upload, "csrfmiddlewaretoken": token})
+    assert accepted.status_code == 302
+    assert [a.name for a in DraftAttachment.objects.all()] == ["a.txt"]
