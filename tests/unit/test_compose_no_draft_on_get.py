@@ -83,6 +83,19 @@ def test_the_first_save_makes_one_draft_and_later_saves_update_it(web: Client, a
     assert draft.text == "final" and draft.send_at is not None
 
 
+def test_an_autosave_of_an_untouched_form_stores_nothing(web: Client, alice: User) -> None:
+    alice.signature = "Alice"
+    alice.save(update_fields=["signature"])
+    urls = form_urls(web.get("/compose/").content.decode())
+
+    response = web.post(urls["save"], fields(text="\r\n-- \r\nAlice\r\n"), headers=HTMX)  # a Tab through it
+
+    assert response.status_code == 200
+    assert not Draft.objects.exists()
+    web.post(urls["save"], fields(text="Hello\n\n-- \nAlice\n"), headers=HTMX)
+    assert Draft.objects.get(owner=alice).text == "Hello\n\n-- \nAlice\n"
+
+
 def test_two_compose_pages_make_two_drafts(web: Client, alice: User) -> None:
     for subject in ("One", "Two"):
         urls = form_urls(web.get("/compose/").content.decode())

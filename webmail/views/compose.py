@@ -215,6 +215,15 @@ def _stopped(request: HttpRequest, item: Draft | None, key: uuid.UUID | None) ->
     return _refused(request, item, key, *stopped)
 
 
+def _untouched(request: HttpRequest) -> bool:
+    """The posted form is still what a new message's page showed: empty, with only the signature."""
+    post = request.POST
+    blank = drafts_service.unsaved_draft(owner=request.user)
+    empty = all(not post.get(name, "").strip() for name in ("to", "cc", "bcc", "subject"))
+    text = post.get("text", "").replace("\r\n", "\n").strip()  # browsers send a textarea's lines with CRLF
+    return empty and text == blank.text.strip() and not post.get("markdown")
+
+
 def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
     post = request.POST
     return drafts_service.update_draft(
@@ -233,6 +242,9 @@ def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
 @takes_uploads(discard=True)
 def draft_save(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     """Autosave (htmx) or the Save draft button; a new message's first save makes its draft."""
+    if request.htmx and _target(request, draft_id, key, create=False) is None and _untouched(request):
+        # An autosave of a form nobody has written in yet (a Tab through it): nothing to keep.
+        return HttpResponse("")
     item = _target(request, draft_id, key, create=True)
     assert item is not None
     try:
