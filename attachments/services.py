@@ -126,6 +126,7 @@ def storing_atomically() -> Iterator[None]:
     wrote are deleted from storage, so a rejected request leaves nothing behind.
     Use it around storing a request's files and saving what attaches them.
     """
+    outer = _new_files.get()
     created: list[str] = []
     token = _new_files.set(created)
     try:
@@ -137,6 +138,8 @@ def storing_atomically() -> Iterator[None]:
         raise
     finally:
         _new_files.reset(token)
+    if outer is not None:  # nested: the enclosing block may still fail and must remove these too
+        outer.extend(created)
 
 
 class DigestMismatch(Exception):

@@ -311,7 +311,7 @@ class CountingInput(io.BytesIO):
 
 
 def _multipart(draft: Draft, content: bytes, name: str = "big.bin") -> bytes:
-    return encode_multipart(BOUNDARY, {"subject": "s", "files": [SimpleUploadedFile(name, content)]})
+    return encode_multipart(BOUNDARY, {"subject": "Typed, not saved", "files": [SimpleUploadedFile(name, content)]})
 
 
 def test_a_webmail_upload_is_cut_off_at_the_limit_not_read_to_the_end(
@@ -336,6 +336,9 @@ def test_a_webmail_upload_is_cut_off_at_the_limit_not_read_to_the_end(
     assert "big.bin is larger than the 64 KB limit for one attachment" in response.content.decode()
     assert body.read_bytes < MiB  # stopped soon after the limit, not at the end of the 4 MiB
     assert not Blob.objects.exists() and not stored_files(media)
+    assert 'value="Typed, not saved"' in response.content.decode()  # shown again as typed...
+    draft.refresh_from_db()
+    assert draft.subject == ""  # ...but nothing of the refused request is stored
 
 
 def test_an_oversized_webmail_request_is_refused_before_its_body_is_read(

@@ -170,10 +170,16 @@ def _target(request: HttpRequest, draft_id: int | None, key: uuid.UUID | None, *
 
 
 def _refused(
-    request: HttpRequest, item: Draft | None, key: uuid.UUID | None, problem: str, status: int
+    request: HttpRequest, item: Draft | None, key: uuid.UUID | None, problem: str, status: int, *, read: bool = False
 ) -> HttpResponse:
-    """The compose page again, saying why the upload was refused (nothing of it was stored)."""
+    """The compose page again, saying why the upload was refused; nothing of the request is stored.
+
+    When the fields before the files were ``read``, the page shows them as typed (still unsaved).
+    """
     page = item if item is not None else drafts_service.unsaved_draft(owner=request.user)
+    if read:
+        for name in ("to", "cc", "bcc", "subject", "text"):
+            setattr(page, name, request.POST.get(name, getattr(page, name)))
     return _render_draft(request, page, key=key, error=ValidationError({"attachments": [problem]}), status=status)
 
 
@@ -212,7 +218,7 @@ def _stopped(request: HttpRequest, item: Draft | None, key: uuid.UUID | None) ->
     stopped = upload_problem(request)
     if stopped is None:
         return None
-    return _refused(request, item, key, *stopped)
+    return _refused(request, item, key, *stopped, read=True)
 
 
 def _untouched(request: HttpRequest) -> bool:
