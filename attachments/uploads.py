@@ -21,6 +21,7 @@ from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
+from .selectors import usage_bytes
 from .services import MAX_FILES, file_too_large, human_size, message_too_large, quota_exceeded, too_many_files
 
 # Room for a multipart request's boundaries and part headers, beyond its fields and files.
@@ -63,8 +64,6 @@ class Allowance:
 def allowance_for(*, user: Any = None, attached: Sequence[int] = ()) -> Allowance:
     """The allowance of a request adding files to a message that has files of the ``attached`` sizes;
     with ``user``, their mailbox quota too."""
-    from .selectors import usage_bytes
-
     total = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES - sum(attached)
     files = MAX_FILES - len(attached)
     if user is None:
