@@ -16,7 +16,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .services import AttachmentInput, AttachmentUnavailable, blob_for_entry, store_upload
+from .filenames import clean_filename
+from .services import AttachmentInput, AttachmentUnavailable, blob_for_entry, check_new_files, store_upload
 
 
 class AttachmentUploadSerializer(serializers.Serializer):
@@ -33,12 +34,19 @@ class AttachmentUploadSerializer(serializers.Serializer):
             raise serializers.ValidationError("not valid base64") from exc
 
 
-def store_api_attachments(files: list[dict[str, Any]]) -> list[AttachmentInput]:
-    """Store the uploaded files (once each, by digest) for send_message; ValidationError names the file."""
+def store_api_attachments(*, user: Any, files: list[dict[str, Any]]) -> list[AttachmentInput]:
+    """Check every limit for the uploaded files, then store them (once each, by digest) for send_message.
+
+    Nothing is stored when a limit is crossed (ValidationError naming the file and
+    the limit). Call it inside ``storing_atomically()`` with the send, so that a
+    send refused afterwards leaves no file behind either.
+    """
+    check_new_files(user=user, files=[(item["name"], len(item["content"])) for item in files])
     inputs = []
     for item in files:
-        blob = store_upload(file=SimpleUploadedFile(item["name"], item["content"]))
-        inputs.append(AttachmentInput(blob=blob, name=item["name"], content_type=item["type"]))
+        name = clean_filename(item["name"])
+        blob = store_upload(file=SimpleUploadedFile(name, item["content"]))
+        inputs.append(AttachmentInput(blob=blob, name=name, content_type=item["type"]))
     return inputs
 
 
@@ -58,7 +66,7 @@ class EntryAttachmentView(APIView):
         except LookupError:
             raise Http404("no such attachment") from None
         except AttachmentUnavailable as problem:
-            return Response({"error": "attachment_unavailable", "detail": problem.message}, status=problem.status)
+            return Response({"error": problem.code, "detail": problem.message}, status=problem.status)
         return serve_blob(request, blob, name=item.name, content_type=item.content_type)
 
 

@@ -10,6 +10,8 @@ from django.urls import reverse
 
 from mailbox.content import readable_content_for
 
+from .filenames import blocked_extension, blocked_reason, clean_filename
+
 # Shown in the page: raster images and PDF only. Never SVG, HTML or anything
 # else that a browser would run or render as a document of this origin.
 PREVIEWABLE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf"})
@@ -27,6 +29,8 @@ class AttachmentItem:
     url: str
     preview_url: str | None
     at_sender: bool  # not yet fetched to this instance
+    blocked: str | None = None  # why the file is refused (a blocked type), or None
+    blocked: str | None = None  # why the file is refused (a blocked type), or None
 
     @property
     def human_size(self) -> str:
@@ -51,16 +55,19 @@ def _items(manifest: list[dict[str, Any]], url_for: Any) -> list[AttachmentItem]
     for index, entry in enumerate(manifest):
         url = url_for(index)
         kind = str(entry.get("type") or "application/octet-stream")
+        name = clean_filename(entry.get("name"))
+        extension = blocked_extension(name)
         items.append(
             AttachmentItem(
                 index=index,
-                name=str(entry.get("name") or "attachment"),
+                name=name,
                 content_type=kind,
                 size=int(entry.get("size") or 0),
                 digest=str(entry.get("digest") or ""),
                 url=url,
-                preview_url=f"{url}?inline=1" if previewable(kind) else None,
+                preview_url=f"{url}?inline=1" if previewable(kind) and not extension else None,
                 at_sender=False,
+                blocked=blocked_reason(name, extension, received=True) if extension else None,
             )
         )
     return items
@@ -73,7 +80,7 @@ def _message_manifest(message: Any) -> list[dict[str, Any]]:
 
 
 def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
-    """The manifest a reader of ``entry`` may see; [] while the message is hidden from them."""
+    """The manifest a reader of ``entry`` may see, under cleaned names; [] while the message is hidden from them."""
     return [item.manifest_item() for item in readable_content_for(entry=entry).attachments]
 
 
@@ -95,8 +102,9 @@ def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
                 size=item.size,
                 digest=item.digest,
                 url=url,
-                preview_url=f"{url}?inline=1" if previewable(item.content_type) else None,
+                preview_url=f"{url}?inline=1" if previewable(item.content_type) and not item.blocked else None,
                 at_sender=item.blob is None,
+                blocked=blocked_reason(item.name, item.blocked, received=True) if item.blocked else None,
             )
         )
     return items

@@ -17,8 +17,9 @@ import hashlib
 import re
 import tempfile
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -30,11 +31,14 @@ from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from federation.payloads import MAX_ATTACHMENTS
 from mailbox.content import ReadableAttachment, readable_content_for
 
+from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob, ReceivedAttachment
 
 CHUNK = 64 * 1024
+MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
 
 
 _MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
@@ -49,56 +53,99 @@ class AttachmentInput:
     content_type: str
 
 
-def clean_name(name: str) -> str:
-    """A file name fit for a manifest: no folders, no control or formatting characters."""
-    name = re.split(r"[/\\]", name or "")[-1]
-    name = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Cf", "Zl", "Zp")).strip()
-    if not name.strip("."):
-        name = "attachment"
-    return name[-255:] if len(name) > 255 else name
-
-
 def clean_content_type(content_type: str) -> str:
     """A bare lowercase MIME type; anything unusable becomes application/octet-stream."""
     kind = (content_type or "").split(";", 1)[0].strip().lower()
     return kind if _MIME_RE.fullmatch(kind) else "application/octet-stream"
 
 
+def check_new_files(
+    *, user: Any, files: Sequence[tuple[str, int]], attached: Sequence[int] = (), quota_extra: int | None = None
+) -> None:
+    """Every attachment limit, checked before any byte of ``files`` is stored (ValidationError listing each problem).
+
+    ``files`` are (name as received, size) pairs joining a message or draft that
+    already carries files of the ``attached`` sizes. The limits: blocked file
+    types, ``PUSHMAIL_MAX_ATTACHMENT_BYTES`` per file,
+    ``PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES`` and 100 files per message, and the
+    mailbox quota, which ``quota_extra`` bytes more (default: the new files)
+    must not exceed.
+    """
+    problems = []
+    count = len(attached) + len(files)
+    if count > MAX_FILES:
+        problems.append(too_many_files(count))
+    for name, size in files:
+        extension = blocked_extension(name)
+        if extension:
+            problems.append(blocked_reason(clean_filename(name), extension))
+        elif size > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
+            problems.append(file_too_large(clean_filename(name), size))
+    total = sum(attached) + sum(size for _name, size in files)
+    if not problems and total > settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES:
+        problems.append(message_too_large(total))
+    if not problems:
+        adding = sum(size for _name, size in files) if quota_extra is None else quota_extra
+        try:
+            check_quota(user=user, extra_bytes=adding)
+        except ValidationError as exc:
+            problems.extend(exc.messages)
+    if problems:
+        raise ValidationError({"attachments": problems})
+
+
 def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body_bytes: int = 0) -> None:
-    """The per-file, per-message and quota limits for a message about to be sent (ValidationError)."""
+    """The limits of :func:`check_new_files` for a message about to be sent, its files already stored."""
+    files = [(item.name, item.blob.size) for item in attachments]
+    check_new_files(user=user, files=files, quota_extra=sum(size for _name, size in files) + body_bytes)
+
+
+def too_many_files(count: int) -> str:
+    return f"{count} attachments: at most {MAX_FILES} attachments per message."
+
+
+def file_too_large(name: str, size: int | None = None) -> str:
     limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    total_limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
-    if len(attachments) > 100:
-        raise ValidationError({"attachments": ["at most 100 attachments per message"]})
-    blocked: frozenset[str] = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", frozenset())
-    for item in attachments:
-        suffix = ("." + item.name.rsplit(".", 1)[-1].lower()) if "." in item.name else ""
-        if suffix in blocked:
-            raise ValidationError(
-                {
-                    "attachments": [
-                        f"{item.name}: files of type {suffix} cannot be attached (they could run as programs)."
-                    ]
-                }
-            )
-        if item.blob.size > limit:
-            raise ValidationError(
-                {"attachments": [f"{item.name} is larger than the {human_size(limit)} limit for one attachment."]}
-            )
-    total = sum(item.blob.size for item in attachments)
-    if total > total_limit:
-        raise ValidationError(
-            {
-                "attachments": [
-                    f"The attachments add up to {human_size(total)}, over the {human_size(total_limit)} "
-                    "limit for one message."
-                ]
-            }
-        )
+    found = f" ({human_size(size)})" if size is not None else ""
+    return f"{name} is larger than the {human_size(limit)} limit for one attachment{found}."
+
+
+def message_too_large(total: int | None = None) -> str:
+    limit = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
+    if total is None:
+        return f"The attachments add up to more than the {human_size(limit)} limit for one message."
+    return f"The attachments add up to {human_size(total)}, over the {human_size(limit)} limit for one message."
+
+
+# --- Storing a request's files with the message, or not at all ----------------------------------
+
+# Files written to storage by _store inside storing_atomically(), so a failure can remove them.
+_new_files: ContextVar[list[str] | None] = ContextVar("pushmail_new_blob_files", default=None)
+
+
+@contextmanager
+def storing_atomically() -> Iterator[None]:
+    """Blobs stored inside the block are kept only if the whole block succeeds.
+
+    The block runs in a transaction: if it raises (a limit, a refused
+    recipient, any error), the Blob rows it created roll back and the files it
+    wrote are deleted from storage, so a rejected request leaves nothing behind.
+    Use it around storing a request's files and saving what attaches them.
+    """
+    outer = _new_files.get()
+    created: list[str] = []
+    token = _new_files.set(created)
     try:
-        check_quota(user=user, extra_bytes=total + body_bytes)
-    except ValidationError as exc:
-        raise ValidationError({"attachments": exc.messages}) from exc
+        with transaction.atomic():
+            yield
+    except BaseException:
+        for name in created:
+            _delete_file(name)
+        raise
+    finally:
+        _new_files.reset(token)
+    if outer is not None:  # nested: the enclosing block may still fail and must remove these too
+        outer.extend(created)
 
 
 class DigestMismatch(Exception):
@@ -169,6 +216,9 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
     try:
         with transaction.atomic():
             blob.save(force_insert=True)
+        created = _new_files.get()
+        if created is not None:
+            created.append(blob.file.name)
     except IntegrityError:
         # The same bytes were stored concurrently: keep theirs, drop our copy
         # (unless storage gave both the same name, which is then theirs too).
@@ -225,11 +275,24 @@ def check_quota(*, user: Any, extra_bytes: int) -> None:
     quota = user.effective_quota_bytes
     used = usage_bytes(user)
     if used + extra_bytes > quota:
-        raise ValidationError(
-            f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
-            f"and this needs {human_size(extra_bytes)} more. Delete mail or attachments to make room.",
-            code="quota",
+        raise ValidationError(quota_exceeded(used=used, quota=quota, extra=extra_bytes), code="quota")
+
+
+def quota_exceeded(*, used: int, quota: int, extra: int | None) -> str:
+    """Why ``extra`` more bytes (None: an upload cut off once over) do not fit in a mailbox."""
+    if extra == 0:
+        return (
+            f"Your mailbox is over its quota: it uses {human_size(used)} of its {human_size(quota)}. "
+            "Delete mail or attachments to make room."
         )
+    if extra is None:
+        needs = f"these files need more than the {human_size(max(0, quota - used))} left"
+    else:
+        needs = f"this needs {human_size(extra)} more"
+    return (
+        f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
+        f"and {needs}. Delete mail or attachments to make room."
+    )
 
 
 # --- Sender side: serving an attachment to a recipient domain -------------------------
@@ -271,12 +334,13 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
 
 
 class AttachmentUnavailable(Exception):
-    """The attachment cannot be served now; ``message`` says why in words for the reader."""
+    """The attachment cannot be served now; ``message`` says why in words for the reader, ``code`` for the API."""
 
-    def __init__(self, message: str, *, status: int = 502) -> None:
+    def __init__(self, message: str, *, status: int = 502, code: str = "attachment_unavailable") -> None:
         super().__init__(message)
         self.message = message
         self.status = status
+        self.code = code
 
 
 def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, ReadableAttachment]:
@@ -292,6 +356,11 @@ def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, ReadableAttachment]
     AttachmentUnavailable when the bytes cannot be had.
     """
     item = readable_content_for(entry=entry).attachment(index)
+    if item.blocked:
+        # Refused before any byte is fetched or served, like an upload of the same name.
+        raise AttachmentUnavailable(
+            blocked_reason(item.name, item.blocked, received=True), status=403, code="attachment_blocked"
+        )
     if item.blob is not None:
         return item.blob, item
     if entry.remote_id is None:

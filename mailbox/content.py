@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from attachments.filenames import blocked_extension, clean_filename
 from attachments.models import Blob, ReceivedAttachment
 from federation import payloads
 from outbox.models import MessageAttachment
@@ -54,6 +55,8 @@ class ReadableAttachment:
     #: Bytes this message's own fetch (or, for mail from this instance, its sender's upload)
     #: produced; None while they are still at the sender's.
     blob: Blob | None
+    #: The blocked extension of a received file's cleaned name (never fetched nor served), else None.
+    blocked: str | None = None
 
     def manifest_item(self) -> dict[str, Any]:
         """The manifest entry as the wire and older callers spell it."""
@@ -155,14 +158,17 @@ class ReadableContent:
             blob = fetched.get(index)
             if blob is not None and (blob.digest != digest or blob.size != size):
                 blob = None  # not the bytes this manifest announces: fetch them from the sender
+            # The sender's name is cleaned as an upload's would be, whatever it announced.
+            name = clean_filename(item.get("name"))
             items.append(
                 ReadableAttachment(
                     index=index,
-                    name=str(item.get("name") or "attachment"),
+                    name=name,
                     content_type=str(item.get("type") or "application/octet-stream"),
                     size=size,
                     digest=digest,
                     blob=blob,
+                    blocked=blocked_extension(name),
                 )
             )
         return items
@@ -178,7 +184,7 @@ class ReadableContent:
         if entry.remote is None:
             return []
         manifest = entry.remote.attachments or []
-        return [str(item.get("name") or "attachment") for item in manifest if isinstance(item, dict)]
+        return [clean_filename(item.get("name")) for item in manifest if isinstance(item, dict)]
 
     def attachment(self, index: int) -> ReadableAttachment:
         """Attachment ``index``; LookupError when the reader has no such attachment."""

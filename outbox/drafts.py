@@ -12,10 +12,10 @@ import inspect
 import logging
 import mimetypes
 import re
-import unicodedata
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import PurePath
 from typing import Any
 
 import markdown
@@ -23,12 +23,13 @@ import nh3
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
-from django.template.defaultfilters import filesizeformat
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.validators import normalize_address
+from attachments.filenames import clean_filename
+from attachments.services import check_new_files, store_upload, storing_atomically
 from pushmail_site.jobs import enqueue, lock, overdue_before
 
 from .models import Draft, DraftAttachment, Message
@@ -149,26 +150,41 @@ def create_draft(
     )
 
 
-def blank_draft(*, owner: User, to: str = "") -> Draft:
-    """A new message; an untouched one the user already opened is reused, so Drafts fills only with real work."""
-    text = _with_signature(owner, "")
-    existing = (
-        Draft.objects.filter(
-            owner=owner,
-            to=to,
-            cc="",
-            bcc="",
-            subject="",
-            text=text,
-            in_reply_to="",
-            send_at__isnull=True,
-            sent_message__isnull=True,
-            attachments__isnull=True,
-        )
-        .order_by("-updated_at")
-        .first()
+def unsaved_draft(*, owner: User, to: str = "") -> Draft:
+    """What the compose page shows for a new message: a draft not stored until its first save."""
+    return Draft(owner=owner, to=to[:10_000], text=_with_signature(owner, ""))
+
+
+def draft_for_key(*, owner: User, key: uuid.UUID, create: bool = True) -> Draft | None:
+    """The draft a compose page's saves go to, made by the first one (``create``).
+
+    The page names its draft with a key it was given, so a repeated or
+    concurrent first save (autosave racing Send) finds the same draft.
+    """
+    found = Draft.objects.filter(owner=owner, client_key=key).first()
+    if found is not None or not create:
+        return found
+    draft, _created = Draft.objects.get_or_create(
+        owner=owner, client_key=key, defaults={"text": _with_signature(owner, "")}
     )
-    return existing or create_draft(owner=owner, to=to)
+    return draft
+
+
+def open_once(*, owner: User, key: uuid.UUID | None, prepare: Callable[[], Prepared]) -> Prepared:
+    """The draft ``prepare`` makes (a reply, a forward), made once per ``key``: the same request
+    repeated (a double click, a resubmitted form) opens the draft the first one made."""
+    if key is None:
+        return prepare()
+    found = draft_for_key(owner=owner, key=key, create=False)
+    if found is not None:
+        return Prepared(found)
+    try:
+        with transaction.atomic():
+            prepared = prepare()
+            Draft.objects.filter(pk=prepared.draft.pk).update(client_key=key)
+    except IntegrityError:
+        return Prepared(Draft.objects.get(owner=owner, client_key=key))
+    return prepared
 
 
 class DraftLocked(Exception):
@@ -379,7 +395,8 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
     else:
         text = f"\n\n{header}\n\n{_body_text(body)}\n"
 
-    carried = content.attachments
+    refused = [item.name for item in content.attachments if item.blocked]
+    carried = [item for item in content.attachments if not item.blocked]
     left = [item.name for item in carried if item.blob is None]
 
     with transaction.atomic():
@@ -391,6 +408,8 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
             for item in carried
             if item.blob is not None
         )
+    if refused:
+        notes.append("Not attached, because files of their type could run as programs: " + ", ".join(refused) + ".")
     if left:
         notes.append(
             "Not attached, because they have not been downloaded to this server yet: "
@@ -403,84 +422,27 @@ def forward_entry(*, owner: User, entry: Any) -> Prepared:
 # --- Attachments --------------------------------------------------------------------------
 
 
-def safe_filename(name: str) -> str:
-    """A display name without directories, control characters or line breaks."""
-    base = PurePath((name or "").replace("\\", "/")).name
-    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip()
-    return (base or "attachment")[:255]
-
-
-def blocked_extension(name: str) -> str | None:
-    suffix = PurePath(name.rstrip(". ").lower()).suffix
-    return suffix if suffix in settings.PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS else None
-
-
-def _usage_and_quota(user: User) -> tuple[int, int] | None:
-    """(bytes used, quota) when the attachments app measures usage; None otherwise."""
-    try:
-        from attachments.selectors import usage_bytes
-    except ImportError:
-        return None
-    quota = getattr(user, "effective_quota_bytes", None)
-    if quota is None:
-        return None
-    return int(usage_bytes(user)), int(quota)
-
-
-def _size(value: int) -> str:
-    return str(filesizeformat(value)).replace("\xa0", " ")
-
-
-def check_uploads(*, draft: Draft, files: list[UploadedFile]) -> None:
-    """Every limit, for the whole batch, before anything is stored."""
-    errors = []
-    max_file = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    max_total = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES
-    total = sum(a.size for a in draft.attachments.all())
-    for upload in files:
-        name = safe_filename(upload.name or "")
-        size = upload.size or 0
-        ext = blocked_extension(name)
-        if ext:
-            errors.append(f"{name}: files of type {ext} cannot be attached (they could run as programs).")
-        elif size > max_file:
-            errors.append(f"{name} is {_size(size)}, over the limit of {_size(max_file)} per file.")
-        total += size
-    if not errors and total > max_total:
-        names = ", ".join(safe_filename(u.name or "") for u in files)
-        errors.append(
-            f"{names}: the attachments would total {_size(total)}, over the limit of {_size(max_total)} per message."
-        )
-    if not errors:
-        measured = _usage_and_quota(draft.owner)
-        if measured is not None:
-            used, quota = measured
-            adding = sum(u.size or 0 for u in files)
-            if used + adding > quota:
-                names = ", ".join(safe_filename(u.name or "") for u in files)
-                errors.append(
-                    f"{names}: not attached, your mailbox would exceed its quota "
-                    f"({_size(used)} used of {_size(quota)}; these files add {_size(adding)})."
-                )
-    if errors:
-        raise ValidationError({"attachments": errors})
-
-
 def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAttachment]:
-    """Store uploads (deduplicated by SHA-256) on a draft: all of them, or none with a reason."""
-    from attachments.services import store_upload
+    """Store uploads (deduplicated by SHA-256) on a draft: all of them, or none with a reason.
 
+    Every limit is checked before a byte is stored, and the files are stored
+    with their draft rows or not at all.
+    """
     files = [f for f in files if f is not None]
     if not files:
         return []
-    check_uploads(draft=draft, files=files)
-    with transaction.atomic():
+    with storing_atomically():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
         if current.send_at is not None or current.sent_message_id is not None:
             raise DraftLocked()
+        check_new_files(
+            user=draft.owner,
+            files=[(upload.name or "", upload.size or 0) for upload in files],
+            attached=[a.size for a in current.attachments.all()],
+        )
         added = []
         for upload in files:
-            name = safe_filename(upload.name or "")
+            name = clean_filename(upload.name)
             content_type = (upload.content_type or "").split(";")[0].strip().lower()
             if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type) or (
                 content_type == "application/octet-stream"
@@ -539,28 +501,11 @@ def check_draft(draft: Draft) -> Outgoing:
             errors["to"] = ["Add at least one recipient in To, Cc or Bcc."]
         elif count > max_recipients():
             errors["to"] = [f"Too many recipients: {count}; a message can have at most {max_recipients()}."]
-    attachments = list(draft.attachments.all())
-    total = sum(a.size for a in attachments)
-    problems = []
-    for item in attachments:
-        if item.size > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
-            problems.append(
-                f"{item.name} is {_size(item.size)}, over the limit of "
-                f"{_size(settings.PUSHMAIL_MAX_ATTACHMENT_BYTES)} per file."
-            )
-    if total > settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES:
-        problems.append(
-            f"The attachments total {_size(total)}, over the limit of "
-            f"{_size(settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES)} per message."
-        )
-    measured = _usage_and_quota(draft.owner)
-    if measured is not None and measured[0] > measured[1]:
-        problems.append(
-            f"Your mailbox is over its quota ({_size(measured[0])} used of {_size(measured[1])}): "
-            "remove attachments or delete mail, then send."
-        )
-    if problems:
-        errors["attachments"] = problems
+    try:
+        # The files are already counted in the mailbox's usage: only an overfull mailbox stops the send.
+        check_new_files(user=draft.owner, files=[(a.name, a.size) for a in draft.attachments.all()], quota_extra=0)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
     if errors:
         raise ValidationError(errors)
     return Outgoing(

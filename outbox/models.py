@@ -229,12 +229,16 @@ class Draft(models.Model):
     sent_message = models.OneToOneField(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="from_draft"
     )
+    # Chosen by the page that makes the draft (compose, reply, forward): its first save, repeated or
+    # concurrent, finds this draft instead of making another.
+    client_key = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="draft_page"),
             models.Index(fields=["send_at"], name="draft_due"),
         ]
+        constraints = [models.UniqueConstraint(fields=["owner", "client_key"], name="unique_draft_client_key")]
 
     def __str__(self) -> str:
         return f"draft {self.subject!r} by {self.owner_id}"

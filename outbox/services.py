@@ -143,10 +143,11 @@ def send_message(
     if len(kinds) > settings.PUSHMAIL_MAX_RECIPIENTS * 10:
         raise ValidationError({"to": [f"at most {settings.PUSHMAIL_MAX_RECIPIENTS * 10} recipients per message"]})
 
-    from attachments.services import check_attachments, clean_content_type, clean_name
+    from attachments.filenames import clean_filename
+    from attachments.services import check_attachments, clean_content_type
 
     files = [
-        dataclasses.replace(a, name=clean_name(a.name), content_type=clean_content_type(a.content_type))
+        dataclasses.replace(a, name=clean_filename(a.name), content_type=clean_content_type(a.content_type))
         for a in attachments
     ]
     manifest = [{"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest} for a in files]

@@ -252,6 +252,12 @@ CONTENT_SECURITY_POLICY = {
 }
 # Request bodies the user API reads into memory (a message with its text and HTML).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PUSHMAIL_MAX_API_BODY_BYTES", 12 * 1024 * 1024)
+# Every multipart upload is counted as it arrives and stopped at the attachment limits.
+FILE_UPLOAD_HANDLERS = [
+    "attachments.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 if env_bool("BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -266,7 +272,7 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "pushmail_site.errors.api_exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["pushmail_site.parsers.LimitedJSONParser"],
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

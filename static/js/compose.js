@@ -37,9 +37,21 @@
     var help = document.getElementById("files-help");
     if (!help) return;
     if (!help.hasAttribute("data-original")) help.setAttribute("data-original", help.textContent);
-    var names = Array.prototype.map.call(input.files || [], function (f) { return f.name; });
-    help.textContent = names.length
-      ? "Will be attached when you press Send or Attach: " + names.join(", ")
-      : help.getAttribute("data-original");
+    var files = Array.prototype.slice.call(input.files || []);
+    var names = files.map(function (f) { return f.name; });
+    // Say so before the upload: the server stops reading an upload at the first byte over a limit.
+    var maxFile = Number(input.getAttribute("data-max-file")) || Infinity;
+    var maxTotal = Number(input.getAttribute("data-max-total")) || Infinity;
+    var tooBig = files.filter(function (f) { return f.size > maxFile; }).map(function (f) { return f.name; });
+    var total = files.reduce(function (sum, f) { return sum + f.size; }, 0);
+    if (tooBig.length) {
+      help.textContent = "Too large to attach (over the limit per file): " + tooBig.join(", ");
+    } else if (total > maxTotal) {
+      help.textContent = "Too large to attach together (over the limit per message): " + names.join(", ");
+    } else {
+      help.textContent = names.length
+        ? "Will be attached when you press Send or Attach: " + names.join(", ")
+        : help.getAttribute("data-original");
+    }
   });
 })();

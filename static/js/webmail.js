@@ -83,11 +83,11 @@
     }
   }
 
-  function postAction(url, action) {
+  function postForm(url, fields) {
     const form = document.createElement("form");
     form.method = "post";
     form.action = url;
-    const fields = { csrfmiddlewaretoken: csrfToken(), action: action, next: location.pathname + location.search };
+    fields.csrfmiddlewaretoken = csrfToken();
     Object.keys(fields).forEach(function (name) {
       const input = document.createElement("input");
       input.type = "hidden";
@@ -99,16 +99,23 @@
     form.submit();
   }
 
+  function postAction(url, action) {
+    postForm(url, { action: action, next: location.pathname + location.search });
+  }
+
   // A button the page marks for a key (the message view's Reply, Archive...), if any.
   function pageButton(key) {
     return document.querySelector('[data-shortcut="' + (window.CSS && CSS.escape ? CSS.escape(key) : key) + '"]');
   }
 
+  const composeKey = window.crypto && crypto.randomUUID ? crypto.randomUUID() : "";
+
   function composeFor(kind, row) {
     const id = row && row.dataset.entryId;
     if (!id) return;
-    if (kind === "forward") window.location.assign("/compose/forward/" + id + "/");
-    else window.location.assign("/compose/reply/" + id + "/" + (kind === "all" ? "?all=1" : ""));
+    // A POST: replying makes a draft. The page's key makes a repeated key press open the same draft.
+    if (kind === "forward") postForm("/compose/forward/" + id + "/", { key: composeKey });
+    else postForm("/compose/reply/" + id + "/", { key: composeKey, all: kind === "all" ? "1" : "" });
   }
 
   // --- keyboard shortcuts ----------------------------------------------------------------

@@ -216,6 +216,10 @@ EXEMPT: dict[str, str] = {
     "webmail:folder-updates": "the folder is one of a fixed set of names, not an object",
     "federation-body": "server to server: no user session; each request is signed by a peer domain and checked",
     "federation-attachment": "server to server: signed by a peer domain, same access rule as the body",
+    "webmail:new-draft-save": "a key names a draft of the signed-in user only; another's key makes one's own",
+    "webmail:new-draft-attach": "the key names a draft of the signed-in user only, like new-draft-save",
+    "webmail:new-draft-send": "the key names a draft of the signed-in user only, like new-draft-save",
+    "webmail:new-draft-delete": "the key names a draft of the signed-in user only, like new-draft-save",
     "account_confirm_email": "allauth: the secret key in the URL is the credential, not an object id",
     "account_reset_password_from_key": "allauth: the secret key in the URL is the credential, not an object id",
 }

@@ -16,6 +16,11 @@ urlpatterns = [
         name="draft-attachment-remove",
     ),
     path("compose/<int:draft_id>/delete/", compose.draft_delete, name="draft-delete"),
+    # A new message's form, until its first save makes the draft (found again by the page's key).
+    path("compose/new/<uuid:key>/save/", compose.draft_save, name="new-draft-save"),
+    path("compose/new/<uuid:key>/attach/", compose.draft_attach, name="new-draft-attach"),
+    path("compose/new/<uuid:key>/send/", compose.draft_send, name="new-draft-send"),
+    path("compose/new/<uuid:key>/delete/", compose.draft_delete, name="new-draft-delete"),
     path("compose/<int:draft_id>/send/", compose.draft_send, name="draft-send"),
     path("compose/<int:draft_id>/undo/", compose.draft_undo, name="draft-undo"),
     path("compose/<int:draft_id>/status/", compose.draft_status, name="draft-status"),

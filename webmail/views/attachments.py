@@ -18,6 +18,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from attachments.filenames import clean_filename
 from attachments.models import Blob
 from attachments.selectors import previewable
 from attachments.services import AttachmentUnavailable, blob_for_entry
@@ -33,7 +34,7 @@ ATTACHMENT_CSP = "default-src 'none'; sandbox"
 
 def content_disposition(kind: str, name: str) -> str:
     """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*`` (RFC 8187)."""
-    name = "".join(c for c in name if unicodedata.category(c)[0] != "C") or "attachment"
+    name = clean_filename(name)
     # ASCII fallback for old clients: accents dropped (ü -> u), anything else unsafe becomes "_".
     decomposed = unicodedata.normalize("NFKD", name)
     fallback = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -20,9 +20,11 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox.selectors import inbox_for
 from outbox import drafts as drafts_service
 from outbox.models import Draft
@@ -94,10 +96,10 @@ def _invalid(exc: ValidationError) -> set[str]:
 @require_GET
 @signed_in
 def compose(request: HttpRequest) -> HttpResponse:
-    """A new draft (or the untouched one already open), with To prefilled from ?to=."""
+    """A new message, with To prefilled from ?to=. Nothing is stored until its first save
+    (autosave, Save draft, Attach or Send), which makes the draft under the page's key."""
     to = request.GET.get("to", "")[:2000]
-    draft = drafts_service.blank_draft(owner=request.user, to=to)
-    return redirect("webmail:draft", draft_id=draft.pk)
+    return _render_draft(request, drafts_service.unsaved_draft(owner=request.user, to=to), key=uuid.uuid4())
 
 
 @require_GET
@@ -110,14 +112,28 @@ def draft(request: HttpRequest, draft_id: int) -> HttpResponse:
     return _render_draft(request, item)
 
 
+def _form_urls(item: Draft, key: uuid.UUID | None) -> dict[str, str]:
+    """Where the compose form posts: a stored draft by its id, a new one by its page's key."""
+    actions = ("save", "attach", "send", "delete")
+    if item.pk is None:
+        return {action: reverse(f"webmail:new-draft-{action}", args=[key]) for action in actions}
+    return {action: reverse(f"webmail:draft-{action}", args=[item.pk]) for action in actions}
+
+
 def _render_draft(
-    request: HttpRequest, item: Draft, *, error: ValidationError | None = None, status: int = 200
+    request: HttpRequest,
+    item: Draft,
+    *,
+    key: uuid.UUID | None = None,
+    error: ValidationError | None = None,
+    status: int = 200,
 ) -> HttpResponse:
-    attachments = list(item.attachments.all())
+    attachments = list(item.attachments.all()) if item.pk is not None else []
     for attachment in attachments:
         attachment.url = _url("draft-attachment", item.pk, attachment.pk, fallback="")
     context = {
         "draft": item,
+        "urls": _form_urls(item, key),
         "attachments": attachments,
         "errors": _errors(error) if error else [],
         "invalid": _invalid(error) if error else set(),
@@ -145,6 +161,75 @@ def drafts(request: HttpRequest) -> HttpResponse:
 # --- Saving and attachments ----------------------------------------------------------------
 
 
+def _target(request: HttpRequest, draft_id: int | None, key: uuid.UUID | None, *, create: bool) -> Draft | None:
+    """The draft a form posts to: by id (another user's is a 404), or by its page's key, made by the first save."""
+    if draft_id is not None:
+        return _draft(request, draft_id)
+    assert key is not None
+    return drafts_service.draft_for_key(owner=request.user, key=key, create=create)
+
+
+def _refused(
+    request: HttpRequest, item: Draft | None, key: uuid.UUID | None, problem: str, status: int, *, read: bool = False
+) -> HttpResponse:
+    """The compose page again, saying why the upload was refused; nothing of the request is stored.
+
+    When the fields before the files were ``read``, the page shows them as typed (still unsaved).
+    """
+    page = item if item is not None else drafts_service.unsaved_draft(owner=request.user)
+    if read:
+        for name in ("to", "cc", "bcc", "subject", "text"):
+            setattr(page, name, request.POST.get(name, getattr(page, name)))
+    return _render_draft(request, page, key=key, error=ValidationError({"attachments": [problem]}), status=status)
+
+
+def takes_uploads(*, discard: bool = False) -> Callable[[View], View]:
+    """A compose POST whose files are counted against the draft's limits as they stream in.
+
+    The limits are set before anything reads the body, so the CSRF check runs
+    after them (``csrf_protect`` inside, ``csrf_exempt`` outside). A request
+    whose Content-Length is over the limits is refused before its body is read.
+    With ``discard``, files are not stored at all (Save draft, Delete and
+    Remove ignore them).
+    """
+
+    def decorate(view: View) -> View:
+        protected = csrf_protect(view)
+
+        @wraps(view)
+        def wrapper(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+            key = kwargs.get("key")
+            existing = _target(request, kwargs.get("draft_id"), key, create=False)
+            attached = [a.size for a in existing.attachments.all()] if existing is not None else []
+            allowance = allowance_for(user=request.user, attached=attached)
+            problem = limit_uploads(request, allowance=allowance, discard=discard)
+            if problem:
+                # Refused unread, so before the CSRF check (which reads the body): it changes nothing.
+                return _refused(request, existing, key, problem, 413)
+            return protected(request, **kwargs)
+
+        return csrf_exempt(wrapper)
+
+    return decorate
+
+
+def _stopped(request: HttpRequest, item: Draft | None, key: uuid.UUID | None) -> HttpResponse | None:
+    """The page saying why the upload handler stopped this request's upload, if it did."""
+    stopped = upload_problem(request)
+    if stopped is None:
+        return None
+    return _refused(request, item, key, *stopped, read=True)
+
+
+def _untouched(request: HttpRequest) -> bool:
+    """The posted form is still what a new message's page showed: empty, with only the signature."""
+    post = request.POST
+    blank = drafts_service.unsaved_draft(owner=request.user)
+    empty = all(not post.get(name, "").strip() for name in ("to", "cc", "bcc", "subject"))
+    text = post.get("text", "").replace("\r\n", "\n").strip()  # browsers send a textarea's lines with CRLF
+    return empty and text == blank.text.strip() and not post.get("markdown")
+
+
 def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
     post = request.POST
     return drafts_service.update_draft(
@@ -160,9 +245,14 @@ def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
 
 @require_POST
 @signed_in
-def draft_save(request: HttpRequest, draft_id: int) -> HttpResponse:
-    """Autosave (htmx) or the Save draft button."""
-    item = _draft(request, draft_id)
+@takes_uploads(discard=True)
+def draft_save(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+    """Autosave (htmx) or the Save draft button; a new message's first save makes its draft."""
+    if request.htmx and _target(request, draft_id, key, create=False) is None and _untouched(request):
+        # An autosave of a form nobody has written in yet (a Tab through it): nothing to keep.
+        return HttpResponse("")
+    item = _target(request, draft_id, key, create=True)
+    assert item is not None
     try:
         item = _save_from_post(request, item)
     except drafts_service.DraftLocked:
@@ -172,15 +262,24 @@ def draft_save(request: HttpRequest, draft_id: int) -> HttpResponse:
         messages.warning(request, LOCKED)
         return redirect("webmail:draft", draft_id=item.pk)
     if request.htmx:
-        return render(request, "webmail/compose/_saved.html", {"draft": item})
+        response = render(request, "webmail/compose/_saved.html", {"draft": item})
+        if draft_id is None:
+            # The page now shows a stored draft: a reload or Back opens it.
+            response["HX-Replace-Url"] = reverse("webmail:draft", args=[item.pk])
+        return response
     messages.success(request, "Draft saved.")
     return redirect("webmail:draft", draft_id=item.pk)
 
 
 @require_POST
 @signed_in
-def draft_attach(request: HttpRequest, draft_id: int) -> HttpResponse:
-    item = _draft(request, draft_id)
+@takes_uploads()
+def draft_attach(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+    stopped = _stopped(request, _target(request, draft_id, key, create=False), key)
+    if stopped is not None:
+        return stopped
+    item = _target(request, draft_id, key, create=True)
+    assert item is not None
     try:
         item = _save_from_post(request, item)
         added = drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
@@ -198,6 +297,7 @@ def draft_attach(request: HttpRequest, draft_id: int) -> HttpResponse:
 
 @require_POST
 @signed_in
+@takes_uploads(discard=True)
 def draft_attachment_remove(request: HttpRequest, draft_id: int, attachment_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     attachment = get_object_or_404(item.attachments, pk=attachment_id)
@@ -213,8 +313,12 @@ def draft_attachment_remove(request: HttpRequest, draft_id: int, attachment_id: 
 
 @require_POST
 @signed_in
-def draft_delete(request: HttpRequest, draft_id: int) -> HttpResponse:
-    item = _draft(request, draft_id)
+@takes_uploads(discard=True)
+def draft_delete(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+    item = _target(request, draft_id, key, create=False)
+    if item is None:  # a new message never saved: nothing to delete
+        messages.success(request, "Message discarded.")
+        return redirect("webmail:drafts")
     try:
         drafts_service.delete_draft(draft=item)
     except drafts_service.DraftLocked:
@@ -229,9 +333,14 @@ def draft_delete(request: HttpRequest, draft_id: int) -> HttpResponse:
 
 @require_POST
 @signed_in
-def draft_send(request: HttpRequest, draft_id: int) -> HttpResponse:
+@takes_uploads()
+def draft_send(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     """Check everything, then queue the send after the undo delay; errors are shown on the form."""
-    item = _draft(request, draft_id)
+    stopped = _stopped(request, _target(request, draft_id, key, create=False), key)
+    if stopped is not None:
+        return stopped
+    item = _target(request, draft_id, key, create=True)
+    assert item is not None
     if item.sent_message_id is not None or item.send_at is not None:
         return redirect("webmail:draft", draft_id=item.pk)
     try:
@@ -271,6 +380,8 @@ def draft_status(request: HttpRequest, draft_id: int) -> HttpResponse:
 
 
 # --- Reply, reply all, forward ------------------------------------------------------------------
+# They make a draft, so they are POSTs (a GET changes nothing: it goes back to the message). The
+# form's key makes a repeated POST (a double click) open the draft the first one made.
 
 
 def _open(request: HttpRequest, prepared: drafts_service.Prepared) -> HttpResponse:
@@ -283,27 +394,63 @@ def _entry(request: HttpRequest, entry_id: int) -> Any:
     return get_object_or_404(inbox_for(user=request.user).select_related("remote", "local"), pk=entry_id)
 
 
+def _key(request: HttpRequest, action: str) -> uuid.UUID | None:
+    """This action's key, derived from the page's: Reply and Forward on one page make different drafts."""
+    try:
+        page = uuid.UUID(request.POST.get("key", ""))
+    except ValueError:
+        return None
+    return uuid.uuid5(page, action)
+
+
 @require_http_methods(["GET", "POST"])
 @signed_in
 def reply(request: HttpRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
-    reply_all = (request.GET.get("all") or request.POST.get("all")) == "1"
-    return _open(request, drafts_service.reply_to_entry(owner=request.user, entry=entry, reply_all=reply_all))
+    if request.method == "GET":
+        return redirect("webmail:entry", entry_id=entry.pk)
+    reply_all = request.POST.get("all") == "1"
+    return _open(
+        request,
+        drafts_service.open_once(
+            owner=request.user,
+            key=_key(request, f"reply{'-all' if reply_all else ''}:{entry.pk}"),
+            prepare=partial(drafts_service.reply_to_entry, owner=request.user, entry=entry, reply_all=reply_all),
+        ),
+    )
 
 
 @require_http_methods(["GET", "POST"])
 @signed_in
 def forward(request: HttpRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
-    return _open(request, drafts_service.forward_entry(owner=request.user, entry=entry))
+    if request.method == "GET":
+        return redirect("webmail:entry", entry_id=entry.pk)
+    return _open(
+        request,
+        drafts_service.open_once(
+            owner=request.user,
+            key=_key(request, f"forward:{entry.pk}"),
+            prepare=partial(drafts_service.forward_entry, owner=request.user, entry=entry),
+        ),
+    )
 
 
 @require_http_methods(["GET", "POST"])
 @signed_in
 def reply_sent(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
     message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
-    reply_all = (request.GET.get("all") or request.POST.get("all")) == "1"
-    return _open(request, drafts_service.reply_to_sent(owner=request.user, message=message, reply_all=reply_all))
+    if request.method == "GET":
+        return redirect(_url("sent-message", message.pk, fallback=reverse("webmail:drafts")))
+    reply_all = request.POST.get("all") == "1"
+    return _open(
+        request,
+        drafts_service.open_once(
+            owner=request.user,
+            key=_key(request, f"reply-sent{'-all' if reply_all else ''}:{message.pk}"),
+            prepare=partial(drafts_service.reply_to_sent, owner=request.user, message=message, reply_all=reply_all),
+        ),
+    )
 
 
 # --- Autocomplete --------------------------------------------------------------------------------

@@ -164,8 +164,14 @@ def _message_attachments(message: Message) -> list[EmlAttachment]:
 
 
 def _entry_attachments(content: ReadableContent) -> list[EmlAttachment]:
-    """The reader's attachments: bytes only where this message's own fetch (or upload) brought them."""
-    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in content.attachments]
+    """The reader's attachments: bytes only where this message's own fetch (or upload) brought them.
+
+    A blocked type is never handed out, in an export either.
+    """
+    return [
+        EmlAttachment(a.name, a.content_type, a.size, None if a.blocked else _blob_bytes(a.blob))
+        for a in content.attachments
+    ]
 
 
 def _date(value: Any) -> Any:

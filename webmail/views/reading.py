@@ -56,6 +56,8 @@ def _state_context(
 def _actions(entry: InboxEntry) -> dict[str, str]:
     args = [entry.pk]
     return {
+        # Reply and Forward make a draft once per page view (outbox.drafts.open_once).
+        "compose_key": str(uuid.uuid4()),
         "reply": reverse("webmail:reply", args=args),
         "forward": reverse("webmail:forward", args=args),
         "action": reverse("webmail:entry-action", args=args),
@@ -130,6 +132,7 @@ def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
             "body": reading.message_body(message),
             "rows": rows,
             "attachment_items": attachment_items_for_message(message),
+            "compose_key": str(uuid.uuid4()),
         },
     )
 
