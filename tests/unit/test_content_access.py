@@ -246,7 +246,7 @@ def test_the_file_is_not_in_the_eml_nor_attached_by_forward(alice: User, bob: Us
     assert "Attachments still at the sender's server" in eml.content.decode()
     assert "- q.pdf (application/pdf" in eml.content.decode()
 
-    response = web.get(reverse("webmail:forward", kwargs={"entry_id": entry.pk}), follow=True)
+    response = web.post(reverse("webmail:forward", kwargs={"entry_id": entry.pk}), follow=True)
     draft = Draft.objects.get(owner=alice)
     assert not DraftAttachment.objects.filter(draft=draft).exists()
     assert "q.pdf" in text_of(response) and "not been downloaded" in text_of(response)
@@ -398,7 +398,7 @@ def test_nothing_of_a_hidden_message_is_readable_by_any_path(
 
     # Reply and forward carry neither the text nor the file.
     for name, query in (("reply", {}), ("reply", {"all": "1"}), ("forward", {})):
-        web.get(reverse(f"webmail:{name}", kwargs={"entry_id": entry.pk}), query)
+        web.post(reverse(f"webmail:{name}", kwargs={"entry_id": entry.pk}), query)
     drafts = list(Draft.objects.filter(owner=alice))
     assert len(drafts) == 3
     assert all(TOKEN not in draft.text for draft in drafts)

@@ -297,7 +297,7 @@ def _every_view_answers_without_a_server_error(client: Client, entry: InboxEntry
         response = client.get(reverse(name, args=[entry.pk]))
         assert 400 <= response.status_code < 500, (name, response.status_code)
     for name in ("webmail:reply", "webmail:forward"):
-        response = client.get(reverse(name, args=[entry.pk]), follow=True)
+        response = client.post(reverse(name, args=[entry.pk]), follow=True)
         assert response.status_code == 200, (name, response.status_code)
     body = client.get(reverse("webmail:entry-body", args=[entry.pk]))
     assert body.status_code == 200 and shown in body.content.decode()
@@ -350,7 +350,7 @@ def test_the_reader_is_told_plainly_what_malformed_means(peer: FakePeer, alice: 
 
     page = client.get(reverse("webmail:entry", args=[entry.pk])).content.decode()
     listing = client.get(reverse("webmail:folder", args=["inbox"])).content.decode()
-    reply = client.get(reverse("webmail:reply", args=[entry.pk]), follow=True).content.decode()
+    reply = client.post(reverse("webmail:reply", args=[entry.pk]), follow=True).content.decode()
 
     assert "Malformed — the sender's server sent a body that is not a valid message; not shown" in page
     assert 'data-state="malformed"' in listing and ">Malformed<" in listing
@@ -372,7 +372,7 @@ def test_a_body_stored_before_the_check_existed_is_never_rendered(alice: User) -
     for name in ("webmail:entry-text", "webmail:entry-html", "webmail:entry-eml"):
         assert 400 <= client.get(reverse(name, args=[entry.pk])).status_code < 500
     for name in ("webmail:reply", "webmail:forward"):
-        assert client.get(reverse(name, args=[entry.pk]), follow=True).status_code == 200
+        assert client.post(reverse(name, args=[entry.pk]), follow=True).status_code == 200
     api = api_as(alice).get(f"/api/v1/inbox/{entry.pk}/")
     assert api.status_code == 200 and api.json()["body"] is None
 

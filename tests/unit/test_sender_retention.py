@@ -124,7 +124,7 @@ def assert_the_sender_still_has_it(sender: User, message: Message) -> None:
     assert "expired" not in json.dumps(data).lower()
 
     # Replying quotes it.
-    reply = client.get(reverse("webmail:reply-sent", args=[message.pk]), follow=True)
+    reply = client.post(reverse("webmail:reply-sent", args=[message.pk]), follow=True)
     assert TEXT in html.unescape(reply.content.decode())
 
 
