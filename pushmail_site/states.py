@@ -180,4 +180,3 @@ def transition_rows(
             queryset.model._default_manager.filter(pk__in=pks).update(**{graph.field_name: target, **(fields or {})})
             graph.entered(target, pks)
     return pks
-
