@@ -54,13 +54,29 @@ if not DEBUG and SECRET_KEY == DEFAULT_SECRET_KEY:
         "SECRET_KEY is the default development key while DEBUG is off; set SECRET_KEY (or DEBUG=1 for development)."
     )
 
+# Encrypts the domains' private signing keys at rest (federation/keys.py). Keep it out of the
+# database and its backups: a dump alone then gives away no key.
+PUSHMAIL_KEY_ENCRYPTION_KEY = os.environ.get("PUSHMAIL_KEY_ENCRYPTION_KEY", "")
+if not PUSHMAIL_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "PUSHMAIL_KEY_ENCRYPTION_KEY is not set while DEBUG is off; set it to a long random value, e.g. "
+            '`python -c "import secrets; print(secrets.token_urlsafe(32))"` (or DEBUG=1 for development).'
+        )
+    # Development only: derived from SECRET_KEY (through HKDF, with its own purpose).
+    PUSHMAIL_KEY_ENCRYPTION_KEY = SECRET_KEY
+elif not DEBUG and (len(PUSHMAIL_KEY_ENCRYPTION_KEY) < 32 or PUSHMAIL_KEY_ENCRYPTION_KEY == SECRET_KEY):
+    raise ImproperlyConfigured(
+        "PUSHMAIL_KEY_ENCRYPTION_KEY must be at least 32 characters long and differ from SECRET_KEY."
+    )
+
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
 ]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "accounts.apps.PushmailAdminConfig",  # django.contrib.admin, guarding secret fields
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -86,6 +86,7 @@ class Instance:
             **os.environ,
             "DEBUG": "0",  # production behaviour; the demo turns it on for the admin's static files
             "SECRET_KEY": f"cluster-{self.name}-secret",
+            "PUSHMAIL_KEY_ENCRYPTION_KEY": f"cluster-{self.name}-signing-key-encryption-key",
             "PUSHMAIL_DATA_DIR": str(self.data_dir),
             "DATABASE_URL": self.database_url,
             "PUSHMAIL_BASE_URL": self.base_url,

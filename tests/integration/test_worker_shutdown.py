@@ -40,9 +40,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 def _env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PUSHMAIL_", "CELERY_", "DATABASE_", "CACHE_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PUSHMAIL_", "CELERY_", "DATABASE_", "CACHE_"))}
     env.update(
         {
             # Production settings, as systemd would run them, on the embedded backends.
