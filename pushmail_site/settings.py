@@ -7,6 +7,7 @@ RabbitMQ), CACHE_URL (Redis), SECRET_KEY, DEBUG=0 and ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import warnings
 from datetime import timedelta
@@ -45,6 +46,44 @@ def parse_peers(value: str) -> dict[str, str]:
             raise ImproperlyConfigured(f"PUSHMAIL_PEERS base URL {base!r} must be http or https")
         peers[domain.strip().lower()] = base
     return peers
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: str, *, debug: bool) -> str:
+    """PUSHMAIL_BASE_URL without its trailing slash; refused when it cannot be this instance's public URL.
+
+    With DEBUG off it is required and must be https, except on a loopback address: instances side by
+    side on one machine (tools/cluster.py), which their peers list in PUSHMAIL_PEERS anyway.
+    """
+    base = value.strip().rstrip("/")
+    if not base:
+        if debug:
+            return ""
+        raise ImproperlyConfigured(
+            "PUSHMAIL_BASE_URL is not set while DEBUG is off; set it to this instance's public https URL, "
+            "e.g. https://mail.example.org (discovery publishes it to every peer)."
+        )
+    try:
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"PUSHMAIL_BASE_URL {base!r} is not a URL") from exc
+    if parts.scheme not in {"http", "https"} or not host or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ImproperlyConfigured(f"PUSHMAIL_BASE_URL {base!r} must be an http(s) URL with a host, and nothing else")
+    if parts.scheme != "https" and not debug and not _is_loopback(host):
+        raise ImproperlyConfigured(
+            f"PUSHMAIL_BASE_URL {base!r} must use https while DEBUG is off (peers refuse plain http)"
+        )
+    return base
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -246,7 +285,9 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_NAME = os.environ.get("SESSION_COOKIE_NAME", "pushmail_session")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "SAMEORIGIN"  # the message view frames its own sanitized-HTML URL
+# No page may be framed, except the two this instance frames itself: a message's sanitized HTML and an
+# attachment preview answer with SAMEORIGIN (webmail/views/content.py, webmail/views/attachments.py).
+X_FRAME_OPTIONS = "DENY"
 
 # --- Content-Security-Policy (django-csp) -------------------------------------------
 # Every page: only this origin's scripts and styles, no inline script, no plugins.
@@ -263,13 +304,32 @@ CONTENT_SECURITY_POLICY = {
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
         "form-action": ["'self'"],
-        "frame-ancestors": ["'self'"],
+        "frame-ancestors": ["'none'"],
     }
 }
 # Request bodies the user API reads into memory (a message with its text and HTML).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("PUSHMAIL_MAX_API_BODY_BYTES", 12 * 1024 * 1024)
-if env_bool("BEHIND_TLS_PROXY", False):
+
+# --- HTTPS ---------------------------------------------------------------------
+# Behind a TLS-terminating proxy (which must set X-Forwarded-Proto and drop a client's own).
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Plain http requests are redirected to https, except the health check a load balancer may send directly.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY and not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# HSTS (sent on https responses only): browsers then refuse plain http to this host for a year.
+SECURE_HSTS_SECONDS = env_int("PUSHMAIL_HSTS_SECONDS", 0 if DEBUG else 365 * 86400)
+# Off by default: the mail domain's own host proxies /.well-known/pushmail here, so the header also reaches
+# browsers for that host (often the organisation's apex), whose other subdomains this instance cannot vouch
+# for. Turn it (and preloading, which needs it) on when every subdomain of every such host serves https.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("PUSHMAIL_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("PUSHMAIL_HSTS_PRELOAD", False)
+# `check --deploy` asks for both; leaving them off is the documented choice above, not an oversight.
+SILENCED_SYSTEM_CHECKS = [
+    *(["security.W005"] if not SECURE_HSTS_INCLUDE_SUBDOMAINS else []),
+    *(["security.W021"] if not SECURE_HSTS_PRELOAD else []),
+]
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -342,8 +402,9 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Pushmail -----------------------------------------------------------------
 PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
-# The base URL other instances use to reach this one; discovery publishes it.
-PUSHMAIL_BASE_URL = os.environ.get("PUSHMAIL_BASE_URL", "http://localhost:8000").rstrip("/")
+# The base URL other instances use to reach this one; discovery publishes it. Required with DEBUG off;
+# in development without it, discovery derives it from the request (federation/discovery.py).
+PUSHMAIL_BASE_URL = check_base_url(os.environ.get("PUSHMAIL_BASE_URL", ""), debug=DEBUG)
 PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
 PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)
 PUSHMAIL_MAX_NOTIFICATION_BYTES = env_int("PUSHMAIL_MAX_NOTIFICATION_BYTES", 256 * 1024)
