@@ -97,6 +97,7 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
 
     domain_admin_can_add = True
     domain_admin_can_change = True
+    shown_secret_fields = ("password",)  # Django's masked summary of the hash, and its "Reset password" link
 
     add_form = MailboxCreationForm
     ordering = ["email"]

@@ -128,6 +128,10 @@ def _guarded_changelist(base: type[ChangeList]) -> type[ChangeList]:
     return guarded
 
 
+def _required(field: Any) -> bool:
+    return not (field.null or field.blank or field.has_default() or getattr(field, "auto_now", False))
+
+
 class SecretFieldsChecks(ModelAdminChecks):
     """The admin's own configuration may not search, filter, order or list by a secret field."""
 
@@ -177,9 +181,59 @@ class SecretFieldsChecks(ModelAdminChecks):
 
 
 class SecretFieldsGuard(admin.ModelAdmin):  # type: ignore[type-arg]
-    """Refuses every changelist lookup, search, ordering and list filter that touches a secret field."""
+    """Refuses every changelist lookup, search, ordering and list filter that touches a secret field,
+    and leaves secret fields out of the list, the change form and its read-only display."""
 
     checks_class = SecretFieldsChecks
+    #: Secret fields this admin shows through a form field that does not reveal them (Django's masked
+    #: password summary with its "Reset password" link).
+    shown_secret_fields: tuple[str, ...] = ()
+
+    def _hidden_secret(self, name: Any) -> bool:
+        if not isinstance(name, str) or name in self.shown_secret_fields:
+            return False
+        try:
+            return is_secret_field(self.model._meta.get_field(name))
+        except FieldDoesNotExist:
+            return False
+
+    def _without_secrets(self, names: Iterable[Any]) -> list[Any]:
+        kept: list[Any] = []
+        for name in names:
+            if isinstance(name, (tuple, list)):  # several fields on one line
+                line = [n for n in name if not self._hidden_secret(n)]
+                if line:
+                    kept.append(type(name)(line))
+            elif not self._hidden_secret(name):
+                kept.append(name)
+        return kept
+
+    def _hidden_secret_names(self) -> list[str]:
+        return [f.name for f in secret_fields_of(self.model) if self._hidden_secret(f.name)]
+
+    def get_exclude(self, request: HttpRequest, obj: Any = None) -> Sequence[str]:
+        return [*(super().get_exclude(request, obj) or ()), *self._hidden_secret_names()]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Sequence[Any]:
+        return self._without_secrets(super().get_fields(request, obj))
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict[str, Any]]]:
+        return [
+            (name, {**options, "fields": self._without_secrets(options.get("fields", ()))})
+            for name, options in super().get_fieldsets(request, obj)
+        ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Sequence[Any]:
+        return self._without_secrets(super().get_readonly_fields(request, obj))
+
+    def get_list_display(self, request: HttpRequest) -> Sequence[Any]:
+        return self._without_secrets(super().get_list_display(request))
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        # A row that cannot be saved without a secret the form leaves out is not added here.
+        if any(_required(self.model._meta.get_field(name)) for name in self._hidden_secret_names()):
+            return False
+        return bool(super().has_add_permission(request, *args))
 
     def lookup_allowed(self, lookup: str, value: Any, request: HttpRequest | None = None) -> bool:
         if touches_secret(self.model, lookup):

@@ -274,6 +274,37 @@ def test_search_and_ordering_never_use_secrets(
                 assert name.lstrip("^=@") not in {f.name for f in secret_fields_of(model)}
 
 
+@pytest.mark.django_db
+def test_no_admin_page_shows_a_secret(
+    secrets_everywhere: User, superuser_client: Client, domain_admin_client: Client
+) -> None:
+    alice = secrets_everywhere
+    alice.refresh_from_db()
+    secrets = {
+        "private key": SigningKey.objects.get(domain=alice.domain).private_key,
+        "password hash": alice.password,
+        "token hash": alice.api_tokens.get().key_hash,
+        "TOTP secret": "JBSWY3DPEHPK3PXP",
+        "session key": "s3cretsessionkey0123",
+        "confirmation key": "confirmationkey0123456789",
+    }
+    pages = 0
+    for client in (superuser_client, domain_admin_client):
+        for model, model_admin in admin.site._registry.items():
+            opts = model._meta
+            urls = [_changelist(model), reverse(f"admin:{opts.app_label}_{opts.model_name}_add")]
+            for pk in model._default_manager.values_list("pk", flat=True)[:20]:  # type: ignore[attr-defined]
+                urls.append(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[pk]))
+            for url in urls:
+                response = client.get(url)
+                assert response.status_code in (200, 302, 403, 404), url
+                page = response.content.decode()
+                pages += 1
+                for what, secret in secrets.items():
+                    assert secret not in page, f"{what} shown on {url}"
+    assert pages > 50
+
+
 def test_the_admin_configuration_is_checked_for_secrets() -> None:
     from accounts.admin_secrets import GuardedAdminSite
 
