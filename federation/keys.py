@@ -49,12 +49,22 @@ class KeyDecryptionError(ImproperlyConfigured):
     """A stored private key cannot be decrypted: PUSHMAIL_KEY_ENCRYPTION_KEY is not the one it was stored with."""
 
 
+def _derive(secret: str) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+    return hkdf.derive(secret.encode("utf-8"))
+
+
 def _encryption_key() -> bytes:
     secret = str(getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_KEY", "") or "")
     if not secret:
         raise ImproperlyConfigured("PUSHMAIL_KEY_ENCRYPTION_KEY is not set")
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
-    return hkdf.derive(secret.encode("utf-8"))
+    return _derive(secret)
+
+
+def _decryption_keys() -> list[bytes]:
+    """The current key, then those of PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS (while a rotation is under way)."""
+    old = getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS", ()) or ()
+    return [_encryption_key(), *(_derive(str(secret)) for secret in old if secret)]
 
 
 def raw_seed(private: Ed25519PrivateKey) -> bytes:
@@ -77,12 +87,44 @@ def decrypt_seed(stored: str, *, key_id: str) -> bytes:
         raise KeyDecryptionError(f"the private key of {key_id} is not stored encrypted; run `manage.py migrate`")
     try:
         blob = base64.urlsafe_b64decode(stored[len(ENCRYPTED_PREFIX) :].encode("ascii"))
-        return AESGCM(_encryption_key()).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], key_id.encode("utf-8"))
-    except (InvalidTag, ValueError) as exc:
-        raise KeyDecryptionError(
-            f"the private key of {key_id} cannot be decrypted: PUSHMAIL_KEY_ENCRYPTION_KEY differs from the "
-            "one it was stored with"
-        ) from exc
+    except ValueError as exc:
+        raise KeyDecryptionError(f"the stored private key of {key_id} is damaged") from exc
+    for key in _decryption_keys():
+        try:
+            return AESGCM(key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], key_id.encode("utf-8"))
+        except (InvalidTag, ValueError):
+            continue
+    raise KeyDecryptionError(
+        f"the private key of {key_id} cannot be decrypted: PUSHMAIL_KEY_ENCRYPTION_KEY differs from the one it "
+        "was stored with (during a rotation, list the previous one in PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS)"
+    )
+
+
+def is_sealed_with_current_key(stored: str, *, key_id: str) -> bool:
+    """Whether ``stored`` decrypts with PUSHMAIL_KEY_ENCRYPTION_KEY itself (not only with an old key)."""
+    try:
+        blob = base64.urlsafe_b64decode(stored.removeprefix(ENCRYPTED_PREFIX).encode("ascii"))
+        AESGCM(_encryption_key()).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], key_id.encode("utf-8"))
+    except (InvalidTag, ValueError):
+        return False
+    return stored.startswith(ENCRYPTED_PREFIX)
+
+
+def reencrypt_private_keys() -> int:
+    """Re-encrypt every stored private key with the current PUSHMAIL_KEY_ENCRYPTION_KEY; return how many changed.
+
+    The second step of a rotation: set the new key, list the old one in PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS,
+    run this, then drop the old one.
+    """
+    changed = 0
+    with transaction.atomic():
+        for key in SigningKey.objects.select_for_update().order_by("pk"):
+            if is_sealed_with_current_key(key.private_key, key_id=key.key_id):
+                continue
+            key.private_key = encrypt_seed(decrypt_seed(key.private_key, key_id=key.key_id), key_id=key.key_id)
+            key.save(update_fields=["private_key"])
+            changed += 1
+    return changed
 
 
 def create_signing_key(*, domain: Domain) -> SigningKey:

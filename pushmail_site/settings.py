@@ -109,6 +109,11 @@ elif not DEBUG and (len(PUSHMAIL_KEY_ENCRYPTION_KEY) < 32 or PUSHMAIL_KEY_ENCRYP
         "PUSHMAIL_KEY_ENCRYPTION_KEY must be at least 32 characters long and differ from SECRET_KEY."
     )
 
+# Previous values, comma-separated, still accepted for reading keys while `manage.py reencryptkeys` rotates them.
+PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS = [
+    k.strip() for k in os.environ.get("PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS", "").split(",") if k.strip()
+]
+
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
 ]

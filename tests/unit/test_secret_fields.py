@@ -12,6 +12,7 @@ Private signing keys are stored encrypted with a key derived from PUSHMAIL_KEY_E
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -374,3 +375,21 @@ def test_the_migration_encrypts_existing_keys_and_reverses(local_domain: Domain)
         assert keys.raw_seed(keys.private_key_of(key)) == seed
     finally:
         call_command("migrate", verbosity=0)
+
+
+@pytest.mark.django_db
+def test_the_key_encryption_key_can_be_rotated(local_domain: Domain, settings: Any) -> None:
+    key = SigningKey.objects.get(domain=local_domain)
+    seed = keys.raw_seed(keys.private_key_of(key))
+    old = settings.PUSHMAIL_KEY_ENCRYPTION_KEY
+    settings.PUSHMAIL_KEY_ENCRYPTION_KEY = "the-new-key-encryption-key-0123456789abcdef"
+    settings.PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS = [old]
+    assert keys.raw_seed(keys.private_key_of(key)) == seed  # still readable during the rotation
+
+    call_command("reencryptkeys", stdout=open(os.devnull, "w"))  # noqa: SIM115
+    settings.PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS = []
+    key.refresh_from_db()
+    assert keys.raw_seed(keys.private_key_of(key)) == seed  # the new key alone reads it now
+    settings.PUSHMAIL_KEY_ENCRYPTION_KEY = old
+    with pytest.raises(keys.KeyDecryptionError):
+        keys.private_key_of(key)
