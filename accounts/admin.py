@@ -97,6 +97,7 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
 
     domain_admin_can_add = True
     domain_admin_can_change = True
+    shown_secret_fields = ("password",)  # Django's masked summary of the hash, and its "Reset password" link
 
     add_form = MailboxCreationForm
     ordering = ["email"]
@@ -157,8 +158,8 @@ class ApiTokenAdmin(DomainScopedAdmin):
     search_fields = ["user__email", "name", "prefix"]
     date_hierarchy = "created_at"
     list_select_related = ["user"]
-    readonly_fields = ["user", "key_hash", "prefix", "created_at", "last_used_at"]
-    fields = ["user", "name", "prefix", "key_hash", "created_at", "last_used_at"]
+    readonly_fields = ["user", "prefix", "created_at", "last_used_at"]
+    fields = ["user", "name", "prefix", "created_at", "last_used_at"]  # never the token's hash
 
     def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
         return False  # a token is shown once to its owner: created in Settings or with `manage.py apitoken`

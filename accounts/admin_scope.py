@@ -14,13 +14,15 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from .admin_secrets import SecretFieldsGuard
+
 
 def is_domain_admin(request: HttpRequest) -> bool:
     user = request.user
     return bool(user.is_active and user.is_staff and not user.is_superuser)
 
 
-class DomainScopedAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class DomainScopedAdmin(SecretFieldsGuard):
     #: Lookup from the model to its accounts.Domain primary key ("pk" for Domain itself).
     domain_lookup = "domain"
     #: What a domain admin may do besides viewing.

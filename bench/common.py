@@ -72,7 +72,8 @@ def create_mailboxes_code(addresses: Sequence[str], *, tokens: bool = False) -> 
 def signing_key_of(instance: Instance, domain: str) -> tuple[str, str]:
     """(key id, base64 Ed25519 seed) of a hosted domain's current key."""
     out = instance.shell(
-        f"from federation.keys import current_key\nk = current_key({domain!r})\nprint(k.key_id)\nprint(k.private_key)\n"
+        "from federation.keys import b64, current_key, private_key_of, raw_seed\n"
+        f"k = current_key({domain!r})\nprint(k.key_id)\nprint(b64(raw_seed(private_key_of(k))))\n"
     )
     key_id, seed = out.strip().splitlines()[-2:]
     return key_id, seed

@@ -56,6 +56,8 @@ def configure(database_url: str) -> None:
             "DEBUG": "0",
             "LOG_LEVEL": "WARNING",
             "SECRET_KEY": "bench-only-secret-key-not-for-production",
+            "PUSHMAIL_KEY_ENCRYPTION_KEY": "bench-only-key-encryption-key-not-for-production",
+            "PUSHMAIL_BASE_URL": "https://bench.example",
             "ALLOWED_HOSTS": "testserver",
             "CELERY_BROKER_URL": "memory://",
         }

@@ -64,6 +64,8 @@ def _setup_django(database_url: str) -> None:
     os.environ["DATABASE_URL"] = database_url
     os.environ["DEBUG"] = "0"  # production-like: no query log kept in memory
     os.environ.setdefault("SECRET_KEY", "bench-only-" + uuid.uuid4().hex)
+    os.environ.setdefault("PUSHMAIL_KEY_ENCRYPTION_KEY", "bench-only-key-encryption-" + uuid.uuid4().hex)
+    os.environ.setdefault("PUSHMAIL_BASE_URL", "https://bench.example")
     os.environ["ALLOWED_HOSTS"] = "testserver"
     os.environ.setdefault("CELERY_BROKER_URL", "memory://")
     # As in production: the shared cache (and so the sessions) in Redis.

@@ -28,6 +28,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connections
+from django.http import HttpRequest
 
 from . import http, payloads
 from .keys import public_key_from_b64
@@ -103,15 +104,32 @@ def is_local(domain: str) -> bool:
     return domain in local_domain_names()
 
 
-def own_document() -> dict[str, Any]:
-    """The discovery document this instance serves."""
+# Where this instance says it is when PUSHMAIL_BASE_URL is unset (development) and no request tells.
+_DEVELOPMENT_BASE_URL = "http://localhost:8000"
+
+
+def own_base_url(request: HttpRequest | None = None) -> str:
+    """This instance's public base URL, without a trailing slash.
+
+    PUSHMAIL_BASE_URL (required with DEBUG off); in development without it, the scheme and host the
+    request came to (a Host that ALLOWED_HOSTS accepted), so a peer reaches the instance where it found it.
+    """
+    if settings.PUSHMAIL_BASE_URL:
+        return str(settings.PUSHMAIL_BASE_URL)
+    if request is not None:
+        return request.build_absolute_uri("/").rstrip("/")
+    return _DEVELOPMENT_BASE_URL
+
+
+def own_document(request: HttpRequest | None = None) -> dict[str, Any]:
+    """The discovery document this instance serves (to ``request``)."""
     keys = SigningKey.objects.published().select_related("domain").order_by("domain__name", "created_at")
     return {
         "protocol": PROTOCOL,
         "version": VERSION,
         "versions": [VERSION],
         "domains": sorted(local_domain_names()),
-        "api": settings.PUSHMAIL_BASE_URL + "/federation/v1/",
+        "api": own_base_url(request) + "/federation/v1/",
         "keys": [
             {
                 "id": key.key_id,
@@ -193,7 +211,7 @@ def _local_instance(domain: str) -> Instance:
     keys = dict(SigningKey.objects.published().filter(domain__name=domain).values_list("key_id", "public_key"))
     return Instance(
         domain=domain,
-        api_base=settings.PUSHMAIL_BASE_URL + "/federation/v1/",
+        api_base=own_base_url() + "/federation/v1/",
         keys=keys,
         max_notification_bytes=settings.PUSHMAIL_MAX_NOTIFICATION_BYTES,
         max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS,

@@ -8,9 +8,9 @@ network, or tie up workers with endless, huge or slow responses.
 
 So every outbound request goes through :func:`request`, which
 
-* allows only ``https://``, except for the hosts of the base URLs in
-  ``settings.PUSHMAIL_PEERS`` (local test/dev peers), which may also use
-  ``http://`` and private addresses;
+* allows only ``https://``, except for the base URLs in ``settings.PUSHMAIL_PEERS``
+  (local test/dev peers): exactly their scheme, host and port may also be reached
+  over ``http://`` and on private addresses, and no other port of those hosts;
 * resolves the host itself, refuses if any address is not public, connects to
   exactly the address it checked, and then checks the socket's real peer
   address again. Because the check is on the address actually connected to,
@@ -22,9 +22,11 @@ So every outbound request goes through :func:`request`, which
 * streams the body and stops as soon as it grows past ``max_bytes``;
 * asks for gzip only and refuses any other content coding (docs/protocol.md §5.1).
 
-One caller widens the rules per call: the webmail's image proxy passes
-``allow_http=True`` (plain http to public addresses) and, for local test
-servers, ``extra_private_hosts`` (treated like peers for that call only).
+One caller changes the rules per call: the webmail's image proxy passes
+``allow_http=True`` (plain http to public addresses) and ``refuse_peer_hosts=True``
+(no configured peer's host, on any port, and no peer exception), and, for local
+test servers, ``extra_private_hosts`` (host names that may use http and private
+addresses, on any port, for that call only).
 
 Failures raise :class:`OutboundError` (or a subclass) with a short,
 human-readable message and a ``retryable`` flag for the delivery queue.
@@ -62,6 +64,7 @@ __all__ = [
     "RedirectRefused",
     "Response",
     "ResponseTooLarge",
+    "allowed_peer_origins",
     "allowed_private_hosts",
     "is_public_address",
     "request",
@@ -184,9 +187,10 @@ def _norm_host(host: str) -> str:
 
 
 def allowed_private_hosts() -> set[str]:
-    """Hostnames of the base URLs in ``settings.PUSHMAIL_PEERS``.
+    """Host names of the base URLs in ``settings.PUSHMAIL_PEERS``.
 
-    Only these may be reached over plain http or on non-public addresses.
+    Only their exact origins (:func:`allowed_peer_origins`) may be reached over plain http or
+    on non-public addresses; a caller passing ``refuse_peer_hosts`` reaches none of these hosts.
     """
     try:
         peers = getattr(settings, "PUSHMAIL_PEERS", None) or {}
@@ -205,10 +209,50 @@ def allowed_private_hosts() -> set[str]:
     return hosts
 
 
-def _private_hosts_now() -> set[str]:
-    """The configured peers plus the hosts the current request() call allows."""
-    extra: frozenset[str] = getattr(_local, "extra_private_hosts", frozenset())
-    return allowed_private_hosts() | extra
+Origin = tuple[str, str, int]  # scheme, normalised host, port
+
+
+def allowed_peer_origins() -> set[Origin]:
+    """The exact origins (scheme, host, port) of the base URLs in ``settings.PUSHMAIL_PEERS``.
+
+    Only these may be reached over plain http or on non-public addresses: another port or
+    scheme on a peer's host is any other target.
+    """
+    try:
+        peers = getattr(settings, "PUSHMAIL_PEERS", None) or {}
+    except ImproperlyConfigured:
+        return set()
+    origins: set[Origin] = set()
+    for base_url in peers.values():
+        if not isinstance(base_url, str):
+            continue
+        try:
+            origins.add(_origin(base_url))
+        except ValueError:
+            continue
+    return origins
+
+
+@dataclass(frozen=True)
+class _Trust:
+    """What one request() call may reach over plain http and on non-public addresses."""
+
+    origins: frozenset[Origin] = frozenset()  # exactly these (the configured peers)
+    hosts: frozenset[str] = frozenset()  # these host names on any port (a caller's explicit allow-list)
+
+    def allows(self, origin: Origin) -> bool:
+        return origin in self.origins or origin[1] in self.hosts
+
+
+def _trust_now() -> _Trust:
+    """The current request() call's trust; outside one, the configured peers'."""
+    trust: _Trust | None = getattr(_local, "trust", None)
+    return trust if trust is not None else _Trust(origins=frozenset(allowed_peer_origins()))
+
+
+def _conn_origin(conn: HTTPConnection) -> Origin:
+    scheme = "https" if isinstance(conn, HTTPSConnection) else "http"
+    return scheme, _norm_host(conn.host), int(conn.port or _DEFAULT_PORTS[scheme])
 
 
 def _default_timeout() -> float:
@@ -299,7 +343,7 @@ def _resolve(conn: HTTPConnection, dns_host: str) -> list[str]:
 def _connect_checked(conn: HTTPConnection, connect: Callable[[], socket.socket]) -> socket.socket:
     """Resolve, check every address, connect to a checked one, check the peer."""
     host = conn.host
-    allow_private = _norm_host(host) in _private_hosts_now()
+    allow_private = _trust_now().allows(_conn_origin(conn))
     dns_host = conn._dns_host
     addresses = _resolve(conn, dns_host)
     if not allow_private:
@@ -331,7 +375,7 @@ def _connect_checked(conn: HTTPConnection, connect: Callable[[], socket.socket])
 
 def _check_peer(conn: HTTPConnection, sock: socket.socket, allow_private: bool | None = None) -> None:
     if allow_private is None:
-        allow_private = _norm_host(conn.host) in _private_hosts_now()
+        allow_private = _trust_now().allows(_conn_origin(conn))
     if allow_private:
         return
     peer = str(sock.getpeername()[0])
@@ -433,7 +477,7 @@ if hasattr(os, "register_at_fork"):
 # --- request ------------------------------------------------------------------
 
 
-def _origin(url: str) -> tuple[str, str, int]:
+def _origin(url: str) -> Origin:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     host = parts.hostname
@@ -442,19 +486,19 @@ def _origin(url: str) -> tuple[str, str, int]:
     return scheme, _norm_host(host), parts.port or _DEFAULT_PORTS[scheme]
 
 
-def _label(origin: tuple[str, str, int]) -> str:
+def _label(origin: Origin) -> str:
     scheme, host, port = origin
     shown = f"[{host}]" if ":" in host else host
     return shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
 
 
-def _check_target(url: str, allowed: set[str], allow_http: bool = False) -> tuple[str, str, int]:
+def _check_target(url: str, trust: _Trust, allow_http: bool = False) -> Origin:
     try:
         origin = _origin(url)
     except ValueError:
         raise OutboundError(f"invalid URL {url[:200]!r}", retryable=False) from None
     scheme, host, _ = origin
-    if host in allowed:
+    if trust.allows(origin):
         return origin
     if scheme != "https" and not allow_http:
         raise BlockedAddress(f"refusing plain http:// to {host}: only configured peers may use http")
@@ -586,6 +630,7 @@ def request(
     timeout: float | None = None,
     extra_private_hosts: frozenset[str] = frozenset(),
     allow_http: bool = False,
+    refuse_peer_hosts: bool = False,
     sink: IO[bytes] | None = None,
 ) -> Response:
     """Send one server-to-server request; see the module docstring for the rules.
@@ -599,15 +644,19 @@ def request(
     if seconds <= 0:
         raise ValueError("timeout must be positive")
     extra = frozenset(_norm_host(h) for h in extra_private_hosts)
-    allowed = allowed_private_hosts() | extra
+    peers = frozenset(allowed_peer_origins())
+    # A caller that must not reach the peers (the image proxy) gets no exception for them either.
+    trust = _Trust(origins=frozenset() if refuse_peer_hosts else peers, hosts=extra)
     # allow_http: plain http to public addresses (the image proxy); private ones still need allowing.
-    origin = _check_target(url, allowed, allow_http) if allow_http else _check_target(url, allowed)
+    origin = _check_target(url, trust, allow_http) if allow_http else _check_target(url, trust)
     where = _label(origin)
+    if refuse_peer_hosts and origin[1] in allowed_private_hosts() and origin[1] not in extra:
+        raise BlockedAddress(f"refusing to connect to {where}: the host of a configured peer")
     send_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     method = method.upper()
 
-    _local.extra_private_hosts = extra
-    with _Deadline(seconds) as deadline, _forget_extra_hosts():
+    _local.trust = trust
+    with _Deadline(seconds) as deadline, _forget_trust():
         for redirects in range(MAX_REDIRECTS + 1):
             resp = _send(method, url, send_headers, body, seconds, deadline, where)
             try:
@@ -642,14 +691,14 @@ def request(
 
 
 @contextmanager
-def _forget_extra_hosts() -> Iterator[None]:
+def _forget_trust() -> Iterator[None]:
     try:
         yield
     finally:
-        _local.extra_private_hosts = frozenset()
+        _local.trust = None
 
 
-def _follow(url: str, location: str, origin: tuple[str, str, int], redirects: int) -> str:
+def _follow(url: str, location: str, origin: Origin, redirects: int) -> str:
     """The redirect target, if it may be followed."""
     where = _label(origin)
     if redirects >= MAX_REDIRECTS:

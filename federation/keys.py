@@ -1,14 +1,25 @@
-"""Ed25519 key pairs of the hosted domains: creation, rotation, loading."""
+"""Ed25519 key pairs of the hosted domains: creation, rotation, loading.
+
+The private half is stored encrypted (AES-256-GCM) under a key derived with HKDF from the
+``PUSHMAIL_KEY_ENCRYPTION_KEY`` setting, and bound to its key id, so a database dump or a
+leaked row does not give away a domain's signing key. :func:`private_key_of` is the one way
+to get a usable private key from a stored row.
+"""
 
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -26,15 +37,107 @@ def unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+# --- the private half, encrypted at rest ---------------------------------------------------
+
+#: Stored private keys start with this; the rest is base64url(nonce || AES-GCM ciphertext).
+ENCRYPTED_PREFIX = "aesgcm1:"
+_NONCE_BYTES = 12
+_HKDF_INFO = b"pushmail signing-key encryption v1"
+
+
+class KeyDecryptionError(ImproperlyConfigured):
+    """A stored private key cannot be decrypted: PUSHMAIL_KEY_ENCRYPTION_KEY is not the one it was stored with."""
+
+
+def _derive(secret: str) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+    return hkdf.derive(secret.encode("utf-8"))
+
+
+def _encryption_key() -> bytes:
+    secret = str(getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_KEY", "") or "")
+    if not secret:
+        raise ImproperlyConfigured("PUSHMAIL_KEY_ENCRYPTION_KEY is not set")
+    return _derive(secret)
+
+
+def _decryption_keys() -> list[bytes]:
+    """The current key, then those of PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS (while a rotation is under way)."""
+    old = getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS", ()) or ()
+    return [_encryption_key(), *(_derive(str(secret)) for secret in old if secret)]
+
+
+def raw_seed(private: Ed25519PrivateKey) -> bytes:
+    """The 32-byte Ed25519 seed of ``private``."""
+    return private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def encrypt_seed(seed: bytes, *, key_id: str) -> str:
+    """The stored form of an Ed25519 seed: encrypted, and valid only for the row of ``key_id``."""
+    nonce = os.urandom(_NONCE_BYTES)
+    sealed = AESGCM(_encryption_key()).encrypt(nonce, seed, key_id.encode("utf-8"))
+    return ENCRYPTED_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+
+
+def decrypt_seed(stored: str, *, key_id: str) -> bytes:
+    """The Ed25519 seed from its stored form (see :func:`encrypt_seed`)."""
+    if not stored.startswith(ENCRYPTED_PREFIX):
+        raise KeyDecryptionError(f"the private key of {key_id} is not stored encrypted; run `manage.py migrate`")
+    try:
+        blob = base64.urlsafe_b64decode(stored[len(ENCRYPTED_PREFIX) :].encode("ascii"))
+    except ValueError as exc:
+        raise KeyDecryptionError(f"the stored private key of {key_id} is damaged") from exc
+    for key in _decryption_keys():
+        try:
+            return AESGCM(key).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], key_id.encode("utf-8"))
+        except (InvalidTag, ValueError):
+            continue
+    raise KeyDecryptionError(
+        f"the private key of {key_id} cannot be decrypted: PUSHMAIL_KEY_ENCRYPTION_KEY differs from the one it "
+        "was stored with (during a rotation, list the previous one in PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS)"
+    )
+
+
+def is_sealed_with_current_key(stored: str, *, key_id: str) -> bool:
+    """Whether ``stored`` decrypts with PUSHMAIL_KEY_ENCRYPTION_KEY itself (not only with an old key)."""
+    try:
+        blob = base64.urlsafe_b64decode(stored.removeprefix(ENCRYPTED_PREFIX).encode("ascii"))
+        AESGCM(_encryption_key()).decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:], key_id.encode("utf-8"))
+    except (InvalidTag, ValueError):
+        return False
+    return stored.startswith(ENCRYPTED_PREFIX)
+
+
+def reencrypt_private_keys() -> int:
+    """Re-encrypt every stored private key with the current PUSHMAIL_KEY_ENCRYPTION_KEY; return how many changed.
+
+    The second step of a rotation: set the new key, list the old one in PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS,
+    run this, then drop the old one.
+    """
+    changed = 0
+    with transaction.atomic():
+        for key in SigningKey.objects.select_for_update().order_by("pk"):
+            if is_sealed_with_current_key(key.private_key, key_id=key.key_id):
+                continue
+            key.private_key = encrypt_seed(decrypt_seed(key.private_key, key_id=key.key_id), key_id=key.key_id)
+            key.save(update_fields=["private_key"])
+            changed += 1
+    return changed
+
+
 def create_signing_key(*, domain: Domain) -> SigningKey:
     """Make a new current key for ``domain``. The caller retires the old one first."""
     private = Ed25519PrivateKey.generate()
-    seed = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
     public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     key_id = f"{domain.name}#{timezone.now():%Y%m%d}-{secrets.token_hex(4)}"
-    return SigningKey.objects.create(domain=domain, key_id=key_id, private_key=b64(seed), public_key=b64(public))
+    return SigningKey.objects.create(
+        domain=domain,
+        key_id=key_id,
+        private_key=encrypt_seed(raw_seed(private), key_id=key_id),
+        public_key=b64(public),
+    )
 
 
 @transaction.atomic
@@ -52,7 +155,8 @@ def current_key(domain_name: str) -> SigningKey:
 
 
 def private_key_of(key: SigningKey) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(unb64(key.private_key))
+    """The usable private key of a stored key pair (decrypted here, never kept in plain text)."""
+    return Ed25519PrivateKey.from_private_bytes(decrypt_seed(key.private_key, key_id=key.key_id))
 
 
 def public_key_from_b64(text: str) -> Ed25519PublicKey:

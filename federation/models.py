@@ -21,7 +21,9 @@ class SigningKey(models.Model):
 
     domain = models.ForeignKey("accounts.Domain", on_delete=models.CASCADE, related_name="signing_keys")
     key_id = models.CharField(max_length=300, unique=True)
-    private_key = models.TextField(help_text="Raw 32-byte Ed25519 seed, base64.")
+    private_key = models.TextField(
+        help_text="The 32-byte Ed25519 seed, encrypted with PUSHMAIL_KEY_ENCRYPTION_KEY (federation.keys)."
+    )
     public_key = models.CharField(max_length=64, help_text="Raw 32-byte Ed25519 public key, base64.")
     created_at = models.DateTimeField(default=timezone.now)
     retired_at = models.DateTimeField(null=True, blank=True)

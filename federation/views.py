@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
@@ -73,8 +74,10 @@ def well_known(request: HttpRequest) -> JsonResponse:
     """``GET /.well-known/pushmail``: the discovery document (§2)."""
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(["GET", "HEAD"])
-    response = JsonResponse(discovery.own_document())
+    response = JsonResponse(discovery.own_document(request))
     response["Cache-Control"] = "public, max-age=300"
+    if not settings.PUSHMAIL_BASE_URL:
+        patch_vary_headers(response, ["Host"])  # development: "api" names the host asked
     response["Access-Control-Allow-Origin"] = "*"
     return response
 

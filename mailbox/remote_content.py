@@ -206,6 +206,8 @@ def fetch_image(url: str) -> ProxiedImage:
             timeout=PROXY_TIMEOUT,
             extra_private_hosts=_allowed_private_hosts(),
             allow_http=True,
+            # A sender's image URL must not reach a configured peer (on any port) through our peer exceptions.
+            refuse_peer_hosts=True,
         )
     except http.ResponseTooLarge as exc:
         raise ImageRefused(f"image is over the {max_bytes}-byte limit", status=413) from exc

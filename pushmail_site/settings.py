@@ -7,6 +7,7 @@ RabbitMQ), CACHE_URL (Redis), SECRET_KEY, DEBUG=0 and ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import warnings
 from datetime import timedelta
@@ -47,6 +48,44 @@ def parse_peers(value: str) -> dict[str, str]:
     return peers
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: str, *, debug: bool) -> str:
+    """PUSHMAIL_BASE_URL without its trailing slash; refused when it cannot be this instance's public URL.
+
+    With DEBUG off it is required and must be https, except on a loopback address: instances side by
+    side on one machine (tools/cluster.py), which their peers list in PUSHMAIL_PEERS anyway.
+    """
+    base = value.strip().rstrip("/")
+    if not base:
+        if debug:
+            return ""
+        raise ImproperlyConfigured(
+            "PUSHMAIL_BASE_URL is not set while DEBUG is off; set it to this instance's public https URL, "
+            "e.g. https://mail.example.org (discovery publishes it to every peer)."
+        )
+    try:
+        parts = urlsplit(base)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"PUSHMAIL_BASE_URL {base!r} is not a URL") from exc
+    if parts.scheme not in {"http", "https"} or not host or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ImproperlyConfigured(f"PUSHMAIL_BASE_URL {base!r} must be an http(s) URL with a host, and nothing else")
+    if parts.scheme != "https" and not debug and not _is_loopback(host):
+        raise ImproperlyConfigured(
+            f"PUSHMAIL_BASE_URL {base!r} must use https while DEBUG is off (peers refuse plain http)"
+        )
+    return base
+
+
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", DEFAULT_SECRET_KEY)
 if not DEBUG and SECRET_KEY == DEFAULT_SECRET_KEY:
@@ -54,13 +93,34 @@ if not DEBUG and SECRET_KEY == DEFAULT_SECRET_KEY:
         "SECRET_KEY is the default development key while DEBUG is off; set SECRET_KEY (or DEBUG=1 for development)."
     )
 
+# Encrypts the domains' private signing keys at rest (federation/keys.py). Keep it out of the
+# database and its backups: a dump alone then gives away no key.
+PUSHMAIL_KEY_ENCRYPTION_KEY = os.environ.get("PUSHMAIL_KEY_ENCRYPTION_KEY", "")
+if not PUSHMAIL_KEY_ENCRYPTION_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "PUSHMAIL_KEY_ENCRYPTION_KEY is not set while DEBUG is off; set it to a long random value, e.g. "
+            '`python -c "import secrets; print(secrets.token_urlsafe(32))"` (or DEBUG=1 for development).'
+        )
+    # Development only: derived from SECRET_KEY (through HKDF, with its own purpose).
+    PUSHMAIL_KEY_ENCRYPTION_KEY = SECRET_KEY
+elif not DEBUG and (len(PUSHMAIL_KEY_ENCRYPTION_KEY) < 32 or PUSHMAIL_KEY_ENCRYPTION_KEY == SECRET_KEY):
+    raise ImproperlyConfigured(
+        "PUSHMAIL_KEY_ENCRYPTION_KEY must be at least 32 characters long and differ from SECRET_KEY."
+    )
+
+# Previous values, comma-separated, still accepted for reading keys while `manage.py reencryptkeys` rotates them.
+PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS = [
+    k.strip() for k in os.environ.get("PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS", "").split(",") if k.strip()
+]
+
 ALLOWED_HOSTS = [
     h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
 ]
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "accounts.apps.PushmailAdminConfig",  # django.contrib.admin, guarding secret fields
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -230,7 +290,9 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_NAME = os.environ.get("SESSION_COOKIE_NAME", "pushmail_session")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "SAMEORIGIN"  # the message view frames its own sanitized-HTML URL
+# No page may be framed, except the two this instance frames itself: a message's sanitized HTML and an
+# attachment preview answer with SAMEORIGIN (webmail/views/content.py, webmail/views/attachments.py).
+X_FRAME_OPTIONS = "DENY"
 
 # --- Content-Security-Policy (django-csp) -------------------------------------------
 # Every page: only this origin's scripts and styles, no inline script, no plugins.
@@ -247,7 +309,7 @@ CONTENT_SECURITY_POLICY = {
         "object-src": ["'none'"],
         "base-uri": ["'none'"],
         "form-action": ["'self'"],
-        "frame-ancestors": ["'self'"],
+        "frame-ancestors": ["'none'"],
     }
 }
 # Request bodies the user API reads into memory (a message with its text and HTML).
@@ -258,8 +320,27 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
-if env_bool("BEHIND_TLS_PROXY", False):
+
+# --- HTTPS ---------------------------------------------------------------------
+# Behind a TLS-terminating proxy (which must set X-Forwarded-Proto and drop a client's own).
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Plain http requests are redirected to https, except the health check a load balancer may send directly.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY and not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+# HSTS (sent on https responses only): browsers then refuse plain http to this host for a year.
+SECURE_HSTS_SECONDS = env_int("PUSHMAIL_HSTS_SECONDS", 0 if DEBUG else 365 * 86400)
+# Off by default: the mail domain's own host proxies /.well-known/pushmail here, so the header also reaches
+# browsers for that host (often the organisation's apex), whose other subdomains this instance cannot vouch
+# for. Turn it (and preloading, which needs it) on when every subdomain of every such host serves https.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("PUSHMAIL_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("PUSHMAIL_HSTS_PRELOAD", False)
+# `check --deploy` asks for both; leaving them off is the documented choice above, not an oversight.
+SILENCED_SYSTEM_CHECKS = [
+    *(["security.W005"] if not SECURE_HSTS_INCLUDE_SUBDOMAINS else []),
+    *(["security.W021"] if not SECURE_HSTS_PRELOAD else []),
+]
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -332,8 +413,9 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Pushmail -----------------------------------------------------------------
 PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
-# The base URL other instances use to reach this one; discovery publishes it.
-PUSHMAIL_BASE_URL = os.environ.get("PUSHMAIL_BASE_URL", "http://localhost:8000").rstrip("/")
+# The base URL other instances use to reach this one; discovery publishes it. Required with DEBUG off;
+# in development without it, discovery derives it from the request (federation/discovery.py).
+PUSHMAIL_BASE_URL = check_base_url(os.environ.get("PUSHMAIL_BASE_URL", ""), debug=DEBUG)
 PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
 PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)
 # How long a request waits for a peer's keys before it is answered 503 "try again later".

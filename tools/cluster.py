@@ -86,6 +86,7 @@ class Instance:
             **os.environ,
             "DEBUG": "0",  # production behaviour; the demo turns it on for the admin's static files
             "SECRET_KEY": f"cluster-{self.name}-secret",
+            "PUSHMAIL_KEY_ENCRYPTION_KEY": f"cluster-{self.name}-signing-key-encryption-key",
             "PUSHMAIL_DATA_DIR": str(self.data_dir),
             "DATABASE_URL": self.database_url,
             "PUSHMAIL_BASE_URL": self.base_url,
@@ -211,14 +212,28 @@ class Instance:
         self.web = None
 
     def stop(self) -> None:
-        if self.worker:
-            _signal_group(self.worker, signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill_worker()
-            self.worker = None
-        self.stop_web()
+        stop_all([self])
+
+
+def stop_all(instances: Iterable[Instance], timeout: float = 15.0) -> None:
+    """Stop instances the way systemd does: SIGTERM to every process group at once, then wait.
+
+    A worker finishes its running tasks first (warm shutdown); whatever is still running after
+    ``timeout`` seconds is killed.
+    """
+    instances = list(instances)
+    procs = [p for inst in instances for p in (inst.worker, inst.web) if p is not None and p.poll() is None]
+    for proc in procs:
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for inst in instances:
+        inst.worker = inst.web = None
 
 
 def log_tails(instances: list[Instance], limit: int = 6000) -> list[tuple[str, str]]:

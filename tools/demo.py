@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.cluster import ROOT, Backend, make_cluster
+from tools.cluster import ROOT, Backend, make_cluster, stop_all
 
 PASSWORD = os.environ.get("DEMO_PASSWORD", "pushmail-demo")
 PORTS = {"alpha": 8001, "beta": 8002}
@@ -87,8 +87,7 @@ Logs: {base}/<instance>/web.log and worker.log.  Ctrl-C stops both instances.
             time.sleep(0.5)
     finally:
         print("stopping …", flush=True)
-        for inst in instances.values():
-            inst.stop()
+        stop_all(instances.values())
     return 0
 
 

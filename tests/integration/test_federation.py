@@ -112,8 +112,8 @@ def keys(cluster: Cluster) -> dict[str, tuple[str, Ed25519PrivateKey]]:
         domain = inst.domains[0]
         key_id, seed = shell_json(
             inst,
-            "import json\nfrom federation.keys import current_key\n"
-            f"k = current_key({domain!r})\nprint(json.dumps([k.key_id, k.private_key]))",
+            "import json\nfrom federation.keys import b64, current_key, private_key_of, raw_seed\n"
+            f"k = current_key({domain!r})\nprint(json.dumps([k.key_id, b64(raw_seed(private_key_of(k)))]))",
         )
         found[domain] = (key_id, Ed25519PrivateKey.from_private_bytes(base64.b64decode(seed)))
     return found

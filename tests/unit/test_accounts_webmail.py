@@ -466,7 +466,13 @@ def _cookie_settings(**env: str) -> list[str]:
         "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY, s.SESSION_COOKIE_SAMESITE)"
     )
     clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECURE_COOKIES"}}
-    clean.update(DJANGO_SETTINGS_MODULE="pushmail_site.settings", SECRET_KEY="cookie-test-secret", **env)
+    clean.update(
+        DJANGO_SETTINGS_MODULE="pushmail_site.settings",
+        SECRET_KEY="cookie-test-secret",
+        PUSHMAIL_KEY_ENCRYPTION_KEY="cookie-test-signing-key-encryption-key",
+        PUSHMAIL_BASE_URL="https://mail.example.org",
+        **env,
+    )
     out = subprocess.run(  # noqa: S603 - fixed command
         [sys.executable, "-c", code],
         cwd=Path(__file__).resolve().parents[2],

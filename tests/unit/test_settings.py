@@ -79,7 +79,13 @@ def test_refuses_the_default_secret_when_given_explicitly(tmp_path: Path) -> Non
 
 
 def test_starts_with_debug_off_and_a_real_secret(tmp_path: Path) -> None:
-    result = _import_settings(tmp_path, DEBUG="0", SECRET_KEY="a-real-secret-from-the-environment")
+    result = _import_settings(
+        tmp_path,
+        DEBUG="0",
+        SECRET_KEY="a-real-secret-from-the-environment",
+        PUSHMAIL_KEY_ENCRYPTION_KEY="a-real-key-encryption-key-from-the-environment",
+        PUSHMAIL_BASE_URL="https://mail.example.org",
+    )
     assert result.returncode == 0, result.stderr
 
 

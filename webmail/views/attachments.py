@@ -57,6 +57,8 @@ def serve_blob(request: HttpRequest, blob: Blob, *, name: str, content_type: str
     response["X-Content-Type-Options"] = "nosniff"
     # Set here, so django-csp leaves it as it is instead of adding the page policy.
     response["Content-Security-Policy"] = ATTACHMENT_CSP
+    if inline:
+        response["X-Frame-Options"] = "SAMEORIGIN"  # a PDF preview is framed by the message page
     response["Cache-Control"] = "private, max-age=3600"
     response["Referrer-Policy"] = "no-referrer"
     return response

@@ -76,6 +76,7 @@ def _frame(request: HttpRequest, html: str, *, allow_remote: bool) -> HttpRespon
     )
     response = render(request, "webmail/content/frame.html", {"html": sanitized.html})
     response["Content-Security-Policy"] = FRAME_CSP
+    response["X-Frame-Options"] = "SAMEORIGIN"  # the message page frames it; every other page is DENY
     _private(response)
     return response
 
