@@ -44,12 +44,12 @@ FETCH = StateGraph(
     states=[
         State(NOTIFIED, doc="Notification accepted; the body is still at the sender's."),
         State(FETCHING, retry=FETCH_RETRY, doc="A fetch is queued or running."),
-        State(UNAVAILABLE, retry=FETCH_RETRY, doc="The last fetch failed; retried with backoff until expiry."),
         State(FETCHED, doc="The body is here."),
+        State(UNAVAILABLE, retry=FETCH_RETRY, doc="The last fetch failed; retried with backoff until expiry."),
+        State(WITHDRAWN, terminal=True, doc="The sender withdrew the message."),
         State(EXPIRED, doc="The sender's retention ended before the body was fetched."),
         State(TAMPERED, doc="The body did not match its notification; never fetched again."),
         State(MALFORMED, doc="The body broke the body schema; never fetched again."),
-        State(WITHDRAWN, terminal=True, doc="The sender withdrew the message."),
     ],
     edges={
         NOTIFIED: [FETCHING, WITHDRAWN, EXPIRED],
