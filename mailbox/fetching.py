@@ -76,7 +76,7 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
     ``now`` skips a pending backoff: the "try again now" action.
     """
     with transaction.atomic():
-        remote = lock(RemoteMessage.objects, skip_locked=False).filter(pk=remote_id).first()
+        remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
         if remote is None:
             return
         if remote.state == FetchState.NOTIFIED:
@@ -114,7 +114,7 @@ def _claim(remote_id: int) -> RemoteMessage | None:
     """Take a due fetch for this worker until its claim lapses (a worker killed meanwhile leaves it due)."""
     now = timezone.now()
     with transaction.atomic():
-        remote = lock(RemoteMessage.objects).filter(pk=remote_id, state__in=DUE, next_attempt_at__lte=now).first()
+        remote = lock(RemoteMessage.objects.all()).filter(pk=remote_id, state__in=DUE, next_attempt_at__lte=now).first()
         if remote is None:
             return None
         remote.attempts += 1
@@ -126,7 +126,7 @@ def _claim(remote_id: int) -> RemoteMessage | None:
 
 def _still_due(remote_id: int) -> RemoteMessage | None:
     """The message locked, or None when it moved on while we fetched (a withdrawal, say)."""
-    return lock(RemoteMessage.objects, skip_locked=False).filter(pk=remote_id, state__in=DUE).first()
+    return lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id, state__in=DUE).first()
 
 
 def _download(remote: RemoteMessage) -> bytes:
@@ -233,7 +233,7 @@ def expire_unfetched() -> int:
     count = 0
     for remote_id in list(ids):
         with transaction.atomic():
-            remote = lock(RemoteMessage.objects).filter(pk=remote_id, state__in=BODY_AT_SENDER).first()
+            remote = lock(RemoteMessage.objects.all()).filter(pk=remote_id, state__in=BODY_AT_SENDER).first()
             if remote is not None:
                 transition(remote, FETCH, FetchState.EXPIRED, fields={"next_attempt_at": None})
                 count += 1

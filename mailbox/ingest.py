@@ -114,7 +114,7 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
 
 def _known(origin: str, notification: payloads.Notification, fields: dict[str, Any]) -> RemoteMessage:
     """The stored row of a repeated notification, locked so new entries start in its current state."""
-    found = lock(RemoteMessage.objects, skip_locked=False).filter(
+    found = lock(RemoteMessage.objects.all(), skip_locked=False).filter(
         origin_domain=origin, global_id=notification.global_id
     )
     remote = found.first()

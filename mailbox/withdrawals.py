@@ -29,7 +29,7 @@ def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> Withdr
     """Hide a withdrawn message from everyone who has not opened it; None if unknown here."""
     with transaction.atomic():
         remote = (
-            lock(RemoteMessage.objects, skip_locked=False)
+            lock(RemoteMessage.objects.all(), skip_locked=False)
             .filter(origin_domain=origin, global_id=withdrawal.global_id)
             .first()
         )
