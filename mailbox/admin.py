@@ -3,12 +3,11 @@ from django.contrib import admin, messages
 from accounts.admin_scope import DomainScopedAdmin
 
 from .models import AllowedSender, InboxEntry, Label, RemoteMessage
+from .services import request_fetch
 
 
 @admin.action(description="Fetch now", permissions=["change"])
 def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
-    from .services import request_fetch
-
     for remote_id in queryset.values_list("pk", flat=True):
         request_fetch(remote_id=remote_id, now=True)
     messages.success(request, "Fetch queued.")
@@ -38,6 +37,7 @@ class RemoteMessageAdmin(DomainScopedAdmin):
     date_hierarchy = "received_at"
     exclude = ["content"]  # body bytes: read them in the owner's webmail, not here
     readonly_fields = [
+        "state",  # moved only along mailbox.states.FETCH, by the fetch and the actions
         "origin_domain",
         "global_id",
         "message_id",
@@ -58,6 +58,9 @@ class RemoteMessageAdmin(DomainScopedAdmin):
     ]
     actions = [fetch_now]
 
+    def has_add_permission(self, request, *args):  # type: ignore[no-untyped-def]
+        return False  # messages arrive by notification only
+
 
 @admin.register(InboxEntry)
 class InboxEntryAdmin(DomainScopedAdmin):
@@ -69,7 +72,11 @@ class InboxEntryAdmin(DomainScopedAdmin):
     list_select_related = ["owner"]
     raw_id_fields = ["owner", "remote", "local"]
     exclude = ["search_document"]  # holds the body text once fetched
+    readonly_fields = ["state"]  # follows its message (mailbox.states), never set by hand
     filter_horizontal = ["labels"]
+
+    def has_add_permission(self, request, *args):  # type: ignore[no-untyped-def]
+        return False  # entries arrive with their mail
 
 
 @admin.register(Label)

@@ -35,11 +35,12 @@ from federation import payloads
 from outbox.models import MessageAttachment
 
 from .models import EntryState, FetchState, InboxEntry
+from .states import BODY_AT_SENDER
 
 __all__ = ["ReadableAttachment", "ReadableContent", "readable_content_for"]
 
 # Entry (and remote message) states whose content, or its promise, may be shown.
-_SHOWN = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.FETCHED, EntryState.UNAVAILABLE})
+_SHOWN = BODY_AT_SENDER | {FetchState.FETCHED}
 _BODY_KEYS = ("subject", "from", "text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
 
 

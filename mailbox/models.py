@@ -7,6 +7,8 @@ from django.db import models
 
 
 class FetchState(models.TextChoices):
+    """Where a notified message's body is; the moves are declared in mailbox.states."""
+
     NOTIFIED = "notified"
     FETCHING = "fetching"
     FETCHED = "fetched"
@@ -18,6 +20,8 @@ class FetchState(models.TextChoices):
 
 
 class EntryState(models.TextChoices):
+    """An entry's state: its message's FetchState (the same values), or ``notice``."""
+
     NOTIFIED = "notified"
     FETCHING = "fetching"
     FETCHED = "fetched"

@@ -12,6 +12,7 @@ from django.db.models import Prefetch, Q, QuerySet
 
 from .content import readable_content_for
 from .models import Folder, InboxEntry, Label
+from .states import BODY_AT_SENDER
 
 
 def inbox_for(*, user) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
@@ -20,6 +21,11 @@ def inbox_for(*, user) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
 
 def entry_for(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyped-def]
     return InboxEntry.objects.owned_by(user).select_related("remote", "local").get(pk=entry_id)
+
+
+def body_at_sender(entry: InboxEntry) -> bool:
+    """The entry's body is still at the sender's (not fetched yet, or being fetched)."""
+    return entry.state in BODY_AT_SENDER
 
 
 def body_of(entry: InboxEntry) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from typing import Any
 from django.http import Http404
 from django.urls import reverse
 
-from mailbox.models import EntryState, InboxEntry
+from mailbox.models import InboxEntry
 from mailbox.selectors import body_of
 from outbox.models import Message
 from outbox.selectors import body_of_message, domain_status, sent_message_detail, sent_messages_for
@@ -43,10 +43,6 @@ THREAD_ENTRY_FIELDS = (
     "remote__state",
     "remote__content",
 )
-
-# Entry states whose body is on its way: the page polls until it arrives.
-PENDING_STATES = frozenset({EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE})
-
 
 # --- one entry ----------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ class InboxEntryView(APIView):
         entry = services.open_entry(entry=_entry_or_404(request, entry_id))
         entry = _entry_or_404(request, entry_id)
         data = EntryDetailSerializer(entry).data
-        waiting = data["body"] is None and entry.state in ("notified", "fetching", "unavailable")
+        waiting = data["body"] is None and selectors.body_at_sender(entry)
         return Response(data, status=status.HTTP_202_ACCEPTED if waiting else status.HTTP_200_OK)
 
 

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from accounts.models import User
 from mailbox import folders, selectors
-from mailbox.models import EntryState, Folder, InboxEntry, Label
+from mailbox.models import Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
 from outbox.models import Message
 from webmail import lists
@@ -31,7 +31,6 @@ FOLDER_NAMES = {
     Folder.TRASH: "Trash",
 }
 MOVE_TARGETS = [(Folder.INBOX, "Inbox"), (Folder.ARCHIVE, "Archive"), (Folder.SPAM, "Spam"), (Folder.TRASH, "Trash")]
-_AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
 # Where a moved selection is said to have gone, for the confirmation message.
 _MOVED = {Folder.INBOX: "the Inbox", Folder.ARCHIVE: "Archive", Folder.SPAM: "Spam", Folder.TRASH: "Trash"}
 
@@ -70,7 +69,7 @@ def _with_sender_names(entries: list[InboxEntry]) -> list[InboxEntry]:
         entry.cursor = selectors.Cursor.of(entry).encode()  # type: ignore[attr-defined]
         entry.url = entry_url.format(entry.pk) if entry_url else ""  # type: ignore[attr-defined]
         entry.action_url = action_url.format(entry.pk)  # type: ignore[attr-defined]
-        entry.at_sender = entry.state in _AT_SENDER  # type: ignore[attr-defined]
+        entry.at_sender = selectors.body_at_sender(entry)  # type: ignore[attr-defined]
     return entries
 
 

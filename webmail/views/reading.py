@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
 from mailbox.models import EntryState, InboxEntry
-from mailbox.selectors import body_of
+from mailbox.selectors import body_at_sender, body_of
 from mailbox.services import open_entry, retry_fetch_now
 from outbox.services import withdraw_message
 from webmail import reading
@@ -38,7 +38,7 @@ def _state_context(
     entry: InboxEntry, body: dict[str, Any] | None, *, polls: int = 0, retrying: bool = False
 ) -> dict[str, Any]:
     """What the body region of one entry needs: the body, or the state it is in."""
-    pending = body is None and entry.state in reading.PENDING_STATES
+    pending = body is None and body_at_sender(entry)  # the page polls until it arrives
     return {
         "entry": entry,
         "body": body,
@@ -72,8 +72,6 @@ def entry(request: HttpRequest, entry_id: int) -> HttpResponse:
     """Open an entry (marks it read, queues the fetch if needed) and show its conversation."""
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     open_entry(entry=item)
-    if item.state == EntryState.NOTIFIED and item.remote is not None:
-        item.state = EntryState.FETCHING  # what open_entry just stored for every reader
     body = body_of(item)
     thread = reading.conversation(user=request.user, entry=item, body=body)
     return render(
@@ -98,8 +96,6 @@ def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
         open_entry(entry=item)  # the body arrived while the reader watched: now it is seen
     elif item.state == EntryState.NOTIFIED:
         open_entry(entry=item)  # asked for the body without opening the page: fetch it
-        if item.remote is not None:
-            item.state = EntryState.FETCHING
     return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), polls=_polls(request)))
 
 

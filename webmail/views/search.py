@@ -13,11 +13,10 @@ from django.views.decorators.http import require_GET
 
 from accounts.models import User
 from mailbox import search
-from mailbox.models import EntryState, Folder, InboxEntry, Label
+from mailbox.models import Folder, InboxEntry, Label
+from mailbox.selectors import body_at_sender
 
 SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
-# The body of an entry in these states is still at the sender's.
-AT_SENDER = {EntryState.NOTIFIED, EntryState.FETCHING, EntryState.UNAVAILABLE}
 
 
 class SearchForm(forms.Form):
@@ -72,7 +71,7 @@ def _with_sender_names(entries: list[InboxEntry]) -> None:
     for entry in entries:
         entry.sender_name = names.get(entry.sender, "")
         entry.cursor = str(search.Cursor(moment=entry.received_at, key=entry.pk))
-        entry.at_sender = entry.state in AT_SENDER
+        entry.at_sender = body_at_sender(entry)
 
 
 @require_GET

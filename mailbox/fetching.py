@@ -1,0 +1,260 @@
+"""Pull on read: a reader opens an entry, one fetch per message brings the body here.
+
+The moves of a fetch (``RemoteMessage.state``) are declared in mailbox.states;
+every one of them goes through ``transition``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from federation import client, discovery, payloads
+from outbox.models import Recipient
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.states import transition
+from reputation.services import record_read
+
+from . import search, tasks
+from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+from .states import BODY_AT_SENDER, DUE, FETCH, retry_delay
+
+log = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """A fetched body that cannot be stored: the state it leaves its message in, and why."""
+
+    def __init__(self, state: str, error: str) -> None:
+        super().__init__(error)
+        self.state, self.error = state, error[:500]
+
+
+# --- A reader opens an entry -------------------------------------------------------------
+
+
+def open_entry(*, entry: InboxEntry) -> InboxEntry:
+    """The owner opens an entry: mark it read, and make sure its body is here or on its way.
+
+    ``entry.state`` is current on return (a fetch requested here moves it to ``fetching``).
+    """
+    fields = [] if entry.read else ["read"]
+    entry.read = True
+    remote = entry.remote
+    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+        pass  # withdrawn before this reader saw it
+    elif remote is None or remote.content is not None:
+        if entry.opened_at is None and entry.state in (EntryState.FETCHED, EntryState.NOTICE):
+            entry.opened_at = timezone.now()
+            fields.append("opened_at")
+            if remote is not None:
+                record_read(message=remote, reader_id=entry.owner_id)
+    elif remote.state in BODY_AT_SENDER:
+        request_fetch(remote_id=remote.pk)
+        entry.refresh_from_db(fields=["state"])
+    if fields:
+        entry.save(update_fields=fields)
+    return entry
+
+
+def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
+    """ "Try again now" on an unavailable entry: skip the backoff."""
+    if entry.remote_id is not None:
+        request_fetch(remote_id=entry.remote_id, now=True)
+        entry.refresh_from_db()
+    return entry
+
+
+def request_fetch(*, remote_id: int, now: bool = False) -> None:
+    """Make sure exactly one fetch is queued for a message (per instance, so per domain).
+
+    ``now`` skips a pending backoff: the "try again now" action.
+    """
+    with transaction.atomic():
+        remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
+        if remote is None:
+            return
+        if remote.state == FetchState.NOTIFIED:
+            transition(remote, FETCH, FetchState.FETCHING, fields={"next_attempt_at": timezone.now()})
+            _queue_fetch(remote.pk)
+        elif remote.state == FetchState.UNAVAILABLE and now:
+            remote.next_attempt_at = timezone.now()
+            remote.save(update_fields=["next_attempt_at"])
+            _queue_fetch(remote.pk)
+
+
+def _queue_fetch(remote_id: int, *, countdown: float | None = None) -> None:
+    enqueue(tasks.fetch_body, remote_id, countdown=countdown)
+
+
+# --- The fetch itself ----------------------------------------------------------------------
+
+
+def fetch_body(remote_id: int) -> None:
+    """Pull one body from the sender's instance, verify it (§7.1), store it once."""
+    remote = _claim(remote_id)
+    if remote is None:
+        return  # done already, or someone else holds it
+    try:
+        content = _download(remote)
+    except client.Gone as gone:
+        _gone(remote_id, gone)
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        _failed(remote_id, str(exc), retry_after=exc.retry_after)
+    else:
+        _store(remote_id, content)
+
+
+def _claim(remote_id: int) -> RemoteMessage | None:
+    """Take a due fetch for this worker until its claim lapses (a worker killed meanwhile leaves it due)."""
+    now = timezone.now()
+    with transaction.atomic():
+        remote = lock(RemoteMessage.objects.all()).filter(pk=remote_id, state__in=DUE, next_attempt_at__lte=now).first()
+        if remote is None:
+            return None
+        remote.attempts += 1
+        remote.last_attempt_at = now
+        remote.next_attempt_at = claim_until()
+        remote.save(update_fields=["attempts", "last_attempt_at", "next_attempt_at"])
+    return remote
+
+
+def _still_due(remote_id: int) -> RemoteMessage | None:
+    """The message locked, or None when it moved on while we fetched (a withdrawal, say)."""
+    return lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id, state__in=DUE).first()
+
+
+def _download(remote: RemoteMessage) -> bytes:
+    instance = discovery.discover(remote.origin_domain)
+    if instance is None:
+        raise client.PeerError(f"{remote.origin_domain} no longer runs Pushmail", retryable=True)
+    return client.fetch_body(instance=instance, as_domain=remote.local_domain, global_id=remote.global_id)
+
+
+def _gone(remote_id: int, gone: client.Gone) -> None:
+    """410: withdrawn, or (any other reason) expired; never fetched again (§7.4)."""
+    target = FetchState.WITHDRAWN if gone.reason == "withdrawn" else FetchState.EXPIRED
+    with transaction.atomic():
+        remote = _still_due(remote_id)
+        if remote is not None:
+            transition(remote, FETCH, target, fields={"next_attempt_at": None, "last_error": ""})
+
+
+def _failed(remote_id: int, error: str, *, retry_after: float | None) -> None:
+    """No body this time: try again later, unless the message has expired meanwhile (§7.3)."""
+    now = timezone.now()
+    with transaction.atomic():
+        remote = _still_due(remote_id)
+        if remote is None:
+            return
+        if now >= remote.expires_at:
+            transition(remote, FETCH, FetchState.EXPIRED, fields={"next_attempt_at": None, "last_error": error[:500]})
+            return
+        delay = retry_delay(attempts=remote.attempts, retry_after=retry_after)
+        fields = {"next_attempt_at": now + delay, "last_error": error[:500]}
+        transition(remote, FETCH, FetchState.UNAVAILABLE, fields=fields)
+        _queue_fetch(remote.pk, countdown=delay.total_seconds())
+
+
+def _store(remote_id: int, content: bytes) -> None:
+    """Keep a body that passes every check; refuse one that does not, for good."""
+    with transaction.atomic():
+        remote = _still_due(remote_id)
+        if remote is None:
+            return  # withdrawn while we were fetching
+        try:
+            body = _verified(remote, content)
+        except _Refused as refused:
+            transition(remote, FETCH, refused.state, fields={"next_attempt_at": None, "last_error": refused.error})
+            return
+        fields = {"content": content, "fetched_at": timezone.now(), "next_attempt_at": None, "last_error": ""}
+        transition(remote, FETCH, FetchState.FETCHED, fields=fields)
+        # Every reader sees the verified body's subject and sender from now on.
+        InboxEntry.objects.filter(remote=remote).exclude(subject=body["subject"], sender=body["from"]).update(
+            subject=body["subject"], sender=body["from"]
+        )
+        search.index_fetched_body(remote=remote, body=body)
+
+
+def _verified(remote: RemoteMessage, content: bytes) -> dict[str, Any]:
+    """The body, if it is what was notified (docs/protocol.md §7.1); raises _Refused otherwise."""
+    digest = payloads.digest(content)
+    if digest != remote.digest or len(content) != remote.size:
+        log.warning("digest mismatch for %s from %s", remote.global_id, remote.origin_domain)
+        raise _Refused(FetchState.TAMPERED, f"body digest {digest} does not match the notified {remote.digest}")
+    try:
+        body = payloads.check_body(content)
+    except payloads.PayloadError as exc:
+        # The sender notified these very bytes, so fetching again cannot help.
+        log.warning("malformed body for %s from %s: %s", remote.global_id, remote.origin_domain, exc)
+        raise _Refused(FetchState.MALFORMED, f"body is malformed: {exc}") from exc
+    mismatch = payloads.body_mismatch(body, _notified(remote))
+    if mismatch:
+        raise _Refused(FetchState.TAMPERED, f"body does not match its notification: {mismatch} differs")
+    return body
+
+
+def _notified(remote: RemoteMessage) -> dict[str, Any]:
+    """What the notification said, in the body's terms."""
+    return {
+        "id": str(remote.global_id),
+        "from": remote.sender,
+        "subject": remote.subject,
+        "message_id": remote.message_id,
+        "date": payloads.format_time(remote.date),
+        "attachments": remote.attachments,
+    }
+
+
+# --- Sweeps --------------------------------------------------------------------------------
+
+
+def requeue_due(*, limit: int = 1000) -> int:
+    """Queue fetches the broker lost, or whose worker died (their claim lapsed)."""
+    due = list(
+        RemoteMessage.objects.filter(state__in=DUE, next_attempt_at__lte=overdue_before())
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for remote_id in due:
+        _queue_fetch(remote_id)
+    return len(due)
+
+
+def expire_unfetched() -> int:
+    """Messages whose expiry passed before anyone fetched them become "expired"."""
+    now = timezone.now()
+    ids = RemoteMessage.objects.filter(state__in=BODY_AT_SENDER, expires_at__lte=now).values_list("pk", flat=True)
+    count = 0
+    for remote_id in list(ids):
+        with transaction.atomic():
+            remote = lock(RemoteMessage.objects.all()).filter(pk=remote_id, state__in=BODY_AT_SENDER).first()
+            if remote is not None:
+                transition(remote, FETCH, FetchState.EXPIRED, fields={"next_attempt_at": None})
+                count += 1
+    return count
+
+
+def prefetch_from_correspondents() -> int:
+    """Fetch unopened mail from people a recipient has written to, before it expires.
+
+    Mail from unknown senders is never prefetched.
+    """
+    now = timezone.now()
+    horizon = now + settings.PUSHMAIL_PREFETCH_BEFORE_EXPIRY
+    written_to = Recipient.objects.filter(
+        address=OuterRef("sender"), message__sender__inbox_entries__remote=OuterRef("pk")
+    )
+    ids = list(
+        RemoteMessage.objects.filter(state=FetchState.NOTIFIED, expires_at__lte=horizon, expires_at__gt=now)
+        .filter(Exists(written_to))
+        .values_list("pk", flat=True)[:500]
+    )
+    for remote_id in ids:
+        request_fetch(remote_id=remote_id)
+    return len(ids)

@@ -1,0 +1,257 @@
+"""Mail arriving in inboxes: notifications from other instances, local mail, system notices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+
+from accounts.models import FetchPolicy, User
+from accounts.validators import domain_of
+from federation import discovery, payloads
+from pushmail_site.jobs import lock
+
+from . import search, states
+from .fetching import request_fetch
+from .models import FetchState, InboxEntry, RemoteMessage
+from .threads import thread_key
+
+if TYPE_CHECKING:
+    from outbox.models import Message
+
+log = logging.getLogger(__name__)
+
+UNSERVED_DOMAIN = "domain not served by this instance"
+UNKNOWN_MAILBOX = "unknown mailbox"
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    address: str
+    status: str  # "accepted" or "rejected"
+    reason: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        data = {"address": self.address, "status": self.status}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
+
+
+class ConflictingNotification(Exception):
+    """A notification repeats a known (origin, id) with other content; ``field`` names the first difference."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} differs from the first notification")
+        self.field = field
+
+
+# --- Notifications from other instances ------------------------------------------------
+
+
+def accept_notification(*, origin: str, notification: payloads.Notification) -> list[RecipientResult]:
+    """Record a notification: one RemoteMessage per (origin, id), one entry per local recipient.
+
+    Idempotent: a repeated notification creates nothing twice and gets the same answers.
+    The first notification's metadata is kept for every entry: a repeat that differs
+    from it in anything but its recipients and expiry raises ConflictingNotification
+    and changes nothing (docs/protocol.md §5.4). All rows are committed before this returns.
+    """
+    users = _local_recipients(notification.recipients)
+    served = discovery.local_domain_names()
+    results = [_answer(address, users, served) for address in notification.recipients]
+    accepted = [users[result.address] for result in results if result.status == "accepted"]
+    if not accepted:
+        known = RemoteMessage.objects.filter(origin_domain=origin, global_id=notification.global_id).first()
+        if known is not None:
+            _check_repeat(known, notification)
+        return results
+    remote = _store(origin, notification, accepted)
+    if _fetches_on_notify(remote, accepted):
+        request_fetch(remote_id=remote.pk)
+    return results
+
+
+def _local_recipients(addresses: list[str]) -> dict[str, User]:
+    found = (
+        User.objects.filter(email__in=addresses, is_active=True)
+        .select_related("domain")
+        .only("id", "email", "fetch_policy", "domain__default_fetch_policy")
+    )
+    return {user.email: user for user in found}
+
+
+def _answer(address: str, users: dict[str, User], served: Collection[str]) -> RecipientResult:
+    if domain_of(address) not in served:
+        return RecipientResult(address, "rejected", UNSERVED_DOMAIN)
+    if address not in users:
+        return RecipientResult(address, "rejected", UNKNOWN_MAILBOX)
+    return RecipientResult(address, "accepted")
+
+
+def _store(origin: str, notification: payloads.Notification, users: list[User]) -> RemoteMessage:
+    """The message's one row, with an entry for each of ``users``.
+
+    Most notifications are new: insert first, and look the row up only when the
+    unique constraint says it exists (a repeat, or a split notification).
+    """
+    fields = _message_fields(notification, local_domain=domain_of(users[0].email))
+    try:
+        with transaction.atomic():
+            remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
+            _add_entries(remote, users)
+        return remote
+    except IntegrityError:
+        pass
+    with transaction.atomic():
+        remote = _known(origin, notification, fields)
+        _add_entries(remote, users)
+    return remote
+
+
+def _known(origin: str, notification: payloads.Notification, fields: dict[str, Any]) -> RemoteMessage:
+    """The stored row of a repeated notification, locked so new entries start in its current state."""
+    found = lock(RemoteMessage.objects.all(), skip_locked=False).filter(
+        origin_domain=origin, global_id=notification.global_id
+    )
+    remote = found.first()
+    if remote is None:  # deleted since the insert found it
+        return RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
+    _check_repeat(remote, notification)
+    return remote
+
+
+def _message_fields(notification: payloads.Notification, *, local_domain: str) -> dict[str, Any]:
+    return {
+        "message_id": notification.message_id,
+        "sender": notification.sender,
+        "subject": notification.subject,
+        "date": notification.date,
+        "size": notification.size,
+        "digest": notification.digest,
+        "in_reply_to": notification.in_reply_to,
+        "references": notification.references,
+        "expires_at": notification.expires,
+        "local_domain": local_domain,
+        "attachments": [a.to_json() for a in notification.attachments],
+    }
+
+
+def _check_repeat(remote: RemoteMessage, notification: payloads.Notification) -> None:
+    conflict = notification.conflict_with(_as_first_notification(remote))
+    if conflict is not None:
+        log.warning(
+            "refused a notification of %s from %s: its %s differs", remote.global_id, remote.origin_domain, conflict
+        )
+        raise ConflictingNotification(conflict)
+
+
+def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
+    """What the first notification of a stored message said (its recipients aside)."""
+    return payloads.Notification(
+        global_id=remote.global_id,
+        message_id=remote.message_id,
+        sender=remote.sender,
+        recipients=[],
+        subject=remote.subject,
+        date=remote.date,
+        size=remote.size,
+        digest=remote.digest,
+        in_reply_to=remote.in_reply_to,
+        references=list(remote.references),
+        expires=remote.expires_at,
+        attachments=tuple(
+            payloads.ManifestEntry(name=a["name"], type=a["type"], size=a["size"], digest=a["digest"])
+            for a in remote.attachments or ()
+        ),
+    )
+
+
+def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
+    """Entries for these users, from what the message's first notification said (or its verified body)."""
+    manifest = remote.attachments or []
+    conversation = thread_key(
+        message_id=remote.message_id, in_reply_to=remote.in_reply_to, references=list(remote.references)
+    )
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(
+                owner=user,
+                remote=remote,
+                sender=remote.sender,
+                subject=remote.subject,
+                size=remote.size,
+                state=states.remote_entry_start(remote),
+                thread_key=conversation,
+                has_attachments=bool(manifest),
+                attachments_size=sum(a["size"] for a in manifest),
+                search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+            )
+            for user in users
+        ],
+        ignore_conflicts=True,
+    )
+    if remote.content is not None:
+        # A recipient added after the body was fetched finds it by its text too.
+        search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+
+
+def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:
+    """ "Fetch as soon as notified": the sender cannot tell when (or whether) anyone here reads it.
+
+    One fetch per message for the whole instance, as for a fetch on open.
+    """
+    on_notify = any(user.effective_fetch_policy == FetchPolicy.ON_NOTIFY for user in users)
+    return on_notify and remote.state == FetchState.NOTIFIED
+
+
+# --- Mail between mailboxes of this instance, and system notices ------------------------
+
+
+def deliver_local_entries(*, message: Message, addresses: list[str]) -> set[str]:
+    """Create entries for local recipients of a locally sent message; return the accepted addresses."""
+    users = {u.email: u for u in User.objects.filter(email__in=addresses, is_active=True)}
+    files = list(message.attachments.all()) if users else []
+    names = [a.name for a in files]
+    document = search.entry_document(
+        subject=message.subject,
+        sender=message.sender_address,
+        text=search.body_text({"text": message.text, "html": message.html}),
+        attachments=names,
+    )
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(
+                owner=user,
+                local=message,
+                sender=message.sender_address,
+                subject=message.subject,
+                size=message.size,
+                state=states.LOCAL_ENTRY_START,
+                thread_key=message.thread_key,
+                has_attachments=bool(names),
+                attachments_size=sum(a.size for a in files),
+                search_document=document,
+            )
+            for user in users.values()
+        ],
+        ignore_conflicts=True,
+    )
+    return set(users)
+
+
+def post_notice(*, owner: User, subject: str, text: str) -> InboxEntry:
+    """A system message in a user's own inbox, e.g. a delivery failure."""
+    sender = f"postmaster@{owner.domain.name}"
+    return InboxEntry.objects.create(
+        owner=owner,
+        sender=sender,
+        subject=subject,
+        size=len(text.encode()),
+        state=states.NOTICE_ENTRY_START,
+        notice_text=text,
+        search_document=search.entry_document(subject=subject, sender=sender, text=text),
+    )

@@ -1,0 +1,113 @@
+"""The recipient side's job rows, their states and every move between them.
+
+A message notified to this instance (``RemoteMessage``) is the job of fetching
+its body, once for the whole instance: its ``state`` moves along :data:`FETCH`.
+Each reader's inbox entry (``InboxEntry``) shows its message's state: one
+handler on :data:`FETCH` moves the entries with their message, and the rules
+that only entries have (an opened entry keeps its body; notices; mail between
+mailboxes of this instance) are declared below it, in :data:`ENTRY`.
+
+Every write of either state goes through ``pushmail_site.states.transition`` or
+``transition_rows``, which refuse a move these graphs do not declare.
+docs/protocol.md §8.1 lists the same moves; tests/unit/test_mailbox_states.py
+holds the two together.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+
+from pushmail_site.jobs import backoff
+from pushmail_site.states import RetryPolicy, State, StateGraph, transition_rows
+
+from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+
+NOTIFIED, FETCHING, FETCHED = FetchState.NOTIFIED, FetchState.FETCHING, FetchState.FETCHED
+UNAVAILABLE, WITHDRAWN, EXPIRED = FetchState.UNAVAILABLE, FetchState.WITHDRAWN, FetchState.EXPIRED
+TAMPERED, MALFORMED = FetchState.TAMPERED, FetchState.MALFORMED
+
+#: A failed fetch is tried again on the backoff of PUSHMAIL_RETRY_BASE_SECONDS and
+#: PUSHMAIL_RETRY_CAP_SECONDS (or the sender's Retry-After) until the message
+#: expires (no window of its own: a failure after ``expires_at`` makes it expired).
+FETCH_RETRY = RetryPolicy(window=None)
+
+#: The fetch job. ``fetching`` and ``unavailable`` rows are due at ``next_attempt_at``:
+#: a worker claims one by pushing that time PUSHMAIL_CLAIM_SECONDS ahead
+#: (``pushmail_site.jobs.claim_until``), so a claim that a killed worker left times
+#: out after that long, and the sweep (``requeue_due``) queues the row again.
+FETCH = StateGraph(
+    "fetch",
+    states=[
+        State(NOTIFIED, doc="Notification accepted; the body is still at the sender's."),
+        State(FETCHING, retry=FETCH_RETRY, doc="A fetch is queued or running."),
+        State(FETCHED, doc="The body is here."),
+        State(UNAVAILABLE, retry=FETCH_RETRY, doc="The last fetch failed; retried with backoff until expiry."),
+        State(WITHDRAWN, terminal=True, doc="The sender withdrew the message."),
+        State(EXPIRED, doc="The sender's retention ended before the body was fetched."),
+        State(TAMPERED, doc="The body did not match its notification; never fetched again."),
+        State(MALFORMED, doc="The body broke the body schema; never fetched again."),
+    ],
+    edges={
+        NOTIFIED: [FETCHING, WITHDRAWN, EXPIRED],
+        FETCHING: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED],
+        UNAVAILABLE: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED],
+        # A withdrawal still reaches a message in any other state.
+        FETCHED: [WITHDRAWN],
+        EXPIRED: [WITHDRAWN],
+        TAMPERED: [WITHDRAWN],
+        MALFORMED: [WITHDRAWN],
+    },
+)
+
+#: The body is still at the sender's: what lists show as "at sender's", what a
+#: reader's page polls for, what the API answers 202 for.
+BODY_AT_SENDER = frozenset({NOTIFIED, FETCHING, UNAVAILABLE})
+#: Rows a worker may claim and the sweep re-queues: the states with a retry policy.
+DUE = frozenset(state.value for state in FETCH.states if state.retry is not None)
+
+
+def retry_delay(*, attempts: int, retry_after: float | None = None) -> timedelta:
+    """How long an unavailable fetch waits before its next attempt (:data:`FETCH_RETRY`)."""
+    if retry_after:
+        return timedelta(seconds=retry_after)
+    return backoff(attempts, base=getattr(settings, FETCH_RETRY.base), cap=getattr(settings, FETCH_RETRY.cap))
+
+
+# --- Inbox entries ---------------------------------------------------------------------------
+
+#: An entry has its message's states, plus ``notice`` (a local system message:
+#: never federated, never moves), and the same moves. Its values are the ones the
+#: user API and docs/protocol.md §8.1 show, so EntryState keeps spelling them out.
+ENTRY = StateGraph(
+    "entry",
+    states=[*FETCH.states, State(EntryState.NOTICE, terminal=True, doc="A local system message.")],
+    edges=FETCH.edges,
+)
+
+#: Mail between mailboxes of this instance: the body is here from the start.
+LOCAL_ENTRY_START = EntryState.FETCHED
+#: A system message, such as a delivery-failure notice.
+NOTICE_ENTRY_START = EntryState.NOTICE
+
+
+def remote_entry_start(remote: RemoteMessage) -> str:
+    """A new entry for mail from another instance starts in its message's state."""
+    return str(remote.state)
+
+
+def entries_follow(state: str, remote_ids: list[Any]) -> None:
+    """The entries of messages that entered ``state`` enter it too.
+
+    An entry its owner has opened keeps its state (and so its body): a withdrawal
+    leaves an opened entry ``fetched``, for the reader keeps what was read. An
+    entry already ``withdrawn`` (or ``notice``) has no move left.
+    """
+    transition_rows(InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True), ENTRY, state)
+
+
+for _state in FETCH.values:
+    FETCH.on_enter(_state)(partial(entries_follow, _state))
