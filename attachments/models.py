@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
+from .states import AttachmentFetchState
+
 
 def blob_path(instance: Blob, filename: str) -> str:
     # Fan out by the first bytes of the digest so no directory grows huge.
@@ -50,25 +52,43 @@ class AttachmentFetch(models.Model):
         return f"{self.attachment_id} fetched by {self.domain}"
 
 
+class ReceivedAttachmentQuerySet(models.QuerySet["ReceivedAttachment"]):
+    def verified(self) -> ReceivedAttachmentQuerySet:
+        """Rows whose fetch from the message's own sender brought and verified the bytes."""
+        return self.filter(state=AttachmentFetchState.FETCHED, blob__isnull=False)
+
+
 class ReceivedAttachment(models.Model):
-    """Attachment ``position`` of a received message, once fetched from that message's sender and verified.
+    """Attachment ``position`` of a received message: the job that fetches it, and then the proof.
 
     Blobs are shared by the whole instance and found by digest, so holding a
     Blob says nothing about who may read it: a manifest can name any digest.
-    This row is the proof that these bytes came from this message's sender
-    (checked against its manifest's size and digest); only then are they
-    served for the message. It is written by that fetch alone.
+    This row, once ``fetched``, is the proof that these bytes came from this
+    message's sender (checked against its manifest's size and digest); only
+    then are they served for the message. ``blob`` is set by that fetch alone,
+    in the same move to ``fetched``. Before, the row is the fetch job
+    (attachments/states.py): a reader's download creates it, a worker claims it,
+    and failures are retried with backoff until the message expires.
     """
 
     remote = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="received_attachments")
     position = models.PositiveSmallIntegerField()
-    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="received_uses")
-    fetched_at = models.DateTimeField(auto_now_add=True)
+    state = models.CharField(max_length=11, choices=AttachmentFetchState.choices, default=AttachmentFetchState.WANTED)
+    blob = models.ForeignKey(Blob, on_delete=models.PROTECT, related_name="received_uses", null=True, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReceivedAttachmentQuerySet.as_manager()
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["remote", "position"], name="unique_received_attachment_position")
         ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="received_attachment_due")]
 
     def __str__(self) -> str:
-        return f"attachment {self.position} of {self.remote_id}"
+        return f"attachment {self.position} of {self.remote_id} ({self.state})"

@@ -30,7 +30,7 @@ class AttachmentItem:
     preview_url: str | None
     at_sender: bool  # not yet fetched to this instance
     blocked: str | None = None  # why the file is refused (a blocked type), or None
-    blocked: str | None = None  # why the file is refused (a blocked type), or None
+    fetch_url: str | None = None  # while at the sender's: where the page starts and follows its fetch
 
     @property
     def human_size(self) -> str:
@@ -93,7 +93,9 @@ def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
     """
     items = []
     for item in readable_content_for(entry=entry).attachments:
-        url = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": item.index})
+        kwargs = {"entry_id": entry.pk, "index": item.index}
+        url = reverse("webmail:entry-attachment", kwargs=kwargs)
+        at_sender = item.blob is None
         items.append(
             AttachmentItem(
                 index=item.index,
@@ -103,8 +105,11 @@ def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
                 digest=item.digest,
                 url=url,
                 preview_url=f"{url}?inline=1" if previewable(item.content_type) and not item.blocked else None,
-                at_sender=item.blob is None,
+                at_sender=at_sender,
                 blocked=blocked_reason(item.name, item.blocked, received=True) if item.blocked else None,
+                fetch_url=reverse("webmail:entry-attachment-fetch", kwargs=kwargs)
+                if at_sender and not item.blocked
+                else None,
             )
         )
     return items

@@ -7,8 +7,8 @@ two uploads of the same file race.
 
 Storage is shared, access is not: a Blob is served for a received message only
 through that message's own :class:`~attachments.models.ReceivedAttachment`
-(written when its sender's bytes were fetched and verified), never because the
-same digest is stored here for someone else.
+(set when its sender's bytes were fetched and verified, see ``fetching``),
+never because the same digest is stored here for someone else.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,10 +31,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from federation.payloads import MAX_ATTACHMENTS
-from mailbox.content import ReadableAttachment, readable_content_for
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
-from .models import Blob, ReceivedAttachment
+from .models import Blob
 
 CHUNK = 64 * 1024
 MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
@@ -328,122 +326,6 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
         raise BodyGone(end.reason)
     AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
     return attachment
-
-
-# --- Recipient side: the bytes behind an entry's attachment, fetched on first open ----------
-
-
-class AttachmentUnavailable(Exception):
-    """The attachment cannot be served now; ``message`` says why in words for the reader, ``code`` for the API."""
-
-    def __init__(self, message: str, *, status: int = 502, code: str = "attachment_unavailable") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-
-
-def blob_for_entry(*, entry: Any, index: int) -> tuple[Blob, ReadableAttachment]:
-    """The stored bytes of attachment ``index`` of ``entry`` (owned by the caller), and the attachment.
-
-    The rules of ``mailbox.content`` decide what the reader may see. A local
-    message's attachment is the sender's own upload. A remote one is served
-    only once this message's own fetch from its sender has brought and
-    verified it; until then it is fetched now, even when bytes with the same
-    digest are already stored here (for another message or user): whether
-    something is stored must not change what the sender sees or the reader
-    gets. Raises LookupError for an index the reader has no attachment at and
-    AttachmentUnavailable when the bytes cannot be had.
-    """
-    item = readable_content_for(entry=entry).attachment(index)
-    if item.blocked:
-        # Refused before any byte is fetched or served, like an upload of the same name.
-        raise AttachmentUnavailable(
-            blocked_reason(item.name, item.blocked, received=True), status=403, code="attachment_blocked"
-        )
-    if item.blob is not None:
-        return item.blob, item
-    if entry.remote_id is None:
-        raise LookupError(index)
-    return _fetch_remote(entry.remote, item), item
-
-
-def _held_for(remote: Any, item: ReadableAttachment) -> Blob | None:
-    """The bytes this message's own fetch stored for ``item``, if it has."""
-    row = ReceivedAttachment.objects.filter(remote=remote, position=item.index).select_related("blob").first()
-    if row is None or row.blob.digest != item.digest or row.blob.size != item.size:
-        return None
-    return row.blob
-
-
-def _fetch_remote(remote: Any, item: ReadableAttachment) -> Blob:
-    """Fetch once per message: a second reader of the same message meanwhile waits for the first."""
-    from django.core.cache import cache
-
-    from federation import client
-
-    key = f"pushmail:attachment-fetch:{remote.pk}:{item.index}"
-    timeout = client.attachment_timeout(item.size) + 5
-    if not cache.add(key, "1", timeout=timeout):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and cache.get(key) is not None:
-            time.sleep(0.2)
-            held = _held_for(remote, item)
-            if held is not None:
-                return held
-        held = _held_for(remote, item)
-        if held is not None:
-            return held
-        # The other fetch failed: try ourselves.
-    try:
-        return _fetch_remote_now(remote, item)
-    finally:
-        cache.delete(key)
-
-
-def _record_fetch(remote: Any, item: ReadableAttachment, blob: Blob) -> None:
-    """From now on these bytes may be served for this message: its sender sent them."""
-    ReceivedAttachment.objects.update_or_create(remote=remote, position=item.index, defaults={"blob": blob})
-
-
-def _fetch_remote_now(remote: Any, item: ReadableAttachment) -> Blob:
-    from federation import client, discovery
-
-    limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES
-    if item.size > limit:
-        raise AttachmentUnavailable(
-            f"{item.name} is {human_size(item.size)}, larger than the {human_size(limit)} this server accepts "
-            "for one attachment, so it was not fetched.",
-            status=413,
-        )
-    try:
-        instance = discovery.discover(remote.origin_domain)
-        if instance is None:
-            raise client.PeerError(f"{remote.origin_domain} no longer runs Pushmail", retryable=True)
-        with tempfile.TemporaryFile() as tmp:
-            client.fetch_attachment(
-                instance=instance,
-                as_domain=remote.local_domain,
-                global_id=remote.global_id,
-                digest=item.digest,
-                size=item.size,
-                sink=tmp,
-            )
-            tmp.seek(0)
-            blob = store_verified(stream=tmp, expected_digest=item.digest, expected_size=item.size)
-    except client.Gone as gone:
-        what = "withdrawn by the sender" if gone.reason == "withdrawn" else "no longer kept by the sender's server"
-        raise AttachmentUnavailable(f"{item.name} was {what}.", status=410) from gone
-    except DigestMismatch as exc:
-        raise AttachmentUnavailable(
-            f"{item.name} was refused: the sender's server sent other bytes than announced ({exc}).",
-        ) from exc
-    except (discovery.DiscoveryError, client.PeerError) as exc:
-        raise AttachmentUnavailable(
-            f"{item.name} is still at the sender's: their server did not answer ({exc}). Try again later."
-        ) from exc
-    _record_fetch(remote, item, blob)
-    return blob
 
 
 # --- Housekeeping ------------------------------------------------------------------------------

@@ -1,8 +1,18 @@
-"""Attachment tasks: thin wrappers over services."""
+"""Attachment tasks: thin wrappers over services, taking ids."""
 
 from celery import shared_task
 
-from . import services
+from . import fetching, services
+
+
+@shared_task(name="attachments.fetch_attachment")
+def fetch_attachment(job_id: int) -> None:
+    fetching.fetch_attachment(job_id)
+
+
+@shared_task(name="attachments.requeue_due")
+def requeue_due() -> int:
+    return fetching.requeue_due()
 
 
 @shared_task(name="attachments.purge_unused_blobs")

@@ -150,7 +150,9 @@ class ReadableContent:
         if not manifest:
             return []
         fetched = {
-            row.position: row.blob for row in ReceivedAttachment.objects.filter(remote=remote).select_related("blob")
+            row.position: row.blob
+            for row in ReceivedAttachment.objects.verified().filter(remote=remote).select_related("blob")
+            if row.blob is not None
         }
         items = []
         for index, item in enumerate(manifest):

@@ -26,6 +26,11 @@ api_v1 = [
         attachments_api.EntryAttachmentView.as_view(),
         name="inbox-attachment",
     ),
+    path(
+        "inbox/<int:entry_id>/attachments/<int:index>/retry/",
+        attachments_api.EntryAttachmentRetryView.as_view(),
+        name="inbox-attachment-retry",
+    ),
 ]
 
 federation_v1 = [

@@ -1,33 +1,30 @@
-// Loaded once by templates/webmail/base.html, so that bodies swapped in by htmx need no script of their own.
-// "Show preview" for an attachment still at the sender's: the preview is only
-// requested (and so the file only fetched) when the reader asks for it.
+// Loaded once by templates/webmail/base.html, so that fragments swapped in by htmx need no script of their own.
+// An attachment still at the sender's is fetched in the background while the page shows
+// "Fetching attachment…" (templates/webmail/partials/attachment_fetch.html, polled by htmx).
+// When the bytes are here the fragment carries a link marked data-auto-download: following it
+// starts the download (the answer is a Content-Disposition: attachment, so the page stays).
 (function () {
   "use strict";
 
-  function showPreview(button) {
-    const url = button.dataset.previewUrl;
-    const name = button.dataset.previewName || "attachment";
-    let preview;
-    if (button.dataset.previewKind === "image") {
-      preview = document.createElement("img");
-      preview.alt = "Preview of " + name;
-    } else {
-      // No sandbox attribute: Chromium will not show a PDF in a sandboxed frame; the
-      // response carries its own sandboxing Content-Security-Policy.
-      preview = document.createElement("iframe");
-      preview.className = "pdf-preview";
-      preview.title = "Preview of " + name;
-    }
-    preview.dataset.testid = "attachment-preview";
-    preview.src = url;
-    button.replaceWith(preview);
-    const item = preview.closest(".attachment");
-    const where = item && item.querySelector(".attachment-where");
-    if (where) where.remove();
+  function links(root) {
+    if (!root || !root.querySelectorAll) return [];
+    const found = Array.from(root.querySelectorAll("[data-auto-download]"));
+    if (root.matches && root.matches("[data-auto-download]")) found.unshift(root);
+    return found;
   }
 
-  document.addEventListener("click", function (event) {
-    const button = event.target.closest(".attachment-preview-load");
-    if (button) showPreview(button);
+  function follow(root) {
+    links(root).forEach(function (link) {
+      if (link.dataset.followed) return;
+      link.dataset.followed = "1";
+      const item = link.closest(".attachment");
+      const where = item && item.querySelector(".attachment-where");
+      if (where) where.remove();
+      window.location.assign(link.href);
+    });
+  }
+
+  document.addEventListener("htmx:load", function (event) {
+    follow(event.detail.elt);
   });
 })();

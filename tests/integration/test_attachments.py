@@ -2,7 +2,8 @@
 
 alpha.test sends a message with a file; beta.test gets the manifest with the
 notification, fetches the body when bob opens the message but the file only when
-bob downloads it, verifies it, stores it once and serves identical bytes. A second
+bob downloads it (in the background: the download answers "Fetching attachment…"
+until beta's worker has it), verifies it, stores it once and serves identical bytes. A second
 download, by API or in the page, is served from beta's copy.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -74,6 +76,17 @@ def web_login(inst: Instance, address: str) -> requests.Session:
     return session
 
 
+def download_when_here(session: requests.Session, url: str, timeout: float = 60.0) -> requests.Response:
+    """A download of a file still at the sender's: 202 "Fetching attachment…" until beta's worker brought it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = session.get(url, timeout=60)
+        if response.status_code != 202 or time.monotonic() > deadline:
+            return response
+        assert "Fetching attachment…" in response.text
+        time.sleep(0.3)
+
+
 def test_an_attachment_is_pulled_once_only_when_a_reader_opens_it(alpha: Instance, beta: Instance) -> None:
     [ann] = mailboxes(alpha, 1, prefix="ann")
     [bob] = mailboxes(beta, 1, prefix="bob")
@@ -108,10 +121,13 @@ def test_an_attachment_is_pulled_once_only_when_a_reader_opens_it(alpha: Instanc
     assert opened["attachments"] == [{**manifest[0], "at_sender": True}]
     assert attachment_fetches(alpha, subject) == 0 and blobs_with(beta, digest) == 0
 
-    # The download in the webmail fetches, verifies, stores and serves the very bytes.
+    # The download in the webmail starts the fetch; beta's worker fetches, verifies and stores,
+    # and the very bytes are served.
     browser = web_login(beta, bob.address)
     url = f"{beta.base_url}/mail/entry/{entry['id']}/attachments/0/"
-    download = browser.get(url, timeout=60)
+    first = browser.get(url, timeout=60)
+    assert first.status_code == 202 and "Fetching attachment…" in first.text, first.text[:500]
+    download = download_when_here(browser, url)
     assert download.status_code == 200, download.text[:500]
     assert download.content == picture
     assert download.headers["Content-Type"] == "application/octet-stream"

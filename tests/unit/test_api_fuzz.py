@@ -32,6 +32,7 @@ EXPECTED_OPERATIONS = {
     "GET /api/v1/inbox/{entry_id}/",
     "POST /api/v1/inbox/{entry_id}/retry/",
     "GET /api/v1/inbox/{entry_id}/attachments/{index}/",
+    "POST /api/v1/inbox/{entry_id}/attachments/{index}/retry/",
 }
 
 

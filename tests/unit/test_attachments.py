@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments import services
+from attachments import fetching, services
 from attachments.models import AttachmentFetch, Blob, ReceivedAttachment
 from attachments.selectors import attachment_items_for_entry, attachment_items_for_message, usage_bytes
 from attachments.services import AttachmentInput, DigestMismatch, store_upload, store_verified
@@ -413,6 +413,23 @@ def _download(client: Client, entry: InboxEntry, index: int, **query: str) -> An
     return client.get(reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": index}), query)
 
 
+def _run_fetches() -> None:
+    """What a worker does: every attachment fetch that is due runs now."""
+    due = ReceivedAttachment.objects.filter(state__in=["wanted", "unavailable"], next_attempt_at__lte=timezone.now())
+    for job_id in due.values_list("pk", flat=True):
+        fetching.fetch_attachment(job_id)
+
+
+def _fetched(client: Client, entry: InboxEntry, index: int, **query: str) -> Any:
+    """A download of a file still at the sender's: "Fetching attachment…", the worker, then the answer."""
+    first = _download(client, entry, index, **query)
+    if first.status_code != 202:
+        return first
+    assert "Fetching attachment…" in page_text(first)
+    _run_fetches()
+    return _download(client, entry, index, **query)
+
+
 def test_the_notification_manifest_is_kept_and_nothing_is_fetched_until_a_download(
     alice: User, peer: FakePeer, media: Path
 ) -> None:
@@ -435,7 +452,7 @@ def test_download_fetches_verifies_stores_once_and_serves_the_same_bytes(
     received = _receive(alice, peer, [("notes.txt", "text/plain", b"meeting notes"), ("logo.png", "image/png", PNG)])
     client = login(alice)
 
-    response = _download(client, received["entry"], 1)
+    response = _fetched(client, received["entry"], 1)
 
     assert response.status_code == 200
     assert b"".join(response.streaming_content) == PNG
@@ -457,7 +474,7 @@ def test_swapped_attachment_bytes_are_refused_and_nothing_is_stored(alice: User,
         alice, peer, [("contract.txt", "text/plain", real)], serve={digest_of(real): b"the contract v2"}
     )
 
-    response = _download(login(alice), received["entry"], 0)
+    response = _fetched(login(alice), received["entry"], 0)
 
     assert response.status_code == 502
     assert "contract.txt was refused: the sender's server sent other bytes than announced" in page_text(response)
@@ -501,7 +518,7 @@ def test_a_withdrawn_attachment_is_explained(alice: User, peer: FakePeer) -> Non
         {"error": "gone", "reason": "withdrawn", "detail": "x"},
     )
 
-    response = _download(login(alice), received["entry"], 0)
+    response = _fetched(login(alice), received["entry"], 0)
 
     assert response.status_code == 410
     assert "a.txt was withdrawn by the sender." in page_text(response)
@@ -511,7 +528,7 @@ def test_a_sender_that_does_not_answer_is_explained(alice: User, peer: FakePeer)
     received = _receive(alice, peer, [("a.txt", "text/plain", b"a")])
     peer.fail("GET", r"/federation/v1/messages/[^/]+/attachments/[^/]+(.*)")
 
-    response = _download(login(alice), received["entry"], 0)
+    response = _fetched(login(alice), received["entry"], 0)
 
     assert response.status_code == 502
     assert "is still at the sender's: their server did not answer" in page_text(response)
@@ -605,15 +622,16 @@ def test_the_partial_lists_links_sizes_and_previews(alice: User, peer: FakePeer)
     page = render()
     assert page.count('data-testid="attachment-link"') == 3
     assert 'data-testid="attachment-preview"' not in page
-    assert re.search(r'data-preview-url="[^"]+/0/\?inline=1"\s+data-preview-kind="image"', page)
-    assert re.search(r'data-preview-url="[^"]+/1/\?inline=1"\s+data-preview-kind="pdf"', page)
+    assert re.search(r'hx-get="[^"]+/0/fetch/\?mode=preview"', page)
+    assert re.search(r'hx-get="[^"]+/1/fetch/\?mode=preview"', page)
+    assert "/2/fetch/?mode=preview" not in page
     assert "/2/?inline=1" not in page  # never SVG inline
     assert html.unescape(page).count("at sender's — fetched when you download or preview it") == 3
     assert "image/svg+xml" in page and f"{len(PNG)} bytes" in page
 
     # Once here, the image and the PDF are previewed in the page.
     for index in (0, 1):
-        assert _download(login(alice), received["entry"], index).status_code == 200
+        assert _fetched(login(alice), received["entry"], index).status_code == 200
     page = render()
     assert re.search(r'<img data-testid="attachment-preview" src="[^"]+/0/\?inline=1"', page)
     assert re.search(r'<iframe data-testid="attachment-preview" class="pdf-preview" src="[^"]+/1/\?inline=1"', page)
@@ -664,12 +682,12 @@ def test_a_second_message_with_the_same_file_fetches_it_from_its_own_sender(
 ) -> None:
     dave = MailboxFactory(domain=local_domain, local_part="dave")
     first = _receive(alice, peer, [("a.txt", "text/plain", b"shared file")])
-    _download(login(alice), first["entry"], 0)
+    _fetched(login(alice), first["entry"], 0)
     second = _receive(dave, peer, [("copy.txt", "text/plain", b"shared file")])
 
     # Stored here already, but not fetched for this message: it is still at the sender's.
     assert attachment_items_for_entry(second["entry"])[0].at_sender
-    response = _download(login(dave), second["entry"], 0)
+    response = _fetched(login(dave), second["entry"], 0)
     assert b"".join(response.streaming_content) == b"shared file"
     assert [c.path.split("/")[4] for c in _attachment_gets(peer)] == [
         str(first["global_id"]),
@@ -768,7 +786,7 @@ def test_unused_files_are_purged_after_a_grace_and_used_ones_stay(alice: User, p
     on_draft = upload(b"on a draft")
     DraftAttachment.objects.create(draft=draft, blob=on_draft, name="d.txt", content_type="text/plain", size=10)
     received = _receive(alice, peer, [("r.txt", "text/plain", b"received file")])
-    _download(login(alice), received["entry"], 0)
+    _fetched(login(alice), received["entry"], 0)
     orphan = upload(b"uploaded, never attached")
     assert Blob.objects.count() == 4
 
@@ -788,28 +806,19 @@ def test_unused_files_are_purged_after_a_grace_and_used_ones_stay(alice: User, p
     }
 
 
-def test_a_second_reader_during_a_fetch_waits_for_it_instead_of_fetching_again(
-    alice: User, bob: User, peer: FakePeer, monkeypatch: pytest.MonkeyPatch
+def test_a_second_reader_during_a_fetch_joins_it_instead_of_fetching_again(
+    alice: User, bob: User, peer: FakePeer
 ) -> None:
-    from django.core.cache import cache
-
     first = _receive(alice, peer, [("a.txt", "text/plain", b"one transfer")])
-    key = f"pushmail:attachment-fetch:{first['remote'].pk}:0"
-    assert cache.add(key, "1", timeout=60)  # another request here is fetching it right now
+    client = login(alice)
 
-    def other_request_finishes(seconds: float) -> None:
-        blob = store_verified(
-            stream=io.BytesIO(b"one transfer"), expected_digest=digest_of(b"one transfer"), expected_size=12
-        )
-        ReceivedAttachment.objects.create(remote=first["remote"], position=0, blob=blob)
-        cache.delete(key)
-
-    monkeypatch.setattr(services.time, "sleep", other_request_finishes)
-
-    response = _download(login(alice), first["entry"], 0)
+    assert _download(client, first["entry"], 0).status_code == 202  # another request started the fetch
+    assert _download(client, first["entry"], 0).status_code == 202  # this one joins it
+    _run_fetches()
+    response = _download(client, first["entry"], 0)
 
     assert b"".join(response.streaming_content) == b"one transfer"
-    assert not _attachment_gets(peer)
+    assert len(_attachment_gets(peer)) == 1
 
 
 def test_quota_usage_reads_plainly(alice: User) -> None:

@@ -168,6 +168,7 @@ ROUTES: dict[str, Kwargs] = {
     "inbox-detail": _entry,
     "inbox-retry": _entry,
     "inbox-attachment": lambda o: {"entry_id": o.entry.pk, "index": 0},
+    "inbox-attachment-retry": lambda o: {"entry_id": o.entry.pk, "index": 0},
     # mail lists and actions
     "webmail:entry": _entry,
     "webmail:entry-body": _entry,
@@ -193,6 +194,7 @@ ROUTES: dict[str, Kwargs] = {
     "webmail:forward": _entry,
     # attachments
     "webmail:entry-attachment": lambda o: {"entry_id": o.entry.pk, "index": 0},
+    "webmail:entry-attachment-fetch": lambda o: {"entry_id": o.entry.pk, "index": 0},
     "webmail:sent-attachment": lambda o: {"message_id": o.message.pk, "index": 0},
     "webmail:draft-attachment": lambda o: {"draft_id": o.draft.pk, "attachment_id": o.draft_attachment.pk},
     # content

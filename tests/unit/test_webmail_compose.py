@@ -300,7 +300,8 @@ def test_forward_names_the_attachments_not_yet_fetched(web: Client, alice: User)
         ],
     )
     entry = InboxEntryFactory(owner=alice, remote=remote)
-    ReceivedAttachment.objects.create(remote=remote, position=0, blob=held)  # this message's fetch brought it
+    # This message's fetch brought it.
+    ReceivedAttachment.objects.create(remote=remote, position=0, blob=held, state="fetched")
 
     response = web.post(url("forward", entry.pk), follow=True)
 

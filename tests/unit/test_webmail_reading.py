@@ -130,7 +130,8 @@ def test_attachments_of_the_opened_message_are_listed_as_still_at_the_senders(al
     assert "at sender" in html
     # Nothing on the page loads the file by itself: a preview is only shown on request.
     assert 'data-testid="attachment-preview"' not in html
-    assert f'data-preview-url="/mail/entry/{entry.pk}/attachments/0/?inline=1"' in html
+    assert f'hx-get="/mail/entry/{entry.pk}/attachments/0/fetch/?mode=preview"' in html
+    assert "?inline=1" not in html
     assert ">Show preview</button>" in html
 
 

@@ -11,6 +11,11 @@ urlpatterns: list[URLPattern] = [
         name="entry-attachment",
     ),
     path(
+        "mail/entry/<int:entry_id>/attachments/<int:index>/fetch/",
+        views.entry_attachment_fetch,
+        name="entry-attachment-fetch",
+    ),
+    path(
         "mail/sent/<uuid:message_id>/attachments/<int:index>/",
         views.sent_attachment,
         name="sent-attachment",

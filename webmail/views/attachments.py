@@ -16,12 +16,14 @@ from urllib.parse import quote
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from attachments.fetching import AttachmentStatus, AttachmentUnavailable, attachment_for_entry, retry_attachment_now
 from attachments.filenames import clean_filename
 from attachments.models import Blob
 from attachments.selectors import previewable
-from attachments.services import AttachmentUnavailable, blob_for_entry
+from attachments.services import human_size
 from mailbox.models import InboxEntry
 from outbox.models import DraftAttachment, MessageAttachment
 from outbox.selectors import sent_messages_for
@@ -73,20 +75,89 @@ def _unavailable(request: HttpRequest, problem: AttachmentUnavailable, back: str
     )
 
 
+def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
+    return get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
+
+
+def _fetch_context(request: HttpRequest, entry: InboxEntry, index: int, status: AttachmentStatus) -> dict[str, Any]:
+    """What templates/webmail/partials/attachment_fetch.html needs: the state, and where to ask again."""
+    polls = _polls(request)
+    download = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": index})
+    preview = previewable(status.item.content_type) and request.GET.get("mode", request.POST.get("mode")) == "preview"
+    return {
+        "status": status,
+        "item": status.item,
+        "size": human_size(status.item.size),
+        "mode": "preview" if preview else "download",
+        "download_url": download,
+        "preview_url": f"{download}?inline=1",
+        "fetch_url": reverse("webmail:entry-attachment-fetch", kwargs={"entry_id": entry.pk, "index": index}),
+        "back": reverse("webmail:entry", kwargs={"entry_id": entry.pk}),
+        "polling": status.in_flight or status.retrying,
+        "next_poll": polls + 1,
+        "poll_delay": _poll_delay(polls, retrying=status.retrying),
+    }
+
+
+def _poll_delay(polls: int, *, retrying: bool) -> str:
+    """Quickly at first, then less often; a fetch waiting for its next attempt is asked about every 5 s."""
+    if retrying:
+        return "5s"
+    if polls < 20:
+        return "500ms"
+    return "2s" if polls < 60 else "5s"
+
+
+def _polls(request: HttpRequest) -> int:
+    value = request.GET.get("n", "")
+    return min(int(value), 10_000) if value.isdigit() and len(value) < 6 else 0
+
+
 @login_required
 @require_GET
 def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpResponse:
-    """``entry-attachment``: an attachment of the user's own inbox entry; fetched from the sender on first open."""
-    entry = get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
+    """``entry-attachment``: an attachment of the user's own inbox entry.
+
+    Its bytes when they are here; else the fetch from the sender is started (or
+    joined) and a page says "Fetching attachment…", asks again by itself and
+    starts the download once the bytes are here.
+    """
+    entry = _entry(request, entry_id)
     try:
-        blob, item = blob_for_entry(entry=entry, index=index)
+        status = attachment_for_entry(entry=entry, index=index)
     except LookupError:
         raise Http404("no such attachment") from None
-    except AttachmentUnavailable as problem:
-        from django.urls import reverse
+    if status.blob is not None:
+        return serve_blob(request, status.blob, name=status.item.name, content_type=status.item.content_type)
+    context = _fetch_context(request, entry, index, status)
+    problem = status.problem
+    if problem is not None and not status.retrying:
+        return _unavailable(request, problem, context["back"])
+    return render(request, "webmail/attachment_fetch.html", context, status=problem.status if problem else 202)
 
-        return _unavailable(request, problem, reverse("webmail:entry", kwargs={"entry_id": entry.pk}))
-    return serve_blob(request, blob, name=item.name, content_type=item.content_type)
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def entry_attachment_fetch(request: HttpRequest, entry_id: int, index: int) -> HttpResponse:
+    """``entry-attachment-fetch``: the fetch of an attachment as a page fragment, polled by htmx.
+
+    GET starts or joins the fetch and answers its state: "Fetching attachment…",
+    "Unavailable — retrying", why it cannot be had, or (once here) the preview,
+    or the link that attachments.js follows to start the download. POST is
+    "Retry now".
+    """
+    entry = _entry(request, entry_id)
+    try:
+        if request.method == "POST":
+            status = retry_attachment_now(entry=entry, index=index)
+        else:
+            status = attachment_for_entry(entry=entry, index=index)
+    except LookupError:
+        raise Http404("no such attachment") from None
+    context = _fetch_context(request, entry, index, status)
+    if request.method == "POST" and not request.htmx:  # type: ignore[attr-defined]
+        return redirect(context["download_url"])
+    return render(request, "webmail/partials/attachment_fetch.html", context)
 
 
 @login_required
