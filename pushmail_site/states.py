@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 
 from django.db import models, transaction
 
+from .jobs import lock
+
 M = TypeVar("M", bound=models.Model)
 
 # A handler gets the primary keys of the rows that just entered a state (one or many).
@@ -174,7 +176,8 @@ def transition_rows(
     """
     sources = graph.sources_of(target)
     with transaction.atomic():
-        candidates = queryset.filter(**{f"{graph.field_name}__in": sources})
+        # Locked, so a row a worker settles meanwhile is either moved from its new state or not at all.
+        candidates = lock(queryset.filter(**{f"{graph.field_name}__in": sources}), skip_locked=False)
         pks = list(candidates.values_list("pk", flat=True))
         if pks:
             queryset.model._default_manager.filter(pk__in=pks).update(**{graph.field_name: target, **(fields or {})})
