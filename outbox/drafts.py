@@ -31,8 +31,10 @@ from accounts.validators import normalize_address
 from attachments.filenames import clean_filename
 from attachments.services import check_new_files, store_upload, storing_atomically
 from pushmail_site.jobs import enqueue, lock, overdue_before
+from pushmail_site.states import transition
 
-from .models import Draft, DraftAttachment, Message
+from .models import Draft, DraftAttachment, DraftState, Message
+from .states import DRAFT
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ def update_draft(*, draft: Draft, to: str, cc: str, bcc: str, subject: str, text
     """Save what the user typed, as typed: checks happen on Send."""
     with transaction.atomic():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
-        if current.send_at is not None or current.sent_message_id is not None:
+        if current.state != DraftState.DRAFT:
             raise DraftLocked()
         current.to, current.cc, current.bcc = to[:10_000], cc[:10_000], bcc[:10_000]
         current.subject = subject[:998]
@@ -210,7 +212,7 @@ def delete_draft(*, draft: Draft) -> None:
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).first()
         if current is None:
             return
-        if current.send_at is not None and current.sent_message_id is None:
+        if current.state == DraftState.SCHEDULED:
             raise DraftLocked()
         current.delete()
 
@@ -433,7 +435,7 @@ def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAtt
         return []
     with storing_atomically():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
-        if current.send_at is not None or current.sent_message_id is not None:
+        if current.state != DraftState.DRAFT:
             raise DraftLocked()
         check_new_files(
             user=draft.owner,
@@ -461,7 +463,7 @@ def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAtt
 def remove_attachment(*, draft: Draft, attachment_id: int) -> None:
     with transaction.atomic():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
-        if current.send_at is not None or current.sent_message_id is not None:
+        if current.state != DraftState.DRAFT:
             raise DraftLocked()
         DraftAttachment.objects.filter(draft=current, pk=attachment_id).delete()
 
@@ -525,14 +527,14 @@ def queue_send(*, draft: Draft) -> Draft:
     with transaction.atomic():
         # Only the draft row is locked (no joins): FOR UPDATE would lock the owner and domain rows too.
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).get()
-        if current.sent_message_id is not None:
+        if current.state == DraftState.SENT:
             raise ValidationError({"__all__": ["This message has already been sent."]})
-        if current.send_at is not None:
+        if current.state == DraftState.SCHEDULED:
             return current
         check_draft(current)
         delay = settings.PUSHMAIL_UNDO_SEND_SECONDS
-        current.send_at = timezone.now() + timedelta(seconds=delay)
-        current.save(update_fields=["send_at", "updated_at"])
+        send_at = timezone.now() + timedelta(seconds=delay)
+        transition(current, DRAFT, DraftState.SCHEDULED, fields={"send_at": send_at, "updated_at": timezone.now()})
         enqueue(send_draft, current.pk, countdown=delay)
     return current
 
@@ -541,11 +543,10 @@ def undo_send(*, draft: Draft) -> bool:
     """Stop a queued send; False when the message has already gone out."""
     with transaction.atomic():
         current = lock(Draft.objects.filter(pk=draft.pk), skip_locked=False).first()
-        if current is None or current.sent_message_id is not None:
+        if current is None or current.state == DraftState.SENT:
             return False
-        if current.send_at is not None:
-            current.send_at = None
-            current.save(update_fields=["send_at", "updated_at"])
+        if current.state == DraftState.SCHEDULED:
+            transition(current, DRAFT, DraftState.DRAFT, fields={"send_at": None, "updated_at": timezone.now()})
         return True
 
 
@@ -569,7 +570,7 @@ def send_draft(draft_id: int) -> Message | None:
             # No select_related: FOR UPDATE would also lock the joined owner and domain rows, and
             # skip_locked would then skip this draft while another of the domain's drafts is sending.
             lock(Draft.objects.all())
-            .filter(pk=draft_id, sent_message__isnull=True, send_at__isnull=False, send_at__lte=timezone.now())
+            .filter(pk=draft_id, state=DraftState.SCHEDULED, send_at__lte=timezone.now())
             .first()
         )
         if draft is None:
@@ -603,9 +604,12 @@ def send_draft(draft_id: int) -> Message | None:
         except ValidationError as exc:
             _reopen(draft, exc)
             return None
-        draft.sent_message = message
-        draft.send_at = None
-        draft.save(update_fields=["sent_message", "send_at", "updated_at"])
+        transition(
+            draft,
+            DRAFT,
+            DraftState.SENT,
+            fields={"sent_message": message, "send_at": None, "updated_at": timezone.now()},
+        )
     return message
 
 
@@ -614,8 +618,7 @@ def _reopen(draft: Draft, exc: ValidationError) -> None:
     from mailbox.services import post_notice
 
     log.warning("draft %s not sent: %s", draft.pk, exc.messages)
-    draft.send_at = None
-    draft.save(update_fields=["send_at", "updated_at"])
+    transition(draft, DRAFT, DraftState.DRAFT, fields={"send_at": None, "updated_at": timezone.now()})
     post_notice(
         owner=draft.owner,
         subject=f"Not sent: {draft.subject or '(no subject)'}"[:998],
@@ -628,11 +631,11 @@ def send_due_drafts(*, limit: int = 1000) -> int:
     from .tasks import send_draft as task
 
     due = list(
-        Draft.objects.filter(sent_message__isnull=True, send_at__lte=overdue_before())
+        Draft.objects.filter(state=DraftState.SCHEDULED, send_at__lte=overdue_before())
         .order_by("send_at")
         .values_list("pk", flat=True)[:limit]
     )
     for draft_id in due:
         enqueue(task, draft_id)
-    Draft.objects.filter(sent_message__isnull=False, updated_at__lt=timezone.now() - SENT_DRAFT_KEEP).delete()
+    Draft.objects.filter(state=DraftState.SENT, updated_at__lt=timezone.now() - SENT_DRAFT_KEEP).delete()
     return len(due)

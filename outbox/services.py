@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -20,7 +20,8 @@ from accounts.models import Domain, User
 from accounts.validators import domain_of, normalize_address
 from federation import client, discovery, payloads
 from mailbox.threads import thread_key
-from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_before
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.states import transition, transition_rows
 
 from .models import (
     BodyFetch,
@@ -31,8 +32,10 @@ from .models import (
     Recipient,
     RecipientKind,
     RecipientStatus,
+    Withdrawal,
     WithdrawalState,
 )
+from .states import DELIVERY, WITHDRAWAL, retry_delay, retry_window
 
 if TYPE_CHECKING:
     from attachments.services import AttachmentInput
@@ -237,10 +240,7 @@ def _deliver_locally(message: Message, delivery: Delivery, addresses: list[str])
     Recipient.objects.filter(message=message, address__in=set(addresses) - accepted).update(
         status=RecipientStatus.REJECTED, reason=UNKNOWN_MAILBOX_REASON
     )
-    delivery.state = DeliveryState.NOTIFIED
-    delivery.notified_at = timezone.now()
-    delivery.attempts = 1
-    delivery.save(update_fields=["state", "notified_at", "attempts"])
+    transition(delivery, DELIVERY, DeliveryState.NOTIFIED, fields={"notified_at": timezone.now(), "attempts": 1})
 
 
 # --- Notification delivery (the deliver_notification task) ---------------------
@@ -344,18 +344,12 @@ def _record_answers(delivery: Delivery, results: dict[str, dict[str, str]]) -> N
 
 
 def _finish_delivery(delivery: Delivery, *, state: str, error: str) -> None:
-    now = timezone.now()
-    delivery.state = state
-    delivery.last_error = error[:500]
-    delivery.next_attempt_at = None
-    fields = ["state", "last_error", "next_attempt_at"]
+    fields: dict[str, object] = {"last_error": error[:500], "next_attempt_at": None}
     if state == DeliveryState.NOTIFIED:
-        delivery.notified_at = now
-        fields.append("notified_at")
+        fields["notified_at"] = timezone.now()
     if state == DeliveryState.FAILED:
-        delivery.failed_at = now
-        fields.append("failed_at")
-    delivery.save(update_fields=fields)
+        fields["failed_at"] = timezone.now()
+    transition(delivery, DELIVERY, state, fields=fields)
 
 
 def _reject_all(delivery: Delivery, reason: str) -> None:
@@ -368,9 +362,10 @@ def _reject_all(delivery: Delivery, reason: str) -> None:
 
 def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool, retry_after: float | None) -> None:
     now = timezone.now()
-    window_end = delivery.message.date + settings.PUSHMAIL_DELIVERY_WINDOW
+    window = retry_window(DELIVERY, DeliveryState.RETRYING)
+    window_end = delivery.message.date + window
     if not retryable or now >= window_end:
-        reason = error if not retryable else f"no answer for {settings.PUSHMAIL_DELIVERY_WINDOW}: {error}"
+        reason = error if not retryable else f"no answer for {window}: {error}"
         with transaction.atomic():
             Recipient.objects.filter(
                 message=delivery.message, domain=delivery.domain, status=RecipientStatus.PENDING
@@ -378,12 +373,15 @@ def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool,
             _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
             _notify_sender_of_failure(delivery, reason)
         return
-    delay = timedelta(seconds=retry_after) if retry_after else backoff(delivery.attempts)
-    delivery.state = DeliveryState.RETRYING
-    delivery.last_error = error[:500]
-    delivery.next_attempt_at = min(now + delay, window_end)
-    delivery.save(update_fields=["state", "last_error", "next_attempt_at"])
-    _schedule(delivery.pk, delivery.next_attempt_at - now)
+    delay = retry_delay(DELIVERY, DeliveryState.RETRYING, attempts=delivery.attempts, retry_after=retry_after)
+    next_attempt_at = min(now + delay, window_end)
+    transition(
+        delivery,
+        DELIVERY,
+        DeliveryState.RETRYING,
+        fields={"last_error": error[:500], "next_attempt_at": next_attempt_at},
+    )
+    _schedule(delivery.pk, next_attempt_at - now)
 
 
 def _schedule(delivery_id: int, delay: timedelta) -> None:
@@ -475,48 +473,62 @@ def withdraw_message(*, message: Message) -> Message:
         message.withdrawn_at = now
         message.save(update_fields=["withdrawn_at"])
         withdraw_local_entries(message=message)
-        Delivery.objects.filter(message=message, local=True).update(withdrawal=WithdrawalState.SENT, withdrawn_at=now)
         # Not yet notified: nothing to take back once the notification is cancelled.
-        Delivery.objects.filter(
-            message=message, local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING], attempts=0
-        ).update(state=DeliveryState.FAILED, last_error="withdrawn before notification", next_attempt_at=None)
-        ids = list(
-            Delivery.objects.filter(message=message, local=False)
-            .exclude(state=DeliveryState.FAILED, attempts=0)
-            .values_list("pk", flat=True)
+        transition_rows(
+            Delivery.objects.filter(message=message, local=False, attempts=0),
+            DELIVERY,
+            DeliveryState.FAILED,
+            fields={"last_error": "withdrawn before notification", "next_attempt_at": None},
         )
-        Delivery.objects.filter(pk__in=ids).update(withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at=now)
-        _queue_withdrawals(ids)
+        told = Delivery.objects.filter(message=message).exclude(local=False, state=DeliveryState.FAILED, attempts=0)
+        withdrawals = Withdrawal.objects.bulk_create(
+            Withdrawal(message=message, domain=delivery.domain, next_attempt_at=None if delivery.local else now)
+            for delivery in told.order_by("domain")
+        )
+        # A domain hosted here had its entries withdrawn above.
+        local = {d.domain for d in told if d.local}
+        transition_rows(
+            Withdrawal.objects.filter(message=message, domain__in=local),
+            WITHDRAWAL,
+            WithdrawalState.SENT,
+            fields={"acknowledged_at": now},
+        )
+        _queue_withdrawals([w.pk for w in withdrawals if w.domain not in local])
     return message
 
 
 def _queue_withdrawals(ids: list[int]) -> None:
     from .tasks import send_withdrawal
 
-    for delivery_id in ids:
-        enqueue(send_withdrawal, delivery_id)
+    for withdrawal_id in ids:
+        enqueue(send_withdrawal, withdrawal_id)
 
 
-def send_withdrawal(delivery_id: int) -> None:
-    """Post one signed withdrawal to one domain; idempotent."""
+def _claim_withdrawal(withdrawal_id: int) -> Withdrawal | None:
     with transaction.atomic():
-        delivery = (
-            lock(Delivery.objects.select_related("message", "message__sender__domain"))
-            .filter(pk=delivery_id, withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at__lte=timezone.now())
+        withdrawal = (
+            lock(Withdrawal.objects.select_related("message", "message__sender__domain"))
+            .filter(pk=withdrawal_id, state=WithdrawalState.PENDING, next_attempt_at__lte=timezone.now())
             .first()
         )
-        if delivery is None:
-            return
-        delivery.withdrawal_attempts += 1
-        delivery.withdrawal_next_attempt_at = claim_until()
-        delivery.save(update_fields=["withdrawal_attempts", "withdrawal_next_attempt_at"])
-    message = delivery.message
+        if withdrawal is None:
+            return None
+        withdrawal.attempts += 1
+        withdrawal.next_attempt_at = claim_until()
+        withdrawal.save(update_fields=["attempts", "next_attempt_at"])
+        return withdrawal
+
+
+def send_withdrawal(withdrawal_id: int) -> None:
+    """Post one signed withdrawal to one domain; idempotent."""
+    withdrawal = _claim_withdrawal(withdrawal_id)
+    if withdrawal is None:
+        return
+    message = withdrawal.message
     try:
-        instance = discovery.discover(delivery.domain)
+        instance = discovery.discover(withdrawal.domain)
         if instance is None:
-            Delivery.objects.filter(pk=delivery.pk).update(
-                withdrawal=WithdrawalState.SENT, withdrawal_error="legacy domain"
-            )
+            _finish_withdrawal(withdrawal, WithdrawalState.SENT, error=LEGACY_REASON)
             return
         client.send_withdrawal(
             instance=instance,
@@ -524,23 +536,36 @@ def send_withdrawal(delivery_id: int) -> None:
             withdrawal=payloads.Withdrawal(global_id=message.id, sender=message.sender_address),
         )
     except (discovery.DiscoveryError, client.PeerError) as exc:
-        now = timezone.now()
-        if not exc.retryable or now >= message.withdrawn_at + settings.PUSHMAIL_DELIVERY_WINDOW:  # type: ignore[operator]
-            Delivery.objects.filter(pk=delivery.pk).update(
-                withdrawal=WithdrawalState.FAILED, withdrawal_error=str(exc)[:500]
-            )
-            return
-        delay = timedelta(seconds=exc.retry_after) if exc.retry_after else backoff(delivery.withdrawal_attempts)
-        Delivery.objects.filter(pk=delivery.pk).update(
-            withdrawal_next_attempt_at=now + delay, withdrawal_error=str(exc)[:500]
-        )
-        from .tasks import send_withdrawal as task
-
-        enqueue(task, delivery.pk, countdown=delay.total_seconds())
+        _withdrawal_failed_attempt(withdrawal, exc)
         return
-    Delivery.objects.filter(pk=delivery.pk).update(
-        withdrawal=WithdrawalState.SENT, withdrawn_at=timezone.now(), withdrawal_error=""
+    _finish_withdrawal(withdrawal, WithdrawalState.SENT, acknowledged_at=timezone.now())
+
+
+def _finish_withdrawal(
+    withdrawal: Withdrawal, state: str, *, error: str = "", acknowledged_at: datetime | None = None
+) -> None:
+    fields: dict[str, object] = {"last_error": error[:500], "next_attempt_at": None}
+    if acknowledged_at is not None:
+        fields["acknowledged_at"] = acknowledged_at
+    transition(withdrawal, WITHDRAWAL, state, fields=fields)
+
+
+def _withdrawal_failed_attempt(withdrawal: Withdrawal, exc: discovery.DiscoveryError | client.PeerError) -> None:
+    now = timezone.now()
+    started = withdrawal.message.withdrawn_at or now
+    if not exc.retryable or now >= started + retry_window(WITHDRAWAL, WithdrawalState.PENDING):
+        _finish_withdrawal(withdrawal, WithdrawalState.FAILED, error=str(exc))
+        return
+    delay = retry_delay(WITHDRAWAL, WithdrawalState.PENDING, attempts=withdrawal.attempts, retry_after=exc.retry_after)
+    transition(
+        withdrawal,
+        WITHDRAWAL,
+        WithdrawalState.PENDING,
+        fields={"next_attempt_at": now + delay, "last_error": str(exc)[:500]},
     )
+    from .tasks import send_withdrawal as task
+
+    enqueue(task, withdrawal.pk, countdown=delay.total_seconds())
 
 
 # --- Sweeps ---------------------------------------------------------------------------
@@ -561,12 +586,12 @@ def requeue_due(*, limit: int = 1000) -> int:
     for delivery_id in due:
         enqueue(deliver_notification, delivery_id)
     withdrawals = list(
-        Delivery.objects.filter(withdrawal=WithdrawalState.PENDING, withdrawal_next_attempt_at__lte=now)
-        .order_by("withdrawal_next_attempt_at")
+        Withdrawal.objects.filter(state=WithdrawalState.PENDING, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
-    for delivery_id in withdrawals:
-        enqueue(send_withdrawal, delivery_id)
+    for withdrawal_id in withdrawals:
+        enqueue(send_withdrawal, withdrawal_id)
     return len(due) + len(withdrawals)
 
 

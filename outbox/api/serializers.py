@@ -57,7 +57,7 @@ class DomainStatusSerializer(serializers.Serializer):
     fetch_status = serializers.CharField()
     first_fetched_at = serializers.DateTimeField(allow_null=True)
     fetch_count = serializers.IntegerField()
-    withdrawal = serializers.CharField(source="delivery.withdrawal")
+    withdrawal = serializers.CharField(source="withdrawal_state")
     withdrawn_before_fetch = serializers.BooleanField(allow_null=True)
     offered = serializers.BooleanField(help_text="Whether this domain can still fetch the body.")
 
