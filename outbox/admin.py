@@ -6,6 +6,7 @@ from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from attachments.admin import MessageAttachmentInline
 from pushmail_site.states import transition_rows
 
+from .delivery import queue_deliveries
 from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient, Withdrawal
 from .states import DELIVERY
 
@@ -92,15 +93,13 @@ class MessageAdmin(DomainScopedAdmin):
 
 @admin.action(description="Retry notification now", permissions=["change"])
 def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
-    from .services import _queue_deliveries
-
     ids = transition_rows(
         queryset.filter(local=False),
         DELIVERY,
         DeliveryState.RETRYING,
         fields={"next_attempt_at": timezone.now(), "failed_at": None},
     )
-    _queue_deliveries(ids)
+    queue_deliveries(ids)
     messages.success(request, f"{len(ids)} deliveries queued.")
 
 

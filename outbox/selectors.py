@@ -6,6 +6,8 @@ from typing import Any
 
 from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
 
+from mailbox.models import EntryState, InboxEntry
+
 from .models import (
     BodyFetch,
     Delivery,
@@ -126,8 +128,6 @@ def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
 
 def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
     """Addresses the user received from or sent to, most recent first, matching ``query``."""
-    from mailbox.models import EntryState, InboxEntry
-
     query = query.strip().lower()
     received = (
         InboxEntry.objects.owned_by(user)

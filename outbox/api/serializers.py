@@ -5,6 +5,7 @@ from rest_framework import serializers
 
 from attachments.api import AttachmentUploadSerializer
 
+from ..bodies import manifest_of
 from ..models import Message
 from ..selectors import domain_status
 
@@ -115,8 +116,6 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def get_attachments(self, message: Message) -> list[dict]:
         """The manifest: name, type, size and digest of each file, in order."""
-        from ..services import manifest_of
-
         return manifest_of(message)  # type: ignore[return-value]
 
     def get_deliveries(self, message: Message) -> list[dict]:

@@ -16,7 +16,7 @@ from accounts.models import User
 from attachments.models import Blob, ReceivedAttachment
 from attachments.services import store_upload
 from mailbox.models import EntryState, InboxEntry
-from outbox import drafts
+from outbox import services as drafts
 from outbox.models import Draft, DraftAttachment, DraftState, Message, MessageAttachment
 from outbox.services import send_message
 from tests.factories import InboxEntryFactory, PeerMessageFactory, RemoteMessageFactory

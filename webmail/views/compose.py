@@ -1,6 +1,6 @@
 """Compose: new messages, drafts with autosave, reply/forward, attachments, send with undo.
 
-Views are thin: every write is a verb in outbox.drafts, every read a selector
+Views are thin: every write is a verb in outbox.services, every read a selector
 scoped to the signed-in user (another user's draft is a 404 by construction).
 """
 
@@ -26,7 +26,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox.selectors import inbox_for
-from outbox import drafts as drafts_service
+from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
 from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
 
