@@ -1,4 +1,4 @@
-"""Composing: Markdown, addresses as typed, and drafts that reply to or forward another message."""
+"""Composing: Markdown, and drafts that reply to or forward another message."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 import markdown
 import nh3
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -44,56 +43,6 @@ def render_markdown(text: str) -> str:
         link_rel="noopener noreferrer nofollow",
         strip_comments=True,
     )
-
-
-# --- Addresses and subjects ----------------------------------------------------------
-
-FIELD_LABELS = {"to": "To", "cc": "Cc", "bcc": "Bcc"}
-
-
-def split_addresses(value: str) -> list[str]:
-    """The items of a comma- (or semicolon-) separated field; ``Name <a@b>`` gives ``a@b``."""
-    items = []
-    for raw in re.split(r"[,;]", value or ""):
-        item = raw.strip(" \t")
-        if not item.strip():
-            continue
-        match = re.fullmatch(r"[^<>]*<([^<>]*)>\s*", item)
-        items.append(match.group(1) if match else item)
-    return items
-
-
-def parse_addresses(value: str, field_name: str) -> list[str]:
-    """Normalized addresses of one field; ValidationError naming the field and the bad item."""
-    label = FIELD_LABELS[field_name]
-    if "\r" in (value or "") or "\n" in (value or ""):
-        raise ValidationError(
-            {field_name: [f"{label} contains a line break (CR or LF); addresses must be on one line."]}
-        )
-    addresses = []
-    errors = []
-    for item in split_addresses(value):
-        try:
-            addresses.append(normalize_address(item))
-        except ValidationError:
-            errors.append(f"{label}: {item!r} is not a valid address (expected name@domain).")
-    if errors:
-        raise ValidationError({field_name: errors})
-    return list(dict.fromkeys(addresses))
-
-
-def max_recipients() -> int:
-    """The same bound outbox.services.send_message applies."""
-    return settings.PUSHMAIL_MAX_RECIPIENTS * 10
-
-
-def check_subject(subject: str) -> None:
-    if "\r" in subject or "\n" in subject:
-        raise ValidationError(
-            {"subject": ["The subject contains a line break (CR or LF), which is not allowed in a mail header."]}
-        )
-    if len(subject) > 998:
-        raise ValidationError({"subject": ["The subject is longer than 998 characters."]})
 
 
 # --- Reply and forward ---------------------------------------------------------------------

@@ -9,8 +9,10 @@ under a row lock; if a check fails by then, the draft is reopened with a notice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -23,8 +25,9 @@ from mailbox.services import post_notice
 from pushmail_site.jobs import enqueue, lock, overdue_before
 from pushmail_site.states import transition
 
-from .compose import check_subject, max_recipients, parse_addresses, render_markdown
+from .compose import render_markdown
 from .models import Draft, DraftAttachment, DraftState, Message
+from .rules import check_characters, check_recipient_count, check_subject, parse_addresses
 from .sending import send_message
 from .states import DRAFT
 
@@ -55,15 +58,12 @@ def check_draft(draft: Draft) -> Outgoing:
     """Everything Send needs, checked at once; ValidationError lists every problem by field."""
     errors: dict[str, list[str]] = {}
     parsed = _recipients(draft, errors)
-    try:
-        check_subject(draft.subject)
-    except ValidationError as exc:
-        errors.update(exc.message_dict)
-    try:
-        # The files are already counted in the mailbox's usage: only an overfull mailbox stops the send.
-        check_new_files(user=draft.owner, files=[(a.name, a.size) for a in draft.attachments.all()], quota_extra=0)
-    except ValidationError as exc:
-        errors.update(exc.message_dict)
+    html = render_markdown(draft.text) if draft.markdown else None
+    _collect(errors, check_subject, draft.subject)
+    _collect(errors, check_characters, subject=draft.subject, in_reply_to=draft.in_reply_to, text=draft.text, html=html)
+    # The files are already counted in the mailbox's usage: only an overfull mailbox stops the send.
+    files = [(a.name, a.size) for a in draft.attachments.all()]
+    _collect(errors, check_new_files, user=draft.owner, files=files, quota_extra=0)
     if errors:
         raise ValidationError(errors)
     return Outgoing(
@@ -72,7 +72,7 @@ def check_draft(draft: Draft) -> Outgoing:
         bcc=parsed["bcc"],
         subject=draft.subject,
         text=draft.text,
-        html=render_markdown(draft.text) if draft.markdown else None,
+        html=html,
     )
 
 
@@ -86,12 +86,17 @@ def _recipients(draft: Draft, errors: dict[str, list[str]]) -> dict[str, list[st
             errors.update(exc.message_dict)
             parsed[name] = []
     if not errors:
-        count = len(set(parsed["to"]) | set(parsed["cc"]) | set(parsed["bcc"]))
-        if count == 0:
-            errors["to"] = ["Add at least one recipient in To, Cc or Bcc."]
-        elif count > max_recipients():
-            errors["to"] = [f"Too many recipients: {count}; a message can have at most {max_recipients()}."]
+        _collect(errors, check_recipient_count, len(set(parsed["to"]) | set(parsed["cc"]) | set(parsed["bcc"])))
     return parsed
+
+
+def _collect(errors: dict[str, list[str]], check: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run one check; its problems join ``errors`` (a field already found wrong keeps its first problem)."""
+    try:
+        check(*args, **kwargs)
+    except ValidationError as exc:
+        for name, messages in exc.message_dict.items():
+            errors.setdefault(name, messages)
 
 
 def queue_send(*, draft: Draft) -> Draft:

@@ -13,14 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Domain, User
-from accounts.validators import domain_of, normalize_address
-from attachments.filenames import clean_filename
-from attachments.services import AttachmentInput, check_attachments, clean_content_type
+from accounts.validators import domain_of
+from attachments.services import AttachmentInput, check_attachments
 from federation import payloads
 from mailbox.models import RemoteMessage
 from mailbox.services import deliver_local_entries
@@ -37,6 +35,15 @@ from .models import (
     Recipient,
     RecipientKind,
     RecipientStatus,
+)
+from .rules import (
+    check_characters,
+    check_in_reply_to,
+    check_recipient_count,
+    check_subject,
+    clean_addresses,
+    clean_content_type,
+    clean_filename,
 )
 from .states import DELIVERY
 
@@ -64,11 +71,14 @@ def send_message(
     its digest) and the notifications. The per-file, per-message and quota
     limits are checked here, so every path (web, API) gets them.
     """
-    to_list, cc_list, bcc_list = (_clean_addresses(to, "to"), _clean_addresses(cc, "cc"), _clean_addresses(bcc, "bcc"))
+    to_list, cc_list, bcc_list = (clean_addresses(to, "to"), clean_addresses(cc, "cc"), clean_addresses(bcc, "bcc"))
     if not (to_list or cc_list or bcc_list):
-        raise ValidationError({"to": ["at least one recipient is required"]})
-    _check_fields(subject=subject, text=text, html=html, in_reply_to=in_reply_to)
+        check_recipient_count(0)
+    check_subject(subject)
+    check_in_reply_to(in_reply_to)
+    check_characters(subject=subject, in_reply_to=in_reply_to, text=text, html=html)
     kinds = _recipient_kinds(to_list, cc_list, bcc_list)
+    check_recipient_count(len(kinds))
     files = _checked_files(sender, attachments)
     message = _new_message(
         sender=sender,
@@ -87,42 +97,12 @@ def send_message(
     return message
 
 
-def _clean_addresses(values: list[str] | None, field: str) -> list[str]:
-    cleaned = []
-    for value in values or []:
-        try:
-            cleaned.append(normalize_address(value))
-        except ValidationError as exc:
-            raise ValidationError({field: exc.messages}) from exc
-    return cleaned
-
-
-def _check_fields(*, subject: str, text: str, html: str | None, in_reply_to: str) -> None:
-    if "\r" in subject or "\n" in subject:
-        raise ValidationError({"subject": ["subject contains a line break (CR or LF)"]})
-    if len(subject) > 998:
-        raise ValidationError({"subject": ["subject is longer than 998 characters"]})
-    if in_reply_to and ("\r" in in_reply_to or "\n" in in_reply_to or len(in_reply_to) > 400):
-        raise ValidationError({"in_reply_to": ["must be a message id without line breaks"]})
-    # What recipients' instances would refuse (docs/protocol.md §4.1) is refused here, by name.
-    for name, value, options in (
-        ("subject", subject, {"tab": True}),
-        ("in_reply_to", in_reply_to, {}),
-        ("text", text, {"multiline": True}),
-        ("html", html or "", {"multiline": True}),
-    ):
-        if unfit := payloads.unfit_character(value, **options):
-            raise ValidationError({name: [f"{name} contains {unfit}"]})
-
-
 def _recipient_kinds(to: list[str], cc: list[str], bcc: list[str]) -> dict[str, str]:
     """Each recipient once, with the first field that names it (To before Cc before Bcc)."""
     kinds: dict[str, str] = {}
     for kind, addresses in ((RecipientKind.TO, to), (RecipientKind.CC, cc), (RecipientKind.BCC, bcc)):
         for address in addresses:
             kinds.setdefault(address, kind)
-    if len(kinds) > settings.PUSHMAIL_MAX_RECIPIENTS * 10:
-        raise ValidationError({"to": [f"at most {settings.PUSHMAIL_MAX_RECIPIENTS * 10} recipients per message"]})
     return kinds
 
 

@@ -3,24 +3,21 @@
 Each lives in the module of what it does: composing (``compose``), drafts
 (``drafts``, ``uploads``, ``draft_sending``), sending (``sending``), the delivery
 worker (``delivery``), what peers may fetch (``serving``), withdrawal
-(``withdrawal``) and retention (``retention``). Their state graphs are in ``states``.
+(``withdrawal``) and retention (``retention``). Their state graphs are in ``states``;
+what may be sent is in ``rules``.
 """
 
 from __future__ import annotations
 
 from .bodies import canonical_content, manifest_of
 from .compose import (
-    check_subject,
     forward_entry,
     forward_subject,
-    max_recipients,
-    parse_addresses,
     quote,
     render_markdown,
     reply_subject,
     reply_to_entry,
     reply_to_sent,
-    split_addresses,
 )
 from .delivery import LEGACY_REASON, deliver_notification, notification_for, queue_deliveries, requeue_due_deliveries
 from .draft_sending import Outgoing, check_draft, queue_send, send_draft, send_due_drafts, undo_send
@@ -35,6 +32,7 @@ from .drafts import (
     update_draft,
 )
 from .retention import mark_fetched_by_all
+from .rules import check_subject, max_recipients, parse_addresses, split_addresses
 from .sending import UNKNOWN_MAILBOX_REASON, send_message
 from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_body
 from .uploads import add_attachments, remove_attachment

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import mimetypes
-import re
-
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from attachments.filenames import clean_filename
 from attachments.services import check_new_files, store_upload, storing_atomically
 
 from .drafts import lock_open_draft
 from .models import Draft, DraftAttachment
+from .rules import clean_content_type, clean_filename
 
 
 def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAttachment]:
@@ -39,15 +36,9 @@ def add_attachments(*, draft: Draft, files: list[UploadedFile]) -> list[DraftAtt
 
 def _attach(draft: Draft, upload: UploadedFile) -> DraftAttachment:
     name = clean_filename(upload.name)
-    content_type = (upload.content_type or "").split(";")[0].strip().lower()
-    if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", content_type) or (
-        content_type == "application/octet-stream"
-    ):
-        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    content_type = clean_content_type(upload.content_type, name=name)
     blob = store_upload(file=upload)
-    return DraftAttachment.objects.create(
-        draft=draft, blob=blob, name=name, content_type=content_type[:127], size=blob.size
-    )
+    return DraftAttachment.objects.create(draft=draft, blob=blob, name=name, content_type=content_type, size=blob.size)
 
 
 def remove_attachment(*, draft: Draft, attachment_id: int) -> None:
