@@ -7,9 +7,9 @@ from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
 from django.core.exceptions import ValidationError
 from django.db.models import Count
-from django.template.defaultfilters import filesizeformat
 
 from federation.models import SigningKey
+from pushmail_site.sizes import human_size
 
 from .admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from .models import ApiToken, Domain, User
@@ -45,7 +45,7 @@ class DomainAdmin(DomainScopedAdmin):
 
     @admin.display(description="Default quota", ordering="default_quota_bytes")
     def default_quota(self, obj: Domain) -> str:
-        return filesizeformat(obj.default_quota_bytes)
+        return human_size(obj.default_quota_bytes)
 
     def get_queryset(self, request):  # type: ignore[no-untyped-def]
         return super().get_queryset(request).annotate(mailbox_total=Count("mailboxes"))
@@ -136,7 +136,7 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
 
     @admin.display(description="Quota", ordering="quota_bytes")
     def quota(self, obj: User) -> str:
-        text = filesizeformat(obj.effective_quota_bytes)
+        text = human_size(obj.effective_quota_bytes)
         return text if obj.quota_bytes is not None else f"{text} (domain default)"
 
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]

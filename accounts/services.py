@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from federation import discovery, keys
 
 from .models import ApiToken, Domain, FetchPolicy, RemoteContentPolicy, User
-from .validators import normalize_address, normalize_domain
+from .validators import normalize_address, normalize_display_name, normalize_domain
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ def revoke_api_token(*, user: User, token_id: int) -> bool:
     return bool(deleted)
 
 
-def _no_line_breaks(value: str, field: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValidationError({field: ["must not contain a line break (CR or LF)"]})
-    return value
-
-
 def update_preferences(
     *,
     user: User,
@@ -78,9 +72,10 @@ def update_preferences(
     recovery_address: str,
 ) -> User:
     """Save a user's own preferences. Raises ValidationError naming the field."""
-    display_name = _no_line_breaks(display_name.strip(), "display_name")
-    if len(display_name) > 100:
-        raise ValidationError({"display_name": ["at most 100 characters"]})
+    try:
+        display_name = normalize_display_name(display_name)
+    except ValidationError as exc:
+        raise ValidationError({"display_name": exc.messages}) from exc
     if len(signature) > 2000:
         raise ValidationError({"signature": ["at most 2000 characters"]})
     if fetch_policy not in {"", *FetchPolicy.values}:

@@ -43,5 +43,18 @@ def normalize_address(value: str) -> str:
     return f"{local}@{domain}"
 
 
+MAX_DISPLAY_NAME = 100
+
+
+def normalize_display_name(value: str) -> str:
+    """The name shown beside an address, trimmed; ValidationError for a line break or over 100 characters."""
+    name = value.strip()
+    if "\r" in name or "\n" in name:
+        raise ValidationError("must not contain a line break (CR or LF)")
+    if len(name) > MAX_DISPLAY_NAME:
+        raise ValidationError(f"at most {MAX_DISPLAY_NAME} characters")
+    return name
+
+
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]

@@ -31,13 +31,14 @@ from django.utils import timezone
 from federation import client, discovery
 from mailbox.content import ReadableAttachment, readable_content_for
 from pushmail_site.jobs import backoff, enqueue, lock, overdue_before
+from pushmail_site.sizes import human_size
 from pushmail_site.states import transition
 
 # tasks wraps this module; its names are only used at call time, so the mutual import is safe.
 from . import tasks
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob, ReceivedAttachment
-from .services import DigestMismatch, human_size, store_verified
+from .services import DigestMismatch, store_verified
 from .states import ATTACHMENT_FETCH, CLAIMABLE, IN_FLIGHT
 from .states import AttachmentFetchState as S
 

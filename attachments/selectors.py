@@ -9,6 +9,7 @@ from django.db.models import Sum
 from django.urls import reverse
 
 from mailbox.content import readable_content_for
+from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
 
@@ -34,8 +35,6 @@ class AttachmentItem:
 
     @property
     def human_size(self) -> str:
-        from .services import human_size
-
         return human_size(self.size)
 
     @property
@@ -200,8 +199,6 @@ class QuotaUsage:
         return self.used >= self.quota
 
     def __str__(self) -> str:
-        from .services import human_size
-
         return f"{human_size(self.used)} of {human_size(self.quota)} used ({self.percent}%)"
 
 

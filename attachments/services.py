@@ -14,7 +14,6 @@ never because the same digest is stored here for someone else.
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,15 +30,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from federation.payloads import MAX_ATTACHMENTS
+from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob
 
 CHUNK = 64 * 1024
 MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
-
-
-_MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True)
@@ -49,12 +46,6 @@ class AttachmentInput:
     blob: Blob
     name: str
     content_type: str
-
-
-def clean_content_type(content_type: str) -> str:
-    """A bare lowercase MIME type; anything unusable becomes application/octet-stream."""
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    return kind if _MIME_RE.fullmatch(kind) else "application/octet-stream"
 
 
 def check_new_files(
@@ -148,18 +139,6 @@ def storing_atomically() -> Iterator[None]:
 
 class DigestMismatch(Exception):
     """Fetched bytes are not the ones the manifest announced; nothing was stored."""
-
-
-def human_size(size: int) -> str:
-    """``12 KB``, ``3.4 MB``: the size as the web pages show it."""
-    value = float(size)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            if unit == "bytes":
-                return f"{int(value)} bytes" if value != 1 else "1 byte"
-            return f"{value:.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def _chunks(file: Any) -> Iterator[bytes]:

@@ -20,9 +20,11 @@ from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpl
 from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 
+from pushmail_site.sizes import human_size
+
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .selectors import usage_bytes
-from .services import MAX_FILES, file_too_large, human_size, message_too_large, quota_exceeded, too_many_files
+from .services import MAX_FILES, file_too_large, message_too_large, quota_exceeded, too_many_files
 
 # Room for a multipart request's boundaries and part headers, beyond its fields and files.
 FORM_OVERHEAD = 64 * 1024

@@ -489,6 +489,11 @@ def _id_list(value: Any, field: str) -> list[str]:
     ]
 
 
+def is_mime_type(value: str) -> bool:
+    """Whether ``value`` is a manifest ``type`` (§4.4): a bare lowercase MIME type such as ``image/png``."""
+    return _MIME_RE.fullmatch(value) is not None
+
+
 def parse_notification(data: Any, *, max_recipients: int) -> Notification:
     """Check a notification (§5.4) field by field; PayloadError names the first bad one."""
     if not isinstance(data, dict):

@@ -16,7 +16,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from outbox.models import Delivery, DeliveryState, Message, MessageAttachment, SenderFolder, WithdrawalState
+from outbox.models import Message, MessageAttachment, SenderFolder
+from outbox.selectors import has_outgoing_work
 
 from .models import Folder, InboxEntry, Label
 
@@ -207,15 +208,11 @@ def _forget_sender_copies(messages: QuerySet[Message]) -> int:
     they are no longer needed.
     """
     now = timezone.now()
-    pending = Delivery.objects.filter(
-        Q(state__in=[DeliveryState.PENDING, DeliveryState.RETRYING]) | Q(withdrawal=WithdrawalState.PENDING),
-        message=OuterRef("pk"),
-    )
     # Attachments stay offered until expires even once every domain fetched the body.
     offered = Q(withdrawn_at__isnull=True, expires_at__gt=now) & (
         Q(fetched_by_all_at__isnull=True) | Q(Exists(MessageAttachment.objects.filter(message=OuterRef("pk"))))
     )
-    needed = Q(Exists(pending)) | Q(Exists(InboxEntry.objects.filter(local=OuterRef("pk")))) | offered
+    needed = has_outgoing_work() | Q(Exists(InboxEntry.objects.filter(local=OuterRef("pk")))) | offered
     ids = list(messages.values_list("pk", flat=True))
     keep = Message.objects.filter(pk__in=ids).filter(needed)
     keep.update(sender_folder=SenderFolder.TRASH, sender_trashed_at=None)

@@ -1,10 +1,14 @@
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from attachments.admin import MessageAttachmentInline
+from pushmail_site.states import transition_rows
 
-from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient
+from .delivery import queue_deliveries
+from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient, Withdrawal
+from .states import DELIVERY
 
 
 class RecipientInline(DomainScopedInline):
@@ -20,7 +24,19 @@ class RecipientInline(DomainScopedInline):
 class DeliveryInline(DomainScopedInline):
     model = Delivery
     extra = 0
-    fields = ["domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error", "withdrawal"]
+    fields = ["domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error"]
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+        return False
+
+
+class WithdrawalInline(DomainScopedInline):
+    model = Withdrawal
+    extra = 0
+    fields = ["domain", "state", "attempts", "next_attempt_at", "acknowledged_at", "last_error"]
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -49,7 +65,7 @@ class MessageAdmin(DomainScopedAdmin):
     search_fields = ["subject", "sender_address", "=message_id", "=id"]
     list_filter = ["sender__domain", "sender_folder"]
     date_hierarchy = "date"
-    inlines = [RecipientInline, DeliveryInline, BodyFetchInline, MessageAttachmentInline]
+    inlines = [RecipientInline, DeliveryInline, WithdrawalInline, BodyFetchInline, MessageAttachmentInline]
     exclude = ["text", "html"]
     readonly_fields = [
         "id",
@@ -77,15 +93,13 @@ class MessageAdmin(DomainScopedAdmin):
 
 @admin.action(description="Retry notification now", permissions=["change"])
 def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
-    from .services import _queue_deliveries
-
-    ids = list(
-        queryset.filter(
-            local=False, state__in=[DeliveryState.RETRYING, DeliveryState.PENDING, DeliveryState.FAILED]
-        ).values_list("pk", flat=True)
+    ids = transition_rows(
+        queryset.filter(local=False),
+        DELIVERY,
+        DeliveryState.RETRYING,
+        fields={"next_attempt_at": timezone.now(), "failed_at": None},
     )
-    queryset.filter(pk__in=ids).update(state=DeliveryState.RETRYING, next_attempt_at=timezone.now(), failed_at=None)
-    _queue_deliveries(ids)
+    queue_deliveries(ids)
     messages.success(request, f"{len(ids)} deliveries queued.")
 
 
@@ -107,12 +121,36 @@ class DeliveryAdmin(DomainScopedAdmin):
         "last_error",
         "withdrawal",
     ]
-    list_filter = ["state", "withdrawal", "local", "domain"]
+    list_filter = ["state", "local", "domain"]
     search_fields = ["domain", "message__subject", "message__sender_address", "=message__id", "last_error"]
     date_hierarchy = "notified_at"
     list_select_related = ["message"]
     raw_id_fields = ["message"]
     actions = [retry_now]
+
+    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+        withdrawal = Withdrawal.objects.filter(message=OuterRef("message"), domain=OuterRef("domain"))
+        return super().get_queryset(request).annotate(withdrawal_state=Subquery(withdrawal.values("state")[:1]))
+
+    @admin.display(description="withdrawal", ordering="withdrawal_state")
+    def withdrawal(self, delivery):  # type: ignore[no-untyped-def]
+        return delivery.withdrawal_state or "none"
+
+
+@admin.register(Withdrawal)
+class WithdrawalAdmin(DomainScopedAdmin):
+    """One withdrawal per withdrawn message and recipient domain that may have been told about it."""
+
+    domain_lookup = "message__sender__domain"
+
+    list_display = ["message", "domain", "state", "attempts", "next_attempt_at", "acknowledged_at", "last_error"]
+    list_filter = ["state", "domain"]
+    search_fields = ["domain", "message__subject", "message__sender_address", "=message__id", "last_error"]
+    list_select_related = ["message"]
+    raw_id_fields = ["message"]
+
+    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+        return False  # made by the sender's withdrawal, never typed in here
 
 
 @admin.register(BodyFetch)
@@ -135,7 +173,7 @@ class BodyFetchAdmin(DomainScopedAdmin):
 @admin.register(Draft)
 class DraftAdmin(DomainScopedAdmin):
     domain_lookup = "owner__domain"
-    list_display = ["subject", "owner", "updated_at", "send_at"]
+    list_display = ["subject", "owner", "state", "updated_at", "send_at"]
     search_fields = ["subject", "owner__email"]
     list_select_related = ["owner"]
     date_hierarchy = "updated_at"

@@ -141,15 +141,8 @@ class DeliveryState(models.TextChoices):
     FAILED = "failed"
 
 
-class WithdrawalState(models.TextChoices):
-    NONE = "none"
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
-
-
 class Delivery(models.Model):
-    """The notification of one message to one recipient domain, and its withdrawal."""
+    """The notification of one message to one recipient domain (its states: outbox/states.py)."""
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
     domain = models.CharField(max_length=253)
@@ -160,22 +153,45 @@ class Delivery(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     notified_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
-    withdrawal = models.CharField(max_length=8, choices=WithdrawalState.choices, default=WithdrawalState.NONE)
-    withdrawal_attempts = models.PositiveIntegerField(default=0)
-    withdrawal_next_attempt_at = models.DateTimeField(null=True, blank=True)
-    withdrawal_error = models.CharField(max_length=500, blank=True)
-    withdrawn_at = models.DateTimeField(null=True, blank=True, help_text="When the domain acknowledged the withdrawal.")
 
     class Meta:
         verbose_name_plural = "deliveries"
         constraints = [models.UniqueConstraint(fields=["message", "domain"], name="unique_delivery_per_domain")]
-        indexes = [
-            models.Index(fields=["state", "next_attempt_at"]),
-            models.Index(fields=["withdrawal", "withdrawal_next_attempt_at"]),
-        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
 
     def __str__(self) -> str:
         return f"{self.message_id} → {self.domain} ({self.state})"
+
+
+class WithdrawalState(models.TextChoices):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Withdrawal(models.Model):
+    """The withdrawal of one message from one recipient domain (its states: outbox/states.py).
+
+    Made when the sender withdraws the message, for every domain that may have
+    been told about it; a domain never notified gets none.
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="withdrawals")
+    domain = models.CharField(max_length=253)
+    state = models.CharField(max_length=8, choices=WithdrawalState.choices, default=WithdrawalState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    acknowledged_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the domain acknowledged the withdrawal."
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "domain"], name="unique_withdrawal_per_domain")]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="withdrawal_due")]
+
+    def __str__(self) -> str:
+        return f"withdrawal of {self.message_id} from {self.domain} ({self.state})"
 
 
 class BodyFetch(models.Model):
@@ -211,8 +227,18 @@ class MessageAttachment(models.Model):
         return f"{self.name} ({self.size} bytes)"
 
 
+class DraftState(models.TextChoices):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENT = "sent"
+
+
 class Draft(models.Model):
-    """A message being written. Sending with undo sets ``send_at``; the send task turns it into a Message."""
+    """A message being written (its states: outbox/states.py).
+
+    Send schedules it for ``send_at``, after the undo delay; Undo takes it back;
+    the send task turns it into a Message.
+    """
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="drafts")
     to = models.TextField(blank=True)
@@ -225,6 +251,7 @@ class Draft(models.Model):
     references = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    state = models.CharField(max_length=9, choices=DraftState.choices, default=DraftState.DRAFT)
     send_at = models.DateTimeField(null=True, blank=True, help_text="Queued to send at this time; undo clears it.")
     sent_message = models.OneToOneField(
         Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="from_draft"
@@ -236,7 +263,7 @@ class Draft(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["owner", "-updated_at"], name="draft_page"),
-            models.Index(fields=["send_at"], name="draft_due"),
+            models.Index(fields=["state", "send_at"], name="draft_due"),
         ]
         constraints = [models.UniqueConstraint(fields=["owner", "client_key"], name="unique_draft_client_key")]
 

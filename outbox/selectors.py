@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, Max, Prefetch, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
 
-from .models import BodyFetch, Delivery, Draft, Message, Recipient, RecipientStatus, SenderFolder
+from mailbox.models import EntryState, InboxEntry
+
+from .models import (
+    BodyFetch,
+    Delivery,
+    DeliveryState,
+    Draft,
+    DraftState,
+    Message,
+    Recipient,
+    RecipientStatus,
+    SenderFolder,
+    Withdrawal,
+    WithdrawalState,
+)
 
 
 def sent_messages_for(*, user) -> QuerySet[Message]:  # type: ignore[no-untyped-def]
@@ -26,6 +40,7 @@ def sent_message_detail(*, user, message_id) -> Message:  # type: ignore[no-unty
             Prefetch("deliveries", queryset=Delivery.objects.order_by("domain")),
             Prefetch("recipients", queryset=Recipient.objects.order_by("pk")),
             Prefetch("fetches", queryset=BodyFetch.objects.order_by("fetched_at")),
+            "withdrawals",
         )
         .get(pk=message_id)
     )
@@ -58,6 +73,7 @@ def domain_status(message: Message) -> list[dict]:
     recipients: dict[str, list[Recipient]] = {}
     for recipient in message.recipients.all():
         recipients.setdefault(recipient.domain, []).append(recipient)
+    withdrawals = {withdrawal.domain: withdrawal for withdrawal in message.withdrawals.all()}
     rows = []
     for delivery in message.deliveries.all():
         domain_fetches = fetches.get(delivery.domain, [])
@@ -67,9 +83,12 @@ def domain_status(message: Message) -> list[dict]:
             withdrawn_before_fetch = first_fetch is None or message.withdrawn_at < first_fetch
         domain_recipients = recipients.get(delivery.domain, [])
         may_read = any(r.status != RecipientStatus.REJECTED for r in domain_recipients)
+        withdrawal = withdrawals.get(delivery.domain)
         rows.append(
             {
                 "delivery": delivery,
+                "withdrawal": withdrawal,
+                "withdrawal_state": withdrawal.state if withdrawal else "none",
                 "recipients": domain_recipients,
                 "offered": offer_open and may_read and not delivery.local,
                 "all_rejected": not may_read,
@@ -80,6 +99,13 @@ def domain_status(message: Message) -> list[dict]:
             }
         )
     return rows
+
+
+def has_outgoing_work() -> Q:
+    """For a Message queryset: a notification or a withdrawal of the message is still to be sent."""
+    due = Delivery.objects.filter(message=OuterRef("pk"), state__in=[DeliveryState.PENDING, DeliveryState.RETRYING])
+    withdrawing = Withdrawal.objects.filter(message=OuterRef("pk"), state=WithdrawalState.PENDING)
+    return Q(Exists(due)) | Q(Exists(withdrawing))
 
 
 # --- Drafts and correspondents (compose) ------------------------------------------
@@ -94,7 +120,7 @@ def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
     """The Drafts folder: neither queued for sending nor sent."""
     return (
         drafts_for(user=user)
-        .filter(send_at__isnull=True, sent_message__isnull=True)
+        .filter(state=DraftState.DRAFT)
         .annotate(attachment_count=Count("attachments"))
         .order_by("-updated_at", "-pk")
     )
@@ -102,8 +128,6 @@ def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
 
 def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
     """Addresses the user received from or sent to, most recent first, matching ``query``."""
-    from mailbox.models import EntryState, InboxEntry
-
     query = query.strip().lower()
     received = (
         InboxEntry.objects.owned_by(user)

@@ -7,21 +7,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.template.defaultfilters import filesizeformat
 from rest_framework import renderers
 from rest_framework.exceptions import APIException
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.settings import api_settings
+
+from .sizes import human_size
 
 
 class RequestTooLarge(APIException):
     status_code = 413
     default_code = "too_large"
     default_detail = "The request body is too large."
-
-
-def _size(value: int) -> str:
-    return str(filesizeformat(value)).replace("\xa0", " ")
 
 
 class LimitedJSONParser(BaseParser):
@@ -52,9 +49,10 @@ class LimitedJSONParser(BaseParser):
             declared = 0
         if declared > limit:
             raise RequestTooLarge(
-                f"The request body is {_size(declared)}, over the {_size(limit)} limit{what}; it was not read."
+                f"The request body is {human_size(declared)}, over the {human_size(limit)} limit{what}; "
+                "it was not read."
             )
         data = stream.read(limit + 1) if stream is not None else b""
         if len(data) > limit:
-            raise RequestTooLarge(f"The request body is over the {_size(limit)} limit{what}.")
+            raise RequestTooLarge(f"The request body is over the {human_size(limit)} limit{what}.")
         return JSONParser().parse(io.BytesIO(data), media_type, parser_context)

@@ -446,12 +446,11 @@ PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS = [
 ]
 # File types refused as attachments: programs and scripts that run when opened
 # on common systems (Windows executables and installers, scripts, Java archives,
-# shortcuts). Compared with the last extension of the name, in lower case.
-PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS = frozenset(
-    os.environ.get(
-        "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS",
-        ".exe .com .bat .cmd .scr .pif .cpl .msi .msp .msc .jar .js .jse .vbs .vbe .wsf .wsh .ps1 .hta .lnk .reg",
-    ).split()
+# shortcuts). Kept as written: attachments.filenames.blocked_extensions is the one
+# reader (separated by spaces, commas or semicolons; the dot and the case do not matter).
+PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS = os.environ.get(
+    "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS",
+    ".exe .com .bat .cmd .scr .pif .cpl .msi .msp .msc .jar .js .jse .vbs .vbe .wsf .wsh .ps1 .hta .lnk .reg",
 )
 # How long before expiry an unopened message from a known correspondent is fetched.
 PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))

@@ -16,8 +16,7 @@ from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
 from mailbox.models import InboxEntry
-
-from .templatetags.webmail_lists import mailsize
+from pushmail_site.sizes import human_size
 
 _AT_SENDER_TITLE = "The body is still on the sender's server; it is fetched when you open the message"
 _PAPERCLIP = (
@@ -53,7 +52,7 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
         url = escape(entry.url)  # type: ignore[attr-defined]
         unread = not entry.read
         local = timezone.localtime(entry.received_at)
-        size = mailsize(entry.size + entry.attachments_size)  # what opening everything would pull
+        size = human_size(entry.size + entry.attachments_size)  # what opening everything would pull
         if entry.starred:
             star = (
                 f'<button type="submit" form="bulk-form" formaction="{action_url}" name="action" value="unstar" '

@@ -5,36 +5,38 @@ from rest_framework import serializers
 
 from attachments.api import AttachmentUploadSerializer
 
+from .. import rules
+from ..bodies import manifest_of
 from ..models import Message
 from ..selectors import domain_status
 
 
 class SendSerializer(serializers.Serializer):
+    """The shape of a message to send; what it may contain is outbox.rules', checked by send_message."""
+
+    # The recipient cap is rules.max_recipients(), checked once by send_message.
     # Addresses keep their whitespace so that a trailing CR or LF is refused, not trimmed.
     to = serializers.ListField(
         child=serializers.CharField(max_length=320, trim_whitespace=False),
         required=False,
         default=list,
-        max_length=10000,
     )
     cc = serializers.ListField(
         child=serializers.CharField(max_length=320, trim_whitespace=False),
         required=False,
         default=list,
-        max_length=10000,
     )
     bcc = serializers.ListField(
         child=serializers.CharField(max_length=320, trim_whitespace=False),
         required=False,
         default=list,
-        max_length=10000,
     )
-    subject = serializers.CharField(max_length=998, allow_blank=True, trim_whitespace=False)
+    subject = serializers.CharField(max_length=rules.MAX_SUBJECT, allow_blank=True, trim_whitespace=False)
     text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=5_000_000)
     html = serializers.CharField(
         required=False, allow_null=True, allow_blank=True, trim_whitespace=False, max_length=5_000_000
     )
-    in_reply_to = serializers.CharField(required=False, allow_blank=True, default="", max_length=400)
+    in_reply_to = serializers.CharField(required=False, allow_blank=True, default="", max_length=rules.MAX_MESSAGE_ID)
     attachments = AttachmentUploadSerializer(many=True, required=False, default=list)
 
 
@@ -57,7 +59,7 @@ class DomainStatusSerializer(serializers.Serializer):
     fetch_status = serializers.CharField()
     first_fetched_at = serializers.DateTimeField(allow_null=True)
     fetch_count = serializers.IntegerField()
-    withdrawal = serializers.CharField(source="delivery.withdrawal")
+    withdrawal = serializers.CharField(source="withdrawal_state")
     withdrawn_before_fetch = serializers.BooleanField(allow_null=True)
     offered = serializers.BooleanField(help_text="Whether this domain can still fetch the body.")
 
@@ -115,8 +117,6 @@ class MessageSerializer(serializers.ModelSerializer):
 
     def get_attachments(self, message: Message) -> list[dict]:
         """The manifest: name, type, size and digest of each file, in order."""
-        from ..services import manifest_of
-
         return manifest_of(message)  # type: ignore[return-value]
 
     def get_deliveries(self, message: Message) -> list[dict]:

@@ -14,10 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from attachments.api import store_api_attachments
-from attachments.services import human_size, storing_atomically
+from attachments.services import storing_atomically
 
 from .. import selectors, services
 from ..models import Message
+from ..rules import human_size
 from .serializers import MessageSerializer, SendSerializer
 
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from accounts.models import User
 from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
 from mailbox.services import accept_notification, fetch_body, post_notice
-from outbox.models import Delivery, Message, WithdrawalState
+from outbox.models import Delivery, Message, Withdrawal, WithdrawalState
 from outbox.services import deliver_notification
 from tests.conftest import FakePeer, Queued, api_as
 from tests.factories import InboxEntryFactory, PeerMessageFactory, SentMessageFactory
@@ -332,7 +332,8 @@ def test_withdraw_endpoint(
     assert data["withdrawn_at"] and data["offer_ended"]["reason"] == "withdrawn"
     rows = {r["domain"]: r for r in data["deliveries"]}
     assert rows["peer.test"]["withdrawal"] == WithdrawalState.PENDING
-    assert ("outbox.send_withdrawal", (delivery.pk,)) in [(q.name, q.args) for q in queued]
+    withdrawal = Withdrawal.objects.get(message=message, domain="peer.test")
+    assert ("outbox.send_withdrawal", (withdrawal.pk,)) in [(q.name, q.args) for q in queued]
     assert InboxEntry.objects.get(owner=bob).state == EntryState.WITHDRAWN
     assert api.post(f"{MESSAGES}{message.pk}/withdraw/").status_code == 200  # idempotent
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts.models import User
 from mailbox.models import EntryState, InboxEntry
 from mailbox.services import open_entry
-from outbox.models import BodyFetch, Delivery, DeliveryState, Message, WithdrawalState
+from outbox.models import BodyFetch, Delivery, DeliveryState, Message, Withdrawal, WithdrawalState
 from outbox.services import deliver_notification, mark_fetched_by_all, send_withdrawal, withdraw_message
 from tests.conftest import WITHDRAWALS, FakePeer, FederationClient, api_as
 from tests.factories import SentMessageFactory
@@ -102,15 +102,15 @@ def test_withdrawn_message_answers_410_and_every_domain_is_told(
     assert response.json()["reason"] == "withdrawn"
     assert InboxEntry.objects.get(owner=bob).state == EntryState.WITHDRAWN
 
-    delivery = Delivery.objects.get(message=message, domain="peer.test")
-    assert delivery.withdrawal == WithdrawalState.PENDING
-    send_withdrawal(delivery.pk)
-    send_withdrawal(delivery.pk)  # repeated: still one request
+    withdrawal = Withdrawal.objects.get(message=message, domain="peer.test")
+    assert withdrawal.state == WithdrawalState.PENDING
+    send_withdrawal(withdrawal.pk)
+    send_withdrawal(withdrawal.pk)  # repeated: still one request
     (call,) = peer.calls_to("POST", WITHDRAWALS)
     assert call.json() == {"type": "withdrawal", "version": 1, "id": str(message.pk), "sender": "alice@alpha.test"}
     assert 'keyid="alpha.test#' in call.headers["Signature-Input"]
-    delivery.refresh_from_db()
-    assert delivery.withdrawal == WithdrawalState.SENT and delivery.withdrawn_at is not None
+    withdrawal.refresh_from_db()
+    assert withdrawal.state == WithdrawalState.SENT and withdrawal.acknowledged_at is not None
 
     status = _status(alice, message)
     assert status["peer.test"]["withdrawal"] == "sent"
@@ -149,11 +149,11 @@ def test_withdrawal_before_notification_cancels_it(alice: User, peer: FakePeer) 
     withdraw_message(message=message)
     delivery = Delivery.objects.get(message=message)
     deliver_notification(delivery.pk)
-    send_withdrawal(delivery.pk)
 
     delivery.refresh_from_db()
     assert delivery.state == DeliveryState.FAILED and delivery.last_error == "withdrawn before notification"
-    assert delivery.withdrawal == WithdrawalState.NONE
+    assert not Withdrawal.objects.filter(message=message).exists()
+    assert _status(alice, message)["peer.test"]["withdrawal"] == "none"
     assert peer.calls == []
 
 
@@ -161,14 +161,14 @@ def test_withdrawal_to_an_unreachable_domain_is_retried(alice: User, peer: FakeP
     message = _sent(alice, "carol@peer.test")
     withdraw_message(message=message)
     peer.go_down()
-    delivery = Delivery.objects.get(message=message)
+    withdrawal = Withdrawal.objects.get(message=message)
 
-    send_withdrawal(delivery.pk)
+    send_withdrawal(withdrawal.pk)
 
-    delivery.refresh_from_db()
-    assert delivery.withdrawal == WithdrawalState.PENDING
-    assert delivery.withdrawal_next_attempt_at is not None and delivery.withdrawal_next_attempt_at > timezone.now()
-    assert "refused" in delivery.withdrawal_error
+    withdrawal.refresh_from_db()
+    assert withdrawal.state == WithdrawalState.PENDING
+    assert withdrawal.next_attempt_at is not None and withdrawal.next_attempt_at > timezone.now()
+    assert "refused" in withdrawal.last_error
 
 
 def test_withdrawing_twice_changes_nothing(alice: User, peer: FakePeer) -> None:

@@ -16,8 +16,8 @@ from accounts.models import User
 from attachments.models import Blob, ReceivedAttachment
 from attachments.services import store_upload
 from mailbox.models import EntryState, InboxEntry
-from outbox import drafts
-from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
+from outbox import services as drafts
+from outbox.models import Draft, DraftAttachment, DraftState, Message, MessageAttachment
 from outbox.services import send_message
 from tests.factories import InboxEntryFactory, PeerMessageFactory, RemoteMessageFactory
 
@@ -58,8 +58,8 @@ def page_text(response: Any) -> str:
 
 
 def due(draft: Draft) -> None:
-    """The undo delay has passed."""
-    Draft.objects.filter(pk=draft.pk).update(send_at=timezone.now() - timedelta(seconds=1))
+    """Sent, and the undo delay has passed."""
+    Draft.objects.filter(pk=draft.pk).update(state=DraftState.SCHEDULED, send_at=timezone.now() - timedelta(seconds=1))
 
 
 def entry_for(owner: User, message: Message) -> InboxEntry:
@@ -109,7 +109,7 @@ def test_drafts_lists_only_unsent_drafts_and_deletes(web: Client, alice: User, b
     keep = new_draft(alice, subject="Keep me")
     gone = new_draft(alice, subject="Throw away")
     queued = new_draft(alice, subject="Being sent", to="bob@alpha.test")
-    Draft.objects.filter(pk=queued.pk).update(send_at=timezone.now() + timedelta(seconds=5))
+    Draft.objects.filter(pk=queued.pk).update(state=DraftState.SCHEDULED, send_at=timezone.now() + timedelta(seconds=5))
     new_draft(bob, subject="Bob's own")
 
     response = web.post(url("draft-delete", gone.pk))
@@ -193,8 +193,7 @@ def test_reply_quotes_the_message_and_threads_it(web: Client, alice: User, bob: 
     assert re.search(r"On .+, bob@alpha\.test wrote:\n> Are you free\?\n> Noon works\.", draft.text)
 
     # Sent after the delay, the reply joins the conversation.
-    draft.send_at = timezone.now() - timedelta(seconds=1)
-    draft.save(update_fields=["send_at"])
+    due(draft)
     reply = drafts.send_draft(draft.pk)
     assert reply is not None
     assert reply.in_reply_to == original.message_id
@@ -385,9 +384,11 @@ def test_the_sweep_queues_a_send_whose_task_was_lost(
     alice: User, queued: list, django_capture_on_commit_callbacks: Any
 ) -> None:
     lost = new_draft(alice, to="bob@alpha.test", subject="Lost")
-    Draft.objects.filter(pk=lost.pk).update(send_at=timezone.now() - timedelta(minutes=5))
+    Draft.objects.filter(pk=lost.pk).update(state=DraftState.SCHEDULED, send_at=timezone.now() - timedelta(minutes=5))
     waiting = new_draft(alice, to="bob@alpha.test", subject="Waiting")
-    Draft.objects.filter(pk=waiting.pk).update(send_at=timezone.now() + timedelta(seconds=5))
+    Draft.objects.filter(pk=waiting.pk).update(
+        state=DraftState.SCHEDULED, send_at=timezone.now() + timedelta(seconds=5)
+    )
     new_draft(alice, subject="Just a draft")
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -642,7 +643,7 @@ def test_a_send_refused_at_the_last_moment_reopens_the_draft_with_its_files_and_
 
 def test_autosave_while_the_message_is_being_sent_changes_nothing_and_says_so(web: Client, alice: User) -> None:
     draft = new_draft(alice, to="bob@alpha.test", subject="Going out")
-    Draft.objects.filter(pk=draft.pk).update(send_at=timezone.now() + timedelta(seconds=8))
+    Draft.objects.filter(pk=draft.pk).update(state=DraftState.SCHEDULED, send_at=timezone.now() + timedelta(seconds=8))
 
     response = web.post(url("draft-save", draft.pk), form(draft, subject="Changed"), headers=HTMX)
 

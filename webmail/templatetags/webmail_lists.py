@@ -7,6 +7,8 @@ from datetime import datetime
 from django import template
 from django.utils import timezone
 
+from pushmail_site.sizes import human_size
+
 register = template.Library()
 
 
@@ -26,15 +28,8 @@ def maildate(value: datetime | None) -> str:
 
 @register.filter
 def mailsize(value: int | None) -> str:
-    """12 KB, 1.4 MB, 820 bytes."""
-    size = int(value or 0)
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 1024 * 1024:
-        return f"{round(size / 1024)} KB"
-    if size < 1024 * 1024 * 1024:
-        return f"{size / (1024 * 1024):.1f} MB"
-    return f"{size / (1024 * 1024 * 1024):.1f} GB"
+    """12 KB, 1.4 MB, 820 bytes (pushmail_site.sizes), with a no-break space so it never wraps apart."""
+    return human_size(int(value or 0)).replace(" ", "\xa0")
 
 
 @register.simple_tag

@@ -1,6 +1,6 @@
 """Compose: new messages, drafts with autosave, reply/forward, attachments, send with undo.
 
-Views are thin: every write is a verb in outbox.drafts, every read a selector
+Views are thin: every write is a verb in outbox.services, every read a selector
 scoped to the signed-in user (another user's draft is a 404 by construction).
 """
 
@@ -26,8 +26,8 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox.selectors import inbox_for
-from outbox import drafts as drafts_service
-from outbox.models import Draft
+from outbox import services as drafts_service
+from outbox.models import Draft, DraftState
 from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
 
 View = Callable[..., HttpResponse]
@@ -341,7 +341,7 @@ def draft_send(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID
         return stopped
     item = _target(request, draft_id, key, create=True)
     assert item is not None
-    if item.sent_message_id is not None or item.send_at is not None:
+    if item.state != DraftState.DRAFT:
         return redirect("webmail:draft", draft_id=item.pk)
     try:
         item = _save_from_post(request, item)

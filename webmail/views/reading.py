@@ -56,7 +56,7 @@ def _state_context(
 def _actions(entry: InboxEntry) -> dict[str, str]:
     args = [entry.pk]
     return {
-        # Reply and Forward make a draft once per page view (outbox.drafts.open_once).
+        # Reply and Forward make a draft once per page view (outbox.services.open_once).
         "compose_key": str(uuid.uuid4()),
         "reply": reverse("webmail:reply", args=args),
         "forward": reverse("webmail:forward", args=args),

@@ -1,0 +1,226 @@
+"""The delivery worker: one signed notification per message and remote recipient domain.
+
+``deliver_notification`` claims its Delivery row, posts the notification, and
+moves the row along ``outbox.states.DELIVERY``: notified with every recipient's
+answer, retrying with backoff while the window is open, or failed (with a
+notice to the sender). Safe to repeat: the receiver is idempotent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from federation import client, discovery, payloads
+from mailbox.services import post_notice
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.states import transition
+
+from .bodies import manifest_of
+from .models import Delivery, DeliveryState, Recipient, RecipientStatus
+from .states import DELIVERY, retry_delay, retry_window
+
+LEGACY_REASON = "legacy domain"
+WITHDRAWN_FIRST = "withdrawn before notification"
+
+
+@shared_task(name="outbox.deliver_notification")
+def deliver_notification_task(delivery_id: int) -> None:
+    deliver_notification(delivery_id)
+
+
+def queue_deliveries(ids: list[int]) -> None:
+    """Wake a worker for each delivery once the transaction commits."""
+    for delivery_id in ids:
+        enqueue(deliver_notification_task, delivery_id)
+
+
+def requeue_due_deliveries(*, limit: int = 1000) -> int:
+    """Queue every notification that is due, whatever the broker holds."""
+    due = list(
+        Delivery.objects.filter(
+            local=False,
+            state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+            next_attempt_at__lte=overdue_before(),
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    queue_deliveries(due)
+    return len(due)
+
+
+def deliver_notification(delivery_id: int) -> None:
+    """Post one signed notification to one domain; idempotent, safe to repeat."""
+    delivery = _claim_delivery(delivery_id)
+    if delivery is None:
+        return
+    if delivery.message.withdrawn_at:
+        _finish_delivery(delivery, state=DeliveryState.FAILED, error=WITHDRAWN_FIRST)
+        return
+    try:
+        results = _post_notification(delivery)
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
+        return
+    if results is None:
+        _reject_all(delivery, LEGACY_REASON)
+        return
+    _record_answers(delivery, results)
+
+
+def _claim_delivery(delivery_id: int) -> Delivery | None:
+    with transaction.atomic():
+        delivery = (
+            lock(Delivery.objects.select_related("message", "message__sender__domain"))
+            .filter(
+                pk=delivery_id,
+                local=False,
+                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+                next_attempt_at__lte=timezone.now(),
+            )
+            .first()
+        )
+        if delivery is None:
+            return None
+        delivery.attempts += 1
+        delivery.next_attempt_at = claim_until()
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+        return delivery
+
+
+def _post_notification(delivery: Delivery) -> dict[str, dict[str, str]] | None:
+    """Each recipient's answer from the domain's instance; None for a legacy domain."""
+    instance = discovery.discover(delivery.domain)
+    if instance is None:
+        return None
+    results: dict[str, dict[str, str]] = {}
+    # A domain with more recipients than its instance takes per notification gets
+    # several notifications with the same id; the receiver merges them.
+    for chunk in _chunks(notification_for(delivery), instance.max_recipients):
+        results.update(
+            client.send_notification(
+                instance=instance, sender_domain=delivery.message.sender.domain.name, notification=chunk
+            )
+        )
+    return results
+
+
+def notification_for(delivery: Delivery) -> payloads.Notification:
+    """The notification of ``delivery``'s message to its domain: only that domain's recipients."""
+    message = delivery.message
+    recipients = list(
+        Recipient.objects.filter(message=message, domain=delivery.domain)
+        .order_by("pk")
+        .values_list("address", flat=True)
+    )
+    return payloads.Notification(
+        global_id=message.id,
+        message_id=message.message_id,
+        sender=message.sender_address,
+        recipients=recipients,
+        subject=message.subject,
+        date=message.date,
+        size=message.size,
+        digest=message.digest,
+        in_reply_to=message.in_reply_to,
+        references=message.references,
+        expires=message.expires_at,
+        attachments=tuple(payloads.parse_manifest(manifest_of(message))),
+    )
+
+
+def _chunks(notification: payloads.Notification, size: int) -> list[payloads.Notification]:
+    size = max(size, 1)
+    recipients = notification.recipients
+    return [
+        dataclasses.replace(notification, recipients=recipients[i : i + size]) for i in range(0, len(recipients), size)
+    ]
+
+
+def _record_answers(delivery: Delivery, results: dict[str, dict[str, str]]) -> None:
+    with transaction.atomic():
+        for recipient in Recipient.objects.filter(message=delivery.message, domain=delivery.domain):
+            status, reason = _answer(results.get(recipient.address))
+            if (recipient.status, recipient.reason) != (status, reason):
+                recipient.status, recipient.reason = status, reason
+                recipient.save(update_fields=["status", "reason"])
+        _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
+
+
+def _answer(answer: dict[str, str] | None) -> tuple[str, str]:
+    """A recipient's (status, reason) from the domain's answer for it."""
+    if answer is None:
+        return RecipientStatus.REJECTED, "no answer for this recipient"
+    if answer.get("status") == RecipientStatus.ACCEPTED:
+        return RecipientStatus.ACCEPTED, ""
+    return RecipientStatus.REJECTED, (answer.get("reason") or "rejected")[:300]
+
+
+def _finish_delivery(delivery: Delivery, *, state: str, error: str) -> None:
+    fields: dict[str, object] = {"last_error": error[:500], "next_attempt_at": None}
+    if state == DeliveryState.NOTIFIED:
+        fields["notified_at"] = timezone.now()
+    if state == DeliveryState.FAILED:
+        fields["failed_at"] = timezone.now()
+    transition(delivery, DELIVERY, state, fields=fields)
+
+
+def _reject_all(delivery: Delivery, reason: str) -> None:
+    with transaction.atomic():
+        Recipient.objects.filter(message=delivery.message, domain=delivery.domain).update(
+            status=RecipientStatus.REJECTED, reason=reason
+        )
+        _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
+
+
+def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool, retry_after: float | None) -> None:
+    now = timezone.now()
+    window = retry_window(DELIVERY, DeliveryState.RETRYING)
+    window_end = delivery.message.date + window
+    if not retryable or now >= window_end:
+        _give_up(delivery, error if not retryable else f"no answer for {window}: {error}")
+        return
+    delay = retry_delay(DELIVERY, DeliveryState.RETRYING, attempts=delivery.attempts, retry_after=retry_after)
+    next_attempt_at = min(now + delay, window_end)
+    transition(
+        delivery,
+        DELIVERY,
+        DeliveryState.RETRYING,
+        fields={"last_error": error[:500], "next_attempt_at": next_attempt_at},
+    )
+    _schedule(delivery.pk, next_attempt_at - now)
+
+
+def _give_up(delivery: Delivery, reason: str) -> None:
+    """Failed: recipients still pending there are rejected, and the sender is told."""
+    with transaction.atomic():
+        Recipient.objects.filter(
+            message=delivery.message, domain=delivery.domain, status=RecipientStatus.PENDING
+        ).update(status=RecipientStatus.REJECTED, reason=reason[:300])
+        _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
+        _notify_sender_of_failure(delivery, reason)
+
+
+def _schedule(delivery_id: int, delay: timedelta) -> None:
+    enqueue(deliver_notification_task, delivery_id, countdown=max(delay.total_seconds(), 0))
+
+
+def _notify_sender_of_failure(delivery: Delivery, reason: str) -> None:
+    message = delivery.message
+    addresses = list(
+        Recipient.objects.filter(message=message, domain=delivery.domain).values_list("address", flat=True)
+    )
+    post_notice(
+        owner=message.sender,
+        subject=f"Undelivered: {message.subject}"[:998],
+        text=(
+            f"Your message {message.subject!r} sent {payloads.format_time(message.date)} could not be delivered to:\n\n"
+            + "".join(f"  {a}\n" for a in addresses)
+            + f"\nReason: {reason}\n"
+        ),
+    )

@@ -1,0 +1,220 @@
+"""Sending: a message is stored once, with one Delivery per recipient domain.
+
+Recipients hosted here get their inbox entry in the same transaction; every
+remote domain's notification is queued for the delivery worker (outbox/delivery.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Domain, User
+from accounts.validators import domain_of
+from attachments.services import AttachmentInput, check_attachments
+from federation import payloads
+from mailbox.models import RemoteMessage
+from mailbox.services import deliver_local_entries
+from mailbox.threads import thread_key
+from pushmail_site.states import transition
+
+from .bodies import canonical_content
+from .delivery import queue_deliveries
+from .models import (
+    Delivery,
+    DeliveryState,
+    Message,
+    MessageAttachment,
+    Recipient,
+    RecipientKind,
+    RecipientStatus,
+)
+from .rules import (
+    check_characters,
+    check_in_reply_to,
+    check_recipient_count,
+    check_subject,
+    clean_addresses,
+    clean_content_type,
+    clean_filename,
+)
+from .states import DELIVERY
+
+UNKNOWN_MAILBOX_REASON = "unknown mailbox"
+
+
+def send_message(
+    *,
+    sender: User,
+    to: list[str],
+    cc: list[str] | None = None,
+    bcc: list[str] | None = None,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    in_reply_to: str = "",
+    attachments: Sequence[AttachmentInput] = (),
+) -> Message:
+    """Store a message once and queue one notification per remote recipient domain.
+
+    Local recipients get their inbox entry in the same transaction. Raises
+    ValidationError naming the field for malformed input; unknown or legacy
+    recipients are not errors, they are answered per recipient.
+    ``attachments`` are stored blobs; their manifest goes into the body (and so
+    its digest) and the notifications. The per-file, per-message and quota
+    limits are checked here, so every path (web, API) gets them.
+    """
+    to_list, cc_list, bcc_list = (clean_addresses(to, "to"), clean_addresses(cc, "cc"), clean_addresses(bcc, "bcc"))
+    if not (to_list or cc_list or bcc_list):
+        check_recipient_count(0)
+    check_subject(subject)
+    check_in_reply_to(in_reply_to)
+    check_characters(subject=subject, in_reply_to=in_reply_to, text=text, html=html)
+    kinds = _recipient_kinds(to_list, cc_list, bcc_list)
+    check_recipient_count(len(kinds))
+    files = _checked_files(sender, attachments)
+    message = _new_message(
+        sender=sender,
+        to=to_list,
+        cc=cc_list,
+        bcc=bcc_list,
+        subject=subject,
+        text=text,
+        html=html,
+        in_reply_to=in_reply_to,
+        files=files,
+    )
+    with transaction.atomic():
+        _store(message, files, kinds)
+        _deliver(message, kinds)
+    return message
+
+
+def _recipient_kinds(to: list[str], cc: list[str], bcc: list[str]) -> dict[str, str]:
+    """Each recipient once, with the first field that names it (To before Cc before Bcc)."""
+    kinds: dict[str, str] = {}
+    for kind, addresses in ((RecipientKind.TO, to), (RecipientKind.CC, cc), (RecipientKind.BCC, bcc)):
+        for address in addresses:
+            kinds.setdefault(address, kind)
+    return kinds
+
+
+def _checked_files(sender: User, attachments: Sequence[AttachmentInput]) -> list[AttachmentInput]:
+    files = [
+        dataclasses.replace(a, name=clean_filename(a.name), content_type=clean_content_type(a.content_type))
+        for a in attachments
+    ]
+    if files:
+        check_attachments(user=sender, attachments=files)
+    return files
+
+
+def _new_message(
+    *,
+    sender: User,
+    to: list[str],
+    cc: list[str],
+    bcc: list[str],
+    subject: str,
+    text: str,
+    html: str | None,
+    in_reply_to: str,
+    files: list[AttachmentInput],
+) -> Message:
+    """The message row, not yet saved, with its body's size and digest."""
+    now = timezone.now().replace(microsecond=0)
+    global_id = uuid.uuid4()
+    message = Message(
+        id=global_id,
+        sender=sender,
+        sender_address=sender.email,
+        subject=subject,
+        text=text,
+        html=html or None,
+        to=list(dict.fromkeys(to)),
+        cc=list(dict.fromkeys(cc)),
+        bcc=list(dict.fromkeys(bcc)),
+        message_id=f"<{global_id}@{sender.domain.name}>",
+        in_reply_to=in_reply_to,
+        references=_references_for(in_reply_to),
+        date=now,
+        expires_at=now + settings.PUSHMAIL_RETENTION,
+        size=0,
+        digest="",
+    )
+    message.thread_key = thread_key(
+        message_id=message.message_id, in_reply_to=message.in_reply_to, references=message.references
+    )
+    manifest = [{"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest} for a in files]
+    content = canonical_content(message, manifest=manifest)
+    message.size, message.digest = len(content), payloads.digest(content)
+    return message
+
+
+def _references_for(in_reply_to: str) -> list[str]:
+    """The parent's references plus the parent, when the parent is known here."""
+    if not in_reply_to:
+        return []
+    parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
+    if parent is None:
+        parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
+    # Only ids a peer would take (docs/protocol.md §5.4): one stored by an older version may not be.
+    chain = [r for r in parent or [] if isinstance(r, str) and len(r) <= 400 and not payloads.unfit_character(r)]
+    if len(chain) > 20:
+        chain = chain[:1] + chain[-19:]  # keep the root: it names the thread
+    return [*chain, in_reply_to]
+
+
+def _store(message: Message, files: list[AttachmentInput], kinds: dict[str, str]) -> None:
+    message.save(force_insert=True)
+    MessageAttachment.objects.bulk_create(
+        MessageAttachment(
+            message=message, blob=a.blob, position=i, name=a.name, content_type=a.content_type, size=a.blob.size
+        )
+        for i, a in enumerate(files)
+    )
+    Recipient.objects.bulk_create(
+        Recipient(message=message, address=a, domain=domain_of(a), kind=k) for a, k in kinds.items()
+    )
+
+
+def _deliver(message: Message, kinds: dict[str, str]) -> None:
+    """One delivery per recipient domain: done at once here for local ones, queued for the others."""
+    by_domain: dict[str, list[str]] = defaultdict(list)
+    for address in kinds:
+        by_domain[domain_of(address)].append(address)
+    deliveries = _create_deliveries(message, sorted(by_domain), message.date)
+    for delivery in deliveries:
+        if delivery.local:
+            _deliver_locally(message, delivery, by_domain[delivery.domain])
+    queue_deliveries([d.pk for d in deliveries if not d.local])
+
+
+def _create_deliveries(message: Message, domains: list[str], now: datetime) -> list[Delivery]:
+    local_domains = set(Domain.objects.filter(name__in=domains).values_list("name", flat=True))
+    return Delivery.objects.bulk_create(
+        Delivery(
+            message=message,
+            domain=domain,
+            local=domain in local_domains,
+            next_attempt_at=None if domain in local_domains else now,
+        )
+        for domain in domains
+    )
+
+
+def _deliver_locally(message: Message, delivery: Delivery, addresses: list[str]) -> None:
+    """Same-instance mail: the entry points at the stored message; nothing travels."""
+    accepted = deliver_local_entries(message=message, addresses=addresses)
+    Recipient.objects.filter(message=message, address__in=accepted).update(status=RecipientStatus.ACCEPTED)
+    Recipient.objects.filter(message=message, address__in=set(addresses) - accepted).update(
+        status=RecipientStatus.REJECTED, reason=UNKNOWN_MAILBOX_REASON
+    )
+    transition(delivery, DELIVERY, DeliveryState.NOTIFIED, fields={"notified_at": timezone.now(), "attempts": 1})
