@@ -78,3 +78,57 @@ def test_a_well_formed_message_id_is_kept_in_the_eml(peer: FakePeer, alice: User
     parsed = email.message_from_bytes(browser.get(reverse("webmail:entry-eml", args=[entry.pk])).content)
 
     assert parsed["Message-ID"] == "<a.b+c@[192.0.2.1]>"
+
+
+# --- the admin: no lookup reads mail ------------------------------------------------------------------
+
+ADMIN_PASSWORD = "admin passphrase 123"  # noqa: S105 - test data
+
+# (changelist, lookup, a value that matches the stored mail, one that does not)
+MAIL_LOOKUPS = [
+    ("/admin/outbox/message/", "text__contains", "4711", "4712"),
+    ("/admin/outbox/message/", "text__startswith", "The vault", "The vaulu"),
+    ("/admin/outbox/message/", "html__gt", "<p>The vault", "<p>The vaulu"),
+    ("/admin/outbox/delivery/", "message__text__contains", "4711", "4712"),
+    ("/admin/mailbox/inboxentry/", "search_document__contains", "4711", "4712"),
+    ("/admin/mailbox/inboxentry/", "search_document__contains", "9876", "9875"),
+    ("/admin/mailbox/inboxentry/", "local__text__contains", "4711", "4712"),
+    ("/admin/mailbox/remotemessage/", "content__isnull", "False", "True"),
+    ("/admin/mailbox/remotemessage/", "content__gt", "remote", "zzzz"),
+    ("/admin/outbox/draft/", "text__contains", "draft 5150", "draft 5151"),
+    ("/admin/accounts/user/", "sent_messages__text__contains", "4711", "4712"),
+]
+
+
+@pytest.fixture
+def mail_in_the_domain(local_domain: Domain, alice: User, bob: User, peer: FakePeer) -> None:
+    from outbox.drafts import create_draft
+    from outbox.services import send_message
+
+    send_message(sender=bob, to=[alice.email], subject="Hi", text="The vault code is 4711", html="<p>The vault</p>")
+    _fetched(peer, PeerMessageFactory(text="remote secret 9876"))
+    create_draft(owner=bob, subject="Unsent", text="draft 5150")
+
+
+@pytest.mark.usefixtures("net", "mail_in_the_domain")
+@pytest.mark.parametrize("who", ["domain admin", "superuser"])
+@pytest.mark.parametrize(
+    ("url", "lookup", "hit", "miss"), MAIL_LOOKUPS, ids=[f"{u.split('/')[3]}:{lk}" for u, lk, _h, _m in MAIL_LOOKUPS]
+)
+def test_no_admin_lookup_reads_the_text_of_mail(
+    local_domain: Domain, who: str, url: str, lookup: str, hit: str, miss: str
+) -> None:
+    from accounts.services import create_mailbox
+
+    admin = create_mailbox(address=f"admin@{local_domain.name}", password=ADMIN_PASSWORD, is_staff=True)
+    if who == "superuser":
+        User.objects.filter(pk=admin.pk).update(is_superuser=True)
+    browser = Client(raise_request_exception=False)
+    browser.force_login(User.objects.get(pk=admin.pk))
+
+    matching = browser.get(url, {lookup: hit})
+    other = browser.get(url, {lookup: miss})
+
+    assert matching.status_code == 400, (url, lookup, matching.status_code)
+    # The same answer whatever the value: nothing is learnt by trying.
+    assert (matching.status_code, matching.content) == (other.status_code, other.content)
