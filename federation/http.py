@@ -581,8 +581,10 @@ def _send(
         )
     except requests.RequestException as exc:
         raise _translate(exc, where, deadline) from exc
-    except ValueError as exc:  # e.g. a redirect's Location that is not UTF-8, read by requests itself
-        raise OutboundError(f"{where} answered with a header that cannot be read", retryable=False) from exc
+    except ValueError as exc:  # e.g. a host name IDNA refuses, or a redirect's Location that is not UTF-8
+        raise OutboundError(
+            f"request to {where} failed: a host or header that cannot be read", retryable=False
+        ) from exc
 
 
 def _read_body(

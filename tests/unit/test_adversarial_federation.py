@@ -86,7 +86,9 @@ HOSTILE_ANSWERS = [
 
 
 @pytest.mark.parametrize(("answer", "arrives"), [c[1:] for c in HOSTILE_ANSWERS], ids=[c[0] for c in HOSTILE_ANSWERS])
-def test_hostile_answer_headers_are_an_outbound_error_not_a_crash(raw_answer: Any, answer: bytes, arrives: bool) -> None:
+def test_hostile_answer_headers_are_an_outbound_error_not_a_crash(
+    raw_answer: Any, answer: bytes, arrives: bool
+) -> None:
     server = raw_answer(answer)
 
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import email
 import email.policy
-from typing import Any
 
 import pytest
 from django.test import Client
