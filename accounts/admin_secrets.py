@@ -10,6 +10,9 @@ private key, password hash or session key. So every ModelAdmin registered on the
 (``accounts.E101``…) refuses to start an admin that is configured to search, filter, order or
 list by a secret field.
 
+The text of mail (sent and received bodies, drafts, the search document that holds a body's
+words) is treated as secret too: the admin shows none of it, and a lookup would read it all the same.
+
 A field is secret when :data:`SECRET_FIELDS` names it, or when its name says so (passwords,
 secrets, tokens, private and session keys, hashes), so a new field named for what it holds is
 covered without a change here.
@@ -42,6 +45,12 @@ SECRET_FIELDS: dict[str, frozenset[str]] = {
     "usersessions.usersession": frozenset({"session_key", "data"}),
     "sessions.session": frozenset({"session_key", "session_data"}),
     "account.emailconfirmation": frozenset({"key"}),
+    # Mail content: the admin never shows it, so no lookup may read it either (a domain admin could
+    # otherwise binary-search ``?text__startswith=`` through the mail of every mailbox of the domain).
+    "outbox.message": frozenset({"text", "html"}),
+    "outbox.draft": frozenset({"text"}),
+    "mailbox.remotemessage": frozenset({"content"}),
+    "mailbox.inboxentry": frozenset({"search_document"}),
 }
 
 _SECRET_NAME = re.compile(

@@ -62,14 +62,23 @@ def _error_text(response: http.Response) -> str:
     return f"HTTP {response.status}" + (f": {detail}" if detail else "")
 
 
+# A peer's Retry-After is obeyed up to a day: "nan", "inf" or 40 digits must not break the schedule.
+MAX_RETRY_AFTER = 86400
+
+
+def _retry_after(value: str) -> float:
+    """``Retry-After`` as delta-seconds (§6.1): 60 when missing or not digits, from 1 to MAX_RETRY_AFTER."""
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        return 60.0
+    return float(min(max(int(value[:12]), 1), MAX_RETRY_AFTER))
+
+
 def _raise_for(response: http.Response) -> None:
     status = response.status
     if status == 429 or status == 503:
-        try:
-            retry_after = float(response.headers.get("retry-after", "60"))
-        except ValueError:
-            retry_after = 60.0
-        raise PeerError(_error_text(response), retryable=True, retry_after=max(retry_after, 1.0))
+        retry_after = _retry_after(response.headers.get("retry-after", ""))
+        raise PeerError(_error_text(response), retryable=True, retry_after=retry_after)
     # 401 may be a key cache that has not caught up with a rotation yet.
     retryable = status >= 500 or status in (401, 408)
     raise PeerError(_error_text(response), retryable=retryable)

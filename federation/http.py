@@ -581,13 +581,17 @@ def _send(
         )
     except requests.RequestException as exc:
         raise _translate(exc, where, deadline) from exc
+    except ValueError as exc:  # e.g. a host name IDNA refuses, or a redirect's Location that is not UTF-8
+        raise OutboundError(
+            f"request to {where} failed: a host or header that cannot be read", retryable=False
+        ) from exc
 
 
 def _read_body(
     resp: requests.Response, max_bytes: int, deadline: _Deadline, where: str, sink: IO[bytes] | None = None
 ) -> bytes:
     length = resp.headers.get("content-length", "").strip()
-    if length.isdigit() and int(length) > max_bytes:
+    if length.isascii() and length.isdigit() and int(length) > max_bytes:  # "²" is a digit to isdigit()
         raise ResponseTooLarge(f"response from {where} is {int(length)} bytes, over the {max_bytes}-byte limit")
     chunks: list[bytes] = []
     total = 0
@@ -703,11 +707,11 @@ def _follow(url: str, location: str, origin: Origin, redirects: int) -> str:
     where = _label(origin)
     if redirects >= MAX_REDIRECTS:
         raise RedirectRefused(f"too many redirects from {where} (limit {MAX_REDIRECTS})")
-    target = urljoin(url, location)
     try:
+        target = urljoin(url, location)  # raises on e.g. "http://[abc"
         target_origin = _origin(target)
     except ValueError:
-        raise RedirectRefused(f"refusing redirect from {where} to invalid URL {target[:200]!r}") from None
+        raise RedirectRefused(f"refusing redirect from {where} to invalid URL {location[:200]!r}") from None
     if target_origin != origin:
         raise RedirectRefused(
             f"refusing redirect from {origin[0]}://{where} "

@@ -24,7 +24,8 @@ from accounts.validators import normalize_address
 VERSION = 1
 DIGEST_PREFIX = "sha-256:"
 _DIGEST_RE = re.compile(r"sha-256:[0-9a-f]{64}")
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+# ASCII digits only: \d would also take "٢٠٢٦", which strptime reads as 2026.
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 # The 8-4-4-4-12 hex form, any case (normalized to lower case).
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # RFC 6838 §4.2 restricted names, lowercase, no parameters: "image/png", "application/vnd.oasis.opendocument.text".

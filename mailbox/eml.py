@@ -39,6 +39,18 @@ class EmlSource:
     attachments: list[EmlAttachment] = field(default_factory=list)
 
 
+# RFC 5322 §3.6.4 msg-id: "<" dot-atom-text "@" (dot-atom-text / no-fold-literal) ">", in ASCII.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_MSG_ID = re.compile(rf"<{_ATOM}(?:\.{_ATOM})*@(?:{_ATOM}(?:\.{_ATOM})*|\[[\x21-\x5a\x5e-\x7e]*\])>")
+
+
+def _msg_id(value: str) -> str:
+    """``value`` when it is a msg-id a mail program reads, else "": a peer may send any id without
+    control characters (``<`` alone, non-ASCII), which the Message-ID header cannot carry."""
+    value = value.strip()
+    return value if _MSG_ID.fullmatch(value) else ""
+
+
 def _one_line(value: str) -> str:
     # Header values never carry line breaks (a header-injection attempt is flattened).
     return " ".join(str(value).split())
@@ -59,8 +71,8 @@ def build_eml(source: EmlSource) -> bytes:
     msg["Subject"] = _one_line(source.subject)
     if source.date is not None:
         msg["Date"] = email.utils.format_datetime(source.date)
-    if source.message_id:
-        msg["Message-ID"] = _one_line(source.message_id)
+    if message_id := _msg_id(source.message_id):
+        msg["Message-ID"] = message_id
     if source.in_reply_to:
         msg["In-Reply-To"] = _one_line(source.in_reply_to)
     if source.references:
