@@ -292,7 +292,7 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
                         "algorithm": "ed25519",
                         "public_key": _b64(bytes.fromhex(RETIRED_PUBLIC_HEX)),
                         "created": "2026-08-01T08:00:00.412345Z",
-                        "expires": "2026-12-03T08:30:00.250113Z",
+                        "expires": "2099-12-03T08:30:00.250113Z",
                     },
                     {
                         "id": blocks["alpha-key-id"],
