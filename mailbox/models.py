@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import F, Func, Value
+
+from .indexes import PostgresGinIndex
 
 
 class FetchState(models.TextChoices):
@@ -157,6 +160,11 @@ class InboxEntry(models.Model):
             models.Index(fields=["owner", "thread_key"], name="entry_thread"),
             models.Index(fields=["owner", "folder"], condition=models.Q(read=False), name="entry_unread_by_folder"),
             models.Index(fields=["folder", "trashed_at"], name="entry_trash_age"),
+            # What mailbox.search matches with on PostgreSQL: to_tsvector('simple', search_document).
+            PostgresGinIndex(
+                Func(Value("simple"), F("search_document"), function="to_tsvector"),
+                name="mailbox_entry_search_fts",
+            ),
         ]
 
     def __str__(self) -> str:

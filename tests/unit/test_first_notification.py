@@ -175,25 +175,6 @@ def test_after_the_fetch_every_reader_sees_the_verified_subject_and_sender(
     assert [(r["subject"], r["sender"]) for r in seen["listed"]] == [(ORIGINAL, "carol@peer.test")]
 
 
-def test_the_upgrade_shows_every_entry_its_first_notification(
-    alice: User, bob: User, peer: FakePeer, federation: FederationClient
-) -> None:
-    from importlib import import_module
-
-    from django.apps import apps
-
-    migration = import_module("mailbox.migrations.0005_malformed_bodies_and_first_notification")
-    message = PeerMessageFactory(subject=ORIGINAL, to=["alice@alpha.test", "bob@alpha.test"])
-    _first(peer, federation, message, ["alice@alpha.test", "bob@alpha.test"])
-    InboxEntry.objects.filter(owner=bob).update(subject=CHANGED, search_document="urgent reset password")
-
-    migration.show_the_first_notification(apps, None)
-
-    entry = InboxEntry.objects.get(owner=bob)
-    assert entry.subject == ORIGINAL and "urgent" not in entry.search_document
-    assert InboxEntry.objects.get(owner=alice).subject == ORIGINAL
-
-
 def test_the_api_body_has_the_verified_subject_and_sender(
     alice: User, bob: User, peer: FakePeer, federation: FederationClient
 ) -> None:

@@ -377,40 +377,6 @@ def test_a_body_stored_before_the_check_existed_is_never_rendered(alice: User) -
     assert api.status_code == 200 and api.json()["body"] is None
 
 
-def test_the_upgrade_marks_stored_malformed_bodies_malformed(alice: User) -> None:
-    from importlib import import_module
-
-    from django.apps import apps
-
-    migration = import_module("mailbox.migrations.0005_malformed_bodies_and_first_notification")
-    good_message = PeerMessageFactory(to=[alice.email])
-    good = RemoteMessageFactory(
-        global_id=good_message.global_id,
-        subject=good_message.subject,
-        content=good_message.content(),
-        state=FetchState.FETCHED,
-    )
-    bad_message = PeerMessageFactory(to=[alice.email])
-    bad = RemoteMessageFactory(
-        global_id=bad_message.global_id,
-        subject=bad_message.subject,
-        content=_bytes(_body_of(bad_message, to="x")),
-        state=FetchState.FETCHED,
-    )
-    InboxEntryFactory(owner=alice, remote=good, state=EntryState.FETCHED)
-    bad_entry = InboxEntryFactory(owner=alice, remote=bad, state=EntryState.FETCHED)
-
-    migration.refuse_malformed_bodies(apps, None)
-
-    good.refresh_from_db()
-    bad.refresh_from_db()
-    bad_entry.refresh_from_db()
-    assert good.state == FetchState.FETCHED and good.content is not None
-    assert bad.state == FetchState.MALFORMED and bad.content is None
-    assert bad.last_error.startswith("body is malformed: to")
-    assert bad_entry.state == EntryState.MALFORMED
-
-
 # --- what this instance sends: refused at the source, by name -----------------------------------------
 
 

@@ -22,8 +22,7 @@ from allauth.mfa.models import Authenticator
 from allauth.usersessions.models import UserSession
 from django.contrib import admin
 from django.core.management import call_command
-from django.db import connection, models
-from django.db.migrations.executor import MigrationExecutor
+from django.db import models
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
@@ -357,24 +356,6 @@ def test_discovery_publishes_no_part_of_the_private_key(local_domain: Domain, cl
     body = client.get(discovery.WELL_KNOWN_PATH).content.decode()
     assert key.public_key in body
     assert base64.b64encode(seed).decode() not in body and key.private_key not in body
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_migration_encrypts_existing_keys_and_reverses(local_domain: Domain) -> None:
-    key = SigningKey.objects.get(domain=local_domain)
-    seed = keys.raw_seed(keys.private_key_of(key))
-    executor = MigrationExecutor(connection)
-    try:
-        executor.migrate([("federation", "0002_cache_table")])  # back: plain base64 seeds, as before
-        key.refresh_from_db()
-        assert key.private_key == base64.b64encode(seed).decode()
-        executor = MigrationExecutor(connection)
-        executor.migrate([("federation", "0003_encrypt_private_keys")])
-        key.refresh_from_db()
-        assert key.private_key.startswith(keys.ENCRYPTED_PREFIX)
-        assert keys.raw_seed(keys.private_key_of(key)) == seed
-    finally:
-        call_command("migrate", verbosity=0)
 
 
 @pytest.mark.django_db
