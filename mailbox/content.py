@@ -120,7 +120,7 @@ class ReadableContent:
             try:
                 data = payloads.check_body(bytes(remote.content))
             except payloads.PayloadError:
-                return None  # stored before bodies were checked: never rendered (see mailbox migration 0005)
+                return None  # stored before bodies were checked: never rendered
             return {key: data.get(key) for key in _BODY_KEYS}
         return None
 

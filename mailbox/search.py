@@ -5,8 +5,8 @@ plus the body text and attachment names once the body is here. Bodies still at t
 sender's are therefore matched on subject and sender only.
 
 PostgreSQL matches with full-text search on ``to_tsvector('simple', search_document)``,
-served by the GIN expression index of migration 0003 (the query below must use exactly
-that expression, or the index is not used). Other databases (SQLite in development)
+served by InboxEntry's GIN expression index ``mailbox_entry_search_fts`` (mailbox/indexes.py;
+the query below must use exactly that expression, or the index is not used). Other databases (SQLite in development)
 require every word to appear as a case-insensitive substring.
 """
 
@@ -34,7 +34,7 @@ from .models import EntryState, InboxEntry, RemoteMessage
 # 'simple' rather than 'english': mail is multilingual and full of addresses, names and
 # codes; 'simple' lower-cases and keeps every word (no stemming to English, no stop
 # words dropped), so "the-who" or a Finnish word is found as typed. Keep in step with
-# migration 0003, whose index is built on this exact configuration.
+# the InboxEntry index mailbox_entry_search_fts, built on this exact configuration.
 FTS_MATCH = "to_tsvector('simple', \"mailbox_inboxentry\".\"search_document\") @@ websearch_to_tsquery('simple', %s)"
 
 FTS_PREFIX_MATCH = "to_tsvector('simple', \"mailbox_inboxentry\".\"search_document\") @@ to_tsquery('simple', %s)"
