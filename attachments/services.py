@@ -194,7 +194,7 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
         with transaction.atomic():
             blob.save(force_insert=True)
         created = _new_files.get()
-        if created is not None:
+        if created is not None and blob.file.name:  # always named once saved
             created.append(blob.file.name)
     except IntegrityError:
         # The same bytes were stored concurrently: keep theirs, drop our copy
@@ -311,7 +311,7 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
 
 
 def _delete_file(name: str) -> None:
-    Blob._meta.get_field("file").storage.delete(name)  # type: ignore[attr-defined]
+    Blob._meta.get_field("file").storage.delete(name)
 
 
 def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500) -> int:
