@@ -171,7 +171,7 @@ class ApiTokenAdmin(DomainScopedAdmin):
     readonly_fields = ["user", "prefix", "created_at", "last_used_at"]
     fields = ["user", "name", "prefix", "created_at", "last_used_at"]  # never the token's hash
 
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a token is shown once to its owner: created in Settings or with `manage.py apitoken`
 
 
