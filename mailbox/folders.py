@@ -91,7 +91,7 @@ def apply_label(*, user: User, entry_ids: Iterable[object], label_id: int) -> in
     ids = list(_owned(user, entry_ids).values_list("pk", flat=True))
     through = InboxEntry.labels.through
     through.objects.bulk_create(
-        [through(inboxentry_id=pk, label_id=label.pk) for pk in ids],  # type: ignore[misc]
+        [through(inboxentry_id=pk, label_id=label.pk) for pk in ids],
         ignore_conflicts=True,
     )
     return len(ids)
