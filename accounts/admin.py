@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allauth.account.models import EmailAddress
 from allauth.usersessions.admin import UserSessionAdmin
@@ -20,6 +20,12 @@ from pushmail_site.sizes import human_size
 from .admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from .models import ApiToken, Domain, User
 from .validators import normalize_address
+
+if TYPE_CHECKING:
+
+    class CountedDomain(Domain):
+        mailbox_total: int  # annotated by DomainAdmin.get_queryset
+
 
 _SIGNING_KEY_FIELDS = ("key_id", "public_key", "created_at", "retired_at", "expires_at")
 
@@ -59,8 +65,8 @@ class DomainAdmin(DomainScopedAdmin):
         return super().get_queryset(request).annotate(mailbox_total=Count("mailboxes"))
 
     @admin.display(description="Mailboxes", ordering="mailbox_total")
-    def mailbox_count(self, obj: Domain) -> int:
-        return obj.mailbox_total  # type: ignore[attr-defined]
+    def mailbox_count(self, obj: CountedDomain) -> int:
+        return obj.mailbox_total
 
     def save_model(self, request: HttpRequest, obj: Domain, form: Any, change: bool) -> None:
         from federation import discovery

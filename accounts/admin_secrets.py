@@ -106,7 +106,7 @@ def _expression_touches_secret(model: type[models.Model], expression: Any) -> bo
     flatten = getattr(expression, "flatten", None)
     if flatten is None:
         return False
-    return any(isinstance(e, F) and touches_secret(model, e.name) for e in flatten())  # type: ignore[attr-defined]
+    return any(isinstance(e, F) and touches_secret(model, e.name) for e in flatten())  # type: ignore[attr-defined]  # as above
 
 
 def _filter_touches_secret(model: type[models.Model], item: Any) -> bool:

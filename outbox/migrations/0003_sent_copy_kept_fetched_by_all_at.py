@@ -9,7 +9,7 @@ from django.db import migrations, models
 from django.db.models import F
 
 
-def keep_only_fetched_by_all(apps, schema_editor):  # type: ignore[no-untyped-def]
+def keep_only_fetched_by_all(apps, schema_editor):
     Message = apps.get_model("outbox", "Message")
     # Marked when retention ended, not because every domain fetched it.
     Message.objects.filter(fetched_by_all_at__gte=F("expires_at")).update(fetched_by_all_at=None)
