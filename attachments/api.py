@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.http import AuthedApiRequest
+from accounts.models import User
 
 from .fetching import AttachmentStatus, attachment_for_entry, retry_attachment_now
 from .filenames import clean_filename
@@ -40,7 +41,7 @@ class AttachmentUploadSerializer(serializers.Serializer):
             raise serializers.ValidationError("not valid base64") from exc
 
 
-def store_api_attachments(*, user: Any, files: list[dict[str, Any]]) -> list[AttachmentInput]:
+def store_api_attachments(*, user: User, files: list[dict[str, Any]]) -> list[AttachmentInput]:
     """Check every limit for the uploaded files, then store them (once each, by digest) for send_message.
 
     Nothing is stored when a limit is crossed (ValidationError naming the file and
