@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.internal.flows.login import AUTHENTICATION_METHODS_SESSION_KEY
 from allauth.core import context as allauth_context
+from django.http import HttpRequest
+
+if TYPE_CHECKING:
+    from .models import User
 
 log = logging.getLogger(__name__)
 
@@ -19,10 +23,10 @@ class AccountAdapter(DefaultAccountAdapter):
     page says the same in every case (ACCOUNT_PREVENT_ENUMERATION).
     """
 
-    def is_open_for_signup(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def is_open_for_signup(self, request: HttpRequest) -> bool:
         return False
 
-    def login(self, request, user) -> None:  # type: ignore[no-untyped-def]
+    def login(self, request: HttpRequest, user: User) -> None:
         super().login(request, user)
         # A sign-in that has just happened (password, and the second factor when one is set) is as
         # fresh as re-entering the password: security pages (two-factor, passkeys) open without
@@ -35,7 +39,7 @@ class AccountAdapter(DefaultAccountAdapter):
     def format_email_subject(self, subject: str) -> str:
         return str(subject)  # no "[host]" prefix: the sender is already postmaster@<domain>
 
-    def send_password_reset_mail(self, user, email: str, context: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
+    def send_password_reset_mail(self, user: User, email: str, context: dict[str, Any]) -> None:
         # A worker builds a fresh link and sends it: the page answers alike for every address.
         self._queue_reset(user.pk)
 

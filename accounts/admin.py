@@ -1,3 +1,7 @@
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from allauth.account.models import EmailAddress
 from allauth.usersessions.admin import UserSessionAdmin
 from allauth.usersessions.models import UserSession
@@ -6,7 +10,9 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm
 from django.core.exceptions import ValidationError
-from django.db.models import Count
+from django.db.models import Count, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
 
 from federation.models import SigningKey
 from pushmail_site.sizes import human_size
@@ -15,16 +21,24 @@ from .admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from .models import ApiToken, Domain, User
 from .validators import normalize_address
 
+if TYPE_CHECKING:
+
+    class CountedDomain(Domain):
+        mailbox_total: int  # annotated by DomainAdmin.get_queryset
+
+
+_SIGNING_KEY_FIELDS = ("key_id", "public_key", "created_at", "retired_at", "expires_at")
+
 
 class SigningKeyInline(DomainScopedInline):
     model = SigningKey
     extra = 0
-    fields = ["key_id", "public_key", "created_at", "retired_at", "expires_at"]
-    readonly_fields = fields
+    fields = _SIGNING_KEY_FIELDS
+    readonly_fields = _SIGNING_KEY_FIELDS
     can_delete = False
     show_change_link = True
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # new keys come from `manage.py rotatekey`, which keeps the old one valid for a grace period
 
 
@@ -39,7 +53,7 @@ class DomainAdmin(DomainScopedAdmin):
     readonly_fields = ["created_at"]
     inlines = [SigningKeyInline]
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_readonly_fields(self, request: HttpRequest, obj: Domain | None = None) -> list[str]:
         # The name is in every address and signing key id: it is fixed once created.
         return [*self.readonly_fields, "name"] if obj else self.readonly_fields
 
@@ -47,14 +61,14 @@ class DomainAdmin(DomainScopedAdmin):
     def default_quota(self, obj: Domain) -> str:
         return human_size(obj.default_quota_bytes)
 
-    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).annotate(mailbox_total=Count("mailboxes"))
 
     @admin.display(description="Mailboxes", ordering="mailbox_total")
-    def mailbox_count(self, obj: Domain) -> int:
-        return obj.mailbox_total  # type: ignore[attr-defined]
+    def mailbox_count(self, obj: CountedDomain) -> int:
+        return obj.mailbox_total
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: Domain, form: Any, change: bool) -> None:
         from federation import discovery
         from federation.keys import create_signing_key
 
@@ -115,10 +129,10 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "usable_password", "password1", "password2")}),)
 
-    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
-        return self.readonly_fields if obj else []
+    def get_readonly_fields(self, request: HttpRequest, obj: User | None = None) -> list[str]:
+        return list(self.readonly_fields) if obj else []
 
-    def get_fieldsets(self, request, obj=None):  # type: ignore[no-untyped-def]
+    def get_fieldsets(self, request: HttpRequest, obj: User | None = None) -> list[Any]:
         fieldsets = super().get_fieldsets(request, obj)
         if obj is not None and is_domain_admin(request):
             # A domain admin makes domain admins (staff), never superusers, and grants no permissions.
@@ -128,7 +142,9 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
             ]
         return fieldsets
 
-    def get_form(self, request, obj=None, **kwargs):  # type: ignore[no-untyped-def]
+    def get_form(  # type: ignore[override]  # as Django's UserAdmin.get_form: change comes in kwargs
+        self, request: HttpRequest, obj: User | None = None, **kwargs: Any
+    ) -> type[ModelForm[User]]:
         form = super().get_form(request, obj, **kwargs)
         if obj is None and is_domain_admin(request):
             form = type(form.__name__, (form,), {"allowed_domain_id": request.user.domain_id})
@@ -139,7 +155,7 @@ class MailboxAdmin(DomainScopedAdmin, UserAdmin):
         text = human_size(obj.effective_quota_bytes)
         return text if obj.quota_bytes is not None else f"{text} (domain default)"
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not change:
             # The address is the login; allauth counts it as verified, as create_mailbox does.
@@ -161,7 +177,7 @@ class ApiTokenAdmin(DomainScopedAdmin):
     readonly_fields = ["user", "prefix", "created_at", "last_used_at"]
     fields = ["user", "name", "prefix", "created_at", "last_used_at"]  # never the token's hash
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a token is shown once to its owner: created in Settings or with `manage.py apitoken`
 
 

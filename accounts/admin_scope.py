@@ -8,7 +8,7 @@ stay with superusers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from django.contrib import admin
 from django.db.models import QuerySet
@@ -16,8 +16,11 @@ from django.http import HttpRequest
 
 from .admin_secrets import SecretFieldsGuard
 
+if TYPE_CHECKING:
+    from .http import AuthedRequest
 
-def is_domain_admin(request: HttpRequest) -> bool:
+
+def is_domain_admin(request: HttpRequest) -> TypeGuard[AuthedRequest]:
     user = request.user
     return bool(user.is_active and user.is_staff and not user.is_superuser)
 
@@ -30,8 +33,8 @@ class DomainScopedAdmin(SecretFieldsGuard):
     domain_admin_can_change = False
     domain_admin_can_delete = False
 
-    def scope(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(**{self.domain_lookup: request.user.domain_id})  # type: ignore[union-attr]
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.domain_lookup: request.user.domain_id})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         queryset = super().get_queryset(request)
@@ -59,7 +62,7 @@ class DomainScopedAdmin(SecretFieldsGuard):
         return super().has_delete_permission(request, obj)
 
 
-class DomainScopedInline(admin.TabularInline):  # type: ignore[type-arg]
+class DomainScopedInline(admin.TabularInline):
     """Inlines follow their parent's scope; a domain admin may view them."""
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:

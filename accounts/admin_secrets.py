@@ -21,7 +21,7 @@ covered without a change here.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin
@@ -102,11 +102,11 @@ def _expression_touches_secret(model: type[models.Model], expression: Any) -> bo
     if isinstance(expression, str):
         return touches_secret(model, expression.lstrip("-?"))
     if isinstance(expression, F):
-        return touches_secret(model, expression.name)
+        return touches_secret(model, expression.name)  # type: ignore[attr-defined]  # the stub omits F.name
     flatten = getattr(expression, "flatten", None)
     if flatten is None:
         return False
-    return any(isinstance(e, F) and touches_secret(model, e.name) for e in flatten())
+    return any(isinstance(e, F) and touches_secret(model, e.name) for e in flatten())  # type: ignore[attr-defined]  # as above
 
 
 def _filter_touches_secret(model: type[models.Model], item: Any) -> bool:
@@ -189,7 +189,7 @@ class SecretFieldsChecks(ModelAdminChecks):
         return errors
 
 
-class SecretFieldsGuard(admin.ModelAdmin):  # type: ignore[type-arg]
+class SecretFieldsGuard(admin.ModelAdmin):
     """Refuses every changelist lookup, search, ordering and list filter that touches a secret field,
     and leaves secret fields out of the list, the change form and its read-only display."""
 
@@ -220,22 +220,22 @@ class SecretFieldsGuard(admin.ModelAdmin):  # type: ignore[type-arg]
     def _hidden_secret_names(self) -> list[str]:
         return [f.name for f in secret_fields_of(self.model) if self._hidden_secret(f.name)]
 
-    def get_exclude(self, request: HttpRequest, obj: Any = None) -> Sequence[str]:
+    def get_exclude(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [*(super().get_exclude(request, obj) or ()), *self._hidden_secret_names()]
 
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> Sequence[Any]:
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return self._without_secrets(super().get_fields(request, obj))
 
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict[str, Any]]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return [
             (name, {**options, "fields": self._without_secrets(options.get("fields", ()))})
             for name, options in super().get_fieldsets(request, obj)
         ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Sequence[Any]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return self._without_secrets(super().get_readonly_fields(request, obj))
 
-    def get_list_display(self, request: HttpRequest) -> Sequence[Any]:
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
         return self._without_secrets(super().get_list_display(request))
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
@@ -244,7 +244,7 @@ class SecretFieldsGuard(admin.ModelAdmin):  # type: ignore[type-arg]
             return False
         return bool(super().has_add_permission(request, *args))
 
-    def lookup_allowed(self, lookup: str, value: Any, request: HttpRequest | None = None) -> bool:
+    def lookup_allowed(self, lookup: str, value: Any, request: HttpRequest) -> bool:
         if touches_secret(self.model, lookup):
             return False
         return bool(super().lookup_allowed(lookup, value, request))
@@ -254,15 +254,15 @@ class SecretFieldsGuard(admin.ModelAdmin):  # type: ignore[type-arg]
             return False
         return bool(super().to_field_allowed(request, to_field))
 
-    def get_search_fields(self, request: HttpRequest) -> Sequence[str]:
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
         fields = super().get_search_fields(request)
         return [f for f in fields if not touches_secret(self.model, _search_path(f))]
 
-    def get_ordering(self, request: HttpRequest) -> Sequence[Any]:
+    def get_ordering(self, request: HttpRequest) -> list[Any]:
         ordering = super().get_ordering(request) or ()
         return [o for o in ordering if not _expression_touches_secret(self.model, o)]
 
-    def get_list_filter(self, request: HttpRequest) -> Sequence[Any]:
+    def get_list_filter(self, request: HttpRequest) -> list[Any]:
         return [f for f in super().get_list_filter(request) if not _filter_touches_secret(self.model, f)]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:

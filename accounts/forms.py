@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
 
 from .models import FetchPolicy, RemoteContentPolicy, User
@@ -24,7 +26,7 @@ class PreferencesForm(forms.Form):
         help_text="Password reset links go here, as mail from postmaster. Use an address that is not this mailbox.",
     )
 
-    def __init__(self, *args, user: User, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         kwargs.setdefault(
             "initial",
             {
@@ -37,8 +39,9 @@ class PreferencesForm(forms.Form):
         )
         super().__init__(*args, **kwargs)
         default = FetchPolicy(user.domain.default_fetch_policy)
-        self.fields["fetch_policy"].choices = [("", f"Domain default: {default.label}"), *FetchPolicy.choices]
-        self.fields["fetch_policy"].help_text = (
+        fetch_policy = cast(forms.ChoiceField, self.fields["fetch_policy"])
+        fetch_policy.choices = [("", f"Domain default: {default.label}"), *FetchPolicy.choices]
+        fetch_policy.help_text = (
             "Fetching a message tells the sender's server that someone at your domain opened it "
             "(never who). Fetching as soon as notified hides when you read."
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
@@ -44,7 +45,8 @@ class MailboxManager(UserManager["User"]):
     def get_by_natural_key(self, username: str | None) -> User:
         return self.get(email__iexact=username)
 
-    def create_user(self, email: str, password: str | None = None, **extra):  # type: ignore[override]
+    # The stub's create_user takes a username first; here the address is the login.
+    def create_user(self, email: str, password: str | None = None, **extra: Any) -> User:  # type: ignore[override]
         local_part, _, domain_name = email.rpartition("@")
         extra.setdefault("domain", Domain.objects.get(name=domain_name.lower()))
         user = self.model(email=email.lower(), local_part=local_part.lower(), **extra)
@@ -52,7 +54,7 @@ class MailboxManager(UserManager["User"]):
         user.save(using=self._db)
         return user
 
-    def create_superuser(self, email: str, password: str | None = None, **extra):  # type: ignore[override]
+    def create_superuser(self, email: str, password: str | None = None, **extra: Any) -> User:  # type: ignore[override]
         extra.update(is_staff=True, is_superuser=True)
         return self.create_user(email, password, **extra)
 
@@ -60,7 +62,7 @@ class MailboxManager(UserManager["User"]):
 class User(AbstractUser):
     """A mailbox: ``local_part@domain``. The address is the login."""
 
-    username = None  # type: ignore[assignment]
+    username = None  # type: ignore[assignment]  # no username field: the address is the login
     email = models.EmailField("address", unique=True)
     local_part = models.CharField(max_length=64)
     domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="mailboxes")
@@ -77,9 +79,9 @@ class User(AbstractUser):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
-    objects = MailboxManager()
+    objects: ClassVar[MailboxManager] = MailboxManager()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["domain", "local_part"], name="unique_mailbox_per_domain")]

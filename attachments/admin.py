@@ -9,6 +9,7 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
 from accounts.admin_scope import DomainScopedAdmin
+from accounts.http import AuthedRequest
 from outbox.models import MessageAttachment
 
 from .fetching import retry_now
@@ -27,7 +28,7 @@ class _ReadOnly:
 class AttachmentFetchInline(_ReadOnly, admin.TabularInline):
     model = AttachmentFetch
     extra = 0
-    fields = readonly_fields = ["domain", "fetched_at", "bytes"]  # type: ignore[assignment]
+    fields = readonly_fields = ("domain", "fetched_at", "bytes")
     can_delete = False
 
 
@@ -36,7 +37,7 @@ class MessageAttachmentInline(_ReadOnly, admin.TabularInline):
 
     model = MessageAttachment
     extra = 0
-    fields = readonly_fields = ["position", "name", "content_type", "size", "blob", "fetch_count"]  # type: ignore[assignment]
+    fields = readonly_fields = ("position", "name", "content_type", "size", "blob", "fetch_count")
     can_delete = False
     show_change_link = False
 
@@ -55,7 +56,7 @@ class BlobAdmin(_ReadOnly, admin.ModelAdmin):
     list_display = ["sha256", "size", "created_at", "uses"]
     search_fields = ["sha256"]
     date_hierarchy = "created_at"
-    fields = readonly_fields = ["sha256", "size", "file", "created_at", "last_stored_at"]  # type: ignore[assignment]
+    fields = readonly_fields = ("sha256", "size", "file", "created_at", "last_stored_at")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Blob]:
         return (
@@ -97,8 +98,8 @@ def retry_fetch_now(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Re
 class ReceivedAttachmentAdmin(DomainScopedAdmin):
     """Files of received messages: each one's fetch from its sender (recipient side), and its verified bytes."""
 
-    def scope(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(remote__entries__owner__domain=request.user.domain_id).distinct()  # type: ignore[union-attr]
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(remote__entries__owner__domain=request.user.domain_id).distinct()
 
     list_display = ["__str__", "remote", "state", "attempts", "requested_at", "next_attempt_at", "fetched_at"]
     list_filter = ["state"]
@@ -106,7 +107,7 @@ class ReceivedAttachmentAdmin(DomainScopedAdmin):
     list_select_related = ["remote"]
     date_hierarchy = "requested_at"
     actions = [retry_fetch_now]
-    readonly_fields = [  # type: ignore[assignment]
+    readonly_fields = [
         "remote",
         "position",
         "state",

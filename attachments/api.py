@@ -13,9 +13,11 @@ from django.http import Http404
 from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from accounts.http import AuthedApiRequest
+from accounts.models import User
 
 from .fetching import AttachmentStatus, attachment_for_entry, retry_attachment_now
 from .filenames import clean_filename
@@ -39,7 +41,7 @@ class AttachmentUploadSerializer(serializers.Serializer):
             raise serializers.ValidationError("not valid base64") from exc
 
 
-def store_api_attachments(*, user: Any, files: list[dict[str, Any]]) -> list[AttachmentInput]:
+def store_api_attachments(*, user: User, files: list[dict[str, Any]]) -> list[AttachmentInput]:
     """Check every limit for the uploaded files, then store them (once each, by digest) for send_message.
 
     Nothing is stored when a limit is crossed (ValidationError naming the file and
@@ -64,7 +66,7 @@ class EntryAttachmentView(APIView):
     """
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes, 202: dict})
-    def get(self, request: Request, entry_id: int, index: int) -> HttpResponseBase:
+    def get(self, request: AuthedApiRequest, entry_id: int, index: int) -> HttpResponseBase:
         return _answer(request, entry_id, index, attachment_for_entry)
 
 
@@ -72,11 +74,13 @@ class EntryAttachmentRetryView(APIView):
     """``POST /api/v1/inbox/<id>/attachments/<index>/retry/``: try an unavailable file's fetch now."""
 
     @extend_schema(request=None, responses={(200, "application/octet-stream"): bytes, 202: dict})
-    def post(self, request: Request, entry_id: int, index: int) -> HttpResponseBase:
+    def post(self, request: AuthedApiRequest, entry_id: int, index: int) -> HttpResponseBase:
         return _answer(request, entry_id, index, retry_attachment_now)
 
 
-def _answer(request: Request, entry_id: int, index: int, ask: Callable[..., AttachmentStatus]) -> HttpResponseBase:
+def _answer(
+    request: AuthedApiRequest, entry_id: int, index: int, ask: Callable[..., AttachmentStatus]
+) -> HttpResponseBase:
     from mailbox.models import InboxEntry
     from webmail.views.attachments import serve_blob
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import Sum
 from django.urls import reverse
@@ -12,6 +12,9 @@ from mailbox.content import readable_content_for
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 # Shown in the page: raster images and PDF only. Never SVG, HTML or anything
 # else that a browser would run or render as a document of this origin.
@@ -144,7 +147,7 @@ def attachment_items_for_draft(draft: Any) -> list[AttachmentItem]:
     return items
 
 
-def usage_bytes(user: Any) -> int:
+def usage_bytes(user: User) -> int:
     """Bytes that count against ``user``'s quota (``User.effective_quota_bytes``).
 
     The sum of:
@@ -202,6 +205,6 @@ class QuotaUsage:
         return f"{human_size(self.used)} of {human_size(self.quota)} used ({self.percent}%)"
 
 
-def quota_for(user: Any) -> QuotaUsage:
+def quota_for(user: User) -> QuotaUsage:
     """The user's storage use against their quota (see :func:`usage_bytes` for what counts)."""
     return QuotaUsage(used=usage_bytes(user), quota=user.effective_quota_bytes)

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -34,6 +34,9 @@ from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import Blob
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 CHUNK = 64 * 1024
 MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
@@ -49,7 +52,7 @@ class AttachmentInput:
 
 
 def check_new_files(
-    *, user: Any, files: Sequence[tuple[str, int]], attached: Sequence[int] = (), quota_extra: int | None = None
+    *, user: User, files: Sequence[tuple[str, int]], attached: Sequence[int] = (), quota_extra: int | None = None
 ) -> None:
     """Every attachment limit, checked before any byte of ``files`` is stored (ValidationError listing each problem).
 
@@ -83,7 +86,7 @@ def check_new_files(
         raise ValidationError({"attachments": problems})
 
 
-def check_attachments(*, user: Any, attachments: Sequence[AttachmentInput], body_bytes: int = 0) -> None:
+def check_attachments(*, user: User, attachments: Sequence[AttachmentInput], body_bytes: int = 0) -> None:
     """The limits of :func:`check_new_files` for a message about to be sent, its files already stored."""
     files = [(item.name, item.blob.size) for item in attachments]
     check_new_files(user=user, files=files, quota_extra=sum(size for _name, size in files) + body_bytes)
@@ -194,7 +197,7 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
         with transaction.atomic():
             blob.save(force_insert=True)
         created = _new_files.get()
-        if created is not None:
+        if created is not None and blob.file.name:  # always named once saved
             created.append(blob.file.name)
     except IntegrityError:
         # The same bytes were stored concurrently: keep theirs, drop our copy
@@ -245,7 +248,7 @@ def store_verified(*, stream: Any, expected_digest: str, expected_size: int) -> 
         return _store(tmp, sha256, size)
 
 
-def check_quota(*, user: Any, extra_bytes: int) -> None:
+def check_quota(*, user: User, extra_bytes: int) -> None:
     """Refuse (ValidationError) when ``extra_bytes`` more would put ``user`` over their quota."""
     from .selectors import usage_bytes
 
@@ -311,7 +314,7 @@ def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
 
 
 def _delete_file(name: str) -> None:
-    Blob._meta.get_field("file").storage.delete(name)  # type: ignore[attr-defined]
+    Blob._meta.get_field("file").storage.delete(name)
 
 
 def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
@@ -25,6 +25,9 @@ from pushmail_site.sizes import human_size
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .selectors import usage_bytes
 from .services import MAX_FILES, file_too_large, message_too_large, quota_exceeded, too_many_files
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 # Room for a multipart request's boundaries and part headers, beyond its fields and files.
 FORM_OVERHEAD = 64 * 1024
@@ -63,7 +66,7 @@ class Allowance:
         )
 
 
-def allowance_for(*, user: Any = None, attached: Sequence[int] = ()) -> Allowance:
+def allowance_for(*, user: User | None = None, attached: Sequence[int] = ()) -> Allowance:
     """The allowance of a request adding files to a message that has files of the ``attached`` sizes;
     with ``user``, their mailbox quota too."""
     total = settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES - sum(attached)

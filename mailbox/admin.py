@@ -1,13 +1,20 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from accounts.admin_scope import DomainScopedAdmin
+from accounts.http import AuthedRequest
 
 from .models import AllowedSender, InboxEntry, Label, RemoteMessage
 from .services import request_fetch
 
 
 @admin.action(description="Fetch now", permissions=["change"])
-def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
+def fetch_now(modeladmin: RemoteMessageAdmin, request: HttpRequest, queryset: QuerySet[RemoteMessage]) -> None:
     for remote_id in queryset.values_list("pk", flat=True):
         request_fetch(remote_id=remote_id, now=True)
     messages.success(request, "Fetch queued.")
@@ -17,7 +24,7 @@ def fetch_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
 class RemoteMessageAdmin(DomainScopedAdmin):
     """Messages notified to this instance: one row per message, whatever the number of local readers."""
 
-    def scope(self, request, queryset):  # type: ignore[no-untyped-def]
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(entries__owner__domain=request.user.domain_id).distinct()
 
     list_display = [
@@ -58,7 +65,7 @@ class RemoteMessageAdmin(DomainScopedAdmin):
     ]
     actions = [fetch_now]
 
-    def has_add_permission(self, request, *args):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False  # messages arrive by notification only
 
 
@@ -75,7 +82,7 @@ class InboxEntryAdmin(DomainScopedAdmin):
     readonly_fields = ["state"]  # follows its message (mailbox.states), never set by hand
     filter_horizontal = ["labels"]
 
-    def has_add_permission(self, request, *args):  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
         return False  # entries arrive with their mail
 
 

@@ -85,20 +85,20 @@ def _label(user: User, label_id: object) -> Label:
 
 
 @transaction.atomic
-def apply_label(*, user: User, entry_ids: Iterable[object], label_id: int) -> int:
+def apply_label(*, user: User, entry_ids: Iterable[object], label_id: int | str) -> int:
     """Put one of the user's labels on entries (already labelled ones are left as they are)."""
     label = _label(user, label_id)
     ids = list(_owned(user, entry_ids).values_list("pk", flat=True))
     through = InboxEntry.labels.through
     through.objects.bulk_create(
-        [through(inboxentry_id=pk, label_id=label.pk) for pk in ids],  # type: ignore[misc]
+        [through(inboxentry_id=pk, label_id=label.pk) for pk in ids],
         ignore_conflicts=True,
     )
     return len(ids)
 
 
 @transaction.atomic
-def remove_label(*, user: User, entry_ids: Iterable[object], label_id: int) -> int:
+def remove_label(*, user: User, entry_ids: Iterable[object], label_id: int | str) -> int:
     label = _label(user, label_id)
     ids = list(_owned(user, entry_ids).values_list("pk", flat=True))
     deleted, _ = InboxEntry.labels.through.objects.filter(inboxentry_id__in=ids, label_id=label.pk).delete()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Func, Value
 
 from .indexes import PostgresGinIndex
+
+if TYPE_CHECKING:
+    from accounts.models import User
 
 
 class FetchState(models.TextChoices):
@@ -90,6 +95,8 @@ class Label(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="labels")
     name = models.CharField(max_length=60)
+    # Not a column: the unread count that selectors.labels_with_unread sets for the sidebar.
+    unread: int
 
     class Meta:
         ordering = ["name"]
@@ -114,7 +121,7 @@ class AllowedSender(models.Model):
 
 
 class EntryQuerySet(models.QuerySet["InboxEntry"]):
-    def owned_by(self, user) -> EntryQuerySet:  # type: ignore[no-untyped-def]
+    def owned_by(self, user: User) -> EntryQuerySet:
         return self.filter(owner=user)
 
 

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import nh3
 from django.db import connection
@@ -26,6 +26,7 @@ from django.db.models import BooleanField, Exists, OuterRef, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from accounts.models import User
 from outbox.models import Message, MessageAttachment, Recipient, SenderFolder
 
 from .content import readable_content_for
@@ -232,7 +233,10 @@ def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
-def _dated(rows: QuerySet[Any], field: str, after: date | None, before: date | None) -> QuerySet[Any]:
+_Rows = TypeVar("_Rows", bound=QuerySet[Any])
+
+
+def _dated(rows: _Rows, field: str, after: date | None, before: date | None) -> _Rows:
     """Rows from the start of ``after`` to the end of ``before`` (both days included)."""
     if after is not None:
         rows = rows.filter(**{f"{field}__gte": _day_start(after)})
@@ -243,7 +247,7 @@ def _dated(rows: QuerySet[Any], field: str, after: date | None, before: date | N
 
 def search_entries(
     *,
-    user,  # type: ignore[no-untyped-def]
+    user: User,
     query: Query,
     folder: str = "",
     sender: str = "",
@@ -301,7 +305,7 @@ def page_of(rows: QuerySet[Any], *, cursor: Cursor | None = None, size: int = PA
 
 def search_sent(
     *,
-    user,  # type: ignore[no-untyped-def]
+    user: User,
     query: Query,
     sender: str = "",
     has_attachment: bool = False,

@@ -10,16 +10,18 @@ from typing import Any
 from django.db import connection
 from django.db.models import Prefetch, Q, QuerySet
 
+from accounts.models import User
+
 from .content import readable_content_for
 from .models import Folder, InboxEntry, Label
 from .states import BODY_AT_SENDER
 
 
-def inbox_for(*, user) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
+def inbox_for(*, user: User) -> QuerySet[InboxEntry]:
     return InboxEntry.objects.owned_by(user).order_by("-received_at", "-pk")
 
 
-def entry_for(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyped-def]
+def entry_for(*, user: User, entry_id: int) -> InboxEntry:
     return InboxEntry.objects.owned_by(user).select_related("remote", "local").get(pk=entry_id)
 
 
@@ -112,7 +114,7 @@ def _newer_than(cursor: Cursor) -> Q:
     return Q(received_at__gte=cursor.at) & (Q(received_at__gt=cursor.at) | Q(pk__gt=cursor.pk))
 
 
-def _folder_entries(*, user, folder: str) -> QuerySet[InboxEntry]:  # type: ignore[no-untyped-def]
+def _folder_entries(*, user: User, folder: str) -> QuerySet[InboxEntry]:
     entries = InboxEntry.objects.owned_by(user)
     if folder == STARRED:
         return entries.filter(starred=True, folder__in=_VISIBLE)
@@ -122,8 +124,13 @@ def _folder_entries(*, user, folder: str) -> QuerySet[InboxEntry]:  # type: igno
 
 
 def _keyset_page(
-    entries: QuerySet[InboxEntry], *, before: str | None, after: str | None, limit: int, cursor_of=Cursor.of
-) -> Page:  # type: ignore[no-untyped-def]
+    entries: QuerySet[InboxEntry],
+    *,
+    before: str | None,
+    after: str | None,
+    limit: int,
+    cursor_of: Callable[[InboxEntry], Cursor] = Cursor.of,
+) -> Page:
     """Keyset pagination: a page costs one indexed range scan however deep it is (no OFFSET, no COUNT)."""
     entries = entries.only(*_ROW_FIELDS).prefetch_related(_LABELS)
     older_cursor, newer_cursor = Cursor.decode(before), Cursor.decode(after)
@@ -147,8 +154,8 @@ def _keyset_page(
     )
 
 
-def folder_page(  # type: ignore[no-untyped-def]
-    *, user, folder: str, before: str | None = None, after: str | None = None, limit: int = 50
+def folder_page(
+    *, user: User, folder: str, before: str | None = None, after: str | None = None, limit: int = 50
 ) -> Page:
     """One page of a folder (inbox, archive, spam, trash or the virtual "starred"), newest first.
 
@@ -157,20 +164,20 @@ def folder_page(  # type: ignore[no-untyped-def]
     return _keyset_page(_folder_entries(user=user, folder=folder), before=before, after=after, limit=limit)
 
 
-def label_page(  # type: ignore[no-untyped-def]
-    *, user, label: Label, before: str | None = None, after: str | None = None, limit: int = 50
+def label_page(
+    *, user: User, label: Label, before: str | None = None, after: str | None = None, limit: int = 50
 ) -> Page:
     entries = InboxEntry.objects.owned_by(user).filter(labels=label, folder__in=_VISIBLE)
     return _keyset_page(entries, before=before, after=after, limit=limit)
 
 
-def entries_newer_than(*, user, folder: str, after: str, limit: int = 50) -> list[InboxEntry]:  # type: ignore[no-untyped-def]
+def entries_newer_than(*, user: User, folder: str, after: str, limit: int = 50) -> list[InboxEntry]:
     """Entries that arrived after the cursor (for an open list polling for new mail), newest first."""
     cursor = Cursor.decode(after)
     if cursor is None:
         return []
     entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related(_LABELS)
-    rows = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
+    rows: list[InboxEntry] = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
     return rows[::-1]
 
 
@@ -196,7 +203,7 @@ _LABEL_UNREAD = (
 )
 
 
-def _capped_counts(part: str, params: list[list[object]]) -> list[int]:
+def _capped_counts(part: str, params: list[list[int | str]]) -> list[int]:
     """``SELECT COUNT(*) FROM (<part> LIMIT cap)`` for each parameter list, in one query."""
     # Only integers and the constant parts above are interpolated; values stay parameters.
     sql = " UNION ALL ".join(
@@ -209,7 +216,7 @@ def _capped_counts(part: str, params: list[list[object]]) -> list[int]:
     return [int(found.get(i, 0)) for i in range(len(params))]
 
 
-def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def unread_counts(*, user: User) -> dict[str, int]:
     """Unread entries per folder, each capped at UNREAD_CAP, in one query.
 
     Each count walks the partial index entry_unread_by_folder (only indexed columns:
@@ -221,12 +228,12 @@ def unread_counts(*, user) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return dict(zip(folders, counts, strict=True))
 
 
-def labels_for(*, user) -> QuerySet[Label]:  # type: ignore[no-untyped-def]
+def labels_for(*, user: User) -> QuerySet[Label]:
     """The user's labels by name."""
     return Label.objects.filter(owner=user).order_by("name")
 
 
-def label_unread_counts(*, user, label_ids: list[int]) -> dict[int, int]:  # type: ignore[no-untyped-def]
+def label_unread_counts(*, user: User, label_ids: list[int]) -> dict[int, int]:
     """Unread entries per label outside Spam and Trash, in one query (see _LABEL_UNREAD)."""
     if not label_ids:
         return {}
@@ -236,15 +243,15 @@ def label_unread_counts(*, user, label_ids: list[int]) -> dict[int, int]:  # typ
     return {label_id: counts.get(label_id, 0) for label_id in label_ids}
 
 
-def labels_with_unread(*, user) -> list[Label]:  # type: ignore[no-untyped-def]
+def labels_with_unread(*, user: User) -> list[Label]:
     """The user's labels by name, each with ``unread`` set (two queries; one when there are none)."""
     labels = list(labels_for(user=user))
     counts = label_unread_counts(user=user, label_ids=[label.pk for label in labels])
     for label in labels:
-        label.unread = counts.get(label.pk, 0)  # type: ignore[attr-defined]
+        label.unread = counts.get(label.pk, 0)
     return labels
 
 
-def label_for(*, user, label_id: int) -> Label:  # type: ignore[no-untyped-def]
+def label_for(*, user: User, label_id: int) -> Label:
     """One of the user's labels; another user's label is a DoesNotExist (404 in views)."""
     return Label.objects.filter(owner=user).get(pk=label_id)

@@ -1,5 +1,10 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import admin, messages
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
@@ -17,31 +22,29 @@ class RecipientInline(DomainScopedInline):
     readonly_fields = ["address", "domain", "kind", "status", "reason"]
     can_delete = False
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
 class DeliveryInline(DomainScopedInline):
     model = Delivery
     extra = 0
-    fields = ["domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error"]
-    readonly_fields = fields
+    fields = readonly_fields = ("domain", "local", "state", "attempts", "notified_at", "failed_at", "last_error")
     can_delete = False
     show_change_link = True
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
 class WithdrawalInline(DomainScopedInline):
     model = Withdrawal
     extra = 0
-    fields = ["domain", "state", "attempts", "next_attempt_at", "acknowledged_at", "last_error"]
-    readonly_fields = fields
+    fields = readonly_fields = ("domain", "state", "attempts", "next_attempt_at", "acknowledged_at", "last_error")
     can_delete = False
     show_change_link = True
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -51,7 +54,7 @@ class BodyFetchInline(DomainScopedInline):
     readonly_fields = ["domain", "fetched_at", "bytes"]
     can_delete = False
 
-    def has_add_permission(self, request, obj=None) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 
@@ -87,12 +90,12 @@ class MessageAdmin(DomainScopedAdmin):
         "fetched_by_all_at",
     ]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # messages are sent by their senders (webmail or API), never typed in here
 
 
 @admin.action(description="Retry notification now", permissions=["change"])
-def retry_now(modeladmin, request, queryset):  # type: ignore[no-untyped-def]
+def retry_now(modeladmin: DeliveryAdmin, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
     ids = transition_rows(
         queryset.filter(local=False),
         DELIVERY,
@@ -128,12 +131,12 @@ class DeliveryAdmin(DomainScopedAdmin):
     raw_id_fields = ["message"]
     actions = [retry_now]
 
-    def get_queryset(self, request):  # type: ignore[no-untyped-def]
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         withdrawal = Withdrawal.objects.filter(message=OuterRef("message"), domain=OuterRef("domain"))
         return super().get_queryset(request).annotate(withdrawal_state=Subquery(withdrawal.values("state")[:1]))
 
     @admin.display(description="withdrawal", ordering="withdrawal_state")
-    def withdrawal(self, delivery):  # type: ignore[no-untyped-def]
+    def withdrawal(self, delivery: Any) -> str:
         return delivery.withdrawal_state or "none"
 
 
@@ -149,7 +152,7 @@ class WithdrawalAdmin(DomainScopedAdmin):
     list_select_related = ["message"]
     raw_id_fields = ["message"]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # made by the sender's withdrawal, never typed in here
 
 
@@ -166,7 +169,7 @@ class BodyFetchAdmin(DomainScopedAdmin):
     list_select_related = ["message"]
     raw_id_fields = ["message"]
 
-    def has_add_permission(self, request) -> bool:  # type: ignore[no-untyped-def]
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
 

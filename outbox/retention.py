@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -24,7 +26,7 @@ def mark_fetched_by_all() -> int:
     return Message.objects.filter(pk__in=done, fetched_by_all_at__isnull=True).update(fetched_by_all_at=timezone.now())
 
 
-def _candidates(local_names: list[str]) -> list[object]:
+def _candidates(local_names: list[str]) -> list[UUID]:
     """Messages still offered that have been fetched at least as many times as they have reading domains."""
     readers = ~Q(recipients__status=RecipientStatus.REJECTED) & ~Q(recipients__domain__in=local_names)
     return list(
@@ -38,7 +40,7 @@ def _candidates(local_names: list[str]) -> list[object]:
     )
 
 
-def _fetched_by_all(message_id: object, local_names: list[str]) -> bool:
+def _fetched_by_all(message_id: UUID, local_names: list[str]) -> bool:
     # The counts only narrow it down: the domains themselves must be the same.
     remote = set(
         Recipient.objects.filter(message_id=message_id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
 
+from accounts.models import User
 from mailbox.models import EntryState, InboxEntry
 
 from .models import (
@@ -23,7 +26,7 @@ from .models import (
 )
 
 
-def sent_messages_for(*, user) -> QuerySet[Message]:  # type: ignore[no-untyped-def]
+def sent_messages_for(*, user: User) -> QuerySet[Message]:
     """The user's own sent messages (Sent and Trash), with their bodies and attachments.
 
     A copy the user deleted for good is not theirs any more, even while its row
@@ -32,7 +35,7 @@ def sent_messages_for(*, user) -> QuerySet[Message]:  # type: ignore[no-untyped-
     return Message.objects.filter(sender=user).exclude(sender_folder=SenderFolder.TRASH, sender_trashed_at__isnull=True)
 
 
-def sent_message_detail(*, user, message_id) -> Message:  # type: ignore[no-untyped-def]
+def sent_message_detail(*, user: User, message_id: UUID) -> Message:
     """One sent message with its deliveries, recipients and fetches; 404 by construction if not the user's."""
     return (
         sent_messages_for(user=user)
@@ -63,7 +66,7 @@ def body_of_message(message: Message, *, with_bcc: bool = False) -> dict[str, An
     return body
 
 
-def domain_status(message: Message) -> list[dict]:
+def domain_status(message: Message) -> list[dict[str, Any]]:
     """Per recipient domain: delivery, answers, fetches, the withdrawal race, and whether
     the domain may still fetch the body (``offered``; never for local or all-rejected domains)."""
     offer_open = message.offer_end() is None
@@ -111,12 +114,12 @@ def has_outgoing_work() -> Q:
 # --- Drafts and correspondents (compose) ------------------------------------------
 
 
-def drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
+def drafts_for(*, user: User) -> QuerySet[Draft]:
     """Every draft of the user, including queued and just-sent ones (for the draft page)."""
     return Draft.objects.filter(owner=user)
 
 
-def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
+def open_drafts_for(*, user: User) -> QuerySet[Draft]:
     """The Drafts folder: neither queued for sending nor sent."""
     return (
         drafts_for(user=user)
@@ -126,7 +129,7 @@ def open_drafts_for(*, user) -> QuerySet[Draft]:  # type: ignore[no-untyped-def]
     )
 
 
-def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
+def correspondents_for(*, user: User, query: str = "", limit: int = 8) -> list[str]:
     """Addresses the user received from or sent to, most recent first, matching ``query``."""
     query = query.strip().lower()
     received = (
@@ -143,14 +146,14 @@ def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  
         .annotate(last=Max("message__date"))
         .order_by("-last")[: limit * 2]
     )
-    latest: dict[str, object] = {}
+    latest: dict[str, datetime] = {}
     for address, last in [*((r["sender"], r["last"]) for r in received), *((r["address"], r["last"]) for r in sent)]:
         address = address.lower()
         if address == user.email.lower():
             continue
-        if address not in latest or last > latest[address]:  # type: ignore[operator]
+        if address not in latest or last > latest[address]:
             latest[address] = last
     # Addresses that start with the query come before those that merely contain it.
-    ranked = sorted(latest, key=lambda a: latest[a], reverse=True)  # type: ignore[arg-type,return-value]
+    ranked = sorted(latest, key=lambda a: latest[a], reverse=True)
     ranked.sort(key=lambda a: not (a.startswith(query) or a.partition("@")[2].startswith(query)))
     return ranked[:limit]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework.views import exception_handler
 
 log = logging.getLogger(__name__)
@@ -13,7 +14,7 @@ log = logging.getLogger(__name__)
 JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/")
 
 
-def api_exception_handler(exc, context):  # type: ignore[no-untyped-def]
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
     if isinstance(exc, RequestDataTooBig):
         return JsonResponse({"error": "too_large", "detail": "request body is too large"}, status=413)
     if isinstance(exc, Http404):
@@ -34,7 +35,7 @@ def _wants_json(request: HttpRequest) -> bool:
     return request.path.startswith(JSON_PREFIXES) or "application/json" in request.headers.get("Accept", "")
 
 
-def not_found(request: HttpRequest, exception=None):  # type: ignore[no-untyped-def]
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"error": "not_found", "detail": f"nothing at {request.path}"}, status=404)
     from django.views.defaults import page_not_found
@@ -42,7 +43,7 @@ def not_found(request: HttpRequest, exception=None):  # type: ignore[no-untyped-
     return page_not_found(request, exception)
 
 
-def bad_request(request: HttpRequest, exception=None):  # type: ignore[no-untyped-def]
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"error": "bad_request", "detail": "the request could not be read"}, status=400)
     from django.views.defaults import bad_request as default
@@ -50,7 +51,7 @@ def bad_request(request: HttpRequest, exception=None):  # type: ignore[no-untype
     return default(request, exception)
 
 
-def server_error(request: HttpRequest):  # type: ignore[no-untyped-def]
+def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"error": "server_error", "detail": "internal error; it has been logged"}, status=500)
     from django.views.defaults import server_error as default

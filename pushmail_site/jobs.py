@@ -12,12 +12,15 @@ from __future__ import annotations
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Model, QuerySet
+from django.db.models import Manager, Model, QuerySet
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from celery import Task
 
 M = TypeVar("M", bound=Model)
 log = logging.getLogger(__name__)
@@ -40,7 +43,7 @@ def overdue_before() -> datetime:
     return timezone.now() - timedelta(seconds=settings.PUSHMAIL_SWEEP_GRACE_SECONDS)
 
 
-def lock(queryset: QuerySet[M], *, skip_locked: bool = True) -> QuerySet[M]:
+def lock(queryset: QuerySet[M] | Manager[M], *, skip_locked: bool = True) -> QuerySet[M]:
     """Row lock for use inside a transaction; a no-op on SQLite (see settings).
 
     Claims skip rows another worker holds (``skip_locked``); updates that must
@@ -51,14 +54,14 @@ def lock(queryset: QuerySet[M], *, skip_locked: bool = True) -> QuerySet[M]:
     ``skip_locked``, skip) each other over their shared message row.
     """
     if not connection.features.has_select_for_update:
-        return queryset
+        return queryset.all()
     of = ("self",) if connection.features.has_select_for_update_of else ()
     if skip_locked and connection.features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True, of=of)
     return queryset.select_for_update(of=of)
 
 
-def enqueue(task, *args: object, countdown: float | None = None) -> None:  # type: ignore[no-untyped-def]
+def enqueue(task: Task, *args: object, countdown: float | None = None) -> None:
     """Wake a worker once the current transaction commits.
 
     A broker that is down must not fail the request that stored the row: the

@@ -12,6 +12,7 @@ import os
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -203,7 +204,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # per-process cache for discovery documents.
 CACHE_URL = os.environ.get("CACHE_URL", "")
 if CACHE_URL.startswith(("redis://", "rediss://")):
-    _shared_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    _shared_cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
     # Sessions are read from Redis and written through to the database, which
     # keeps them across a cache flush: one query fewer on every page.
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"

@@ -1,4 +1,10 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from .models import OriginPolicy, Read
 from .services import forget_policy
@@ -13,16 +19,16 @@ class OriginPolicyAdmin(admin.ModelAdmin):
     list_filter = ["blocked"]
     search_fields = ["domain", "note"]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_model(self, request: HttpRequest, obj: OriginPolicy, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         # Other web processes see the change within seconds; this one at once.
         forget_policy(obj.domain)
 
-    def delete_model(self, request, obj):  # type: ignore[no-untyped-def]
+    def delete_model(self, request: HttpRequest, obj: OriginPolicy) -> None:
         super().delete_model(request, obj)
         forget_policy(obj.domain)
 
-    def delete_queryset(self, request, queryset):  # type: ignore[no-untyped-def]
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[OriginPolicy]) -> None:
         domains = list(queryset.values_list("domain", flat=True))
         super().delete_queryset(request, queryset)
         for domain in domains:

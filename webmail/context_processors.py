@@ -8,6 +8,7 @@ from typing import Any
 from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
+from accounts.models import User
 from mailbox import selectors
 
 
@@ -25,7 +26,7 @@ class MailShell:
         return unread_badge(count) if count else ""
 
 
-def _shell(user) -> MailShell:  # type: ignore[no-untyped-def]
+def _shell(user: User) -> MailShell:
     # Three queries: unread counts grouped by folder, the labels, and their unread counts.
     return MailShell(counts=selectors.unread_counts(user=user), labels=selectors.labels_with_unread(user=user))
 

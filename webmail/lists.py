@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING, cast
 
 from django.db.models import Prefetch, Q
 
+from accounts.models import User
 from mailbox.selectors import Cursor, Page
 from outbox.models import Delivery, Message
 from outbox.selectors import sent_messages_for
 
+if TYPE_CHECKING:
 
-def sent_page(  # type: ignore[no-untyped-def]
-    *, user, folder: str = "sent", before: str | None = None, after: str | None = None, limit: int = 50
-):
+    class SentRow(Message):
+        """A sent message as the Sent list shows it."""
+
+        delivery_summary: str
+
+
+def sent_page(
+    *, user: User, folder: str = "sent", before: str | None = None, after: str | None = None, limit: int = 50
+) -> Page:
     """One page of the sender's copies in Sent (or Trash), newest first, keyset-paginated on (date, id).
 
     Each message comes with its deliveries (one query for the page) for a per-message summary.
@@ -39,7 +48,7 @@ def sent_page(  # type: ignore[no-untyped-def]
         rows = list(messages.order_by("-date", "-pk")[: limit + 1])
         has_older, has_newer = len(rows) > limit, older is not None
         rows = rows[:limit]
-    for message in rows:
+    for message in cast("list[SentRow]", rows):  # the same objects, given their summary
         message.delivery_summary = delivery_summary(message)
     return Page(
         items=rows,

@@ -15,6 +15,7 @@ from typing import Any
 from django.http import Http404
 from django.urls import reverse
 
+from accounts.models import User
 from mailbox.models import InboxEntry
 from mailbox.selectors import body_of
 from outbox.models import Message
@@ -47,7 +48,7 @@ THREAD_ENTRY_FIELDS = (
 # --- one entry ----------------------------------------------------------------------
 
 
-def entry_or_404(*, user, entry_id: int) -> InboxEntry:  # type: ignore[no-untyped-def]
+def entry_or_404(*, user: User, entry_id: int) -> InboxEntry:
     """The user's entry with its message; another user's id, or no such id, is a 404."""
     if not 0 < entry_id <= MAX_ID:
         raise Http404("No such message.")
@@ -110,7 +111,10 @@ class ThreadItem:
 
     @property
     def key(self) -> str:
-        return f"entry-{self.entry.pk}" if self.entry is not None else f"sent-{self.message.pk}"  # type: ignore[union-attr]
+        if self.entry is not None:
+            return f"entry-{self.entry.pk}"
+        assert self.message is not None  # an item is an entry or a sent message
+        return f"sent-{self.message.pk}"
 
     @property
     def state(self) -> str:
@@ -122,7 +126,8 @@ class ThreadItem:
     def url(self) -> str:
         if self.entry is not None:
             return reverse("webmail:entry", args=[self.entry.pk])
-        return reverse("webmail:sent-message", args=[self.message.pk])  # type: ignore[union-attr]
+        assert self.message is not None
+        return reverse("webmail:sent-message", args=[self.message.pk])
 
     @property
     def snippet(self) -> str:
@@ -145,7 +150,7 @@ class Conversation:
         return next((item for item in self.items if item.current), None)
 
 
-def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Conversation:  # type: ignore[no-untyped-def]
+def conversation(*, user: User, entry: InboxEntry, body: dict[str, Any] | None) -> Conversation:
     """``entry`` and the rest of its conversation, oldest first.
 
     ``body`` is the opened entry's body (already read by the caller). The other
@@ -217,7 +222,7 @@ def conversation(*, user, entry: InboxEntry, body: dict[str, Any] | None) -> Con
 # --- the sender's view -----------------------------------------------------------------
 
 
-def sent_message_or_404(*, user, message_id: uuid.UUID) -> Message:  # type: ignore[no-untyped-def]
+def sent_message_or_404(*, user: User, message_id: uuid.UUID) -> Message:
     """The user's sent message with its deliveries, recipients and fetches; anyone else's is a 404."""
     try:
         return sent_message_detail(user=user, message_id=message_id)

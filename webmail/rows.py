@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.utils import timezone
 from django.utils.html import escape
@@ -17,6 +18,24 @@ from django.utils.safestring import SafeString, mark_safe
 
 from mailbox.models import InboxEntry
 from pushmail_site.sizes import human_size
+
+if TYPE_CHECKING:
+    from mailbox.models import Label
+
+    class ListedEntry(InboxEntry):
+        """An entry with what a list shows beyond its columns, which the list views set on it."""
+
+        sender_name: str  # the sender's display name when the sender has a mailbox here
+        cursor: str
+        at_sender: bool  # the body is still at the sender's
+        label_list: list[Label]  # prefetched
+
+    class EntryRow(ListedEntry):
+        """A listed entry with its row's links (``webmail.views.mail._with_sender_names``)."""
+
+        url: str
+        action_url: str
+
 
 _AT_SENDER_TITLE = "The body is still on the sender's server; it is fetched when you open the message"
 _PAPERCLIP = (
@@ -41,15 +60,15 @@ def _short_date(local: datetime, today: datetime) -> str:
     return f"{local.day} {local.strftime('%b %Y')}"
 
 
-def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
+def render_rows(entries: Iterable[EntryRow]) -> SafeString:
     """The ``<tr>`` rows for entries prepared by ``webmail.views.mail._with_sender_names``."""
     today = timezone.localtime()
     out: list[str] = []
     for entry in entries:
         pk = entry.pk
         subject = escape(entry.subject or "(no subject)")
-        action_url = escape(entry.action_url)  # type: ignore[attr-defined]
-        url = escape(entry.url)  # type: ignore[attr-defined]
+        action_url = escape(entry.action_url)
+        url = escape(entry.url)
         unread = not entry.read
         local = timezone.localtime(entry.received_at)
         size = human_size(entry.size + entry.attachments_size)  # what opening everything would pull
@@ -65,8 +84,8 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
                 f'class="star-toggle" aria-pressed="false" title="Not starred"><span aria-hidden="true">☆</span>'
                 f'<span class="visually-hidden">Star: {subject}</span></button>'
             )
-        labels = "".join(f'<span class="label-chip">{escape(label.name)}</span>' for label in entry.label_list)  # type: ignore[attr-defined]
-        if entry.at_sender:  # type: ignore[attr-defined]
+        labels = "".join(f'<span class="label-chip">{escape(label.name)}</span>' for label in entry.label_list)
+        if entry.at_sender:
             chip = f'<span class="state-chip at-sender" title="{escape(_AT_SENDER_TITLE)}">at sender\'s · {size}</span>'
         else:
             chip = _STATE_CHIPS.get(entry.state, "")
@@ -77,12 +96,12 @@ def render_rows(entries: Iterable[InboxEntry]) -> SafeString:
         )
         out.append(
             f'<tr data-testid="message-row" data-entry-id="{pk}" data-state="{escape(entry.state)}" '
-            f'data-cursor="{escape(entry.cursor)}" data-href="{url}" data-action-url="{action_url}" '  # type: ignore[attr-defined]
+            f'data-cursor="{escape(entry.cursor)}" data-href="{url}" data-action-url="{action_url}" '
             f'class="message-row{" unread" if unread else ""}">\n'
             f'  <td class="select"><input type="checkbox" name="ids" value="{pk}" form="bulk-form" '
             f'aria-label="Select: {subject}"></td>\n'
             f'  <td class="star">{star}</td>\n'
-            f'  <td class="sender" title="{escape(entry.sender)}">{escape(entry.sender_name or entry.sender)}</td>\n'  # type: ignore[attr-defined]
+            f'  <td class="sender" title="{escape(entry.sender)}">{escape(entry.sender_name or entry.sender)}</td>\n'
             f'  <td class="subject">{chip}{labels}<a href="{url or "#"}" class="open">'
             f"{_UNREAD if unread else ''}{subject}</a></td>\n"
             f'  <td class="attach">{attach}</td>\n'

@@ -9,10 +9,10 @@ from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError as ApiValidationError
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.http import AuthedApiRequest
 from attachments.api import store_api_attachments
 from attachments.services import storing_atomically
 
@@ -22,7 +22,7 @@ from ..rules import human_size
 from .serializers import MessageSerializer, SendSerializer
 
 
-def _message_or_404(request: Request, message_id: UUID) -> Message:
+def _message_or_404(request: AuthedApiRequest, message_id: UUID) -> Message:
     try:
         return selectors.sent_message_detail(user=request.user, message_id=message_id)
     except Message.DoesNotExist as exc:
@@ -44,7 +44,7 @@ class MessageCreateView(APIView):
         )
 
     @extend_schema(request=SendSerializer, responses={201: MessageSerializer})
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthedApiRequest) -> Response:
         serializer = SendSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = dict(serializer.validated_data)
@@ -63,13 +63,13 @@ class MessageCreateView(APIView):
 
 class MessageDetailView(APIView):
     @extend_schema(responses=MessageSerializer)
-    def get(self, request: Request, message_id: UUID) -> Response:
+    def get(self, request: AuthedApiRequest, message_id: UUID) -> Response:
         return Response(MessageSerializer(_message_or_404(request, message_id)).data)
 
 
 class MessageWithdrawView(APIView):
     @extend_schema(request=None, responses=MessageSerializer)
-    def post(self, request: Request, message_id: UUID) -> Response:
+    def post(self, request: AuthedApiRequest, message_id: UUID) -> Response:
         message = _message_or_404(request, message_id)
         services.withdraw_message(message=message)
         return Response(MessageSerializer(_message_or_404(request, message_id)).data)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import template
 from django.core.cache import caches
@@ -11,6 +11,10 @@ from django.urls import reverse
 
 from mailbox import remote_content
 from mailbox.sanitize import sanitize_html
+
+if TYPE_CHECKING:
+    from accounts.models import User
+    from mailbox.models import InboxEntry
 
 register = template.Library()
 
@@ -38,7 +42,7 @@ def _no_proxy(url: str) -> str:
     return url
 
 
-def _allowed_senders(context: template.Context, reader: Any) -> set[str]:
+def _allowed_senders(context: template.Context, reader: User) -> set[str]:
     """Read once per request, however many messages a conversation shows."""
     request = context.get("request")
     cached = getattr(request, "_pushmail_allowed_senders", None)
@@ -50,7 +54,7 @@ def _allowed_senders(context: template.Context, reader: Any) -> set[str]:
     return senders
 
 
-def _has_remote(entry: Any, html: str) -> bool:
+def _has_remote(entry: InboxEntry, html: str) -> bool:
     """Whether the body refers to remote images, remembered per body digest in this process."""
     source = entry.remote if entry.remote_id is not None else entry.local
     digest = getattr(source, "digest", "") if source is not None else ""
@@ -65,7 +69,7 @@ def _has_remote(entry: Any, html: str) -> bool:
     return found
 
 
-def _reader(context: template.Context, entry: Any) -> Any:
+def _reader(context: template.Context, entry: InboxEntry) -> User:
     """The entry's owner, without a query when it is the signed-in user (it always is, in a view)."""
     user = getattr(context.get("request"), "user", None)
     if user is not None and user.pk == entry.owner_id:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django import template
 from django.utils import timezone
+from django.utils.safestring import SafeString
 
 from pushmail_site.sizes import human_size
+
+if TYPE_CHECKING:
+    from webmail.rows import EntryRow
 
 register = template.Library()
 
@@ -33,7 +39,7 @@ def mailsize(value: int | None) -> str:
 
 
 @register.simple_tag
-def mail_rows(entries):  # type: ignore[no-untyped-def]
+def mail_rows(entries: Iterable[EntryRow]) -> SafeString:
     """The rows of a mail list (see webmail.rows)."""
     from webmail.rows import render_rows
 

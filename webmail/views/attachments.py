@@ -10,15 +10,18 @@ keep the browser from running anything in them, whatever the sender put there.
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
+from accounts.http import AuthedRequest
 from attachments.fetching import AttachmentStatus, AttachmentUnavailable, attachment_for_entry, retry_attachment_now
 from attachments.filenames import clean_filename
 from attachments.models import Blob
@@ -66,7 +69,7 @@ def serve_blob(request: HttpRequest, blob: Blob, *, name: str, content_type: str
     return response
 
 
-def _unavailable(request: HttpRequest, problem: AttachmentUnavailable, back: str) -> HttpResponse:
+def _unavailable(request: AuthedRequest, problem: AttachmentUnavailable, back: str) -> HttpResponse:
     return render(
         request,
         "webmail/attachment_unavailable.html",
@@ -75,11 +78,11 @@ def _unavailable(request: HttpRequest, problem: AttachmentUnavailable, back: str
     )
 
 
-def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
+def _entry(request: AuthedRequest, entry_id: int) -> InboxEntry:
     return get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
 
 
-def _fetch_context(request: HttpRequest, entry: InboxEntry, index: int, status: AttachmentStatus) -> dict[str, Any]:
+def _fetch_context(request: AuthedRequest, entry: InboxEntry, index: int, status: AttachmentStatus) -> dict[str, Any]:
     """What templates/webmail/partials/attachment_fetch.html needs: the state, and where to ask again."""
     polls = _polls(request)
     download = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": index})
@@ -115,7 +118,7 @@ def _polls(request: HttpRequest) -> int:
 
 @login_required
 @require_GET
-def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpResponse:
+def entry_attachment(request: AuthedRequest, entry_id: int, index: int) -> HttpResponseBase:
     """``entry-attachment``: an attachment of the user's own inbox entry.
 
     Its bytes when they are here; else the fetch from the sender is started (or
@@ -138,7 +141,7 @@ def entry_attachment(request: HttpRequest, entry_id: int, index: int) -> HttpRes
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def entry_attachment_fetch(request: HttpRequest, entry_id: int, index: int) -> HttpResponse:
+def entry_attachment_fetch(request: AuthedRequest, entry_id: int, index: int) -> HttpResponse:
     """``entry-attachment-fetch``: the fetch of an attachment as a page fragment, polled by htmx.
 
     GET starts or joins the fetch and answers its state: "Fetching attachment…",
@@ -155,14 +158,14 @@ def entry_attachment_fetch(request: HttpRequest, entry_id: int, index: int) -> H
     except LookupError:
         raise Http404("no such attachment") from None
     context = _fetch_context(request, entry, index, status)
-    if request.method == "POST" and not request.htmx:  # type: ignore[attr-defined]
+    if request.method == "POST" and not request.htmx:
         return redirect(context["download_url"])
     return render(request, "webmail/partials/attachment_fetch.html", context)
 
 
 @login_required
 @require_GET
-def sent_attachment(request: HttpRequest, message_id: Any, index: int) -> HttpResponse:
+def sent_attachment(request: AuthedRequest, message_id: uuid.UUID, index: int) -> HttpResponseBase:
     """``sent-attachment``: an attachment of a message the user sent."""
     message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
     attachment = get_object_or_404(MessageAttachment.objects.select_related("blob"), message=message, position=index)
@@ -171,7 +174,7 @@ def sent_attachment(request: HttpRequest, message_id: Any, index: int) -> HttpRe
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def draft_attachment(request: HttpRequest, draft_id: int, attachment_id: int) -> HttpResponse:
+def draft_attachment(request: AuthedRequest, draft_id: int, attachment_id: int) -> HttpResponseBase:
     """``draft-attachment``: GET downloads an attachment of the user's draft; POST removes it from the draft."""
     attachment = get_object_or_404(
         DraftAttachment.objects.select_related("blob").filter(draft__owner=request.user, draft_id=draft_id),

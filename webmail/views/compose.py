@@ -9,13 +9,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from functools import partial, wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
@@ -24,11 +24,21 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox.selectors import inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
 from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
+
+if TYPE_CHECKING:
+    from outbox.models import DraftAttachment
+
+    class LinkedAttachment(DraftAttachment):
+        """A draft's attachment with the link the compose page shows for it."""
+
+        url: str
+
 
 View = Callable[..., HttpResponse]
 
@@ -41,7 +51,7 @@ def signed_in(view: View) -> View:
     and an htmx request (autosave) sends the whole page to the login form."""
 
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HtmxRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.user.is_authenticated:
             return view(request, *args, **kwargs)
         if request.method == "GET" and not request.htmx:
@@ -57,7 +67,7 @@ def signed_in(view: View) -> View:
     return wrapper
 
 
-def _same_site_path(request: HttpRequest) -> str | None:
+def _same_site_path(request: HtmxRequest) -> str | None:
     """The page the request came from, when it is on this site."""
     current = getattr(request.htmx, "current_url", None) if request.htmx else None
     referer = current or request.headers.get("referer") or ""
@@ -75,7 +85,7 @@ def _url(name: str, *args: Any, fallback: str) -> str:
         return fallback
 
 
-def _draft(request: HttpRequest, draft_id: int) -> Draft:
+def _draft(request: AuthedRequest, draft_id: int) -> Draft:
     return get_object_or_404(drafts_for(user=request.user).select_related("owner__domain"), pk=draft_id)
 
 
@@ -95,7 +105,7 @@ def _invalid(exc: ValidationError) -> set[str]:
 
 @require_GET
 @signed_in
-def compose(request: HttpRequest) -> HttpResponse:
+def compose(request: AuthedRequest) -> HttpResponse:
     """A new message, with To prefilled from ?to=. Nothing is stored until its first save
     (autosave, Save draft, Attach or Send), which makes the draft under the page's key."""
     to = request.GET.get("to", "")[:2000]
@@ -104,7 +114,7 @@ def compose(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 @signed_in
-def draft(request: HttpRequest, draft_id: int) -> HttpResponse:
+def draft(request: AuthedRequest, draft_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     if item.sent_message_id is not None:
         messages.info(request, "This message has been sent.")
@@ -121,14 +131,14 @@ def _form_urls(item: Draft, key: uuid.UUID | None) -> dict[str, str]:
 
 
 def _render_draft(
-    request: HttpRequest,
+    request: AuthedRequest,
     item: Draft,
     *,
     key: uuid.UUID | None = None,
     error: ValidationError | None = None,
     status: int = 200,
 ) -> HttpResponse:
-    attachments = list(item.attachments.all()) if item.pk is not None else []
+    attachments = cast("list[LinkedAttachment]", list(item.attachments.all()) if item.pk is not None else [])
     for attachment in attachments:
         attachment.url = _url("draft-attachment", item.pk, attachment.pk, fallback="")
     context = {
@@ -153,7 +163,7 @@ def _undo_context(item: Draft) -> dict[str, Any] | None:
 
 @require_GET
 @signed_in
-def drafts(request: HttpRequest) -> HttpResponse:
+def drafts(request: AuthedRequest) -> HttpResponse:
     items = list(open_drafts_for(user=request.user)[:200])
     return render(request, "webmail/compose/drafts.html", {"drafts": items})
 
@@ -161,7 +171,7 @@ def drafts(request: HttpRequest) -> HttpResponse:
 # --- Saving and attachments ----------------------------------------------------------------
 
 
-def _target(request: HttpRequest, draft_id: int | None, key: uuid.UUID | None, *, create: bool) -> Draft | None:
+def _target(request: AuthedRequest, draft_id: int | None, key: uuid.UUID | None, *, create: bool) -> Draft | None:
     """The draft a form posts to: by id (another user's is a 404), or by its page's key, made by the first save."""
     if draft_id is not None:
         return _draft(request, draft_id)
@@ -170,7 +180,7 @@ def _target(request: HttpRequest, draft_id: int | None, key: uuid.UUID | None, *
 
 
 def _refused(
-    request: HttpRequest, item: Draft | None, key: uuid.UUID | None, problem: str, status: int, *, read: bool = False
+    request: AuthedRequest, item: Draft | None, key: uuid.UUID | None, problem: str, status: int, *, read: bool = False
 ) -> HttpResponse:
     """The compose page again, saying why the upload was refused; nothing of the request is stored.
 
@@ -197,7 +207,7 @@ def takes_uploads(*, discard: bool = False) -> Callable[[View], View]:
         protected = csrf_protect(view)
 
         @wraps(view)
-        def wrapper(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        def wrapper(request: AuthedRequest, **kwargs: Any) -> HttpResponse:
             key = kwargs.get("key")
             existing = _target(request, kwargs.get("draft_id"), key, create=False)
             attached = [a.size for a in existing.attachments.all()] if existing is not None else []
@@ -213,7 +223,7 @@ def takes_uploads(*, discard: bool = False) -> Callable[[View], View]:
     return decorate
 
 
-def _stopped(request: HttpRequest, item: Draft | None, key: uuid.UUID | None) -> HttpResponse | None:
+def _stopped(request: AuthedRequest, item: Draft | None, key: uuid.UUID | None) -> HttpResponse | None:
     """The page saying why the upload handler stopped this request's upload, if it did."""
     stopped = upload_problem(request)
     if stopped is None:
@@ -221,7 +231,7 @@ def _stopped(request: HttpRequest, item: Draft | None, key: uuid.UUID | None) ->
     return _refused(request, item, key, *stopped, read=True)
 
 
-def _untouched(request: HttpRequest) -> bool:
+def _untouched(request: AuthedRequest) -> bool:
     """The posted form is still what a new message's page showed: empty, with only the signature."""
     post = request.POST
     blank = drafts_service.unsaved_draft(owner=request.user)
@@ -230,7 +240,7 @@ def _untouched(request: HttpRequest) -> bool:
     return empty and text == blank.text.strip() and not post.get("markdown")
 
 
-def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
+def _save_from_post(request: AuthedRequest, item: Draft) -> Draft:
     post = request.POST
     return drafts_service.update_draft(
         draft=item,
@@ -246,7 +256,7 @@ def _save_from_post(request: HttpRequest, item: Draft) -> Draft:
 @require_POST
 @signed_in
 @takes_uploads(discard=True)
-def draft_save(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     """Autosave (htmx) or the Save draft button; a new message's first save makes its draft."""
     if request.htmx and _target(request, draft_id, key, create=False) is None and _untouched(request):
         # An autosave of a form nobody has written in yet (a Tab through it): nothing to keep.
@@ -274,7 +284,7 @@ def draft_save(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID
 @require_POST
 @signed_in
 @takes_uploads()
-def draft_attach(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+def draft_attach(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     stopped = _stopped(request, _target(request, draft_id, key, create=False), key)
     if stopped is not None:
         return stopped
@@ -298,7 +308,7 @@ def draft_attach(request: HttpRequest, draft_id: int | None = None, key: uuid.UU
 @require_POST
 @signed_in
 @takes_uploads(discard=True)
-def draft_attachment_remove(request: HttpRequest, draft_id: int, attachment_id: int) -> HttpResponse:
+def draft_attachment_remove(request: AuthedRequest, draft_id: int, attachment_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     attachment = get_object_or_404(item.attachments, pk=attachment_id)
     try:
@@ -314,7 +324,7 @@ def draft_attachment_remove(request: HttpRequest, draft_id: int, attachment_id: 
 @require_POST
 @signed_in
 @takes_uploads(discard=True)
-def draft_delete(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+def draft_delete(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     item = _target(request, draft_id, key, create=False)
     if item is None:  # a new message never saved: nothing to delete
         messages.success(request, "Message discarded.")
@@ -334,7 +344,7 @@ def draft_delete(request: HttpRequest, draft_id: int | None = None, key: uuid.UU
 @require_POST
 @signed_in
 @takes_uploads()
-def draft_send(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
+def draft_send(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
     """Check everything, then queue the send after the undo delay; errors are shown on the form."""
     stopped = _stopped(request, _target(request, draft_id, key, create=False), key)
     if stopped is not None:
@@ -357,7 +367,7 @@ def draft_send(request: HttpRequest, draft_id: int | None = None, key: uuid.UUID
 
 @require_POST
 @signed_in
-def draft_undo(request: HttpRequest, draft_id: int) -> HttpResponse:
+def draft_undo(request: AuthedRequest, draft_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     if drafts_service.undo_send(draft=item):
         messages.success(request, "Sending cancelled. The message is back in Drafts.")
@@ -368,7 +378,7 @@ def draft_undo(request: HttpRequest, draft_id: int) -> HttpResponse:
 
 @require_GET
 @signed_in
-def draft_status(request: HttpRequest, draft_id: int) -> HttpResponse:
+def draft_status(request: AuthedRequest, draft_id: int) -> HttpResponse:
     """The undo panel, polled while a send is pending; "Sent" once it went out."""
     item = _draft(request, draft_id)
     context = {
@@ -384,17 +394,17 @@ def draft_status(request: HttpRequest, draft_id: int) -> HttpResponse:
 # form's key makes a repeated POST (a double click) open the draft the first one made.
 
 
-def _open(request: HttpRequest, prepared: drafts_service.Prepared) -> HttpResponse:
+def _open(request: AuthedRequest, prepared: drafts_service.Prepared) -> HttpResponse:
     for note in prepared.notes:
         messages.info(request, note)
     return redirect("webmail:draft", draft_id=prepared.draft.pk)
 
 
-def _entry(request: HttpRequest, entry_id: int) -> Any:
+def _entry(request: AuthedRequest, entry_id: int) -> Any:
     return get_object_or_404(inbox_for(user=request.user).select_related("remote", "local"), pk=entry_id)
 
 
-def _key(request: HttpRequest, action: str) -> uuid.UUID | None:
+def _key(request: AuthedRequest, action: str) -> uuid.UUID | None:
     """This action's key, derived from the page's: Reply and Forward on one page make different drafts."""
     try:
         page = uuid.UUID(request.POST.get("key", ""))
@@ -405,7 +415,7 @@ def _key(request: HttpRequest, action: str) -> uuid.UUID | None:
 
 @require_http_methods(["GET", "POST"])
 @signed_in
-def reply(request: HttpRequest, entry_id: int) -> HttpResponse:
+def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
         return redirect("webmail:entry", entry_id=entry.pk)
@@ -422,7 +432,7 @@ def reply(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @signed_in
-def forward(request: HttpRequest, entry_id: int) -> HttpResponse:
+def forward(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
         return redirect("webmail:entry", entry_id=entry.pk)
@@ -438,7 +448,7 @@ def forward(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @require_http_methods(["GET", "POST"])
 @signed_in
-def reply_sent(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def reply_sent(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
     if request.method == "GET":
         return redirect(_url("sent-message", message.pk, fallback=reverse("webmail:drafts")))
@@ -458,7 +468,7 @@ def reply_sent(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
 
 @require_GET
 @signed_in
-def contacts(request: HttpRequest) -> HttpResponse:
+def contacts(request: AuthedRequest) -> HttpResponse:
     """Past correspondents matching the address being typed: <option>s for htmx, JSON otherwise.
 
     The query may be a whole comma-separated field (``q``, or the field's own

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html as html_lib
 import uuid
-from typing import Any
+from typing import Any, Literal, cast
 
 import nh3
 from django.contrib.auth.decorators import login_required
@@ -22,6 +22,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET
 
+from accounts.http import AuthedRequest
 from attachments.models import Blob
 from federation import payloads
 from mailbox import remote_content
@@ -42,11 +43,11 @@ FRAME_CSP = (
 INERT_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
 
 
-def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
+def _entry(request: AuthedRequest, entry_id: int) -> InboxEntry:
     return get_object_or_404(InboxEntry.objects.owned_by(request.user).select_related("remote", "local"), pk=entry_id)
 
 
-def _sent(request: HttpRequest, message_id: uuid.UUID) -> Message:
+def _sent(request: AuthedRequest, message_id: uuid.UUID) -> Message:
     return get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
 
 
@@ -68,11 +69,11 @@ def text_of(body: dict[str, Any]) -> str:
     return html_lib.unescape(nh3.clean(stripped, tags=set())).strip() + "\n"
 
 
-def _frame(request: HttpRequest, html: str, *, allow_remote: bool) -> HttpResponse:
+def _frame(request: AuthedRequest, html: str, *, allow_remote: bool) -> HttpResponse:
     sanitized = sanitize_html(
         html,
         allow_remote=allow_remote,
-        proxy_url=lambda url: request.build_absolute_uri(remote_content.proxy_path(url, user=request.user)),  # type: ignore[arg-type]
+        proxy_url=lambda url: request.build_absolute_uri(remote_content.proxy_path(url, user=request.user)),
     )
     response = render(request, "webmail/content/frame.html", {"html": sanitized.html})
     response["Content-Security-Policy"] = FRAME_CSP
@@ -90,19 +91,19 @@ def _private(response: HttpResponse) -> None:
 
 @login_required
 @require_GET
-def entry_html(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_html(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """The entry's HTML body, sanitized, as a document for the sandboxed iframe."""
     entry = _entry(request, entry_id)
     body = _entry_body(entry)
     if not body.get("html"):
         raise Http404("This message has no HTML part.")
-    allowed = remote_content.remote_allowed_for_entry(user=request.user, entry=entry)  # type: ignore[arg-type]
+    allowed = remote_content.remote_allowed_for_entry(user=request.user, entry=entry)
     return _frame(request, body["html"], allow_remote=allowed)
 
 
 @login_required
 @require_GET
-def sent_html(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def sent_html(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     """A sent message's HTML for its sender; images the sender put in load through the proxy."""
     message = _sent(request, message_id)
     if not message.html:
@@ -119,19 +120,19 @@ def _text_response(text: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def entry_text(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_text(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """The entry as plain text (text/plain, never sniffed as anything else)."""
     return _text_response(text_of(_entry_body(_entry(request, entry_id))))
 
 
 @login_required
 @require_GET
-def sent_text(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def sent_text(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     return _text_response(text_of(body_of_message(_sent(request, message_id))))
 
 
 @login_required
-def entry_allow_remote(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_allow_remote(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """Show remote images for this message (scope=message) or its sender (scope=sender)."""
     entry = _entry(request, entry_id)  # someone else's id is a 404 whatever the method
     if request.method != "POST":
@@ -139,7 +140,7 @@ def entry_allow_remote(request: HttpRequest, entry_id: int) -> HttpResponse:
     scope = request.POST.get("scope", "")
     if scope not in ("message", "sender"):
         return HttpResponse("scope must be message or sender", status=400, content_type="text/plain")
-    remote_content.allow_remote_content(user=request.user, entry=entry, scope=scope)  # type: ignore[arg-type]
+    remote_content.allow_remote_content(user=request.user, entry=entry, scope=cast(Literal["message", "sender"], scope))
     if getattr(request, "htmx", False):
         context = {"entry": entry, "body": body_of(entry)}
         return HttpResponse(render_to_string("webmail/partials/message_body.html", context, request))
@@ -194,7 +195,7 @@ def _eml_response(source: EmlSource) -> HttpResponse:
 
 @login_required
 @require_GET
-def entry_eml(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_eml(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """The entry as an .eml file (attachments held here included, others listed)."""
     entry = _entry(request, entry_id)
     content = readable_content_for(entry=entry)
@@ -217,7 +218,7 @@ def entry_eml(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def sent_eml(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def sent_eml(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     message = _sent(request, message_id)
     source = EmlSource(
         sender=message.sender_address,

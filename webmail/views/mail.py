@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING, cast
 
 from django.conf import settings
 from django.contrib import messages
@@ -15,6 +17,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts.http import AuthedRequest
 from accounts.models import User
 from mailbox import folders, selectors
 from mailbox.models import Folder, InboxEntry, Label
@@ -22,6 +25,9 @@ from outbox import selectors as outbox_selectors
 from outbox.models import Message
 from webmail import lists
 from webmail.templatetags.webmail_lists import unread_badge
+
+if TYPE_CHECKING:
+    from webmail.rows import EntryRow
 
 FOLDER_NAMES = {
     Folder.INBOX: "Inbox",
@@ -32,7 +38,12 @@ FOLDER_NAMES = {
 }
 MOVE_TARGETS = [(Folder.INBOX, "Inbox"), (Folder.ARCHIVE, "Archive"), (Folder.SPAM, "Spam"), (Folder.TRASH, "Trash")]
 # Where a moved selection is said to have gone, for the confirmation message.
-_MOVED = {Folder.INBOX: "the Inbox", Folder.ARCHIVE: "Archive", Folder.SPAM: "Spam", Folder.TRASH: "Trash"}
+_MOVED: dict[str, str] = {
+    Folder.INBOX: "the Inbox",
+    Folder.ARCHIVE: "Archive",
+    Folder.SPAM: "Spam",
+    Folder.TRASH: "Trash",
+}
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -54,7 +65,7 @@ def _url_pattern(name: str) -> str:
         return ""
 
 
-def _with_sender_names(entries: list[InboxEntry]) -> list[InboxEntry]:
+def _with_sender_names(entries: list[InboxEntry]) -> list[EntryRow]:
     """Attach what a row shows beyond the entry: the sender's display name if the sender has a
     mailbox here (one query for the page), the row's links and its keyset cursor."""
     addresses = {entry.sender for entry in entries}
@@ -64,16 +75,17 @@ def _with_sender_names(entries: list[InboxEntry]) -> list[InboxEntry]:
         else {}
     )
     entry_url, action_url = _url_pattern("entry"), _url_pattern("entry-action")
-    for entry in entries:
-        entry.sender_name = names.get(entry.sender, "")  # type: ignore[attr-defined]
-        entry.cursor = selectors.Cursor.of(entry).encode()  # type: ignore[attr-defined]
-        entry.url = entry_url.format(entry.pk) if entry_url else ""  # type: ignore[attr-defined]
-        entry.action_url = action_url.format(entry.pk)  # type: ignore[attr-defined]
-        entry.at_sender = selectors.body_at_sender(entry)  # type: ignore[attr-defined]
-    return entries
+    rows = cast("list[EntryRow]", entries)  # the same objects, given the attributes below
+    for entry in rows:
+        entry.sender_name = names.get(entry.sender, "")
+        entry.cursor = selectors.Cursor.of(entry).encode()
+        entry.url = entry_url.format(entry.pk) if entry_url else ""
+        entry.action_url = action_url.format(entry.pk)
+        entry.at_sender = selectors.body_at_sender(entry)
+    return rows
 
 
-def _list_context(request: HttpRequest, page: selectors.Page, **extra: object) -> dict[str, object]:
+def _list_context(request: AuthedRequest, page: selectors.Page, **extra: object) -> dict[str, object]:
     _with_sender_names(page.items)
     return {
         "page": page,
@@ -87,7 +99,7 @@ def _list_context(request: HttpRequest, page: selectors.Page, **extra: object) -
 
 @login_required
 @require_GET
-def folder(request: HttpRequest, folder: str) -> HttpResponse:
+def folder(request: AuthedRequest, folder: str) -> HttpResponse:
     page = selectors.folder_page(
         user=request.user, folder=folder, before=request.GET.get("before"), after=request.GET.get("after")
     )
@@ -104,7 +116,7 @@ def folder(request: HttpRequest, folder: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def label(request: HttpRequest, label_id: int) -> HttpResponse:
+def label(request: AuthedRequest, label_id: int) -> HttpResponse:
     the_label = get_object_or_404(selectors.labels_for(user=request.user), pk=label_id)
     page = selectors.label_page(
         user=request.user, label=the_label, before=request.GET.get("before"), after=request.GET.get("after")
@@ -115,7 +127,7 @@ def label(request: HttpRequest, label_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def folder_updates(request: HttpRequest, folder: str) -> HttpResponse:
+def folder_updates(request: AuthedRequest, folder: str) -> HttpResponse:
     """Rows that arrived after ``after`` (a row cursor), for an open list polling for new mail.
 
     The inbox's unread count comes back in the ``X-Unread-Count`` header.
@@ -134,7 +146,7 @@ def folder_updates(request: HttpRequest, folder: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def sent(request: HttpRequest) -> HttpResponse:
+def sent(request: AuthedRequest) -> HttpResponse:
     in_trash = request.GET.get("in") == "trash"
     page = lists.sent_page(
         user=request.user,
@@ -169,7 +181,7 @@ def _recipient_summary(message: Message) -> str:
 # --- Actions ---------------------------------------------------------------------------
 
 
-def _back(request: HttpRequest, default: str) -> HttpResponseRedirect:
+def _back(request: AuthedRequest, default: str) -> HttpResponseRedirect:
     target = request.POST.get("next", "")
     if target.startswith("/") and url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -182,7 +194,7 @@ def _plural(n: int, what: str = "message") -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
-def _apply(request: HttpRequest, action: str, ids: list[str]) -> None:
+def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
     """Run one action on a selection of the user's entries and say what happened (or why not)."""
     user = request.user
     extra_label = request.POST.get("label", "")
@@ -194,11 +206,11 @@ def _apply(request: HttpRequest, action: str, ids: list[str]) -> None:
     def move(target: str) -> int:
         return folders.move_entries(user=user, entry_ids=ids, folder=target)
 
+    def move_to(target: str) -> Callable[[], str]:
+        return lambda: f"{_plural(move(target))} moved to {_MOVED[target]}."
+
     handlers: dict[str, Callable[[], str]] = {
-        **{
-            target: (lambda target=target: f"{_plural(move(target))} moved to {_MOVED[target]}.")
-            for target in Folder.values
-        },
+        **{target: move_to(target) for target in Folder.values},
         "archive": lambda: f"{_plural(move(Folder.ARCHIVE))} archived.",
         "delete": lambda: _deleted(*folders.delete(user=user, entry_ids=ids)),
         "read": lambda: f"{_plural(folders.mark_read(user=user, entry_ids=ids))} marked read.",
@@ -209,10 +221,10 @@ def _apply(request: HttpRequest, action: str, ids: list[str]) -> None:
     verb, _, arg = action.partition(":")
     try:
         if verb == "label" and arg:
-            n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+            n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)
             text = f"Label added to {_plural(n)}."
         elif verb == "unlabel" and arg:
-            folders.remove_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+            folders.remove_label(user=user, entry_ids=ids, label_id=arg)
             text = f"Label removed from {_plural(len(set(ids)))}."
         elif action in handlers:
             text = handlers[action]()
@@ -241,7 +253,7 @@ def _folder_url(name: str) -> str:
 
 @login_required
 @require_POST
-def entry_action(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_action(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """One action on one entry (the message view's buttons, a row's star)."""
     entry = get_object_or_404(InboxEntry.objects.owned_by(request.user).only("pk", "folder"), pk=entry_id)
     action = request.POST.get("action", "")
@@ -259,7 +271,7 @@ def entry_action(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def bulk_action(request: HttpRequest) -> HttpResponse:
+def bulk_action(request: AuthedRequest) -> HttpResponse:
     """One action on the checked rows of a list."""
     ids = request.POST.getlist("ids")
     _apply(request, request.POST.get("action", ""), ids)
@@ -268,7 +280,7 @@ def bulk_action(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def empty_trash(request: HttpRequest) -> HttpResponse:
+def empty_trash(request: AuthedRequest) -> HttpResponse:
     """Empty the user's Trash now, without waiting for the 30 days."""
     result = folders.empty_trash(user=request.user, older_than=timezone.now() + timedelta(seconds=1))
     deleted = result["entries"] + result["sent_deleted"] + result["sent_hidden"]
@@ -276,7 +288,7 @@ def empty_trash(request: HttpRequest) -> HttpResponse:
     return _back(request, _folder_url(Folder.TRASH))
 
 
-def _sent_apply(request: HttpRequest, action: str, ids: list[str]) -> None:
+def _sent_apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
     user = request.user
     try:
         if action in ("trash", "delete"):
@@ -299,7 +311,7 @@ def _sent_apply(request: HttpRequest, action: str, ids: list[str]) -> None:
 
 @login_required
 @require_POST
-def sent_action(request: HttpRequest, message_id) -> HttpResponse:  # type: ignore[no-untyped-def]
+def sent_action(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     """Trash, restore or star the sender's copy of one sent message."""
     message = get_object_or_404(outbox_selectors.sent_messages_for(user=request.user).only("pk"), pk=message_id)
     _sent_apply(request, request.POST.get("action", ""), [str(message.pk)])
@@ -308,7 +320,7 @@ def sent_action(request: HttpRequest, message_id) -> HttpResponse:  # type: igno
 
 @login_required
 @require_POST
-def sent_bulk(request: HttpRequest) -> HttpResponse:
+def sent_bulk(request: AuthedRequest) -> HttpResponse:
     _sent_apply(request, request.POST.get("action", ""), request.POST.getlist("ids"))
     return _back(request, reverse("webmail:sent"))
 
@@ -317,7 +329,7 @@ def sent_bulk(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def labels(request: HttpRequest) -> HttpResponse:
+def labels(request: AuthedRequest) -> HttpResponse:
     if request.method == "POST":
         try:
             made = folders.create_label(user=request.user, name=request.POST.get("name", ""))
@@ -333,7 +345,7 @@ def labels(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _own_label(request: HttpRequest, label_id: int) -> Label:
+def _own_label(request: AuthedRequest, label_id: int) -> Label:
     try:
         return selectors.label_for(user=request.user, label_id=label_id)
     except Label.DoesNotExist:
@@ -342,7 +354,7 @@ def _own_label(request: HttpRequest, label_id: int) -> Label:
 
 @login_required
 @require_POST
-def label_rename(request: HttpRequest, label_id: int) -> HttpResponse:
+def label_rename(request: AuthedRequest, label_id: int) -> HttpResponse:
     the_label = _own_label(request, label_id)
     try:
         renamed = folders.rename_label(user=request.user, label_id=the_label.pk, name=request.POST.get("name", ""))
@@ -355,7 +367,7 @@ def label_rename(request: HttpRequest, label_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def label_delete(request: HttpRequest, label_id: int) -> HttpResponse:
+def label_delete(request: AuthedRequest, label_id: int) -> HttpResponse:
     the_label = _own_label(request, label_id)
     folders.delete_label(user=request.user, label_id=the_label.pk)
     messages.success(request, f"Label “{the_label.name}” deleted; its messages are still in their folders.")

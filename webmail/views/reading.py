@@ -12,6 +12,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from accounts.http import AuthedRequest
 from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import body_at_sender, body_of
@@ -68,7 +69,7 @@ def _actions(entry: InboxEntry) -> dict[str, str]:
 
 @login_required
 @require_GET
-def entry(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """Open an entry (marks it read, queues the fetch if needed) and show its conversation."""
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     open_entry(entry=item)
@@ -89,7 +90,7 @@ def entry(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_body(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """The body region alone: polled by htmx until the fetch finishes, then the body."""
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     if item.opened_at is None and item.state == EntryState.FETCHED:
@@ -101,11 +102,11 @@ def entry_body(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def entry_retry(request: HttpRequest, entry_id: int) -> HttpResponse:
+def entry_retry(request: AuthedRequest, entry_id: int) -> HttpResponse:
     """ "Retry now" on an entry whose sender's server did not answer."""
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     retry_fetch_now(entry=item)
-    if request.htmx:  # type: ignore[attr-defined]
+    if request.htmx:
         item = reading.entry_or_404(user=request.user, entry_id=entry_id)
         return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), retrying=True))
     return redirect("webmail:entry", entry_id=item.pk)
@@ -113,7 +114,7 @@ def entry_retry(request: HttpRequest, entry_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     """The sender's own message with its delivery status per recipient domain."""
     message = reading.sent_message_or_404(user=request.user, message_id=message_id)
     rows = reading.delivery_rows(message)
@@ -135,7 +136,7 @@ def sent_message(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def sent_withdraw(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+def sent_withdraw(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     """GET asks for confirmation; POST withdraws the message from every recipient domain."""
     message = reading.sent_message_or_404(user=request.user, message_id=message_id)
     if request.method == "GET" or message.withdrawn_at:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib.auth.decorators import login_required
-from django.db.models import Prefetch
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
+from accounts.http import AuthedRequest
 from accounts.models import User
 from mailbox import search
 from mailbox.models import Folder, InboxEntry, Label
 from mailbox.selectors import body_at_sender
+
+if TYPE_CHECKING:
+    from webmail.rows import ListedEntry
 
 SENT = "sent"  # the user's sent messages, searched apart from the inbox folders
 
@@ -35,7 +40,7 @@ class SearchForm(forms.Form):
         "date": "Enter a date as YYYY-MM-DD, for example 2026-03-31.",
     }
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for name in ("after", "before"):
             self.fields[name].error_messages["invalid"] = self.error_messages["date"]
@@ -68,7 +73,7 @@ def _with_sender_names(entries: list[InboxEntry]) -> None:
     """What a row shows beyond the entry: senders' display names (one query), cursor, body still away."""
     addresses = {entry.sender for entry in entries}
     names = dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
-    for entry in entries:
+    for entry in cast("list[ListedEntry]", entries):  # the same objects, given the attributes below
         entry.sender_name = names.get(entry.sender, "")
         entry.cursor = str(search.Cursor(moment=entry.received_at, key=entry.pk))
         entry.at_sender = body_at_sender(entry)
@@ -76,7 +81,7 @@ def _with_sender_names(entries: list[InboxEntry]) -> None:
 
 @require_GET
 @login_required
-def search_view(request: HttpRequest) -> HttpResponse:
+def search_view(request: AuthedRequest) -> HttpResponse:
     form = SearchForm(request.GET or None)
     page: search.Page | None = None
     cursor_error = ""
@@ -96,6 +101,7 @@ def search_view(request: HttpRequest) -> HttpResponse:
             "after": data["after"],
             "before": data["before"],
         }
+        rows: QuerySet[Any]
         if data["folder"] == SENT:
             rows = search.search_sent(**filters)
         else:

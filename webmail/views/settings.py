@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors, services
 from accounts.forms import PreferencesForm, TokenForm
+from accounts.http import AuthedRequest
 from mailbox import remote_content
 from mailbox.models import AllowedSender
 
 
-def _add_errors(form, exc: ValidationError) -> None:  # type: ignore[no-untyped-def]
+def _add_errors(form: forms.Form, exc: ValidationError) -> None:
     for field, errors in exc.message_dict.items():
         for error in errors:
             form.add_error(field if field in form.fields else None, error)
@@ -24,7 +26,7 @@ def _add_errors(form, exc: ValidationError) -> None:  # type: ignore[no-untyped-
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def preferences(request: HttpRequest) -> HttpResponse:
+def preferences(request: AuthedRequest) -> HttpResponse:
     user = request.user
     form = PreferencesForm(request.POST or None, user=user)
     if request.method == "POST" and form.is_valid():
@@ -48,7 +50,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
 @never_cache
 @login_required
 @require_http_methods(["GET", "POST"])
-def tokens(request: HttpRequest) -> HttpResponse:
+def tokens(request: AuthedRequest) -> HttpResponse:
     form = TokenForm(request.POST or None)
     new_token = None
     if request.method == "POST" and form.is_valid():
@@ -61,7 +63,7 @@ def tokens(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
+def revoke_token(request: AuthedRequest, token_id: int) -> HttpResponse:
     if not services.revoke_api_token(user=request.user, token_id=token_id):
         raise Http404("no such token")
     messages.success(request, "Token revoked. Programs using it can no longer sign in.")
@@ -70,7 +72,7 @@ def revoke_token(request: HttpRequest, token_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def remove_allowed_sender(request: HttpRequest, sender_id: int) -> HttpResponse:
+def remove_allowed_sender(request: AuthedRequest, sender_id: int) -> HttpResponse:
     """Images from this sender are blocked again until allowed."""
     try:
         remote_content.forget_allowed_sender(user=request.user, sender_id=sender_id)

@@ -1,5 +1,9 @@
+from __future__ import annotations
+
+from typing import Any
+
 from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.services import create_mailbox
 
@@ -7,7 +11,7 @@ from accounts.services import create_mailbox
 class Command(BaseCommand):
     help = "Add a mailbox (a user whose login is its address). The address counts as verified."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("address")
         parser.add_argument("--password", required=True)
         parser.add_argument(
@@ -15,7 +19,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--superuser", action="store_true", help="Manages the whole instance (every domain).")
 
-    def handle(self, *args, address: str, password: str, staff: bool, superuser: bool, **options):
+    def handle(self, *args: Any, address: str, password: str, staff: bool, superuser: bool, **options: Any) -> None:
         try:
             user = create_mailbox(address=address, password=password, is_staff=staff or superuser)
         except ValidationError as exc:

@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import User
 from accounts.services import issue_api_token
@@ -7,11 +11,11 @@ from accounts.services import issue_api_token
 class Command(BaseCommand):
     help = "Print a new API token for a mailbox (use as 'Authorization: Bearer TOKEN')."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("address")
         parser.add_argument("--name", default="command line")
 
-    def handle(self, *args, address: str, name: str, **options):
+    def handle(self, *args: Any, address: str, name: str, **options: Any) -> None:
         user = User.objects.filter(email=address.strip().lower()).first()
         if user is None:
             raise CommandError(f"no mailbox {address}")

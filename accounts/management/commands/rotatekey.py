@@ -1,4 +1,8 @@
-from django.core.management.base import BaseCommand, CommandError
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from accounts.models import Domain
 from federation.keys import rotate_key
@@ -7,10 +11,10 @@ from federation.keys import rotate_key
 class Command(BaseCommand):
     help = "Make a new signing key for a domain; the old one stays published until its expiry."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("domain")
 
-    def handle(self, *args, domain: str, **options):
+    def handle(self, *args: Any, domain: str, **options: Any) -> None:
         found = Domain.objects.filter(name=domain.strip().lower()).first()
         if found is None:
             raise CommandError(f"no hosted domain {domain}")
