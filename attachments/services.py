@@ -33,7 +33,7 @@ from federation.payloads import MAX_ATTACHMENTS
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
-from .models import Blob
+from .models import AttachmentFetch, Blob
 
 CHUNK = 64 * 1024
 MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
@@ -272,39 +272,12 @@ def quota_exceeded(*, used: int, quota: int, extra: int | None) -> str:
     )
 
 
-# --- Sender side: serving an attachment to a recipient domain -------------------------
+# --- Sender side: a recipient domain fetched an attachment -------------------------------
 
 
-def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
-    """The MessageAttachment a recipient domain may fetch, with its fetch recorded.
-
-    The access rule is the body's (docs/protocol.md §5.7): ``to_domain`` must
-    be a remote recipient domain of the message and ``digest`` in its manifest,
-    else ``outbox.services.NotOffered``; a domain whose recipients were all
-    rejected gets ``outbox.services.NoAcceptedRecipient``; a withdrawn message,
-    or one past its ``expires``, raises ``outbox.services.BodyGone``. Unlike the
-    body, attachments stay available until ``expires`` even after every domain
-    fetched the body, so a reader can still open one later.
-    """
-    from outbox.models import MessageAttachment
-    from outbox.services import BodyGone, NotOffered, offered_message
-
-    from .models import AttachmentFetch
-
-    message = offered_message(global_id=global_id, to_domain=to_domain)
-    attachment = (
-        MessageAttachment.objects.filter(message=message, blob__sha256=digest.removeprefix("sha-256:"))
-        .select_related("blob")
-        .order_by("position")
-        .first()
-    )
-    if attachment is None or not digest.startswith("sha-256:"):
-        raise NotOffered()
-    end = message.offer_end(attachments=True)
-    if end is not None:
-        raise BodyGone(end.reason)
-    AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
-    return attachment
+def record_attachment_fetch(*, attachment_id: int, domain: str, size: int) -> AttachmentFetch:
+    """Record that ``domain`` fetched the sent attachment ``attachment_id`` (outbox.serving serves it)."""
+    return AttachmentFetch.objects.create(attachment_id=attachment_id, domain=domain, bytes=size)
 
 
 # --- Housekeeping ------------------------------------------------------------------------------

@@ -14,11 +14,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
 from accounts.validators import domain_of
-from mailbox import services as mailbox_services
-from outbox import services as outbox_services
-from reputation.services import OriginRefused, check_origin
 
-from . import discovery, payloads
+from . import discovery, inbound, payloads
 from .signatures import SignatureRejected, verify_request
 
 
@@ -104,14 +101,14 @@ def notifications(request: HttpRequest) -> HttpResponse:
     if domain_of(notification.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {notification.sender} is not of the signing domain {signer.domain}")
     try:
-        check_origin(domain=signer.domain)
-    except OriginRefused as exc:
+        inbound.check_origin(domain=signer.domain)
+    except inbound.OriginRefused as exc:
         if exc.retry_after is None:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
     try:
-        results = mailbox_services.accept_notification(origin=signer.domain, notification=notification)
-    except mailbox_services.ConflictingNotification as exc:
+        results = inbound.accept_notification(origin=signer.domain, notification=notification)
+    except inbound.ConflictingNotification as exc:
         return error(
             409,
             "conflicting_notification",
@@ -139,7 +136,7 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
         return invalid_payload(exc)
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
-    result = mailbox_services.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
     if result is None:
         return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
     return JsonResponse(
@@ -171,7 +168,7 @@ _GONE_DETAIL = {
 }
 
 
-def _gone(gone: outbox_services.BodyGone) -> JsonResponse:
+def _gone(gone: inbound.BodyGone) -> JsonResponse:
     detail = _GONE_DETAIL.get(gone.reason, f"message {gone.reason}")
     return JsonResponse({"error": "gone", "reason": gone.reason, "detail": detail}, status=410)
 
@@ -191,12 +188,12 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
         return checked
     domain, parsed = checked
     try:
-        content = outbox_services.serve_body(global_id=parsed, to_domain=domain)
-    except outbox_services.NotOffered:
+        content = inbound.serve_body(global_id=parsed, to_domain=domain)
+    except inbound.NotOffered:
         return error(404, "not_found", "no such message for your domain")
-    except outbox_services.NoAcceptedRecipient:
+    except inbound.NoAcceptedRecipient:
         return _no_accepted_recipient(domain)
-    except outbox_services.BodyGone as gone:
+    except inbound.BodyGone as gone:
         return _gone(gone)
     # No Content-Digest here: the answer may be gzip-coded in transit, and the
     # notified digest over the decoded bytes is what the recipient checks.
@@ -213,8 +210,6 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     id), with a recipient not rejected (else 403), 410 once withdrawn or expired
     (not when every domain fetched the body). Streamed from storage, never content-coded.
     """
-    from attachments.services import serve_attachment
-
     checked = _signed_get(request, global_id)
     if isinstance(checked, HttpResponse):
         return checked
@@ -222,14 +217,13 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     if not payloads.is_digest(digest):
         return error(404, "not_found", "no such attachment")
     try:
-        attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
-    except outbox_services.NotOffered:
+        blob = inbound.serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
+    except inbound.NotOffered:
         return error(404, "not_found", "no such attachment of a message for your domain")
-    except outbox_services.NoAcceptedRecipient:
+    except inbound.NoAcceptedRecipient:
         return _no_accepted_recipient(domain)
-    except outbox_services.BodyGone as gone:
+    except inbound.BodyGone as gone:
         return _gone(gone)
-    blob = attachment.blob
     response = FileResponse(blob.file.open("rb"), content_type="application/octet-stream")
     response["Content-Length"] = str(blob.size)
     response["Content-Digest"] = "sha-256=:" + base64.b64encode(bytes.fromhex(blob.sha256)).decode() + ":"

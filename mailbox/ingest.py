@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
@@ -12,6 +11,7 @@ from django.db import IntegrityError, transaction
 from accounts.models import FetchPolicy, User
 from accounts.validators import domain_of
 from federation import discovery, payloads
+from federation.inbound import ConflictingNotification, RecipientResult
 from pushmail_site.jobs import lock
 
 from . import search, states
@@ -26,27 +26,6 @@ log = logging.getLogger(__name__)
 
 UNSERVED_DOMAIN = "domain not served by this instance"
 UNKNOWN_MAILBOX = "unknown mailbox"
-
-
-@dataclass(frozen=True)
-class RecipientResult:
-    address: str
-    status: str  # "accepted" or "rejected"
-    reason: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        data = {"address": self.address, "status": self.status}
-        if self.reason:
-            data["reason"] = self.reason
-        return data
-
-
-class ConflictingNotification(Exception):
-    """A notification repeats a known (origin, id) with other content; ``field`` names the first difference."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field} differs from the first notification")
-        self.field = field
 
 
 # --- Notifications from other instances ------------------------------------------------

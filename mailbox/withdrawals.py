@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from federation import payloads
+from federation.inbound import WithdrawalResult
 from pushmail_site.jobs import lock
 from pushmail_site.states import transition, transition_rows
 
@@ -18,11 +18,6 @@ from .states import ENTRY, FETCH
 
 if TYPE_CHECKING:
     from outbox.models import Message
-
-
-@dataclass(frozen=True)
-class WithdrawalResult:
-    fetched_before: bool
 
 
 def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> WithdrawalResult | None:

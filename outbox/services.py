@@ -34,7 +34,7 @@ from .drafts import (
 from .retention import mark_fetched_by_all
 from .rules import check_subject, max_recipients, parse_addresses, split_addresses
 from .sending import UNKNOWN_MAILBOX_REASON, send_message
-from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_body
+from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_attachment, serve_body
 from .uploads import add_attachments, remove_attachment
 from .withdrawal import requeue_due_withdrawals, send_withdrawal, withdraw_message
 
@@ -83,6 +83,7 @@ __all__ = [
     "send_due_drafts",
     "send_message",
     "send_withdrawal",
+    "serve_attachment",
     "serve_body",
     "split_addresses",
     "undo_send",

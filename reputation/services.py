@@ -9,16 +9,9 @@ from django.core.cache import caches
 from django.db import connection
 from django.utils import timezone
 
+from federation.inbound import OriginRefused
+
 from .models import OriginPolicy, Read
-
-
-class OriginRefused(Exception):
-    """A peer domain may not deliver now. ``retry_after`` is set when it may try later."""
-
-    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]
