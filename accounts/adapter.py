@@ -7,6 +7,11 @@ from allauth.account.adapter import DefaultAccountAdapter
 from allauth.account.internal.flows.login import AUTHENTICATION_METHODS_SESSION_KEY
 from allauth.core import context as allauth_context
 
+from pushmail_site.jobs import enqueue
+
+from .models import User
+from .tasks import send_password_reset
+
 log = logging.getLogger(__name__)
 
 
@@ -40,16 +45,10 @@ class AccountAdapter(DefaultAccountAdapter):
         self._queue_reset(user.pk)
 
     def _queue_reset(self, user_id: int | None) -> None:
-        from pushmail_site.jobs import enqueue
-
-        from .tasks import send_password_reset
-
         origin = allauth_context.request.build_absolute_uri("/")
         enqueue(send_password_reset, user_id, origin)
 
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
-        from .models import User
-
         user = context.get("user")
         if not isinstance(user, User):
             # "Unknown account" mail: the address is whatever a stranger typed. Send nothing, but

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.core.management.base import BaseCommand
 
 from federation.keys import reencrypt_private_keys
@@ -9,6 +11,6 @@ class Command(BaseCommand):
         "PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS (to rotate the key-encryption key)."
     )
 
-    def handle(self, *args, **options):
+    def handle(self, *args: Any, **options: Any) -> None:
         changed = reencrypt_private_keys()
         self.stdout.write(f"re-encrypted {changed} signing key(s)")
