@@ -30,10 +30,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from federation.payloads import MAX_ATTACHMENTS
+from pushmail_site.hooks import Hook
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
 from .models import AttachmentFetch, Blob
+from .selectors import usage_bytes
 
 CHUNK = 64 * 1024
 MAX_FILES = MAX_ATTACHMENTS  # per message: the protocol's manifest limit
@@ -247,8 +249,6 @@ def store_verified(*, stream: Any, expected_digest: str, expected_size: int) -> 
 
 def check_quota(*, user: Any, extra_bytes: int) -> None:
     """Refuse (ValidationError) when ``extra_bytes`` more would put ``user`` over their quota."""
-    from .selectors import usage_bytes
-
     quota = user.effective_quota_bytes
     used = usage_bytes(user)
     if used + extra_bytes > quota:
@@ -282,6 +282,10 @@ def record_attachment_fetch(*, attachment_id: int, domain: str, size: int) -> At
 
 # --- Housekeeping ------------------------------------------------------------------------------
 
+#: ``named_by_received_manifest(sha256)``: whether a received message's manifest names these bytes, so a
+#: reader may still fetch them (the mailbox app answers). Such a file is kept.
+named_by_received_manifest: Hook[[str], bool] = Hook("attachments.services.named_by_received_manifest")
+
 
 def _delete_file(name: str) -> None:
     Blob._meta.get_field("file").storage.delete(name)  # type: ignore[attr-defined]
@@ -295,14 +299,12 @@ def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500
     (an upload is stored before its draft row exists). The row goes first, the
     file after commit, so a file is never missing under a row.
     """
-    from mailbox.models import RemoteMessage
-
     cutoff = timezone.now() - grace
     unused = {"message_uses__isnull": True, "draft_uses__isnull": True, "received_uses__isnull": True}
     candidates = Blob.objects.filter(last_stored_at__lt=cutoff, **unused).values_list("pk", "sha256", "file")[:limit]
     purged = 0
     for pk, sha256, name in candidates:
-        if RemoteMessage.objects.filter(attachments__icontains=sha256).exists():
+        if named_by_received_manifest(sha256):
             continue
         with transaction.atomic():
             deleted, _ = Blob.objects.filter(pk=pk, last_stored_at__lt=cutoff, **unused).delete()

@@ -425,7 +425,7 @@ def test_the_server_answers_identity_or_gzip_only(alice: User, peer: FakePeer, f
 
 
 def test_the_readme_documents_every_attachment_unavailable_answer() -> None:
-    source = "".join((ROOT / "attachments" / name).read_text() for name in ("services.py", "fetching.py"))
+    source = (ROOT / "mailbox" / "received_attachments.py").read_text()
     statuses = {"502"} | set(re.findall(r"AttachmentUnavailable\([^)]*status=(\d{3})", source, re.S))
     readme = (ROOT / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `GET /api/v1/inbox/{id}/attachments/"))

@@ -25,10 +25,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
-from mailbox.selectors import inbox_for
+from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
-from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
+from outbox.selectors import drafts_for, open_drafts_for, sent_messages_for
 
 View = Callable[..., HttpResponse]
 

@@ -12,10 +12,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
 from mailbox.models import EntryState, InboxEntry
-from mailbox.selectors import body_at_sender, body_of
+from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
 from mailbox.services import open_entry, retry_fetch_now
+from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
 from webmail import reading
 
