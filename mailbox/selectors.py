@@ -290,6 +290,11 @@ def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
     return items
 
 
+def received_references(message_id: str) -> list[str] | None:
+    """The References of a message received here under ``message_id`` (any mailbox's), None when none was."""
+    return RemoteMessage.objects.filter(message_id=message_id).values_list("references", flat=True).first()
+
+
 def manifest_names(sha256: str) -> bool:
     """Whether the manifest of any received message names a file with this SHA-256 (hex)."""
     return RemoteMessage.objects.filter(attachments__icontains=sha256).exists()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from .bodies import canonical_content, manifest_of
 from .compose import (
-    forward_entry,
+    format_date,
+    forward_header,
     forward_subject,
+    other_addresses,
+    quotable_text,
     quote,
     render_markdown,
+    reply_references,
     reply_subject,
-    reply_to_entry,
     reply_to_sent,
 )
 from .delivery import LEGACY_REASON, deliver_notification, notification_for, queue_deliveries, requeue_due_deliveries
@@ -35,7 +38,7 @@ from .retention import mark_fetched_by_all
 from .rules import check_subject, max_recipients, parse_addresses, split_addresses
 from .sending import UNKNOWN_MAILBOX_REASON, send_message
 from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_attachment, serve_body
-from .uploads import add_attachments, remove_attachment
+from .uploads import add_attachments, attach_stored, remove_attachment
 from .withdrawal import requeue_due_withdrawals, send_withdrawal, withdraw_message
 
 
@@ -54,6 +57,7 @@ __all__ = [
     "Outgoing",
     "Prepared",
     "add_attachments",
+    "attach_stored",
     "canonical_content",
     "check_draft",
     "check_subject",
@@ -61,7 +65,8 @@ __all__ = [
     "delete_draft",
     "deliver_notification",
     "draft_for_key",
-    "forward_entry",
+    "format_date",
+    "forward_header",
     "forward_subject",
     "manifest_of",
     "mark_fetched_by_all",
@@ -69,14 +74,16 @@ __all__ = [
     "notification_for",
     "offered_message",
     "open_once",
+    "other_addresses",
     "parse_addresses",
     "queue_deliveries",
     "queue_send",
+    "quotable_text",
     "quote",
     "remove_attachment",
     "render_markdown",
+    "reply_references",
     "reply_subject",
-    "reply_to_entry",
     "reply_to_sent",
     "requeue_due",
     "send_draft",

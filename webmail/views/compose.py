@@ -25,6 +25,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect
 
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
+from mailbox import replies
 from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
@@ -415,7 +416,7 @@ def reply(request: HttpRequest, entry_id: int) -> HttpResponse:
         drafts_service.open_once(
             owner=request.user,
             key=_key(request, f"reply{'-all' if reply_all else ''}:{entry.pk}"),
-            prepare=partial(drafts_service.reply_to_entry, owner=request.user, entry=entry, reply_all=reply_all),
+            prepare=partial(replies.reply_to_entry, owner=request.user, entry=entry, reply_all=reply_all),
         ),
     )
 
@@ -431,7 +432,7 @@ def forward(request: HttpRequest, entry_id: int) -> HttpResponse:
         drafts_service.open_once(
             owner=request.user,
             key=_key(request, f"forward:{entry.pk}"),
-            prepare=partial(drafts_service.forward_entry, owner=request.user, entry=entry),
+            prepare=partial(replies.forward_entry, owner=request.user, entry=entry),
         ),
     )
 
