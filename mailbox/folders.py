@@ -7,6 +7,7 @@ applied whole or not at all.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -155,8 +156,6 @@ def delete_label(*, user: User, label_id: int) -> None:
 
 
 def _owned_messages(user: User, message_ids: Iterable[object]) -> QuerySet[Message]:
-    import uuid
-
     ids: set[uuid.UUID] = set()
     for value in message_ids:
         try:

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from django.utils.functional import SimpleLazyObject
 
 from mailbox import selectors
+from webmail.templatetags.webmail_lists import unread_badge
 
 
 @dataclass
@@ -19,8 +20,6 @@ class MailShell:
     @property
     def inbox_unread(self) -> str:
         """As shown in the title: "" when nothing is unread, "999+" past the cap."""
-        from webmail.templatetags.webmail_lists import unread_badge
-
         count = self.counts.get("inbox", 0)
         return unread_badge(count) if count else ""
 

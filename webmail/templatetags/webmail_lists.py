@@ -7,7 +7,9 @@ from datetime import datetime
 from django import template
 from django.utils import timezone
 
+from mailbox.selectors import UNREAD_CAP
 from pushmail_site.sizes import human_size
+from webmail.rows import render_rows
 
 register = template.Library()
 
@@ -35,14 +37,10 @@ def mailsize(value: int | None) -> str:
 @register.simple_tag
 def mail_rows(entries):  # type: ignore[no-untyped-def]
     """The rows of a mail list (see webmail.rows)."""
-    from webmail.rows import render_rows
-
     return render_rows(entries)
 
 
 @register.filter
 def unread_badge(count: int) -> str:
     """An unread count as shown: counts stop at the cap, shown as "999+"."""
-    from mailbox.selectors import UNREAD_CAP
-
     return f"{UNREAD_CAP - 1}+" if count >= UNREAD_CAP else str(count)
