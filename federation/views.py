@@ -16,7 +16,7 @@ from django.views.decorators.gzip import gzip_page
 from accounts.validators import domain_of
 
 from . import discovery, inbound, payloads
-from .signatures import SignatureRejected, verify_request
+from .signatures import SignatureRejected, Verified, verify_request
 
 
 def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
@@ -65,6 +65,19 @@ def _method_not_allowed(allowed: list[str]) -> JsonResponse:
     return response
 
 
+def _signed(request: HttpRequest, method: str, limit: int) -> tuple[Verified, bytes] | HttpResponse:
+    """A signed request's signer and body (at most ``limit`` bytes), or the answer refusing it."""
+    if request.method != method:
+        return _method_not_allowed([method])
+    body = _body_within(request, limit)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        return verify_request(request, body), body
+    except SignatureRejected as exc:
+        return _refused(exc)
+
+
 @csrf_exempt  # read-only; without this a POST would get Django's HTML CSRF page, not the JSON 405
 @gzip_page
 def well_known(request: HttpRequest) -> JsonResponse:
@@ -83,15 +96,10 @@ def well_known(request: HttpRequest) -> JsonResponse:
 @gzip_page
 def notifications(request: HttpRequest) -> HttpResponse:
     """``POST /federation/v1/notifications``: accept a signed notification (§5)."""
-    if request.method != "POST":
-        return _method_not_allowed(["POST"])
-    body = _body_within(request, settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "POST", settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
     try:
         notification = payloads.parse_notification(
             _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
@@ -121,15 +129,10 @@ def notifications(request: HttpRequest) -> HttpResponse:
 @gzip_page
 def withdrawals(request: HttpRequest) -> HttpResponse:
     """``POST /federation/v1/withdrawals``: the sender withdrew a message (§7)."""
-    if request.method != "POST":
-        return _method_not_allowed(["POST"])
-    body = _body_within(request, 65536)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "POST", 65536)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
     try:
         withdrawal = payloads.parse_withdrawal(_read_json(request, body))
     except payloads.PayloadError as exc:
@@ -146,15 +149,10 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
 
 def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] | HttpResponse:
     """Check a signed GET for a message: (the signing domain, the message id), or the error answer."""
-    if request.method != "GET":
-        return _method_not_allowed(["GET"])
-    body = _body_within(request, 0)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "GET", 0)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, _body = signed
     try:
         return signer.domain, uuid.UUID(global_id)
     except ValueError:

@@ -22,6 +22,7 @@ from mailbox.received_attachments import (
 from outbox.models import DraftAttachment, MessageAttachment
 from outbox.selectors import sent_messages_for
 from pushmail_site.sizes import human_size
+from webmail.polling import poll_delay, polls_so_far
 
 
 def _unavailable(request: HttpRequest, problem: AttachmentUnavailable, back: str) -> HttpResponse:
@@ -39,7 +40,7 @@ def _entry(request: HttpRequest, entry_id: int) -> InboxEntry:
 
 def _fetch_context(request: HttpRequest, entry: InboxEntry, index: int, status: AttachmentStatus) -> dict[str, Any]:
     """What templates/webmail/partials/attachment_fetch.html needs: the state, and where to ask again."""
-    polls = _polls(request)
+    polls = polls_so_far(request)
     download = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": index})
     preview = previewable(status.item.content_type) and request.GET.get("mode", request.POST.get("mode")) == "preview"
     return {
@@ -53,22 +54,8 @@ def _fetch_context(request: HttpRequest, entry: InboxEntry, index: int, status: 
         "back": reverse("webmail:entry", kwargs={"entry_id": entry.pk}),
         "polling": status.in_flight or status.retrying,
         "next_poll": polls + 1,
-        "poll_delay": _poll_delay(polls, retrying=status.retrying),
+        "poll_delay": poll_delay(polls, waiting_for_retry=status.retrying),
     }
-
-
-def _poll_delay(polls: int, *, retrying: bool) -> str:
-    """Quickly at first, then less often; a fetch waiting for its next attempt is asked about every 5 s."""
-    if retrying:
-        return "5s"
-    if polls < 20:
-        return "500ms"
-    return "2s" if polls < 60 else "5s"
-
-
-def _polls(request: HttpRequest) -> int:
-    value = request.GET.get("n", "")
-    return min(int(value), 10_000) if value.isdigit() and len(value) < 6 else 0
 
 
 @login_required

@@ -204,18 +204,28 @@ def _apply(request: HttpRequest, action: str, ids: list[str]) -> None:
         "unstar": lambda: f"{_plural(folders.star(user=user, entry_ids=ids, starred=False))} unstarred.",
     }
     verb, _, arg = action.partition(":")
+
+    def label() -> str:
+        n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+        return f"Label added to {_plural(n)}."
+
+    def unlabel() -> str:
+        folders.remove_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
+        return f"Label removed from {_plural(len(set(ids)))}."
+
+    if arg and verb in ("label", "unlabel"):
+        _report(request, label if verb == "label" else unlabel)
+    else:
+        _report(request, handlers.get(action))
+
+
+def _report(request: HttpRequest, run: Callable[[], str] | None) -> None:
+    """Run the chosen action and say what it did; an unknown action, or a refused selection, changes nothing."""
+    if run is None:
+        messages.error(request, "That action is not available. Nothing was changed.")
+        return
     try:
-        if verb == "label" and arg:
-            n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
-            text = f"Label added to {_plural(n)}."
-        elif verb == "unlabel" and arg:
-            folders.remove_label(user=user, entry_ids=ids, label_id=arg)  # type: ignore[arg-type]
-            text = f"Label removed from {_plural(len(set(ids)))}."
-        elif action in handlers:
-            text = handlers[action]()
-        else:
-            messages.error(request, "That action is not available. Nothing was changed.")
-            return
+        text = run()
     except folders.FolderError as exc:
         messages.error(request, f"{exc} Nothing was changed.")
         return
@@ -272,23 +282,18 @@ def empty_trash(request: HttpRequest) -> HttpResponse:
 
 def _sent_apply(request: HttpRequest, action: str, ids: list[str]) -> None:
     user = request.user
-    try:
-        if action in ("trash", "delete"):
-            trashed, deleted = folders.trash_sent(user=user, message_ids=ids)
-            text = _deleted(trashed, deleted)
-        elif action == "restore":
-            text = f"{_plural(folders.restore_sent(user=user, message_ids=ids))} moved back to Sent."
-        elif action == "star":
-            text = f"{_plural(folders.star_sent(user=user, message_ids=ids))} starred."
-        elif action == "unstar":
-            text = f"{_plural(folders.star_sent(user=user, message_ids=ids, starred=False))} unstarred."
-        else:
-            messages.error(request, "That action is not available. Nothing was changed.")
-            return
-    except folders.FolderError as exc:
-        messages.error(request, f"{exc} Nothing was changed.")
-        return
-    messages.success(request, text)
+
+    def trash() -> str:
+        return _deleted(*folders.trash_sent(user=user, message_ids=ids))
+
+    handlers: dict[str, Callable[[], str]] = {
+        "trash": trash,
+        "delete": trash,
+        "restore": lambda: f"{_plural(folders.restore_sent(user=user, message_ids=ids))} moved back to Sent.",
+        "star": lambda: f"{_plural(folders.star_sent(user=user, message_ids=ids))} starred.",
+        "unstar": lambda: f"{_plural(folders.star_sent(user=user, message_ids=ids, starred=False))} unstarred.",
+    }
+    _report(request, handlers.get(action))
 
 
 @login_required
