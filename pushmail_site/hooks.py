@@ -34,6 +34,10 @@ class Hook(Generic[P, R]):
         self._answer = answer
         return answer
 
+    @property
+    def answered(self) -> bool:
+        return self._answer is not None
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         if self._answer is None:
             raise ImproperlyConfigured(f"nothing answers {self.name}: is the app that does in INSTALLED_APPS?")
