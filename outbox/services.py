@@ -1,9 +1,9 @@
 """The sender side's services, as other apps (and the webmail and API) call them.
 
 Each lives in the module of what it does: composing (``compose``), drafts
-(``drafts``, ``uploads``, ``draft_sending``), sending (``sending``), the delivery
-worker (``delivery``), what peers may fetch (``serving``), withdrawal
-(``withdrawal``) and retention (``retention``). Their state graphs are in ``states``;
+(``drafts``, ``uploads``, ``draft_sending``), sending (``sending``), the sender's
+copies (``sent_folder``), the delivery worker (``delivery``), what peers may fetch
+(``serving``), withdrawal (``withdrawal``) and retention (``retention``). Their state graphs are in ``states``;
 what may be sent is in ``rules``.
 """
 
@@ -37,6 +37,7 @@ from .drafts import (
 from .retention import mark_fetched_by_all
 from .rules import check_subject, max_recipients, parse_addresses, split_addresses
 from .sending import UNKNOWN_MAILBOX_REASON, send_message
+from .sent_folder import restore_sent, star_sent, trash_sent
 from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_attachment, serve_body
 from .uploads import add_attachments, attach_stored, remove_attachment
 from .withdrawal import requeue_due_withdrawals, send_withdrawal, withdraw_message
@@ -86,6 +87,7 @@ __all__ = [
     "reply_subject",
     "reply_to_sent",
     "requeue_due",
+    "restore_sent",
     "send_draft",
     "send_due_drafts",
     "send_message",
@@ -93,6 +95,8 @@ __all__ = [
     "serve_attachment",
     "serve_body",
     "split_addresses",
+    "star_sent",
+    "trash_sent",
     "undo_send",
     "unsaved_draft",
     "update_draft",

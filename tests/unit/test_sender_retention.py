@@ -30,10 +30,9 @@ from attachments.models import Blob
 from attachments.selectors import usage_bytes
 from attachments.services import AttachmentInput, purge_unused_blobs, store_upload
 from federation import http
-from mailbox.folders import trash_sent
 from mailbox.models import InboxEntry
 from outbox.models import BodyFetch, Delivery, Message
-from outbox.services import deliver_notification, send_message
+from outbox.services import deliver_notification, send_message, trash_sent
 from pushmail_site.celery import app
 from tests.conftest import NOTIFICATIONS, Call, FakePeer, FederationClient, Queued, api_as, json_response
 

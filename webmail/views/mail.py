@@ -19,6 +19,7 @@ from accounts.models import User
 from mailbox import folders, selectors
 from mailbox.models import Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
+from outbox import services as sent_copies
 from outbox.models import Message
 from webmail import lists
 from webmail.templatetags.webmail_lists import unread_badge
@@ -284,14 +285,14 @@ def _sent_apply(request: HttpRequest, action: str, ids: list[str]) -> None:
     user = request.user
 
     def trash() -> str:
-        return _deleted(*folders.trash_sent(user=user, message_ids=ids))
+        return _deleted(*sent_copies.trash_sent(user=user, message_ids=ids))
 
     handlers: dict[str, Callable[[], str]] = {
         "trash": trash,
         "delete": trash,
-        "restore": lambda: f"{_plural(folders.restore_sent(user=user, message_ids=ids))} moved back to Sent.",
-        "star": lambda: f"{_plural(folders.star_sent(user=user, message_ids=ids))} starred.",
-        "unstar": lambda: f"{_plural(folders.star_sent(user=user, message_ids=ids, starred=False))} unstarred.",
+        "restore": lambda: f"{_plural(sent_copies.restore_sent(user=user, message_ids=ids))} moved back to Sent.",
+        "star": lambda: f"{_plural(sent_copies.star_sent(user=user, message_ids=ids))} starred.",
+        "unstar": lambda: f"{_plural(sent_copies.star_sent(user=user, message_ids=ids, starred=False))} unstarred.",
     }
     _report(request, handlers.get(action))
 
