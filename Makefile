@@ -40,6 +40,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	DEBUG=1 $(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: setup  ## benchmarks; results go in docs/benchmarks.md
 	bash bench/run_all.sh

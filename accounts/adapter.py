@@ -11,6 +11,11 @@ from django.http import HttpRequest
 if TYPE_CHECKING:
     from .models import User
 
+from pushmail_site.jobs import enqueue
+
+from .models import User
+from .tasks import send_password_reset
+
 log = logging.getLogger(__name__)
 
 
@@ -44,16 +49,10 @@ class AccountAdapter(DefaultAccountAdapter):
         self._queue_reset(user.pk)
 
     def _queue_reset(self, user_id: int | None) -> None:
-        from pushmail_site.jobs import enqueue
-
-        from .tasks import send_password_reset
-
         origin = allauth_context.request.build_absolute_uri("/")
         enqueue(send_password_reset, user_id, origin)
 
     def send_mail(self, template_prefix: str, email: str, context: dict[str, Any]) -> None:
-        from .models import User
-
         user = context.get("user")
         if not isinstance(user, User):
             # "Unknown account" mail: the address is whatever a stranger typed. Send nothing, but

@@ -14,11 +14,11 @@ from django.db.models import Count, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from federation.models import SigningKey
 from pushmail_site.sizes import human_size
 
-from .admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
+from .admin_scope import DomainScopedAdmin, is_domain_admin
 from .models import ApiToken, Domain, User
+from .signals import domain_created
 from .validators import normalize_address
 
 if TYPE_CHECKING:
@@ -30,20 +30,10 @@ if TYPE_CHECKING:
 _SIGNING_KEY_FIELDS = ("key_id", "public_key", "created_at", "retired_at", "expires_at")
 
 
-class SigningKeyInline(DomainScopedInline):
-    model = SigningKey
-    extra = 0
-    fields = _SIGNING_KEY_FIELDS
-    readonly_fields = _SIGNING_KEY_FIELDS
-    can_delete = False
-    show_change_link = True
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # new keys come from `manage.py rotatekey`, which keeps the old one valid for a grace period
-
-
 @admin.register(Domain)
 class DomainAdmin(DomainScopedAdmin):
+    """Hosted domains; federation's admin adds each domain's signing keys to this page."""
+
     domain_lookup = "pk"
     domain_admin_can_change = True  # its defaults; adding and deleting domains is for superusers
     list_display = ["name", "default_fetch_policy", "default_quota", "mailbox_count", "created_at"]
@@ -51,7 +41,6 @@ class DomainAdmin(DomainScopedAdmin):
     search_fields = ["name"]
     fields = ["name", "default_fetch_policy", "default_quota_bytes", "created_at"]
     readonly_fields = ["created_at"]
-    inlines = [SigningKeyInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Domain | None = None) -> list[str]:
         # The name is in every address and signing key id: it is fixed once created.
@@ -68,14 +57,10 @@ class DomainAdmin(DomainScopedAdmin):
     def mailbox_count(self, obj: CountedDomain) -> int:
         return obj.mailbox_total
 
-    def save_model(self, request: HttpRequest, obj: Domain, form: Any, change: bool) -> None:
-        from federation import discovery
-        from federation.keys import create_signing_key
-
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         super().save_model(request, obj, form, change)
-        if not change and not obj.signing_keys.exists():
-            create_signing_key(domain=obj)
-            discovery.forget_hosted_domains()
+        if not change:
+            domain_created.send(sender=Domain, domain=obj)
 
 
 class MailboxCreationForm(AdminUserCreationForm):

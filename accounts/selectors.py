@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from allauth.mfa.models import Authenticator
+from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
 from django.db.models import QuerySet
 
 from .models import ApiToken, User
@@ -11,22 +13,8 @@ def api_tokens_for(*, user: User) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user).order_by("-created_at", "-pk")
 
 
-def storage_for(*, user: User) -> dict[str, int] | None:
-    """Bytes used and the quota, or None while the attachments store cannot count usage."""
-    try:
-        from attachments.selectors import usage_bytes
-    except ImportError:
-        return None
-    used = usage_bytes(user=user)
-    quota = user.effective_quota_bytes
-    return {"used": used, "quota": quota, "percent": min(100, round(100 * used / quota)) if quota else 100}
-
-
 def security_for(*, user: User) -> dict[str, object]:
     """What protects the sign-in: authenticator app on or off, passkeys, unused recovery codes."""
-    from allauth.mfa.models import Authenticator
-    from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
-
     by_type: dict[str, list[Authenticator]] = {}
     for authenticator in Authenticator.objects.filter(user=user):
         by_type.setdefault(authenticator.type, []).append(authenticator)

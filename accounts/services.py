@@ -6,29 +6,37 @@ import logging
 import secrets
 from urllib.parse import quote
 
+from allauth.account import app_settings as allauth_settings
 from allauth.account.models import EmailAddress
+from allauth.account.utils import user_pk_to_url_str
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.template.loader import render_to_string
+from django.urls import reverse
 
-from federation import discovery, keys
+from pushmail_site.hooks import Hook
 
 from .models import ApiToken, Domain, FetchPolicy, RemoteContentPolicy, User
+from .signals import domain_created
 from .validators import normalize_address, normalize_display_name, normalize_domain
 
 log = logging.getLogger(__name__)
 
 SYSTEM_LOCAL_PART = "postmaster"
 
+#: ``send_mail(sender=..., to=[...], subject=..., text=...)``: send ordinary mail from a mailbox here.
+#: The sender side answers it (outbox.send_message): account mail leaves as any other mail does.
+send_mail: Hook[..., object] = Hook("accounts.services.send_mail")
+
 
 @transaction.atomic
 def create_domain(*, name: str) -> Domain:
-    """Create a hosted domain with its first Ed25519 signing key."""
+    """Create a hosted domain; federation gives it its first Ed25519 signing key (``domain_created``)."""
     name = normalize_domain(name)
     if Domain.objects.filter(name=name).exists():
         raise ValidationError(f"domain {name} already exists")
     domain = Domain.objects.create(name=name)
-    keys.create_signing_key(domain=domain)
-    transaction.on_commit(discovery.forget_hosted_domains)
+    domain_created.send(sender=Domain, domain=domain)
     return domain
 
 
@@ -122,13 +130,11 @@ def send_account_mail(*, user: User, subject: str, text: str) -> bool:
     It leaves as ordinary pull-on-read mail from postmaster@<the user's domain>. Returns False,
     sending nothing, when the user has set no recovery address.
     """
-    from outbox.services import send_message
-
     if not user.recovery_address:
         log.info("account mail for %s not sent: no recovery address", user.pk)
         return False
     subject = " ".join(subject.split())  # one line, whatever the template produced
-    send_message(sender=system_sender(domain=user.domain), to=[user.recovery_address], subject=subject, text=text)
+    send_mail(sender=system_sender(domain=user.domain), to=[user.recovery_address], subject=subject, text=text)
     return True
 
 
@@ -139,11 +145,6 @@ def send_password_reset(*, user_id: int | None, origin: str) -> bool:
     any other address (no enumeration by timing). ``user_id`` None (an unknown address) sends nothing;
     ``origin`` is the scheme and host the user asked from, e.g. "https://mail.example.org".
     """
-    from allauth.account import app_settings as allauth_settings
-    from allauth.account.utils import user_pk_to_url_str
-    from django.template.loader import render_to_string
-    from django.urls import reverse
-
     user = User.objects.select_related("domain").filter(pk=user_id, is_active=True).first() if user_id else None
     if user is None or not user.recovery_address:
         return False

@@ -10,7 +10,6 @@ from django.http import HttpRequest
 
 from accounts.admin_scope import DomainScopedAdmin
 from accounts.http import AuthedRequest
-from outbox.models import MessageAttachment
 
 from .fetching import retry_now
 from .models import AttachmentFetch, Blob, ReceivedAttachment
@@ -23,30 +22,6 @@ class _ReadOnly:
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-
-class AttachmentFetchInline(_ReadOnly, admin.TabularInline):
-    model = AttachmentFetch
-    extra = 0
-    fields = readonly_fields = ("domain", "fetched_at", "bytes")
-    can_delete = False
-
-
-class MessageAttachmentInline(_ReadOnly, admin.TabularInline):
-    """On a sent message: its files, and which recipient domains fetched each (shown via the Blob)."""
-
-    model = MessageAttachment
-    extra = 0
-    fields = readonly_fields = ("position", "name", "content_type", "size", "blob", "fetch_count")
-    can_delete = False
-    show_change_link = False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[MessageAttachment]:
-        return super().get_queryset(request).select_related("blob").annotate(n_fetches=Count("fetches"))
-
-    @admin.display(description="fetches")
-    def fetch_count(self, obj: Any) -> int:
-        return getattr(obj, "n_fetches", 0)
 
 
 @admin.register(Blob)

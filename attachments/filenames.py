@@ -85,7 +85,7 @@ def _trim(text: str) -> str:
 def blocked_extensions() -> frozenset[str]:
     """``PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS`` as lowercase ``.ext`` items, however it was written
     (``.exe .bat``, ``exe,bat``, a list or a set)."""
-    value = getattr(settings, "PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS", ())
+    value = settings.PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS
     items: Iterable[str] = [value] if isinstance(value, str) else value
     found = set()
     for item in items:

@@ -1,14 +1,11 @@
-"""Reads for attachments: what a page lists, and what counts against a mailbox's quota."""
+"""Reads for attachments: how a page lists them, and a mailbox's use of its quota."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from django.db.models import Sum
-from django.urls import reverse
-
-from mailbox.content import readable_content_for
+from pushmail_site.hooks import Hook
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
@@ -52,7 +49,8 @@ def previewable(content_type: str) -> bool:
     return content_type in PREVIEWABLE_TYPES
 
 
-def _items(manifest: list[dict[str, Any]], url_for: Any) -> list[AttachmentItem]:
+def manifest_items(manifest: list[dict[str, Any]], url_for: Any) -> list[AttachmentItem]:
+    """The items of a manifest (sent mail), under cleaned names, each at ``url_for(index)``."""
     items = []
     for index, entry in enumerate(manifest):
         url = url_for(index)
@@ -75,115 +73,9 @@ def _items(manifest: list[dict[str, Any]], url_for: Any) -> list[AttachmentItem]
     return items
 
 
-def _message_manifest(message: Any) -> list[dict[str, Any]]:
-    from outbox.services import manifest_of
-
-    return manifest_of(message)
-
-
-def manifest_for_entry(entry: Any) -> list[dict[str, Any]]:
-    """The manifest a reader of ``entry`` may see, under cleaned names; [] while the message is hidden from them."""
-    return [item.manifest_item() for item in readable_content_for(entry=entry).attachments]
-
-
-def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
-    """Attachments of an inbox entry, each with its download URL and whether it is still at the sender's.
-
-    "At the sender's" means this message's own fetch has not brought the bytes
-    yet, whatever else is stored here: the same file held for another message
-    must not show (it would tell the reader what others hold).
-    """
-    items = []
-    for item in readable_content_for(entry=entry).attachments:
-        kwargs = {"entry_id": entry.pk, "index": item.index}
-        url = reverse("webmail:entry-attachment", kwargs=kwargs)
-        at_sender = item.blob is None
-        items.append(
-            AttachmentItem(
-                index=item.index,
-                name=item.name,
-                content_type=item.content_type,
-                size=item.size,
-                digest=item.digest,
-                url=url,
-                preview_url=f"{url}?inline=1" if previewable(item.content_type) and not item.blocked else None,
-                at_sender=at_sender,
-                blocked=blocked_reason(item.name, item.blocked, received=True) if item.blocked else None,
-                fetch_url=reverse("webmail:entry-attachment-fetch", kwargs=kwargs)
-                if at_sender and not item.blocked
-                else None,
-            )
-        )
-    return items
-
-
-def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
-    """Attachments of a sent message, for its sender."""
-    return _items(
-        _message_manifest(message),
-        lambda i: reverse("webmail:sent-attachment", kwargs={"message_id": message.pk, "index": i}),
-    )
-
-
-def attachment_items_for_draft(draft: Any) -> list[AttachmentItem]:
-    """Attachments of a draft; ``index`` here is the DraftAttachment id (the URL's ``attachment_id``)."""
-    from outbox.models import DraftAttachment
-
-    items = []
-    for a in DraftAttachment.objects.filter(draft=draft).select_related("blob"):
-        url = reverse("webmail:draft-attachment", kwargs={"draft_id": draft.pk, "attachment_id": a.pk})
-        items.append(
-            AttachmentItem(
-                index=a.pk,
-                name=a.name,
-                content_type=a.content_type,
-                size=a.size,
-                digest=a.blob.digest,
-                url=url,
-                preview_url=f"{url}?inline=1" if previewable(a.content_type) else None,
-                at_sender=False,
-            )
-        )
-    return items
-
-
-def usage_bytes(user: User) -> int:
-    """Bytes that count against ``user``'s quota (``User.effective_quota_bytes``).
-
-    The sum of:
-
-    - the size of every message the user sent that is still in their mailbox
-      (Sent and Trash; the canonical body size, so the text and HTML), however
-      long ago recipients fetched it or its retention for them ended;
-    - the size of every attachment of those messages, counted per message even
-      when the bytes are shared with other messages (dedupe saves disk for the
-      instance, not quota for the user);
-    - the size of every attachment on the user's unsent drafts;
-    - the size of every received message whose body has been fetched to this
-      instance (remote entries in state "fetched").
-
-    Not counted: received messages still at the sender's, notices, mail from
-    the same instance (it counts for its sender), attachments fetched for
-    received mail (stored once for the whole instance), and sent messages the
-    user deleted for good whose rows stay only for their recipients.
-    """
-    from mailbox.models import EntryState, InboxEntry
-    from outbox.models import DraftAttachment, MessageAttachment
-    from outbox.selectors import sent_messages_for
-
-    def total(queryset: Any, field: str) -> int:
-        return int(queryset.aggregate(n=Sum(field))["n"] or 0)
-
-    sent = sent_messages_for(user=user)
-    return (
-        total(sent, "size")
-        + total(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
-        + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
-        + total(
-            InboxEntry.objects.filter(owner=user, remote__isnull=False, state=EntryState.FETCHED),
-            "size",
-        )
-    )
+#: ``usage_bytes(user)``: the bytes that count against ``user``'s quota (``User.effective_quota_bytes``),
+#: sent and received mail alike; the mailbox app answers it (mailbox.selectors.usage_bytes says what counts).
+usage_bytes: Hook[[Any], int] = Hook("attachments.selectors.usage_bytes")
 
 
 @dataclass(frozen=True)

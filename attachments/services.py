@@ -30,10 +30,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from federation.payloads import MAX_ATTACHMENTS
+from pushmail_site.hooks import Hook
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
-from .models import Blob
+from .models import AttachmentFetch, Blob
+from .selectors import usage_bytes
 
 if TYPE_CHECKING:
     from accounts.models import User
@@ -250,8 +252,6 @@ def store_verified(*, stream: Any, expected_digest: str, expected_size: int) -> 
 
 def check_quota(*, user: User, extra_bytes: int) -> None:
     """Refuse (ValidationError) when ``extra_bytes`` more would put ``user`` over their quota."""
-    from .selectors import usage_bytes
-
     quota = user.effective_quota_bytes
     used = usage_bytes(user)
     if used + extra_bytes > quota:
@@ -275,42 +275,19 @@ def quota_exceeded(*, used: int, quota: int, extra: int | None) -> str:
     )
 
 
-# --- Sender side: serving an attachment to a recipient domain -------------------------
+# --- Sender side: a recipient domain fetched an attachment -------------------------------
 
 
-def serve_attachment(*, global_id: Any, digest: str, to_domain: str) -> Any:
-    """The MessageAttachment a recipient domain may fetch, with its fetch recorded.
-
-    The access rule is the body's (docs/protocol.md §5.7): ``to_domain`` must
-    be a remote recipient domain of the message and ``digest`` in its manifest,
-    else ``outbox.services.NotOffered``; a domain whose recipients were all
-    rejected gets ``outbox.services.NoAcceptedRecipient``; a withdrawn message,
-    or one past its ``expires``, raises ``outbox.services.BodyGone``. Unlike the
-    body, attachments stay available until ``expires`` even after every domain
-    fetched the body, so a reader can still open one later.
-    """
-    from outbox.models import MessageAttachment
-    from outbox.services import BodyGone, NotOffered, offered_message
-
-    from .models import AttachmentFetch
-
-    message = offered_message(global_id=global_id, to_domain=to_domain)
-    attachment = (
-        MessageAttachment.objects.filter(message=message, blob__sha256=digest.removeprefix("sha-256:"))
-        .select_related("blob")
-        .order_by("position")
-        .first()
-    )
-    if attachment is None or not digest.startswith("sha-256:"):
-        raise NotOffered()
-    end = message.offer_end(attachments=True)
-    if end is not None:
-        raise BodyGone(end.reason)
-    AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
-    return attachment
+def record_attachment_fetch(*, attachment_id: int, domain: str, size: int) -> AttachmentFetch:
+    """Record that ``domain`` fetched the sent attachment ``attachment_id`` (outbox.serving serves it)."""
+    return AttachmentFetch.objects.create(attachment_id=attachment_id, domain=domain, bytes=size)
 
 
 # --- Housekeeping ------------------------------------------------------------------------------
+
+#: ``named_by_received_manifest(sha256)``: whether a received message's manifest names these bytes, so a
+#: reader may still fetch them (the mailbox app answers). Such a file is kept.
+named_by_received_manifest: Hook[[str], bool] = Hook("attachments.services.named_by_received_manifest")
 
 
 def _delete_file(name: str) -> None:
@@ -325,14 +302,12 @@ def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500
     (an upload is stored before its draft row exists). The row goes first, the
     file after commit, so a file is never missing under a row.
     """
-    from mailbox.models import RemoteMessage
-
     cutoff = timezone.now() - grace
     unused = {"message_uses__isnull": True, "draft_uses__isnull": True, "received_uses__isnull": True}
     candidates = Blob.objects.filter(last_stored_at__lt=cutoff, **unused).values_list("pk", "sha256", "file")[:limit]
     purged = 0
     for pk, sha256, name in candidates:
-        if RemoteMessage.objects.filter(attachments__icontains=sha256).exists():
+        if named_by_received_manifest(sha256):
             continue
         with transaction.atomic():
             deleted, _ = Blob.objects.filter(pk=pk, last_stored_at__lt=cutoff, **unused).delete()

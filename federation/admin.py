@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from accounts.admin_scope import DomainScopedAdmin
+from accounts.admin import DomainAdmin as AccountsDomainAdmin
+from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
+from accounts.models import Domain
 
 from .models import SigningKey
 
@@ -20,3 +22,27 @@ class SigningKeyAdmin(DomainScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+_KEY_FIELDS = ("key_id", "public_key", "created_at", "retired_at", "expires_at")
+
+
+class SigningKeyInline(DomainScopedInline):
+    model = SigningKey
+    extra = 0
+    fields = _KEY_FIELDS
+    readonly_fields = _KEY_FIELDS
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Domain | None = None) -> bool:
+        return False  # new keys come from `manage.py rotatekey`, which keeps the old one valid for a grace period
+
+
+# A domain's page lists its signing keys: accounts (below this app) registers the page, this app adds them.
+admin.site.unregister(Domain)
+
+
+@admin.register(Domain)
+class DomainAdmin(AccountsDomainAdmin):
+    inlines = [*AccountsDomainAdmin.inlines, SigningKeyInline]

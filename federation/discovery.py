@@ -30,6 +30,8 @@ from django.core.cache import caches
 from django.db import connections
 from django.http import HttpRequest
 
+from accounts.models import Domain
+
 from . import http, payloads
 from .keys import public_key_from_b64
 from .models import SigningKey
@@ -86,8 +88,6 @@ _HOSTED_TTL = 10  # another process's adddomain is seen within this many seconds
 
 def local_domain_names() -> set[str]:
     """The domains this instance hosts, cached briefly: every notification asks."""
-    from accounts.models import Domain
-
     cache = caches["local"]
     names: set[str] | None = cache.get(_HOSTED_KEY)
     if names is None:

@@ -48,7 +48,6 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -192,12 +191,8 @@ def allowed_private_hosts() -> set[str]:
     Only their exact origins (:func:`allowed_peer_origins`) may be reached over plain http or
     on non-public addresses; a caller passing ``refuse_peer_hosts`` reaches none of these hosts.
     """
-    try:
-        peers = getattr(settings, "PUSHMAIL_PEERS", None) or {}
-    except ImproperlyConfigured:
-        return set()
     hosts: set[str] = set()
-    for base_url in peers.values():
+    for base_url in settings.PUSHMAIL_PEERS.values():
         if not isinstance(base_url, str):
             continue
         try:
@@ -218,12 +213,8 @@ def allowed_peer_origins() -> set[Origin]:
     Only these may be reached over plain http or on non-public addresses: another port or
     scheme on a peer's host is any other target.
     """
-    try:
-        peers = getattr(settings, "PUSHMAIL_PEERS", None) or {}
-    except ImproperlyConfigured:
-        return set()
     origins: set[Origin] = set()
-    for base_url in peers.values():
+    for base_url in settings.PUSHMAIL_PEERS.values():
         if not isinstance(base_url, str):
             continue
         try:
@@ -256,10 +247,7 @@ def _conn_origin(conn: HTTPConnection) -> Origin:
 
 
 def _default_timeout() -> float:
-    try:
-        value = getattr(settings, "PUSHMAIL_HTTP_TIMEOUT", None)
-    except ImproperlyConfigured:
-        value = None
+    value = settings.PUSHMAIL_HTTP_TIMEOUT
     return float(value) if value else DEFAULT_TIMEOUT
 
 

@@ -55,7 +55,7 @@ def _derive(secret: str) -> bytes:
 
 
 def _encryption_key() -> bytes:
-    secret = str(getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_KEY", "") or "")
+    secret = str(settings.PUSHMAIL_KEY_ENCRYPTION_KEY or "")
     if not secret:
         raise ImproperlyConfigured("PUSHMAIL_KEY_ENCRYPTION_KEY is not set")
     return _derive(secret)
@@ -63,7 +63,7 @@ def _encryption_key() -> bytes:
 
 def _decryption_keys() -> list[bytes]:
     """The current key, then those of PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS (while a rotation is under way)."""
-    old = getattr(settings, "PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS", ()) or ()
+    old = settings.PUSHMAIL_KEY_ENCRYPTION_OLD_KEYS
     return [_encryption_key(), *(_derive(str(secret)) for secret in old if secret)]
 
 

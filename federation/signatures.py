@@ -33,7 +33,7 @@ from http_message_signatures.exceptions import HTTPMessageSignaturesException, I
 from accounts.validators import normalize_domain
 
 from . import discovery
-from .keys import private_key_of, public_key_from_b64
+from .keys import current_key, private_key_of, public_key_from_b64
 
 LABEL = "pm"
 TAG = "pushmail"
@@ -101,8 +101,6 @@ def sign(
 
 def sign_as(domain: str, *, method: str, url: str, headers: Mapping[str, str], body: bytes | None) -> dict[str, str]:
     """Sign with the current key of a hosted domain."""
-    from .keys import current_key
-
     key = current_key(domain)
     return sign(method=method, url=url, headers=headers, body=body, key_id=key.key_id, private_key=private_key_of(key))
 

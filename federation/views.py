@@ -14,12 +14,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
 from accounts.validators import domain_of
-from mailbox import services as mailbox_services
-from outbox import services as outbox_services
-from reputation.services import OriginRefused, check_origin
 
-from . import discovery, payloads
-from .signatures import SignatureRejected, verify_request
+from . import discovery, inbound, payloads
+from .signatures import SignatureRejected, Verified, verify_request
 
 
 def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
@@ -68,6 +65,19 @@ def _method_not_allowed(allowed: list[str]) -> JsonResponse:
     return response
 
 
+def _signed(request: HttpRequest, method: str, limit: int) -> tuple[Verified, bytes] | HttpResponse:
+    """A signed request's signer and body (at most ``limit`` bytes), or the answer refusing it."""
+    if request.method != method:
+        return _method_not_allowed([method])
+    body = _body_within(request, limit)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        return verify_request(request, body), body
+    except SignatureRejected as exc:
+        return _refused(exc)
+
+
 @csrf_exempt  # read-only; without this a POST would get Django's HTML CSRF page, not the JSON 405
 @gzip_page
 def well_known(request: HttpRequest) -> JsonResponse:
@@ -86,15 +96,10 @@ def well_known(request: HttpRequest) -> JsonResponse:
 @gzip_page
 def notifications(request: HttpRequest) -> HttpResponse:
     """``POST /federation/v1/notifications``: accept a signed notification (§5)."""
-    if request.method != "POST":
-        return _method_not_allowed(["POST"])
-    body = _body_within(request, settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "POST", settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
     try:
         notification = payloads.parse_notification(
             _read_json(request, body), max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS
@@ -104,14 +109,14 @@ def notifications(request: HttpRequest) -> HttpResponse:
     if domain_of(notification.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {notification.sender} is not of the signing domain {signer.domain}")
     try:
-        check_origin(domain=signer.domain)
-    except OriginRefused as exc:
+        inbound.check_origin(domain=signer.domain)
+    except inbound.OriginRefused as exc:
         if exc.retry_after is None:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
     try:
-        results = mailbox_services.accept_notification(origin=signer.domain, notification=notification)
-    except mailbox_services.ConflictingNotification as exc:
+        results = inbound.accept_notification(origin=signer.domain, notification=notification)
+    except inbound.ConflictingNotification as exc:
         return error(
             409,
             "conflicting_notification",
@@ -124,22 +129,17 @@ def notifications(request: HttpRequest) -> HttpResponse:
 @gzip_page
 def withdrawals(request: HttpRequest) -> HttpResponse:
     """``POST /federation/v1/withdrawals``: the sender withdrew a message (§7)."""
-    if request.method != "POST":
-        return _method_not_allowed(["POST"])
-    body = _body_within(request, 65536)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "POST", 65536)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
     try:
         withdrawal = payloads.parse_withdrawal(_read_json(request, body))
     except payloads.PayloadError as exc:
         return invalid_payload(exc)
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
-    result = mailbox_services.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
     if result is None:
         return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
     return JsonResponse(
@@ -149,15 +149,10 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
 
 def _signed_get(request: HttpRequest, global_id: str) -> tuple[str, uuid.UUID] | HttpResponse:
     """Check a signed GET for a message: (the signing domain, the message id), or the error answer."""
-    if request.method != "GET":
-        return _method_not_allowed(["GET"])
-    body = _body_within(request, 0)
-    if isinstance(body, JsonResponse):
-        return body
-    try:
-        signer = verify_request(request, body)
-    except SignatureRejected as exc:
-        return _refused(exc)
+    signed = _signed(request, "GET", 0)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, _body = signed
     try:
         return signer.domain, uuid.UUID(global_id)
     except ValueError:
@@ -171,7 +166,7 @@ _GONE_DETAIL = {
 }
 
 
-def _gone(gone: outbox_services.BodyGone) -> JsonResponse:
+def _gone(gone: inbound.BodyGone) -> JsonResponse:
     detail = _GONE_DETAIL.get(gone.reason, f"message {gone.reason}")
     return JsonResponse({"error": "gone", "reason": gone.reason, "detail": detail}, status=410)
 
@@ -191,12 +186,12 @@ def message_body(request: HttpRequest, global_id: str) -> HttpResponse:
         return checked
     domain, parsed = checked
     try:
-        content = outbox_services.serve_body(global_id=parsed, to_domain=domain)
-    except outbox_services.NotOffered:
+        content = inbound.serve_body(global_id=parsed, to_domain=domain)
+    except inbound.NotOffered:
         return error(404, "not_found", "no such message for your domain")
-    except outbox_services.NoAcceptedRecipient:
+    except inbound.NoAcceptedRecipient:
         return _no_accepted_recipient(domain)
-    except outbox_services.BodyGone as gone:
+    except inbound.BodyGone as gone:
         return _gone(gone)
     # No Content-Digest here: the answer may be gzip-coded in transit, and the
     # notified digest over the decoded bytes is what the recipient checks.
@@ -213,8 +208,6 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     id), with a recipient not rejected (else 403), 410 once withdrawn or expired
     (not when every domain fetched the body). Streamed from storage, never content-coded.
     """
-    from attachments.services import serve_attachment
-
     checked = _signed_get(request, global_id)
     if isinstance(checked, HttpResponse):
         return checked
@@ -222,14 +215,13 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     if not payloads.is_digest(digest):
         return error(404, "not_found", "no such attachment")
     try:
-        attachment = serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
-    except outbox_services.NotOffered:
+        blob = inbound.serve_attachment(global_id=parsed, digest=digest, to_domain=domain)
+    except inbound.NotOffered:
         return error(404, "not_found", "no such attachment of a message for your domain")
-    except outbox_services.NoAcceptedRecipient:
+    except inbound.NoAcceptedRecipient:
         return _no_accepted_recipient(domain)
-    except outbox_services.BodyGone as gone:
+    except inbound.BodyGone as gone:
         return _gone(gone)
-    blob = attachment.blob
     response = FileResponse(blob.file.open("rb"), content_type="application/octet-stream")
     response["Content-Length"] = str(blob.size)
     response["Content-Digest"] = "sha-256=:" + base64.b64encode(bytes.fromhex(blob.sha256)).decode() + ":"

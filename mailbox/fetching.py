@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
@@ -18,10 +19,10 @@ from federation import client, discovery, payloads
 from outbox.models import Recipient
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
 from pushmail_site.states import transition
-from reputation.services import record_read
 
-from . import search, tasks
+from . import search
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+from .signals import message_read
 from .states import BODY_AT_SENDER, DUE, FETCH, retry_delay
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def open_entry(*, entry: InboxEntry) -> InboxEntry:
             entry.opened_at = timezone.now()
             fields.append("opened_at")
             if remote is not None:
-                record_read(message=remote, reader_id=entry.owner_id)
+                message_read.send(sender=RemoteMessage, message=remote, reader_id=entry.owner_id)
     elif remote.state in BODY_AT_SENDER:
         request_fetch(remote_id=remote.pk)
         entry.refresh_from_db(fields=["state"])
@@ -88,8 +89,13 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
             _queue_fetch(remote.pk)
 
 
+@shared_task(name="mailbox.fetch_body")
+def fetch_body_task(remote_id: int) -> None:
+    fetch_body(remote_id)
+
+
 def _queue_fetch(remote_id: int, *, countdown: float | None = None) -> None:
-    enqueue(tasks.fetch_body, remote_id, countdown=countdown)
+    enqueue(fetch_body_task, remote_id, countdown=countdown)
 
 
 # --- The fetch itself ----------------------------------------------------------------------

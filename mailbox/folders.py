@@ -1,4 +1,6 @@
-"""Folder work on a user's own copies: move, read/unread, star, labels, Trash and its emptying.
+"""Folder work on a user's received copies: move, read/unread, star, labels, Trash and its emptying.
+
+The sender's copies (Sent, and sent mail in Trash) are the sender side's: outbox.sent_folder.
 
 Every verb takes the user and ids and acts only on that user's rows: an id that is
 not the user's raises ``NotFound`` before anything changes, so a selection is
@@ -12,22 +14,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
-from outbox.models import Message, MessageAttachment, SenderFolder
-from outbox.selectors import has_outgoing_work
+from outbox.sent_folder import FolderError, NotFound, empty_sent_trash
 
 from .models import Folder, InboxEntry, Label
 
-
-class FolderError(ValueError):
-    """Bad input for a folder action; the message is fit to show to the user."""
-
-
-class NotFound(FolderError):
-    """An id in the selection is not one of the user's (or no longer exists)."""
+__all__ = ["FolderError", "NotFound"]  # the sender's copies raise the same (outbox.sent_folder)
 
 
 def _ids(values: Iterable[object]) -> set[int]:
@@ -151,77 +146,6 @@ def delete_label(*, user: User, label_id: int) -> None:
     _label(user, label_id).delete()
 
 
-# --- The sender's copies (Sent) -----------------------------------------------------------
-
-
-def _owned_messages(user: User, message_ids: Iterable[object]) -> QuerySet[Message]:
-    import uuid
-
-    ids: set[uuid.UUID] = set()
-    for value in message_ids:
-        try:
-            ids.add(uuid.UUID(str(value)))
-        except ValueError:
-            raise NotFound("Some of the selected messages were not found.") from None
-    if not ids:
-        raise FolderError("Select at least one message first.")
-    # Copies already deleted for good (hidden, kept for recipients) are not the sender's to act on.
-    messages = Message.objects.filter(sender=user, pk__in=ids).exclude(
-        sender_folder=SenderFolder.TRASH, sender_trashed_at__isnull=True
-    )
-    if set(messages.select_for_update().values_list("pk", flat=True)) != ids:
-        raise NotFound("Some of the selected messages were not found.")
-    return Message.objects.filter(pk__in=ids)
-
-
-@transaction.atomic
-def trash_sent(*, user: User, message_ids: Iterable[object]) -> tuple[int, int]:
-    """Move the sender's copies to Trash (hidden from Sent); in Trash, delete them for good.
-
-    Returns (trashed, deleted). Recipients keep their copies either way.
-    """
-    messages = _owned_messages(user, message_ids)
-    deleted = _forget_sender_copies(messages.filter(sender_folder=SenderFolder.TRASH))
-    trashed = messages.filter(sender_folder=SenderFolder.SENT).update(
-        sender_folder=SenderFolder.TRASH, sender_trashed_at=timezone.now()
-    )
-    return trashed, deleted
-
-
-@transaction.atomic
-def restore_sent(*, user: User, message_ids: Iterable[object]) -> int:
-    return _owned_messages(user, message_ids).update(sender_folder=SenderFolder.SENT, sender_trashed_at=None)
-
-
-@transaction.atomic
-def star_sent(*, user: User, message_ids: Iterable[object], starred: bool = True) -> int:
-    return _owned_messages(user, message_ids).update(sender_starred=starred)
-
-
-def _forget_sender_copies(messages: QuerySet[Message]) -> int:
-    """Delete sender copies for good where nothing else needs the row; hide the rest.
-
-    The Message row is also what recipients fetch the body and attachments from,
-    what local recipients' entries point to, and what pending deliveries and
-    withdrawals send: such rows stay, hidden from the sender (in Trash with no trash
-    date), and a later sweep deletes them, with their attachment references, once
-    they are no longer needed.
-    """
-    now = timezone.now()
-    # Attachments stay offered until expires even once every domain fetched the body.
-    offered = Q(withdrawn_at__isnull=True, expires_at__gt=now) & (
-        Q(fetched_by_all_at__isnull=True) | Q(Exists(MessageAttachment.objects.filter(message=OuterRef("pk"))))
-    )
-    needed = has_outgoing_work() | Q(Exists(InboxEntry.objects.filter(local=OuterRef("pk")))) | offered
-    ids = list(messages.values_list("pk", flat=True))
-    keep = Message.objects.filter(pk__in=ids).filter(needed)
-    keep.update(sender_folder=SenderFolder.TRASH, sender_trashed_at=None)
-    deleted = Message.objects.filter(pk__in=ids).exclude(pk__in=keep.values("pk"))
-    count = deleted.count()
-    deleted.delete()
-    return count
-
-
 # --- Emptying Trash -----------------------------------------------------------------------
 
 
@@ -230,16 +154,13 @@ def empty_trash(*, older_than: datetime | None = None, user: User | None = None)
     settings.PUSHMAIL_TRASH_DAYS), for one user or everyone.
 
     Returns counts: entries deleted, sender copies deleted, sender copies hidden (still
-    needed by recipients or pending deliveries).
+    needed by recipients or pending deliveries; see outbox.sent_folder).
     """
     if older_than is None:
         older_than = timezone.now() - timedelta(days=settings.PUSHMAIL_TRASH_DAYS)
     entries = InboxEntry.objects.filter(folder=Folder.TRASH, trashed_at__lt=older_than)
-    messages = Message.objects.filter(sender_folder=SenderFolder.TRASH, sender_trashed_at__lt=older_than)
-    # Hidden copies wait for their recipients: retry them on every sweep.
-    hidden = Message.objects.filter(sender_folder=SenderFolder.TRASH, sender_trashed_at__isnull=True)
     if user is not None:
-        entries, messages, hidden = entries.filter(owner=user), messages.filter(sender=user), hidden.filter(sender=user)
+        entries = entries.filter(owner=user)
     result = {"entries": 0, "sent_deleted": 0, "sent_hidden": 0}
     # In batches, so one sweep never holds long locks over a big Trash.
     while True:
@@ -247,13 +168,5 @@ def empty_trash(*, older_than: datetime | None = None, user: User | None = None)
         if not batch:
             break
         result["entries"] += InboxEntry.objects.filter(pk__in=batch).delete()[1].get(InboxEntry._meta.label, 0)
-    with transaction.atomic():
-        due = Message.objects.filter(pk__in=list(messages.values_list("pk", flat=True)[:5000]))
-        due_count = due.count()
-        deleted = _forget_sender_copies(due)
-        result["sent_deleted"] += deleted
-        result["sent_hidden"] += due_count - deleted
-        result["sent_deleted"] += _forget_sender_copies(
-            Message.objects.filter(pk__in=list(hidden.values_list("pk", flat=True)[:5000]))
-        )
+    result["sent_deleted"], result["sent_hidden"] = empty_sent_trash(older_than=older_than, user=user)
     return result

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import IntegrityError, transaction
 
 from accounts.models import FetchPolicy, User
 from accounts.validators import domain_of
 from federation import discovery, payloads
+from federation.inbound import ConflictingNotification, RecipientResult
+from outbox.models import Message
 from pushmail_site.jobs import lock
 
 from . import search, states
@@ -19,34 +20,10 @@ from .fetching import request_fetch
 from .models import FetchState, InboxEntry, RemoteMessage
 from .threads import thread_key
 
-if TYPE_CHECKING:
-    from outbox.models import Message
-
 log = logging.getLogger(__name__)
 
 UNSERVED_DOMAIN = "domain not served by this instance"
 UNKNOWN_MAILBOX = "unknown mailbox"
-
-
-@dataclass(frozen=True)
-class RecipientResult:
-    address: str
-    status: str  # "accepted" or "rejected"
-    reason: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        data = {"address": self.address, "status": self.status}
-        if self.reason:
-            data["reason"] = self.reason
-        return data
-
-
-class ConflictingNotification(Exception):
-    """A notification repeats a known (origin, id) with other content; ``field`` names the first difference."""
-
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field} differs from the first notification")
-        self.field = field
 
 
 # --- Notifications from other instances ------------------------------------------------
@@ -211,9 +188,8 @@ def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:
 # --- Mail between mailboxes of this instance, and system notices ------------------------
 
 
-def deliver_local_entries(*, message: Message, addresses: list[str]) -> set[str]:
-    """Create entries for local recipients of a locally sent message; return the accepted addresses."""
-    users = {u.email: u for u in User.objects.filter(email__in=addresses, is_active=True)}
+def deliver_local_entries(*, message: Message, users: list[User]) -> None:
+    """Create the inbox entries of a message sent to mailboxes of this instance (active ones, found by outbox)."""
     files = list(message.attachments.all()) if users else []
     names = [a.name for a in files]
     document = search.entry_document(
@@ -236,11 +212,10 @@ def deliver_local_entries(*, message: Message, addresses: list[str]) -> set[str]
                 attachments_size=sum(a.size for a in files),
                 search_document=document,
             )
-            for user in users.values()
+            for user in users
         ],
         ignore_conflicts=True,
     )
-    return set(users)
 
 
 def post_notice(*, owner: User, subject: str, text: str) -> InboxEntry:

@@ -178,7 +178,7 @@ class ImageRefused(Exception):
 
 
 def _allowed_private_hosts() -> frozenset[str]:
-    return frozenset(h.strip().lower() for h in getattr(settings, "PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS", ()) if h.strip())
+    return frozenset(h.strip().lower() for h in settings.PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS if h.strip())
 
 
 # A host that timed out or refused is not asked again for a while: a hostile

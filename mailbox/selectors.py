@@ -8,12 +8,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Max, Prefetch, Q, QuerySet, Sum
+from django.urls import reverse
 
 from accounts.models import User
+from attachments.filenames import blocked_reason
+from attachments.selectors import AttachmentItem, previewable
+from outbox import selectors as outbox_selectors
 
 from .content import readable_content_for
-from .models import Folder, InboxEntry, Label
+from .models import EntryState, Folder, InboxEntry, Label, RemoteMessage
 from .states import BODY_AT_SENDER
 
 
@@ -255,3 +259,99 @@ def labels_with_unread(*, user: User) -> list[Label]:
 def label_for(*, user: User, label_id: int) -> Label:
     """One of the user's labels; another user's label is a DoesNotExist (404 in views)."""
     return Label.objects.filter(owner=user).get(pk=label_id)
+
+
+# --- Attachments and quota -------------------------------------------------------------------
+
+
+def attachment_items_for_entry(entry: Any) -> list[AttachmentItem]:
+    """Attachments of an inbox entry, each with its download URL and whether it is still at the sender's.
+
+    "At the sender's" means this message's own fetch has not brought the bytes
+    yet, whatever else is stored here: the same file held for another message
+    must not show (it would tell the reader what others hold).
+    """
+    items = []
+    for item in readable_content_for(entry=entry).attachments:
+        kwargs = {"entry_id": entry.pk, "index": item.index}
+        url = reverse("webmail:entry-attachment", kwargs=kwargs)
+        at_sender = item.blob is None
+        items.append(
+            AttachmentItem(
+                index=item.index,
+                name=item.name,
+                content_type=item.content_type,
+                size=item.size,
+                digest=item.digest,
+                url=url,
+                preview_url=f"{url}?inline=1" if previewable(item.content_type) and not item.blocked else None,
+                at_sender=at_sender,
+                blocked=blocked_reason(item.name, item.blocked, received=True) if item.blocked else None,
+                fetch_url=reverse("webmail:entry-attachment-fetch", kwargs=kwargs)
+                if at_sender and not item.blocked
+                else None,
+            )
+        )
+    return items
+
+
+def received_references(message_id: str) -> list[str] | None:
+    """The References of a message received here under ``message_id`` (any mailbox's), None when none was."""
+    return RemoteMessage.objects.filter(message_id=message_id).values_list("references", flat=True).first()
+
+
+def manifest_names(sha256: str) -> bool:
+    """Whether the manifest of any received message names a file with this SHA-256 (hex)."""
+    return RemoteMessage.objects.filter(attachments__icontains=sha256).exists()
+
+
+def usage_bytes(user: User) -> int:
+    """Bytes that count against ``user``'s quota (``User.effective_quota_bytes``).
+
+    The sum of:
+
+    - the size of every message the user sent that is still in their mailbox
+      (Sent and Trash; the canonical body size, so the text and HTML), however
+      long ago recipients fetched it or its retention for them ended;
+    - the size of every attachment of those messages, counted per message even
+      when the bytes are shared with other messages (dedupe saves disk for the
+      instance, not quota for the user);
+    - the size of every attachment on the user's unsent drafts;
+    - the size of every received message whose body has been fetched to this
+      instance (remote entries in state "fetched").
+
+    Not counted: received messages still at the sender's, notices, mail from
+    the same instance (it counts for its sender), attachments fetched for
+    received mail (stored once for the whole instance), and sent messages the
+    user deleted for good whose rows stay only for their recipients.
+    """
+    fetched = InboxEntry.objects.filter(owner=user, remote__isnull=False, state=EntryState.FETCHED)
+    return outbox_selectors.sent_usage_bytes(user=user) + int(fetched.aggregate(n=Sum("size"))["n"] or 0)
+
+
+# --- Correspondents (compose) ------------------------------------------------------------------
+
+
+def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
+    """Addresses the user received from or sent to, most recent first, matching ``query``."""
+    query = query.strip().lower()
+    received = (
+        InboxEntry.objects.owned_by(user)
+        .exclude(state=EntryState.NOTICE)
+        .filter(sender__icontains=query)
+        .values("sender")
+        .annotate(last=Max("received_at"))
+        .order_by("-last")[: limit * 2]
+    )
+    sent = outbox_selectors.addressed_by(user=user, query=query, limit=limit * 2)
+    latest: dict[str, object] = {}
+    for address, last in [*((r["sender"], r["last"]) for r in received), *sent]:
+        address = address.lower()
+        if address == user.email.lower():
+            continue
+        if address not in latest or last > latest[address]:
+            latest[address] = last
+    # Addresses that start with the query come before those that merely contain it.
+    ranked = sorted(latest, key=lambda a: latest[a], reverse=True)  # type: ignore[arg-type,return-value]
+    ranked.sort(key=lambda a: not (a.startswith(query) or a.partition("@")[2].startswith(query)))
+    return ranked[:limit]

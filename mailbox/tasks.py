@@ -1,13 +1,10 @@
-"""Recipient-side tasks: thin wrappers over services, taking ids."""
+"""Recipient-side tasks, taking ids. The body fetch's task sits beside the function it wraps
+(so that the function can queue its own next attempt); the sweeps are here."""
 
 from celery import shared_task
 
 from . import fetching, folders
-
-
-@shared_task(name="mailbox.fetch_body")
-def fetch_body(remote_id: int) -> None:
-    fetching.fetch_body(remote_id)
+from .fetching import fetch_body_task as fetch_body
 
 
 @shared_task(name="mailbox.requeue_due")
@@ -24,3 +21,6 @@ def housekeeping() -> dict[str, int]:
 def empty_trash() -> dict[str, int]:
     """Delete for good what has been in Trash longer than settings.PUSHMAIL_TRASH_DAYS."""
     return folders.empty_trash()
+
+
+__all__ = ["empty_trash", "fetch_body", "housekeeping", "requeue_due"]

@@ -1,17 +1,10 @@
-"""Conversation keys: messages that share one are shown as one thread."""
+"""Conversation keys: messages that share one are shown as one thread.
 
-from __future__ import annotations
+Sent and received mail get their key the same way, so the function lives
+below both, with the sender side (outbox.threads), which keys a message as it
+is sent; the recipient side keys each message as it arrives (mailbox.ingest).
+"""
 
-from collections.abc import Sequence
+from outbox.threads import thread_key
 
-
-def thread_key(*, message_id: str, in_reply_to: str = "", references: Sequence[str] = ()) -> str:
-    """The Message-ID that started the conversation.
-
-    ``references`` lists the chain oldest first (RFC 5322 §3.6.4), so its first
-    entry is the root; a reply without references hangs off its parent.
-    """
-    for candidate in (*references[:1], in_reply_to, message_id):
-        if candidate:
-            return candidate[:400]
-    return ""
+__all__ = ["thread_key"]

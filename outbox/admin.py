@@ -3,16 +3,15 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
-from attachments.admin import MessageAttachmentInline
 from pushmail_site.states import transition_rows
 
 from .delivery import queue_deliveries
-from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, Recipient, Withdrawal
+from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, MessageAttachment, Recipient, Withdrawal
 from .states import DELIVERY
 
 
@@ -56,6 +55,29 @@ class BodyFetchInline(DomainScopedInline):
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class MessageAttachmentInline(admin.TabularInline):
+    """On a sent message: its files, and how many times recipient domains fetched each. Read-only."""
+
+    model = MessageAttachment
+    extra = 0
+    fields = readonly_fields = ["position", "name", "content_type", "size", "blob", "fetch_count"]  # type: ignore[assignment]
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[MessageAttachment]:
+        return super().get_queryset(request).select_related("blob").annotate(n_fetches=Count("fetches"))
+
+    @admin.display(description="fetches")
+    def fetch_count(self, obj: Any) -> int:
+        return getattr(obj, "n_fetches", 0)
 
 
 @admin.register(Message)

@@ -16,12 +16,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import client, discovery, payloads
-from mailbox.services import post_notice
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
 from pushmail_site.states import transition
 
 from .bodies import manifest_of
-from .models import Delivery, DeliveryState, Recipient, RecipientStatus
+from .models import Delivery, DeliveryState, Message, Recipient, RecipientStatus
+from .signals import notice_for_sender
 from .states import DELIVERY, retry_delay, retry_window
 
 LEGACY_REASON = "legacy domain"
@@ -215,7 +215,8 @@ def _notify_sender_of_failure(delivery: Delivery, reason: str) -> None:
     addresses = list(
         Recipient.objects.filter(message=message, domain=delivery.domain).values_list("address", flat=True)
     )
-    post_notice(
+    notice_for_sender.send(
+        sender=Message,
         owner=message.sender,
         subject=f"Undelivered: {message.subject}"[:998],
         text=(

@@ -21,7 +21,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from attachments.services import AttachmentInput, check_new_files
-from mailbox.services import post_notice
 from pushmail_site.jobs import enqueue, lock, overdue_before
 from pushmail_site.states import transition
 
@@ -29,6 +28,7 @@ from .compose import render_markdown
 from .models import Draft, DraftAttachment, DraftState, Message
 from .rules import check_characters, check_recipient_count, check_subject, parse_addresses
 from .sending import send_message
+from .signals import notice_for_sender
 from .states import DRAFT
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,8 @@ def _reopen(draft: Draft, exc: ValidationError) -> None:
     """Back to Drafts, and a notice in the inbox saying why it was not sent."""
     log.warning("draft %s not sent: %s", draft.pk, exc.messages)
     transition(draft, DRAFT, DraftState.DRAFT, fields={"send_at": None, "updated_at": timezone.now()})
-    post_notice(
+    notice_for_sender.send(
+        sender=Draft,
         owner=draft.owner,
         subject=f"Not sent: {draft.subject or '(no subject)'}"[:998],
         text="Your message was not sent and is back in Drafts:\n\n" + "".join(f"  {m}\n" for m in exc.messages),

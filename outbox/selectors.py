@@ -6,18 +6,22 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.urls import reverse
 
 from accounts.models import User
-from mailbox.models import EntryState, InboxEntry
+from attachments.selectors import AttachmentItem, manifest_items
 
+from .bodies import manifest_of
 from .models import (
     BodyFetch,
     Delivery,
     DeliveryState,
     Draft,
+    DraftAttachment,
     DraftState,
     Message,
+    MessageAttachment,
     Recipient,
     RecipientStatus,
     SenderFolder,
@@ -129,31 +133,37 @@ def open_drafts_for(*, user: User) -> QuerySet[Draft]:
     )
 
 
-def correspondents_for(*, user: User, query: str = "", limit: int = 8) -> list[str]:
-    """Addresses the user received from or sent to, most recent first, matching ``query``."""
-    query = query.strip().lower()
-    received = (
-        InboxEntry.objects.owned_by(user)
-        .exclude(state=EntryState.NOTICE)
-        .filter(sender__icontains=query)
-        .values("sender")
-        .annotate(last=Max("received_at"))
-        .order_by("-last")[: limit * 2]
-    )
+def addressed_by(*, user: User, query: str, limit: int) -> list[tuple[str, datetime]]:
+    """(address, when last sent to) of the user's recipients whose address contains ``query``, most recent first."""
     sent = (
         Recipient.objects.filter(message__sender=user, address__icontains=query)
         .values("address")
         .annotate(last=Max("message__date"))
-        .order_by("-last")[: limit * 2]
+        .order_by("-last")[:limit]
     )
-    latest: dict[str, datetime] = {}
-    for address, last in [*((r["sender"], r["last"]) for r in received), *((r["address"], r["last"]) for r in sent)]:
-        address = address.lower()
-        if address == user.email.lower():
-            continue
-        if address not in latest or last > latest[address]:
-            latest[address] = last
-    # Addresses that start with the query come before those that merely contain it.
-    ranked = sorted(latest, key=lambda a: latest[a], reverse=True)
-    ranked.sort(key=lambda a: not (a.startswith(query) or a.partition("@")[2].startswith(query)))
-    return ranked[:limit]
+    return [(row["address"], row["last"]) for row in sent]
+
+
+# --- Attachments and quota -------------------------------------------------------------------
+
+
+def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
+    """Attachments of a sent message, for its sender."""
+    return manifest_items(
+        manifest_of(message),
+        lambda i: reverse("webmail:sent-attachment", kwargs={"message_id": message.pk, "index": i}),
+    )
+
+
+def sent_usage_bytes(*, user: User) -> int:
+    """The sender side's part of ``user``'s quota use (see mailbox.selectors.usage_bytes for the whole)."""
+
+    def total(queryset: Any, field: str) -> int:
+        return int(queryset.aggregate(n=Sum(field))["n"] or 0)
+
+    sent = sent_messages_for(user=user)
+    return (
+        total(sent, "size")
+        + total(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
+        + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
+    )

@@ -20,9 +20,7 @@ from accounts.models import Domain, User
 from accounts.validators import domain_of
 from attachments.services import AttachmentInput, check_attachments
 from federation import payloads
-from mailbox.models import RemoteMessage
-from mailbox.services import deliver_local_entries
-from mailbox.threads import thread_key
+from pushmail_site.hooks import Hook
 from pushmail_site.states import transition
 
 from .bodies import canonical_content
@@ -45,9 +43,15 @@ from .rules import (
     clean_content_type,
     clean_filename,
 )
+from .signals import sent_to_local_mailboxes
 from .states import DELIVERY
+from .threads import thread_key
 
 UNKNOWN_MAILBOX_REASON = "unknown mailbox"
+
+#: ``received_references(message_id)``: the References of a message received here under that
+#: Message-ID, or None when none was; the mailbox app answers. A reply continues its parent's chain.
+received_references: Hook[[str], list[str] | None] = Hook("outbox.sending.received_references")
 
 
 def send_message(
@@ -164,7 +168,7 @@ def _references_for(in_reply_to: str) -> list[str]:
         return []
     parent = Message.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
     if parent is None:
-        parent = RemoteMessage.objects.filter(message_id=in_reply_to).values_list("references", flat=True).first()
+        parent = received_references(in_reply_to)
     # Only ids a peer would take (docs/protocol.md §5.4): one stored by an older version may not be.
     chain = [r for r in parent or [] if isinstance(r, str) and len(r) <= 400 and not payloads.unfit_character(r)]
     if len(chain) > 20:
@@ -212,7 +216,9 @@ def _create_deliveries(message: Message, domains: list[str], now: datetime) -> l
 
 def _deliver_locally(message: Message, delivery: Delivery, addresses: list[str]) -> None:
     """Same-instance mail: the entry points at the stored message; nothing travels."""
-    accepted = deliver_local_entries(message=message, addresses=addresses)
+    users = list(User.objects.filter(email__in=addresses, is_active=True))
+    sent_to_local_mailboxes.send(sender=Message, message=message, users=users)
+    accepted = {user.email for user in users}
     Recipient.objects.filter(message=message, address__in=accepted).update(status=RecipientStatus.ACCEPTED)
     Recipient.objects.filter(message=message, address__in=set(addresses) - accepted).update(
         status=RecipientStatus.REJECTED, reason=UNKNOWN_MAILBOX_REASON

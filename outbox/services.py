@@ -1,9 +1,9 @@
 """The sender side's services, as other apps (and the webmail and API) call them.
 
 Each lives in the module of what it does: composing (``compose``), drafts
-(``drafts``, ``uploads``, ``draft_sending``), sending (``sending``), the delivery
-worker (``delivery``), what peers may fetch (``serving``), withdrawal
-(``withdrawal``) and retention (``retention``). Their state graphs are in ``states``;
+(``drafts``, ``uploads``, ``draft_sending``), sending (``sending``), the sender's
+copies (``sent_folder``), the delivery worker (``delivery``), what peers may fetch
+(``serving``), withdrawal (``withdrawal``) and retention (``retention``). Their state graphs are in ``states``;
 what may be sent is in ``rules``.
 """
 
@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from .bodies import canonical_content, manifest_of
 from .compose import (
-    forward_entry,
+    format_date,
+    forward_header,
     forward_subject,
+    other_addresses,
+    quotable_text,
     quote,
     render_markdown,
+    reply_references,
     reply_subject,
-    reply_to_entry,
     reply_to_sent,
 )
 from .delivery import LEGACY_REASON, deliver_notification, notification_for, queue_deliveries, requeue_due_deliveries
@@ -34,8 +37,9 @@ from .drafts import (
 from .retention import mark_fetched_by_all
 from .rules import check_subject, max_recipients, parse_addresses, split_addresses
 from .sending import UNKNOWN_MAILBOX_REASON, send_message
-from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_body
-from .uploads import add_attachments, remove_attachment
+from .sent_folder import restore_sent, star_sent, trash_sent
+from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_attachment, serve_body
+from .uploads import add_attachments, attach_stored, remove_attachment
 from .withdrawal import requeue_due_withdrawals, send_withdrawal, withdraw_message
 
 
@@ -54,6 +58,7 @@ __all__ = [
     "Outgoing",
     "Prepared",
     "add_attachments",
+    "attach_stored",
     "canonical_content",
     "check_draft",
     "check_subject",
@@ -61,7 +66,8 @@ __all__ = [
     "delete_draft",
     "deliver_notification",
     "draft_for_key",
-    "forward_entry",
+    "format_date",
+    "forward_header",
     "forward_subject",
     "manifest_of",
     "mark_fetched_by_all",
@@ -69,22 +75,28 @@ __all__ = [
     "notification_for",
     "offered_message",
     "open_once",
+    "other_addresses",
     "parse_addresses",
     "queue_deliveries",
     "queue_send",
+    "quotable_text",
     "quote",
     "remove_attachment",
     "render_markdown",
+    "reply_references",
     "reply_subject",
-    "reply_to_entry",
     "reply_to_sent",
     "requeue_due",
+    "restore_sent",
     "send_draft",
     "send_due_drafts",
     "send_message",
     "send_withdrawal",
+    "serve_attachment",
     "serve_body",
     "split_addresses",
+    "star_sent",
+    "trash_sent",
     "undo_send",
     "unsaved_draft",
     "update_draft",

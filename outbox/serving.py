@@ -1,25 +1,17 @@
-"""What recipient domains may fetch: the body of a message addressed to them, while it is offered."""
+"""What recipient domains may fetch: the body of a message addressed to them, and its attachments, while offered."""
 
 from __future__ import annotations
 
 import uuid
 
+from attachments.models import Blob
+from attachments.services import record_attachment_fetch
+from federation.inbound import BodyGone, NoAcceptedRecipient, NotOffered
+
 from .bodies import canonical_content
-from .models import BodyFetch, Delivery, Message, Recipient, RecipientStatus
+from .models import BodyFetch, Delivery, Message, MessageAttachment, Recipient, RecipientStatus
 
-
-class NotOffered(Exception):
-    """The message does not exist or is not addressed to the asking domain."""
-
-
-class NoAcceptedRecipient(Exception):
-    """Every recipient of the message at the asking domain was rejected: nobody there may read it."""
-
-
-class BodyGone(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+__all__ = ["BodyGone", "NoAcceptedRecipient", "NotOffered", "offered_message", "serve_attachment", "serve_body"]
 
 
 def offered_message(*, global_id: uuid.UUID, to_domain: str) -> Message:
@@ -53,3 +45,30 @@ def serve_body(*, global_id: uuid.UUID, to_domain: str) -> bytes:
     content = canonical_content(message)
     BodyFetch.objects.create(message=message, domain=to_domain, bytes=len(content))
     return content
+
+
+def serve_attachment(*, global_id: uuid.UUID, digest: str, to_domain: str) -> Blob:
+    """The bytes of an attachment a recipient domain may fetch, with its fetch recorded.
+
+    The access rule is the body's (docs/protocol.md §5.7): ``to_domain`` must
+    be a remote recipient domain of the message and ``digest`` in its manifest,
+    else NotOffered; a domain whose recipients were all rejected gets
+    NoAcceptedRecipient; a withdrawn message, or one past its ``expires``,
+    raises BodyGone. Unlike the body, attachments stay available until
+    ``expires`` even after every domain fetched the body, so a reader can still
+    open one later.
+    """
+    message = offered_message(global_id=global_id, to_domain=to_domain)
+    attachment = (
+        MessageAttachment.objects.filter(message=message, blob__sha256=digest.removeprefix("sha-256:"))
+        .select_related("blob")
+        .order_by("position")
+        .first()
+    )
+    if attachment is None or not digest.startswith("sha-256:"):
+        raise NotOffered()
+    end = message.offer_end(attachments=True)
+    if end is not None:
+        raise BodyGone(end.reason)
+    record_attachment_fetch(attachment_id=attachment.pk, domain=to_domain, size=attachment.size)
+    return attachment.blob

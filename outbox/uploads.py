@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from attachments.services import check_new_files, store_upload, storing_atomically
+from attachments.services import AttachmentInput, check_new_files, store_upload, storing_atomically
 
 from .drafts import lock_open_draft
 from .models import Draft, DraftAttachment
@@ -39,6 +41,14 @@ def _attach(draft: Draft, upload: UploadedFile) -> DraftAttachment:
     content_type = clean_content_type(upload.content_type, name=name)
     blob = store_upload(file=upload)
     return DraftAttachment.objects.create(draft=draft, blob=blob, name=name, content_type=content_type, size=blob.size)
+
+
+def attach_stored(*, draft: Draft, files: Sequence[AttachmentInput]) -> list[DraftAttachment]:
+    """Attach files already stored here to a new draft (a forward carries those its reader has)."""
+    return DraftAttachment.objects.bulk_create(
+        DraftAttachment(draft=draft, blob=f.blob, name=f.name, content_type=f.content_type, size=f.blob.size)
+        for f in files
+    )
 
 
 def remove_attachment(*, draft: Draft, attachment_id: int) -> None:

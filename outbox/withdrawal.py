@@ -13,12 +13,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import client, discovery, payloads
-from mailbox.services import withdraw_local_entries
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
 from pushmail_site.states import transition, transition_rows
 
 from .delivery import LEGACY_REASON, WITHDRAWN_FIRST
 from .models import Delivery, DeliveryState, Message, Withdrawal, WithdrawalState
+from .signals import message_withdrawn
 from .states import DELIVERY, WITHDRAWAL, retry_delay, retry_window
 
 
@@ -53,7 +53,7 @@ def withdraw_message(*, message: Message) -> Message:
         now = timezone.now()
         message.withdrawn_at = now
         message.save(update_fields=["withdrawn_at"])
-        withdraw_local_entries(message=message)
+        message_withdrawn.send(sender=Message, message=message)
         _cancel_unsent_notifications(message)
         queue_withdrawals(_create_withdrawals(message, now))
     return message

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 
+from .celery import app
+
 
 def healthz(request: HttpRequest) -> JsonResponse:
     checks: dict[str, str] = {}
@@ -15,8 +17,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
     except Exception as exc:  # report, don't raise: this is the health page
         checks["database"] = f"error: {exc.__class__.__name__}"
     try:
-        from pushmail_site.celery import app
-
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
         checks["broker"] = "ok"

@@ -3,7 +3,6 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts import views as account_views
-from attachments import api as attachments_api
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from outbox.api import views as outbox_api
@@ -23,12 +22,12 @@ api_v1 = [
     path("inbox/<int:entry_id>/retry/", inbox_api.InboxRetryView.as_view(), name="inbox-retry"),
     path(
         "inbox/<int:entry_id>/attachments/<int:index>/",
-        attachments_api.EntryAttachmentView.as_view(),
+        inbox_api.EntryAttachmentView.as_view(),
         name="inbox-attachment",
     ),
     path(
         "inbox/<int:entry_id>/attachments/<int:index>/retry/",
-        attachments_api.EntryAttachmentRetryView.as_view(),
+        inbox_api.EntryAttachmentRetryView.as_view(),
         name="inbox-attachment-retry",
     ),
 ]

@@ -10,19 +10,12 @@ from django.db import connection
 from django.db.models import Model
 from django.utils import timezone
 
+from federation.inbound import OriginRefused
+
 from .models import OriginPolicy, Read
 
 
-class OriginRefused(Exception):
-    """A peer domain may not deliver now. ``retry_after`` is set when it may try later."""
-
-    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.retry_after = retry_after
-
-
-def record_read(*, message: Model, reader_id: int) -> None:
+def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]
     """Count a local reader of a remote message once; a repeat is ignored.
 
     One statement on the page's critical path: bulk_create(ignore_conflicts=True)

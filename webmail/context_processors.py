@@ -10,6 +10,7 @@ from django.utils.functional import SimpleLazyObject
 
 from accounts.models import User
 from mailbox import selectors
+from webmail.templatetags.webmail_lists import unread_badge
 
 
 @dataclass
@@ -20,8 +21,6 @@ class MailShell:
     @property
     def inbox_unread(self) -> str:
         """As shown in the title: "" when nothing is unread, "999+" past the cap."""
-        from webmail.templatetags.webmail_lists import unread_badge
-
         count = self.counts.get("inbox", 0)
         return unread_badge(count) if count else ""
 

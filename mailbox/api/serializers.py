@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema_field, inline_serializer
 from rest_framework import serializers
 
 from ..models import InboxEntry
-from ..selectors import body_of
+from ..selectors import attachment_items_for_entry, body_of
 
 # The body as the reader gets it (docs/protocol.md §4.1 names): ``subject`` and ``from``
 # are the verified body's, which may differ from the entry's only before it is fetched.
@@ -78,8 +78,6 @@ class EntryDetailSerializer(serializers.ModelSerializer):
     def get_attachments(self, entry: InboxEntry) -> list[dict]:
         """The manifest, each file with ``at_sender`` (not fetched here yet); download at
         ``/api/v1/inbox/<id>/attachments/<index>/``."""
-        from attachments.selectors import attachment_items_for_entry
-
         return [
             {"name": a.name, "type": a.content_type, "size": a.size, "digest": a.digest, "at_sender": a.at_sender}
             for a in attachment_items_for_entry(entry)

@@ -30,12 +30,12 @@ from django.utils import timezone
 from accounts.models import User
 from attachments import fetching
 from attachments.models import Blob, ReceivedAttachment
-from attachments.selectors import attachment_items_for_entry
 from attachments.states import ATTACHMENT_FETCH
 from attachments.states import AttachmentFetchState as S
 from federation import client as federation_client
 from federation import discovery, http
 from mailbox.models import InboxEntry, RemoteMessage
+from mailbox.selectors import attachment_items_for_entry
 from pushmail_site.states import IllegalTransition, transition
 from tests.conftest import PEER, Call, FakePeer, Queued, api_as
 from tests.factories import InboxEntryFactory, MailboxFactory, RemoteMessageFactory

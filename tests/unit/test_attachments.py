@@ -24,12 +24,14 @@ from django.utils import timezone
 from accounts.models import User
 from attachments import fetching, services
 from attachments.models import AttachmentFetch, Blob, ReceivedAttachment
-from attachments.selectors import attachment_items_for_entry, attachment_items_for_message, usage_bytes
+from attachments.selectors import usage_bytes
 from attachments.services import AttachmentInput, DigestMismatch, store_upload, store_verified
 from federation import http, payloads
 from mailbox.models import FetchState, InboxEntry, RemoteMessage
+from mailbox.selectors import attachment_items_for_entry
 from mailbox.services import fetch_body
 from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
+from outbox.selectors import attachment_items_for_message
 from outbox.services import canonical_content, notification_for, send_message, withdraw_message
 from tests.conftest import Call, FakePeer, FederationClient
 from tests.factories import MailboxFactory

@@ -22,9 +22,9 @@ from accounts.models import User
 from attachments import fetching
 from attachments.filenames import blocked_extension, blocked_extensions, clean_filename
 from attachments.models import Blob, ReceivedAttachment
-from attachments.selectors import attachment_items_for_entry
 from federation import http, payloads
 from mailbox.models import InboxEntry
+from mailbox.selectors import attachment_items_for_entry
 from outbox import drafts
 from outbox.models import DraftAttachment, Message
 from tests.conftest import Call, FakePeer, FederationClient, api_as

@@ -30,10 +30,9 @@ from attachments.models import Blob
 from attachments.selectors import usage_bytes
 from attachments.services import AttachmentInput, purge_unused_blobs, store_upload
 from federation import http
-from mailbox.folders import trash_sent
 from mailbox.models import InboxEntry
 from outbox.models import BodyFetch, Delivery, Message
-from outbox.services import deliver_notification, send_message
+from outbox.services import deliver_notification, send_message, trash_sent
 from pushmail_site.celery import app
 from tests.conftest import NOTIFICATIONS, Call, FakePeer, FederationClient, Queued, api_as, json_response
 
@@ -425,7 +424,7 @@ def test_the_server_answers_identity_or_gzip_only(alice: User, peer: FakePeer, f
 
 
 def test_the_readme_documents_every_attachment_unavailable_answer() -> None:
-    source = "".join((ROOT / "attachments" / name).read_text() for name in ("services.py", "fetching.py"))
+    source = (ROOT / "mailbox" / "received_attachments.py").read_text()
     statuses = {"502"} | set(re.findall(r"AttachmentUnavailable\([^)]*status=(\d{3})", source, re.S))
     readme = (ROOT / "README.md").read_text()
     row = next(line for line in readme.splitlines() if line.startswith("| `GET /api/v1/inbox/{id}/attachments/"))

@@ -10,7 +10,9 @@ from django import template
 from django.utils import timezone
 from django.utils.safestring import SafeString
 
+from mailbox.selectors import UNREAD_CAP
 from pushmail_site.sizes import human_size
+from webmail.rows import render_rows
 
 if TYPE_CHECKING:
     from webmail.rows import EntryRow
@@ -41,14 +43,10 @@ def mailsize(value: int | None) -> str:
 @register.simple_tag
 def mail_rows(entries: Iterable[EntryRow]) -> SafeString:
     """The rows of a mail list (see webmail.rows)."""
-    from webmail.rows import render_rows
-
     return render_rows(entries)
 
 
 @register.filter
 def unread_badge(count: int) -> str:
     """An unread count as shown: counts stop at the cap, shown as "999+"."""
-    from mailbox.selectors import UNREAD_CAP
-
     return f"{UNREAD_CAP - 1}+" if count >= UNREAD_CAP else str(count)

@@ -1,72 +1,31 @@
-"""Attachment downloads and previews.
-
-Every answer that carries attachment bytes is built by :func:`serve_blob`:
-a download (``Content-Disposition: attachment``, ``application/octet-stream``)
-unless ``?inline=1`` asks for a preview of a raster image or a PDF, the only
-types ever shown in the page. ``nosniff`` and a sandboxing Content-Security-Policy
-keep the browser from running anything in them, whatever the sender put there.
-"""
+"""Attachment downloads and previews; every answer with the bytes is built by attachments.responses.serve_blob."""
 
 from __future__ import annotations
 
-import unicodedata
 import uuid
 from typing import Any
-from urllib.parse import quote
 
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.http import AuthedRequest
-from attachments.fetching import AttachmentStatus, AttachmentUnavailable, attachment_for_entry, retry_attachment_now
-from attachments.filenames import clean_filename
-from attachments.models import Blob
+from attachments.responses import serve_blob
 from attachments.selectors import previewable
-from attachments.services import human_size
 from mailbox.models import InboxEntry
+from mailbox.received_attachments import (
+    AttachmentStatus,
+    AttachmentUnavailable,
+    attachment_for_entry,
+    retry_attachment_now,
+)
 from outbox.models import DraftAttachment, MessageAttachment
 from outbox.selectors import sent_messages_for
-
-# Nothing in an attachment response may load, run or act as our origin. The
-# sandbox comes from this header, not from an iframe attribute: Chromium's PDF
-# viewer still renders under it, but refuses to load in a sandboxed <iframe>.
-ATTACHMENT_CSP = "default-src 'none'; sandbox"
-
-
-def content_disposition(kind: str, name: str) -> str:
-    """RFC 6266: an ASCII ``filename`` fallback and the exact name as ``filename*`` (RFC 8187)."""
-    name = clean_filename(name)
-    # ASCII fallback for old clients: accents dropped (ü -> u), anything else unsafe becomes "_".
-    decomposed = unicodedata.normalize("NFKD", name)
-    fallback = (
-        "".join(
-            c if c.isascii() and (c.isalnum() or c in " .-_()+,=") else "_"
-            for c in decomposed
-            if not unicodedata.combining(c)
-        ).strip()
-        or "attachment"
-    )
-    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-def serve_blob(request: HttpRequest, blob: Blob, *, name: str, content_type: str) -> FileResponse:
-    """Stream ``blob`` as a download, or as an inline preview when allowed (see module docstring)."""
-    inline = request.GET.get("inline") == "1" and previewable(content_type)
-    response = FileResponse(blob.file.open("rb"), content_type=content_type if inline else "application/octet-stream")
-    response["Content-Length"] = str(blob.size)
-    response["Content-Disposition"] = content_disposition("inline" if inline else "attachment", name)
-    response["X-Content-Type-Options"] = "nosniff"
-    # Set here, so django-csp leaves it as it is instead of adding the page policy.
-    response["Content-Security-Policy"] = ATTACHMENT_CSP
-    if inline:
-        response["X-Frame-Options"] = "SAMEORIGIN"  # a PDF preview is framed by the message page
-    response["Cache-Control"] = "private, max-age=3600"
-    response["Referrer-Policy"] = "no-referrer"
-    return response
+from pushmail_site.sizes import human_size
+from webmail.polling import poll_delay, polls_so_far
 
 
 def _unavailable(request: AuthedRequest, problem: AttachmentUnavailable, back: str) -> HttpResponse:
@@ -84,7 +43,7 @@ def _entry(request: AuthedRequest, entry_id: int) -> InboxEntry:
 
 def _fetch_context(request: AuthedRequest, entry: InboxEntry, index: int, status: AttachmentStatus) -> dict[str, Any]:
     """What templates/webmail/partials/attachment_fetch.html needs: the state, and where to ask again."""
-    polls = _polls(request)
+    polls = polls_so_far(request)
     download = reverse("webmail:entry-attachment", kwargs={"entry_id": entry.pk, "index": index})
     preview = previewable(status.item.content_type) and request.GET.get("mode", request.POST.get("mode")) == "preview"
     return {
@@ -98,22 +57,8 @@ def _fetch_context(request: AuthedRequest, entry: InboxEntry, index: int, status
         "back": reverse("webmail:entry", kwargs={"entry_id": entry.pk}),
         "polling": status.in_flight or status.retrying,
         "next_poll": polls + 1,
-        "poll_delay": _poll_delay(polls, retrying=status.retrying),
+        "poll_delay": poll_delay(polls, waiting_for_retry=status.retrying),
     }
-
-
-def _poll_delay(polls: int, *, retrying: bool) -> str:
-    """Quickly at first, then less often; a fetch waiting for its next attempt is asked about every 5 s."""
-    if retrying:
-        return "5s"
-    if polls < 20:
-        return "500ms"
-    return "2s" if polls < 60 else "5s"
-
-
-def _polls(request: HttpRequest) -> int:
-    value = request.GET.get("n", "")
-    return min(int(value), 10_000) if value.isdigit() and len(value) < 6 else 0
 
 
 @login_required

@@ -17,7 +17,7 @@ from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
@@ -26,10 +26,11 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
-from mailbox.selectors import inbox_for
+from mailbox import replies
+from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
-from outbox.selectors import correspondents_for, drafts_for, open_drafts_for, sent_messages_for
+from outbox.selectors import drafts_for, open_drafts_for, sent_messages_for
 
 if TYPE_CHECKING:
     from outbox.models import DraftAttachment
@@ -77,14 +78,6 @@ def _same_site_path(request: HtmxRequest) -> str | None:
     return None
 
 
-def _url(name: str, *args: Any, fallback: str) -> str:
-    """A route another area owns, or a fallback while it does not exist."""
-    try:
-        return reverse(f"webmail:{name}", args=args)
-    except NoReverseMatch:
-        return fallback
-
-
 def _draft(request: AuthedRequest, draft_id: int) -> Draft:
     return get_object_or_404(drafts_for(user=request.user).select_related("owner__domain"), pk=draft_id)
 
@@ -118,7 +111,7 @@ def draft(request: AuthedRequest, draft_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     if item.sent_message_id is not None:
         messages.info(request, "This message has been sent.")
-        return redirect(_url("sent-message", item.sent_message_id, fallback=reverse("webmail:drafts")))
+        return redirect(reverse("webmail:sent-message", args=[item.sent_message_id]))
     return _render_draft(request, item)
 
 
@@ -140,7 +133,7 @@ def _render_draft(
 ) -> HttpResponse:
     attachments = cast("list[LinkedAttachment]", list(item.attachments.all()) if item.pk is not None else [])
     for attachment in attachments:
-        attachment.url = _url("draft-attachment", item.pk, attachment.pk, fallback="")
+        attachment.url = reverse("webmail:draft-attachment", args=[item.pk, attachment.pk])
     context = {
         "draft": item,
         "urls": _form_urls(item, key),
@@ -384,7 +377,7 @@ def draft_status(request: AuthedRequest, draft_id: int) -> HttpResponse:
     context = {
         "draft": item,
         "undo": _undo_context(item),
-        "sent_url": _url("sent-message", item.sent_message_id, fallback="") if item.sent_message_id else "",
+        "sent_url": reverse("webmail:sent-message", args=[item.sent_message_id]) if item.sent_message_id else "",
     }
     return render(request, "webmail/compose/_undo.html", context)
 
@@ -425,7 +418,7 @@ def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
         drafts_service.open_once(
             owner=request.user,
             key=_key(request, f"reply{'-all' if reply_all else ''}:{entry.pk}"),
-            prepare=partial(drafts_service.reply_to_entry, owner=request.user, entry=entry, reply_all=reply_all),
+            prepare=partial(replies.reply_to_entry, owner=request.user, entry=entry, reply_all=reply_all),
         ),
     )
 
@@ -441,7 +434,7 @@ def forward(request: AuthedRequest, entry_id: int) -> HttpResponse:
         drafts_service.open_once(
             owner=request.user,
             key=_key(request, f"forward:{entry.pk}"),
-            prepare=partial(drafts_service.forward_entry, owner=request.user, entry=entry),
+            prepare=partial(replies.forward_entry, owner=request.user, entry=entry),
         ),
     )
 
@@ -451,7 +444,7 @@ def forward(request: AuthedRequest, entry_id: int) -> HttpResponse:
 def reply_sent(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     message = get_object_or_404(sent_messages_for(user=request.user), pk=message_id)
     if request.method == "GET":
-        return redirect(_url("sent-message", message.pk, fallback=reverse("webmail:drafts")))
+        return redirect(reverse("webmail:sent-message", args=[message.pk]))
     reply_all = request.POST.get("all") == "1"
     return _open(
         request,

@@ -18,7 +18,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET
 
@@ -144,10 +144,7 @@ def entry_allow_remote(request: AuthedRequest, entry_id: int) -> HttpResponse:
     if getattr(request, "htmx", False):
         context = {"entry": entry, "body": body_of(entry)}
         return HttpResponse(render_to_string("webmail/partials/message_body.html", context, request))
-    try:
-        return redirect(reverse("webmail:entry", args=[entry.pk]))
-    except NoReverseMatch:
-        return redirect(reverse("webmail:entry-html", args=[entry.pk]))
+    return redirect(reverse("webmail:entry", args=[entry.pk]))
 
 
 # --- .eml ----------------------------------------------------------------------

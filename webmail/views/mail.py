@@ -12,7 +12,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import NoReverseMatch, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
@@ -22,6 +22,7 @@ from accounts.models import User
 from mailbox import folders, selectors
 from mailbox.models import Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
+from outbox import services as sent_copies
 from outbox.models import Message
 from webmail import lists
 from webmail.templatetags.webmail_lists import unread_badge
@@ -59,10 +60,7 @@ def home(request: HttpRequest) -> HttpResponse:
 def _url_pattern(name: str) -> str:
     """The URL of ``name`` for any entry id, as a format string (reversed once per page, not per row)."""
     marker = 987654321
-    try:
-        return reverse(f"webmail:{name}", args=[marker]).replace(str(marker), "{}")
-    except NoReverseMatch:
-        return ""
+    return reverse(f"webmail:{name}", args=[marker]).replace(str(marker), "{}")
 
 
 def _with_sender_names(entries: list[InboxEntry]) -> list[EntryRow]:
@@ -219,18 +217,28 @@ def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
         "unstar": lambda: f"{_plural(folders.star(user=user, entry_ids=ids, starred=False))} unstarred.",
     }
     verb, _, arg = action.partition(":")
+
+    def label() -> str:
+        n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)
+        return f"Label added to {_plural(n)}."
+
+    def unlabel() -> str:
+        folders.remove_label(user=user, entry_ids=ids, label_id=arg)
+        return f"Label removed from {_plural(len(set(ids)))}."
+
+    if arg and verb in ("label", "unlabel"):
+        _report(request, label if verb == "label" else unlabel)
+    else:
+        _report(request, handlers.get(action))
+
+
+def _report(request: HttpRequest, run: Callable[[], str] | None) -> None:
+    """Run the chosen action and say what it did; an unknown action, or a refused selection, changes nothing."""
+    if run is None:
+        messages.error(request, "That action is not available. Nothing was changed.")
+        return
     try:
-        if verb == "label" and arg:
-            n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)
-            text = f"Label added to {_plural(n)}."
-        elif verb == "unlabel" and arg:
-            folders.remove_label(user=user, entry_ids=ids, label_id=arg)
-            text = f"Label removed from {_plural(len(set(ids)))}."
-        elif action in handlers:
-            text = handlers[action]()
-        else:
-            messages.error(request, "That action is not available. Nothing was changed.")
-            return
+        text = run()
     except folders.FolderError as exc:
         messages.error(request, f"{exc} Nothing was changed.")
         return
@@ -262,10 +270,7 @@ def entry_action(request: AuthedRequest, entry_id: int) -> HttpResponse:
     stays = action in ("read", "star", "unstar") or action.startswith(("label:", "unlabel:"))
     default = _folder_url(entry.folder)
     if stays:
-        try:
-            default = reverse("webmail:entry", args=[entry.pk])
-        except NoReverseMatch:
-            pass
+        default = reverse("webmail:entry", args=[entry.pk])
     return _back(request, default)
 
 
@@ -290,23 +295,18 @@ def empty_trash(request: AuthedRequest) -> HttpResponse:
 
 def _sent_apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
     user = request.user
-    try:
-        if action in ("trash", "delete"):
-            trashed, deleted = folders.trash_sent(user=user, message_ids=ids)
-            text = _deleted(trashed, deleted)
-        elif action == "restore":
-            text = f"{_plural(folders.restore_sent(user=user, message_ids=ids))} moved back to Sent."
-        elif action == "star":
-            text = f"{_plural(folders.star_sent(user=user, message_ids=ids))} starred."
-        elif action == "unstar":
-            text = f"{_plural(folders.star_sent(user=user, message_ids=ids, starred=False))} unstarred."
-        else:
-            messages.error(request, "That action is not available. Nothing was changed.")
-            return
-    except folders.FolderError as exc:
-        messages.error(request, f"{exc} Nothing was changed.")
-        return
-    messages.success(request, text)
+
+    def trash() -> str:
+        return _deleted(*sent_copies.trash_sent(user=user, message_ids=ids))
+
+    handlers: dict[str, Callable[[], str]] = {
+        "trash": trash,
+        "delete": trash,
+        "restore": lambda: f"{_plural(sent_copies.restore_sent(user=user, message_ids=ids))} moved back to Sent.",
+        "star": lambda: f"{_plural(sent_copies.star_sent(user=user, message_ids=ids))} starred.",
+        "unstar": lambda: f"{_plural(sent_copies.star_sent(user=user, message_ids=ids, starred=False))} unstarred.",
+    }
+    _report(request, handlers.get(action))
 
 
 @login_required

@@ -7,32 +7,19 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts.http import AuthedRequest
-from attachments.selectors import attachment_items_for_entry, attachment_items_for_message
 from mailbox.models import EntryState, InboxEntry
-from mailbox.selectors import body_at_sender, body_of
+from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
 from mailbox.services import open_entry, retry_fetch_now
+from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
 from webmail import reading
-
-
-def _poll_delay(state: str, polls: int, *, retrying: bool) -> str:
-    """How long the page waits before asking again: quickly at first, then less often."""
-    if state == EntryState.UNAVAILABLE and not retrying:
-        return "5s"  # the worker retries on its own schedule; "Retry now" is there meanwhile
-    if polls < 20:
-        return "500ms"
-    return "2s" if polls < 60 else "5s"
-
-
-def _polls(request: HttpRequest) -> int:
-    value = request.GET.get("n", "")
-    return min(int(value), 10_000) if value.isdigit() and len(value) < 6 else 0
+from webmail.polling import poll_delay, polls_so_far
 
 
 def _state_context(
@@ -48,7 +35,7 @@ def _state_context(
         "pending": pending,
         "retrying": retrying,
         "next_poll": polls + 1,
-        "poll_delay": _poll_delay(entry.state, polls, retrying=retrying),
+        "poll_delay": poll_delay(polls, waiting_for_retry=entry.state == EntryState.UNAVAILABLE and not retrying),
         "last_try": entry.remote.last_attempt_at if entry.remote is not None else None,
         "attachment_items": attachment_items_for_entry(entry) if body is not None else [],
     }
@@ -97,7 +84,9 @@ def entry_body(request: AuthedRequest, entry_id: int) -> HttpResponse:
         open_entry(entry=item)  # the body arrived while the reader watched: now it is seen
     elif item.state == EntryState.NOTIFIED:
         open_entry(entry=item)  # asked for the body without opening the page: fetch it
-    return render(request, "webmail/reading/_state.html", _state_context(item, body_of(item), polls=_polls(request)))
+    return render(
+        request, "webmail/reading/_state.html", _state_context(item, body_of(item), polls=polls_so_far(request))
+    )
 
 
 @login_required

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from accounts import selectors, services
 from accounts.forms import PreferencesForm, TokenForm
 from accounts.http import AuthedRequest
+from attachments.selectors import quota_for
 from mailbox import remote_content
 from mailbox.models import AllowedSender
 
@@ -39,7 +40,7 @@ def preferences(request: AuthedRequest) -> HttpResponse:
             return redirect("webmail:settings")
     context = {
         "form": form,
-        "storage": selectors.storage_for(user=user),
+        "storage": quota_for(user),
         "security": selectors.security_for(user=user),
         "domain": user.domain,
         "allowed_senders": remote_content.allowed_senders_for(user=user),

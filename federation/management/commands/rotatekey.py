@@ -1,8 +1,7 @@
-from __future__ import annotations
-
+from argparse import ArgumentParser
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import Domain
 from federation.keys import rotate_key
@@ -11,7 +10,7 @@ from federation.keys import rotate_key
 class Command(BaseCommand):
     help = "Make a new signing key for a domain; the old one stays published until its expiry."
 
-    def add_arguments(self, parser: CommandParser) -> None:
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("domain")
 
     def handle(self, *args: Any, domain: str, **options: Any) -> None:

@@ -1,0 +1,18 @@
+"""What reputation answers and does for the layers below; loaded by ReputationConfig.ready()."""
+
+from typing import Any
+
+from django.dispatch import receiver
+
+from federation import inbound
+from mailbox.models import RemoteMessage
+from mailbox.signals import message_read
+
+from . import services
+
+inbound.check_origin.register(services.check_origin)
+
+
+@receiver(message_read, dispatch_uid="reputation.record_read")
+def _record_read(*, message: RemoteMessage, reader_id: int, **kwargs: Any) -> None:
+    services.record_read(message=message, reader_id=reader_id)
