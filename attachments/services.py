@@ -6,8 +6,9 @@ storage and hashed, and the unique ``sha256`` keeps a second copy out even when
 two uploads of the same file race.
 
 Storage is shared, access is not: a Blob is served for a received message only
-through that message's own :class:`~attachments.models.ReceivedAttachment`
-(set when its sender's bytes were fetched and verified, see ``fetching``),
+through that message's own :class:`~mailbox.models.ReceivedAttachment`
+(set when its sender's bytes were fetched and verified, see
+``mailbox.attachment_fetching``),
 never because the same digest is stored here for someone else.
 """
 
@@ -34,7 +35,7 @@ from pushmail_site.hooks import Hook
 from pushmail_site.sizes import human_size
 
 from .filenames import blocked_extension, blocked_reason, clean_filename
-from .models import AttachmentFetch, Blob
+from .models import Blob
 from .selectors import usage_bytes
 
 if TYPE_CHECKING:
@@ -273,14 +274,6 @@ def quota_exceeded(*, used: int, quota: int, extra: int | None) -> str:
         f"Your mailbox is full: it uses {human_size(used)} of its {human_size(quota)} quota, "
         f"and {needs}. Delete mail or attachments to make room."
     )
-
-
-# --- Sender side: a recipient domain fetched an attachment -------------------------------
-
-
-def record_attachment_fetch(*, attachment_id: int, domain: str, size: int) -> AttachmentFetch:
-    """Record that ``domain`` fetched the sent attachment ``attachment_id`` (outbox.serving serves it)."""
-    return AttachmentFetch.objects.create(attachment_id=attachment_id, domain=domain, bytes=size)
 
 
 # --- Housekeeping ------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from django.http import HttpRequest
 from accounts.admin_scope import DomainScopedAdmin
 from accounts.http import AuthedRequest
 
-from .models import AllowedSender, InboxEntry, Label, RemoteMessage
+from .attachment_fetching import retry_now as retry_attachment_fetch_now
+from .attachment_states import AttachmentFetchState
+from .models import AllowedSender, InboxEntry, Label, ReceivedAttachment, RemoteMessage
 from .services import request_fetch
 
 
@@ -102,3 +104,42 @@ class AllowedSenderAdmin(DomainScopedAdmin):
     search_fields = ["address", "owner__email"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
+
+
+@admin.action(description="Retry now", permissions=["change"])
+def retry_fetch_now(modeladmin: Any, request: HttpRequest, queryset: QuerySet[ReceivedAttachment]) -> None:
+    """Fetches waiting for their next attempt are tried at once; the others are left as they are."""
+    waiting = queryset.filter(state=AttachmentFetchState.UNAVAILABLE).values_list("pk", flat=True)
+    moved = [job for job in (retry_attachment_fetch_now(job_id=pk) for pk in waiting) if job is not None]
+    retried = sum(job.state == AttachmentFetchState.WANTED for job in moved)
+    messages.success(request, f"{retried} fetch{'es' if retried != 1 else ''} queued now.")
+
+
+@admin.register(ReceivedAttachment)
+class ReceivedAttachmentAdmin(DomainScopedAdmin):
+    """Files of received messages: each one's fetch from its sender (recipient side), and its verified bytes."""
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(remote__entries__owner__domain=request.user.domain_id).distinct()
+
+    list_display = ["__str__", "remote", "state", "attempts", "requested_at", "next_attempt_at", "fetched_at"]
+    list_filter = ["state"]
+    search_fields = ["=remote__global_id", "remote__origin_domain", "remote__subject"]
+    list_select_related = ["remote"]
+    date_hierarchy = "requested_at"
+    actions = [retry_fetch_now]
+    readonly_fields = [
+        "remote",
+        "position",
+        "state",
+        "blob",
+        "requested_at",
+        "attempts",
+        "next_attempt_at",
+        "last_attempt_at",
+        "last_error",
+        "fetched_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False

@@ -15,7 +15,7 @@ downloads and previews. The rules live here and nowhere else:
   state added later is hidden until it is listed here.
 - The bytes of a received attachment are given out only when this message's
   own fetch from its sender produced them and verified them against its
-  manifest (``attachments.models.ReceivedAttachment``). Holding a file with
+  manifest (``ReceivedAttachment``). Holding a file with
   the same digest, stored for another message or uploaded by another user,
   counts for nothing: a manifest can name any digest.
 - Bodies are stored on their message's row (one per sender domain and message
@@ -30,11 +30,11 @@ from functools import cached_property
 from typing import Any
 
 from attachments.filenames import blocked_extension, clean_filename
-from attachments.models import Blob, ReceivedAttachment
+from attachments.models import Blob
 from federation import payloads
 from outbox.models import MessageAttachment
 
-from .models import EntryState, FetchState, InboxEntry
+from .models import EntryState, FetchState, InboxEntry, ReceivedAttachment
 from .states import BODY_AT_SENDER
 
 __all__ = ["ReadableAttachment", "ReadableContent", "readable_content_for"]

@@ -1,4 +1,4 @@
-"""Recipient side: notifications received, bodies pulled on read, inbox entries."""
+"""Recipient side: notifications received, bodies pulled on read, inbox entries, received files' fetches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Func, Value
+from django.utils import timezone
 
+from .attachment_states import AttachmentFetchState
 from .indexes import PostgresGinIndex
 
 if TYPE_CHECKING:
@@ -176,3 +178,47 @@ class InboxEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject!r} for {self.owner_id} ({self.state})"
+
+
+class ReceivedAttachmentQuerySet(models.QuerySet["ReceivedAttachment"]):
+    def verified(self) -> ReceivedAttachmentQuerySet:
+        """Rows whose fetch from the message's own sender brought and verified the bytes."""
+        return self.filter(state=AttachmentFetchState.FETCHED, blob__isnull=False)
+
+
+class ReceivedAttachment(models.Model):
+    """Attachment ``position`` of a received message: the job that fetches it, and then the proof.
+
+    Blobs are shared by the whole instance and found by digest, so holding a
+    Blob says nothing about who may read it: a manifest can name any digest.
+    This row, once ``fetched``, is the proof that these bytes came from this
+    message's sender (checked against its manifest's size and digest); only
+    then are they served for the message. ``blob`` is set by that fetch alone,
+    in the same move to ``fetched``. Before, the row is the fetch job
+    (mailbox/attachment_states.py): a reader's download creates it, a worker claims it,
+    and failures are retried with backoff until the message expires.
+    """
+
+    remote = models.ForeignKey(RemoteMessage, on_delete=models.CASCADE, related_name="received_attachments")
+    position = models.PositiveSmallIntegerField()
+    state = models.CharField(max_length=11, choices=AttachmentFetchState.choices, default=AttachmentFetchState.WANTED)
+    blob = models.ForeignKey(
+        "attachments.Blob", on_delete=models.PROTECT, related_name="received_uses", null=True, blank=True
+    )
+    requested_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    fetched_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReceivedAttachmentQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["remote", "position"], name="unique_received_attachment_position")
+        ]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="received_attachment_due")]
+
+    def __str__(self) -> str:
+        return f"attachment {self.position} of {self.remote_id} ({self.state})"

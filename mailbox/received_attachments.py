@@ -3,7 +3,7 @@
 A reader's download or preview asks :func:`attachment_for_entry`. What the
 reader may see is decided by ``mailbox.content``. When this message's own
 fetch has already brought and verified the bytes, they are served. Otherwise
-the message's fetch job (attachments.fetching, one row per manifest position)
+the message's fetch job (attachment_fetching, one row per manifest position)
 is created or joined, and the call returns at once with its state; the page
 and the API say "fetching" and ask again.
 """
@@ -16,14 +16,15 @@ from typing import Any
 
 from django.conf import settings
 
-from attachments import fetching
 from attachments.filenames import blocked_extension, blocked_reason
-from attachments.models import Blob, ReceivedAttachment
-from attachments.states import IN_FLIGHT
-from attachments.states import AttachmentFetchState as S
+from attachments.models import Blob
 from pushmail_site.sizes import human_size
 
+from . import attachment_fetching as fetching
+from .attachment_states import IN_FLIGHT
+from .attachment_states import AttachmentFetchState as S
 from .content import ReadableAttachment, readable_content_for
+from .models import ReceivedAttachment
 
 
 class AttachmentUnavailable(Exception):

@@ -11,7 +11,17 @@ from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from pushmail_site.states import transition_rows
 
 from .delivery import queue_deliveries
-from .models import BodyFetch, Delivery, DeliveryState, Draft, Message, MessageAttachment, Recipient, Withdrawal
+from .models import (
+    AttachmentFetch,
+    BodyFetch,
+    Delivery,
+    DeliveryState,
+    Draft,
+    Message,
+    MessageAttachment,
+    Recipient,
+    Withdrawal,
+)
 from .states import DELIVERY
 
 
@@ -78,6 +88,23 @@ class MessageAttachmentInline(admin.TabularInline):
     @admin.display(description="fetches")
     def fetch_count(self, obj: Any) -> int:
         return getattr(obj, "n_fetches", 0)
+
+
+@admin.register(AttachmentFetch)
+class AttachmentFetchAdmin(admin.ModelAdmin):
+    """Attachments served to recipient domains (sender side). Read-only: a log."""
+
+    list_display = ["attachment", "domain", "fetched_at", "bytes"]
+    list_filter = ["domain"]
+    search_fields = ["domain", "attachment__name", "=attachment__message__id"]
+    date_hierarchy = "fetched_at"
+    list_select_related = ["attachment"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Message)

@@ -227,6 +227,21 @@ class MessageAttachment(models.Model):
         return f"{self.name} ({self.size} bytes)"
 
 
+class AttachmentFetch(models.Model):
+    """One attachment served to one recipient domain (sender side), like BodyFetch."""
+
+    attachment = models.ForeignKey(MessageAttachment, on_delete=models.CASCADE, related_name="fetches")
+    domain = models.CharField(max_length=253)
+    fetched_at = models.DateTimeField(auto_now_add=True)
+    bytes = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["attachment", "domain"])]
+
+    def __str__(self) -> str:
+        return f"{self.attachment_id} fetched by {self.domain}"
+
+
 class DraftState(models.TextChoices):
     DRAFT = "draft"
     SCHEDULED = "scheduled"

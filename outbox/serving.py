@@ -5,11 +5,10 @@ from __future__ import annotations
 import uuid
 
 from attachments.models import Blob
-from attachments.services import record_attachment_fetch
 from federation.inbound import BodyGone, NoAcceptedRecipient, NotOffered
 
 from .bodies import canonical_content
-from .models import BodyFetch, Delivery, Message, MessageAttachment, Recipient, RecipientStatus
+from .models import AttachmentFetch, BodyFetch, Delivery, Message, MessageAttachment, Recipient, RecipientStatus
 
 __all__ = ["BodyGone", "NoAcceptedRecipient", "NotOffered", "offered_message", "serve_attachment", "serve_body"]
 
@@ -70,5 +69,5 @@ def serve_attachment(*, global_id: uuid.UUID, digest: str, to_domain: str) -> Bl
     end = message.offer_end(attachments=True)
     if end is not None:
         raise BodyGone(end.reason)
-    record_attachment_fetch(attachment_id=attachment.pk, domain=to_domain, size=attachment.size)
+    AttachmentFetch.objects.create(attachment=attachment, domain=to_domain, bytes=attachment.size)
     return attachment.blob

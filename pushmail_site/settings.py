@@ -400,7 +400,7 @@ _sweep = {"schedule": PUSHMAIL_SWEEP_SECONDS, "options": {"expires": PUSHMAIL_SW
 CELERY_BEAT_SCHEDULE = {
     "requeue-due-deliveries": {"task": "outbox.requeue_due", **_sweep},
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
-    "requeue-due-attachment-fetches": {"task": "attachments.requeue_due", **_sweep},
+    "requeue-due-attachment-fetches": {"task": "mailbox.requeue_due_attachments", **_sweep},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},

@@ -48,7 +48,7 @@ def attachment_fetches(inst: Instance, subject: str) -> int:
     """How many times the sender's instance served an attachment of the message with this subject."""
     [(count,)] = sql(
         inst,
-        "SELECT count(*) FROM attachments_attachmentfetch f "
+        "SELECT count(*) FROM outbox_attachmentfetch f "
         "JOIN outbox_messageattachment a ON a.id = f.attachment_id "
         f"JOIN outbox_message m ON m.id = a.message_id WHERE m.subject = '{subject}'",
     )

@@ -28,13 +28,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments import fetching
-from attachments.models import Blob, ReceivedAttachment
-from attachments.states import ATTACHMENT_FETCH
-from attachments.states import AttachmentFetchState as S
+from attachments.models import Blob
 from federation import client as federation_client
 from federation import discovery, http
-from mailbox.models import InboxEntry, RemoteMessage
+from mailbox import attachment_fetching as fetching
+from mailbox.attachment_states import ATTACHMENT_FETCH
+from mailbox.attachment_states import AttachmentFetchState as S
+from mailbox.models import InboxEntry, ReceivedAttachment, RemoteMessage
 from mailbox.selectors import attachment_items_for_entry
 from pushmail_site.states import IllegalTransition, transition
 from tests.conftest import PEER, Call, FakePeer, Queued, api_as
@@ -178,7 +178,7 @@ def test_a_download_is_answered_at_once_and_starts_when_the_worker_brought_the_f
     assert not gets(peer)
     job = job_of(entry)
     assert job.state == S.WANTED
-    assert [(q.name, q.args) for q in queued] == [("attachments.fetch_attachment", (job.pk,))]
+    assert [(q.name, q.args) for q in queued] == [("mailbox.fetch_attachment", (job.pk,))]
     polled = web.get(url("entry-attachment-fetch", entry), {"mode": "download", "n": "1"})
     assert "Fetching attachment…" in text_of(polled) and 'data-state="wanted"' in polled.content.decode()
 
@@ -277,7 +277,7 @@ def test_a_sender_that_does_not_answer_is_retried_with_backoff_and_retry_now_ski
     job = job_of(entry)
     assert job.state == S.UNAVAILABLE and job.attempts == 1 and "connection refused" in job.last_error
     assert job.next_attempt_at > timezone.now()
-    [retry] = [q for q in queued if q.name == "attachments.fetch_attachment"]
+    [retry] = [q for q in queued if q.name == "mailbox.fetch_attachment"]
     assert retry.args == (job.pk,) and retry.countdown and retry.countdown > 0  # the next attempt is queued
     assert run_due() == 0  # not due yet: the backoff holds
     assert len(gets(peer)) == 1
@@ -446,7 +446,7 @@ def test_a_worker_killed_mid_fetch_is_taken_over_by_the_sweep(
         fetching.requeue_due()
 
     assert job_of(entry).state == S.WANTED
-    assert [(q.name, q.args) for q in queued] == [("attachments.fetch_attachment", (job.pk,))]
+    assert [(q.name, q.args) for q in queued] == [("mailbox.fetch_attachment", (job.pk,))]
     run_due()
     assert body_of(api_as(alice).get(f"/api/v1/inbox/{entry.pk}/attachments/0/")) == FILE
     assert job_of(entry).attempts == 2
@@ -491,9 +491,9 @@ def test_the_sweep_queues_due_fetches_and_is_on_the_beat_schedule(
         ReceivedAttachment.objects.update(next_attempt_at=timezone.now() - timedelta(minutes=5))
         assert fetching.requeue_due() == 1
 
-    assert [(q.name, q.args) for q in queued] == [("attachments.fetch_attachment", (job_of(entry).pk,))]
+    assert [(q.name, q.args) for q in queued] == [("mailbox.fetch_attachment", (job_of(entry).pk,))]
     schedule = {entry["task"] for entry in django_settings.CELERY_BEAT_SCHEDULE.values()}
-    assert "attachments.requeue_due" in schedule
+    assert "mailbox.requeue_due_attachments" in schedule
 
 
 @pytest.mark.usefixtures("net")
@@ -510,10 +510,10 @@ def test_retry_now_in_the_admin(alice: User, local_domain: Any, peer: FakePeer) 
     root = create_mailbox(address=f"root@{local_domain.name}", password="admin passphrase 123", is_staff=True)
     User.objects.filter(pk=root.pk).update(is_superuser=True)
     admin = login(User.objects.get(pk=root.pk))
-    assert admin.get("/admin/attachments/receivedattachment/").status_code == 200
+    assert admin.get("/admin/mailbox/receivedattachment/").status_code == 200
 
     response = admin.post(
-        "/admin/attachments/receivedattachment/",
+        "/admin/mailbox/receivedattachment/",
         {"action": "retry_fetch_now", "_selected_action": [job_of(waiting).pk, job_of(refused).pk]},
         follow=True,
     )

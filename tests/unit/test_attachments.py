@@ -22,15 +22,16 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments import fetching, services
-from attachments.models import AttachmentFetch, Blob, ReceivedAttachment
+from attachments import services
+from attachments.models import Blob
 from attachments.selectors import usage_bytes
 from attachments.services import AttachmentInput, DigestMismatch, store_upload, store_verified
 from federation import http, payloads
-from mailbox.models import FetchState, InboxEntry, RemoteMessage
+from mailbox import attachment_fetching as fetching
+from mailbox.models import FetchState, InboxEntry, ReceivedAttachment, RemoteMessage
 from mailbox.selectors import attachment_items_for_entry
 from mailbox.services import fetch_body
-from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
+from outbox.models import AttachmentFetch, Draft, DraftAttachment, Message, MessageAttachment
 from outbox.selectors import attachment_items_for_message
 from outbox.services import canonical_content, notification_for, send_message, withdraw_message
 from tests.conftest import Call, FakePeer, FederationClient
@@ -720,7 +721,7 @@ def test_admin_lists_blobs_by_digest_and_a_messages_attachments(alice: User, loc
 
     page = client.get(f"/admin/outbox/message/{message.pk}/change/").content.decode()
     assert "plan.pdf" in page and "application/pdf" in page
-    assert client.get("/admin/attachments/attachmentfetch/").status_code == 200
+    assert client.get("/admin/outbox/attachmentfetch/").status_code == 200
 
 
 # --- user API -------------------------------------------------------------------------------------------------------

@@ -31,11 +31,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments import fetching
-from attachments.models import ReceivedAttachment
 from attachments.services import AttachmentInput, store_upload
 from federation import http, payloads
-from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
+from mailbox import attachment_fetching as fetching
+from mailbox.models import EntryState, FetchState, InboxEntry, ReceivedAttachment, RemoteMessage
 from mailbox.search import parse_query, rebuild_documents, search_entries
 from mailbox.services import fetch_body, request_fetch
 from outbox.models import Draft, DraftAttachment, Message

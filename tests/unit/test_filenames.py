@@ -19,11 +19,11 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.models import User
-from attachments import fetching
 from attachments.filenames import blocked_extension, blocked_extensions, clean_filename
-from attachments.models import Blob, ReceivedAttachment
+from attachments.models import Blob
 from federation import http, payloads
-from mailbox.models import InboxEntry
+from mailbox import attachment_fetching as fetching
+from mailbox.models import InboxEntry, ReceivedAttachment
 from mailbox.selectors import attachment_items_for_entry
 from outbox import drafts
 from outbox.models import DraftAttachment, Message

@@ -13,9 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import User
-from attachments.models import Blob, ReceivedAttachment
+from attachments.models import Blob
 from attachments.services import store_upload
-from mailbox.models import EntryState, InboxEntry
+from mailbox.models import EntryState, InboxEntry, ReceivedAttachment
 from outbox import services as drafts
 from outbox.models import Draft, DraftAttachment, DraftState, Message, MessageAttachment
 from outbox.services import send_message

@@ -1,6 +1,6 @@
 """The attachment fetch (recipient side): its states and moves, as data.
 
-One :class:`~attachments.models.ReceivedAttachment` row per received message
+One :class:`~mailbox.models.ReceivedAttachment` row per received message
 and manifest position is the job that brings that file from the message's
 sender. A reader's download or preview creates it (``wanted``); a worker
 claims it (``fetching``) and ends in one of the other states. Every move goes

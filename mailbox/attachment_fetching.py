@@ -1,12 +1,12 @@
 """Recipient side: the fetch job that brings a received message's attachment, like a body's.
 
-One :class:`~attachments.models.ReceivedAttachment` row per manifest position
+One :class:`~mailbox.models.ReceivedAttachment` row per manifest position
 is the job. A reader's download or preview asks mailbox.received_attachments,
 which decides what the reader may see and then calls :func:`request_fetch`:
 the row is created (or joined) and queued, and the reader is told to wait. A
 worker runs :func:`fetch_attachment`: it claims the row, fetches the bytes from
 the message's sender outside any transaction, verifies them against the
-manifest and moves the row on (attachments/states.py). Failures are retried
+manifest and moves the row on (mailbox/attachment_states.py). Failures are retried
 with backoff until the message expires; the sweep (:func:`requeue_due`)
 re-queues rows that are due and takes back claims a killed worker left.
 
@@ -28,15 +28,16 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from attachments.filenames import blocked_extension, clean_filename
+from attachments.models import Blob
+from attachments.services import DigestMismatch, store_verified
 from federation import client, discovery
 from pushmail_site.jobs import backoff, enqueue, lock, overdue_before
 from pushmail_site.states import transition
 
-from .filenames import blocked_extension, clean_filename
-from .models import Blob, ReceivedAttachment
-from .services import DigestMismatch, store_verified
-from .states import ATTACHMENT_FETCH, CLAIMABLE
-from .states import AttachmentFetchState as S
+from .attachment_states import ATTACHMENT_FETCH, CLAIMABLE
+from .attachment_states import AttachmentFetchState as S
+from .models import ReceivedAttachment
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def retry_now(*, job_id: int) -> ReceivedAttachment | None:
         )
 
 
-@shared_task(name="attachments.fetch_attachment")
+@shared_task(name="mailbox.fetch_attachment")
 def fetch_attachment_task(job_id: int) -> None:
     fetch_attachment(job_id)
 
