@@ -20,7 +20,7 @@ from outbox.models import Recipient
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
 from pushmail_site.states import transition
 
-from . import search
+from . import search, spam
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
 from .signals import message_read
 from .states import BODY_AT_SENDER, DUE, FETCH, retry_delay
@@ -55,6 +55,8 @@ def open_entry(*, entry: InboxEntry) -> InboxEntry:
             fields.append("opened_at")
             if remote is not None:
                 message_read.send(sender=RemoteMessage, message=remote, reader_id=entry.owner_id)
+    elif spam.is_hidden(entry):
+        pass  # judged spam before this reader saw it: its body is not fetched for them
     elif remote.state in BODY_AT_SENDER:
         request_fetch(remote_id=remote.pk)
         entry.refresh_from_db(fields=["state"])
@@ -65,7 +67,7 @@ def open_entry(*, entry: InboxEntry) -> InboxEntry:
 
 def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
     """ "Try again now" on an unavailable entry: skip the backoff."""
-    if entry.remote_id is not None:
+    if entry.remote_id is not None and not spam.is_hidden(entry):
         request_fetch(remote_id=entry.remote_id, now=True)
         entry.refresh_from_db()
     return entry

@@ -15,9 +15,9 @@ from federation.inbound import ConflictingNotification, RecipientResult
 from outbox.models import Message
 from pushmail_site.jobs import lock
 
-from . import search, states
+from . import search, spam, states
 from .fetching import request_fetch
-from .models import FetchState, InboxEntry, RemoteMessage
+from .models import FetchState, Folder, InboxEntry, RemoteMessage
 from .threads import thread_key
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
 def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
     """Entries for these users, from what the message's first notification said (or its verified body)."""
     manifest = remote.attachments or []
+    # A message already judged spam here goes straight to Spam (unread mail it is not).
+    to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
     conversation = thread_key(
         message_id=remote.message_id, in_reply_to=remote.in_reply_to, references=list(remote.references)
     )
@@ -166,6 +168,7 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
                 has_attachments=bool(manifest),
                 attachments_size=sum(a["size"] for a in manifest),
                 search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+                **({"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True} if user.pk in to_spam else {}),
             )
             for user in users
         ],
@@ -182,7 +185,7 @@ def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:
     One fetch per message for the whole instance, as for a fetch on open.
     """
     on_notify = any(user.effective_fetch_policy == FetchPolicy.ON_NOTIFY for user in users)
-    return on_notify and remote.state == FetchState.NOTIFIED
+    return on_notify and remote.state == FetchState.NOTIFIED and not remote.spam_verdict
 
 
 # --- Mail between mailboxes of this instance, and system notices ------------------------

@@ -81,6 +81,11 @@ class RemoteMessage(models.Model):
     last_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     withdrawn_at = models.DateTimeField(null=True, blank=True)
+    spam_verdict = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="Why this instance judged the message spam (the reputation app decides); empty while it has not.",
+    )
 
     class Meta:
         constraints = [
@@ -144,6 +149,12 @@ class InboxEntry(models.Model):
     opened_at = models.DateTimeField(null=True, blank=True, help_text="When the owner first saw the body.")
     notice_text = models.TextField(blank=True)
     folder = models.CharField(max_length=7, choices=Folder.choices, default=Folder.INBOX)
+    hidden_from = models.CharField(
+        max_length=7,
+        choices=Folder.choices,
+        blank=True,
+        help_text="The folder this unopened copy was in before a spam verdict hid it; empty when not hidden.",
+    )
     starred = models.BooleanField(default=False)
     trashed_at = models.DateTimeField(null=True, blank=True, help_text="Emptied from Trash 30 days after this.")
     labels = models.ManyToManyField(Label, blank=True, related_name="entries")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +27,12 @@ def inbox_for(*, user: User) -> QuerySet[InboxEntry]:
 
 def entry_for(*, user: User, entry_id: int) -> InboxEntry:
     return InboxEntry.objects.owned_by(user).select_related("remote", "local").get(pk=entry_id)
+
+
+def spam_verdicts(*, remote_ids: Collection[int]) -> dict[int, str]:
+    """Why each of these messages was judged spam here, for those that were."""
+    found = RemoteMessage.objects.filter(pk__in=remote_ids).exclude(spam_verdict="")
+    return dict(found.values_list("pk", "spam_verdict"))
 
 
 def body_at_sender(entry: InboxEntry) -> bool:

@@ -4,6 +4,7 @@
 - pulling bodies on read, retries and sweeps: mailbox.fetching
 - withdrawals reaching inboxes: mailbox.withdrawals
 - folders, labels and Trash: mailbox.folders
+- spam: a reader's report moving their copy, a verdict hiding the others: mailbox.spam
 
 The states these write, and every move between them, are declared in mailbox.states.
 """
@@ -26,6 +27,7 @@ from .ingest import (
     deliver_local_entries,
     post_notice,
 )
+from .spam import file_own_copy, hide_as_spam, lift_spam_verdict
 from .withdrawals import WithdrawalResult, accept_withdrawal, withdraw_local_entries
 
 __all__ = [
@@ -36,6 +38,9 @@ __all__ = [
     "accept_withdrawal",
     "deliver_local_entries",
     "expire_unfetched",
+    "file_own_copy",
+    "hide_as_spam",
+    "lift_spam_verdict",
     "fetch_body",
     "open_entry",
     "post_notice",

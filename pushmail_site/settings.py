@@ -435,6 +435,10 @@ PUSHMAIL_CLAIM_SECONDS = float(os.environ.get("PUSHMAIL_CLAIM_SECONDS", "30"))
 PUSHMAIL_KEY_GRACE = timedelta(days=float(os.environ.get("PUSHMAIL_KEY_GRACE_DAYS", "7")))
 # Notifications accepted per origin domain per minute.
 PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 6000)
+# A remote message is judged spam for the whole instance at this many local reports, or when
+# at least two reports make up this share of the local users who opened or reported it.
+PUSHMAIL_SPAM_REPORTS = env_int("PUSHMAIL_SPAM_REPORTS", 3)
+PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

@@ -6,6 +6,7 @@ from accounts import views as account_views
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from outbox.api import views as outbox_api
+from reputation.api import views as reputation_api
 
 from . import health
 
@@ -20,6 +21,8 @@ api_v1 = [
     path("inbox/", inbox_api.InboxListView.as_view(), name="inbox-list"),
     path("inbox/<int:entry_id>/", inbox_api.InboxEntryView.as_view(), name="inbox-detail"),
     path("inbox/<int:entry_id>/retry/", inbox_api.InboxRetryView.as_view(), name="inbox-retry"),
+    path("inbox/<int:entry_id>/spam/", reputation_api.ReportSpamView.as_view(), name="inbox-spam"),
+    path("inbox/<int:entry_id>/not-spam/", reputation_api.ReportNotSpamView.as_view(), name="inbox-not-spam"),
     path(
         "inbox/<int:entry_id>/attachments/<int:index>/",
         inbox_api.EntryAttachmentView.as_view(),

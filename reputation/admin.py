@@ -6,8 +6,12 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import OriginPolicy, Read
-from .services import forget_policy
+from accounts.admin_scope import DomainScopedAdmin
+from accounts.http import AuthedRequest
+from accounts.models import User
+
+from .models import OriginPolicy, Read, SpamReport, SpamVerdict
+from .services import forget_policy, overturn_verdict
 
 
 @admin.register(OriginPolicy)
@@ -42,3 +46,45 @@ class ReadAdmin(admin.ModelAdmin):
     date_hierarchy = "read_at"
     list_select_related = ["message", "reader"]
     raw_id_fields = ["message", "reader"]
+
+
+@admin.register(SpamVerdict)
+class SpamVerdictAdmin(DomainScopedAdmin):
+    """Messages this instance judged spam from its users' reports; overturning one puts the hidden copies back.
+
+    A domain admin sees the verdicts on mail to their domain and may overturn them.
+    """
+
+    list_display = ["message", "reason", "reports", "readers", "hidden", "judged_at", "overturned_at"]
+    list_filter = ["overturned_at"]
+    search_fields = ["message__sender", "message__subject", "message__origin_domain"]
+    list_select_related = ["message"]
+    raw_id_fields = ["message", "overturned_by"]
+    readonly_fields = [
+        "message",
+        "reports",
+        "readers",
+        "reason",
+        "hidden",
+        "judged_at",
+        "overturned_at",
+        "overturned_by",
+    ]
+    actions = ["overturn"]
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(message__local_domain=request.user.domain.name)
+
+    @admin.action(description="Overturn: not spam, put every hidden copy back")
+    def overturn(self, request: HttpRequest, queryset: QuerySet[SpamVerdict]) -> None:
+        user = request.user if isinstance(request.user, User) else None
+        restored = sum(overturn_verdict(verdict_id=pk, by=user) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Overturned; {restored} hidden copies are back where they were.")
+
+
+@admin.register(SpamReport)
+class SpamReportAdmin(admin.ModelAdmin):
+    list_display = ["message", "reporter", "spam", "reported_at"]
+    list_filter = ["spam"]
+    list_select_related = ["message", "reporter"]
+    raw_id_fields = ["message", "reporter"]

@@ -33,3 +33,36 @@ class OriginPolicy(models.Model):
 
     def __str__(self) -> str:
         return self.domain + (" (blocked)" if self.blocked else "")
+
+
+class SpamReport(models.Model):
+    """A local reader's "Report spam" (``spam``) or "Not spam" on a remote message: one per reader."""
+
+    message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="spam_reports")
+    reporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    spam = models.BooleanField(default=True)
+    reported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "reporter"], name="one_spam_report_per_reader")]
+
+    def __str__(self) -> str:
+        return f"{'spam' if self.spam else 'not spam'} by {self.reporter_id} on {self.message_id}"
+
+
+class SpamVerdict(models.Model):
+    """This instance judged a remote message spam for every local recipient; a domain admin can overturn it."""
+
+    message = models.OneToOneField("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="spam_verdict_row")
+    reports = models.PositiveIntegerField(help_text="Spam reports when the verdict was reached.")
+    readers = models.PositiveIntegerField(help_text="Local users who had opened or reported it then.")
+    reason = models.CharField(max_length=300)
+    judged_at = models.DateTimeField(auto_now_add=True)
+    hidden = models.PositiveIntegerField(default=0, help_text="Unopened copies the verdict moved to Spam.")
+    overturned_at = models.DateTimeField(null=True, blank=True)
+    overturned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.message_id}: {self.reason}" + (" (overturned)" if self.overturned_at else "")

@@ -13,6 +13,29 @@ from django.utils import timezone
 from federation.inbound import OriginRefused
 
 from .models import OriginPolicy, Read
+from .spam import (
+    EntryNotFound,
+    ReportOutcome,
+    ReportRefused,
+    overturn_verdict,
+    report_entries,
+    report_not_spam,
+    report_spam,
+)
+
+__all__ = [
+    "EntryNotFound",
+    "ReportOutcome",
+    "ReportRefused",
+    "check_origin",
+    "forget_policy",
+    "overturn_verdict",
+    "readers_of",
+    "record_read",
+    "report_entries",
+    "report_not_spam",
+    "report_spam",
+]
 
 
 def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]

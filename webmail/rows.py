@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         sender_name: str  # the sender's display name when the sender has a mailbox here
         cursor: str
         at_sender: bool  # the body is still at the sender's
+        spam_reason: str  # why a spam verdict filed it in Spam, on the Spam folder's rows
         label_list: list[Label]  # prefetched
 
     class EntryRow(ListedEntry):
@@ -89,6 +90,9 @@ def render_rows(entries: Iterable[EntryRow]) -> SafeString:
             chip = f'<span class="state-chip at-sender" title="{escape(_AT_SENDER_TITLE)}">at sender\'s · {size}</span>'
         else:
             chip = _STATE_CHIPS.get(entry.state, "")
+        reason = getattr(entry, "spam_reason", "")
+        if reason:  # why a verdict of this instance filed it in Spam
+            chip += f'<span class="state-chip spam-verdict" data-testid="spam-reason">{escape(reason)}</span>'
         attach = (
             f'<span title="Has attachments">{_PAPERCLIP}<span class="visually-hidden">Has attachments</span></span>'
             if entry.has_attachments

@@ -165,10 +165,11 @@
         break;
       }
       case "e":
-      case "#": {
+      case "#":
+      case "!": {
         const button = pageButton(key);
         if (button) button.click();
-        else if (row && row.dataset.actionUrl) postAction(row.dataset.actionUrl, key === "e" ? "archive" : "delete");
+        else if (row && row.dataset.actionUrl) postAction(row.dataset.actionUrl, { e: "archive", "#": "delete", "!": "report_spam" }[key]);
         break;
       }
       case "/": {

@@ -31,6 +31,8 @@ EXPECTED_OPERATIONS = {
     "GET /api/v1/inbox/",
     "GET /api/v1/inbox/{entry_id}/",
     "POST /api/v1/inbox/{entry_id}/retry/",
+    "POST /api/v1/inbox/{entry_id}/spam/",
+    "POST /api/v1/inbox/{entry_id}/not-spam/",
     "GET /api/v1/inbox/{entry_id}/attachments/{index}/",
     "POST /api/v1/inbox/{entry_id}/attachments/{index}/retry/",
 }

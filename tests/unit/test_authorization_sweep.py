@@ -167,6 +167,8 @@ ROUTES: dict[str, Kwargs] = {
     "message-withdraw": _message,
     "inbox-detail": _entry,
     "inbox-retry": _entry,
+    "inbox-spam": _entry,
+    "inbox-not-spam": _entry,
     "inbox-attachment": lambda o: {"entry_id": o.entry.pk, "index": 0},
     "inbox-attachment-retry": lambda o: {"entry_id": o.entry.pk, "index": 0},
     # mail lists and actions

@@ -325,16 +325,16 @@ def test_another_users_label_is_404_and_cannot_be_applied(web: Client, alice: Us
 
 
 def test_sent_lists_recipients_and_delivery_summary_then_trash_hides_it(web: Client, alice: User) -> None:
-    message = SentMessageFactory(sender=alice, to=["carol@peer.test", "dave@other.test"], subject="Report")
+    message = SentMessageFactory(sender=alice, to=["carol@peer.test", "dave@other.test"], subject="Quarterly figures")
     Delivery.objects.filter(message=message, domain="peer.test").update(state=DeliveryState.NOTIFIED)
     Delivery.objects.filter(message=message, domain="other.test").update(state=DeliveryState.FAILED)
     html = web.get(reverse("webmail:sent")).content.decode()
-    assert "Report" in html and "carol@peer.test, dave@other.test" in html
+    assert "Quarterly figures" in html and "carol@peer.test, dave@other.test" in html
     assert "1 notified, 1 failed" in html
     response = web.post(reverse("webmail:sent-action", args=[message.pk]), {"action": "trash"}, follow=True)
     assert "1 message moved to Trash." in flash(response)
-    assert "Report" not in web.get(reverse("webmail:sent")).content.decode()
-    assert "Report" in web.get(reverse("webmail:sent"), {"in": "trash"}).content.decode()
+    assert "Quarterly figures" not in web.get(reverse("webmail:sent")).content.decode()
+    assert "Quarterly figures" in web.get(reverse("webmail:sent"), {"in": "trash"}).content.decode()
     web.post(reverse("webmail:sent-action", args=[message.pk]), {"action": "star"})
     message.refresh_from_db()
     assert message.sender_starred and message.sender_folder == SenderFolder.TRASH

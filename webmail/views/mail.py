@@ -24,6 +24,7 @@ from mailbox.models import Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
 from outbox import services as sent_copies
 from outbox.models import Message
+from reputation import services as reputation
 from webmail import lists
 from webmail.templatetags.webmail_lists import unread_badge
 
@@ -80,7 +81,18 @@ def _with_sender_names(entries: list[InboxEntry]) -> list[EntryRow]:
         entry.url = entry_url.format(entry.pk) if entry_url else ""
         entry.action_url = action_url.format(entry.pk)
         entry.at_sender = selectors.body_at_sender(entry)
+    _with_spam_reasons(rows)
     return rows
+
+
+def _with_spam_reasons(rows: list[EntryRow]) -> None:
+    """On rows in Spam, why this instance judged their message spam (one query, and only for such rows)."""
+    in_spam = {row.remote_id: row for row in rows if row.folder == Folder.SPAM and row.remote_id is not None}
+    reasons = selectors.spam_verdicts(remote_ids=in_spam.keys()) if in_spam else {}
+    for row in rows:
+        row.spam_reason = ""
+    for remote_id, reason in reasons.items():
+        in_spam[remote_id].spam_reason = reason
 
 
 def _list_context(request: AuthedRequest, page: selectors.Page, **extra: object) -> dict[str, object]:
@@ -209,6 +221,8 @@ def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
 
     handlers: dict[str, Callable[[], str]] = {
         **{target: move_to(target) for target in Folder.values},
+        "report_spam": lambda: _reported(reputation.report_entries(user=user, entry_ids=ids, spam=True)),
+        "not_spam": lambda: _reported(reputation.report_entries(user=user, entry_ids=ids, spam=False)),
         "archive": lambda: f"{_plural(move(Folder.ARCHIVE))} archived.",
         "delete": lambda: _deleted(*folders.delete(user=user, entry_ids=ids)),
         "read": lambda: f"{_plural(folders.mark_read(user=user, entry_ids=ids))} marked read.",
@@ -242,7 +256,17 @@ def _report(request: HttpRequest, run: Callable[[], str] | None) -> None:
     except folders.FolderError as exc:
         messages.error(request, f"{exc} Nothing was changed.")
         return
+    except reputation.ReportRefused as refused:
+        messages.error(request, f"{refused.detail} Nothing was changed.")
+        return
     messages.success(request, text)
+
+
+def _reported(outcomes: list[reputation.ReportOutcome]) -> str:
+    if len(outcomes) == 1:
+        return outcomes[0].detail
+    spam = outcomes[0].spam
+    return f"{_plural(len(outcomes))} {'reported as spam' if spam else 'marked as not spam'}."
 
 
 def _deleted(trashed: int, deleted: int) -> str:

@@ -1,0 +1,82 @@
+"""Spam on the recipient side: a reader's own copy moved by their report, and the copies a verdict hides.
+
+The reputation app decides (reports, verdicts); these are the writes it asks of the mailbox.
+A hidden copy remembers its folder in ``hidden_from`` so that an overturned verdict puts it back.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+from django.db.models import Exists, OuterRef, QuerySet
+
+from outbox.models import Recipient
+
+from .models import Folder, InboxEntry, RemoteMessage
+
+# Folders a verdict hides copies from: Trash is the owner's own decision and stays as it is.
+_HIDDEN_FROM = [Folder.INBOX, Folder.ARCHIVE]
+
+
+def _wrote_to_sender() -> Exists:
+    """The entry's owner has sent mail to the entry's sender: a known correspondent."""
+    return Exists(Recipient.objects.filter(address__iexact=OuterRef("sender"), message__sender=OuterRef("owner")))
+
+
+def file_own_copy(*, entry: InboxEntry, spam: bool) -> None:
+    """A reader's report: their copy to Spam at once, or (not spam) back to the Inbox."""
+    entry.folder = Folder.SPAM if spam else (entry.hidden_from or Folder.INBOX)
+    entry.hidden_from = ""
+    entry.trashed_at = None
+    entry.save(update_fields=["folder", "hidden_from", "trashed_at"])
+
+
+@transaction.atomic
+def hide_as_spam(*, remote_id: int, reason: str) -> int:
+    """Judge a message spam here: record why, and hide every unopened copy; returns how many.
+
+    One bulk update: a spam run to thousands of local mailboxes is hidden in one
+    statement. Copies of known correspondents stay where they are (their
+    readers see a warning instead); opened copies are their readers' own.
+    """
+    RemoteMessage.objects.filter(pk=remote_id).update(spam_verdict=reason[:300])
+    unopened = InboxEntry.objects.filter(remote_id=remote_id, opened_at__isnull=True, folder__in=_HIDDEN_FROM)
+    hidden = unopened.exclude(_wrote_to_sender())
+    # Spam does not count as unread mail; the folder it left is kept to put it back.
+    return _hide(hidden)
+
+
+def _hide(entries: QuerySet[InboxEntry]) -> int:
+    return sum(
+        entries.filter(folder=folder).update(folder=Folder.SPAM, hidden_from=folder, read=True)
+        for folder in _HIDDEN_FROM
+    )
+
+
+@transaction.atomic
+def lift_spam_verdict(*, remote_id: int) -> int:
+    """An overturned verdict: every copy it hid goes back to its folder, unread; returns how many."""
+    RemoteMessage.objects.filter(pk=remote_id).update(spam_verdict="")
+    hidden = InboxEntry.objects.filter(remote_id=remote_id).exclude(hidden_from="")
+    return sum(
+        hidden.filter(hidden_from=folder).update(folder=folder, hidden_from="", read=False) for folder in _HIDDEN_FROM
+    )
+
+
+def straight_to_spam(*, remote: RemoteMessage, owner_ids: list[int]) -> set[int]:
+    """Of these new recipients of a message judged spam, the owners whose copies go straight to Spam."""
+    if not remote.spam_verdict:
+        return set()
+    known = set(
+        Recipient.objects.filter(address__iexact=remote.sender, message__sender_id__in=owner_ids).values_list(
+            "message__sender_id", flat=True
+        )
+    )
+    return set(owner_ids) - known
+
+
+def is_hidden(entry: InboxEntry) -> bool:
+    """A copy a verdict hid from its owner: its body is not fetched for it."""
+    remote = entry.remote
+    if remote is None or not remote.spam_verdict or entry.opened_at is not None or entry.folder != Folder.SPAM:
+        return False
+    return not Recipient.objects.filter(address__iexact=remote.sender, message__sender_id=entry.owner_id).exists()
