@@ -21,6 +21,7 @@ from attachments.models import Blob
 from pushmail_site.sizes import human_size
 
 from . import attachment_fetching as fetching
+from . import spam
 from .attachment_states import IN_FLIGHT
 from .attachment_states import AttachmentFetchState as S
 from .content import ReadableAttachment, readable_content_for
@@ -124,6 +125,8 @@ def attachment_for_entry(*, entry: Any, index: int) -> AttachmentStatus:
         raise LookupError(index)
     if item.size > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
         return AttachmentStatus(item=item, state=S.TOO_LARGE)
+    if spam.is_hidden(entry):
+        raise LookupError(index)  # judged spam before this reader saw it: nothing is fetched for them
     job = fetching.request_fetch(remote_id=entry.remote_id, position=index)
     return _status(item, job)
 

@@ -4,6 +4,7 @@ correspondents, and is overturned by a domain admin."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,18 @@ from django.urls import reverse
 from accounts.models import Domain, User
 from accounts.services import create_mailbox
 from federation import payloads
-from mailbox.models import EntryState, Folder, InboxEntry, RemoteMessage
+from mailbox.models import EntryState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage
 from mailbox.services import accept_notification, accept_withdrawal, fetch_body, open_entry, post_notice
 from reputation.models import SpamReport, SpamVerdict
 from tests.conftest import FakePeer, Queued, api_as, body_path
-from tests.factories import MailboxFactory, PeerMessage, PeerMessageFactory, SentMessageFactory
+from tests.factories import (
+    InboxEntryFactory,
+    MailboxFactory,
+    PeerMessage,
+    PeerMessageFactory,
+    RemoteMessageFactory,
+    SentMessageFactory,
+)
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
 
@@ -26,6 +34,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
 @pytest.fixture
 def people(local_domain: Domain) -> list[User]:
     return [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(8)]
+
+
+def digest_of(content: bytes) -> str:
+    return "sha-256:" + hashlib.sha256(content).hexdigest()
 
 
 def _receive(peer: FakePeer, message: PeerMessage, recipients: list[User]) -> RemoteMessage:
@@ -302,3 +314,17 @@ def test_webmail_report_and_not_spam_buttons(people: list[User], peer: FakePeer)
 def test_the_keyboard_shortcut_reports_spam() -> None:
     script = (Path(__file__).parents[2] / "static/js/webmail.js").read_text()
     assert 'case "!"' in script and '"!": "report_spam"' in script
+
+
+def test_no_attachment_is_fetched_for_a_hidden_copy(people: list[User], peer: FakePeer) -> None:
+    content = b"%PDF-1.4 a file from a spam run"
+    manifest = [{"name": "invoice.pdf", "type": "application/pdf", "size": len(content), "digest": digest_of(content)}]
+    remote = RemoteMessageFactory(attachments=manifest)
+    entries = [InboxEntryFactory(owner=user, remote=remote) for user in people[:4]]
+    for user in people[:3]:
+        _report(user, remote)
+    hidden = entries[3]
+    response = api_as(people[3]).get(f"/api/v1/inbox/{hidden.pk}/attachments/0/")
+    assert response.status_code == 404
+    assert not ReceivedAttachment.objects.filter(remote=remote).exists()
+    assert [c for c in peer.calls if "/attachments/" in c.path] == []
