@@ -32,7 +32,7 @@ from attachments.filenames import blocked_extension, clean_filename
 from attachments.models import Blob
 from attachments.services import DigestMismatch, store_verified
 from federation import client, discovery
-from pushmail_site.jobs import backoff, enqueue, lock, overdue_before
+from pushmail_site.jobs import backoff, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from .attachment_states import ATTACHMENT_FETCH, CLAIMABLE
@@ -221,11 +221,7 @@ def requeue_due(*, limit: int = 1000) -> int:
     lapsed = ReceivedAttachment.objects.filter(state=S.FETCHING, next_attempt_at__lte=now)
     for job_id in list(lapsed.values_list("pk", flat=True)[:limit]):
         _take_back(job_id, now)
-    due = list(
-        ReceivedAttachment.objects.filter(state__in=CLAIMABLE, next_attempt_at__lte=overdue_before())
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = overdue_ids(ReceivedAttachment.objects.filter(state__in=CLAIMABLE), limit=limit)
     for job_id in due:
         _queue(job_id)
     return len(due)

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from outbox.models import Recipient
-from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from . import search, spam
@@ -224,11 +224,7 @@ def _notified(remote: RemoteMessage) -> dict[str, Any]:
 
 def requeue_due(*, limit: int = 1000) -> int:
     """Queue fetches the broker lost, or whose worker died (their claim lapsed)."""
-    due = list(
-        RemoteMessage.objects.filter(state__in=DUE, next_attempt_at__lte=overdue_before())
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), limit=limit)
     for remote_id in due:
         _queue_fetch(remote_id)
     return len(due)

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import client, discovery, payloads
-from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from .bodies import manifest_of
@@ -41,15 +41,8 @@ def queue_deliveries(ids: list[int]) -> None:
 
 def requeue_due_deliveries(*, limit: int = 1000) -> int:
     """Queue every notification that is due, whatever the broker holds."""
-    due = list(
-        Delivery.objects.filter(
-            local=False,
-            state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
-            next_attempt_at__lte=overdue_before(),
-        )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    waiting = Delivery.objects.filter(local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING])
+    due = overdue_ids(waiting, limit=limit)
     queue_deliveries(due)
     return len(due)
 

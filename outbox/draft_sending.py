@@ -21,7 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from attachments.services import AttachmentInput, check_new_files
-from pushmail_site.jobs import enqueue, lock, overdue_before
+from pushmail_site.jobs import enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from .compose import render_markdown
@@ -188,11 +188,7 @@ def _reopen(draft: Draft, exc: ValidationError) -> None:
 
 def send_due_drafts(*, limit: int = 1000) -> int:
     """Queue every draft whose send time has passed (a lost task still sends); drop old sent drafts."""
-    due = list(
-        Draft.objects.filter(state=DraftState.SCHEDULED, send_at__lte=overdue_before())
-        .order_by("send_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = overdue_ids(Draft.objects.filter(state=DraftState.SCHEDULED), limit=limit, due_field="send_at")
     for draft_id in due:
         enqueue(send_draft_task, draft_id)
     Draft.objects.filter(state=DraftState.SENT, updated_at__lt=timezone.now() - SENT_DRAFT_KEEP).delete()

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import client, discovery, payloads
-from pushmail_site.jobs import claim_until, enqueue, lock, overdue_before
+from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition, transition_rows
 
 from .delivery import LEGACY_REASON, WITHDRAWN_FIRST
@@ -35,11 +35,7 @@ def queue_withdrawals(ids: list[int]) -> None:
 
 def requeue_due_withdrawals(*, limit: int = 1000) -> int:
     """Queue every withdrawal that is due, whatever the broker holds."""
-    due = list(
-        Withdrawal.objects.filter(state=WithdrawalState.PENDING, next_attempt_at__lte=overdue_before())
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+    due = overdue_ids(Withdrawal.objects.filter(state=WithdrawalState.PENDING), limit=limit)
     queue_withdrawals(due)
     return len(due)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -41,6 +41,15 @@ def claim_until() -> datetime:
 def overdue_before() -> datetime:
     """Rows due before this moment were missed by the broker; the sweep queues them."""
     return timezone.now() - timedelta(seconds=settings.PUSHMAIL_SWEEP_GRACE_SECONDS)
+
+
+def overdue_ids(queryset: QuerySet[M], *, limit: int, due_field: str = "next_attempt_at") -> list[Any]:
+    """Primary keys of the rows of ``queryset`` that the broker should have delivered by now, oldest first.
+
+    Every sweep re-queues these: a lost broker message or a dead worker delays a job by one sweep at most.
+    """
+    overdue = queryset.filter(**{f"{due_field}__lte": overdue_before()}).order_by(due_field)
+    return list(overdue.values_list("pk", flat=True)[:limit])
 
 
 def lock(queryset: QuerySet[M] | Manager[M], *, skip_locked: bool = True) -> QuerySet[M]:
