@@ -22,7 +22,7 @@ from pushmail_site.states import transition
 
 from . import search, spam
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
-from .signals import message_read
+from .signals import body_fetched, body_unavailable, message_read
 from .states import BODY_AT_SENDER, DUE, FETCH, retry_delay
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,10 @@ def _failed(remote_id: int, error: str, *, retry_after: float | None) -> None:
         fields = {"next_attempt_at": now + delay, "last_error": error[:500]}
         transition(remote, FETCH, FetchState.UNAVAILABLE, fields=fields)
         _queue_fetch(remote.pk, countdown=delay.total_seconds())
+        origin = remote.origin_domain
+        transaction.on_commit(
+            lambda: body_unavailable.send(sender=RemoteMessage, remote_id=remote_id, origin=origin, error=error)
+        )
 
 
 def _store(remote_id: int, content: bytes) -> None:
@@ -187,6 +191,7 @@ def _store(remote_id: int, content: bytes) -> None:
             subject=body["subject"], sender=body["from"]
         )
         search.index_fetched_body(remote=remote, body=body)
+        transaction.on_commit(lambda: body_fetched.send(sender=RemoteMessage, remote_id=remote_id))
 
 
 def _verified(remote: RemoteMessage, content: bytes) -> dict[str, Any]:

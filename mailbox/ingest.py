@@ -79,6 +79,7 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
     try:
         with transaction.atomic():
             remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
+            spam.classify_new(remote)
             _add_entries(remote, users)
         return remote
     except IntegrityError:
@@ -96,7 +97,9 @@ def _known(origin: str, notification: payloads.Notification, fields: dict[str, A
     )
     remote = found.first()
     if remote is None:  # deleted since the insert found it
-        return RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
+        remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
+        spam.classify_new(remote)
+        return remote
     _check_repeat(remote, notification)
     return remote
 

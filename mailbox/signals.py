@@ -5,3 +5,11 @@ from django.dispatch import Signal
 #: A reader here opened a message from another instance for the first time: ``message`` (the
 #: RemoteMessage) and ``reader_id``. Sent while the page is answered: receivers must be quick.
 message_read = Signal()
+
+#: A remote message's body was fetched and verified here: ``remote_id``. Sent once the fetch has
+#: committed; receivers queue their own work (fingerprints, content checks) rather than do it inline.
+body_fetched = Signal()
+
+#: The origin did not hand over a body this time (unreachable, 5xx, timeout): ``remote_id``, ``origin``
+#: and ``error``. Sent once the failed attempt has committed; the fetch itself is retried as usual.
+body_unavailable = Signal()

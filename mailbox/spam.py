@@ -10,8 +10,13 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 
 from outbox.models import Recipient
+from pushmail_site.hooks import Hook
 
 from .models import Folder, InboxEntry, RemoteMessage
+
+#: ``spam_reason_for_new(remote=...)``: why a message just notified here is judged spam at once (a known
+#: campaign, a poorly reputed sender or origin), or "" for the Inbox. The reputation app answers.
+spam_reason_for_new: Hook[..., str] = Hook("mailbox.spam.spam_reason_for_new")
 
 # Folders a verdict hides copies from: Trash is the owner's own decision and stays as it is.
 _HIDDEN_FROM = [Folder.INBOX, Folder.ARCHIVE]
@@ -43,6 +48,14 @@ def hide_as_spam(*, remote_id: int, reason: str) -> int:
     hidden = unopened.exclude(_wrote_to_sender())
     # Spam does not count as unread mail; the folder it left is kept to put it back.
     return _hide(hidden)
+
+
+def classify_new(remote: RemoteMessage) -> None:
+    """A message new here: judged spam at once if the reputation app says why, before any entry exists."""
+    reason = spam_reason_for_new(remote=remote)[:300]
+    if reason:
+        RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason)
+        remote.spam_verdict = reason
 
 
 def _hide(entries: QuerySet[InboxEntry]) -> int:

@@ -5,12 +5,14 @@ from typing import Any
 from django.dispatch import receiver
 
 from federation import inbound
+from mailbox import spam as mailbox_spam
 from mailbox.models import RemoteMessage
 from mailbox.signals import message_read
 
-from . import services
+from . import placement, services
 
 inbound.check_origin.register(services.check_origin)
+mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)
 
 
 @receiver(message_read, dispatch_uid="reputation.record_read")
