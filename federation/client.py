@@ -11,7 +11,7 @@ from django.conf import settings
 
 from . import http
 from .discovery import Instance
-from .payloads import Notification, Withdrawal, clean_text
+from .payloads import Notification, Report, Withdrawal, clean_text
 from .signatures import sign_as
 
 
@@ -122,6 +122,24 @@ def send_withdrawal(*, instance: Instance, sender_domain: str, withdrawal: Withd
     except ValueError as exc:
         raise PeerError("withdrawal answer is not JSON", retryable=True) from exc
     return data if isinstance(data, dict) else {}
+
+
+def send_report(*, instance: Instance, as_domain: str, report: Report) -> dict[str, str]:
+    """POST a spam report to the message's origin (§5.8): its answer's ``status`` and ``complaint``.
+
+    Any other answer than 200/202 raises PeerError, retryable or not by §6.1
+    (so ``404 unknown_message`` and ``403 not_a_recipient`` are permanent).
+    """
+    response = _call("POST", instance.url("reports"), as_domain=as_domain, payload=report.to_json(), max_bytes=65536)
+    if response.status not in (200, 202):
+        _raise_for(response)
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise PeerError("report answer is not JSON", retryable=True) from exc
+    if not isinstance(data, dict):
+        raise PeerError("report answer is not a JSON object", retryable=True)
+    return {"status": clean_text(data.get("status")), "complaint": clean_text(data.get("complaint"))}
 
 
 def _raise_for_fetch(response: http.Response, what: str) -> None:

@@ -92,3 +92,26 @@ accept_withdrawal: Hook[..., WithdrawalResult | None] = Hook("federation.inbound
 serve_body: Hook[..., bytes] = Hook("federation.inbound.serve_body")
 #: ``serve_attachment(global_id=..., digest=..., to_domain=...)``: the bytes, or the exceptions of serve_body.
 serve_attachment: Hook[..., StoredFile] = Hook("federation.inbound.serve_attachment")
+
+
+# --- Spam reports from recipient domains (docs/protocol.md §5.8) ---------------------------------
+
+
+class UnknownMessage(Exception):
+    """No message with this global id was ever sent from this instance."""
+
+
+class NotARecipient(Exception):
+    """The reporting domain never had an accepted recipient of the message."""
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What the origin did with a report: ``status`` is "recorded", "duplicate" or "superseded"."""
+
+    status: str
+    complaint: str  # "active" or "retracted": where the complaint of this domain now stands
+
+
+#: ``accept_report(reporter=..., report=...)``: a ReportResult; raises UnknownMessage or NotARecipient.
+accept_report: Hook[..., ReportResult] = Hook("federation.inbound.accept_report")

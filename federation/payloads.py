@@ -555,3 +555,50 @@ def parse_withdrawal(data: Any) -> Withdrawal:
     _type(data, "withdrawal")
     _version(data)
     return Withdrawal(global_id=_uuid(_require(data, "id"), "id"), sender=_address(_require(data, "sender"), "sender"))
+
+
+# --- Spam report (feedback to the origin) ---------------------------------------------------
+
+REPORT_VERDICTS = ("spam", "overturned")
+# More reports than any instance has mailboxes is not a count: refused rather than stored.
+MAX_REPORTS = 10_000_000
+
+
+@dataclass(frozen=True)
+class Report:
+    """A recipient instance's verdict on a message the origin sent (§5.8): never who reported."""
+
+    global_id: uuid.UUID
+    verdict: str  # "spam" or "overturned"
+    reports: int
+    reported_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "report",
+            "version": VERSION,
+            "id": str(self.global_id),
+            "verdict": self.verdict,
+            "reports": self.reports,
+            "reported_at": format_time(self.reported_at),
+        }
+
+
+def parse_report(data: Any, *, latest: datetime) -> Report:
+    """Check a spam report (§5.8) field by field; PayloadError names the first bad one.
+
+    ``reported_at`` may not be later than ``latest`` (now plus the signature window).
+    """
+    if not isinstance(data, dict):
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "report")
+    _version(data)
+    global_id = _uuid(_require(data, "id"), "id")
+    verdict = _require(data, "verdict")
+    if verdict not in REPORT_VERDICTS:
+        raise PayloadError("verdict", f"expected one of {', '.join(REPORT_VERDICTS)}")
+    reports = _integer(_require(data, "reports"), "reports", maximum=MAX_REPORTS)
+    reported_at = parse_time(_require(data, "reported_at"), "reported_at")
+    if reported_at > latest:
+        raise PayloadError("reported_at", f"{format_time(reported_at)} is in the future")
+    return Report(global_id=global_id, verdict=verdict, reports=reports, reported_at=reported_at)

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
+from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
@@ -228,3 +229,38 @@ def message_attachment(request: HttpRequest, global_id: str, digest: str) -> Htt
     response["Cache-Control"] = "no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@csrf_exempt
+@gzip_page
+def reports(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/reports``: a recipient domain judged one of our messages spam, or took it back (§5.8).
+
+    Signed by the reporting domain, which must have had an accepted recipient
+    of the message. Idempotent: the same report again, or an older one, changes nothing.
+    """
+    signed = _signed(request, "POST", 65536)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
+    latest = timezone.now() + settings.PUSHMAIL_SIGNATURE_WINDOW
+    try:
+        report = payloads.parse_report(_read_json(request, body), latest=latest)
+    except payloads.PayloadError as exc:
+        return invalid_payload(exc)
+    try:
+        result = inbound.accept_report(reporter=signer.domain, report=report)
+    except inbound.UnknownMessage:
+        return error(404, "unknown_message", f"no message {report.global_id} was sent from this instance")
+    except inbound.NotARecipient:
+        return error(
+            403, "not_a_recipient", f"{signer.domain} had no accepted recipient of {report.global_id}: nothing recorded"
+        )
+    return JsonResponse(
+        {
+            "id": str(report.global_id),
+            "verdict": report.verdict,
+            "status": result.status,
+            "complaint": result.complaint,
+        }
+    )

@@ -7,19 +7,22 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
+from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from pushmail_site.states import transition_rows
 
+from . import complaints
 from .delivery import queue_deliveries
 from .models import (
     AttachmentFetch,
     BodyFetch,
+    Complaint,
     Delivery,
     DeliveryState,
     Draft,
     Message,
     MessageAttachment,
     Recipient,
+    SendingPause,
     Withdrawal,
 )
 from .states import DELIVERY
@@ -231,3 +234,67 @@ class DraftAdmin(DomainScopedAdmin):
     date_hierarchy = "updated_at"
     exclude = ["text"]
     raw_id_fields = ["owner", "sent_message"]
+
+
+@admin.action(description="Lift the pause: let them send again", permissions=["lift"])
+def lift_pauses(modeladmin: SendingPauseAdmin, request: HttpRequest, queryset: QuerySet[SendingPause]) -> None:
+    lifted = sum(
+        complaints.lift_pause(user=pause.user, by=request.user)  # type: ignore[arg-type]
+        for pause in queryset.filter(lifted_at__isnull=True).select_related("user")
+    )
+    messages.success(request, f"{lifted} sender(s) may send again.")
+
+
+class PausedFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("paused", "Paused"), ("lifted", "Lifted")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "paused":
+            return queryset.filter(lifted_at__isnull=True)
+        if self.value() == "lifted":
+            return queryset.filter(lifted_at__isnull=False)
+        return queryset
+
+
+@admin.register(SendingPause)
+class SendingPauseAdmin(DomainScopedAdmin):
+    """Senders of this domain whose sending is paused by spam complaints; a domain admin lifts a pause."""
+
+    domain_lookup = "user__domain"
+
+    list_display = ["user", "reason", "paused_at", "lifted_at", "lifted_by"]
+    list_filter = [PausedFilter]
+    search_fields = ["user__email", "reason"]
+    list_select_related = ["user", "lifted_by"]
+    fields = readonly_fields = ("user", "reason", "paused_at", "lifted_at", "lifted_by")
+    actions = [lift_pauses]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made by complaints, never typed in here
+
+    def has_lift_permission(self, request: HttpRequest) -> bool:
+        return is_domain_admin(request) or request.user.has_perm("outbox.change_sendingpause")
+
+
+@admin.register(Complaint)
+class ComplaintAdmin(DomainScopedAdmin):
+    """Spam complaints from recipient domains about mail sent from here. Read-only: who reported is never known."""
+
+    domain_lookup = "sender__domain"
+
+    list_display = ["message", "sender", "domain", "reports", "weight", "reported_at", "received_at", "retracted_at"]
+    list_filter = ["domain"]
+    search_fields = ["domain", "sender__email", "=message__id"]
+    date_hierarchy = "received_at"
+    list_select_related = ["message", "sender"]
+    raw_id_fields = ["message", "sender"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

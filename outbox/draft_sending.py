@@ -24,6 +24,7 @@ from attachments.services import AttachmentInput, check_new_files
 from pushmail_site.jobs import enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
+from .complaints import pause_problem
 from .compose import render_markdown
 from .models import Draft, DraftAttachment, DraftState, Message
 from .rules import check_characters, check_recipient_count, check_subject, parse_addresses
@@ -64,6 +65,9 @@ def check_draft(draft: Draft) -> Outgoing:
     # The files are already counted in the mailbox's usage: only an overfull mailbox stops the send.
     files = [(a.name, a.size) for a in draft.attachments.all()]
     _collect(errors, check_new_files, user=draft.owner, files=files, quota_extra=0)
+    paused = pause_problem(draft.owner)
+    if paused is not None:
+        errors.setdefault("__all__", []).append(paused)
     if errors:
         raise ValidationError(errors)
     return Outgoing(

@@ -299,3 +299,52 @@ class DraftAttachment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.size} bytes)"
+
+
+class Complaint(models.Model):
+    """A recipient domain judged one of our messages spam (docs/protocol.md §5.8): one per (message, domain).
+
+    ``weight`` is what counts against the sender: the reports told, at least one
+    (a verdict is a complaint) and at most the domain's accepted recipients of the
+    message (a domain cannot complain for more readers than it had). An
+    ``overturned`` report retracts it. Who reported is never known here.
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="complaints")
+    sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="complaints")
+    domain = models.CharField(max_length=253, help_text="The recipient domain that reported.")
+    reports = models.PositiveIntegerField(help_text="Spam reports at that domain, as it told us.")
+    weight = models.PositiveIntegerField(help_text="What counts against the sender.")
+    reported_at = models.DateTimeField(help_text="When the domain reached its latest verdict applied here.")
+    received_at = models.DateTimeField(default=timezone.now)
+    retracted_at = models.DateTimeField(null=True, blank=True, help_text="When the domain overturned its verdict.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "domain"], name="one_complaint_per_domain")]
+        indexes = [models.Index(fields=["sender", "received_at"], name="complaint_by_sender")]
+
+    def __str__(self) -> str:
+        state = "retracted" if self.retracted_at else f"{self.weight} complaint(s)"
+        return f"{self.domain} on {self.message_id}: {state}"
+
+
+class SendingPause(models.Model):
+    """A local sender's sending is paused by their complaints until a domain admin lifts it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sending_pauses")
+    reason = models.CharField(max_length=300)
+    paused_at = models.DateTimeField(default=timezone.now)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user"], condition=models.Q(lifted_at__isnull=True), name="one_active_pause_per_sender"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} paused: {self.reason}" + (" (lifted)" if self.lifted_at else "")

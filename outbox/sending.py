@@ -24,6 +24,7 @@ from pushmail_site.hooks import Hook
 from pushmail_site.states import transition
 
 from .bodies import canonical_content
+from .complaints import check_not_paused
 from .delivery import queue_deliveries
 from .models import (
     Delivery,
@@ -75,6 +76,7 @@ def send_message(
     its digest) and the notifications. The per-file, per-message and quota
     limits are checked here, so every path (web, API) gets them.
     """
+    check_not_paused(sender)  # SendingPaused: too many spam complaints (outbox.complaints)
     to_list, cc_list, bcc_list = (clean_addresses(to, "to"), clean_addresses(cc, "cc"), clean_addresses(bcc, "bcc"))
     if not (to_list or cc_list or bcc_list):
         check_recipient_count(0)

@@ -402,6 +402,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
     "requeue-due-attachment-fetches": {"task": "mailbox.requeue_due_attachments", **_sweep},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
+    "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
     "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
@@ -439,6 +440,13 @@ PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 600
 # at least two reports make up this share of the local users who opened or reported it.
 PUSHMAIL_SPAM_REPORTS = env_int("PUSHMAIL_SPAM_REPORTS", 3)
 PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
+# Origin side of spam feedback (docs/protocol.md §5.8): a local sender is paused when the complaints
+# received for their mail pass this share of their last PUSHMAIL_COMPLAINT_WINDOW recipients (a
+# sender with fewer recipients is counted as if they had that many), or reach
+# PUSHMAIL_COMPLAINTS_PER_DAY in 24 hours.
+PUSHMAIL_COMPLAINT_RATE = float(os.environ.get("PUSHMAIL_COMPLAINT_RATE", "0.003"))
+PUSHMAIL_COMPLAINT_WINDOW = env_int("PUSHMAIL_COMPLAINT_WINDOW", 1000)
+PUSHMAIL_COMPLAINTS_PER_DAY = env_int("PUSHMAIL_COMPLAINTS_PER_DAY", 10)
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

@@ -66,3 +66,37 @@ class SpamVerdict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.message_id}: {self.reason}" + (" (overturned)" if self.overturned_at else "")
+
+
+class FeedbackVerdict(models.TextChoices):
+    SPAM = "spam"
+    OVERTURNED = "overturned"
+
+
+class FeedbackState(models.TextChoices):
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class FeedbackReport(models.Model):
+    """A signed report to a message's origin that it was judged spam here, or that the verdict was
+    overturned (docs/protocol.md §5.8): one per (message, verdict); its states are in feedback_states.py."""
+
+    message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="feedback_reports")
+    verdict = models.CharField(max_length=10, choices=FeedbackVerdict.choices)
+    reports = models.PositiveIntegerField(help_text="Local spam reports on the message when the verdict was reached.")
+    reported_at = models.DateTimeField()
+    state = models.CharField(max_length=7, choices=FeedbackState.choices, default=FeedbackState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    answer = models.CharField(max_length=40, blank=True, help_text="The origin's status: recorded, duplicate, …")
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "verdict"], name="one_feedback_per_verdict")]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="feedback_due")]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} on {self.message_id} ({self.state})"

@@ -9,7 +9,7 @@ from mailbox import spam as mailbox_spam
 from mailbox.models import RemoteMessage
 from mailbox.signals import message_read
 
-from . import placement, services
+from . import feedback, placement, services  # noqa: F401 - feedback receives verdicts (reputation.signals)
 
 inbound.check_origin.register(services.check_origin)
 mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)

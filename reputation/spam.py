@@ -22,6 +22,7 @@ from mailbox.models import EntryState, InboxEntry, RemoteMessage
 from pushmail_site.jobs import lock
 
 from .models import Read, SpamReport, SpamVerdict
+from .signals import verdict_overturned, verdict_reached
 
 
 class ReportRefused(Exception):
@@ -126,6 +127,7 @@ def _judge(remote: RemoteMessage) -> bool:
     verdict.hidden = mailbox_services.hide_as_spam(remote_id=remote.pk, reason=reason)
     verdict.save(update_fields=["hidden"])
     remote.spam_verdict = reason
+    verdict_reached.send(sender=SpamVerdict, remote_ids=[remote.pk])
     return True
 
 
@@ -149,4 +151,5 @@ def overturn_verdict(*, verdict_id: int, by: User | None) -> int:
         return 0
     verdict.overturned_at, verdict.overturned_by = timezone.now(), by
     verdict.save(update_fields=["overturned_at", "overturned_by"])
+    verdict_overturned.send(sender=SpamVerdict, remote_ids=[verdict.message_id])
     return mailbox_services.lift_spam_verdict(remote_id=verdict.message_id)

@@ -73,6 +73,11 @@ ATTACH_EXPIRES = datetime(2026, 12, 26, 11, 0, 0, tzinfo=UTC)
 ATTACH_FETCH_CREATED = datetime(2026, 11, 26, 11, 20, 0, tzinfo=UTC)
 ATTACH_FETCH_NONCE = "Qm3sV8xK1pT6wZ0bN4cR7y"
 
+# §11.7: beta.example judged the §11.2 message spam and tells alpha.example.
+REPORT_AT = datetime(2026, 11, 26, 11, 58, 41, tzinfo=UTC)
+REPORT_CREATED = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+REPORT_NONCE = "Rt5wY2uI8oP3aS6dF9gH1j"
+
 NOTIFY_CREATED = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 NOTIFY_NONCE = "q7Vw2mZ9xR4tYb1nK8sJ3a"
 FETCH_CREATED = datetime(2026, 11, 26, 10, 15, 0, tzinfo=UTC)
@@ -217,6 +222,24 @@ def build() -> dict[str, str]:
     attach_fetch_signature = attach_fetch_headers["Signature"][len("pm=:") : -1]
     assert _b64(beta_private.sign(attach_fetch_base.encode())) == attach_fetch_signature
 
+    report = payloads.Report(global_id=GLOBAL_ID, verdict="spam", reports=3, reported_at=REPORT_AT)
+    # Serialized exactly as federation.client does before signing.
+    report_body = json.dumps(report.to_json(), separators=(",", ":")).encode()
+    report_url = ALPHA_API + "reports"
+    report_headers = sign(
+        method="POST",
+        url=report_url,
+        headers={"Accept": "application/json", "Content-Type": "application/json"},
+        body=report_body,
+        key_id=BETA_KEY_ID,
+        private_key=beta_private,
+        created=REPORT_CREATED,
+        nonce=REPORT_NONCE,
+    )
+    report_base = _signature_base("POST", report_url, report_headers)
+    report_signature = report_headers["Signature"][len("pm=:") : -1]
+    assert _b64(beta_private.sign(report_base.encode())) == report_signature
+
     notify_base = _signature_base("POST", notify_url, notify_headers)
     fetch_base = _signature_base("GET", fetch_url, fetch_headers)
     notify_signature = notify_headers["Signature"][len("pm=:") : -1]
@@ -249,6 +272,10 @@ def build() -> dict[str, str]:
         "attachment-fetch-signature-base": attach_fetch_base,
         "attachment-fetch-signature": attach_fetch_signature,
         "attachment-content-digest": "sha-256=:" + _b64(hashlib.sha256(ATTACHMENT_FILE).digest()) + ":",
+        "report-request": _http_head("POST", report_url, report_headers, report_body),
+        "report-body": report_body.decode("ascii"),
+        "report-signature-base": report_base,
+        "report-signature": report_signature,
     }
 
 
@@ -313,6 +340,11 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
         # §11.6: byte-exact like body.json; the notification pretty-printed.
         "body_with_attachment.json": blocks["attachment-body"],
         "notification_with_attachment.json": pretty(json.loads(blocks["attachment-notification-body"])),
+        # §11.7: the spam report and alpha.example's answer.
+        "report.json": pretty(json.loads(blocks["report-body"])),
+        "report_response.json": pretty(
+            {"id": str(GLOBAL_ID), "verdict": "spam", "status": "recorded", "complaint": "active"}
+        ),
     }
 
 

@@ -59,6 +59,11 @@ EXAMPLE_BLOCKS = {
     "attachment-fetch-signature-base",
     "attachment-fetch-signature",
     "attachment-content-digest",
+    # §11.7, checked in test_spam_feedback.py
+    "report-request",
+    "report-body",
+    "report-signature-base",
+    "report-signature",
 }
 
 
