@@ -336,7 +336,7 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
         "error.json": pretty(
             {"error": "wrong_domain", "detail": "sender ann@alpha.example is not of the signing domain beta.example"}
         ),
-        "gone.json": pretty({"error": "gone", "reason": "withdrawn", "detail": "message withdrawn"}),
+        "gone.json": pretty({"error": "gone", "reason": "withdrawn", "detail": "the sender withdrew this message"}),
         # §11.6: byte-exact like body.json; the notification pretty-printed.
         "body_with_attachment.json": blocks["attachment-body"],
         "notification_with_attachment.json": pretty(json.loads(blocks["attachment-notification-body"])),
