@@ -7,9 +7,11 @@ from django.dispatch import receiver
 from federation import inbound
 from mailbox import spam as mailbox_spam
 from mailbox.models import RemoteMessage
-from mailbox.signals import message_read
+from mailbox.signals import body_fetched, message_read
 
-from . import placement, services
+from . import content_filter, placement, services
+from .models import SpamVerdict
+from .signals import report_recorded
 
 inbound.check_origin.register(services.check_origin)
 mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)
@@ -18,3 +20,17 @@ mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)
 @receiver(message_read, dispatch_uid="reputation.record_read")
 def _record_read(*, message: RemoteMessage, reader_id: int, **kwargs: Any) -> None:
     services.record_read(message=message, reader_id=reader_id)
+
+
+@receiver(body_fetched, dispatch_uid="reputation.check_content")
+def _check_content(*, remote_id: int, **kwargs: Any) -> None:
+    content_filter.queue_check(remote_id=remote_id)
+
+
+@receiver(report_recorded, dispatch_uid="reputation.learn_from_report")
+def _learn_from_report(*, remote_id: int, spam: bool, **kwargs: Any) -> None:
+    content_filter.queue_lesson(remote_id=remote_id, spam=spam)
+    if spam:
+        content_filter.reconsider(remote_id=remote_id)
+        if SpamVerdict.objects.filter(message_id=remote_id, overturned_at__isnull=True).exists():
+            content_filter.queue_fuzzy(remote_id=remote_id)
