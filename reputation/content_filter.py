@@ -284,7 +284,11 @@ def run_content_job(job_id: int) -> None:
     if remote is None:
         _settle(job_id, ContentJobState.FAILED, {"last_error": "The body is no longer here."})
         return
-    message = render(remote)
+    try:
+        message = render(remote)
+    except (payloads.PayloadError, ValueError, TypeError) as exc:  # never expected: stored bodies passed the schema
+        _settle(job_id, ContentJobState.FAILED, {"last_error": f"The body could not be rendered: {exc}"[:500]})
+        return
     try:
         if job.kind == Kind.CHECK:
             result = check(message, envelope=envelope(remote))
@@ -377,7 +381,7 @@ def _judge_by_content(remote_id: int, reason: str) -> str:
     remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
     if remote is None or SpamVerdict.objects.filter(message_id=remote_id).exists():
         return ""  # one verdict per message: the readers' (or an overturned one) stands
-    reports = SpamReport.objects.filter(message_id=remote_id, spam=True).count()
+    reports = _spam_reports(remote_id)
     verdict = SpamVerdict.objects.create(
         message_id=remote_id, reports=reports, readers=_readers_or_reporters(remote), reason=reason
     )
@@ -401,7 +405,7 @@ def reconsider(*, remote_id: int) -> str:
     remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
     if remote is None:
         return ""
-    reports = SpamReport.objects.filter(message_id=remote_id, spam=True).count()
+    reports = _spam_reports(remote_id)
     readers = _readers_or_reporters(remote)
     if not reports or not _reaches(reports + settings.RSPAMD_SUSPECT_WEIGHT, readers):
         return ""
@@ -417,6 +421,11 @@ def reconsider(*, remote_id: int) -> str:
     suspect.save(update_fields=["decision"])
     queue_fuzzy(remote_id=remote_id)
     return reason
+
+
+def _spam_reports(remote_id: int) -> int:
+    """The readers' spam reports on the message, counted as reputation.spam counts them for a verdict."""
+    return SpamReport.objects.filter(message_id=remote_id, spam=True).count()
 
 
 def _reaches(reports: float, readers: int) -> bool:
