@@ -14,7 +14,8 @@ message a mail program would download (mailbox.eml) and posted to rspamd's
 
 Readers teach it: "Report spam" learns the body as spam, "Not spam" as ham
 (``/learnspam``, ``/learnham`` on the controller), and a verdict adds the body to
-rspamd's fuzzy storage (``/fuzzyadd``) so near-copies of a spam run score at once.
+rspamd's fuzzy storage (``/fuzzyadd``) so near-copies of a spam run score at once;
+a domain admin's overturn takes it out again (``/fuzzydel``) and learns it as ham.
 
 Every call is a durable job row (reputation.content_states): a worker killed
 mid-call or an rspamd that is down loses nothing; the row is retried with backoff
@@ -52,7 +53,12 @@ log = logging.getLogger(__name__)
 Kind = ContentJobKind
 SPAM_ACTIONS = frozenset({"reject"})
 SUSPECT_ACTIONS = frozenset({"add header", "rewrite subject"})
-_LESSON_PATHS = {Kind.LEARN_SPAM: "/learnspam", Kind.LEARN_HAM: "/learnham", Kind.FUZZY_ADD: "/fuzzyadd"}
+_LESSON_PATHS = {
+    Kind.LEARN_SPAM: "/learnspam",
+    Kind.LEARN_HAM: "/learnham",
+    Kind.FUZZY_ADD: "/fuzzyadd",
+    Kind.FUZZY_DEL: "/fuzzydel",
+}
 
 
 # --- Configuration -----------------------------------------------------------------------------
@@ -153,6 +159,8 @@ def teach(kind: str, message: bytes) -> str:
     headers = {"Password": settings.RSPAMD_PASSWORD} if settings.RSPAMD_PASSWORD else {}
     if kind == Kind.FUZZY_ADD:
         headers |= {"Flag": str(settings.RSPAMD_FUZZY_FLAG), "Weight": "1"}
+    elif kind == Kind.FUZZY_DEL:
+        headers |= {"Flag": str(settings.RSPAMD_FUZZY_FLAG)}
     response = _post(f"{controller_url()}{_LESSON_PATHS[Kind(kind)]}", message, headers)
     if response.status_code == 200:
         return ""
@@ -221,6 +229,13 @@ def queue_lesson(*, remote_id: int, spam: bool) -> None:
 def queue_fuzzy(*, remote_id: int) -> None:
     """The message was judged spam here: add its body's hashes to the fuzzy storage, once."""
     _queue(remote_id, Kind.FUZZY_ADD)
+
+
+def unlearn_overturned(*, remote_id: int) -> None:
+    """A domain admin overturned the verdict: take the body out of the fuzzy storage, and learn it as ham."""
+    if ContentCheck.objects.filter(message_id=remote_id, kind=Kind.FUZZY_ADD).exists():
+        _queue(remote_id, Kind.FUZZY_DEL)
+    _queue(remote_id, Kind.LEARN_HAM)
 
 
 def _queue(remote_id: int, kind: str) -> None:

@@ -3,8 +3,9 @@
 One :class:`~reputation.models.ContentCheck` row per remote message and kind is
 the job of asking rspamd about that message's fetched body: ``check`` (score it,
 after the fetch), ``learn_spam`` / ``learn_ham`` (a reader's "Report spam" or
-"Not spam"), ``fuzzy_add`` (the message was judged spam here: near-copies are
-recognized at once). A worker claims a due row by pushing ``next_attempt_at``
+"Not spam", or an overturned verdict), ``fuzzy_add`` (the message was judged spam
+here: near-copies are recognized at once) and ``fuzzy_del`` (a domain admin
+overturned that verdict). A worker claims a due row by pushing ``next_attempt_at``
 PUSHMAIL_CLAIM_SECONDS ahead (a claim that a killed worker left lapses, and the
 sweep queues the row again). Every move goes through
 :func:`pushmail_site.states.transition`.
@@ -22,6 +23,7 @@ class ContentJobKind(models.TextChoices):
     LEARN_SPAM = "learn_spam", "Learn spam"
     LEARN_HAM = "learn_ham", "Learn ham"
     FUZZY_ADD = "fuzzy_add", "Add to fuzzy storage"
+    FUZZY_DEL = "fuzzy_del", "Remove from fuzzy storage"
 
 
 class ContentJobState(models.TextChoices):

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from django.db import transaction
+from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from federation import inbound
@@ -34,3 +36,11 @@ def _learn_from_report(*, remote_id: int, spam: bool, **kwargs: Any) -> None:
         content_filter.reconsider(remote_id=remote_id)
         if SpamVerdict.objects.filter(message_id=remote_id, overturned_at__isnull=True).exists():
             content_filter.queue_fuzzy(remote_id=remote_id)
+
+
+@receiver(post_save, sender=SpamVerdict, dispatch_uid="reputation.unlearn_overturned")
+def _unlearn_overturned(*, instance: SpamVerdict, update_fields: Any = None, **kwargs: Any) -> None:
+    # The overturn saves exactly these columns; after commit, so a rolled-back overturn teaches nothing.
+    if instance.overturned_at is not None and update_fields and "overturned_at" in update_fields:
+        remote_id = instance.message_id
+        transaction.on_commit(lambda: content_filter.unlearn_overturned(remote_id=remote_id))

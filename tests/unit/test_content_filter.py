@@ -216,6 +216,17 @@ def test_a_message_judged_spam_is_recognized_in_a_near_copy_and_reports_teach_rs
     _run_queued(queued)
     assert _job(first, ContentJobKind.LEARN_HAM).state == ContentJobState.DONE
 
+    # A domain admin overturns the first verdict: its hashes leave the fuzzy storage, and the
+    # near-copy no longer matches.
+    with django_capture_on_commit_callbacks(execute=True):
+        overturn_verdict(verdict_id=SpamVerdict.objects.get(message=first).pk, by=None)
+    _run_queued(queued)
+    assert _job(first, ContentJobKind.FUZZY_DEL).state == ContentJobState.DONE
+    deadline = time.monotonic() + 10
+    while "PUSHMAIL_FUZZY_SPAM" in _check_before_fetch(second, second_message).symbols:
+        assert time.monotonic() < deadline, "the overturned message stayed in the fuzzy storage"
+        time.sleep(0.3)
+
 
 def _check_before_fetch(remote: RemoteMessage, message: PeerMessage) -> content_filter.CheckResult:
     """What the project's client gets from rspamd for this message's body, without fetching it here."""
