@@ -403,6 +403,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-attachment-fetches": {"task": "mailbox.requeue_due_attachments", **_sweep},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
+    "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
     "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
@@ -447,6 +448,21 @@ PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
 PUSHMAIL_COMPLAINT_RATE = float(os.environ.get("PUSHMAIL_COMPLAINT_RATE", "0.003"))
 PUSHMAIL_COMPLAINT_WINDOW = env_int("PUSHMAIL_COMPLAINT_WINDOW", 1000)
 PUSHMAIL_COMPLAINTS_PER_DAY = env_int("PUSHMAIL_COMPLAINTS_PER_DAY", 10)
+# The content filter (rspamd, README "Content filter (rspamd)"): unset, no body is checked. Checks go to
+# RSPAMD_URL (its normal worker, e.g. http://127.0.0.1:11333); lessons from reports and verdicts to its
+# controller (default: the same host, port 11334) with RSPAMD_PASSWORD.
+RSPAMD_URL = os.environ.get("RSPAMD_URL", "").strip().rstrip("/")
+RSPAMD_CONTROLLER_URL = os.environ.get("RSPAMD_CONTROLLER_URL", "").strip().rstrip("/")
+RSPAMD_PASSWORD = os.environ.get("RSPAMD_PASSWORD", "")
+RSPAMD_TIMEOUT = float(os.environ.get("RSPAMD_TIMEOUT", "10"))
+# A score at or over this judges a message spam like a verdict; empty: only rspamd's "reject" action does.
+RSPAMD_SPAM_SCORE = float(os.environ["RSPAMD_SPAM_SCORE"]) if os.environ.get("RSPAMD_SPAM_SCORE") else None
+# What rspamd's "add header" / "rewrite subject" counts for towards a verdict, in reports.
+RSPAMD_SUSPECT_WEIGHT = float(os.environ.get("RSPAMD_SUSPECT_WEIGHT", "0.5"))
+# The fuzzy_check flag that a verdict adds a message's hashes under (deploy/rspamd/override.d/fuzzy_check.conf).
+RSPAMD_FUZZY_FLAG = env_int("RSPAMD_FUZZY_FLAG", 1)
+# How long a check or lesson keeps being retried while rspamd does not answer.
+RSPAMD_RETRY_WINDOW_SECONDS = float(os.environ.get("RSPAMD_RETRY_WINDOW_SECONDS", str(2 * 86400)))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

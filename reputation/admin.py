@@ -10,7 +10,7 @@ from accounts.admin_scope import DomainScopedAdmin
 from accounts.http import AuthedRequest
 from accounts.models import User
 
-from .models import OriginPolicy, Read, SpamReport, SpamVerdict
+from .models import ContentCheck, OriginPolicy, Read, SpamReport, SpamVerdict
 from .services import forget_policy, overturn_verdict
 
 
@@ -88,3 +88,43 @@ class SpamReportAdmin(admin.ModelAdmin):
     list_filter = ["spam"]
     list_select_related = ["message", "reporter"]
     raw_id_fields = ["message", "reporter"]
+
+
+@admin.register(ContentCheck)
+class ContentCheckAdmin(DomainScopedAdmin):
+    """What the content filter (rspamd) said about each fetched message, and what this instance did with it.
+
+    Checks show rspamd's score, action and the rules that matched; a decision names the verdict it led
+    to (overturned, like any verdict, under "Spam verdicts"). Lessons are the reports rspamd learned from.
+    A domain admin sees the rows for mail to their domain.
+    """
+
+    list_display = ["message", "kind", "state", "score", "required_score", "action", "top_symbols", "decision"]
+    list_filter = ["kind", "state", "action", ("decision", admin.EmptyFieldListFilter)]
+    search_fields = ["message__sender", "message__subject", "message__origin_domain", "decision"]
+    list_select_related = ["message"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "message",
+        "kind",
+        "state",
+        "score",
+        "required_score",
+        "action",
+        "symbols",
+        "decision",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "created_at",
+        "done_at",
+    ]
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(message__local_domain=request.user.domain.name)
+
+    @admin.display(description="Rules that matched")
+    def top_symbols(self, obj: ContentCheck) -> str:
+        """The rules that weighed most, strongest first."""
+        weighed = sorted((obj.symbols or {}).items(), key=lambda item: -abs(float(item[1] or 0)))
+        return ", ".join(f"{name} {float(score):+g}" for name, score in weighed[:5] if score)

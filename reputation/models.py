@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from .content_states import ContentJobKind, ContentJobState
+
 
 class Read(models.Model):
     """A local reader opened a remote message. Counting rows gives readers per message."""
@@ -100,3 +102,36 @@ class FeedbackReport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verdict} on {self.message_id} ({self.state})"
+
+
+class ContentCheck(models.Model):
+    """A job for the content filter (rspamd) on one remote message: a check, or a lesson from a report.
+
+    A check keeps rspamd's answer (score, required score, action, symbols) and what this instance
+    decided from it; the moves of ``state`` are declared in reputation.content_states.
+    """
+
+    message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="content_checks")
+    kind = models.CharField(max_length=10, choices=ContentJobKind.choices, default=ContentJobKind.CHECK)
+    state = models.CharField(max_length=8, choices=ContentJobState.choices, default=ContentJobState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    required_score = models.FloatField(null=True, blank=True, help_text="rspamd's score for the reject action.")
+    action = models.CharField(max_length=20, blank=True, help_text="rspamd's action: no action, add header, reject…")
+    symbols = models.JSONField(default=dict, blank=True, help_text="Rules that matched, with their scores.")
+    decision = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="What this instance did with the answer (a verdict's reason), if anything.",
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "kind"], name="one_content_job_per_kind")]
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} of {self.message_id} ({self.state})"

@@ -22,7 +22,7 @@ from mailbox.models import EntryState, InboxEntry, RemoteMessage
 from pushmail_site.jobs import lock
 
 from .models import Read, SpamReport, SpamVerdict
-from .signals import verdict_overturned, verdict_reached
+from .signals import report_recorded, verdict_overturned, verdict_reached
 
 
 class ReportRefused(Exception):
@@ -81,6 +81,7 @@ def _report(user: User, entry_id: int | str, *, spam: bool) -> ReportOutcome:
         return ReportOutcome(entry, spam, repeated=False, judged_spam=False)
     repeated = _record(remote, user, spam=spam)
     judged = _judge(remote) if spam else False
+    report_recorded.send(sender=SpamReport, remote_id=remote.pk, spam=spam)
     return ReportOutcome(entry, spam, repeated=repeated, judged_spam=judged or bool(remote.spam_verdict))
 
 
