@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
@@ -15,7 +16,8 @@ from django.views.decorators.gzip import gzip_page
 
 from accounts.validators import domain_of
 
-from . import discovery, inbound, payloads
+from . import discovery, evidence, inbound, payloads
+from .models import SignedRequest
 from .signatures import SignatureRejected, Verified, verify_request
 
 
@@ -115,7 +117,20 @@ def notifications(request: HttpRequest) -> HttpResponse:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
     try:
-        results = inbound.accept_notification(origin=signer.domain, notification=notification)
+        with transaction.atomic():
+            results = inbound.accept_notification(origin=signer.domain, notification=notification)
+            # Kept as evidence only when it reached someone here (docs/protocol.md Appendix C).
+            reached = next((r.address for r in results if r.status == "accepted"), None)
+            if reached is not None:
+                evidence.keep(
+                    request=request,
+                    body=body,
+                    signer=signer,
+                    kind=SignedRequest.Kind.NOTIFICATION,
+                    global_id=notification.global_id,
+                    sender=notification.sender,
+                    local_domain=domain_of(reached),
+                )
     except inbound.ConflictingNotification as exc:
         return error(
             409,
@@ -139,7 +154,17 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
         return invalid_payload(exc)
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
-    result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    with transaction.atomic():
+        result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+        if result is not None:
+            evidence.keep(
+                request=request,
+                body=body,
+                signer=signer,
+                kind=SignedRequest.Kind.WITHDRAWAL,
+                global_id=withdrawal.global_id,
+                sender=withdrawal.sender,
+            )
     if result is None:
         return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
     return JsonResponse(
