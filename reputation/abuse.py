@@ -38,7 +38,14 @@ DEFAULT_LIMIT = 1000
 #: Lines end in CRLF and are folded at 78: the report can be mailed as it is.
 POLICY = policy.SMTP
 
-__all__ = ["DEFAULT_LIMIT", "NoEvidence", "abuse_report", "evidence_for_messages", "evidence_of_origin"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "NoEvidence",
+    "abuse_report",
+    "evidence_for_messages",
+    "evidence_of_origin",
+    "report_bytes",
+]
 
 
 class NoEvidence(Exception):
@@ -80,6 +87,11 @@ def abuse_report(*, notifications: QuerySet[SignedRequest] | Iterable[int], repo
     rows = list(SignedRequest.objects.filter(Q(pk__in=chosen.values("pk")) | withdrawn).order_by("-received_at", "-pk"))
     if not rows:
         raise NoEvidence("no kept signed notification matches; evidence is deleted after PUSHMAIL_EVIDENCE_DAYS")
+    return report_bytes(rows, reporter=reporter)
+
+
+def report_bytes(rows: list[SignedRequest], *, reporter: str = "") -> bytes:
+    """The ARF report of these kept requests, in this order (the first names the sender and arrival)."""
     return _report(rows, reporter=reporter).as_bytes(policy=POLICY)
 
 

@@ -9,9 +9,12 @@ import hashlib
 import io
 import json
 import re
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,10 +27,11 @@ from accounts.models import Domain, User
 from accounts.services import create_mailbox
 from federation.models import SignedRequest
 from mailbox.models import RemoteMessage
-from reputation.abuse import NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin
+from reputation.abuse import NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin, report_bytes
 from reputation.models import OriginPolicy, SpamVerdict
 from tests.conftest import NOTIFICATIONS, FakePeer, FederationClient
 from tests.factories import DomainFactory, MailboxFactory, PeerMessageFactory
+from tests.unit.test_protocol_doc import example_blocks
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
 
@@ -279,3 +283,50 @@ def test_management_command_writes_the_report(federation: FederationClient, peer
         call_command("abuse_report", stdout=io.StringIO())
     with pytest.raises(CommandError, match="no kept signed notification"):
         call_command("abuse_report", "--origin", "quiet.test", stdout=io.StringIO())
+
+
+# --- docs/protocol.md Appendix C: the worked example is what the code produces, and it verifies -----
+
+
+def _arf_blocks() -> dict[str, str]:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    return dict(re.findall(r"<!-- pushmail-arf-example: (\S+) -->\n```[^\n]*\n(.*?)\n```", doc, re.S))
+
+
+def test_appendix_c_worked_example_is_what_the_export_writes_and_it_verifies() -> None:
+    ex, arf = example_blocks(), _arf_blocks()
+    assert set(arf) == {"feedback-report", "http-request", "keys"}
+    head = dict(line.split(": ", 1) for line in ex["notification-request"].split("\n")[1:])
+    row = SignedRequest(
+        kind="notification",
+        origin_domain="alpha.example",
+        global_id=uuid.UUID("3f1c9a52-7d4e-4b8a-9e21-6c0d5b7a8f13"),
+        sender="ann@alpha.example",
+        local_domain="beta.example",
+        received_at=datetime(2026, 11, 26, 10, 0, 1, tzinfo=UTC),
+        source_ip="192.0.2.10",
+        method="POST",
+        authority="mail.beta.example",
+        path=NOTIFICATIONS,
+        query="?",
+        content_digest=head["Content-Digest"],
+        signature_input=head["Signature-Input"],
+        signature=head["Signature"],
+        headers={"Host": "mail.beta.example", "Content-Type": "application/json"},
+        key_id=ex["alpha-key-id"],
+        public_key=ex["alpha-public-key"],
+        body=ex["notification-body"].encode(),
+    )
+    doc_head, doc_body = arf["http-request"].split("\n\n", 1)
+    documented = doc_head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + doc_body.encode()
+
+    raw = report_bytes([row], reporter="postmaster@beta.example")
+
+    _report, feedback, original = parse_report(raw)
+    assert feedback.as_string().split("\n\n", 1)[0].replace("\r\n", "\n") == arf["feedback-report"]
+    [http_part] = [p for p in original.iter_attachments() if p.get_content_type() == "application/http"]
+    assert http_part.get_content() == documented
+    keys_part = next(p for p in original.iter_attachments() if p.get_filename() == "keys.json")
+    assert keys_part.get_content().decode() == arf["keys"]
+    [seen] = verify_report(raw, {ex["alpha-key-id"]: ex["alpha-public-key"]})
+    assert seen.body == ex["notification-body"].encode()
