@@ -7,7 +7,7 @@ is built from, and the key id and public key the signature verified with (so
 the proof outlives a key rotation). Refused requests are not kept: they are no
 evidence of mail to our users, and must not let a peer fill our disk.
 
-Keeping one costs a single INSERT; a periodic sweep deletes rows older than
+Keeping one costs a single INSERT (after the notification's own commit); a periodic sweep deletes rows older than
 PUSHMAIL_EVIDENCE_DAYS in bulk. The wire form of a kept request inside an abuse
 report (an ``application/http`` request, RFC 9112 §10.2) is built here too, and
 specified in docs/protocol.md Appendix C.
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -57,31 +58,47 @@ def keep(
     """Keep a verified request exactly as received: one INSERT, nothing when the same body is already kept."""
     url = urlsplit(signed_url(request))
     headers = request.headers
-    SignedRequest.objects.bulk_create(
-        [
-            SignedRequest(
-                kind=kind,
-                origin_domain=signer.domain,
-                global_id=global_id,
-                sender=sender,
-                local_domain=local_domain,
-                received_at=timezone.now(),
-                source_ip=request.META.get("REMOTE_ADDR") or None,
-                method=(request.method or "").upper(),
-                authority=url.netloc.lower(),
-                path=url.path or "/",
-                query="?" + url.query,
-                content_digest=headers.get("Content-Digest", ""),
-                signature_input=headers.get("Signature-Input", ""),
-                signature=headers.get("Signature", ""),
-                headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
-                key_id=signer.key_id,
-                public_key=signer.public_key,
-                body=body,
-            )
-        ],
-        ignore_conflicts=True,  # a retry of the same request: the first copy is the evidence
+    _insert_once(
+        SignedRequest(
+            kind=kind,
+            origin_domain=signer.domain,
+            global_id=global_id,
+            sender=sender,
+            local_domain=local_domain,
+            received_at=timezone.now(),
+            source_ip=request.META.get("REMOTE_ADDR") or None,
+            method=(request.method or "").upper(),
+            authority=url.netloc.lower(),
+            path=url.path or "/",
+            query="?" + url.query,
+            content_digest=headers.get("Content-Digest", ""),
+            signature_input=headers.get("Signature-Input", ""),
+            signature=headers.get("Signature", ""),
+            headers={name: headers[name] for name in KEPT_HEADERS if name in headers},
+            key_id=signer.key_id,
+            public_key=signer.public_key,
+            body=body,
+        )
     )
+
+
+def _insert_once(row: SignedRequest) -> None:
+    """One INSERT that does nothing on a retry of the same request (the first copy is the evidence).
+
+    Not bulk_create(ignore_conflicts=True): that wraps its INSERT in a transaction of its own,
+    two more round trips on the ingest path.
+    """
+    fields = [f for f in SignedRequest._meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column or f.name) for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    values = [f.get_db_prep_save(f.pre_save(row, add=True), connection) for f in fields]
+    table = quote(SignedRequest._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING",  # noqa: S608 - names from the model
+            values,
+        )
 
 
 def purge_expired() -> int:

@@ -7,7 +7,6 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
@@ -117,25 +116,26 @@ def notifications(request: HttpRequest) -> HttpResponse:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
     try:
-        with transaction.atomic():
-            results = inbound.accept_notification(origin=signer.domain, notification=notification)
-            # Kept as evidence only when it reached someone here (docs/protocol.md Appendix C).
-            reached = next((r.address for r in results if r.status == "accepted"), None)
-            if reached is not None:
-                evidence.keep(
-                    request=request,
-                    body=body,
-                    signer=signer,
-                    kind=SignedRequest.Kind.NOTIFICATION,
-                    global_id=notification.global_id,
-                    sender=notification.sender,
-                    local_domain=domain_of(reached),
-                )
+        results = inbound.accept_notification(origin=signer.domain, notification=notification)
     except inbound.ConflictingNotification as exc:
         return error(
             409,
             "conflicting_notification",
             f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
+        )
+    # Kept as evidence only when it reached someone here (docs/protocol.md Appendix C). One INSERT
+    # after accept's own commit, not a transaction around it (that would cost two more round trips
+    # per notification): should the process die in between, the sender got no answer and retries.
+    reached = next((r.address for r in results if r.status == "accepted"), None)
+    if reached is not None:
+        evidence.keep(
+            request=request,
+            body=body,
+            signer=signer,
+            kind=SignedRequest.Kind.NOTIFICATION,
+            global_id=notification.global_id,
+            sender=notification.sender,
+            local_domain=domain_of(reached),
         )
     return JsonResponse({"id": str(notification.global_id), "results": [r.to_json() for r in results]})
 
@@ -154,17 +154,16 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
         return invalid_payload(exc)
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
-    with transaction.atomic():
-        result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
-        if result is not None:
-            evidence.keep(
-                request=request,
-                body=body,
-                signer=signer,
-                kind=SignedRequest.Kind.WITHDRAWAL,
-                global_id=withdrawal.global_id,
-                sender=withdrawal.sender,
-            )
+    result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    if result is not None:
+        evidence.keep(
+            request=request,
+            body=body,
+            signer=signer,
+            kind=SignedRequest.Kind.WITHDRAWAL,
+            global_id=withdrawal.global_id,
+            sender=withdrawal.sender,
+        )
     if result is None:
         return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
     return JsonResponse(
