@@ -71,12 +71,15 @@ def evidence_for_messages(messages: QuerySet[RemoteMessage]) -> QuerySet[SignedR
     return SignedRequest.objects.filter(Exists(same))
 
 
-def abuse_report(*, notifications: QuerySet[SignedRequest] | Iterable[int], reporter: str = "") -> bytes:
+def abuse_report(
+    *, notifications: QuerySet[SignedRequest] | Iterable[int], reporter: str = "", limit: int = DEFAULT_LIMIT
+) -> bytes:
     """The ARF report (RFC 5965) carrying these kept requests, and the withdrawals of the same messages.
 
-    ``notifications`` is a queryset of SignedRequest or their ids. ``reporter`` is the
-    address the report comes from (default: postmaster of our domain the first
-    notification reached). Raises NoEvidence when nothing matches.
+    ``notifications`` is a queryset of SignedRequest or their ids; the report carries the
+    newest ``limit`` of them. ``reporter`` is the address the report comes from (default:
+    postmaster of our domain the first notification reached). Raises NoEvidence when
+    nothing matches.
     """
     if isinstance(notifications, QuerySet):
         chosen = notifications
@@ -84,7 +87,8 @@ def abuse_report(*, notifications: QuerySet[SignedRequest] | Iterable[int], repo
         chosen = SignedRequest.objects.filter(pk__in=list(notifications))
     pairs = chosen.filter(origin_domain=OuterRef("origin_domain"), global_id=OuterRef("global_id"))
     withdrawn = Q(kind=SignedRequest.Kind.WITHDRAWAL) & Q(Exists(pairs))
-    rows = list(SignedRequest.objects.filter(Q(pk__in=chosen.values("pk")) | withdrawn).order_by("-received_at", "-pk"))
+    matching = SignedRequest.objects.filter(Q(pk__in=chosen.values("pk")) | withdrawn)
+    rows = list(matching.order_by("-received_at", "-pk")[:limit])
     if not rows:
         raise NoEvidence("no kept signed notification matches; evidence is deleted after PUSHMAIL_EVIDENCE_DAYS")
     return report_bytes(rows, reporter=reporter)

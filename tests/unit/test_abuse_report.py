@@ -330,3 +330,13 @@ def test_appendix_c_worked_example_is_what_the_export_writes_and_it_verifies() -
     assert keys_part.get_content().decode() == arf["keys"]
     [seen] = verify_report(raw, {ex["alpha-key-id"]: ex["alpha-public-key"]})
     assert seen.body == ex["notification-body"].encode()
+
+
+def test_a_report_carries_at_most_the_newest_limit(federation: FederationClient, peer: FakePeer, alice: User) -> None:
+    for n in range(3):
+        _notify(federation, peer, to=[alice.email], subject=f"Many {n}")
+
+    raw = abuse_report(notifications=SignedRequest.objects.all(), limit=2)
+
+    seen = verify_report(raw, {peer.key_id: peer.public_b64})
+    assert sorted(json.loads(s.body)["subject"] for s in seen) == ["Many 1", "Many 2"]

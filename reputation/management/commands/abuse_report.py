@@ -16,7 +16,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--origin", help="the origin domain: its newest kept notifications")
-        parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"with --origin (default {DEFAULT_LIMIT})")
+        parser.add_argument(
+            "--limit", type=int, default=DEFAULT_LIMIT, help=f"at most this many, newest first ({DEFAULT_LIMIT})"
+        )
         parser.add_argument(
             "--message", action="append", default=[], metavar="GLOBAL_ID", help="a message's global id (repeatable)"
         )
@@ -38,7 +40,7 @@ class Command(BaseCommand):
                 raise CommandError(f"--message takes a global id (a UUID): {exc}") from exc
             rows = evidence_for_messages(RemoteMessage.objects.filter(global_id__in=ids))
         try:
-            content = abuse_report(notifications=rows, reporter=reporter)
+            content = abuse_report(notifications=rows, reporter=reporter, limit=limit)
         except NoEvidence as exc:
             raise CommandError(str(exc)) from exc
         # The report is 7-bit (every part is encoded for mail), so it passes through a text stream unchanged.
