@@ -41,3 +41,48 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.key_id
+
+
+class SignedRequest(models.Model):
+    """A signed notification or withdrawal kept exactly as received: evidence that its origin sent it.
+
+    Written once per accepted request (federation/evidence.py) and deleted after
+    PUSHMAIL_EVIDENCE_DAYS. The body bytes and the signature headers, with the
+    request target and the public key the signature verified with, are enough for
+    anyone to rebuild the signature base (docs/protocol.md §3.2, Appendix C) and
+    check it, even after the origin rotated its key.
+    """
+
+    class Kind(models.TextChoices):
+        NOTIFICATION = "notification"
+        WITHDRAWAL = "withdrawal"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    origin_domain = models.CharField(max_length=253, help_text="The signing domain.")
+    global_id = models.UUIDField()
+    sender = models.CharField(max_length=320)
+    local_domain = models.CharField(max_length=253, help_text="Our domain of the first accepted recipient.")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    method = models.CharField(max_length=8)
+    authority = models.CharField(max_length=300, help_text="@authority as the signature base has it.")
+    path = models.CharField(max_length=2000)
+    query = models.CharField(max_length=2000, default="?", help_text="@query: '?' and the query string.")
+    content_digest = models.CharField(max_length=300, blank=True)
+    signature_input = models.TextField()
+    signature = models.TextField()
+    headers = models.JSONField(default=dict, help_text="Other headers as received: Host, Date, Content-Type.")
+    key_id = models.CharField(max_length=300)
+    public_key = models.CharField(max_length=64, help_text="Raw 32-byte Ed25519 public key, base64.")
+    body = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            # A retried request carries the same body: keep the first. Parts of a split notification differ.
+            models.UniqueConstraint(
+                fields=["origin_domain", "global_id", "kind", "content_digest"], name="one_signed_request_per_body"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.global_id} from {self.origin_domain}"

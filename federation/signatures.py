@@ -109,19 +109,24 @@ def sign_as(domain: str, *, method: str, url: str, headers: Mapping[str, str], b
 class Verified:
     domain: str
     key_id: str
+    #: The base64 Ed25519 public key the signature verified with (kept as evidence, federation/evidence.py).
+    public_key: str = ""
 
 
-def _django_message(request: HttpRequest) -> _Message:
-    # Rebuild what the sender signed from what arrived; scheme is not covered,
-    # so a TLS-terminating proxy in front does not change the signature base.
+def signed_url(request: HttpRequest) -> str:
+    """The URL whose ``@authority``, ``@path`` and ``@query`` a signer signed, rebuilt from what arrived (§3.3)."""
+    # The scheme is not covered, so a TLS-terminating proxy in front does not change the signature base.
     host = request.get_host()
     # @authority never carries a default port (RFC 9421 §2.2.3).
     for default in (":80", ":443"):
         if host.endswith(default):
             host = host[: -len(default)]
-    url = f"http://{host}{request.get_full_path()}"
+    return f"http://{host}{request.get_full_path()}"
+
+
+def _django_message(request: HttpRequest) -> _Message:
     headers = {name: value for name, value in request.headers.items()}
-    return _Message(method=request.method or "GET", url=url, headers=headers)
+    return _Message(method=request.method or "GET", url=signed_url(request), headers=headers)
 
 
 def signer_domain(key_id: str) -> str:
@@ -286,7 +291,8 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
     if instance is None:
         raise SignatureRejected("unknown_key", f"{domain} has no Pushmail instance")
     known = key_id in instance.keys
-    if not _signs(checked, instance.keys.get(key_id)):
+    public_b64 = instance.keys.get(key_id)
+    if not _signs(checked, public_b64):
         # The cached document may predate a key rotation: fetch it again, once.
         if instance.local or not _may_refetch(domain):
             refreshed = None
@@ -309,4 +315,4 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
     nonce_key = "pm-nonce:" + hashlib.sha256(f"{key_id} {checked.nonce}".encode()).hexdigest()
     if not caches["default"].add(nonce_key, 1, timeout=seen_for):
         raise SignatureRejected("replayed", "nonce already used: request replayed")
-    return Verified(domain=domain, key_id=key_id)
+    return Verified(domain=domain, key_id=key_id, public_key=public_b64 or "")

@@ -1,4 +1,4 @@
-"""Housekeeping for the replay store."""
+"""Housekeeping: the replay store, and signed requests kept as evidence past their time."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from celery import shared_task
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
+
+from . import evidence
 
 
 @shared_task(name="federation.prune_expired_cache")
@@ -22,3 +24,9 @@ def prune_expired_cache() -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {table} WHERE expires < %s", [timezone.now()])  # noqa: S608 - name from settings
         return int(cursor.rowcount)
+
+
+@shared_task(name="federation.purge_expired_evidence")
+def purge_expired_evidence() -> int:
+    """Delete signed requests kept longer than PUSHMAIL_EVIDENCE_DAYS (one bulk DELETE)."""
+    return evidence.purge_expired()

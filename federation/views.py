@@ -16,7 +16,8 @@ from django.views.decorators.gzip import gzip_page
 
 from accounts.validators import domain_of
 
-from . import discovery, inbound, payloads
+from . import discovery, evidence, inbound, payloads
+from .models import SignedRequest
 from .signatures import SignatureRejected, Verified, verify_request
 
 
@@ -123,6 +124,20 @@ def notifications(request: HttpRequest) -> HttpResponse:
             "conflicting_notification",
             f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
         )
+    # Kept as evidence only when it reached someone here (docs/protocol.md Appendix C). One INSERT
+    # after accept's own commit, not a transaction around it (that would cost two more round trips
+    # per notification): should the process die in between, the sender got no answer and retries.
+    reached = next((r.address for r in results if r.status == "accepted"), None)
+    if reached is not None:
+        evidence.keep(
+            request=request,
+            body=body,
+            signer=signer,
+            kind=SignedRequest.Kind.NOTIFICATION,
+            global_id=notification.global_id,
+            sender=notification.sender,
+            local_domain=domain_of(reached),
+        )
     return JsonResponse({"id": str(notification.global_id), "results": [r.to_json() for r in results]})
 
 
@@ -141,6 +156,15 @@ def withdrawals(request: HttpRequest) -> HttpResponse:
     if domain_of(withdrawal.sender) != signer.domain:
         return error(403, "wrong_domain", f"sender {withdrawal.sender} is not of the signing domain {signer.domain}")
     result = inbound.accept_withdrawal(origin=signer.domain, withdrawal=withdrawal)
+    if result is not None:
+        evidence.keep(
+            request=request,
+            body=body,
+            signer=signer,
+            kind=SignedRequest.Kind.WITHDRAWAL,
+            global_id=withdrawal.global_id,
+            sender=withdrawal.sender,
+        )
     if result is None:
         return error(404, "unknown_message", f"no notification {withdrawal.global_id} from {signer.domain} here")
     return JsonResponse(

@@ -408,6 +408,11 @@ CELERY_BEAT_SCHEDULE = {
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
     "prune-expired-cache": {"task": "federation.prune_expired_cache", "schedule": 600.0, "options": {"expires": 600.0}},
+    "purge-expired-evidence": {
+        "task": "federation.purge_expired_evidence",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "purge-unused-blobs": {
         "task": "attachments.purge_unused_blobs",
         "schedule": 3600.0,
@@ -463,6 +468,9 @@ RSPAMD_SUSPECT_WEIGHT = float(os.environ.get("RSPAMD_SUSPECT_WEIGHT", "0.5"))
 RSPAMD_FUZZY_FLAG = env_int("RSPAMD_FUZZY_FLAG", 1)
 # How long a check or lesson keeps being retried while rspamd does not answer.
 RSPAMD_RETRY_WINDOW_SECONDS = float(os.environ.get("RSPAMD_RETRY_WINDOW_SECONDS", str(2 * 86400)))
+# Accepted notifications (and withdrawals) are kept exactly as received, signature and all, this long:
+# the evidence an abuse report (ARF) carries. A sweep deletes older ones.
+PUSHMAIL_EVIDENCE = timedelta(days=float(os.environ.get("PUSHMAIL_EVIDENCE_DAYS", "90")))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

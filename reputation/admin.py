@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 
-from accounts.admin_scope import DomainScopedAdmin
+from accounts.admin_scope import DomainScopedAdmin, is_domain_admin
 from accounts.http import AuthedRequest
 from accounts.models import User
+from federation.models import SignedRequest
+from mailbox.models import RemoteMessage
 
+from .abuse import DEFAULT_LIMIT, NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin
 from .models import ContentCheck, OriginPolicy, Read, SpamReport, SpamVerdict
 from .services import forget_policy, overturn_verdict
 
@@ -128,3 +133,119 @@ class ContentCheckAdmin(DomainScopedAdmin):
         """The rules that weighed most, strongest first."""
         weighed = sorted((obj.symbols or {}).items(), key=lambda item: -abs(float(item[1] or 0)))
         return ", ".join(f"{name} {float(score):+g}" for name, score in weighed[:5] if score)
+
+
+# --- Abuse reports (ARF, RFC 5965) from the signed notifications kept as evidence ------------------
+
+
+def _evidence_scope(request: HttpRequest, rows: QuerySet[SignedRequest]) -> QuerySet[SignedRequest]:
+    """A domain admin reports what reached their domain (and the withdrawals of those messages)."""
+    if not is_domain_admin(request):
+        return rows
+    domain = request.user.domain.name
+    theirs = SignedRequest.objects.filter(
+        local_domain=domain, origin_domain=OuterRef("origin_domain"), global_id=OuterRef("global_id")
+    )
+    return rows.filter(Q(local_domain=domain) | (Q(kind=SignedRequest.Kind.WITHDRAWAL) & Q(Exists(theirs))))
+
+
+def _abuse_report_download(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, rows: QuerySet[SignedRequest], name: str
+) -> HttpResponse | None:
+    """The report as a download, or back to the list with a message when nothing was kept."""
+    user = request.user if isinstance(request.user, User) else None
+    try:
+        content = abuse_report(notifications=_evidence_scope(request, rows), reporter=user.email if user else "")
+    except NoEvidence as exc:
+        modeladmin.message_user(request, f"No abuse report: {exc}.", level=messages.WARNING)
+        return None
+    response = HttpResponse(content, content_type="message/rfc822")
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+    response["Content-Disposition"] = (
+        f'attachment; filename="abuse-report-{re.sub(r"[^a-z0-9.-]+", "-", name.lower())}-{stamp}.eml"'
+    )
+    return response
+
+
+@admin.register(SignedRequest)
+class SignedRequestAdmin(DomainScopedAdmin):
+    """Notifications and withdrawals kept exactly as received, signature and all, for PUSHMAIL_EVIDENCE_DAYS.
+
+    Read-only. Select rows (or search an origin) and export them as an abuse report.
+    """
+
+    list_display = ["received_at", "kind", "origin_domain", "sender", "global_id", "local_domain", "key_id"]
+    list_filter = ["kind"]
+    search_fields = ["=origin_domain", "=sender"]
+    date_hierarchy = "received_at"
+    exclude = ["body"]
+    readonly_fields = [
+        "kind",
+        "origin_domain",
+        "global_id",
+        "sender",
+        "local_domain",
+        "received_at",
+        "source_ip",
+        "method",
+        "authority",
+        "path",
+        "query",
+        "content_digest",
+        "signature_input",
+        "signature",
+        "headers",
+        "key_id",
+        "public_key",
+    ]
+    actions = ["export_selected", "export_origins"]
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return _evidence_scope(request, queryset)
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Export an abuse report (ARF) of the selected signed requests")
+    def export_selected(self, request: HttpRequest, queryset: QuerySet[SignedRequest]) -> HttpResponse | None:
+        origins = sorted(set(queryset.values_list("origin_domain", flat=True)))
+        return _abuse_report_download(self, request, queryset, "_".join(origins[:3]))
+
+    @admin.action(description=f"Export an abuse report (ARF) of their origins: newest {DEFAULT_LIMIT:,} each")
+    def export_origins(self, request: HttpRequest, queryset: QuerySet[SignedRequest]) -> HttpResponse | None:
+        origins = sorted(set(queryset.values_list("origin_domain", flat=True)))
+        return _abuse_report_download(self, request, _newest_of(request, origins), "_".join(origins[:3]))
+
+
+def _newest_of(request: HttpRequest, origins: list[str]) -> QuerySet[SignedRequest]:
+    """The newest DEFAULT_LIMIT kept notifications of each origin that this admin may report."""
+    visible = _evidence_scope(request, SignedRequest.objects.all())
+    chosen = Q(pk__in=[])
+    for origin in origins:
+        chosen |= Q(pk__in=evidence_of_origin(origin, among=visible).values("pk"))
+    return SignedRequest.objects.filter(chosen)
+
+
+@admin.action(description=f"Export an abuse report (ARF): newest {DEFAULT_LIMIT:,} signed notifications of each")
+def export_origin_abuse_report(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[OriginPolicy]
+) -> HttpResponse | None:
+    origins = sorted(queryset.values_list("domain", flat=True))
+    return _abuse_report_download(modeladmin, request, _newest_of(request, origins), "_".join(origins[:3]))
+
+
+@admin.action(description="Export an abuse report (ARF) with the signed notifications of these messages")
+def export_verdict_abuse_report(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[SpamVerdict]
+) -> HttpResponse | None:
+    judged = RemoteMessage.objects.filter(pk__in=queryset.values("message_id"))
+    origins = sorted(set(judged.values_list("origin_domain", flat=True)))
+    return _abuse_report_download(modeladmin, request, evidence_for_messages(judged), "_".join(origins[:3]))
+
+
+# Added here, after the classes, so the export stays one block beside the other admins' own actions.
+OriginPolicyAdmin.actions = [*(OriginPolicyAdmin.actions or []), export_origin_abuse_report]  # type: ignore[misc]
+SpamVerdictAdmin.actions = [*SpamVerdictAdmin.actions, export_verdict_abuse_report]
