@@ -439,6 +439,10 @@ PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 600
 # at least two reports make up this share of the local users who opened or reported it.
 PUSHMAIL_SPAM_REPORTS = env_int("PUSHMAIL_SPAM_REPORTS", 3)
 PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
+# Reports count by their reporter's trust (reputation.trust): accounts younger than this count less.
+PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS = float(os.environ.get("PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS", "7"))
+# Notifications alike in origin, sender or subject and size join one campaign within this many days.
+PUSHMAIL_CAMPAIGN_WINDOW_DAYS = float(os.environ.get("PUSHMAIL_CAMPAIGN_WINDOW_DAYS", "3"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)
