@@ -16,19 +16,20 @@ new here joins a campaign from what its notification says, before any fetch:
 within ``PUSHMAIL_CAMPAIGN_WINDOW_DAYS`` [3] of the campaign's first message. That is one
 indexed lookup and one insert per new message (:func:`place`).
 
-**After a fetch**, the text (subject and body) gets a fuzzy fingerprint, and a message
-whose fingerprint is within ``TLSH_DISTANCE`` of one in another campaign of the same
-origin (within the window) brings its campaign into that one (:func:`fingerprint`): a
-personalized run that the subjects did not catch is joined by its text. TLSH rather than
-ssdeep: TLSH is a locality-sensitive hash with a distance (near texts get near digests,
-so "Dear Alice ... 1000 dollars" and "Dear Robert ... 2500 dollars" are ~50 apart while
-unrelated mail is ~300), made for finding spam and malware variants, and maintained
-(``py-tlsh``); ssdeep's context-triggered piecewise hashes only compare well on inputs of
-several kilobytes, score short personalized mails as unrelated, and its bindings need the
-libfuzzy C library. TLSH needs at least 50 bytes with some variety (it answers ``TNULL``
-below that): such short texts are fingerprinted instead by a SHA-256 of the text
-normalized as subjects are (case, digits, whitespace folded), written ``sha:...``, and join
-a campaign only on an exact match of that.
+**After a fetch**, the body's text (its HTML's, for HTML alone) gets a fuzzy fingerprint,
+and a message whose fingerprint is within ``TLSH_DISTANCE`` of one in another campaign of
+the same origin (within the window) brings its campaign into that one (:func:`fingerprint`):
+a personalized run that the subjects did not catch is joined by its text.
+
+TLSH rather than ssdeep: TLSH is a locality-sensitive hash with a distance (near texts get
+near digests: two copies of one text that differ by a name and a few numbers are ~40 apart
+once the text is normalized as subjects are, unrelated mail 200 and more), made for finding
+spam and malware variants, and maintained (``py-tlsh``). ssdeep's context-triggered
+piecewise hashes only compare well on inputs of several kilobytes, score short personalized
+mails as unrelated, and its bindings need the libfuzzy C library. TLSH itself works poorly
+under 50 bytes and answers ``TNULL`` for short or too uniform input: such texts are
+fingerprinted instead by the SHA-256 of the text normalized as subjects are (case, digits,
+whitespace folded), written ``sha:...``, and join a campaign only on an exact match of that.
 """
 
 from __future__ import annotations
@@ -153,12 +154,17 @@ def campaign_id_of(remote: RemoteMessage) -> int:
 
 
 def text_fingerprint(text: str) -> str:
-    """TLSH of the text, or ``sha:`` and a digest of it normalized when it is too short for TLSH."""
-    data = text.encode("utf-8")
+    """TLSH of the normalized text, or ``sha:`` and its SHA-256 when it is too short for TLSH.
+
+    Normalized as subjects are: TLSH counts byte triplets, so on a text of a few hundred bytes
+    the changed digits of a personalized copy (amounts, references) would weigh as much as the
+    words; folded, two copies of one run are ~40 apart instead of ~200.
+    """
+    data = normalize(text).encode("utf-8")
     digest = tlsh.hash(data) if len(data) >= 50 else "TNULL"
     if digest and digest != "TNULL":
         return digest
-    return "sha:" + hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()[:64]
+    return "sha:" + hashlib.sha256(data).hexdigest()
 
 
 def _text_of(remote: RemoteMessage) -> str:
@@ -166,7 +172,7 @@ def _text_of(remote: RemoteMessage) -> str:
     text = body.get("text") or ""
     if not text.strip() and isinstance(body.get("html"), str):
         text = re.sub(r"<[^>]*>", " ", body["html"])
-    return f"{body.get('subject') or ''}\n{text}"
+    return str(text)  # the subject was compared before the fetch
 
 
 def fingerprint(*, remote_id: int) -> tuple[int, int] | None:
