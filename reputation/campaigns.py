@@ -75,7 +75,7 @@ def subject_shape(key: str, recipients: Sequence[str]) -> str:
     """The normalized subject with personal words folded; "" when too generic to join senders by."""
     names = set()
     for address in recipients:
-        local = address.rsplit("@", 1)[0].casefold()
+        local = normalize(address.rsplit("@", 1)[0])  # as the subject was
         names.add(local)
         names.update(part for part in _NAME_PARTS.split(local) if len(part) > 1)
     words = []
