@@ -163,12 +163,14 @@ def test_colluding_accounts_cannot_hide_a_sender_that_others_read_and_answer(alp
         fan.send(to=[club.address], subject="Re: " + first["subject"], text="I will be there.")
     wait_for(
         "beta to have counted the fans' reads",
-        lambda: sql(
-            beta,
-            "SELECT count(*) FROM reputation_read rr JOIN mailbox_remotemessage r ON r.id = rr.message_id "
-            f"WHERE r.subject = '{first['subject']}'",
-        )[0][0]
-        == len(fans),
+        lambda: (
+            sql(
+                beta,
+                "SELECT count(*) FROM reputation_read rr JOIN mailbox_remotemessage r ON r.id = rr.message_id "
+                f"WHERE r.subject = '{first['subject']}'",
+            )[0][0]
+            == len(fans)
+        ),
     )
 
     letter = club.send(
