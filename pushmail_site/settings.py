@@ -402,6 +402,11 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-fetches": {"task": "mailbox.requeue_due", **_sweep},
     "requeue-due-attachment-fetches": {"task": "mailbox.requeue_due_attachments", **_sweep},
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
+    "requeue-unfingerprinted": {
+        "task": "reputation.requeue_unfingerprinted",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
     "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},

@@ -48,7 +48,7 @@ from django.utils import timezone
 
 from federation import payloads
 from mailbox.models import RemoteMessage
-from pushmail_site.jobs import lock
+from pushmail_site.jobs import lock, overdue_before
 
 from .models import Campaign, CampaignMessage
 
@@ -100,8 +100,8 @@ def _window_start() -> datetime:
     return timezone.now() - timedelta(days=settings.PUSHMAIL_CAMPAIGN_WINDOW_DAYS)
 
 
-def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> Campaign:
-    """Put a message new here in its campaign (an open one it matches, or a new one); returns it.
+def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Campaign, bool]:
+    """Put a message new here in its campaign (an open one it matches, or a new one); (it, whether new).
 
     One indexed lookup and one insert (two for a new campaign). The campaign's verdict, if any,
     comes with it (``campaign.verdict``), for :func:`spam_reason_for_new`.
@@ -123,6 +123,7 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> Campaign:
         .order_by("pk")
         .first()
     )
+    created = campaign is None
     if campaign is None:
         campaign = Campaign.objects.create(
             origin_domain=remote.origin_domain,
@@ -134,20 +135,22 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> Campaign:
             first_seen_at=timezone.now(),
         )
     CampaignMessage.objects.create(message=remote, campaign=campaign)
-    return campaign
+    return campaign, created
 
 
 def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> str:
     """The campaign's verdict for a message new here: why it goes straight to Spam, or ""."""
-    campaign = place(remote=remote, recipients=recipients)
-    verdict = getattr(campaign, "verdict", None)
+    campaign, created = place(remote=remote, recipients=recipients)
+    if created:
+        return ""
+    verdict = getattr(campaign, "verdict", None)  # fetched with the lookup
     return verdict.reason if verdict is not None and verdict.overturned_at is None else ""
 
 
 def campaign_id_of(remote: RemoteMessage) -> int:
     """The message's campaign, placing it now if it has none (mail that arrived before campaigns)."""
     found = CampaignMessage.objects.filter(message=remote).values_list("campaign_id", flat=True).first()
-    return found if found is not None else place(remote=remote).pk
+    return found if found is not None else place(remote=remote)[0].pk
 
 
 # --- After a fetch: the text's fingerprint --------------------------------------------------
@@ -165,6 +168,14 @@ def text_fingerprint(text: str) -> str:
     if digest and digest != "TNULL":
         return digest
     return "sha:" + hashlib.sha256(data).hexdigest()
+
+
+def requeue_unfingerprinted(*, limit: int = 500) -> list[int]:
+    """Fetched messages still without a fingerprint once the broker had its chance: their ids, to queue again."""
+    due = CampaignMessage.objects.filter(
+        fingerprinted_at__isnull=True, message__content__isnull=False, message__fetched_at__lte=overdue_before()
+    )
+    return list(due.order_by("message__fetched_at").values_list("message_id", flat=True)[:limit])
 
 
 def _text_of(remote: RemoteMessage) -> str:

@@ -26,7 +26,7 @@ from reputation import campaigns
 from reputation.campaigns import campaign_id_of, subject_key, subject_shape, text_fingerprint
 from reputation.models import Campaign, CampaignMessage, SpamVerdict
 from reputation.services import report_spam
-from reputation.tasks import join_campaign_by_text
+from reputation.tasks import join_campaign_by_text, requeue_unfingerprinted
 from tests.conftest import FakePeer, Queued, body_path
 from tests.factories import PeerMessage, PeerMessageFactory, RemoteMessageFactory
 
@@ -390,3 +390,19 @@ def test_another_domains_admin_does_not_see_the_campaign(local_domain: Domain, p
     assert "0 campaigns" in listing and "your parcel" not in listing
     page = client.get(reverse("admin:reputation_campaign_change", args=[campaign_id_of(run[0])]))
     assert page.status_code == 302  # not theirs: back to the admin index
+
+
+def test_the_sweep_queues_again_a_fingerprint_the_broker_lost(
+    local_domain: Domain, peer: FakePeer, queued: list[Queued]
+) -> None:
+    users = accounts(local_domain, "reader", 1)
+    (remote,) = split_run(peer, users)
+    opened_fetched(users[0], remote)  # body_fetched's task never ran (lost with the broker, say)
+    assert requeue_unfingerprinted() == 0  # not overdue yet: the broker still has its chance
+    RemoteMessage.objects.filter(pk=remote.pk).update(fetched_at=timezone.now() - timedelta(hours=1))
+
+    assert requeue_unfingerprinted() == 1
+    assert [q.args for q in queued if q.name == "reputation.join_campaign_by_text"] == [(remote.pk,)]
+    join_campaign_by_text(remote.pk)
+    assert CampaignMessage.objects.get(pk=remote.pk).fingerprint.startswith("T1")
+    assert requeue_unfingerprinted() == 0
