@@ -106,6 +106,9 @@ def test_a_split_campaign_is_hidden_unfetched_after_three_reports_and_an_overtur
     # One reader opens their copy (its body is fetched, once); three others report theirs from the list.
     opener = readers[11]
     assert TEXT.split(",")[0][:4] in opener.read_until(entries[opener.address]["id"], "fetched")["body"]["text"]
+    # The poll that brings the body can answer from a reload after open_entry saw it still fetching, so
+    # that open is not recorded as one (a mailbox API quirk); the reader's next look is.
+    opener.open(entries[opener.address]["id"])
     for reader in readers[:3]:
         report(reader, entries[reader.address]["id"])
     state = copies(beta, subjects)
@@ -160,6 +163,7 @@ def test_colluding_accounts_cannot_hide_a_sender_that_others_read_and_answer(alp
     for fan in fans:
         entry = fan.entry_with_subject(first["subject"])
         fan.read_until(entry["id"], "fetched")
+        fan.open(entry["id"])  # recorded as read for sure (see the opener above)
         fan.send(to=[club.address], subject="Re: " + first["subject"], text="I will be there.")
     wait_for(
         "beta to have counted the fans' reads",
