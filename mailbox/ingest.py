@@ -79,7 +79,7 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
     try:
         with transaction.atomic():
             remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
-            spam.classify_new(remote)
+            spam.classify_new(remote, recipients=[user.email for user in users])
             _add_entries(remote, users)
         return remote
     except IntegrityError:

@@ -6,6 +6,9 @@ A hidden copy remembers its folder in ``hidden_from`` so that an overturned verd
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+from typing import Any
+
 from django.db import transaction
 from django.db.models import Exists, OuterRef, QuerySet
 
@@ -14,8 +17,9 @@ from pushmail_site.hooks import Hook
 
 from .models import Folder, InboxEntry, RemoteMessage
 
-#: ``spam_reason_for_new(remote=...)``: why a message just notified here is judged spam at once (a known
-#: campaign, a poorly reputed sender or origin), or "" for the Inbox. The reputation app answers.
+#: ``spam_reason_for_new(remote=..., recipients=[addresses])``: why a message just notified here is judged
+#: spam at once (a known campaign, a poorly reputed sender or origin), or "" for the Inbox. The
+#: reputation app answers (and files the message in its campaign meanwhile).
 spam_reason_for_new: Hook[..., str] = Hook("mailbox.spam.spam_reason_for_new")
 
 # Folders a verdict hides copies from: Trash is the owner's own decision and stays as it is.
@@ -35,24 +39,40 @@ def file_own_copy(*, entry: InboxEntry, spam: bool) -> None:
     entry.save(update_fields=["folder", "hidden_from", "trashed_at"])
 
 
-@transaction.atomic
-def hide_as_spam(*, remote_id: int, reason: str) -> int:
-    """Judge a message spam here: record why, and hide every unopened copy; returns how many.
+#: Remote message ids: a list, or a queryset of ids (``.values("message_id")``) the database expands.
+RemoteIds = Collection[int] | QuerySet[Any]
 
-    One bulk update: a spam run to thousands of local mailboxes is hidden in one
-    statement. Copies of known correspondents stay where they are (their
-    readers see a warning instead); opened copies are their readers' own.
+
+def _ids(remote_id: int | None, remote_ids: RemoteIds | None) -> RemoteIds:
+    if remote_ids is None:
+        if remote_id is None:
+            raise TypeError("name a remote_id or remote_ids")
+        return [remote_id]
+    return remote_ids
+
+
+@transaction.atomic
+def hide_as_spam(*, reason: str, remote_id: int | None = None, remote_ids: RemoteIds | None = None) -> int:
+    """Judge messages spam here (one, or a campaign's): record why, and hide every unopened copy; returns how many.
+
+    Bulk updates whatever the number of messages and copies: a spam run to thousands of
+    local mailboxes is hidden in three statements. Copies of known correspondents stay where
+    they are (their readers see a warning instead); opened copies are their readers' own.
     """
-    RemoteMessage.objects.filter(pk=remote_id).update(spam_verdict=reason[:300])
-    unopened = InboxEntry.objects.filter(remote_id=remote_id, opened_at__isnull=True, folder__in=_HIDDEN_FROM)
+    ids = _ids(remote_id, remote_ids)
+    RemoteMessage.objects.filter(pk__in=ids).update(spam_verdict=reason[:300])
+    unopened = InboxEntry.objects.filter(remote_id__in=ids, opened_at__isnull=True, folder__in=_HIDDEN_FROM)
     hidden = unopened.exclude(_wrote_to_sender())
     # Spam does not count as unread mail; the folder it left is kept to put it back.
     return _hide(hidden)
 
 
-def classify_new(remote: RemoteMessage) -> None:
-    """A message new here: judged spam at once if the reputation app says why, before any entry exists."""
-    reason = spam_reason_for_new(remote=remote)[:300]
+def classify_new(remote: RemoteMessage, *, recipients: Sequence[str] = ()) -> None:
+    """A message new here (to these local addresses): judged spam at once if the reputation app says why.
+
+    Called before any entry exists, so that the entries start in Spam.
+    """
+    reason = spam_reason_for_new(remote=remote, recipients=list(recipients))[:300]
     if reason:
         RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason)
         remote.spam_verdict = reason
@@ -66,10 +86,11 @@ def _hide(entries: QuerySet[InboxEntry]) -> int:
 
 
 @transaction.atomic
-def lift_spam_verdict(*, remote_id: int) -> int:
-    """An overturned verdict: every copy it hid goes back to its folder, unread; returns how many."""
-    RemoteMessage.objects.filter(pk=remote_id).update(spam_verdict="")
-    hidden = InboxEntry.objects.filter(remote_id=remote_id).exclude(hidden_from="")
+def lift_spam_verdict(*, remote_id: int | None = None, remote_ids: RemoteIds | None = None) -> int:
+    """An overturned verdict (on one message or a campaign): every copy it hid goes back, unread; returns how many."""
+    ids = _ids(remote_id, remote_ids)
+    RemoteMessage.objects.filter(pk__in=ids).update(spam_verdict="")
+    hidden = InboxEntry.objects.filter(remote_id__in=ids).exclude(hidden_from="")
     return sum(
         hidden.filter(hidden_from=folder).update(folder=folder, hidden_from="", read=False) for folder in _HIDDEN_FROM
     )

@@ -404,6 +404,11 @@ CELERY_BEAT_SCHEDULE = {
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
     "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
+    "requeue-unfingerprinted": {
+        "task": "reputation.requeue_unfingerprinted",
+        "schedule": 60.0,
+        "options": {"expires": 60.0},
+    },
     "mark-fetched-by-all": {"task": "outbox.mark_fetched_by_all", "schedule": 300.0, "options": {"expires": 300.0}},
     "mailbox-housekeeping": {"task": "mailbox.housekeeping", "schedule": 60.0, "options": {"expires": 60.0}},
     "empty-trash": {"task": "mailbox.empty_trash", "schedule": 3600.0, "options": {"expires": 3600.0}},
@@ -471,6 +476,10 @@ RSPAMD_RETRY_WINDOW_SECONDS = float(os.environ.get("RSPAMD_RETRY_WINDOW_SECONDS"
 # Accepted notifications (and withdrawals) are kept exactly as received, signature and all, this long:
 # the evidence an abuse report (ARF) carries. A sweep deletes older ones.
 PUSHMAIL_EVIDENCE = timedelta(days=float(os.environ.get("PUSHMAIL_EVIDENCE_DAYS", "90")))
+# Reports count by their reporter's trust (reputation.trust): accounts younger than this count less.
+PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS = float(os.environ.get("PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS", "7"))
+# Notifications alike in origin, sender or subject and size join one campaign within this many days.
+PUSHMAIL_CAMPAIGN_WINDOW_DAYS = float(os.environ.get("PUSHMAIL_CAMPAIGN_WINDOW_DAYS", "3"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

@@ -4,18 +4,18 @@ import re
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from accounts.admin_scope import DomainScopedAdmin, is_domain_admin
+from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from accounts.http import AuthedRequest
 from accounts.models import User
 from federation.models import SignedRequest
 from mailbox.models import RemoteMessage
 
 from .abuse import DEFAULT_LIMIT, NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin
-from .models import ContentCheck, OriginPolicy, Read, SpamReport, SpamVerdict
+from .models import Campaign, CampaignMessage, ContentCheck, OriginPolicy, Read, SpamReport, SpamVerdict
 from .services import forget_policy, overturn_verdict
 
 
@@ -60,14 +60,26 @@ class SpamVerdictAdmin(DomainScopedAdmin):
     A domain admin sees the verdicts on mail to their domain and may overturn them.
     """
 
-    list_display = ["message", "reason", "reports", "readers", "hidden", "judged_at", "overturned_at"]
+    list_display = [
+        "message",
+        "campaign",
+        "reason",
+        "reports",
+        "weight",
+        "readers",
+        "hidden",
+        "judged_at",
+        "overturned_at",
+    ]
     list_filter = ["overturned_at"]
     search_fields = ["message__sender", "message__subject", "message__origin_domain"]
-    list_select_related = ["message"]
+    list_select_related = ["message", "campaign"]
     raw_id_fields = ["message", "overturned_by"]
     readonly_fields = [
         "message",
+        "campaign",
         "reports",
+        "weight",
         "readers",
         "reason",
         "hidden",
@@ -249,3 +261,112 @@ def export_verdict_abuse_report(
 # Added here, after the classes, so the export stays one block beside the other admins' own actions.
 OriginPolicyAdmin.actions = [*(OriginPolicyAdmin.actions or []), export_origin_abuse_report]  # type: ignore[misc]
 SpamVerdictAdmin.actions = [*SpamVerdictAdmin.actions, export_verdict_abuse_report]
+
+
+class CampaignMessageInline(DomainScopedInline):
+    model = CampaignMessage
+    fields = ("message", "sender", "subject", "received_at", "spam_verdict", "fingerprint")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CampaignMessage]:
+        return super().get_queryset(request).select_related("message")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="sender")
+    def sender(self, obj: CampaignMessage) -> str:
+        return obj.message.sender
+
+    @admin.display(description="subject")
+    def subject(self, obj: CampaignMessage) -> str:
+        return obj.message.subject
+
+    @admin.display(description="received")
+    def received_at(self, obj: CampaignMessage) -> Any:
+        return obj.message.received_at
+
+    @admin.display(description="judged spam")
+    def spam_verdict(self, obj: CampaignMessage) -> str:
+        return obj.message.spam_verdict
+
+
+@admin.register(Campaign)
+class CampaignAdmin(DomainScopedAdmin):
+    """Runs of alike messages (reputation.campaigns): their messages, reports and state; overturn a verdict.
+
+    A domain admin sees the campaigns of mail to their domain. Overturning puts every copy the
+    campaign's verdict hid back where it was, and its new messages go to the Inbox again.
+    """
+
+    list_display = [
+        "__str__",
+        "origin_domain",
+        "sender",
+        "messages",
+        "spam_reports",
+        "not_spam",
+        "state",
+        "first_seen_at",
+    ]
+    list_filter = ["verdict__overturned_at"]
+    search_fields = ["origin_domain", "sender", "subject_key", "members__message__sender"]
+    readonly_fields = [
+        "origin_domain",
+        "sender",
+        "subject_key",
+        "subject_shape",
+        "size_bucket",
+        "local_domain",
+        "first_seen_at",
+        "state",
+    ]
+    inlines = [CampaignMessageInline]
+    actions = ["overturn"]
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(local_domain=request.user.domain.name)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Campaign]:
+        reports = "members__message__spam_reports"
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("verdict")
+            .annotate(
+                message_count=Count("members", distinct=True),
+                spam_count=Count(f"{reports}__reporter", filter=Q(**{f"{reports}__spam": True}), distinct=True),
+                not_spam_count=Count(f"{reports}__reporter", filter=Q(**{f"{reports}__spam": False}), distinct=True),
+            )
+        )
+
+    @admin.display(description="messages", ordering="message_count")
+    def messages(self, obj: Any) -> int:
+        return int(obj.message_count)
+
+    @admin.display(description="spam reports", ordering="spam_count")
+    def spam_reports(self, obj: Any) -> int:
+        return int(obj.spam_count)
+
+    @admin.display(description="not spam", ordering="not_spam_count")
+    def not_spam(self, obj: Any) -> int:
+        return int(obj.not_spam_count)
+
+    @admin.display(description="state")
+    def state(self, obj: Campaign) -> str:
+        verdict = getattr(obj, "verdict", None)
+        if verdict is None:
+            return "open"
+        if verdict.overturned_at is not None:
+            return f"overturned ({verdict.reason})"
+        return f"judged spam: {verdict.reason}; {verdict.hidden} copies hidden"
+
+    @admin.action(description="Overturn: not spam, put every hidden copy of its messages back")
+    def overturn(self, request: HttpRequest, queryset: QuerySet[Campaign]) -> None:
+        user = request.user if isinstance(request.user, User) else None
+        verdicts = SpamVerdict.objects.filter(campaign__in=queryset.values("pk"), overturned_at__isnull=True)
+        restored = sum(overturn_verdict(verdict_id=pk, by=user) for pk in verdicts.values_list("pk", flat=True))
+        self.message_user(request, f"Overturned; {restored} hidden copies are back where they were.")

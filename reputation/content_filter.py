@@ -44,9 +44,9 @@ from mailbox.models import InboxEntry, RemoteMessage
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
+from . import campaigns, trust
 from .content_states import CONTENT_JOB, CONTENT_RETRY, DUE, ContentJobKind, ContentJobState
-from .models import ContentCheck, SpamReport, SpamVerdict
-from .spam import _readers_or_reporters
+from .models import ContentCheck, Read, SpamReport, SpamVerdict
 
 log = logging.getLogger(__name__)
 
@@ -396,10 +396,9 @@ def _judge_by_content(remote_id: int, reason: str) -> str:
     remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
     if remote is None or SpamVerdict.objects.filter(message_id=remote_id).exists():
         return ""  # one verdict per message: the readers' (or an overturned one) stands
-    reports = _spam_reports(remote_id)
-    verdict = SpamVerdict.objects.create(
-        message_id=remote_id, reports=reports, readers=_readers_or_reporters(remote), reason=reason
-    )
+    reports = SpamReport.objects.filter(message_id=remote_id, spam=True).count()
+    readers = Read.objects.filter(message_id=remote_id).count()
+    verdict = SpamVerdict.objects.create(message_id=remote_id, reports=reports, readers=readers, reason=reason)
     verdict.hidden = hide_as_spam(remote_id=remote_id, reason=reason)
     verdict.save(update_fields=["hidden"])
     queue_fuzzy(remote_id=remote_id)
@@ -420,9 +419,10 @@ def reconsider(*, remote_id: int) -> str:
     remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
     if remote is None:
         return ""
-    reports = _spam_reports(remote_id)
-    readers = _readers_or_reporters(remote)
-    if not reports or not _reaches(reports + settings.RSPAMD_SUSPECT_WEIGHT, readers):
+    # The readers' reports on its campaign, weighed by trust as reputation.spam weighs them.
+    tally = trust.tally(campaign_id=campaigns.campaign_id_of(remote), origin=remote.origin_domain)
+    reports, readers = tally.spam_reporters, tally.readers
+    if not reports or not _reaches(tally.weight + settings.RSPAMD_SUSPECT_WEIGHT, readers):
         return ""
     people = "1 person" if reports == 1 else f"{reports} people"
     reason = (
@@ -438,13 +438,8 @@ def reconsider(*, remote_id: int) -> str:
     return reason
 
 
-def _spam_reports(remote_id: int) -> int:
-    """The readers' spam reports on the message, counted as reputation.spam counts them for a verdict."""
-    return SpamReport.objects.filter(message_id=remote_id, spam=True).count()
-
-
 def _reaches(reports: float, readers: int) -> bool:
-    """The readers' thresholds (reputation.spam), for a count that may hold a fraction of a report."""
+    """The readers' thresholds (reputation.trust.Tally), for a weight that may hold a fraction of a report."""
     if reports >= settings.PUSHMAIL_SPAM_REPORTS:
         return True
     return reports >= 2 and reports >= settings.PUSHMAIL_SPAM_RATIO * readers

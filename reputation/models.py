@@ -53,10 +53,18 @@ class SpamReport(models.Model):
 
 
 class SpamVerdict(models.Model):
-    """This instance judged a remote message spam for every local recipient; a domain admin can overturn it."""
+    """This instance judged a campaign spam for every local recipient; a domain admin can overturn it.
+
+    ``message`` is the message whose report reached the verdict; ``campaign`` holds every message the
+    verdict covers (empty only on verdicts from before campaigns, which covered ``message`` alone).
+    """
 
     message = models.OneToOneField("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="spam_verdict_row")
+    campaign = models.OneToOneField("Campaign", null=True, blank=True, on_delete=models.CASCADE, related_name="verdict")
     reports = models.PositiveIntegerField(help_text="Spam reports when the verdict was reached.")
+    weight = models.FloatField(
+        default=0, help_text="The reports' weighted sum, after 'not spam' and answering readers (reputation.trust)."
+    )
     readers = models.PositiveIntegerField(help_text="Local users who had opened or reported it then.")
     reason = models.CharField(max_length=300)
     judged_at = models.DateTimeField(auto_now_add=True)
@@ -135,3 +143,51 @@ class ContentCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} of {self.message_id} ({self.state})"
+
+
+class Campaign(models.Model):
+    """Notifications grouped as one run, from what is known before any fetch (see reputation.campaigns).
+
+    Reports on any of its messages count for all of them, and a verdict covers them all.
+    """
+
+    origin_domain = models.CharField(max_length=253)
+    sender = models.CharField(max_length=320, help_text="The first message's sender.")
+    subject_key = models.CharField(max_length=200, help_text="The normalized subject: case, digits, spaces folded.")
+    subject_shape = models.CharField(
+        max_length=200, blank=True, help_text="The subject with its personal words folded; empty when too generic."
+    )
+    size_bucket = models.PositiveSmallIntegerField()
+    local_domain = models.CharField(max_length=253, help_text="The hosted domain of its first message.")
+    first_seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["origin_domain", "sender", "subject_key", "first_seen_at"], name="campaign_by_sender"),
+            models.Index(fields=["origin_domain", "subject_shape", "first_seen_at"], name="campaign_by_shape"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject_key or '(no subject)'} from {self.origin_domain}"
+
+
+class CampaignMessage(models.Model):
+    """A remote message's place in a campaign; once its body is fetched, its text's fingerprint."""
+
+    message = models.OneToOneField(
+        "mailbox.RemoteMessage", primary_key=True, on_delete=models.CASCADE, related_name="campaign_link"
+    )
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="members")
+    joined_at = models.DateTimeField(auto_now_add=True)
+    fingerprint = models.CharField(
+        max_length=80, blank=True, help_text="TLSH of the text, or 'sha:' and a digest for texts too short for it."
+    )
+    fingerprinted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["campaign"], condition=~models.Q(fingerprint=""), name="campaign_fingerprints"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} in campaign {self.campaign_id}"

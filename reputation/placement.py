@@ -7,9 +7,16 @@ given is what the Spam folder and the domain admin see.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from mailbox.models import RemoteMessage
 
+from . import campaigns
 
-def spam_reason_for_new(*, remote: RemoteMessage) -> str:
-    """Why ``remote`` (just notified, no entries yet) goes straight to Spam, or "" for the Inbox."""
-    return ""
+
+def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> str:
+    """Why ``remote`` (just notified, no entries yet) goes straight to Spam, or "" for the Inbox.
+
+    A chain: the first reason found wins. Filing the message in its campaign comes first, always.
+    """
+    return campaigns.spam_reason_for_new(remote=remote, recipients=recipients)

@@ -16,6 +16,7 @@ from . import (
     feedback,  # noqa: F401 - its receivers tell origins about verdicts (reputation.signals)
     placement,
     services,
+    tasks,
 )
 from .models import SpamVerdict
 from .signals import report_recorded
@@ -49,3 +50,9 @@ def _unlearn_overturned(*, instance: SpamVerdict, update_fields: Any = None, **k
     if instance.overturned_at is not None and update_fields and "overturned_at" in update_fields:
         remote_id = instance.message_id
         transaction.on_commit(lambda: content_filter.unlearn_overturned(remote_id=remote_id))
+
+
+@receiver(body_fetched, dispatch_uid="reputation.join_campaign_by_text")
+def _join_campaign_by_text(*, remote_id: int, **kwargs: Any) -> None:
+    # Sent after the fetch committed; the fingerprint and any merge are a worker's job.
+    tasks.join_campaign_by_text.delay(remote_id)

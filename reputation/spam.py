@@ -1,9 +1,11 @@
 """Spam reports and the shared verdict they add up to.
 
-A remote message is stored once per instance, so its local recipients' reports
-count together: past PUSHMAIL_SPAM_REPORTS, or PUSHMAIL_SPAM_RATIO of the local
-users who opened or reported it (with at least two reports), the message is
-judged spam and every unopened copy is hidden (mailbox.spam does the moving).
+A remote message is stored once per instance, and belongs to one campaign (reputation.campaigns),
+so the reports of all the local recipients of all the campaign's messages count together, each
+weighted by its reporter's trust (reputation.trust): past PUSHMAIL_SPAM_REPORTS, or PUSHMAIL_SPAM_RATIO
+of the local users who opened or reported its mail (with a weight of at least two), the campaign is
+judged spam and every unopened copy of every message in it is hidden (mailbox.spam does the moving,
+in bulk); its new messages go straight to Spam until a domain admin overturns the verdict.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,7 +22,8 @@ from mailbox import services as mailbox_services
 from mailbox.models import EntryState, InboxEntry, RemoteMessage
 from pushmail_site.jobs import lock
 
-from .models import Read, SpamReport, SpamVerdict
+from . import campaigns, trust
+from .models import Campaign, CampaignMessage, SpamReport, SpamVerdict
 from .signals import report_recorded, verdict_overturned, verdict_reached
 
 
@@ -114,43 +116,98 @@ def _record(remote: RemoteMessage, user: User, *, spam: bool) -> bool:
 
 
 def _judge(remote: RemoteMessage) -> bool:
-    """Judge the message spam if its reports now reach a threshold; True if it is (or was already) judged."""
-    # One verdict at a time per message: concurrent last reports must not both apply it.
-    lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote.pk).first()
-    if SpamVerdict.objects.filter(message=remote).exists():
+    """Judge the message's campaign spam if its weighted reports now reach a threshold; True if it stands judged."""
+    if SpamVerdict.objects.filter(message=remote, campaign__isnull=True).exists():  # from before campaigns
         return bool(RemoteMessage.objects.filter(pk=remote.pk).exclude(spam_verdict="").exists())
-    reports = SpamReport.objects.filter(message=remote, spam=True).count()
-    readers = _readers_or_reporters(remote)
-    if not _reaches_threshold(reports, readers):
-        return False
-    reason = f"{reports} people at {remote.local_domain} reported this"
-    verdict = SpamVerdict.objects.create(message=remote, reports=reports, readers=readers, reason=reason)
-    verdict.hidden = mailbox_services.hide_as_spam(remote_id=remote.pk, reason=reason)
-    verdict.save(update_fields=["hidden"])
-    remote.spam_verdict = reason
-    verdict_reached.send(sender=SpamVerdict, remote_ids=[remote.pk])
+    judged = judge_campaign(campaigns.campaign_id_of(remote), reached_by=remote)
+    if judged:
+        remote.spam_verdict = RemoteMessage.objects.values_list("spam_verdict", flat=True).get(pk=remote.pk)
+    return judged
+
+
+def judge_campaign(campaign_id: int, *, reached_by: RemoteMessage | None = None) -> bool:
+    """Weigh a campaign's reports and judge it spam if they reach a threshold; True if it stands judged.
+
+    One verdict per campaign, ever: an overturned campaign is not judged again.
+    """
+    with transaction.atomic():
+        # One verdict at a time per campaign: concurrent last reports must not both apply it.
+        campaign = lock(Campaign.objects.all(), skip_locked=False).filter(pk=campaign_id).first()
+        if campaign is None:
+            return False
+        verdict = SpamVerdict.objects.filter(campaign=campaign).first()
+        if verdict is not None:
+            return verdict.overturned_at is None
+        tally = trust.tally(campaign_id=campaign.pk, origin=campaign.origin_domain)
+        if not tally.reaches_threshold():
+            return False
+        members = CampaignMessage.objects.filter(campaign=campaign)
+        message = reached_by or RemoteMessage.objects.get(pk=members.values_list("message_id", flat=True)[:1])
+        many = members.exclude(message=message).exists()
+        said = "reported mail from this campaign" if many else "reported this"
+        reason = f"{tally.spam_reporters} people at {message.local_domain} {said}"
+        verdict = SpamVerdict.objects.create(
+            message=message,
+            campaign=campaign,
+            reports=tally.spam_reporters,
+            weight=round(tally.weight, 3),
+            readers=tally.readers,
+            reason=reason,
+        )
+        verdict.hidden = mailbox_services.hide_as_spam(remote_ids=members.values("message_id"), reason=reason)
+        verdict.save(update_fields=["hidden"])
+        verdict_reached.send(sender=SpamVerdict, remote_ids=list(members.values_list("message_id", flat=True)))
     return True
 
 
-def _readers_or_reporters(remote: RemoteMessage) -> int:
-    opened = Read.objects.filter(message=remote).values("reader_id")
-    reported = SpamReport.objects.filter(message=remote).values("reporter_id")
-    return opened.union(reported).count()
+def merge_campaigns(first_id: int, second_id: int) -> int | None:
+    """Two campaigns found to be one run (by their texts): one takes the other's messages; returns it.
+
+    A campaign judged spam takes in the other, whose unopened copies are hidden at once; with no
+    verdict the older one does, and the reports of both are weighed together. Campaigns an admin
+    cleared (overturned), or both judged, stay as they are.
+    """
+    with transaction.atomic():
+        pair = list(lock(Campaign.objects.all(), skip_locked=False).filter(pk__in=[first_id, second_id]).order_by("pk"))
+        if len(pair) != 2:
+            return None
+        verdicts = {v.campaign_id: v for v in SpamVerdict.objects.filter(campaign__in=pair)}
+        if any(v.overturned_at is not None for v in verdicts.values()) or len(verdicts) == 2:
+            return None
+        survivor, merged = (pair[1], pair[0]) if pair[1].pk in verdicts else (pair[0], pair[1])
+        moved = CampaignMessage.objects.filter(campaign=merged)
+        moving = list(moved.values_list("message_id", flat=True))
+        moved.update(campaign=survivor)
+        merged.delete()
+        verdict = verdicts.get(survivor.pk)
+        if verdict is not None:
+            hidden = mailbox_services.hide_as_spam(remote_ids=moving, reason=verdict.reason)
+            SpamVerdict.objects.filter(pk=verdict.pk).update(hidden=verdict.hidden + hidden)
+            return survivor.pk
+    judge_campaign(survivor.pk)
+    return survivor.pk
 
 
-def _reaches_threshold(reports: int, readers: int) -> bool:
-    if reports >= settings.PUSHMAIL_SPAM_REPORTS:
-        return True
-    return reports >= 2 and reports >= settings.PUSHMAIL_SPAM_RATIO * readers
+def join_by_text(*, remote_id: int) -> int | None:
+    """After a fetch: fingerprint the text, and bring the message's campaign into a near one's."""
+    found = campaigns.fingerprint(remote_id=remote_id)
+    return merge_campaigns(*found) if found else None
 
 
 @transaction.atomic
 def overturn_verdict(*, verdict_id: int, by: User | None) -> int:
-    """A domain admin overturns a verdict: every copy it hid goes back to its folder; returns how many."""
+    """A domain admin overturns a verdict: every copy it hid, of every message of its campaign, goes back.
+
+    Returns how many copies; new messages of the campaign go to the Inbox again.
+    """
     verdict = lock(SpamVerdict.objects.all(), skip_locked=False).filter(pk=verdict_id).first()
     if verdict is None or verdict.overturned_at is not None:
         return 0
     verdict.overturned_at, verdict.overturned_by = timezone.now(), by
     verdict.save(update_fields=["overturned_at", "overturned_by"])
-    verdict_overturned.send(sender=SpamVerdict, remote_ids=[verdict.message_id])
-    return mailbox_services.lift_spam_verdict(remote_id=verdict.message_id)
+    if verdict.campaign_id is None:
+        verdict_overturned.send(sender=SpamVerdict, remote_ids=[verdict.message_id])
+        return mailbox_services.lift_spam_verdict(remote_id=verdict.message_id)
+    members = CampaignMessage.objects.filter(campaign_id=verdict.campaign_id).values("message_id")
+    verdict_overturned.send(sender=SpamVerdict, remote_ids=list(members.values_list("message_id", flat=True)))
+    return mailbox_services.lift_spam_verdict(remote_ids=members)

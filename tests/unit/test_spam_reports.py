@@ -5,12 +5,14 @@ correspondents, and is overturned by a domain admin."""
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.models import Domain, User
 from accounts.services import create_mailbox
@@ -33,7 +35,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
 
 @pytest.fixture
 def people(local_domain: Domain) -> list[User]:
-    return [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(8)]
+    readers = [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(8)]
+    # Established accounts, whose reports count whole (reputation.trust).
+    User.objects.filter(pk__in=[u.pk for u in readers]).update(date_joined=timezone.now() - timedelta(days=30))
+    return readers
 
 
 def digest_of(content: bytes) -> str:
