@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from mailbox.models import RemoteMessage
 
+from . import scores
+
 
 def spam_reason_for_new(*, remote: RemoteMessage) -> str:
     """Why ``remote`` (just notified, no entries yet) goes straight to Spam, or "" for the Inbox."""
-    return ""
+    return scores.reason_for_new(remote) or ""
