@@ -237,10 +237,11 @@ class OriginReputationAdmin(InstanceWideReputationAdmin):
     def policy(self, obj: Any) -> str:
         if obj.policy_blocked:
             return "blocked"
-        standing = scores.origin_standing(obj.domain)
         if obj.policy_rate:
             return f"{obj.policy_rate}/min (set by an admin)"
-        return f"{standing.rate}/min (earned)"
+        if obj.spam_filed:
+            return f"{scores.lowered_rate()}/min (lowered)"
+        return f"{scores.rate_for(scores.origin_counters(obj))}/min (earned)"
 
     def save_model(self, request: HttpRequest, obj: OriginReputation, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
