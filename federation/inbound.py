@@ -25,6 +25,10 @@ class OriginRefused(Exception):
         self.retry_after = retry_after
 
 
+class PoorReputation(OriginRefused):
+    """The origin's mail is so often reported here that its notifications are refused until an admin lifts it."""
+
+
 class ConflictingNotification(Exception):
     """A notification repeats a known (origin, id) with other content; ``field`` names the first difference."""
 

@@ -113,6 +113,8 @@ def notifications(request: HttpRequest) -> HttpResponse:
     try:
         inbound.check_origin(domain=signer.domain)
     except inbound.OriginRefused as exc:
+        if isinstance(exc, inbound.PoorReputation):
+            return error(403, "poor_reputation", exc.detail)
         if exc.retry_after is None:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))

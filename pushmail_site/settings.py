@@ -396,6 +396,10 @@ PUSHMAIL_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_SECONDS", "5"))
 # The sweep re-queues rows overdue by this much: the broker had its chance, and a
 # backlog that is merely being worked through is not queued twice.
 PUSHMAIL_SWEEP_GRACE_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_GRACE_SECONDS", "15"))
+# How often the reputation sweeps run: scores (reads, replies) and origins' reachability
+# (the other reputation settings are with PUSHMAIL_SPAM_REPORTS below).
+PUSHMAIL_REPUTATION_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_REPUTATION_SWEEP_SECONDS", "60"))
+PUSHMAIL_REACHABILITY_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_REACHABILITY_SWEEP_SECONDS", "300"))
 _sweep = {"schedule": PUSHMAIL_SWEEP_SECONDS, "options": {"expires": PUSHMAIL_SWEEP_SECONDS * 2}}
 CELERY_BEAT_SCHEDULE = {
     "requeue-due-deliveries": {"task": "outbox.requeue_due", **_sweep},
@@ -417,6 +421,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "federation.purge_expired_evidence",
         "schedule": 3600.0,
         "options": {"expires": 3600.0},
+    },
+    "refresh-reputation-scores": {
+        "task": "reputation.refresh_scores",
+        "schedule": PUSHMAIL_REPUTATION_SWEEP_SECONDS,
+        "options": {"expires": PUSHMAIL_REPUTATION_SWEEP_SECONDS},
+    },
+    "check-origin-reachability": {
+        "task": "reputation.check_reachability",
+        "schedule": PUSHMAIL_REACHABILITY_SWEEP_SECONDS,
+        "options": {"expires": PUSHMAIL_REACHABILITY_SWEEP_SECONDS},
     },
     "purge-unused-blobs": {
         "task": "attachments.purge_unused_blobs",
@@ -480,6 +494,19 @@ PUSHMAIL_EVIDENCE = timedelta(days=float(os.environ.get("PUSHMAIL_EVIDENCE_DAYS"
 PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS = float(os.environ.get("PUSHMAIL_SPAM_TRUSTED_AFTER_DAYS", "7"))
 # Notifications alike in origin, sender or subject and size join one campaign within this many days.
 PUSHMAIL_CAMPAIGN_WINDOW_DAYS = float(os.environ.get("PUSHMAIL_CAMPAIGN_WINDOW_DAYS", "3"))
+# Reputation of senders and origins (reputation/scores.py). An origin with no history may send this
+# many notifications per minute; the rate grows as its mail is read and not reported, up to
+# PUSHMAIL_ORIGIN_RATE_PER_MINUTE.
+PUSHMAIL_NEW_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_NEW_ORIGIN_RATE_PER_MINUTE", 60)
+# A sender or origin whose score falls below this has its new mail filed to Spam on arrival (an
+# origin's rate is lowered too); below the second, the origin's notifications are refused. Neither
+# happens before this many spam reports against it (the refusal: twice as many), counted since an
+# admin last lifted its decisions.
+PUSHMAIL_REPUTATION_SPAM_BELOW = float(os.environ.get("PUSHMAIL_REPUTATION_SPAM_BELOW", "0.35"))
+PUSHMAIL_REPUTATION_REFUSE_BELOW = float(os.environ.get("PUSHMAIL_REPUTATION_REFUSE_BELOW", "0.2"))
+PUSHMAIL_REPUTATION_MIN_REPORTS = env_int("PUSHMAIL_REPUTATION_MIN_REPORTS", 5)
+# An origin unreachable this long while holding unopened mail for local users is flagged as gone.
+PUSHMAIL_ORIGIN_GONE_AFTER_HOURS = float(os.environ.get("PUSHMAIL_ORIGIN_GONE_AFTER_HOURS", "24"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

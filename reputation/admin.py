@@ -4,7 +4,7 @@ import re
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
@@ -14,8 +14,21 @@ from accounts.models import User
 from federation.models import SignedRequest
 from mailbox.models import RemoteMessage
 
+from . import reachability, scores
 from .abuse import DEFAULT_LIMIT, NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin
-from .models import Campaign, CampaignMessage, ContentCheck, OriginPolicy, Read, SpamReport, SpamVerdict
+from .models import (
+    Campaign,
+    CampaignMessage,
+    ContentCheck,
+    DecisionKind,
+    OriginPolicy,
+    OriginReputation,
+    Read,
+    ReputationDecision,
+    SenderReputation,
+    SpamReport,
+    SpamVerdict,
+)
 from .services import forget_policy, overturn_verdict
 
 
@@ -23,10 +36,18 @@ from .services import forget_policy, overturn_verdict
 class OriginPolicyAdmin(admin.ModelAdmin):
     """Peers: block a sending domain, or cap how many notifications it may send per minute."""
 
-    list_display = ["domain", "blocked", "rate_per_minute", "note", "updated_at"]
+    list_display = ["domain", "blocked", "rate_per_minute", "reputation", "note", "updated_at"]
     list_editable = ["blocked", "rate_per_minute"]
     list_filter = ["blocked"]
     search_fields = ["domain", "note"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        scored = OriginReputation.objects.filter(domain=OuterRef("domain"))
+        return super().get_queryset(request).annotate(reputation_score=Subquery(scored.values("score")[:1]))
+
+    @admin.display(description="score (see Origin reputations)", ordering="reputation_score")
+    def reputation(self, obj: Any) -> str:
+        return "-" if obj.reputation_score is None else f"{obj.reputation_score:.2f}"
 
     def save_model(self, request: HttpRequest, obj: OriginPolicy, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -274,9 +295,6 @@ class CampaignMessageInline(DomainScopedInline):
     def get_queryset(self, request: HttpRequest) -> QuerySet[CampaignMessage]:
         return super().get_queryset(request).select_related("message")
 
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.display(description="sender")
     def sender(self, obj: CampaignMessage) -> str:
         return obj.message.sender
@@ -292,6 +310,71 @@ class CampaignMessageInline(DomainScopedInline):
     @admin.display(description="judged spam")
     def spam_verdict(self, obj: CampaignMessage) -> str:
         return obj.message.spam_verdict
+
+
+# --- Reputation of origins and senders: what the scores decided, and how an admin reverses it ---
+
+
+def _acting_user(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
+
+
+_DECISION_FIELDS = ("kind", "sender", "reason", "score", "made_at", "ended_at", "reversed_by")
+_ORIGIN_FIELDS = (
+    "domain",
+    "score",
+    "pinned_score",
+    "reads",
+    "replies",
+    "spam_reports",
+    "not_spam",
+    "outages",
+    "downtime_seconds",
+    "last_reached_at",
+    "unreachable_since",
+    "gone",
+    "users_notified",
+    "spam_filed",
+    "refused",
+    "reports_at_lift",
+    "updated_at",
+)
+_SENDER_FIELDS = (
+    "address", "domain", "score", "pinned_score", "reads", "replies", "spam_reports", "not_spam", "spam_filed",
+    "allowed", "reports_at_lift", "updated_at",
+)  # fmt: skip
+
+
+class InstanceWideReputationAdmin(DomainScopedAdmin):
+    """Origins and senders are instance-wide: every domain admin sees them all (their users' mail is
+    what the scores are made of) and may reverse what the scores decided automatically. Blocking an
+    origin stays with superusers, as the peers' policies do."""
+
+    domain_admin_can_change = True  # the admin's pinned score; the rest is read-only
+
+    def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False  # rows come from mail; an admin acts on them
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # "reset" starts one afresh
+
+    def has_block_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser)
+
+
+class DecisionInline(admin.TabularInline):
+    model = ReputationDecision
+    fk_name = "origin"
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = _DECISION_FIELDS
+    ordering = ["-made_at"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Campaign)
@@ -370,3 +453,176 @@ class CampaignAdmin(DomainScopedAdmin):
         verdicts = SpamVerdict.objects.filter(campaign__in=queryset.values("pk"), overturned_at__isnull=True)
         restored = sum(overturn_verdict(verdict_id=pk, by=user) for pk in verdicts.values_list("pk", flat=True))
         self.message_user(request, f"Overturned; {restored} hidden copies are back where they were.")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_domain_admin(request) or super().has_view_permission(request, obj)
+
+
+@admin.register(OriginReputation)
+class OriginReputationAdmin(InstanceWideReputationAdmin):
+    """Origins: their score and what it is made of, whether they answer, the admin's policy, and the
+    decisions the scores made (below, with their reasons)."""
+
+    list_display = [
+        "domain",
+        "score_shown",
+        "reads",
+        "replies",
+        "spam_reports",
+        "not_spam",
+        "standing",
+        "policy",
+        "last_reached_at",
+        "unreachable_since",
+        "gone",
+        "users_notified",
+    ]
+    list_filter = ["refused", "spam_filed", "gone"]
+    search_fields = ["domain"]
+    ordering = ["score", "domain"]
+    fields = _ORIGIN_FIELDS
+    readonly_fields = tuple(name for name in _ORIGIN_FIELDS if name != "pinned_score")
+    inlines = [DecisionInline]
+    actions = ["lift", "reset", "block", "unblock"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        policies = OriginPolicy.objects.filter(domain=OuterRef("domain"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                policy_blocked=Subquery(policies.values("blocked")[:1]),
+                policy_rate=Subquery(policies.values("rate_per_minute")[:1]),
+            )
+        )
+
+    @admin.display(description="score", ordering="score")
+    def score_shown(self, obj: OriginReputation) -> str:
+        if obj.pinned_score is not None:
+            return f"{obj.pinned_score:.2f} (pinned; computed {obj.score:.2f})"
+        return f"{obj.score:.2f}"
+
+    @admin.display(description="automatic decisions")
+    def standing(self, obj: OriginReputation) -> str:
+        said = [
+            text
+            for flag, text in (
+                (obj.refused, "refused"),
+                (obj.spam_filed, "new mail to Spam, rate lowered"),
+                (obj.gone, "gone"),
+            )
+            if flag
+        ]
+        return "; ".join(said) or "-"
+
+    @admin.display(description="policy")
+    def policy(self, obj: Any) -> str:
+        if obj.policy_blocked:
+            return "blocked"
+        if obj.policy_rate:
+            return f"{obj.policy_rate}/min (set by an admin)"
+        if obj.spam_filed:
+            return f"{scores.lowered_rate()}/min (lowered)"
+        return f"{scores.rate_for(scores.origin_counters(obj))}/min (earned)"
+
+    def save_model(self, request: HttpRequest, obj: OriginReputation, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        scores.rescore_origin(obj.domain)  # a pinned score decides at once
+
+    @admin.action(description="Lift refusal and Spam filing (they return only with new reports)")
+    def lift(self, request: HttpRequest, queryset: QuerySet[OriginReputation]) -> None:
+        user = _acting_user(request)
+        lifted = sum(scores.lift_origin(origin_id=pk, by=user) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Lifted the automatic decisions on {lifted} origins.")
+
+    @admin.action(description="Reset the score (start afresh, at the new-origin rate)")
+    def reset(self, request: HttpRequest, queryset: QuerySet[OriginReputation]) -> None:
+        user = _acting_user(request)
+        pks = list(queryset.values_list("pk", flat=True))
+        for pk in pks:
+            scores.reset_origin(origin_id=pk, by=user)
+        self.message_user(request, f"Reset {len(pks)} origins.")
+
+    @admin.action(description="Block: refuse every notification", permissions=["block"])
+    def block(self, request: HttpRequest, queryset: QuerySet[OriginReputation]) -> None:
+        self._set_blocked(request, queryset, blocked=True)
+
+    @admin.action(description="Unblock", permissions=["block"])
+    def unblock(self, request: HttpRequest, queryset: QuerySet[OriginReputation]) -> None:
+        self._set_blocked(request, queryset, blocked=False)
+
+    def _set_blocked(self, request: HttpRequest, queryset: QuerySet[OriginReputation], *, blocked: bool) -> None:
+        domains = list(queryset.values_list("domain", flat=True))
+        for domain in domains:
+            OriginPolicy.objects.update_or_create(domain=domain, defaults={"blocked": blocked})
+            forget_policy(domain)
+        self.message_user(request, f"{'Blocked' if blocked else 'Unblocked'} {', '.join(domains)}.")
+
+
+@admin.register(SenderReputation)
+class SenderReputationAdmin(InstanceWideReputationAdmin):
+    """Senders: their score; allowing one keeps its mail out of Spam whatever the scores say."""
+
+    list_display = ["address", "score", "pinned_score", "reads", "replies", "spam_reports", "not_spam", "spam_filed"]
+    list_display += ["allowed"]
+    list_filter = ["spam_filed", "allowed"]
+    search_fields = ["address", "domain"]
+    ordering = ["score", "address"]
+    fields = _SENDER_FIELDS
+    readonly_fields = tuple(name for name in _SENDER_FIELDS if name != "pinned_score")
+    actions = ["allow", "stop_allowing", "reset"]
+
+    def save_model(self, request: HttpRequest, obj: SenderReputation, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        scores.rescore_sender(obj.address)
+
+    @admin.action(description="Allow: never file this sender's mail to Spam automatically")
+    def allow(self, request: HttpRequest, queryset: QuerySet[SenderReputation]) -> None:
+        self._allow(request, queryset, allowed=True)
+
+    @admin.action(description="Stop allowing")
+    def stop_allowing(self, request: HttpRequest, queryset: QuerySet[SenderReputation]) -> None:
+        self._allow(request, queryset, allowed=False)
+
+    def _allow(self, request: HttpRequest, queryset: QuerySet[SenderReputation], *, allowed: bool) -> None:
+        user = _acting_user(request)
+        pks = list(queryset.values_list("pk", flat=True))
+        for pk in pks:
+            scores.allow_sender(sender_id=pk, allowed=allowed, by=user)
+            if not allowed:
+                scores.rescore_sender(SenderReputation.objects.get(pk=pk).address)
+        self.message_user(request, f"{'Allowed' if allowed else 'No longer allowed'}: {len(pks)} senders.")
+
+    @admin.action(description="Reset the score")
+    def reset(self, request: HttpRequest, queryset: QuerySet[SenderReputation]) -> None:
+        user = _acting_user(request)
+        pks = list(queryset.values_list("pk", flat=True))
+        for pk in pks:
+            scores.reset_sender(sender_id=pk, by=user)
+        self.message_user(request, f"Reset {len(pks)} senders.")
+
+
+@admin.register(ReputationDecision)
+class ReputationDecisionAdmin(InstanceWideReputationAdmin):
+    """Every decision the scores made on their own, with its reason; reversing one lifts it."""
+
+    list_display = ["made_at", "kind", "origin", "sender", "reason", "score", "ended_at", "reversed_by"]
+    list_filter = ["kind", ("ended_at", admin.EmptyFieldListFilter)]
+    search_fields = ["origin__domain", "sender__address", "reason"]
+    list_select_related = ["origin", "sender", "reversed_by"]
+    readonly_fields = ["origin", "sender", "kind", "reason", "score", "made_at", "ended_at", "reversed_by"]
+    actions = ["reverse"]
+
+    @admin.action(description="Reverse: lift the refusal or Spam filing, allow the sender, clear the flag")
+    def reverse(self, request: HttpRequest, queryset: QuerySet[ReputationDecision]) -> None:
+        user = _acting_user(request)
+        count = 0
+        for decision in queryset.filter(ended_at__isnull=True).select_related("origin", "sender"):
+            count += 1
+            if decision.sender_id is not None:
+                scores.allow_sender(sender_id=decision.sender_id, allowed=True, by=user)
+            elif decision.kind == DecisionKind.GONE:
+                reachability.clear_gone(origin_id=decision.origin_id, by=user)
+            else:
+                scores.lift_origin(origin_id=decision.origin_id, by=user)
+        self.message_user(request, f"Reversed {count} decisions.")

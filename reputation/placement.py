@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from mailbox.models import RemoteMessage
 
-from . import campaigns
+from . import campaigns, scores
 
 
 def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> str:
@@ -19,4 +19,4 @@ def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()
 
     A chain: the first reason found wins. Filing the message in its campaign comes first, always.
     """
-    return campaigns.spam_reason_for_new(remote=remote, recipients=recipients)
+    return campaigns.spam_reason_for_new(remote=remote, recipients=recipients) or scores.reason_for_new(remote) or ""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
 from django.db.models import Model
 from django.utils import timezone
 
-from federation.inbound import OriginRefused
+from federation.inbound import OriginRefused, PoorReputation
 
+from . import scores
 from .models import OriginPolicy, Read
 from .spam import (
     EntryNotFound,
@@ -41,15 +41,20 @@ __all__ = [
 def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]
     """Count a local reader of a remote message once; a repeat is ignored.
 
-    One statement on the page's critical path: bulk_create(ignore_conflicts=True)
-    would wrap the same INSERT in BEGIN/COMMIT, two more round trips.
+    One statement on the page's critical path (bulk_create(ignore_conflicts=True)
+    would wrap the same INSERT in BEGIN/COMMIT, two more round trips); a first
+    read adds one to its sender's and origin's counters (reputation/scores.py).
     """
     table = connection.ops.quote_name(Read._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (message_id, reader_id, read_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",  # noqa: S608
+            f"INSERT INTO {table} (message_id, reader_id, read_at) VALUES (%s, %s, %s) "  # noqa: S608
+            "ON CONFLICT DO NOTHING RETURNING 1",
             [message.pk, reader_id, timezone.now()],
         )
+        first = cursor.fetchone() is not None
+    if first:
+        scores.note_read(origin=message.origin_domain, sender=message.sender)
 
 
 def readers_of(message: Model) -> int:
@@ -76,14 +81,20 @@ def forget_policy(domain: str) -> None:
 
 
 def check_origin(*, domain: str) -> None:
-    """Refuse a blocked domain, or one over its per-minute notification budget.
+    """Refuse a blocked domain, one refused for its poor reputation, or one over its per-minute budget.
 
-    The counter lives in the shared cache so every web process counts together.
+    The budget is the admin's rate for the domain if there is one, else the rate its reputation
+    earned (reputation/scores.py: a new origin's is PUSHMAIL_NEW_ORIGIN_RATE_PER_MINUTE). Policy and
+    standing are cached per process; the counter lives in the shared cache so every web process
+    counts together: one INCR per notification.
     """
     blocked, rate = _policy(domain)
     if blocked:
         raise OriginRefused(f"notifications from {domain} are blocked by this instance")
-    limit = rate or settings.PUSHMAIL_ORIGIN_RATE_PER_MINUTE
+    standing = scores.origin_standing(domain)
+    if standing.refused:
+        raise PoorReputation(scores.REFUSAL_DETAIL.format(domain=domain))
+    limit = rate or standing.rate
     now = time.time()
     window = int(now // 60)
     cache = caches["default"]

@@ -39,6 +39,9 @@ FAST_ENV = {
     "PUSHMAIL_RETRY_CAP_SECONDS": "3",
     "PUSHMAIL_CLAIM_SECONDS": "5",
     "PUSHMAIL_SWEEP_GRACE_SECONDS": "2",
+    # Test peers are new to each other: without this their bursts would meet the new-origin rate
+    # (tests/integration/test_origin_reputation.py sets its own).
+    "PUSHMAIL_NEW_ORIGIN_RATE_PER_MINUTE": "1000000",
 }
 # Redis database numbers below this are left to the demo and other tools.
 REDIS_DB_BASE = 8
