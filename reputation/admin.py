@@ -376,6 +376,9 @@ class DecisionInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return is_domain_admin(request) or super().has_view_permission(request, obj)
+
 
 @admin.register(Campaign)
 class CampaignAdmin(DomainScopedAdmin):

@@ -230,7 +230,9 @@ def test_a_verdict_on_a_three_message_campaign_is_a_constant_number_of_queries(
     report(reporters[0], run[0])
     report(reporters[1], run[1])
     deciding = entry(reporters[2], run[2])
-    with django_assert_max_num_queries(30):
+    # Whatever the campaign's size: the weighing, the bulk hiding, and what a verdict sets off (the
+    # signed report to the origin, the content filter's lesson, the sender's and origin's scores).
+    with django_assert_max_num_queries(50):
         assert report_spam(user=reporters[2], entry_id=deciding.pk).judged_spam is True
     # Every reader's copy of each message (the reporters' own copies are in Spam by their own report).
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM, hidden_from=Folder.INBOX).count() == 3 * copies
@@ -262,7 +264,7 @@ def test_a_verdict_on_ten_thousand_copies_takes_well_under_two_seconds(local_dom
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM).count() == 10_003
     print(f"verdict on 10,000 copies: {elapsed:.2f}s in {len(queries)} queries")
     assert elapsed < 2.0, f"{elapsed:.2f}s"
-    assert len(queries) < 30
+    assert len(queries) <= 50
 
 
 # --- after a fetch: the text's fingerprint ------------------------------------------------------

@@ -401,7 +401,10 @@ def test_a_domain_admin_sees_and_lifts_only_their_own_domains_pauses(
 
 @pytest.fixture
 def readers(local_domain: Domain) -> list[User]:
-    return [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(4)]
+    people = [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(4)]
+    # Established accounts, whose reports count whole (reputation.trust).
+    User.objects.filter(pk__in=[u.pk for u in people]).update(date_joined=timezone.now() - timedelta(days=30))
+    return people
 
 
 def judged_spam(peer: FakePeer, readers: list[User]) -> RemoteMessage:
