@@ -21,8 +21,12 @@ from .models import EntryState, Folder, InboxEntry, Label, RemoteMessage
 from .states import BODY_AT_SENDER
 
 
-def inbox_for(*, user: User) -> QuerySet[InboxEntry]:
-    return InboxEntry.objects.owned_by(user).order_by("-received_at", "-pk")
+def inbox_for(*, user: User, folder: str | None = None) -> QuerySet[InboxEntry]:
+    """The user's entries, newest first: all of them, or those in one folder (Inbox, Archive, Spam, Trash)."""
+    entries = InboxEntry.objects.owned_by(user)
+    if folder is not None:
+        entries = entries.filter(folder=folder)
+    return entries.order_by("-received_at", "-pk")
 
 
 def entry_for(*, user: User, entry_id: int) -> InboxEntry:

@@ -6,8 +6,10 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import Http404
 from django.http.response import HttpResponseBase
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError as ApiValidationError
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -16,7 +18,7 @@ from attachments.responses import serve_blob
 from pushmail_site.sizes import human_size
 
 from .. import selectors, services
-from ..models import InboxEntry
+from ..models import Folder, InboxEntry
 from ..received_attachments import AttachmentStatus, attachment_for_entry, retry_attachment_now
 from .serializers import EntryDetailSerializer, EntryListSerializer
 
@@ -35,8 +37,24 @@ class InboxListView(generics.ListAPIView):
     serializer_class = EntryListSerializer
     request: AuthedApiRequest
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "folder", str, enum=list(Folder.values), description="Only the entries in this folder (default: all)."
+            )
+        ]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The user's entries, newest first, each with the ``folder`` it is in (a spam verdict moves
+        unopened copies to ``spam``); ``?folder=inbox`` lists one folder, an unknown one is a 400."""
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self) -> QuerySet[InboxEntry]:
-        return selectors.inbox_for(user=self.request.user)
+        folder = self.request.query_params.get("folder")
+        if folder is not None and folder not in Folder.values:
+            known = ", ".join(Folder.values)
+            raise ApiValidationError({"folder": [f"Unknown folder {folder[:40]!r}: one of {known}."]})
+        return selectors.inbox_for(user=self.request.user, folder=folder)
 
 
 class InboxEntryView(APIView):

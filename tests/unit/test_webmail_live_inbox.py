@@ -142,3 +142,26 @@ def test_a_spam_run_hidden_while_a_second_user_watches(web: Client, alice: User,
     assert response["X-Unread-Count"] == "0"
     hers.refresh_from_db()
     assert hers.folder == Folder.SPAM and hers.hidden_from == Folder.INBOX
+
+
+# --- the user API says which folder an entry is in ------------------------------------------------
+
+
+def test_the_api_lists_each_entrys_folder_and_filters_by_folder(alice: User, bob: User) -> None:
+    remote = RemoteMessageFactory(subject="Cheap watches")
+    spam = InboxEntryFactory(owner=alice, remote=remote)
+    keeper = InboxEntryFactory(owner=alice, subject="Lunch?")
+    mailbox_services.hide_as_spam(remote_id=remote.pk, reason="3 people at beta.example reported this")
+    client = api_as(alice)
+    everything = client.get("/api/v1/inbox/").json()["results"]
+    assert {(e["id"], e["folder"]) for e in everything} == {(spam.pk, "spam"), (keeper.pk, "inbox")}
+    assert [e["id"] for e in client.get("/api/v1/inbox/", {"folder": "inbox"}).json()["results"]] == [keeper.pk]
+    assert [e["id"] for e in client.get("/api/v1/inbox/", {"folder": "spam"}).json()["results"]] == [spam.pk]
+    assert client.get(f"/api/v1/inbox/{spam.pk}/").json()["folder"] == "spam"
+
+
+def test_an_unknown_folder_is_a_400_naming_it(alice: User) -> None:
+    response = api_as(alice).get("/api/v1/inbox/", {"folder": "junk"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
+    assert "junk" in response.json()["fields"]["folder"][0]
