@@ -18,7 +18,7 @@ from attachments.responses import serve_blob
 from pushmail_site.sizes import human_size
 
 from .. import selectors, services
-from ..models import Folder, InboxEntry
+from ..models import EntryState, Folder, InboxEntry
 from ..received_attachments import AttachmentStatus, attachment_for_entry, retry_attachment_now
 from .serializers import EntryDetailSerializer, EntryListSerializer
 
@@ -63,6 +63,9 @@ class InboxEntryView(APIView):
         """The entry with its body; 202 while the body is still at the sender's (a fetch is queued)."""
         entry = services.open_entry(entry=_entry_or_404(request, entry_id))
         entry = _entry_or_404(request, entry_id)
+        if entry.opened_at is None and entry.state == EntryState.FETCHED:
+            # The body arrived between the two reads: the reader gets it now, so they have seen it.
+            entry = services.open_entry(entry=entry)
         data = EntryDetailSerializer(entry).data
         waiting = data["body"] is None and selectors.body_at_sender(entry)
         return Response(data, status=status.HTTP_202_ACCEPTED if waiting else status.HTTP_200_OK)

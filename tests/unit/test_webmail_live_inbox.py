@@ -16,9 +16,11 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import Domain, User
 from mailbox import folders
 from mailbox import services as mailbox_services
-from mailbox.models import EntryState, Folder, InboxEntry
-from tests.conftest import api_as
-from tests.factories import InboxEntryFactory, MailboxFactory, RemoteMessageFactory
+from mailbox.models import EntryState, Folder, InboxEntry, RemoteMessage
+from mailbox.services import accept_notification, fetch_body
+from reputation.models import Read
+from tests.conftest import FakePeer, api_as
+from tests.factories import InboxEntryFactory, MailboxFactory, PeerMessageFactory, RemoteMessageFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -165,3 +167,28 @@ def test_an_unknown_folder_is_a_400_naming_it(alice: User) -> None:
     assert response.status_code == 400
     assert response.json()["error"] == "invalid"
     assert "junk" in response.json()["fields"]["folder"][0]
+
+
+def test_a_body_that_arrives_while_the_api_opens_the_entry_counts_as_seen(
+    alice: User, peer: FakePeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body lands between the API's open and its answer: the reader gets it, so the entry is
+    opened (a verdict must not hide it as unseen) and the reader counts among the message's readers."""
+    message = PeerMessageFactory()
+    peer.bodies[str(message.global_id)] = message.content()
+    accept_notification(origin=peer.domain, notification=message.notification([alice.email]))
+    remote = RemoteMessage.objects.get(global_id=message.global_id)
+    entry = InboxEntry.objects.get(owner=alice, remote=remote)
+    original = mailbox_services.open_entry
+
+    def open_while_the_fetch_finishes(*, entry: InboxEntry) -> InboxEntry:
+        opened = original(entry=entry)
+        fetch_body(remote.pk)  # the worker finishes the fetch at this very moment
+        return opened
+
+    monkeypatch.setattr(mailbox_services, "open_entry", open_while_the_fetch_finishes)
+    response = api_as(alice).get(f"/api/v1/inbox/{entry.pk}/")
+    assert response.status_code == 200 and response.json()["body"] is not None
+    entry.refresh_from_db()
+    assert entry.opened_at is not None
+    assert Read.objects.filter(message=remote, reader=alice).exists()
