@@ -125,18 +125,35 @@ def test_reports_across_instances_hide_every_unopened_copy_unfetched(alpha: Inst
     assert answers[-1]["judged_spam"] is True
     assert REASON.fullmatch(verdict_on(beta, subject))
 
-    # Every other copy left the Inbox for Spam, unread, and is not fetched for them.
+    # Every other copy left the Inbox for Spam, unread. Opening it there shows the body beta
+    # already has: alpha is not asked again.
     for reader in others:
         assert [e for e in in_folder(reader, "inbox") if e["subject"] == subject] == []
         [hidden] = [e for e in in_folder(reader, "spam") if e["subject"] == subject]
         assert hidden["read"] is True  # no longer counted as unread
-        status, data = reader.open(hidden["id"])
-        assert data["body"] is None
+        reader.open(hidden["id"])
     time.sleep(2)  # a fetch queued by those opens would have reached alpha by now
     assert served_bodies(alpha, subject) == 1
     # The Spam folder says why.
     page = web_login(beta, others[0].address).get(f"{beta.base_url}/mail/spam/", timeout=30).text
     assert subject in page and REASON.search(page)
+
+
+def test_a_run_nobody_opened_is_never_fetched_once_judged(alpha: Instance, beta: Instance) -> None:
+    readers = mailboxes(beta, 5, prefix="unread")
+    subject = unique("Claim your prize ")
+    _, entries = receive(alpha, beta, readers, subject)
+    for reader in readers[:3]:  # reported from the list, unopened
+        assert report(reader, entries[reader.address]).status_code == 200
+    assert REASON.fullmatch(verdict_on(beta, subject))
+    for reader in readers[3:]:
+        [hidden] = [e for e in in_folder(reader, "spam") if e["subject"] == subject]
+        status, data = reader.open(hidden["id"])
+        assert data["body"] is None and data["folder"] == "spam"
+    time.sleep(3)  # a fetch queued by those opens would have reached alpha by now
+    assert served_bodies(alpha, subject) == 0
+    [(state,)] = sql(beta, f"SELECT state FROM mailbox_remotemessage WHERE subject = '{subject}'")
+    assert state == "notified"
 
 
 def test_bad_reports_get_clear_answers_and_change_no_verdict(alpha: Instance, beta: Instance) -> None:
