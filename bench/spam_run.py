@@ -263,6 +263,7 @@ class Seen:
     saw: bool = False
     opened: bool = False
     reported: bool = False
+    answered: bool = False
     judged: bool = False  # the report's answer said the message stands judged spam
     report_seconds: float = 0.0
     started: float = 0.0
@@ -286,7 +287,8 @@ class Api:
         return next((entry for entry in data["results"] if match(entry)), None)
 
     def open(self, who: str, entry_id: int, timeout: float = 60) -> dict[str, Any] | None:
-        """Open an entry and wait for its body, as a reader looking at the message does."""
+        """Open an entry and wait for its body, as a reader looking at the message does: the entry
+        with its body, or None when it has none to show (judged spam before the body came)."""
         deadline = time.monotonic() + timeout
         while True:
             status, data = self.call("GET", f"/api/v1/inbox/{entry_id}/", who)
@@ -304,7 +306,8 @@ def read_once(api: Api, reader: Reader, match: Callable[[dict[str, Any]], bool],
         if entry is None:
             return seen
         seen.saw = True
-        body = api.open(reader.address, int(entry["id"]))
+        opened = api.open(reader.address, int(entry["id"]))
+        body = opened["body"] if opened else None
         seen.opened = body is not None
         time.sleep(read_seconds)
         if reader.answer_to and body is not None:
@@ -321,6 +324,7 @@ def read_once(api: Api, reader: Reader, match: Callable[[dict[str, Any]], bool],
             )
             if status != 201:
                 raise RuntimeError(f"answer from {reader.address}: {status} {data}")
+            seen.answered = True
         if reader.report or reader.not_spam:
             what = "spam" if reader.report else "not-spam"
             t0 = time.perf_counter()
@@ -717,12 +721,15 @@ class Bench:
                 "benchmark": "spam_run",
                 "scenario": "e1",
                 "what": f"5 colluding accounts report a sender whom 50 of {len(recipients)} read and answered",
-                "answered": sum(s.opened for s in first.seen),
+                "answered": sum(s.answered for s in first.seen),
+                "reader_errors": sum(1 for s in (*first.seen, *second.seen) if s.error),
                 "colluding_reports": sum(s.reported for s in second.seen),
                 **counts,
                 "smtp": smtp_beside([(FRIEND, subject, "Dear all", recipients)]),
                 "target": "no verdict",
-                "met": counts["messages_judged_spam"] == 0 and counts["hidden_by_verdict"] == 0,
+                "met": counts["messages_judged_spam"] == 0
+                and counts["hidden_by_verdict"] == 0
+                and all(s.answered for s in first.seen),
             }
         )
         # e2: 5 of the sender's own accounts say "not spam" first; then readers as in (a).
