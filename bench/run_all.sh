@@ -5,7 +5,7 @@
 #
 # Needs PostgreSQL and Redis on loopback (PUSHMAIL_BENCH_POSTGRES,
 # PUSHMAIL_BENCH_REDIS override the defaults) and root for the Postfix baseline.
-# Takes about 30 minutes on 2 cores (spam runs: about 15 of them).
+# Takes about an hour on 2 cores (spam runs: about 40 minutes of it; see docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
