@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Run the benchmarks in sequence (ingest with the Postfix baseline,
-# bandwidth, open latency, the webmail inbox page). Each prints JSON lines and a table on stdout;
+# bandwidth, open latency, the webmail inbox page, spam runs). Each prints JSON lines and a table on stdout;
 # everything is also kept in var/bench-results/<UTC time>/ for docs/benchmarks.md.
 #
 # Needs PostgreSQL and Redis on loopback (PUSHMAIL_BENCH_POSTGRES,
 # PUSHMAIL_BENCH_REDIS override the defaults) and root for the Postfix baseline.
-# Takes about 15 minutes on 2 cores.
+# Takes about an hour on 2 cores (spam runs: about 40 minutes of it; see docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -26,4 +26,5 @@ run ingest --profile 1000
 run bandwidth
 run open_latency
 run inbox_page
+run spam_run
 exit "$status"

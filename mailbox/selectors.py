@@ -21,8 +21,12 @@ from .models import EntryState, Folder, InboxEntry, Label, RemoteMessage
 from .states import BODY_AT_SENDER
 
 
-def inbox_for(*, user: User) -> QuerySet[InboxEntry]:
-    return InboxEntry.objects.owned_by(user).order_by("-received_at", "-pk")
+def inbox_for(*, user: User, folder: str | None = None) -> QuerySet[InboxEntry]:
+    """The user's entries, newest first: all of them, or those in one folder (Inbox, Archive, Spam, Trash)."""
+    entries = InboxEntry.objects.owned_by(user)
+    if folder is not None:
+        entries = entries.filter(folder=folder)
+    return entries.order_by("-received_at", "-pk")
 
 
 def entry_for(*, user: User, entry_id: int) -> InboxEntry:
@@ -189,6 +193,31 @@ def entries_newer_than(*, user: User, folder: str, after: str, limit: int = 50) 
     entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related(_LABELS)
     rows: list[InboxEntry] = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
     return rows[::-1]
+
+
+#: How many shown rows an open list may ask about in one poll (a page, plus what arrived since).
+SHOWN_CAP = 200
+
+
+@dataclass(frozen=True)
+class ShownChanges:
+    """What changed, since an open list was drawn, about the rows it shows."""
+
+    gone: list[int]  # no longer in the folder: hidden by a spam verdict, moved, deleted
+    withdrawn: list[int]  # still there, but their sender withdrew them (the row says so)
+
+
+def shown_changes(*, user: User, folder: str, entry_ids: Collection[int]) -> ShownChanges:
+    """Of the entries an open list shows (at most SHOWN_CAP), those that left its folder and those
+    withdrawn since: one query on the primary key, whatever happened to them."""
+    ids = sorted(set(entry_ids))[:SHOWN_CAP]
+    if not ids:
+        return ShownChanges(gone=[], withdrawn=[])
+    states = dict(_folder_entries(user=user, folder=folder).filter(pk__in=ids).values_list("pk", "state"))
+    return ShownChanges(
+        gone=[pk for pk in ids if pk not in states],
+        withdrawn=[pk for pk in ids if states.get(pk) == EntryState.WITHDRAWN],
+    )
 
 
 # Unread counts stop here (the page shows "999+"): a mailbox with 100,000 unread

@@ -29,7 +29,7 @@ BODY_SCHEMA = inline_serializer(
 class EntryListSerializer(serializers.ModelSerializer):
     class Meta:
         model = InboxEntry
-        fields = ["id", "sender", "subject", "received_at", "state", "read", "size"]
+        fields = ["id", "sender", "subject", "received_at", "state", "read", "size", "folder"]
         read_only_fields = fields
 
 
@@ -51,6 +51,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
             "state",
             "read",
             "size",
+            "folder",
             "digest",
             "last_error",
             "last_attempt_at",

@@ -6,8 +6,10 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import Http404
 from django.http.response import HttpResponseBase
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.exceptions import ValidationError as ApiValidationError
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -16,7 +18,7 @@ from attachments.responses import serve_blob
 from pushmail_site.sizes import human_size
 
 from .. import selectors, services
-from ..models import InboxEntry
+from ..models import EntryState, Folder, InboxEntry
 from ..received_attachments import AttachmentStatus, attachment_for_entry, retry_attachment_now
 from .serializers import EntryDetailSerializer, EntryListSerializer
 
@@ -35,8 +37,24 @@ class InboxListView(generics.ListAPIView):
     serializer_class = EntryListSerializer
     request: AuthedApiRequest
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "folder", str, enum=list(Folder.values), description="Only the entries in this folder (default: all)."
+            )
+        ]
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The user's entries, newest first, each with the ``folder`` it is in (a spam verdict moves
+        unopened copies to ``spam``); ``?folder=inbox`` lists one folder, an unknown one is a 400."""
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self) -> QuerySet[InboxEntry]:
-        return selectors.inbox_for(user=self.request.user)
+        folder = self.request.query_params.get("folder")
+        if folder is not None and folder not in Folder.values:
+            known = ", ".join(Folder.values)
+            raise ApiValidationError({"folder": [f"Unknown folder {folder[:40]!r}: one of {known}."]})
+        return selectors.inbox_for(user=self.request.user, folder=folder)
 
 
 class InboxEntryView(APIView):
@@ -45,6 +63,9 @@ class InboxEntryView(APIView):
         """The entry with its body; 202 while the body is still at the sender's (a fetch is queued)."""
         entry = services.open_entry(entry=_entry_or_404(request, entry_id))
         entry = _entry_or_404(request, entry_id)
+        if entry.opened_at is None and entry.state == EntryState.FETCHED:
+            # The body arrived between the two reads: the reader gets it now, so they have seen it.
+            entry = services.open_entry(entry=entry)
         data = EntryDetailSerializer(entry).data
         waiting = data["body"] is None and selectors.body_at_sender(entry)
         return Response(data, status=status.HTTP_202_ACCEPTED if waiting else status.HTTP_200_OK)

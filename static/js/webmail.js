@@ -198,7 +198,7 @@
     event.preventDefault();
   }
 
-  // --- live new mail ---------------------------------------------------------------------
+  // --- live inbox: new mail in, rows that left out ---------------------------------------
 
   let announcer = null;
 
@@ -213,6 +213,45 @@
     announcer.textContent = text;
   }
 
+  function idsIn(header) {
+    return (header || "").split(",").filter(function (id) {
+      return /^\d+$/.test(id);
+    });
+  }
+
+  // Rows the server says left the folder (a spam verdict hid them, moved or deleted elsewhere).
+  function removeRows(ids) {
+    let removed = 0;
+    ids.forEach(function (id) {
+      const row = document.querySelector('[data-entry-id="' + id + '"]');
+      if (!row) return;
+      const index = rows().indexOf(row);
+      if (selected >= 0 && index >= 0 && index < selected) selected -= 1;
+      row.remove();
+      removed += 1;
+    });
+    if (selected >= rows().length) selected = rows().length - 1;
+    return removed;
+  }
+
+  // Rows whose sender withdrew them stay, marked as a reload would show them.
+  function markWithdrawn(ids) {
+    ids.forEach(function (id) {
+      const row = document.querySelector('[data-entry-id="' + id + '"]');
+      if (!row || row.dataset.state === "withdrawn") return;
+      row.dataset.state = "withdrawn";
+      const subject = row.querySelector("td.subject");
+      if (!subject) return;
+      subject.querySelectorAll(".state-chip.at-sender").forEach(function (chip) {
+        chip.remove();
+      });
+      const chip = document.createElement("span");
+      chip.className = "state-chip withdrawn";
+      chip.textContent = "Withdrawn";
+      subject.prepend(chip);
+    });
+  }
+
   function startPolling(table) {
     const tbody = table.querySelector("tbody");
     let busy = false;
@@ -221,26 +260,52 @@
       if (busy || document.hidden) return;
       busy = true;
       try {
-        const url = table.dataset.pollUrl + "?after=" + encodeURIComponent(table.dataset.pollAfter || "0~0");
+        // The rows shown (at most a page and what arrived since): the server says which have left.
+        const shown = Array.from(tbody.querySelectorAll("[data-entry-id]"))
+          .slice(0, 200)
+          .map(function (row) {
+            return row.dataset.entryId;
+          });
+        const url =
+          table.dataset.pollUrl +
+          "?after=" +
+          encodeURIComponent(table.dataset.pollAfter || "0~0") +
+          "&shown=" +
+          shown.join(",");
         const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
         if (!response.ok || response.redirected) return; // signed out, or the server is busy: try later
         const unread = response.headers.get("X-Unread-Count");
         if (unread !== null) setUnread(unread);
+        const removed = removeRows(idsIn(response.headers.get("X-Gone")));
+        markWithdrawn(idsIn(response.headers.get("X-Withdrawn")));
         const template = document.createElement("template");
         template.innerHTML = await response.text();
         const fresh = Array.from(template.content.querySelectorAll(ROW)).filter(function (row) {
           return !document.querySelector('[data-entry-id="' + row.dataset.entryId + '"]');
         });
-        if (fresh.length === 0) return;
-        fresh.forEach(function (row) {
-          row.classList.add("new");
-        });
-        tbody.prepend.apply(tbody, fresh);
-        table.dataset.pollAfter = fresh[0].dataset.cursor;
-        if (selected >= 0) selected += fresh.length;
-        const empty = document.querySelector('[data-testid="empty-folder"]');
-        if (empty) empty.remove();
-        announce(fresh.length === 1 ? "1 new message" : fresh.length + " new messages");
+        const said = [];
+        if (fresh.length > 0) {
+          fresh.forEach(function (row) {
+            row.classList.add("new");
+          });
+          tbody.prepend.apply(tbody, fresh);
+          table.dataset.pollAfter = fresh[0].dataset.cursor;
+          if (selected >= 0) selected += fresh.length;
+          const empty = document.querySelector('[data-testid="empty-folder"]');
+          if (empty) empty.remove();
+          said.push(fresh.length === 1 ? "1 new message" : fresh.length + " new messages");
+        }
+        if (removed > 0) {
+          said.push(removed === 1 ? "1 message left this folder" : removed + " messages left this folder");
+          if (rows().length === 0 && !document.querySelector('[data-testid="empty-folder"]')) {
+            const empty = document.createElement("p");
+            empty.className = "empty";
+            empty.dataset.testid = "empty-folder";
+            empty.textContent = "No mail here. New messages appear without reloading.";
+            table.after(empty);
+          }
+        }
+        if (said.length > 0) announce(said.join("; "));
       } catch (e) {
         // Offline for a moment: the next tick tries again.
       } finally {

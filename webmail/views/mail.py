@@ -140,9 +140,12 @@ def label(request: AuthedRequest, label_id: int) -> HttpResponse:
 def folder_updates(request: AuthedRequest, folder: str) -> HttpResponse:
     """Rows that arrived after ``after`` (a row cursor), for an open list polling for new mail.
 
-    The inbox's unread count comes back in the ``X-Unread-Count`` header.
+    ``shown`` lists the ids of the rows the list shows: those that have left the folder since
+    (a spam verdict hid them, they were moved or deleted) come back in ``X-Gone``, those their
+    sender withdrew in ``X-Withdrawn``. The inbox's unread count comes back in ``X-Unread-Count``.
     """
     entries = selectors.entries_newer_than(user=request.user, folder=folder, after=request.GET.get("after", ""))
+    changes = selectors.shown_changes(user=request.user, folder=folder, entry_ids=_shown_ids(request))
     _with_sender_names(entries)
     response = render(
         request,
@@ -150,8 +153,16 @@ def folder_updates(request: AuthedRequest, folder: str) -> HttpResponse:
         {"entries": entries, "next_url": reverse("webmail:folder", args=[folder]), "folder": folder},
     )
     response["X-Unread-Count"] = unread_badge(selectors.unread_counts(user=request.user)[Folder.INBOX])
+    response["X-Gone"] = ",".join(map(str, changes.gone))
+    response["X-Withdrawn"] = ",".join(map(str, changes.withdrawn))
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _shown_ids(request: HttpRequest) -> list[int]:
+    """The ``shown`` row ids of a poll (comma-separated); anything that is not an id is ignored."""
+    raw = request.GET.get("shown", "")[:4000]
+    return [int(part) for part in raw.split(",")[: selectors.SHOWN_CAP] if part.isdigit() and len(part) < 19]
 
 
 @login_required
