@@ -465,6 +465,9 @@ PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 600
 # at least two reports make up this share of the local users who opened or reported it.
 PUSHMAIL_SPAM_REPORTS = env_int("PUSHMAIL_SPAM_REPORTS", 3)
 PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
+# ...and never when the reports are fewer than this share of those readers: mail most of its
+# readers open without complaint is not hidden from everyone by the few who report it.
+PUSHMAIL_SPAM_MIN_SHARE = float(os.environ.get("PUSHMAIL_SPAM_MIN_SHARE", "0.05"))
 # Origin side of spam feedback (docs/protocol.md §5.8): a local sender is paused when the complaints
 # received for their mail pass this share of their last PUSHMAIL_COMPLAINT_WINDOW recipients (a
 # sender with fewer recipients is counted as if they had that many), or reach

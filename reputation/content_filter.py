@@ -422,7 +422,7 @@ def reconsider(*, remote_id: int) -> str:
     # The readers' reports on its campaign, weighed by trust as reputation.spam weighs them.
     tally = trust.tally(campaign_id=campaigns.campaign_id_of(remote), origin=remote.origin_domain)
     reports, readers = tally.spam_reporters, tally.readers
-    if not reports or not _reaches(tally.weight + settings.RSPAMD_SUSPECT_WEIGHT, readers):
+    if not reports or not trust.reaches(tally.weight + settings.RSPAMD_SUSPECT_WEIGHT, readers):
         return ""
     people = "1 person" if reports == 1 else f"{reports} people"
     reason = (
@@ -436,13 +436,6 @@ def reconsider(*, remote_id: int) -> str:
     suspect.save(update_fields=["decision"])
     queue_fuzzy(remote_id=remote_id)
     return reason
-
-
-def _reaches(reports: float, readers: int) -> bool:
-    """The readers' thresholds (reputation.trust.Tally), for a weight that may hold a fraction of a report."""
-    if reports >= settings.PUSHMAIL_SPAM_REPORTS:
-        return True
-    return reports >= 2 and reports >= settings.PUSHMAIL_SPAM_RATIO * readers
 
 
 def hide_as_spam(*, remote_id: int, reason: str) -> int:

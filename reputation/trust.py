@@ -33,6 +33,12 @@ a message alone is a campaign of one):
    fifty others read and answer; and five of a spammer's accounts saying "Not spam"
    do not stop what three trusted readers reported.
 
+5. **Silence counts too**: whichever threshold it reaches, the weighted count must
+   also be at least ``PUSHMAIL_SPAM_MIN_SHARE`` [0.05] of those readers. Mail that
+   hundreds open without complaint (a newsletter, a school's letter to parents) is
+   not hidden from everyone by the few who report it, while a spam run, which
+   most of its first readers report, is judged after a handful of opens.
+
 Cheap by construction: :func:`tally` is six aggregate queries whatever the
 reporters' history (reports in the campaign, the spam reporters' ages, their
 records, the "not spam" reporters' correspondents, the answering readers, the
@@ -79,10 +85,16 @@ class Tally:
         return self.spam_weight - self.not_spam_weight - ANSWERED_WEIGHT * self.answering_readers
 
     def reaches_threshold(self) -> bool:
-        weight = self.weight
-        if weight >= settings.PUSHMAIL_SPAM_REPORTS:
-            return True
-        return weight >= 2 and weight >= settings.PUSHMAIL_SPAM_RATIO * self.readers
+        return reaches(self.weight, self.readers)
+
+
+def reaches(weight: float, readers: int) -> bool:
+    """Rules 4 and 5: does a weighted count of reports judge mail that ``readers`` opened or reported?"""
+    if weight < settings.PUSHMAIL_SPAM_MIN_SHARE * readers:
+        return False  # most who opened it did not complain
+    if weight >= settings.PUSHMAIL_SPAM_REPORTS:
+        return True
+    return weight >= 2 and weight >= settings.PUSHMAIL_SPAM_RATIO * readers
 
 
 def tally(*, campaign_id: int, origin: str) -> Tally:

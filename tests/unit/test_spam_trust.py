@@ -228,3 +228,32 @@ def test_weighing_costs_the_same_few_queries_whatever_the_reporters_history(
     with django_assert_max_num_queries(6):
         tally = trust.tally(campaign_id=campaign_id, origin="peer.test")
     assert tally.spam_reporters == 2 and tally.readers == 5
+
+
+def test_mail_hundreds_read_without_complaint_is_not_hidden_by_the_few_who_report_it(
+    local_domain: Domain, peer: FakePeer
+) -> None:
+    """A newsletter nobody here answers: 200 readers open it and say nothing; 5 trusted readers report it."""
+    readers = accounts(local_domain, "reader", 200)
+    reporters = accounts(local_domain, "reporter", 5)
+    unread = accounts(local_domain, "later", 20)
+    letter = receive(peer, readers + reporters + unread, sender=NEWS, subject="This month at the library")
+    opened(readers + reporters, letter)
+
+    assert report(reporters, letter) is False
+
+    assert not SpamVerdict.objects.exists()
+    assert in_inbox(unread, letter) == 20
+
+
+def test_the_same_reports_judge_mail_few_have_opened(local_domain: Domain, peer: FakePeer) -> None:
+    """The share of silent readers is what spares the newsletter: 5 reports among 20 readers judge it."""
+    readers = accounts(local_domain, "reader", 15)
+    reporters = accounts(local_domain, "reporter", 5)
+    unread = accounts(local_domain, "later", 20)
+    letter = receive(peer, readers + reporters + unread, sender=NEWS, subject="This month at the library")
+    opened(readers + reporters, letter)
+
+    assert report(reporters, letter) is True
+
+    assert in_inbox(unread, letter) == 0
