@@ -119,6 +119,9 @@ _SIG_TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
 
 def check_dkim(raw: bytes) -> list[DkimResult]:
     """One result per DKIM-Signature (at most 5 checked), or [none] when the message has none."""
+    end = raw.find(b"\r\n\r\n")
+    if b"dkim-signature:" not in raw[: end if end >= 0 else len(raw)].lower():
+        return [DkimResult("none")]  # without parsing (and copying) a message that has no signature
     verifier = dkim.DKIM(raw)
     count = sum(1 for name, _value in verifier.headers if name.lower() == b"dkim-signature")
     if not count:
@@ -219,7 +222,10 @@ class AuthResults:
 
     def header_value(self, authserv_id: str) -> str:
         """The Authentication-Results value (RFC 8601), folded one method a line."""
-        spf_property = f"smtp.mailfrom={self.mail_from}" if self.mail_from else f"smtp.helo={self.helo}"
+        # Both come from the client: only characters a header property may hold are written.
+        spf_property = (
+            f"smtp.mailfrom={safe_token(self.mail_from)}" if self.mail_from else f"smtp.helo={safe_token(self.helo)}"
+        )
         parts = [authserv_id, f"spf={self.spf} {spf_property}"]
         for signature in self.dkim:
             if signature.result == "none":

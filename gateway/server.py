@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 _ENVELOPE_ADDRESS = re.compile(r"[^\s<>()\[\]\\,;:\"@\x00-\x1f\x7f]{1,64}@[A-Za-z0-9.\-\u0080-\uffff]{1,253}")
 
 
+NULL_SENDER = "<>"
+
+
 class ClientLimits:
     """Connections open and messages a minute, per client address (one event loop: no locking)."""
 
@@ -142,7 +145,8 @@ class InboundHandler:
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
-        if address and not _ENVELOPE_ADDRESS.fullmatch(address):
+        # The null sender of bounces and other notices: aiosmtpd hands it over, and keeps it, as "<>".
+        if address != NULL_SENDER and not _ENVELOPE_ADDRESS.fullmatch(address):
             return "501 5.1.7 Bad sender address syntax"
         client = _peer_ip(session)
         if not self.limits.message(client):
@@ -174,7 +178,7 @@ class InboundHandler:
         checked = services.Envelope(
             client_ip=_peer_ip(session),
             helo=session.host_name or "",
-            mail_from=envelope.mail_from or "",
+            mail_from="" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or ""),
             recipients=list(envelope.rcpt_tos),
             tls=session.ssl is not None,
         )

@@ -250,9 +250,11 @@ def _trace_headers(envelope: Envelope, results: str, authserv_id: str) -> bytes:
 
 def _without_forged_results(raw: bytes, authserv_id: str) -> bytes:
     """``raw`` without Authentication-Results fields that claim to be ours (RFC 8601 §5)."""
-    head, separator, body = raw.partition(b"\r\n\r\n")
-    if not separator or b"authentication-results" not in head.lower():
+    end = raw.find(b"\r\n\r\n")
+    # Only the header is looked at (and copied): the body may be tens of megabytes.
+    if end < 0 or b"authentication-results" not in raw[:end].lower():
         return raw
+    head, separator, body = raw[:end], b"\r\n\r\n", memoryview(raw)[end + 4 :]
     fields: list[bytes] = []
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
@@ -270,7 +272,7 @@ def _without_forged_results(raw: bytes, authserv_id: str) -> bytes:
     ]
     if len(kept) == len(fields):
         return raw
-    return b"\r\n".join(kept) + separator + body
+    return b"".join([b"\r\n".join(kept), separator, body])
 
 
 class _Chain(io.RawIOBase):

@@ -308,6 +308,8 @@ def test_a_message_arrives_in_bobs_inbox_readable_searchable_and_downloadable(
     page = client.get(f"/mail/entry/{entry.pk}/")
     assert page.status_code == 200
     assert b"report.pdf" in page.content and b"notes.txt" in page.content
+    assert b"Received by ordinary email (SMTP)" in page.content
+    assert b"spf=pass smtp.mailfrom=alice@example.org" in page.content
     frame = client.get(f"/mail/entry/{entry.pk}/html/")
     assert b"<b>Bob</b>" in frame.content and b"<script>" not in frame.content
     first = client.get(f"/mail/entry/{entry.pk}/attachments/0/")
@@ -432,3 +434,16 @@ def test_a_full_mailbox_gets_452_at_rcpt_and_a_message_that_does_not_fit_552(
         code, text = client.rcpt(BOB)
     assert (code, text[:5]) == (452, b"4.2.2")
     assert RemoteMessage.objects.count() == 1
+
+
+def test_a_bounce_from_the_null_sender_is_taken_and_the_helo_name_cannot_add_a_result(
+    gateway: GatewayController,
+) -> None:
+    with smtplib.SMTP("127.0.0.1", gateway.port, local_hostname="mx.example.org;dmarc=pass", timeout=30) as client:
+        client.ehlo()
+        assert client.mail("")[0] == 250
+        assert client.rcpt(BOB)[0] == 250
+        assert client.data(_raw(_message(sender="mailer-daemon@example.org")))[0] == 250
+    results = RemoteMessage.objects.get().authentication_results
+    assert "smtp.helo=mx.example.orgdmarc=pass" in results
+    assert results.count(";") == 3  # spf, dkim, dmarc: no method added by the client
