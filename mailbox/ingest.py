@@ -279,7 +279,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
             # Nothing here expires: the message is this instance's to keep, like mail sent from it.
             expires_at=now,
             local_domain=domain_of(users[0].email),
-            state=FetchState.FETCHED,
+            state=states.SMTP_MESSAGE_START,
             content=content,
             fetched_at=now,
             raw=delivery.raw,
