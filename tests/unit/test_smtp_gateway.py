@@ -23,6 +23,8 @@ from attachments.models import Blob
 from gateway import services
 from gateway.server import ClientLimits, GatewayController
 from mailbox.models import Folder, InboxEntry, RemoteMessage, Transport
+from mailbox.replies import reply_to_entry
+from mailbox.search import parse_query, search_entries
 from tests.factories import DomainFactory, MailboxFactory
 from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port, self_signed
 
@@ -315,8 +317,13 @@ def test_a_message_arrives_in_bobs_inbox_readable_searchable_and_downloadable(
     first = client.get(f"/mail/entry/{entry.pk}/attachments/0/")
     assert b"".join(first.streaming_content) == b"%PDF-1.4 quarterly"  # type: ignore[attr-defined]
     assert Blob.objects.filter(size=len(b"%PDF-1.4 quarterly")).count() == 1
-    found = client.get("/search/?q=quarterly")
-    assert found.status_code == 200
+    # Found by words of its body and by an attachment's name, as fetched mail is.
+    assert list(search_entries(user=bob, query=parse_query("words"))) == [entry]
+    assert list(search_entries(user=bob, query=parse_query("report"))) == [entry]
+    # Reply quotes it and answers its sender, in its conversation.
+    draft = reply_to_entry(owner=bob, entry=entry).draft
+    assert (draft.to, draft.subject, draft.in_reply_to) == ("alice@example.org", "Re: Hello Bob", "<first@example.org>")
+    assert "> Plain words." in draft.text
     eml = client.get(f"/mail/entry/{entry.pk}/eml/")
     raw = b"".join(eml.streaming_content)  # type: ignore[attr-defined]
     assert raw.startswith(b"Authentication-Results: mx.alpha.test;")
