@@ -19,7 +19,7 @@ import io
 import re
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -231,8 +231,9 @@ def _fallback_sender(envelope: Envelope) -> str:
 
 
 def _sane_date(date: datetime | None) -> datetime:
+    """The Date header, unless it is missing or absurd (before 1970, or more than a day ahead)."""
     now = timezone.now()
-    if date is None or date.year < 1970 or date > now + (now - now.replace(year=now.year - 1)):
+    if date is None or date.year < 1970 or date > now + timedelta(days=1):
         return now
     return date
 
