@@ -29,6 +29,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from accounts.validators import normalize_address
+
 from . import services
 
 __all__ = ["ClientLimits", "GatewayController", "InboundHandler", "listen_address", "tls_context"]
@@ -165,7 +167,7 @@ class InboundHandler:
             return "501 5.1.3 Bad recipient address syntax"
         reply = await self._run(services.recipient_reply, address=address, accepted=len(envelope.rcpt_tos))
         if reply.ok:
-            envelope.rcpt_tos.append(address.lower())
+            envelope.rcpt_tos.append(normalize_address(address))  # as the mailbox is found by it
             envelope.rcpt_options.extend(rcpt_options)
         return str(reply)
 

@@ -454,3 +454,11 @@ def test_a_bounce_from_the_null_sender_is_taken_and_the_helo_name_cannot_add_a_r
     results = RemoteMessage.objects.get().authentication_results
     assert "smtp.helo=mx.example.orgdmarc=pass" in results
     assert results.count(";") == 3  # spf, dkim, dmarc: no method added by the client
+
+
+def test_a_recipient_in_capitals_reaches_the_mailbox(gateway: GatewayController, bob: User) -> None:
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        assert client.rcpt("Bob@ALPHA.test")[0] == 250
+        assert client.data(_raw(_message()))[0] == 250
+    assert InboxEntry.objects.get().owner == bob
