@@ -291,12 +291,18 @@ def purge_unused_blobs(*, grace: timedelta = timedelta(days=1), limit: int = 500
     """Delete stored files nothing uses any more; return how many.
 
     Unused means: no sent message and no draft attaches it, no received message's
-    fetch stored it or its manifest names it, and it was not uploaded or fetched again for ``grace``
+    fetch stored it or its manifest names it, no message received by SMTP is it, and it was
+    not uploaded or fetched again for ``grace``
     (an upload is stored before its draft row exists). The row goes first, the
     file after commit, so a file is never missing under a row.
     """
     cutoff = timezone.now() - grace
-    unused = {"message_uses__isnull": True, "draft_uses__isnull": True, "received_uses__isnull": True}
+    unused = {
+        "message_uses__isnull": True,
+        "draft_uses__isnull": True,
+        "received_uses__isnull": True,
+        "smtp_raw_uses__isnull": True,  # a message received by SMTP, kept whole for its .eml
+    }
     candidates = Blob.objects.filter(last_stored_at__lt=cutoff, **unused).values_list("pk", "sha256", "file")[:limit]
     purged = 0
     for pk, sha256, name in candidates:

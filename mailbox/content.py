@@ -125,6 +125,15 @@ class ReadableContent:
         return None
 
     @cached_property
+    def original(self) -> Blob | None:
+        """A message received by SMTP as it arrived, with this instance's trace headers; None for
+        any other message, and while the reader may not see it (the .eml download serves it)."""
+        remote = self.entry.remote
+        if self.hidden or self.notice or remote is None or remote.raw_id is None:
+            return None
+        return remote.raw
+
+    @cached_property
     def attachments(self) -> list[ReadableAttachment]:
         """The attachments this reader may see, in manifest order; [] while hidden. One query."""
         entry = self.entry

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import FetchPolicy, User
 from accounts.validators import domain_of
+from attachments.models import Blob
 from federation import discovery, payloads
 from federation.inbound import ConflictingNotification, RecipientResult
 from outbox.models import Message
 from pushmail_site.jobs import lock
 
 from . import search, spam, states
+from .attachment_states import AttachmentFetchState
 from .fetching import request_fetch
-from .models import FetchState, Folder, InboxEntry, RemoteMessage
+from .models import FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
 from .threads import thread_key
 
 log = logging.getLogger(__name__)
@@ -189,6 +195,121 @@ def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:
     """
     on_notify = any(user.effective_fetch_policy == FetchPolicy.ON_NOTIFY for user in users)
     return on_notify and remote.state == FetchState.NOTIFIED and not remote.spam_verdict
+
+
+# --- Mail pushed whole by SMTP (the gateway app parses and checks it) -------------------
+
+
+@dataclass(frozen=True)
+class SmtpAttachment:
+    """One attachment of a message received by SMTP, its bytes already stored once."""
+
+    name: str
+    content_type: str
+    blob: Blob
+
+
+@dataclass(frozen=True)
+class SmtpDelivery:
+    """A message received by SMTP, parsed: what its readers see, and how it arrived.
+
+    Addresses are normalized, ids and text fit the body schema (docs/protocol.md §4.1):
+    the gateway cleans them, and :func:`accept_smtp_message` checks them again.
+    """
+
+    origin_domain: str
+    message_id: str
+    sender: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: datetime
+    text: str
+    html: str | None
+    in_reply_to: str
+    references: list[str]
+    raw: Blob
+    authentication_results: str
+    attachments: list[SmtpAttachment] = field(default_factory=list)
+    #: Why the message goes to Spam at once (a DMARC quarantine policy), or "".
+    spam_reason: str = ""
+
+
+def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteMessage:
+    """Store a message received by SMTP for ``users`` (active mailboxes here) and return its row.
+
+    Its body is here already, so the message starts ``fetched``: it reads,
+    searches, threads and downloads like one fetched from another instance.
+    Attachments are recorded as fetched with their stored bytes. Run inside the
+    caller's transaction: the SMTP answer 250 comes only after the commit.
+    Raises PayloadError when the body does not fit the schema (nothing stored).
+    """
+    global_id = uuid.uuid4()
+    manifest = [
+        {"name": a.name, "type": a.content_type, "size": a.blob.size, "digest": a.blob.digest}
+        for a in delivery.attachments
+    ]
+    content = payloads.canonical_body(
+        global_id=global_id,
+        message_id=delivery.message_id,
+        sender=delivery.sender,
+        to=delivery.to,
+        cc=delivery.cc,
+        subject=delivery.subject,
+        date=delivery.date,
+        text=delivery.text,
+        html=delivery.html,
+        in_reply_to=delivery.in_reply_to,
+        references=delivery.references,
+        attachments=manifest,
+    )
+    payloads.check_body(content)
+    now = timezone.now()
+    with transaction.atomic():
+        remote = RemoteMessage.objects.create(
+            origin_domain=delivery.origin_domain,
+            global_id=global_id,
+            transport=Transport.SMTP,
+            message_id=delivery.message_id,
+            sender=delivery.sender,
+            subject=delivery.subject,
+            date=delivery.date,
+            size=delivery.raw.size,
+            digest=payloads.digest(content),
+            in_reply_to=delivery.in_reply_to,
+            references=delivery.references,
+            attachments=manifest,
+            # Nothing here expires: the message is this instance's to keep, like mail sent from it.
+            expires_at=now,
+            local_domain=domain_of(users[0].email),
+            state=states.SMTP_MESSAGE_START,
+            content=content,
+            fetched_at=now,
+            raw=delivery.raw,
+            authentication_results=delivery.authentication_results,
+            spam_verdict=delivery.spam_reason[:300],
+        )
+        if not delivery.spam_reason:
+            # Its campaign, its sender's and origin's standing here, as for a notification.
+            spam.classify_new(remote, recipients=[user.email for user in users])
+        ReceivedAttachment.objects.bulk_create(
+            [
+                ReceivedAttachment(
+                    remote=remote,
+                    position=position,
+                    state=AttachmentFetchState.FETCHED,
+                    blob=attachment.blob,
+                    fetched_at=now,
+                )
+                for position, attachment in enumerate(delivery.attachments)
+            ]
+        )
+        _add_entries(remote, users)  # indexes the body for search too
+        if delivery.spam_reason:
+            # Every copy to Spam, known correspondent or not: a failed DMARC check means the
+            # From may be forged. Put back in the Inbox if the verdict is lifted, like any verdict.
+            InboxEntry.objects.filter(remote=remote).update(folder=Folder.SPAM, hidden_from=Folder.INBOX, read=True)
+    return remote
 
 
 # --- Mail between mailboxes of this instance, and system notices ------------------------

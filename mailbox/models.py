@@ -50,11 +50,21 @@ class Folder(models.TextChoices):
     TRASH = "trash", "Trash"
 
 
+class Transport(models.TextChoices):
+    """How a received message came: notified by a Pushmail instance, or pushed whole by SMTP."""
+
+    PUSHMAIL = "pushmail", "Pushmail"
+    SMTP = "smtp", "SMTP"
+
+
 class RemoteMessage(models.Model):
-    """A message held at another instance, known here from its notification.
+    """A message held at another instance, known here from its notification, or one received by SMTP.
 
     One row per (origin domain, global id) for the whole instance: the body is
-    fetched and stored once, whichever local reader opens it first.
+    fetched and stored once, whichever local reader opens it first. A message
+    received by SMTP (``transport`` "smtp") arrives whole: it is stored
+    ``fetched`` with its body, attachments and raw bytes at once, under a
+    global id of this instance's making, and no instance can withdraw it.
     """
 
     origin_domain = models.CharField(max_length=253)
@@ -85,6 +95,18 @@ class RemoteMessage(models.Model):
         max_length=300,
         blank=True,
         help_text="Why this instance judged the message spam (the reputation app decides); empty while it has not.",
+    )
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.PUSHMAIL)
+    raw = models.ForeignKey(
+        "attachments.Blob",
+        on_delete=models.PROTECT,
+        related_name="smtp_raw_uses",
+        null=True,
+        blank=True,
+        help_text="SMTP only: the message as received, with this instance's trace headers (the .eml download).",
+    )
+    authentication_results = models.TextField(
+        blank=True, help_text="SMTP only: the SPF, DKIM and DMARC results (RFC 8601) recorded on arrival."
     )
 
     class Meta:

@@ -1,6 +1,6 @@
 """Recipient side: the writes other apps and the views call, by concern.
 
-- mail arriving in inboxes (notifications, local mail, notices): mailbox.ingest
+- mail arriving in inboxes (notifications, mail received by SMTP, local mail, notices): mailbox.ingest
 - pulling bodies on read, retries and sweeps: mailbox.fetching
 - withdrawals reaching inboxes: mailbox.withdrawals
 - folders, labels and Trash: mailbox.folders
@@ -23,7 +23,10 @@ from .fetching import (
 from .ingest import (
     ConflictingNotification,
     RecipientResult,
+    SmtpAttachment,
+    SmtpDelivery,
     accept_notification,
+    accept_smtp_message,
     deliver_local_entries,
     post_notice,
 )
@@ -33,8 +36,11 @@ from .withdrawals import WithdrawalResult, accept_withdrawal, withdraw_local_ent
 __all__ = [
     "ConflictingNotification",
     "RecipientResult",
+    "SmtpAttachment",
+    "SmtpDelivery",
     "WithdrawalResult",
     "accept_notification",
+    "accept_smtp_message",
     "accept_withdrawal",
     "deliver_local_entries",
     "expire_unfetched",

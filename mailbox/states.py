@@ -92,6 +92,9 @@ ENTRY = StateGraph(
 LOCAL_ENTRY_START = EntryState.FETCHED
 #: A system message, such as a delivery-failure notice.
 NOTICE_ENTRY_START = EntryState.NOTICE
+#: A message received by SMTP (the gateway app): it arrives whole, so it starts with its body
+#: here, and its entries start in its state. Nothing moves it after (no instance can withdraw it).
+SMTP_MESSAGE_START = FetchState.FETCHED
 
 
 def remote_entry_start(remote: RemoteMessage) -> str:

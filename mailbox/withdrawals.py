@@ -14,7 +14,7 @@ from pushmail_site.jobs import lock
 from pushmail_site.states import transition, transition_rows
 
 from . import search
-from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+from .models import EntryState, FetchState, InboxEntry, RemoteMessage, Transport
 from .states import ENTRY, FETCH
 
 
@@ -23,7 +23,8 @@ def accept_withdrawal(*, origin: str, withdrawal: payloads.Withdrawal) -> Withdr
     with transaction.atomic():
         remote = (
             lock(RemoteMessage.objects.all(), skip_locked=False)
-            .filter(origin_domain=origin, global_id=withdrawal.global_id)
+            # Mail received by SMTP is this instance's to keep: no instance withdraws it.
+            .filter(origin_domain=origin, global_id=withdrawal.global_id, transport=Transport.PUSHMAIL)
             .first()
         )
         if remote is None:

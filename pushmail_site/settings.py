@@ -142,6 +142,7 @@ INSTALLED_APPS = [
     "mailbox",
     "reputation",
     "attachments",
+    "gateway",
     "webmail",
 ]
 
@@ -510,6 +511,21 @@ PUSHMAIL_REPUTATION_REFUSE_BELOW = float(os.environ.get("PUSHMAIL_REPUTATION_REF
 PUSHMAIL_REPUTATION_MIN_REPORTS = env_int("PUSHMAIL_REPUTATION_MIN_REPORTS", 5)
 # An origin unreachable this long while holding unopened mail for local users is flagged as gone.
 PUSHMAIL_ORIGIN_GONE_AFTER_HOURS = float(os.environ.get("PUSHMAIL_ORIGIN_GONE_AFTER_HOURS", "24"))
+# The SMTP gateway (gateway/, `manage.py smtpd`): ordinary email in from any mail server.
+PUSHMAIL_SMTP_LISTEN = os.environ.get("PUSHMAIL_SMTP_LISTEN", "127.0.0.1:2525")
+# The name the gateway greets with and signs its Authentication-Results with (default: the base URL's host).
+PUSHMAIL_SMTP_HOSTNAME = os.environ.get("PUSHMAIL_SMTP_HOSTNAME", "")
+# The largest message taken (the SIZE extension announces it; more is refused 552).
+PUSHMAIL_SMTP_MAX_BYTES = env_int("PUSHMAIL_SMTP_MAX_BYTES", 35 * 1024 * 1024)
+# STARTTLS is offered when both are set (PEM files).
+PUSHMAIL_SMTP_TLS_CERT = os.environ.get("PUSHMAIL_SMTP_TLS_CERT", "")
+PUSHMAIL_SMTP_TLS_KEY = os.environ.get("PUSHMAIL_SMTP_TLS_KEY", "")
+# Per client address: connections open at once (more get 421), and messages a minute (more get 450).
+PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env_int("PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 20)
+PUSHMAIL_SMTP_MESSAGES_PER_MINUTE = env_int("PUSHMAIL_SMTP_MESSAGES_PER_MINUTE", 600)
+# The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
+PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
+PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

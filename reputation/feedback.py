@@ -20,6 +20,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from federation import client, discovery, payloads
+from mailbox.models import RemoteMessage, Transport
 from outbox.states import retry_delay, retry_window
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
@@ -69,7 +70,12 @@ def queue_feedback(*, remote_ids: Iterable[int], verdict: str) -> list[int]:
     nothing else), and always dated after it, so the origin applies the two in order
     whichever arrives first. Returns the reports queued.
     """
-    ids = list(dict.fromkeys(remote_ids))
+    # Only a Pushmail origin has a reports endpoint: mail that came by SMTP has no one to tell.
+    ids = list(
+        RemoteMessage.objects.filter(pk__in=list(dict.fromkeys(remote_ids)), transport=Transport.PUSHMAIL)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
     now = timezone.now().replace(microsecond=0)  # the wire has whole seconds
     when: dict[int, datetime] = dict.fromkeys(ids, now)
     if verdict == FeedbackVerdict.OVERTURNED:

@@ -14,7 +14,17 @@ from importlinter.cli import lint_imports
 from pushmail_site.hooks import Hook
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ["accounts", "attachments", "federation", "mailbox", "outbox", "pushmail_site", "reputation", "webmail"]
+APPS = [
+    "accounts",
+    "attachments",
+    "federation",
+    "gateway",
+    "mailbox",
+    "outbox",
+    "pushmail_site",
+    "reputation",
+    "webmail",
+]
 
 
 def _modules() -> list[str]:

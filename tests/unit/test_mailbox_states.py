@@ -93,6 +93,7 @@ def test_entry_rules_match_the_doc() -> None:
     assert rules["new, for mail from another instance"] == "its message's state"
     assert rules["new, for mail between mailboxes of one instance"] == f"`{states.LOCAL_ENTRY_START}`"
     assert rules["new, a system notice"].startswith(f"`{states.NOTICE_ENTRY_START}`")
+    assert rules["new, for mail received by SMTP"].startswith(f"`{states.SMTP_MESSAGE_START}`")
     assert states.ENTRY.by_value[EntryState.NOTICE].terminal
     assert rules["not opened by its owner"] == "its message's new state"
     assert rules["opened by its owner (so `fetched`)"].startswith("`fetched`")

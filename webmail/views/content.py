@@ -15,7 +15,8 @@ from typing import Any, Literal, cast
 
 import nh3
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -82,7 +83,7 @@ def _frame(request: AuthedRequest, html: str, *, allow_remote: bool) -> HttpResp
     return response
 
 
-def _private(response: HttpResponse) -> None:
+def _private(response: HttpResponseBase) -> None:
     response["X-Content-Type-Options"] = "nosniff"
     response["Referrer-Policy"] = "no-referrer"
     response["Cache-Control"] = "private, no-cache"
@@ -192,11 +193,20 @@ def _eml_response(source: EmlSource) -> HttpResponse:
 
 @login_required
 @require_GET
-def entry_eml(request: AuthedRequest, entry_id: int) -> HttpResponse:
-    """The entry as an .eml file (attachments held here included, others listed)."""
+def entry_eml(request: AuthedRequest, entry_id: int) -> HttpResponseBase:
+    """The entry as an .eml file (attachments held here included, others listed).
+
+    A message received by SMTP is given as it arrived, with the headers this instance added.
+    """
     entry = _entry(request, entry_id)
     content = readable_content_for(entry=entry)
     body = _entry_body(entry, content)
+    if content.original is not None:
+        response = FileResponse(content.original.file.open("rb"), content_type="message/rfc822")
+        response["Content-Disposition"] = content_disposition_header(True, eml_filename(entry.subject))
+        response["Content-Security-Policy"] = INERT_CSP
+        _private(response)
+        return response
     source = EmlSource(
         sender=entry.sender,
         to=list(body.get("to") or []),

@@ -1,0 +1,184 @@
+"""Inbound SMTP: messages a second through the gateway against Postfix delivering to a Maildir.
+
+In one run, on the same machine:
+
+1. ``manage.py smtpd`` of one instance (PostgreSQL), with a DNS server on loopback
+   answering its SPF, DKIM and DMARC questions (records for the sender's domain);
+   ``smtp-source`` (from Debian's postfix package) sends N messages of SIZE bytes over
+   SESSIONS parallel sessions, one message per connection; timed from the first
+   connection until smtp-source exits (the gateway answers 250 only after the commit,
+   so every message is stored by then; the script checks the count in the database).
+2. bench/postfix_baseline.sh: the same load from smtp-source to a private Postfix,
+   timed until the last message is in the recipient's Maildir/new.
+3. Memory: the gateway's peak RSS (VmHWM) before and after it receives one 25 MB message.
+
+Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10]``.
+Prints JSON lines and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import smtplib
+import subprocess
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+from bench.common import PRODUCTION_ENV, ROOT, create_mailboxes_code, emit, log, machine, server_backend, table
+from tests.smtp_support import dns_server, free_port
+from tools.cluster import PYTHON, Instance
+
+HOSTED = "alpha.test"
+BOB = f"bob@{HOSTED}"
+SENDER = "sender@example.org"
+
+
+def _vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _stored(inst: Instance) -> int:
+    code = "from mailbox.models import InboxEntry; print(InboxEntry.objects.count())"
+    return int(inst.shell(code).split()[-1])
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                client.noop()
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"the gateway did not answer on {port}")
+
+
+def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size: int) -> dict[str, object]:
+    before = _stored(inst)
+    start = time.monotonic()
+    result = subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
+        + ["-f", SENDER, "-t", BOB, "-M", "mail.example.org", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    seconds = time.monotonic() - start
+    stored = _stored(inst) - before
+    if result.returncode != 0 or stored != messages:
+        log("smtp-source:", result.returncode, result.stdout[-500:], result.stderr[-1500:])
+    return {
+        "tool": "pushmail-smtpd",
+        "messages": messages,
+        "stored": stored,
+        "seconds": round(seconds, 3),
+        "messages_per_second": round(stored / seconds, 1),
+        "size_bytes": size,
+        "sessions": sessions,
+    }
+
+
+def postfix_run(*, messages: int, sessions: int, size: int) -> dict[str, object]:
+    env = {**os.environ, "N": str(messages), "SESSIONS": str(sessions), "SIZE": str(size)}
+    env["POSTFIX_PORT"] = str(free_port())
+    result = subprocess.run(
+        ["bash", str(ROOT / "bench" / "postfix_baseline.sh")], capture_output=True, text=True, timeout=1800, env=env
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return {"tool": "postfix", "error": (result.stderr or result.stdout)[-2000:], "rc": result.returncode}
+    return dict(json.loads(lines[-1]))
+
+
+def memory_run(pid: int, port: int, *, megabytes: int) -> dict[str, object]:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SENDER, BOB, "A large file"
+    msg.set_content("See the attachment.")
+    msg.add_attachment(os.urandom(megabytes * 1024 * 1024 * 3 // 4), maintype="application", subtype="octet-stream")
+    raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    rss_before, peak_before = _vm(pid, "VmRSS"), _vm(pid, "VmHWM")
+    start = time.monotonic()
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="mail.example.org", timeout=300) as client:
+        client.sendmail(SENDER, [BOB], raw)
+    return {
+        "tool": "pushmail-smtpd-memory",
+        "message_bytes": len(raw),
+        "seconds": round(time.monotonic() - start, 3),
+        "rss_before_bytes": rss_before,
+        "peak_rss_before_bytes": peak_before,
+        "peak_rss_after_bytes": _vm(pid, "VmHWM"),
+        "peak_growth_per_message_byte": round((_vm(pid, "VmHWM") - peak_before) / len(raw), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument("--large-mb", type=int, default=25)
+    args = parser.parse_args()
+
+    data = ROOT / "var" / "bench-smtp"
+    inst = Instance(name="smtpbench", domains=[HOSTED], data_dir=data, backend=server_backend())
+    inst.extra_env = dict(PRODUCTION_ENV)
+    log("setting up the instance")
+    inst.setup()
+    inst.shell(create_mailboxes_code([BOB]))
+    port = free_port()
+    records: list[dict[str, object]] = []
+    with dns_server() as (zone, resolver):
+        zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+        zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
+        env = {
+            **inst.env(),
+            "PUSHMAIL_DNS_RESOLVER": resolver,
+            "PUSHMAIL_SMTP_HOSTNAME": "mx.alpha.test",
+            "PUSHMAIL_SMTP_MESSAGES_PER_MINUTE": str(args.messages * 10),
+            "PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT": str(args.sessions * 2),
+        }
+        with open(data / "smtpd.log", "ab") as out:
+            gateway = subprocess.Popen(
+                [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_port(port)
+            log("warm-up: 50 messages")
+            gateway_run(inst, port, messages=50, sessions=args.sessions, size=args.size)
+            log(f"gateway: {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
+            records.append(gateway_run(inst, port, messages=args.messages, sessions=args.sessions, size=args.size))
+            log(f"memory: one {args.large_mb} MB message")
+            records.append(memory_run(gateway.pid, port, megabytes=args.large_mb))
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+    log("postfix: the same load to a Maildir")
+    records.append(postfix_run(messages=args.messages, sessions=args.sessions, size=args.size))
+    emit({"machine": machine()})
+    for record in records:
+        emit(record)
+    rates = {str(r["tool"]): r.get("messages_per_second") for r in records}
+    print(
+        table(
+            ["receiver", "messages/s"],
+            [[name, rate] for name, rate in rates.items() if rate is not None],
+        )
+    )
+    gateway_rate, postfix_rate = rates.get("pushmail-smtpd"), rates.get("postfix")
+    if isinstance(gateway_rate, float) and isinstance(postfix_rate, float) and postfix_rate:
+        print(f"gateway / postfix: {gateway_rate / postfix_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

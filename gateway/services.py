@@ -1,0 +1,296 @@
+"""Mail received by SMTP: which recipients are taken, and the message checked, stored and answered.
+
+The SMTP server (gateway.server) asks these synchronous functions, in a worker
+thread, for the answer to each RCPT TO and DATA. :func:`receive_message`
+answers 250 only once the message's rows are committed: the row is the truth,
+so a crash before the answer loses nothing that was acknowledged (the sending
+server retries what it was not told was taken).
+
+The spam checks of the reputation app apply through the mailbox: the message
+becomes a ``RemoteMessage`` (transport "smtp") like one notified by another
+instance, so what judges new mail judges this too; its row carries the
+Authentication-Results for those checks to read.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import re
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlparse
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from accounts.models import User
+from accounts.validators import domain_of, normalize_address
+from attachments import services as attachment_services
+from attachments.models import Blob
+from federation import discovery, payloads
+from mailbox import services as mailbox_services
+
+from . import auth, mime
+
+__all__ = ["Envelope", "Reply", "hostname", "line_end_problem", "receive_message", "recipient_reply"]
+
+MAX_RECIPIENTS = 100
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An SMTP answer: a code and its text (with the enhanced status code first)."""
+
+    code: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the client said before DATA, as the server checked it."""
+
+    client_ip: str
+    helo: str
+    mail_from: str  # "" for the null sender <>
+    recipients: list[str]
+    tls: bool = False
+
+
+def hostname() -> str:
+    """The name this gateway greets with and writes in its trace headers."""
+    configured = settings.PUSHMAIL_SMTP_HOSTNAME or urlparse(settings.PUSHMAIL_BASE_URL or "").hostname
+    return configured or socket.getfqdn()
+
+
+# --- RCPT TO ------------------------------------------------------------------------------------
+
+
+def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
+    """The answer to ``RCPT TO:<address>``: 250, or why this server does not take mail for it."""
+    try:
+        normalized = normalize_address(address)
+    except ValidationError:
+        return Reply(501, f"5.1.3 Bad recipient address syntax: {auth.safe_token(address)}")
+    if accepted >= MAX_RECIPIENTS:
+        return Reply(452, f"4.5.3 Too many recipients: at most {MAX_RECIPIENTS} a message")
+    domain = domain_of(normalized)
+    if domain not in discovery.local_domain_names():
+        return Reply(550, f"5.1.1 <{normalized}>: this server does not take mail for {domain}")
+    user = User.objects.filter(email=normalized, is_active=True).first()
+    if user is None:
+        return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
+    try:
+        attachment_services.check_quota(user=user, extra_bytes=0)
+    except ValidationError:
+        return Reply(452, f"4.2.2 <{normalized}>: mailbox full, try again later")
+    return Reply(250, f"2.1.5 <{normalized}> OK")
+
+
+# --- DATA ---------------------------------------------------------------------------------------
+
+# A CR not before LF, or an LF not after CR: what SMTP smuggling hides a second message behind.
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def line_end_problem(raw: bytes) -> Reply | None:
+    """A refusal for a message with a bare CR or LF (RFC 5321 §2.3.8), else None.
+
+    Servers disagree on whether ``\\n.\\n`` or ``\\n.\\r\\n`` ends a message, so
+    a message holding one could be read as two by the next server (SMTP
+    smuggling). It is refused whole; nothing of it is stored.
+    """
+    found = _BARE.search(raw)
+    if found is None:
+        return None
+    what = "CR (carriage return)" if found.group() == b"\r" else "LF (line feed)"
+    return Reply(
+        550, f"5.6.0 Message refused: it contains a bare {what} at byte {found.start()}; lines must end in CRLF"
+    )
+
+
+def receive_message(*, envelope: Envelope, raw: bytes) -> Reply:
+    """Check, store and answer one message (``raw`` with CRLF line ends, dot-unstuffed).
+
+    Refused without storing anything: a bare CR or LF (550), a DMARC failure
+    where the From domain's policy is reject (550), a recipient whose mailbox it
+    would overfill (552), DNS that does not answer for DMARC (451). A DMARC
+    failure under a quarantine policy is stored in Spam with the reason shown.
+    """
+    problem = line_end_problem(raw)
+    if problem is not None:
+        return problem
+    users = list(User.objects.filter(email__in=envelope.recipients, is_active=True).select_related("domain"))
+    if not users:
+        return Reply(554, "5.5.1 No valid recipients")
+    parsed = mime.parse_message(raw)
+    results = auth.authenticate(
+        raw=raw,
+        client_ip=envelope.client_ip,
+        mail_from=envelope.mail_from,
+        helo=envelope.helo,
+        from_domain=domain_of(parsed.sender) if parsed.sender else "",
+    )
+    dmarc = results.dmarc
+    if dmarc.result == "temperror":
+        return Reply(451, f"4.4.3 DNS lookup for the DMARC policy of {dmarc.domain} failed; try again later")
+    spam_reason = ""
+    if dmarc.result == "fail" and dmarc.policy == "reject":
+        return Reply(
+            550,
+            f"5.7.1 Message refused: it fails the DMARC check of {dmarc.domain}, whose policy is reject "
+            f"(SPF {results.spf}, DKIM {_dkim_summary(results)}, neither aligned with the From domain)",
+        )
+    if dmarc.result == "fail" and dmarc.policy == "quarantine":
+        spam_reason = (
+            f"it failed the DMARC check of {dmarc.domain}, whose policy is quarantine "
+            f"(SPF {results.spf}, DKIM {_dkim_summary(results)}): the sender may be forged"
+        )
+    for user in users:
+        try:
+            attachment_services.check_quota(user=user, extra_bytes=len(raw))
+        except ValidationError:
+            return Reply(552, f"5.2.2 <{user.email}>: mailbox full, this message does not fit")
+    authserv_id = hostname()
+    header = results.header_value(authserv_id)
+    trace = _trace_headers(envelope, header, authserv_id)
+    try:
+        with attachment_services.storing_atomically():
+            stored = attachment_services.store_upload(
+                file=_Chain(trace, _without_forged_results(raw, authserv_id)),
+                max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES + len(trace) + 1,
+            )
+            attachments = [
+                mailbox_services.SmtpAttachment(
+                    name=part.name,
+                    content_type=part.content_type,
+                    blob=attachment_services.store_upload(
+                        file=io.BytesIO(part.content), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES
+                    ),
+                )
+                for part in parsed.attachments
+            ]
+            remote = mailbox_services.accept_smtp_message(
+                delivery=_delivery(envelope, parsed, stored, attachments, header, spam_reason),
+                users=users,
+            )
+    except payloads.PayloadError as exc:
+        return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
+    return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
+
+
+def _dkim_summary(results: auth.AuthResults) -> str:
+    return ", ".join(d.result for d in results.dkim)
+
+
+def _delivery(
+    envelope: Envelope,
+    parsed: mime.ParsedMail,
+    raw: Blob,
+    attachments: list[mailbox_services.SmtpAttachment],
+    header: str,
+    spam_reason: str,
+) -> mailbox_services.SmtpDelivery:
+    sender = parsed.sender or _fallback_sender(envelope)
+    return mailbox_services.SmtpDelivery(
+        origin_domain=domain_of(sender),
+        message_id=parsed.message_id or f"<{email.utils.make_msgid(domain=hostname())[1:-1]}>",
+        sender=sender,
+        to=parsed.to,
+        cc=parsed.cc,
+        subject=parsed.subject,
+        date=_sane_date(parsed.date),
+        text=parsed.text,
+        html=parsed.html,
+        in_reply_to=parsed.in_reply_to,
+        references=parsed.references,
+        raw=raw,
+        authentication_results=header.replace("\r\n\t", " "),
+        attachments=attachments,
+        spam_reason=spam_reason,
+    )
+
+
+def _fallback_sender(envelope: Envelope) -> str:
+    """No usable From: the envelope sender, else the sending server's postmaster."""
+    for candidate in (envelope.mail_from, f"mailer-daemon@{envelope.helo}", f"mailer-daemon@{hostname()}"):
+        try:
+            return normalize_address(candidate)
+        except ValidationError:
+            continue
+    return "mailer-daemon@invalid.invalid"
+
+
+def _sane_date(date: datetime | None) -> datetime:
+    """The Date header, unless it is missing or absurd (before 1970, or more than a day ahead)."""
+    now = timezone.now()
+    if date is None or date.year < 1970 or date > now + timedelta(days=1):
+        return now
+    return date
+
+
+def _trace_headers(envelope: Envelope, results: str, authserv_id: str) -> bytes:
+    helo = auth.safe_token(envelope.helo) or "unknown"
+    protocol = "ESMTPS" if envelope.tls else "ESMTP"
+    recipient = f"\r\n\tfor <{envelope.recipients[0]}>" if len(envelope.recipients) == 1 else ""
+    stamp = email.utils.format_datetime(timezone.now())
+    received = (
+        f"from {helo} ({envelope.client_ip})\r\n\tby {authserv_id} (Pushmail) with {protocol}{recipient}; {stamp}"
+    )
+    return f"Authentication-Results: {results}\r\nReceived: {received}\r\n".encode("ascii", "replace")
+
+
+def _without_forged_results(raw: bytes, authserv_id: str) -> bytes:
+    """``raw`` without Authentication-Results fields that claim to be ours (RFC 8601 §5)."""
+    end = raw.find(b"\r\n\r\n")
+    # Only the header is looked at (and copied): the body may be tens of megabytes.
+    if end < 0 or b"authentication-results" not in raw[:end].lower():
+        return raw
+    head, separator, body = raw[:end], b"\r\n\r\n", memoryview(raw)[end + 4 :]
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    ours = authserv_id.lower().encode()
+    kept = [
+        field
+        for field in fields
+        if not (
+            field.lower().startswith(b"authentication-results:")
+            and field.split(b":", 1)[1].split(b";", 1)[0].strip().lower() == ours
+        )
+    ]
+    if len(kept) == len(fields):
+        return raw
+    return b"".join([b"\r\n".join(kept), separator, body])
+
+
+class _Chain(io.RawIOBase):
+    """The trace headers, then the message, read as one file without joining them in memory."""
+
+    def __init__(self, head: bytes, rest: bytes) -> None:
+        self._parts = [memoryview(head), memoryview(rest)]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while self._parts and not len(self._parts[0]):
+            self._parts.pop(0)
+        if not self._parts:
+            return 0
+        count = min(len(buffer), len(self._parts[0]))
+        buffer[:count] = self._parts[0][:count]
+        self._parts[0] = self._parts[0][count:]
+        return count

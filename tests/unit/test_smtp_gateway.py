@@ -1,0 +1,464 @@
+"""The inbound SMTP gateway, over a real SMTP conversation on loopback.
+
+The gateway (aiosmtpd with the project's handler) runs in-process on a free
+port; SPF, DKIM and DMARC ask a real DNS server on loopback (tests/smtp_support).
+Clients are smtplib or a raw socket (for what smtplib would never send).
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from accounts.models import User
+from attachments.models import Blob
+from gateway import services
+from gateway.server import ClientLimits, GatewayController
+from mailbox.models import Folder, InboxEntry, RemoteMessage, Transport
+from mailbox.replies import reply_to_entry
+from mailbox.search import parse_query, search_entries
+from tests.factories import DomainFactory, MailboxFactory
+from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port, self_signed
+
+HOSTED = "alpha.test"
+BOB = f"bob@{HOSTED}"
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[tuple[Zone, str]]:
+    with dns_server() as running:
+        yield running
+
+
+@pytest.fixture
+def zone(dns: tuple[Zone, str], settings: Any) -> Iterator[Zone]:
+    found, address = dns
+    settings.PUSHMAIL_DNS_RESOLVER = address
+    settings.PUSHMAIL_DNS_TIMEOUT = 2.0
+    settings.PUSHMAIL_SMTP_HOSTNAME = "mx.alpha.test"
+    found.clear()
+    yield found
+    found.clear()
+
+
+@pytest.fixture
+def bob(zone: Zone) -> User:
+    return MailboxFactory(domain=DomainFactory(name=HOSTED), local_part="bob")
+
+
+def _start(**limits: int) -> GatewayController:
+    limit = ClientLimits(max_connections=limits.get("connections", 20), per_minute=limits.get("per_minute", 600))
+    controller = GatewayController(host="127.0.0.1", port=free_port(), limits=limit)
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def gateway(bob: User) -> Iterator[GatewayController]:
+    controller = _start()
+    yield controller
+    controller.stop()
+
+
+def _client(gateway: GatewayController) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", gateway.port, local_hostname="mail.example.org", timeout=30)
+    client.ehlo()
+    return client
+
+
+def _message(
+    *, sender: str = "alice@example.org", subject: str = "Hello Bob", text: str = "Plain words.\n", **extra: Any
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = f"Alice Example <{sender}>"
+    msg["To"] = BOB
+    msg["Subject"] = subject
+    msg["Date"] = "Thu, 03 Dec 2026 10:00:00 +0000"
+    msg["Message-ID"] = extra.get("message_id", "<first@example.org>")
+    msg.set_content(text)
+    if extra.get("html"):
+        msg.add_alternative(extra["html"], subtype="html")
+    for name, content, mime in extra.get("files", []):
+        maintype, subtype = mime.split("/")
+        msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
+    return msg
+
+
+def _send(gateway: GatewayController, raw: bytes, *, mail_from: str = "alice@example.org") -> tuple[int, bytes]:
+    with _client(gateway) as client:
+        assert client.mail(mail_from)[0] == 250
+        assert client.rcpt(BOB)[0] == 250
+        return client.data(raw)
+
+
+def _raw(msg: EmailMessage) -> bytes:
+    return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# --- Recipients, size, TLS -----------------------------------------------------------------------
+
+
+def test_unknown_mailbox_and_unhosted_domain_are_refused_at_rcpt(gateway: GatewayController) -> None:
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        code, text = client.rcpt(f"nobody@{HOSTED}")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        assert b"no such mailbox" in text
+        code, text = client.rcpt("carol@elsewhere.example")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        assert b"does not take mail for elsewhere.example" in text
+        assert client.rcpt(BOB)[0] == 250
+
+
+def test_size_is_announced_and_a_larger_message_refused_552_with_nothing_stored(
+    gateway: GatewayController, settings: Any
+) -> None:
+    with _client(gateway) as client:
+        assert client.has_extn("size")
+        assert int(client.esmtp_features["size"]) == settings.PUSHMAIL_SMTP_MAX_BYTES
+        code, _ = client.mail("alice@example.org", options=[f"SIZE={settings.PUSHMAIL_SMTP_MAX_BYTES + 1}"])
+        assert code == 552
+    settings.PUSHMAIL_SMTP_MAX_BYTES = 50_000
+    small = _start()
+    try:
+        code, text = _send(small, _raw(_message(text=("x" * 70 + "\n") * 1000)))
+        assert code == 552, text
+    finally:
+        small.stop()
+    assert not RemoteMessage.objects.exists() and not Blob.objects.exists()
+
+
+def test_starttls_is_offered_with_a_certificate_and_the_trace_says_esmtps(
+    bob: User, settings: Any, tmp_path: Path
+) -> None:
+    settings.PUSHMAIL_SMTP_TLS_CERT, settings.PUSHMAIL_SMTP_TLS_KEY = self_signed(tmp_path)
+    controller = _start()
+    try:
+        with _client(controller) as client:
+            assert client.has_extn("starttls")
+            client.starttls(context=ssl._create_unverified_context())  # noqa: S323 - our own test certificate
+            client.ehlo()
+            client.mail("alice@example.org")
+            client.rcpt(BOB)
+            assert client.data(_raw(_message()))[0] == 250
+    finally:
+        controller.stop()
+    raw = RemoteMessage.objects.get().raw.file.read()
+    assert b"with ESMTPS" in raw
+
+
+def test_no_starttls_without_a_certificate(gateway: GatewayController) -> None:
+    with _client(gateway) as client:
+        assert not client.has_extn("starttls")
+
+
+# --- Per-client limits ---------------------------------------------------------------------------
+
+
+def test_connections_over_the_per_client_limit_get_421(bob: User) -> None:
+    controller = _start(connections=1)
+    try:
+        with _client(controller):
+            with socket.create_connection(("127.0.0.1", controller.port), timeout=10) as second:
+                greeting = second.makefile("rb").readline()
+        assert greeting.startswith(b"421 4.7.0")
+        assert b"Too many connections" in greeting
+        with _client(controller) as again:  # the first one closed: room again
+            assert again.noop()[0] == 250
+    finally:
+        controller.stop()
+
+
+def test_messages_over_the_per_minute_rate_get_450(bob: User) -> None:
+    controller = _start(per_minute=2)
+    try:
+        with _client(controller) as client:
+            for _ in range(2):
+                assert client.mail("alice@example.org")[0] == 250
+                client.rset()
+            code, text = client.mail("alice@example.org")
+        assert (code, text[:5]) == (450, b"4.7.1")
+        assert b"Too many messages" in text
+    finally:
+        controller.stop()
+
+
+def test_client_limits_free_a_slot_after_a_minute() -> None:
+    limits = ClientLimits(max_connections=1, per_minute=1)
+    assert limits.message("192.0.2.1", now=100.0)
+    assert not limits.message("192.0.2.1", now=130.0)
+    assert limits.message("192.0.2.2", now=130.0)
+    assert limits.message("192.0.2.1", now=161.0)
+
+
+# --- Smuggling and injection ---------------------------------------------------------------------
+
+
+class RawClient:
+    """An SMTP client that sends exactly the bytes given (smtplib repairs line ends)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.reader = self.sock.makefile("rb")
+        self.reply()
+
+    def reply(self) -> bytes:
+        lines = [self.reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.reader.readline())
+        return b"".join(lines)
+
+    def send(self, data: bytes) -> bytes:
+        self.sock.sendall(data)
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+SMUGGLED = b"MAIL FROM:<mallory@example.org>\r\nRCPT TO:<bob@alpha.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nHi\r\n"
+
+
+@pytest.mark.parametrize(
+    "end",
+    [b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r"],
+    ids=["LF.LF", "LF.CRLF", "CRLF.LF", "CR.CR"],
+)
+def test_smuggling_forms_are_refused_and_nothing_is_stored(gateway: GatewayController, end: bytes) -> None:
+    client = RawClient(gateway.port)
+    try:
+        client.send(b"EHLO mail.example.org\r\n")
+        assert client.send(b"MAIL FROM:<alice@example.org>\r\n").startswith(b"250")
+        assert client.send(b"RCPT TO:<bob@alpha.test>\r\n").startswith(b"250")
+        assert client.send(b"DATA\r\n").startswith(b"354")
+        answer = client.send(b"Subject: one\r\n\r\nFirst" + end + SMUGGLED + b"\r\n.\r\n")
+        assert answer.startswith(b"550 5.6.0"), answer
+        assert b"bare" in answer
+        # The connection goes on: the smuggled commands were data, and the next command is a command.
+        assert client.send(b"NOOP\r\n").startswith(b"250")
+    finally:
+        client.close()
+    assert not RemoteMessage.objects.exists() and not InboxEntry.objects.exists()
+
+
+def test_bare_line_ends_are_found_anywhere() -> None:
+    assert services.line_end_problem(b"Subject: a\r\n\r\nok\r\n") is None
+    assert services.line_end_problem(b"Subject: a\nX: b\r\n\r\n") is not None
+    assert "CR (carriage return)" in services.line_end_problem(b"a\r\n\rb\r\n").text  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "command, code",
+    [
+        (b"MAIL FROM:<alice@example.org\rX-Injected: yes>\r\n", b"501"),
+        (b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@alpha.test\rBcc: eve@evil.example>\r\n", b"501"),
+        (b"MAIL FROM:<ali ce@example.org>\r\n", b"501"),
+    ],
+    ids=["CR in MAIL FROM", "CR in RCPT TO", "space in MAIL FROM"],
+)
+def test_header_injection_in_envelope_addresses_is_refused(
+    gateway: GatewayController, command: bytes, code: bytes
+) -> None:
+    client = RawClient(gateway.port)
+    try:
+        client.send(b"EHLO mail.example.org\r\n")
+        answer = client.send(command)
+        if command.count(b"\r\n") == 2:
+            answer = client.reply()
+        assert answer.startswith(code) or answer.startswith(b"553"), answer
+    finally:
+        client.close()
+    assert not RemoteMessage.objects.exists()
+
+
+# --- The message in the inbox --------------------------------------------------------------------
+
+
+def test_a_message_arrives_in_bobs_inbox_readable_searchable_and_downloadable(
+    gateway: GatewayController, zone: Zone, bob: User, client: Client
+) -> None:
+    zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    msg = _message(
+        html="<p>Hello <b>Bob</b><script>alert(1)</script></p>",
+        files=[("report.pdf", b"%PDF-1.4 quarterly", "application/pdf"), ("notes.txt", b"line\n", "text/plain")],
+    )
+    code, text = _send(gateway, _raw(msg))
+    assert code == 250, text
+
+    entry = InboxEntry.objects.get(owner=bob)
+    assert (entry.folder, entry.sender, entry.subject, entry.state) == (
+        Folder.INBOX,
+        "alice@example.org",
+        "Hello Bob",
+        "fetched",
+    )
+    assert entry.has_attachments and entry.remote.transport == Transport.SMTP
+    assert entry.thread_key == "<first@example.org>"
+    assert "spf=pass smtp.mailfrom=alice@example.org" in entry.remote.authentication_results
+
+    client.force_login(bob)
+    page = client.get(f"/mail/entry/{entry.pk}/")
+    assert page.status_code == 200
+    assert b"report.pdf" in page.content and b"notes.txt" in page.content
+    assert b"Received by ordinary email (SMTP)" in page.content
+    assert b"spf=pass smtp.mailfrom=alice@example.org" in page.content
+    frame = client.get(f"/mail/entry/{entry.pk}/html/")
+    assert b"<b>Bob</b>" in frame.content and b"<script>" not in frame.content
+    first = client.get(f"/mail/entry/{entry.pk}/attachments/0/")
+    assert b"".join(first.streaming_content) == b"%PDF-1.4 quarterly"  # type: ignore[attr-defined]
+    assert Blob.objects.filter(size=len(b"%PDF-1.4 quarterly")).count() == 1
+    # Found by words of its body and by an attachment's name, as fetched mail is.
+    assert list(search_entries(user=bob, query=parse_query("words"))) == [entry]
+    assert list(search_entries(user=bob, query=parse_query("report"))) == [entry]
+    # Reply quotes it and answers its sender, in its conversation.
+    draft = reply_to_entry(owner=bob, entry=entry).draft
+    assert (draft.to, draft.subject, draft.in_reply_to) == ("alice@example.org", "Re: Hello Bob", "<first@example.org>")
+    assert "> Plain words." in draft.text
+    eml = client.get(f"/mail/entry/{entry.pk}/eml/")
+    raw = b"".join(eml.streaming_content)  # type: ignore[attr-defined]
+    assert raw.startswith(b"Authentication-Results: mx.alpha.test;")
+    assert b"Received: from mail.example.org (127.0.0.1)" in raw
+    assert b"Message-ID: <first@example.org>" in raw
+
+
+def test_the_same_attachment_twice_is_stored_once(gateway: GatewayController) -> None:
+    for n in range(2):
+        msg = _message(message_id=f"<m{n}@example.org>", files=[("same.bin", b"\x00\x01same bytes", "application/x-b")])
+        assert _send(gateway, _raw(msg))[0] == 250
+    assert Blob.objects.filter(size=len(b"\x00\x01same bytes")).count() == 1
+
+
+def test_a_forged_authentication_results_claiming_to_be_ours_is_dropped(gateway: GatewayController) -> None:
+    raw = b"Authentication-Results: mx.alpha.test; dmarc=pass header.from=bank.example\r\n" + _raw(_message())
+    assert _send(gateway, raw)[0] == 250
+    stored = RemoteMessage.objects.get().raw.file.read()
+    assert b"dmarc=pass header.from=bank.example" not in stored
+    assert stored.count(b"Authentication-Results: mx.alpha.test") == 1
+
+
+# --- SPF, DKIM, DMARC ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ("v=spf1 ip4:127.0.0.1 -all", "spf=pass"),
+        ("v=spf1 ip4:192.0.2.1 -all", "spf=fail"),
+        ("v=spf1 ~all", "spf=softfail"),
+        (None, "spf=none"),
+    ],
+    ids=["pass", "fail", "softfail", "none"],
+)
+def test_spf_results_are_recorded(gateway: GatewayController, zone: Zone, record: str | None, expected: str) -> None:
+    if record:
+        zone.add("example.org", "TXT", record)
+    assert _send(gateway, _raw(_message()))[0] == 250
+    results = RemoteMessage.objects.get().authentication_results
+    assert results.startswith("mx.alpha.test;")
+    assert f"{expected} smtp.mailfrom=alice@example.org" in results
+
+
+def test_dkim_pass_and_fail_are_recorded(gateway: GatewayController, zone: Zone) -> None:
+    private, public = dkim_key()
+    zone.add("sel1._domainkey.example.com", "TXT", public)
+    signed = dkim_sign(
+        _raw(_message(sender="ann@example.com")), domain="example.com", selector="sel1", private_key=private
+    )
+    assert _send(gateway, signed, mail_from="ann@example.com")[0] == 250
+    tampered = dkim_sign(
+        _raw(_message(sender="ann@example.com", message_id="<two@example.com>")),
+        domain="example.com",
+        selector="sel1",
+        private_key=private,
+    ).replace(b"Plain words.", b"Changed words")
+    assert _send(gateway, tampered, mail_from="ann@example.com")[0] == 250
+    first, second = RemoteMessage.objects.order_by("pk").values_list("authentication_results", flat=True)
+    assert "dkim=pass header.d=example.com header.s=sel1" in first
+    assert "dkim=fail header.d=example.com header.s=sel1" in second
+
+
+def test_dmarc_reject_is_refused_550_and_nothing_is_stored(gateway: GatewayController, zone: Zone) -> None:
+    zone.add("example.net", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    zone.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    code, text = _send(gateway, _raw(_message(sender="ceo@example.net")), mail_from="ceo@example.net")
+    assert (code, text[:5]) == (550, b"5.7.1")
+    assert b"DMARC" in text and b"example.net" in text
+    assert not RemoteMessage.objects.exists() and not Blob.objects.exists() and not InboxEntry.objects.exists()
+
+
+def test_dmarc_pass_through_aligned_dkim_is_delivered_despite_a_foreign_envelope(
+    gateway: GatewayController, zone: Zone
+) -> None:
+    private, public = dkim_key()
+    zone.add("s._domainkey.example.net", "TXT", public)
+    zone.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    signed = dkim_sign(
+        _raw(_message(sender="ceo@example.net")), domain="example.net", selector="s", private_key=private
+    )
+    code, _ = _send(gateway, signed, mail_from="bounces@mailer.example.org")
+    assert code == 250
+    assert "dmarc=pass (p=reject) header.from=example.net" in RemoteMessage.objects.get().authentication_results
+
+
+def test_dmarc_quarantine_goes_to_spam_with_the_reason(
+    gateway: GatewayController, zone: Zone, bob: User, client: Client
+) -> None:
+    zone.add("_dmarc.example.net", "TXT", "v=DMARC1; p=quarantine")
+    assert _send(gateway, _raw(_message(sender="ceo@example.net")), mail_from="ceo@example.net")[0] == 250
+    entry = InboxEntry.objects.get(owner=bob)
+    assert entry.folder == Folder.SPAM
+    assert "DMARC check of example.net" in entry.remote.spam_verdict
+    client.force_login(bob)
+    page = client.get(f"/mail/entry/{entry.pk}/")
+    assert b"Judged spam here: it failed the DMARC check of example.net" in page.content
+
+
+# --- Quota ---------------------------------------------------------------------------------------
+
+
+def test_a_full_mailbox_gets_452_at_rcpt_and_a_message_that_does_not_fit_552(
+    gateway: GatewayController, bob: User
+) -> None:
+    bob.quota_bytes = 2000
+    bob.save(update_fields=["quota_bytes"])
+    code, text = _send(gateway, _raw(_message(text="big " * 1000)))
+    assert (code, text[:5]) == (552, b"5.2.2")
+    assert _send(gateway, _raw(_message()))[0] == 250  # a small one still fits
+    bob.quota_bytes = 1
+    bob.save(update_fields=["quota_bytes"])
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        code, text = client.rcpt(BOB)
+    assert (code, text[:5]) == (452, b"4.2.2")
+    assert RemoteMessage.objects.count() == 1
+
+
+def test_a_bounce_from_the_null_sender_is_taken_and_the_helo_name_cannot_add_a_result(
+    gateway: GatewayController,
+) -> None:
+    with smtplib.SMTP("127.0.0.1", gateway.port, local_hostname="mx.example.org;dmarc=pass", timeout=30) as client:
+        client.ehlo()
+        assert client.mail("")[0] == 250
+        assert client.rcpt(BOB)[0] == 250
+        assert client.data(_raw(_message(sender="mailer-daemon@example.org")))[0] == 250
+    results = RemoteMessage.objects.get().authentication_results
+    assert "smtp.helo=mx.example.orgdmarc=pass" in results
+    assert results.count(";") == 3  # spf, dkim, dmarc: no method added by the client
+
+
+def test_a_recipient_in_capitals_reaches_the_mailbox(gateway: GatewayController, bob: User) -> None:
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        assert client.rcpt("Bob@ALPHA.test")[0] == 250
+        assert client.data(_raw(_message()))[0] == 250
+    assert InboxEntry.objects.get().owner == bob
