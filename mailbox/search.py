@@ -97,12 +97,16 @@ def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
         text=body_text(body),
         attachments=attachment_names(body.get("attachments") or remote.attachments),
     )
-    # Only entries whose reader may read the body (mailbox.content): not a withdrawn or refused one.
-    InboxEntry.objects.filter(remote=remote, state=EntryState.FETCHED).update(search_document=document)
+    # Only entries whose reader may read the body (mailbox.content): not a withdrawn or refused one,
+    # nor an unopened copy a spam verdict hid (matched on its subject and sender only, mailbox.spam).
+    readable = InboxEntry.objects.filter(remote=remote, state=EntryState.FETCHED)
+    readable.exclude(opened_at__isnull=True, hidden_from__gt="").update(search_document=document)
 
 
 def document_of(entry: InboxEntry) -> str:
     """What ``entry`` is matched on now: only what its reader may read (mailbox.content)."""
+    if entry.hidden_from and entry.opened_at is None:
+        return entry_document(subject=entry.subject, sender=entry.sender)  # hidden unopened (mailbox.spam)
     content = readable_content_for(entry=entry)
     if content.notice:
         return entry_document(subject=entry.subject, sender=entry.sender, text=entry.notice_text)

@@ -10,12 +10,15 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models.functions import Left, Length
 
+from federation import payloads
 from outbox.models import Recipient
 from pushmail_site.hooks import Hook
 
-from .models import Folder, InboxEntry, RemoteMessage
+from . import search
+from .models import EntryState, Folder, InboxEntry, RemoteMessage
 
 #: ``spam_reason_for_new(remote=..., recipients=[addresses])``: why a message just notified here is judged
 #: spam at once (a known campaign, a poorly reputed sender or origin), or "" for the Inbox. The
@@ -79,8 +82,13 @@ def classify_new(remote: RemoteMessage, *, recipients: Sequence[str] = ()) -> No
 
 
 def _hide(entries: QuerySet[InboxEntry]) -> int:
+    # A hidden copy is matched by search on its subject and sender only (the head of its search
+    # document, mailbox.search.entry_document): its reader never opened it. It also keeps the
+    # verdict cheap: the full-text index is computed again for each row the verdict moves, and
+    # for a head that costs little, where a fetched body's text for ten thousand copies costs seconds.
+    head = Left(F("search_document"), Length(F("subject")) + Length(F("sender")) + 1)
     return sum(
-        entries.filter(folder=folder).update(folder=Folder.SPAM, hidden_from=folder, read=True)
+        entries.filter(folder=folder).update(folder=Folder.SPAM, hidden_from=folder, read=True, search_document=head)
         for folder in _HIDDEN_FROM
     )
 
@@ -91,9 +99,15 @@ def lift_spam_verdict(*, remote_id: int | None = None, remote_ids: RemoteIds | N
     ids = _ids(remote_id, remote_ids)
     RemoteMessage.objects.filter(pk__in=ids).update(spam_verdict="")
     hidden = InboxEntry.objects.filter(remote_id__in=ids).exclude(hidden_from="")
-    return sum(
+    fetched = list(hidden.filter(state=EntryState.FETCHED).values_list("remote_id", flat=True).distinct())
+    lifted = sum(
         hidden.filter(hidden_from=folder).update(folder=folder, hidden_from="", read=False) for folder in _HIDDEN_FROM
     )
+    # Their readers may find them by their text again (an overturn is rare: one update per message).
+    for remote in RemoteMessage.objects.filter(pk__in=fetched, content__isnull=False):
+        if remote.content is not None:
+            search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+    return lifted
 
 
 def straight_to_spam(*, remote: RemoteMessage, owner_ids: list[int]) -> set[int]:

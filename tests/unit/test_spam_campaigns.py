@@ -5,7 +5,6 @@ an admin overturns it."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,12 +19,13 @@ from django.utils import timezone
 from accounts.models import Domain, User
 from accounts.services import create_mailbox
 from mailbox.models import Folder, InboxEntry, RemoteMessage
+from mailbox.search import parse_query, search_entries
 from mailbox.services import accept_notification, fetch_body, open_entry
 from outbox.models import Message, Recipient
 from reputation import campaigns
 from reputation.campaigns import campaign_id_of, subject_key, subject_shape, text_fingerprint
 from reputation.models import Campaign, CampaignMessage, SpamVerdict
-from reputation.services import report_spam
+from reputation.services import overturn_verdict, report_spam
 from reputation.tasks import join_campaign_by_text, requeue_unfingerprinted
 from tests.conftest import FakePeer, Queued, body_path
 from tests.factories import PeerMessage, PeerMessageFactory, RemoteMessageFactory
@@ -238,7 +238,7 @@ def test_a_verdict_on_a_three_message_campaign_is_a_constant_number_of_queries(
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM, hidden_from=Folder.INBOX).count() == 3 * copies
 
 
-def test_a_verdict_on_ten_thousand_copies_takes_well_under_two_seconds(local_domain: Domain) -> None:
+def test_a_verdict_on_ten_thousand_copies_is_a_few_bulk_statements(local_domain: Domain) -> None:
     reporters = accounts(local_domain, "reporter", 3)
     readers = accounts(local_domain, "reader", 10_000)
     run = [
@@ -257,13 +257,10 @@ def test_a_verdict_on_ten_thousand_copies_takes_well_under_two_seconds(local_dom
     )
     report(reporters[0], run[0])
     report(reporters[1], run[1])
-    started = time.monotonic()
     with CaptureQueriesContext(connection) as queries:
         assert report(reporters[2], run[0]) is True
-    elapsed = time.monotonic() - started
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM).count() == 10_003
-    print(f"verdict on 10,000 copies: {elapsed:.2f}s in {len(queries)} queries")
-    assert elapsed < 2.0, f"{elapsed:.2f}s"
+    # Its time is bench/spam_run.py's to measure; here, that no statement is per copy.
     assert len(queries) <= 50
 
 
@@ -408,3 +405,61 @@ def test_the_sweep_queues_again_a_fingerprint_the_broker_lost(
     join_campaign_by_text(remote.pk)
     assert CampaignMessage.objects.get(pk=remote.pk).fingerprint.startswith("T1")
     assert requeue_unfingerprinted() == 0
+
+
+def test_hidden_copies_are_matched_on_their_subject_and_sender_only(local_domain: Domain) -> None:
+    """The body was fetched for its first reader, so every copy was searchable by its text; a hidden
+    copy, never opened, is matched on its head only (which also spares the verdict recomputing the
+    full-text index of 10,000 bodies: bench/spam_run.py measures it), and an overturn brings it back."""
+    reporters = accounts(local_domain, "reporter", 3)
+    readers = accounts(local_domain, "reader", 10_000)
+    remote = RemoteMessageFactory(sender="agent@peer.test", subject="Your parcel is waiting at the depot")
+    campaigns.place(remote=remote)
+    body = " ".join(f"customs clearance fee number {n} pay today" for n in range(60))  # ~2,500 characters
+    document = f"{remote.subject}\n{remote.sender}\n{body}".lower()
+    InboxEntry.objects.bulk_create(
+        [
+            InboxEntry(
+                owner=user,
+                remote=remote,
+                sender=remote.sender,
+                subject=remote.subject,
+                state="fetched",
+                search_document=document,
+            )
+            for user in reporters + readers
+        ],
+        batch_size=2000,
+    )
+    report(reporters[0], remote)
+    report(reporters[1], remote)
+
+    assert report(reporters[2], remote) is True
+
+    reader = readers[0]
+    assert search_entries(user=reader, query=parse_query("parcel depot")).filter(folder=Folder.SPAM).exists()
+    assert not search_entries(user=reader, query=parse_query("customs clearance")).exists()
+
+    verdict = SpamVerdict.objects.get()
+    assert overturn_verdict(verdict_id=verdict.pk, by=None) == 10_000
+    assert search_entries(user=reader, query=parse_query("parcel depot")).filter(folder=Folder.INBOX).exists()
+
+
+def test_an_overturn_makes_hidden_copies_searchable_by_their_text_again(local_domain: Domain, peer: FakePeer) -> None:
+    reporters = accounts(local_domain, "reporter", 3)
+    reader = accounts(local_domain, "reader", 1)[0]
+    message = PeerMessageFactory(subject="Quarterly statement", text="Your allotment of marmalade shares is ready")
+    peer.bodies[str(message.global_id)] = message.content()
+    accept_notification(origin=peer.domain, notification=message.notification([u.email for u in [*reporters, reader]]))
+    remote = RemoteMessage.objects.get(global_id=message.global_id)
+    opened_fetched(reporters[0], remote)
+    assert search_entries(user=reader, query=parse_query("marmalade")).exists()  # fetched: every copy
+
+    for user in reporters:
+        report(user, remote)
+    assert not search_entries(user=reader, query=parse_query("marmalade")).exists()
+    assert search_entries(user=reader, query=parse_query("quarterly")).exists()
+
+    overturn_verdict(verdict_id=SpamVerdict.objects.get().pk, by=None)
+    found = search_entries(user=reader, query=parse_query("marmalade"))
+    assert [e.folder for e in found] == [Folder.INBOX]
