@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import Domain, User
 from mailbox import folders
@@ -133,6 +134,8 @@ def test_a_spam_run_hidden_while_a_second_user_watches(web: Client, alice: User,
     """The person's-eye view in one process: the run's row is on alice's open page, three other
     recipients report it through the API, and her next poll removes it and lowers her count."""
     readers = [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(3)]
+    # Established accounts, whose reports count whole (reputation.trust).
+    User.objects.filter(pk__in=[r.pk for r in readers]).update(date_joined=timezone.now() - timedelta(days=30))
     remote = RemoteMessageFactory(subject="You have won")
     hers = InboxEntryFactory(owner=alice, remote=remote)
     theirs = [InboxEntryFactory(owner=r, remote=remote) for r in readers]
