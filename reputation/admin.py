@@ -629,3 +629,17 @@ class ReputationDecisionAdmin(InstanceWideReputationAdmin):
             else:
                 scores.lift_origin(origin_id=decision.origin_id, by=user)
         self.message_user(request, f"Reversed {count} decisions.")
+
+
+@admin.action(description="Export an abuse report (ARF) with the signed notifications of the campaigns' messages")
+def export_campaign_abuse_report(
+    modeladmin: admin.ModelAdmin[Any], request: HttpRequest, queryset: QuerySet[Campaign]
+) -> HttpResponse | None:
+    members = RemoteMessage.objects.filter(campaign_link__campaign__in=queryset)
+    origins = sorted(set(queryset.values_list("origin_domain", flat=True)))
+    return _abuse_report_download(modeladmin, request, evidence_for_messages(members), "_".join(origins[:3]))
+
+
+# The same exports on the campaigns and on the origins' reputation pages (which domain admins see).
+CampaignAdmin.actions = [*CampaignAdmin.actions, export_campaign_abuse_report]
+OriginReputationAdmin.actions = [*OriginReputationAdmin.actions, export_origin_abuse_report]

@@ -28,7 +28,7 @@ from accounts.services import create_mailbox
 from federation.models import SignedRequest
 from mailbox.models import RemoteMessage
 from reputation.abuse import NoEvidence, abuse_report, evidence_for_messages, evidence_of_origin, report_bytes
-from reputation.models import OriginPolicy, SpamVerdict
+from reputation.models import Campaign, OriginPolicy, OriginReputation, SpamVerdict
 from tests.conftest import NOTIFICATIONS, FakePeer, FederationClient
 from tests.factories import DomainFactory, MailboxFactory, PeerMessageFactory
 from tests.unit.test_protocol_doc import example_blocks
@@ -340,3 +340,36 @@ def test_a_report_carries_at_most_the_newest_limit(federation: FederationClient,
 
     seen = verify_report(raw, {peer.key_id: peer.public_b64})
     assert sorted(json.loads(s.body)["subject"] for s in seen) == ["Many 1", "Many 2"]
+
+
+def test_a_domain_admin_exports_a_campaign_and_an_origin_from_their_reputation_pages(
+    federation: FederationClient, peer: FakePeer, alice: User, bob: User, local_domain: Domain
+) -> None:
+    """A run split into two messages (one campaign, reputation.campaigns), and an unrelated message."""
+    first, first_body = _notify(federation, peer, to=[alice.email], subject="Your parcel is waiting at the depot")
+    second, second_body = _notify(
+        federation, peer, to=[bob.email], subject="Your parcel is waiting at the depot", sender="dan@peer.test"
+    )
+    _notify(federation, peer, to=[alice.email], subject="Minutes of the meeting")
+    campaign = Campaign.objects.get(members__message__global_id=first["id"])
+    origin = OriginReputation.objects.create(domain="peer.test")
+    domain_admin = create_mailbox(address=f"admin@{local_domain.name}", password="admin passphrase 123", is_staff=True)
+    client = Client()
+    client.force_login(domain_admin)
+
+    campaign_report = _download(
+        client.post(
+            "/admin/reputation/campaign/",
+            {"action": "export_campaign_abuse_report", "_selected_action": [campaign.pk]},
+        )
+    )
+    origin_report = _download(
+        client.post(
+            "/admin/reputation/originreputation/",
+            {"action": "export_origin_abuse_report", "_selected_action": [origin.pk]},
+        )
+    )
+
+    published = {peer.key_id: peer.public_b64}
+    assert sorted(s.body for s in verify_report(campaign_report, published)) == sorted([first_body, second_body])
+    assert len(verify_report(origin_report, published)) == 3
