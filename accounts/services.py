@@ -13,6 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils import timezone
 
 from pushmail_site.hooks import Hook
 
@@ -68,6 +69,30 @@ def revoke_api_token(*, user: User, token_id: int) -> bool:
     """Delete one of the user's own API tokens; False when the user has no such token."""
     deleted, _ = ApiToken.objects.filter(user=user, pk=token_id).delete()
     return bool(deleted)
+
+
+def app_password_user(*, address: str, password: str) -> User | None:
+    """The active mailbox ``address`` when ``password`` is one of its API tokens (its app passwords), else None.
+
+    Mail programs (SMTP submission, later IMAP and POP3) sign in with the address
+    and an API token, one per program, so each can be revoked alone. An unknown
+    address and a wrong token give the same None.
+    """
+    try:
+        address = normalize_address(address)
+    except ValidationError:
+        return None
+    token = (
+        ApiToken.objects.select_related("user", "user__domain")
+        .filter(key_hash=ApiToken.hash(password.strip()), user__email=address, user__is_active=True)
+        .first()
+    )
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token.user
 
 
 def update_preferences(

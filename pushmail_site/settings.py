@@ -523,6 +523,20 @@ PUSHMAIL_SMTP_TLS_KEY = os.environ.get("PUSHMAIL_SMTP_TLS_KEY", "")
 # Per client address: connections open at once (more get 421), and messages a minute (more get 450).
 PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env_int("PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 20)
 PUSHMAIL_SMTP_MESSAGES_PER_MINUTE = env_int("PUSHMAIL_SMTP_MESSAGES_PER_MINUTE", 600)
+# Submission for mail programs (gateway/submission_server.py, `manage.py submission`): SMTP AUTH with an
+# app password (an API token). STARTTLS on PUSHMAIL_SUBMISSION_LISTEN (587 in production) and implicit TLS on
+# PUSHMAIL_SUBMISSION_TLS_LISTEN (465; empty: not served) with this certificate (default: the gateway's).
+PUSHMAIL_SUBMISSION_LISTEN = os.environ.get("PUSHMAIL_SUBMISSION_LISTEN", "127.0.0.1:5870")
+PUSHMAIL_SUBMISSION_TLS_LISTEN = os.environ.get("PUSHMAIL_SUBMISSION_TLS_LISTEN", "")
+PUSHMAIL_SUBMISSION_TLS_CERT = os.environ.get("PUSHMAIL_SUBMISSION_TLS_CERT", PUSHMAIL_SMTP_TLS_CERT)
+PUSHMAIL_SUBMISSION_TLS_KEY = os.environ.get("PUSHMAIL_SUBMISSION_TLS_KEY", PUSHMAIL_SMTP_TLS_KEY)
+# The largest message a mail program may submit (SIZE; more is refused 552).
+PUSHMAIL_SUBMISSION_MAX_BYTES = env_int("PUSHMAIL_SUBMISSION_MAX_BYTES", 35 * 1024 * 1024)
+# Failed logins allowed per client address and per account in PUSHMAIL_SUBMISSION_AUTH_WINDOW seconds;
+# past either, AUTH is answered 454 without checking the password until the window ends.
+PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT", 10)
+PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT", 20)
+PUSHMAIL_SUBMISSION_AUTH_WINDOW = env_int("PUSHMAIL_SUBMISSION_AUTH_WINDOW", 15 * 60)
 # The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
 PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
 PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))
