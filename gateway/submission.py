@@ -44,11 +44,14 @@ from attachments.services import AttachmentInput, check_new_files, store_upload,
 from outbox import services as outbox_services
 
 from . import mime
-from .services import Reply
+from .server import listen_address
+from .services import Reply, hostname
 
 __all__ = [
     "Login",
+    "MailProgramSettings",
     "check_login",
+    "mail_program_settings",
     "mime_problem",
     "recipient_reply",
     "sender_reply",
@@ -79,6 +82,26 @@ class Login:
 
     user_id: int
     address: str
+
+
+@dataclass(frozen=True)
+class MailProgramSettings:
+    """What a user types into a mail program's outgoing server settings."""
+
+    host: str
+    starttls_port: int
+    tls_port: int | None
+    encrypted: bool  # False: no certificate is set, so only a program on this machine can sign in
+
+
+def mail_program_settings() -> MailProgramSettings:
+    """The submission server as a mail program reaches it: this instance's mail host and listening ports."""
+    _host, starttls_port = listen_address(settings.PUSHMAIL_SUBMISSION_LISTEN)
+    tls_port = (
+        listen_address(settings.PUSHMAIL_SUBMISSION_TLS_LISTEN)[1] if settings.PUSHMAIL_SUBMISSION_TLS_LISTEN else None
+    )
+    encrypted = bool(settings.PUSHMAIL_SUBMISSION_TLS_CERT and settings.PUSHMAIL_SUBMISSION_TLS_KEY)
+    return MailProgramSettings(host=hostname(), starttls_port=starttls_port, tls_port=tls_port, encrypted=encrypted)
 
 
 # --- AUTH ---------------------------------------------------------------------------------------

@@ -261,3 +261,21 @@ def test_an_unknown_address_and_a_wrong_password_get_the_same_answer(alice: User
 )
 def test_plaintext_auth_only_from_loopback(address: str, allowed: bool) -> None:
     assert plaintext_auth_allowed(address) is allowed
+
+
+def test_the_settings_page_tells_how_to_set_up_a_mail_program_and_its_token_signs_in(
+    client: Any, alice: User, settings: Any
+) -> None:
+    settings.PUSHMAIL_SMTP_HOSTNAME = "mail.alpha.test"
+    settings.PUSHMAIL_SUBMISSION_LISTEN = "0.0.0.0:587"
+    settings.PUSHMAIL_SUBMISSION_TLS_LISTEN = "0.0.0.0:465"
+    settings.PUSHMAIL_SUBMISSION_TLS_CERT, settings.PUSHMAIL_SUBMISSION_TLS_KEY = "cert.pem", "key.pem"
+    client.force_login(alice)
+    page = client.post("/settings/tokens/", {"name": "Thunderbird"}).content.decode()
+    assert "Setting up a mail program" in page
+    assert "<code>mail.alpha.test</code>" in page
+    assert "<code>587</code> with STARTTLS, or <code>465</code> with SSL/TLS" in page
+    assert f"<code>{alice.email}</code>" in page
+    raw = page.split('id="new-token-value" type="text" readonly value="', 1)[1].split('"', 1)[0]
+    found, reply = submission.check_login(login=alice.email, password=raw, client_ip="192.0.2.1")
+    assert reply.code == 235 and found == submission.Login(user_id=alice.pk, address=alice.email)

@@ -1,4 +1,7 @@
-"""Settings pages: preferences and API tokens. Account security pages are allauth's (/accounts/)."""
+"""Settings pages: preferences, and API tokens (also the app passwords of mail programs).
+
+Account security pages are allauth's (/accounts/).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from accounts import selectors, services
 from accounts.forms import PreferencesForm, TokenForm
 from accounts.http import AuthedRequest
 from attachments.selectors import quota_for
+from gateway.submission import mail_program_settings
 from mailbox import remote_content
 from mailbox.models import AllowedSender
 
@@ -58,7 +62,12 @@ def tokens(request: AuthedRequest) -> HttpResponse:
         # Shown in this response only; only its hash is kept.
         new_token = services.issue_api_token(user=request.user, name=form.cleaned_data["name"])
         form = TokenForm()
-    context = {"form": form, "tokens": selectors.api_tokens_for(user=request.user), "new_token": new_token}
+    context = {
+        "form": form,
+        "tokens": selectors.api_tokens_for(user=request.user),
+        "new_token": new_token,
+        "mail_program": mail_program_settings(),
+    }
     return render(request, "webmail/settings/tokens.html", context, status=400 if form.errors else 200)
 
 
