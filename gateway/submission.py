@@ -19,7 +19,8 @@ What a mail program is told, and why:
   an envelope recipient in neither is a Bcc, and the Bcc header itself is
   never passed on (the message is rebuilt from its parts, not relayed whole).
 - Malformed MIME: 554 5.6.0 naming the problem; attachment limits 552 5.3.4; a
-  full mailbox 552 5.2.2; sending paused 550 5.7.1. Nothing is stored then.
+  blocked file type 554 5.7.0; a full mailbox 552 5.2.2; sending paused 550
+  5.7.1. Nothing is stored then.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ def _refusal(exc: ValidationError) -> Reply:
     if "attachments" in problems:
         if any("quota" in m or "full" in m for m in problems["attachments"]):
             return Reply(552, f"5.2.2 {text}")
+        if any("cannot be attached" in m for m in problems["attachments"]):  # a blocked file type
+            return Reply(554, f"5.7.0 {text}")
         return Reply(552, f"5.3.4 {text}")
     return Reply(554, f"5.6.0 {text}")
 

@@ -279,3 +279,11 @@ def test_the_settings_page_tells_how_to_set_up_a_mail_program_and_its_token_sign
     raw = page.split('id="new-token-value" type="text" readonly value="', 1)[1].split('"', 1)[0]
     found, reply = submission.check_login(login=alice.email, password=raw, client_ip="192.0.2.1")
     assert reply.code == 235 and found == submission.Login(user_id=alice.pk, address=alice.email)
+
+
+def test_a_blocked_file_type_is_554_naming_the_file(alice: User, bob: User) -> None:
+    msg = mail(alice.email, to=bob.email)
+    msg.add_attachment(b"MZ\x90\x00", maintype="application", subtype="octet-stream", filename="setup.exe")
+    reply = submission.submit_message(login=login(alice), recipients=[bob.email], raw=msg.as_bytes())
+    assert reply.code == 554 and reply.text.startswith("5.7.0 attachments: setup.exe: files of type"), reply
+    assert nothing_stored()

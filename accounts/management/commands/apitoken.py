@@ -9,7 +9,10 @@ from accounts.services import issue_api_token
 
 
 class Command(BaseCommand):
-    help = "Print a new API token for a mailbox (use as 'Authorization: Bearer TOKEN')."
+    help = (
+        "Print a new API token for a mailbox: 'Authorization: Bearer TOKEN' for the API, "
+        "or the app password of a mail program (name it after the program)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("address")
