@@ -523,6 +523,9 @@ PUSHMAIL_SMTP_TLS_KEY = os.environ.get("PUSHMAIL_SMTP_TLS_KEY", "")
 # Per client address: connections open at once (more get 421), and messages a minute (more get 450).
 PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env_int("PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 20)
 PUSHMAIL_SMTP_MESSAGES_PER_MINUTE = env_int("PUSHMAIL_SMTP_MESSAGES_PER_MINUTE", 600)
+# The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
+PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
+PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))
 # Submission for mail programs (gateway/submission_server.py, `manage.py submission`): SMTP AUTH with an
 # app password (an API token). STARTTLS on PUSHMAIL_SUBMISSION_LISTEN (587 in production) and implicit TLS on
 # PUSHMAIL_SUBMISSION_TLS_LISTEN (465; empty: not served) with this certificate (default: the gateway's).
@@ -537,9 +540,6 @@ PUSHMAIL_SUBMISSION_MAX_BYTES = env_int("PUSHMAIL_SUBMISSION_MAX_BYTES", 35 * 10
 PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT", 10)
 PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT", 20)
 PUSHMAIL_SUBMISSION_AUTH_WINDOW = env_int("PUSHMAIL_SUBMISSION_AUTH_WINDOW", 15 * 60)
-# The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
-PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
-PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)
