@@ -40,9 +40,12 @@ _PENDING = "pending"  # an AuthResult whose credentials are still to be checked 
 def plaintext_auth_allowed(peer_ip: str) -> bool:
     """AUTH without TLS only from loopback: a password never crosses a network in the clear."""
     try:
-        return ipaddress.ip_address(peer_ip.split("%", 1)[0]).is_loopback
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # 127.0.0.1 seen by a dual-stack [::] listener
+    return address.is_loopback
 
 
 def _peer_ip(session: Session) -> str:

@@ -257,7 +257,16 @@ def test_an_unknown_address_and_a_wrong_password_get_the_same_answer(alice: User
 
 @pytest.mark.parametrize(
     "address, allowed",
-    [("127.0.0.1", True), ("127.5.0.1", True), ("::1", True), ("192.0.2.2", False), ("2001:db8::1", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.5.0.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        ("192.0.2.2", False),
+        ("::ffff:192.0.2.2", False),
+        ("2001:db8::1", False),
+        ("not an address", False),
+    ],
 )
 def test_plaintext_auth_only_from_loopback(address: str, allowed: bool) -> None:
     assert plaintext_auth_allowed(address) is allowed
