@@ -20,12 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from dnslib import QTYPE, RR, TXT, A, DNSRecord
+from dnslib import AAAA, MX, QTYPE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSServer
 
 
 class Zone(BaseResolver):
-    """Records by (name, type): ``zone.add("example.org", "TXT", "v=spf1 -all")``."""
+    """Records by (name, type): ``zone.add("example.org", "TXT", "v=spf1 -all")``,
+    ``zone.add("example.org", "MX", "10 mx.example.org")`` (``"0 ."`` is a null MX)."""
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
@@ -48,6 +49,11 @@ class Zone(BaseResolver):
                 reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(chunks), ttl=1))
             elif rtype == "A":
                 reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(value), ttl=1))
+            elif rtype == "AAAA":
+                reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(value), ttl=1))
+            elif rtype == "MX":
+                preference, _, host = value.partition(" ")
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(host, int(preference)), ttl=1))
         if not known:
             reply.header.rcode = 3  # NXDOMAIN
         return reply
