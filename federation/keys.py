@@ -1,4 +1,7 @@
-"""Ed25519 key pairs of the hosted domains: creation, rotation, loading.
+"""Key pairs of the hosted domains: creation, rotation, loading.
+
+Each domain has an Ed25519 key (the federation's signatures) and an RSA key
+(DKIM, for the mail it sends by SMTP); ``rotatekey`` rotates both.
 
 The private half is stored encrypted (AES-256-GCM) under a key derived with HKDF from the
 ``PUSHMAIL_KEY_ENCRYPTION_KEY`` setting, and bound to its key id, so a database dump or a
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -23,7 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
-from .models import SigningKey
+from .models import DkimKey, SigningKey
 
 if TYPE_CHECKING:
     from accounts.models import Domain
@@ -124,6 +128,13 @@ def reencrypt_private_keys() -> int:
             key.private_key = encrypt_seed(decrypt_seed(key.private_key, key_id=key.key_id), key_id=key.key_id)
             key.save(update_fields=["private_key"])
             changed += 1
+        for dkim in DkimKey.objects.select_for_update().order_by("pk"):
+            aad = _dkim_aad(dkim)
+            if is_sealed_with_current_key(dkim.private_key, key_id=aad):
+                continue
+            dkim.private_key = encrypt_seed(decrypt_seed(dkim.private_key, key_id=aad), key_id=aad)
+            dkim.save(update_fields=["private_key"])
+            changed += 1
     return changed
 
 
@@ -142,11 +153,15 @@ def create_signing_key(*, domain: Domain) -> SigningKey:
 
 @transaction.atomic
 def rotate_key(*, domain: Domain) -> SigningKey:
-    """Retire the current key (still published until its expiry) and make a new one."""
+    """Retire the current keys, Ed25519 and DKIM (still published until their expiry), and make new ones."""
     now = timezone.now()
     SigningKey.objects.select_for_update().filter(domain=domain, retired_at__isnull=True).update(
         retired_at=now, expires_at=now + settings.PUSHMAIL_KEY_GRACE
     )
+    DkimKey.objects.select_for_update().filter(domain=domain, retired_at__isnull=True).update(
+        retired_at=now, expires_at=now + settings.PUSHMAIL_KEY_GRACE
+    )
+    create_dkim_key(domain=domain)
     return create_signing_key(domain=domain)
 
 
@@ -161,3 +176,46 @@ def private_key_of(key: SigningKey) -> Ed25519PrivateKey:
 
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(unb64(text))
+
+
+# --- DKIM ------------------------------------------------------------------------------------
+
+
+def _dkim_aad(key: DkimKey) -> str:
+    # The encrypted private key is bound to its record name, so it cannot be moved to another row.
+    return f"dkim:{key.selector}._domainkey.{key.domain_id}"
+
+
+def create_dkim_key(*, domain: Domain) -> DkimKey:
+    """Make a new current DKIM key for ``domain`` under a new selector. The caller retires the old one first.
+
+    Selectors are ``pm`` + date + random hex, so every rotation gets a new DNS
+    name and the old record can stay published beside it until it expires.
+    """
+    private = rsa.generate_private_key(public_exponent=65537, key_size=settings.PUSHMAIL_DKIM_KEY_BITS)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key = DkimKey(
+        domain=domain,
+        selector=f"pm{timezone.now():%Y%m%d}{secrets.token_hex(3)}",
+        public_key=b64(public),
+    )
+    key.private_key = encrypt_seed(pem, key_id=_dkim_aad(key))
+    key.save()
+    return key
+
+
+def current_dkim_key(domain: Domain) -> DkimKey:
+    """The key ``domain`` signs its SMTP mail with; made now if the domain has none yet (created before DKIM)."""
+    with transaction.atomic():
+        key = DkimKey.objects.current().filter(domain=domain).first()
+        return key or create_dkim_key(domain=domain)
+
+
+def dkim_private_pem(key: DkimKey) -> bytes:
+    """The usable private key (PEM) of a stored DKIM key (decrypted here, never kept in plain text)."""
+    return decrypt_seed(key.private_key, key_id=_dkim_aad(key))

@@ -1,4 +1,4 @@
-"""Signing keys of the hosted domains."""
+"""Signing keys of the hosted domains: Ed25519 for the federation, RSA for DKIM."""
 
 from __future__ import annotations
 
@@ -41,6 +41,57 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return self.key_id
+
+
+class DkimKeyQuerySet(models.QuerySet["DkimKey"]):
+    def published(self) -> DkimKeyQuerySet:
+        """Keys whose DNS record must stay: current, or retired but unexpired."""
+        return self.filter(Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()))
+
+    def current(self) -> DkimKeyQuerySet:
+        return self.filter(retired_at__isnull=True)
+
+
+class DkimKey(models.Model):
+    """An RSA key a hosted domain signs its outgoing SMTP mail with (DKIM), published at ``selector._domainkey``.
+
+    Like the Ed25519 keys: one current key per domain; a rotation retires it and it
+    stays published (``manage.py dnsrecords`` lists it) until ``expires_at``, so
+    mail signed with it just before still verifies.
+    """
+
+    domain = models.ForeignKey("accounts.Domain", on_delete=models.CASCADE, related_name="dkim_keys")
+    selector = models.CharField(max_length=63, help_text="The DNS label before ._domainkey.DOMAIN.")
+    private_key = models.TextField(
+        help_text="The RSA private key (PEM), encrypted with PUSHMAIL_KEY_ENCRYPTION_KEY (federation.keys)."
+    )
+    public_key = models.TextField(help_text="The RSA public key (DER, base64): the p= of the DKIM record.")
+    created_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    objects = DkimKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "selector"], name="unique_dkim_selector_per_domain"),
+            models.UniqueConstraint(
+                fields=["domain"], condition=Q(retired_at__isnull=True), name="one_current_dkim_key_per_domain"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain_id}"
+
+    @property
+    def record_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain.name}"
+
+    @property
+    def record_value(self) -> str:
+        """The TXT record that publishes this key."""
+        return f"v=DKIM1; k=rsa; p={self.public_key}"
 
 
 class SignedRequest(models.Model):

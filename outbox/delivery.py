@@ -4,6 +4,11 @@
 moves the row along ``outbox.states.DELIVERY``: notified with every recipient's
 answer, retrying with backoff while the window is open, or failed (with a
 notice to the sender). Safe to repeat: the receiver is idempotent.
+
+A domain that has no Pushmail instance gets the message itself by SMTP
+(``transport`` becomes smtp, outbox/smtp.py): the same states, window and
+backoff, with each recipient answered by the receiving mail server (a 2xx
+accepts, a 5xx refuses at once, a 4xx waits for the next attempt).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from .bodies import manifest_of
-from .models import Delivery, DeliveryState, Message, Recipient, RecipientStatus
+from .models import Delivery, DeliveryState, Message, Recipient, RecipientStatus, Transport
 from .signals import notice_for_sender
+from .smtp import SmtpAnswer, SmtpFailure, send_by_smtp, smtp_enabled
 from .states import DELIVERY, retry_delay, retry_window
 
 LEGACY_REASON = "legacy domain"
@@ -55,15 +61,70 @@ def deliver_notification(delivery_id: int) -> None:
     if delivery.message.withdrawn_at:
         _finish_delivery(delivery, state=DeliveryState.FAILED, error=WITHDRAWN_FIRST)
         return
+    if delivery.transport == Transport.SMTP:
+        _deliver_by_smtp(delivery)
+        return
     try:
         results = _post_notification(delivery)
     except (discovery.DiscoveryError, client.PeerError) as exc:
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
         return
     if results is None:
-        _reject_all(delivery, LEGACY_REASON)
+        if smtp_enabled():
+            delivery.transport = Transport.SMTP
+            delivery.save(update_fields=["transport"])
+            _deliver_by_smtp(delivery)
+        else:
+            _reject_all(delivery, LEGACY_REASON)
         return
     _record_answers(delivery, results)
+
+
+def _deliver_by_smtp(delivery: Delivery) -> None:
+    """Send the message to the recipients still waiting at a domain without Pushmail, and record each answer."""
+    waiting = list(
+        Recipient.objects.filter(message=delivery.message, domain=delivery.domain, status=RecipientStatus.PENDING)
+        .order_by("pk")
+        .values_list("address", flat=True)
+    )
+    if not waiting:
+        _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
+        return
+    try:
+        answers = send_by_smtp(delivery=delivery, recipients=waiting)
+    except SmtpFailure as exc:
+        _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=None)
+        return
+    _record_smtp_answers(delivery, waiting, answers)
+
+
+def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer]) -> None:
+    """2xx: accepted; 5xx: refused now, with a notice; 4xx (or no answer): tried again within the window."""
+    refused: list[tuple[str, str]] = []
+    deferred: list[str] = []
+    replies: list[str] = []
+    with transaction.atomic():
+        for address in waiting:
+            answer = answers.get(address)
+            if answer is None or not (answer.accepted or answer.permanent):
+                deferred.append(f"{address}: {answer or 'no answer'}")
+                continue
+            if answer.accepted:
+                replies.append(str(answer))
+                status, reason = RecipientStatus.ACCEPTED, ""
+            else:
+                refused.append((address, str(answer)))
+                status, reason = RecipientStatus.REJECTED, str(answer)[:300]
+            Recipient.objects.filter(message=delivery.message, address=address).update(status=status, reason=reason)
+        if replies:
+            delivery.smtp_reply = replies[-1][:500]
+            delivery.save(update_fields=["smtp_reply"])
+        if refused:
+            _notify_sender(delivery, refused)
+        if not deferred:
+            _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
+    if deferred:
+        _delivery_failed_attempt(delivery, "; ".join(deferred), retryable=True, retry_after=None)
 
 
 def _claim_delivery(delivery_id: int) -> Delivery | None:
@@ -190,31 +251,37 @@ def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool,
 
 
 def _give_up(delivery: Delivery, reason: str) -> None:
-    """Failed: recipients still pending there are rejected, and the sender is told."""
+    """Failed: recipients still pending there are rejected, and the sender is told about them."""
     with transaction.atomic():
-        Recipient.objects.filter(
+        pending = Recipient.objects.filter(
             message=delivery.message, domain=delivery.domain, status=RecipientStatus.PENDING
-        ).update(status=RecipientStatus.REJECTED, reason=reason[:300])
+        )
+        addresses = list(pending.order_by("pk").values_list("address", flat=True))
+        pending.update(status=RecipientStatus.REJECTED, reason=reason[:300])
         _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
-        _notify_sender_of_failure(delivery, reason)
+        if addresses:
+            _notify_sender(delivery, [(address, reason) for address in addresses])
 
 
 def _schedule(delivery_id: int, delay: timedelta) -> None:
     enqueue(deliver_notification_task, delivery_id, countdown=max(delay.total_seconds(), 0))
 
 
-def _notify_sender_of_failure(delivery: Delivery, reason: str) -> None:
+def _notify_sender(delivery: Delivery, failures: list[tuple[str, str]]) -> None:
+    """Tell the sender which recipients will not get the message, and why (one reason if all share it)."""
     message = delivery.message
-    addresses = list(
-        Recipient.objects.filter(message=message, domain=delivery.domain).values_list("address", flat=True)
-    )
+    reasons = {reason for _, reason in failures}
+    if len(reasons) == 1:
+        listing = "".join(f"  {address}\n" for address, _ in failures) + f"\nReason: {reasons.pop()}\n"
+    else:
+        listing = "".join(f"  {address}\n    {reason}\n" for address, reason in failures)
+    by = " The receiving mail server answered (SMTP)." if delivery.transport == Transport.SMTP else ""
     notice_for_sender.send(
         sender=Message,
         owner=message.sender,
         subject=f"Undelivered: {message.subject}"[:998],
         text=(
-            f"Your message {message.subject!r} sent {payloads.format_time(message.date)} could not be delivered to:\n\n"
-            + "".join(f"  {a}\n" for a in addresses)
-            + f"\nReason: {reason}\n"
+            f"Your message {message.subject!r} sent {payloads.format_time(message.date)} could not be delivered to:"
+            f"{by}\n\n" + listing
         ),
     )

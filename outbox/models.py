@@ -141,12 +141,30 @@ class DeliveryState(models.TextChoices):
     FAILED = "failed"
 
 
+class Transport(models.TextChoices):
+    FEDERATION = "federation", "Pushmail"
+    SMTP = "smtp", "SMTP"
+
+
 class Delivery(models.Model):
-    """The notification of one message to one recipient domain (its states: outbox/states.py)."""
+    """The notification of one message to one recipient domain (its states: outbox/states.py).
+
+    A domain without a Pushmail instance gets the message itself by SMTP instead
+    (``transport``), on the same row, states and retry policy.
+    """
 
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="deliveries")
     domain = models.CharField(max_length=253)
     local = models.BooleanField(default=False, help_text="Recipient domain hosted here: no federation round trip.")
+    transport = models.CharField(
+        max_length=10,
+        choices=Transport.choices,
+        default=Transport.FEDERATION,
+        help_text="smtp: the domain has no Pushmail instance; the message went to its mail server.",
+    )
+    smtp_reply = models.CharField(
+        max_length=500, blank=True, help_text="The receiving mail server's answer to the message (SMTP only)."
+    )
     state = models.CharField(max_length=8, choices=DeliveryState.choices, default=DeliveryState.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)

@@ -25,6 +25,7 @@ from .models import (
     Recipient,
     RecipientStatus,
     SenderFolder,
+    Transport,
     Withdrawal,
     WithdrawalState,
 )
@@ -97,7 +98,8 @@ def domain_status(message: Message) -> list[dict[str, Any]]:
                 "withdrawal": withdrawal,
                 "withdrawal_state": withdrawal.state if withdrawal else "none",
                 "recipients": domain_recipients,
-                "offered": offer_open and may_read and not delivery.local,
+                # A domain reached by SMTP holds the message itself: nothing is offered to fetch.
+                "offered": offer_open and may_read and not delivery.local and delivery.transport != Transport.SMTP,
                 "all_rejected": not may_read,
                 "fetch_status": "local" if delivery.local else ("fetched" if domain_fetches else "not fetched"),
                 "first_fetched_at": first_fetch,

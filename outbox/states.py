@@ -26,15 +26,23 @@ DELIVERY = StateGraph(
     "delivery",
     states=[
         State(DeliveryState.PENDING, retry=PEER_RETRY, doc="Not attempted yet."),
-        State(DeliveryState.NOTIFIED, terminal=True, doc="The recipient domain answered for each recipient."),
-        State(DeliveryState.RETRYING, retry=PEER_RETRY, doc="The last attempt failed in a way worth retrying."),
+        State(
+            DeliveryState.NOTIFIED,
+            terminal=True,
+            doc="The recipient domain answered for each recipient (by SMTP: its mail server took or refused each).",
+        ),
+        State(
+            DeliveryState.RETRYING,
+            retry=PEER_RETRY,
+            doc="The last attempt failed in a way worth retrying (by SMTP: a 4xx or no server reachable).",
+        ),
         State(DeliveryState.FAILED, doc="Given up; an operator may retry it now."),
     ],
     edges={
         DeliveryState.PENDING: [
             DeliveryState.NOTIFIED,  # answered, or a domain hosted here
             DeliveryState.RETRYING,  # retryable failure, or the admin's "retry now"
-            DeliveryState.FAILED,  # legacy, permanent, window over, withdrawn first
+            DeliveryState.FAILED,  # legacy (SMTP off), no mail server, permanent, window over, withdrawn first
         ],
         DeliveryState.RETRYING: [DeliveryState.NOTIFIED, DeliveryState.RETRYING, DeliveryState.FAILED],
         DeliveryState.FAILED: [DeliveryState.RETRYING],  # the admin's "retry now"

@@ -460,6 +460,8 @@ PUSHMAIL_RETRY_CAP_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_CAP_SECONDS", 
 # A claimed row whose worker died is taken up again after this long.
 PUSHMAIL_CLAIM_SECONDS = float(os.environ.get("PUSHMAIL_CLAIM_SECONDS", "30"))
 PUSHMAIL_KEY_GRACE = timedelta(days=float(os.environ.get("PUSHMAIL_KEY_GRACE_DAYS", "7")))
+# Size of the RSA keys the domains sign their SMTP mail with (DKIM); 2048 is what receivers expect.
+PUSHMAIL_DKIM_KEY_BITS = env_int("PUSHMAIL_DKIM_KEY_BITS", 2048)
 # Notifications accepted per origin domain per minute.
 PUSHMAIL_ORIGIN_RATE_PER_MINUTE = env_int("PUSHMAIL_ORIGIN_RATE_PER_MINUTE", 6000)
 # A remote message is judged spam for the whole instance at this many local reports, or when
@@ -523,6 +525,19 @@ PUSHMAIL_SMTP_TLS_KEY = os.environ.get("PUSHMAIL_SMTP_TLS_KEY", "")
 # Per client address: connections open at once (more get 421), and messages a minute (more get 450).
 PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env_int("PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 20)
 PUSHMAIL_SMTP_MESSAGES_PER_MINUTE = env_int("PUSHMAIL_SMTP_MESSAGES_PER_MINUTE", 600)
+# Mail to domains without a Pushmail instance goes by SMTP (gateway/outbound.py), DKIM-signed; off: such
+# recipients are rejected as "legacy domain".
+PUSHMAIL_SMTP_OUTBOUND = env_bool("PUSHMAIL_SMTP_OUTBOUND", True)
+# The port of the recipient domains' mail servers (25; tests use a loopback port).
+PUSHMAIL_SMTP_OUTBOUND_PORT = env_int("PUSHMAIL_SMTP_OUTBOUND_PORT", 25)
+# Send everything through this smarthost instead of the MX: smtp://user:pass@host:587 (STARTTLS, AUTH).
+PUSHMAIL_SMTP_RELAY = os.environ.get("PUSHMAIL_SMTP_RELAY", "")
+# Recipient domains whose mail servers may be on loopback or private addresses (local test servers only;
+# every other domain's MX must resolve to public addresses, like federation peers not in PUSHMAIL_PEERS).
+PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS = [
+    d.strip().lower() for d in os.environ.get("PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS", "").split(",") if d.strip()
+]
+PUSHMAIL_SMTP_TIMEOUT = float(os.environ.get("PUSHMAIL_SMTP_TIMEOUT", "60"))
 # The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
 PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
 PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))

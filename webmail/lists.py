@@ -59,9 +59,12 @@ def sent_page(
 
 
 def delivery_summary(message: Message) -> str:
-    """E.g. "2 notified, 1 failed" from the prefetched deliveries (no query)."""
+    """E.g. "2 notified, 1 sent by SMTP, 1 failed" from the prefetched deliveries (no query)."""
     counts: dict[str, int] = {}
     for delivery in message.deliveries.all():
-        counts[delivery.state] = counts.get(delivery.state, 0) + 1
-    order = ["notified", "pending", "retrying", "failed"]
+        state = delivery.state
+        if state == "notified" and delivery.transport == "smtp":
+            state = "sent by SMTP"
+        counts[state] = counts.get(state, 0) + 1
+    order = ["notified", "sent by SMTP", "pending", "retrying", "failed"]
     return ", ".join(f"{counts[state]} {state}" for state in order if counts.get(state))

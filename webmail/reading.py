@@ -239,6 +239,8 @@ def delivery_rows(message: Message) -> list[dict[str, Any]]:
             row["state"] = "failed"
         elif row["fetch_status"] == "fetched":
             row["state"] = "fetched"
+        elif delivery.state == "notified" and delivery.transport == "smtp":
+            row["state"] = "sent-by-smtp"
         else:
             row["state"] = delivery.state
     return rows

@@ -54,7 +54,17 @@ class DomainStatusSerializer(serializers.Serializer):
     attempts = serializers.IntegerField(source="delivery.attempts")
     next_attempt_at = serializers.DateTimeField(source="delivery.next_attempt_at")
     last_error = serializers.CharField(source="delivery.last_error")
-    notified_at = serializers.DateTimeField(source="delivery.notified_at")
+    notified_at = serializers.DateTimeField(
+        source="delivery.notified_at", help_text="When the domain answered (by SMTP: when its server took it)."
+    )
+    transport = serializers.ChoiceField(
+        source="delivery.transport",
+        choices=["federation", "smtp"],
+        help_text="smtp: the domain has no Pushmail instance; the message itself went to its mail server.",
+    )
+    smtp_reply = serializers.CharField(
+        source="delivery.smtp_reply", help_text='The receiving mail server\'s answer, e.g. "250 2.0.0 Ok: queued".'
+    )
     recipients = RecipientSerializer(many=True)
     fetch_status = serializers.CharField()
     first_fetched_at = serializers.DateTimeField(allow_null=True)
