@@ -13,16 +13,23 @@ In one run, on the same machine:
 3. Memory: the gateway's peak RSS (VmHWM) before and after it receives one 25 MB message.
 
 Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10]``.
-Prints JSON lines and a table.
+Prints JSON lines and a table. ``--profile FILE`` runs the gateway under cProfile (every thread:
+the event loop's and the workers'), writes the merged pstats to FILE and prints where the time
+goes; the figures of a profiled run are slower and are not the benchmark's.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
+import signal
 import smtplib
 import subprocess
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -43,6 +50,30 @@ def _vm(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (and their reaped children)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def _stored(inst: Instance) -> int:
     code = "from mailbox.models import InboxEntry; print(InboxEntry.objects.count())"
     return int(inst.shell(code).split()[-1])
@@ -60,8 +91,12 @@ def _wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"the gateway did not answer on {port}")
 
 
-def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size: int) -> dict[str, object]:
+def gateway_run(
+    inst: Instance, port: int, *, messages: int, sessions: int, size: int, pids: list[int]
+) -> dict[str, object]:
     before = _stored(inst)
+    postgres = _postgres_pids()
+    cpu_gateway, cpu_postgres = _cpu_seconds(pids), _cpu_seconds(postgres)
     start = time.monotonic()
     result = subprocess.run(
         ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
@@ -71,6 +106,7 @@ def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size
         timeout=1800,
     )
     seconds = time.monotonic() - start
+    cpu_gateway, cpu_postgres = _cpu_seconds(pids) - cpu_gateway, _cpu_seconds(postgres) - cpu_postgres
     stored = _stored(inst) - before
     if result.returncode != 0 or stored != messages:
         log("smtp-source:", result.returncode, result.stdout[-500:], result.stderr[-1500:])
@@ -82,6 +118,8 @@ def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size
         "messages_per_second": round(stored / seconds, 1),
         "size_bytes": size,
         "sessions": sessions,
+        "gateway_cpu_ms_per_message": round(cpu_gateway * 1000 / max(stored, 1), 2),
+        "postgres_cpu_ms_per_message": round(cpu_postgres * 1000 / max(stored, 1), 2),
     }
 
 
@@ -118,13 +156,72 @@ def memory_run(pid: int, port: int, *, megabytes: int) -> dict[str, object]:
     }
 
 
+def serve_profiled(listen: str, out: str) -> None:
+    """``manage.py smtpd`` in this process, each thread under its own profiler, merged on SIGTERM."""
+    import django
+
+    django.setup()
+    from gateway import server
+
+    profiles: list[cProfile.Profile] = []
+    own = threading.local()
+
+    def profiler() -> cProfile.Profile:
+        if not hasattr(own, "profile"):
+            own.profile = cProfile.Profile()
+            profiles.append(own.profile)
+        found: cProfile.Profile = own.profile
+        return found
+
+    def profiled(function, /, **kwargs):  # type: ignore[no-untyped-def]
+        profile = profiler()
+        profile.enable()
+        try:
+            return unprofiled(function, **kwargs)
+        finally:
+            profile.disable()
+
+    unprofiled = server._with_database
+    server._with_database = profiled  # type: ignore[assignment]
+
+    class Profiled(server.GatewayController):
+        def _run(self, ready_event: threading.Event) -> None:
+            profile = profiler()
+            profile.enable()
+            try:
+                super()._run(ready_event)
+            finally:
+                profile.disable()
+
+    host, port = server.listen_address(listen)
+    controller = Profiled(host=host, port=port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    controller.start()
+    print(f"SMTP gateway listening on {listen} (profiled)", flush=True)
+    stop.wait()
+    controller.stop()
+    stats = pstats.Stats(*profiles)  # type: ignore[arg-type]
+    stats.dump_stats(out)
+    text = io.StringIO()
+    pstats.Stats(out, stream=text).sort_stats("cumulative").print_stats(60)
+    pstats.Stats(out, stream=text).sort_stats("tottime").print_stats(40)
+    Path(out + ".txt").write_text(text.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--large-mb", type=int, default=25)
+    parser.add_argument("--profile", default="", help="profile the gateway; write pstats to this file")
+    parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
+    parser.add_argument("--serve-profiled", nargs=2, metavar=("LISTEN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_profiled:
+        serve_profiled(*args.serve_profiled)
+        return
 
     data = ROOT / "var" / "bench-smtp"
     inst = Instance(name="smtpbench", domains=[HOSTED], data_dir=data, backend=server_backend())
@@ -135,6 +232,7 @@ def main() -> None:
     port = free_port()
     records: list[dict[str, object]] = []
     with dns_server() as (zone, resolver):
+        zone.ttl = 300  # as real zones have: the gateway caches the answers this long
         zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
         zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
         env = {
@@ -145,8 +243,12 @@ def main() -> None:
             "PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT": str(args.sessions * 2),
         }
         with open(data / "smtpd.log", "ab") as out:
+            command = [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"]
+            if args.profile:
+                command = [PYTHON, "-m", "bench.smtp_inbound", "--serve-profiled", f"127.0.0.1:{port}"]
+                command.append(str(Path(args.profile).resolve()))
             gateway = subprocess.Popen(
-                [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"],
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -155,16 +257,24 @@ def main() -> None:
         try:
             _wait_port(port)
             log("warm-up: 50 messages")
-            gateway_run(inst, port, messages=50, sessions=args.sessions, size=args.size)
+            gateway_run(inst, port, messages=50, sessions=args.sessions, size=args.size, pids=[gateway.pid])
             log(f"gateway: {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
-            records.append(gateway_run(inst, port, messages=args.messages, sessions=args.sessions, size=args.size))
+            records.append(
+                gateway_run(
+                    inst, port, messages=args.messages, sessions=args.sessions, size=args.size, pids=[gateway.pid]
+                )
+            )
             log(f"memory: one {args.large_mb} MB message")
-            records.append(memory_run(gateway.pid, port, megabytes=args.large_mb))
+            if args.large_mb:
+                records.append(memory_run(gateway.pid, port, megabytes=args.large_mb))
         finally:
             gateway.terminate()
-            gateway.wait(timeout=30)
-    log("postfix: the same load to a Maildir")
-    records.append(postfix_run(messages=args.messages, sessions=args.sessions, size=args.size))
+            gateway.wait(timeout=60)
+    if args.profile:
+        log(f"profile: {args.profile} and {args.profile}.txt")
+    if not args.no_postfix:
+        log("postfix: the same load to a Maildir")
+        records.append(postfix_run(messages=args.messages, sessions=args.sessions, size=args.size))
     emit({"machine": machine()})
     for record in records:
         emit(record)

@@ -7,9 +7,12 @@ Clients are smtplib or a raw socket (for what smtplib would never send).
 
 from __future__ import annotations
 
+import io
+import os
 import smtplib
 import socket
 import ssl
+import tracemalloc
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -20,7 +23,7 @@ from django.test import Client
 
 from accounts.models import User
 from attachments.models import Blob
-from gateway import services
+from gateway import auth, services
 from gateway.server import ClientLimits, GatewayController
 from mailbox.models import Folder, InboxEntry, RemoteMessage, Transport
 from mailbox.replies import reply_to_entry
@@ -47,8 +50,17 @@ def zone(dns: tuple[Zone, str], settings: Any) -> Iterator[Zone]:
     settings.PUSHMAIL_DNS_TIMEOUT = 2.0
     settings.PUSHMAIL_SMTP_HOSTNAME = "mx.alpha.test"
     found.clear()
+    _forget_dns()
     yield found
     found.clear()
+    _forget_dns()
+
+
+def _forget_dns() -> None:
+    """Empty the gateway's DNS cache: each test's records are its own."""
+    cache = auth.resolver().cache
+    if cache is not None:
+        cache.flush()
 
 
 @pytest.fixture
@@ -462,3 +474,92 @@ def test_a_recipient_in_capitals_reaches_the_mailbox(gateway: GatewayController,
         assert client.rcpt("Bob@ALPHA.test")[0] == 250
         assert client.data(_raw(_message()))[0] == 250
     assert InboxEntry.objects.get().owner == bob
+
+
+# --- Large messages, and the DNS asked once ------------------------------------------------------
+
+
+def test_large_attachments_in_every_encoding_arrive_byte_for_byte(
+    gateway: GatewayController, bob: User, client: Client
+) -> None:
+    pdf, data = os.urandom(2 * 1024 * 1024), b"line one\r\nline two\r\n" * 12000
+    png = bytes(b for b in range(256) if b not in (10, 13)) * 1200  # QP turns CR and LF into line ends
+    msg = _message(files=[("big.pdf", pdf, "application/pdf")])
+    msg.add_attachment(png, maintype="image", subtype="png", filename="q.png", cte="quoted-printable")
+    msg.add_attachment(data, maintype="application", subtype="x-log", filename="plain.log", cte="7bit")
+    inner = EmailMessage()
+    inner["Subject"] = "Forwarded"
+    inner.set_content("The forwarded text.\n")
+    msg.add_attachment(inner)
+    sent = _raw(msg)
+    code, text = _send(gateway, sent)
+    assert code == 250, text
+
+    entry = InboxEntry.objects.get(owner=bob)
+    client.force_login(bob)
+    for position, expected in enumerate([pdf, png, data]):
+        download = client.get(f"/mail/entry/{entry.pk}/attachments/{position}/")
+        assert b"".join(download.streaming_content) == expected  # type: ignore[attr-defined]
+    names = [a["name"] for a in entry.remote.attachments]
+    assert names[:3] == ["big.pdf", "q.png", "plain.log"] and len(names) == 4
+    eml = b"".join(client.get(f"/mail/entry/{entry.pk}/eml/").streaming_content)  # type: ignore[attr-defined]
+    assert eml.startswith(b"Authentication-Results: mx.alpha.test;") and eml.endswith(sent)
+    assert entry.remote.size == len(eml)
+
+
+def test_a_large_message_is_not_held_in_memory(gateway: GatewayController, bob: User) -> None:
+    attachment = os.urandom(8 * 1024 * 1024)
+    msg = _message(files=[("large.bin", attachment, "application/octet-stream")])
+    raw = _raw(msg)
+    del msg, attachment
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        for command in (b"EHLO mail.example.org", b"MAIL FROM:<alice@example.org>", f"RCPT TO:<{BOB}>".encode()):
+            sock.sendall(command + b"\r\n")
+            while reader.readline()[3:4] == b"-":  # a multiline reply's continuation
+                pass
+        sock.sendall(b"DATA\r\n")
+        assert reader.readline().startswith(b"354")
+        tracemalloc.start()
+        try:
+            view = memoryview(raw)  # sent in slices: the client copies nothing
+            for start in range(0, len(raw), 65536):
+                sock.sendall(view[start : start + 65536])
+            sock.sendall(b".\r\n")
+            answer = reader.readline()
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert answer.startswith(b"250"), answer
+    assert InboxEntry.objects.filter(owner=bob).count() == 1
+    # Receiving, checking, parsing and storing it took far less memory than its size.
+    assert peak < len(raw) // 2, f"peak {peak} bytes for a message of {len(raw)}"
+
+
+def test_the_dns_is_asked_once_per_ttl_not_once_per_message(gateway: GatewayController, zone: Zone) -> None:
+    zone.ttl = 300
+    zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
+    for n in range(3):
+        assert _send(gateway, _raw(_message(message_id=f"<m{n}@example.org>")))[0] == 250
+    assert zone.asked[("example.org", "TXT")] == 1
+    assert zone.asked[("_dmarc.example.org", "TXT")] == 1
+    assert all("spf=pass" in r.authentication_results for r in RemoteMessage.objects.all())
+
+
+def test_bare_line_ends_are_found_across_the_chunks_a_file_is_read_in() -> None:
+    megabyte = 1024 * 1024
+    head = b"Subject: a\r\n\r\n"
+    for crlf_at in (megabyte - 1, megabyte - 2):  # straddling the first chunk's end, or ending it
+        whole = head + b"x" * (crlf_at - len(head)) + b"\r\nmore\r\n"
+        assert whole[crlf_at : crlf_at + 2] == b"\r\n"
+        assert services.line_end_problem(io.BytesIO(whole)) is None
+        bare = whole[:crlf_at] + b"\ry" + whole[crlf_at + 2 :]
+        problem = services.line_end_problem(io.BytesIO(bare))
+        assert problem is not None and f"bare CR (carriage return) at byte {crlf_at}" in problem.text
+        bare = whole[:crlf_at] + b"y\n" + whole[crlf_at + 2 :]
+        problem = services.line_end_problem(io.BytesIO(bare))
+        assert problem is not None and f"bare LF (line feed) at byte {crlf_at + 1}" in problem.text
+    problem = services.line_end_problem(io.BytesIO(b"x" * (megabyte - 1) + b"\r"))
+    assert problem is not None and f"bare CR (carriage return) at byte {megabyte - 1}" in problem.text
