@@ -314,7 +314,8 @@ def listen_address(value: str) -> tuple[str, int]:
 class GatewayController(Controller):
     """aiosmtpd's Controller serving :class:`GatewaySMTP` on its own thread and event loop."""
 
-    def __init__(self, *, host: str, port: int, limits: ClientLimits | None = None) -> None:
+    def __init__(self, *, host: str, port: int, limits: ClientLimits | None = None, reuse_port: bool = False) -> None:
+        self.reuse_port = reuse_port
         self.limits = limits or ClientLimits(
             max_connections=settings.PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             per_minute=settings.PUSHMAIL_SMTP_MESSAGES_PER_MINUTE,
@@ -337,6 +338,20 @@ class GatewayController(Controller):
 
     def factory(self) -> GatewaySMTP:
         return GatewaySMTP(self.handler, limits=self.limits, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Any:
+        # SO_REUSEPORT: several gateway processes listen on one port, the kernel spreading connections.
+        return self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context, reuse_port=self.reuse_port
+        )
+
+    def _trigger_server(self) -> None:
+        # aiosmtpd connects to itself once so that its factory runs (and any error in it shows at start);
+        # with SO_REUSEPORT that connection could reach another process, so the factory is run directly.
+        async def invoke() -> None:
+            self._factory_invoker()
+
+        asyncio.run_coroutine_threadsafe(invoke(), self.loop).result(timeout=self.ready_timeout)
 
     def stop(self, no_assert: bool = False) -> None:
         super().stop(no_assert=no_assert)

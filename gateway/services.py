@@ -92,7 +92,7 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     domain = domain_of(normalized)
     if domain not in discovery.local_domain_names():
         return Reply(550, f"5.1.1 <{normalized}>: this server does not take mail for {domain}")
-    user = User.objects.filter(email=normalized, is_active=True).first()
+    user = User.objects.filter(email=normalized, is_active=True).select_related("domain").first()
     if user is None:
         return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
     used = attachment_selectors.usage_bytes(user)

@@ -12,6 +12,8 @@ import os
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from accounts.models import User
@@ -563,3 +566,33 @@ def test_bare_line_ends_are_found_across_the_chunks_a_file_is_read_in() -> None:
         assert problem is not None and f"bare LF (line feed) at byte {crlf_at + 1}" in problem.text
     problem = services.line_end_problem(io.BytesIO(b"x" * (megabyte - 1) + b"\r"))
     assert problem is not None and f"bare CR (carriage return) at byte {megabyte - 1}" in problem.text
+
+
+def test_several_gateway_processes_share_the_port_and_stop_together(
+    zone: Zone, bob: User, settings: Any, tmp_path: Path
+) -> None:
+    database = connection.settings_dict
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "DATABASE_URL": f"postgresql://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "PUSHMAIL_DATA_DIR": str(tmp_path),
+        "PUSHMAIL_DNS_RESOLVER": settings.PUSHMAIL_DNS_RESOLVER,
+        "PUSHMAIL_SMTP_HOSTNAME": "mx.alpha.test",
+    }
+    command = [sys.executable, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}", "--processes", "2"]
+    gateway = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        assert f"SMTP gateway listening on 127.0.0.1:{port} (2 processes)" in gateway.stdout.readline()
+        others = Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()
+        assert len(others) == 1
+        for n in range(6):
+            with smtplib.SMTP("127.0.0.1", port, local_hostname="mail.example.org", timeout=30) as client:
+                client.sendmail("alice@example.org", [BOB], _raw(_message(message_id=f"<p{n}@example.org>")))
+        assert InboxEntry.objects.filter(owner=bob).count() == 6
+    finally:
+        gateway.terminate()
+        assert gateway.wait(timeout=60) == 0
+    assert not Path(f"/proc/{others[0]}").exists()  # stopped with the first
