@@ -258,15 +258,9 @@ def main() -> None:
             "PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT": str(args.sessions * 2),
         }
         with open(data / "smtpd.log", "ab") as out:
-            command = [
-                PYTHON,
-                "manage.py",
-                "smtpd",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--processes",
-                str(args.processes),
-            ]
+            command = [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"]
+            if args.processes > 1:
+                command += ["--processes", str(args.processes)]
             if args.profile:
                 command = [PYTHON, "-m", "bench.smtp_inbound", "--serve-profiled", f"127.0.0.1:{port}"]
                 command.append(str(Path(args.profile).resolve()))
