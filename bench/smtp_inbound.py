@@ -12,7 +12,10 @@ In one run, on the same machine:
    timed until the last message is in the recipient's Maildir/new.
 3. Memory: the gateway's peak RSS (VmHWM) before and after it receives one 25 MB message.
 
-Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10]``.
+Steps 1 and 2 alternate for ``--rounds`` rounds (default 3), so that on a shared machine each
+pair is measured under the same load; the ratio reported is the median of the rounds'.
+
+Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10] [--processes 2]``.
 Prints JSON lines and a table. ``--profile FILE`` runs the gateway under cProfile (every thread:
 the event loop's and the workers'), writes the merged pstats to FILE and prints where the time
 goes; the figures of a profiled run are slower and are not the benchmark's.
@@ -28,6 +31,7 @@ import os
 import pstats
 import signal
 import smtplib
+import statistics
 import subprocess
 import threading
 import time
@@ -229,6 +233,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--large-mb", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=3, help="gateway and Postfix runs, alternated (default 3)")
     parser.add_argument("--processes", type=int, default=1, help="gateway processes (smtpd --processes)")
     parser.add_argument("--profile", default="", help="profile the gateway; write pstats to this file")
     parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
@@ -277,9 +282,10 @@ def main() -> None:
             gateway_run(
                 inst, port, messages=50, sessions=args.sessions, size=args.size, pids=_with_children(gateway.pid)
             )
-            log(f"gateway: {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
-            records.append(
-                gateway_run(
+            for round_ in range(1, args.rounds + 1):
+                # Gateway, then Postfix, round after round: on a shared machine, each pair sees the same load.
+                log(f"round {round_}: gateway, {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
+                record = gateway_run(
                     inst,
                     port,
                     messages=args.messages,
@@ -287,31 +293,34 @@ def main() -> None:
                     size=args.size,
                     pids=_with_children(gateway.pid),
                 )
-            )
-            log(f"memory: one {args.large_mb} MB message")
+                records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
+                if not args.no_postfix:
+                    log(f"round {round_}: postfix, the same load to a Maildir")
+                    record = postfix_run(messages=args.messages, sessions=args.sessions, size=args.size)
+                    records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
             if args.large_mb:
+                log(f"memory: one {args.large_mb} MB message")
                 records.append(memory_run(_with_children(gateway.pid), port, megabytes=args.large_mb))
         finally:
             gateway.terminate()
             gateway.wait(timeout=60)
     if args.profile:
         log(f"profile: {args.profile} and {args.profile}.txt")
-    if not args.no_postfix:
-        log("postfix: the same load to a Maildir")
-        records.append(postfix_run(messages=args.messages, sessions=args.sessions, size=args.size))
     emit({"machine": machine()})
     for record in records:
         emit(record)
-    rates = {str(r["tool"]): r.get("messages_per_second") for r in records}
-    print(
-        table(
-            ["receiver", "messages/s"],
-            [[name, rate] for name, rate in rates.items() if rate is not None],
-        )
-    )
-    gateway_rate, postfix_rate = rates.get("pushmail-smtpd"), rates.get("postfix")
-    if isinstance(gateway_rate, float) and isinstance(postfix_rate, float) and postfix_rate:
-        print(f"gateway / postfix: {gateway_rate / postfix_rate:.2f}x")
+    rows, ratios = [], []
+    for round_ in range(1, args.rounds + 1):
+        rates = {str(r["tool"]): r.get("messages_per_second") for r in records if r.get("round") == round_}
+        gateway_rate, postfix_rate = rates.get("pushmail-smtpd"), rates.get("postfix")
+        ratio = ""
+        if isinstance(gateway_rate, float) and isinstance(postfix_rate, float) and postfix_rate:
+            ratios.append(gateway_rate / postfix_rate)
+            ratio = f"{ratios[-1]:.2f}x"
+        rows.append([round_, gateway_rate, postfix_rate, ratio])
+    print(table(["round", "gateway messages/s", "postfix messages/s", "gateway / postfix"], rows))
+    if ratios:
+        print(f"gateway / postfix, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":
