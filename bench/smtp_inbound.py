@@ -74,16 +74,28 @@ def _with_children(pid: int) -> list[int]:
     return [pid, *(int(child) for child in children)]
 
 
-def _postgres_pids() -> list[int]:
-    found = []
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process, by pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if (entry / "comm").read_text().strip() == "postgres":
-                    found.append(int(entry.name))
+                    found[int(entry.name)] = _cpu_seconds([int(entry.name)])
             except OSError:
                 continue
     return found
+
+
+def _backends(inst: Instance) -> list[int]:
+    """The PostgreSQL backends serving the instance's database (the gateway keeps its connections)."""
+    code = (
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    c.execute('SELECT pid FROM pg_stat_activity WHERE datname = current_database()')\n"
+        "    print(' '.join(str(row[0]) for row in c.fetchall()))"
+    )
+    return [int(pid) for pid in inst.shell(code).split()]
 
 
 def _stored(inst: Instance) -> int:
@@ -107,8 +119,8 @@ def gateway_run(
     inst: Instance, port: int, *, messages: int, sessions: int, size: int, pids: list[int]
 ) -> dict[str, object]:
     before = _stored(inst)
-    postgres = _postgres_pids()
-    cpu_gateway, cpu_postgres = _cpu_seconds(pids), _cpu_seconds(postgres)
+    postgres_before = _postgres_cpu()
+    cpu_gateway = _cpu_seconds(pids)
     start = time.monotonic()
     result = subprocess.run(
         ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
@@ -118,7 +130,10 @@ def gateway_run(
         timeout=1800,
     )
     seconds = time.monotonic() - start
-    cpu_gateway, cpu_postgres = _cpu_seconds(pids) - cpu_gateway, _cpu_seconds(postgres) - cpu_postgres
+    cpu_gateway = _cpu_seconds(pids) - cpu_gateway
+    # Only the backends of this database: other databases on the server are not this run's work.
+    postgres_after = _postgres_cpu()
+    cpu_postgres = sum(postgres_after.get(pid, 0.0) - postgres_before.get(pid, 0.0) for pid in _backends(inst))
     stored = _stored(inst) - before
     if result.returncode != 0 or stored != messages:
         log("smtp-source:", result.returncode, result.stdout[-500:], result.stderr[-1500:])
