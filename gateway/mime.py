@@ -405,13 +405,9 @@ class _Decoder:
         elif self._encoding == "quoted-printable":
             self._out.write(self._rest)
             text, end = (line[:-2], b"\r\n") if line.endswith(b"\r\n") else (line.rstrip(b"\n"), b"\n")
-            text = text.rstrip(b" \t")
-            if text.endswith(b"="):
-                self._out.write(binascii.a2b_qp(text[:-1]))
-                self._rest = b""
-            else:
-                self._out.write(binascii.a2b_qp(text))
-                self._rest = end if line.endswith(b"\n") else b""
+            # As email decodes a whole body (binascii.a2b_qp): a final "=" is a soft line break.
+            self._out.write(binascii.a2b_qp(text))
+            self._rest = end if line.endswith(b"\n") and not text.endswith(b"=") else b""
         else:
             self._out.write(self._rest)
             if line.endswith(b"\r\n"):

@@ -26,7 +26,7 @@ from django.test import Client
 
 from accounts.models import User
 from attachments.models import Blob
-from gateway import auth, services
+from gateway import auth, mime, services
 from gateway.server import ClientLimits, GatewayController
 from mailbox.models import Folder, InboxEntry, RemoteMessage, Transport
 from mailbox.replies import reply_to_entry
@@ -103,8 +103,8 @@ def _message(
     msg.set_content(text)
     if extra.get("html"):
         msg.add_alternative(extra["html"], subtype="html")
-    for name, content, mime in extra.get("files", []):
-        maintype, subtype = mime.split("/")
+    for name, content, content_type in extra.get("files", []):
+        maintype, subtype = content_type.split("/")
         msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
     return msg
 
@@ -596,3 +596,48 @@ def test_several_gateway_processes_share_the_port_and_stop_together(
         gateway.terminate()
         assert gateway.wait(timeout=60) == 0
     assert not Path(f"/proc/{others[0]}").exists()  # stopped with the first
+
+
+_TRICKY = (
+    b"From: a@example.org\r\nSubject: t\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\npreamble\r\n"
+    b'--outer\r\nContent-Type: multipart/alternative;\r\n boundary="in ner"\r\n\r\n'
+    b"--in ner\r\nContent-Type: text/plain\r\n\r\nhello\r\n--in ner\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n"
+    b"--in ner--\r\nepilogue\r\n"
+    b"--outer\r\nContent-Type: application/pdf; name=x.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"SGVsbG8gd29ybGQgdGhpcyBpcyBhIHBkZg==\r\n"
+    b"--outer\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+    b'Content-Disposition: attachment; filename="a.png"\r\n\r\nab=3Dcd=\r\nef \r\na= \r\nline2 \r\n'
+    b"--outer\r\nContent-Type: application/octet-stream\r\n\r\nraw bytes here\r\nsecond line\r\n"
+    b"--outer\r\nContent-Type: application/x-bad\r\nContent-Transfer-Encoding: base64\r\n\r\nSGVsbG8*gd29y!bGQ\r\n"
+    b"--outer\r\nContent-Type: application/x-noblank\r\n"
+    b"--outer\r\nContent-Type: application/zip\r\n\r\nnot closed before the end of the message\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _TRICKY,
+        b"From: a@example.org\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"SGVsbG8gd29ybGQ=\r\n",
+        b"From: a@example.org\r\nSubject: only a header\r\n",
+        _raw(_message(html="<p>Hi</p>", files=[("a.bin", os.urandom(5000), "application/octet-stream")])),
+    ],
+    ids=["nested-and-malformed", "one-part", "header-only", "ordinary"],
+)
+def test_a_message_read_from_a_file_reads_as_email_reads_it(raw: bytes) -> None:
+    whole = mime.parse_message(raw)
+    streamed = mime.parse_file(io.BytesIO(raw), spool_over=8)  # every non-text part through a file
+    try:
+        assert (streamed.sender, streamed.subject, streamed.text, streamed.html) == (
+            whole.sender,
+            whole.subject,
+            whole.text,
+            whole.html,
+        )
+        assert [(p.name, p.content_type, p.open().read()) for p in streamed.attachments] == [
+            (p.name, p.content_type, p.content) for p in whole.attachments
+        ]
+        assert any(p.file is not None for p in streamed.attachments) == bool(whole.attachments)
+    finally:
+        streamed.close()
