@@ -93,7 +93,12 @@ SPOOL_IN_MEMORY = 1024 * 1024
 
 
 class GatewayEnvelope(Envelope):
-    """aiosmtpd's envelope, with the message's spooled file and the recipients' usage measured at RCPT."""
+    """aiosmtpd's envelope, with the message's spooled file and the recipients' usage measured at RCPT.
+
+    With :class:`GatewaySMTP`, a handler's ``handle_DATA`` reads the message from ``spool``
+    (CRLF line ends, dot-unstuffed, closed after the handler returns); ``content`` and
+    ``original_content`` stay None, so the message is never held whole in memory.
+    """
 
     def __init__(self) -> None:
         super().__init__()
