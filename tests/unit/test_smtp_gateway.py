@@ -641,3 +641,19 @@ def test_a_message_read_from_a_file_reads_as_email_reads_it(raw: bytes) -> None:
         assert any(p.file is not None for p in streamed.attachments) == bool(whole.attachments)
     finally:
         streamed.close()
+
+
+def test_a_line_over_1000_bytes_is_refused_500_after_the_data_and_the_session_goes_on(
+    gateway: GatewayController, bob: User
+) -> None:
+    long_line = b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n"
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        client.rcpt(BOB)
+        code, text = client.data(long_line)
+        assert (code, text) == (500, b"Line too long (see RFC5321 4.5.3.1.6)")
+        # The same connection still takes a proper message.
+        client.mail("alice@example.org")
+        client.rcpt(BOB)
+        assert client.data(_raw(_message()))[0] == 250
+    assert InboxEntry.objects.filter(owner=bob).count() == 1
