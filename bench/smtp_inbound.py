@@ -12,17 +12,28 @@ In one run, on the same machine:
    timed until the last message is in the recipient's Maildir/new.
 3. Memory: the gateway's peak RSS (VmHWM) before and after it receives one 25 MB message.
 
-Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10]``.
-Prints JSON lines and a table.
+Steps 1 and 2 alternate for ``--rounds`` rounds (default 3), so that on a shared machine each
+pair is measured under the same load; the ratio reported is the median of the rounds'.
+
+Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10] [--processes 2]``.
+Prints JSON lines and a table. ``--profile FILE`` runs the gateway under cProfile (every thread:
+the event loop's and the workers'), writes the merged pstats to FILE and prints where the time
+goes; the figures of a profiled run are slower and are not the benchmark's.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
+import pstats
+import signal
 import smtplib
+import statistics
 import subprocess
+import threading
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -43,6 +54,50 @@ def _vm(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (and their reaped children)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _with_children(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in children)]
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL process, by pid."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found[int(entry.name)] = _cpu_seconds([int(entry.name)])
+            except OSError:
+                continue
+    return found
+
+
+def _backends(inst: Instance) -> list[int]:
+    """The PostgreSQL backends serving the instance's database (the gateway keeps its connections)."""
+    code = (
+        "from django.db import connection\n"
+        "with connection.cursor() as c:\n"
+        "    c.execute('SELECT pid FROM pg_stat_activity WHERE datname = current_database()')\n"
+        "    print(' '.join(str(row[0]) for row in c.fetchall()))"
+    )
+    return [int(pid) for pid in inst.shell(code).split()]
+
+
 def _stored(inst: Instance) -> int:
     code = "from mailbox.models import InboxEntry; print(InboxEntry.objects.count())"
     return int(inst.shell(code).split()[-1])
@@ -60,8 +115,12 @@ def _wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"the gateway did not answer on {port}")
 
 
-def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size: int) -> dict[str, object]:
+def gateway_run(
+    inst: Instance, port: int, *, messages: int, sessions: int, size: int, pids: list[int]
+) -> dict[str, object]:
     before = _stored(inst)
+    postgres_before = _postgres_cpu()
+    cpu_gateway = _cpu_seconds(pids)
     start = time.monotonic()
     result = subprocess.run(
         ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
@@ -71,6 +130,10 @@ def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size
         timeout=1800,
     )
     seconds = time.monotonic() - start
+    cpu_gateway = _cpu_seconds(pids) - cpu_gateway
+    # Only the backends of this database: other databases on the server are not this run's work.
+    postgres_after = _postgres_cpu()
+    cpu_postgres = sum(postgres_after.get(pid, 0.0) - postgres_before.get(pid, 0.0) for pid in _backends(inst))
     stored = _stored(inst) - before
     if result.returncode != 0 or stored != messages:
         log("smtp-source:", result.returncode, result.stdout[-500:], result.stderr[-1500:])
@@ -82,6 +145,9 @@ def gateway_run(inst: Instance, port: int, *, messages: int, sessions: int, size
         "messages_per_second": round(stored / seconds, 1),
         "size_bytes": size,
         "sessions": sessions,
+        "gateway_processes": len(pids),
+        "gateway_cpu_ms_per_message": round(cpu_gateway * 1000 / max(stored, 1), 2),
+        "postgres_cpu_ms_per_message": round(cpu_postgres * 1000 / max(stored, 1), 2),
     }
 
 
@@ -97,25 +163,83 @@ def postfix_run(*, messages: int, sessions: int, size: int) -> dict[str, object]
     return dict(json.loads(lines[-1]))
 
 
-def memory_run(pid: int, port: int, *, megabytes: int) -> dict[str, object]:
+def memory_run(pids: list[int], port: int, *, megabytes: int) -> dict[str, object]:
+    """Peak RSS of the gateway process that takes one large message (of several: the one whose peak grew most)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = SENDER, BOB, "A large file"
     msg.set_content("See the attachment.")
     msg.add_attachment(os.urandom(megabytes * 1024 * 1024 * 3 // 4), maintype="application", subtype="octet-stream")
     raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    rss_before, peak_before = _vm(pid, "VmRSS"), _vm(pid, "VmHWM")
+    before = {pid: (_vm(pid, "VmRSS"), _vm(pid, "VmHWM")) for pid in pids}
     start = time.monotonic()
     with smtplib.SMTP("127.0.0.1", port, local_hostname="mail.example.org", timeout=300) as client:
         client.sendmail(SENDER, [BOB], raw)
+    seconds = time.monotonic() - start
+    pid = max(pids, key=lambda pid: _vm(pid, "VmHWM") - before[pid][1])
+    rss_before, peak_before = before[pid]
+    peak_after = _vm(pid, "VmHWM")
     return {
         "tool": "pushmail-smtpd-memory",
         "message_bytes": len(raw),
-        "seconds": round(time.monotonic() - start, 3),
+        "seconds": round(seconds, 3),
         "rss_before_bytes": rss_before,
         "peak_rss_before_bytes": peak_before,
-        "peak_rss_after_bytes": _vm(pid, "VmHWM"),
-        "peak_growth_per_message_byte": round((_vm(pid, "VmHWM") - peak_before) / len(raw), 2),
+        "peak_rss_after_bytes": peak_after,
+        "peak_growth_per_message_byte": round((peak_after - peak_before) / len(raw), 2),
     }
+
+
+def serve_profiled(listen: str, out: str) -> None:
+    """``manage.py smtpd`` in this process, each thread under its own profiler, merged on SIGTERM."""
+    import django
+
+    django.setup()
+    from gateway import server
+
+    profiles: list[cProfile.Profile] = []
+    own = threading.local()
+
+    def profiler() -> cProfile.Profile:
+        if not hasattr(own, "profile"):
+            own.profile = cProfile.Profile()
+            profiles.append(own.profile)
+        found: cProfile.Profile = own.profile
+        return found
+
+    def profiled(function, /, **kwargs):  # type: ignore[no-untyped-def]
+        profile = profiler()
+        profile.enable()
+        try:
+            return unprofiled(function, **kwargs)
+        finally:
+            profile.disable()
+
+    unprofiled = server._with_database
+    server._with_database = profiled  # type: ignore[assignment]
+
+    class Profiled(server.GatewayController):
+        def _run(self, ready_event: threading.Event) -> None:
+            profile = profiler()
+            profile.enable()
+            try:
+                super()._run(ready_event)
+            finally:
+                profile.disable()
+
+    host, port = server.listen_address(listen)
+    controller = Profiled(host=host, port=port)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    controller.start()
+    print(f"SMTP gateway listening on {listen} (profiled)", flush=True)
+    stop.wait()
+    controller.stop()
+    stats = pstats.Stats(*profiles)  # type: ignore[arg-type]
+    stats.dump_stats(out)
+    text = io.StringIO()
+    pstats.Stats(out, stream=text).sort_stats("cumulative").print_stats(60)
+    pstats.Stats(out, stream=text).sort_stats("tottime").print_stats(40)
+    Path(out + ".txt").write_text(text.getvalue())
 
 
 def main() -> None:
@@ -124,7 +248,15 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--large-mb", type=int, default=25)
+    parser.add_argument("--rounds", type=int, default=3, help="gateway and Postfix runs, alternated (default 3)")
+    parser.add_argument("--processes", type=int, default=1, help="gateway processes (smtpd --processes)")
+    parser.add_argument("--profile", default="", help="profile the gateway; write pstats to this file")
+    parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
+    parser.add_argument("--serve-profiled", nargs=2, metavar=("LISTEN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_profiled:
+        serve_profiled(*args.serve_profiled)
+        return
 
     data = ROOT / "var" / "bench-smtp"
     inst = Instance(name="smtpbench", domains=[HOSTED], data_dir=data, backend=server_backend())
@@ -135,6 +267,7 @@ def main() -> None:
     port = free_port()
     records: list[dict[str, object]] = []
     with dns_server() as (zone, resolver):
+        zone.ttl = 300  # as real zones have: the gateway caches the answers this long
         zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
         zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
         env = {
@@ -145,8 +278,14 @@ def main() -> None:
             "PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT": str(args.sessions * 2),
         }
         with open(data / "smtpd.log", "ab") as out:
+            command = [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"]
+            if args.processes > 1:
+                command += ["--processes", str(args.processes)]
+            if args.profile:
+                command = [PYTHON, "-m", "bench.smtp_inbound", "--serve-profiled", f"127.0.0.1:{port}"]
+                command.append(str(Path(args.profile).resolve()))
             gateway = subprocess.Popen(
-                [PYTHON, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}"],
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -155,29 +294,48 @@ def main() -> None:
         try:
             _wait_port(port)
             log("warm-up: 50 messages")
-            gateway_run(inst, port, messages=50, sessions=args.sessions, size=args.size)
-            log(f"gateway: {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
-            records.append(gateway_run(inst, port, messages=args.messages, sessions=args.sessions, size=args.size))
-            log(f"memory: one {args.large_mb} MB message")
-            records.append(memory_run(gateway.pid, port, megabytes=args.large_mb))
+            gateway_run(
+                inst, port, messages=50, sessions=args.sessions, size=args.size, pids=_with_children(gateway.pid)
+            )
+            for round_ in range(1, args.rounds + 1):
+                # Gateway, then Postfix, round after round: on a shared machine, each pair sees the same load.
+                log(f"round {round_}: gateway, {args.messages} messages of {args.size} bytes, {args.sessions} sessions")
+                record = gateway_run(
+                    inst,
+                    port,
+                    messages=args.messages,
+                    sessions=args.sessions,
+                    size=args.size,
+                    pids=_with_children(gateway.pid),
+                )
+                records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
+                if not args.no_postfix:
+                    log(f"round {round_}: postfix, the same load to a Maildir")
+                    record = postfix_run(messages=args.messages, sessions=args.sessions, size=args.size)
+                    records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
+            if args.large_mb:
+                log(f"memory: one {args.large_mb} MB message")
+                records.append(memory_run(_with_children(gateway.pid), port, megabytes=args.large_mb))
         finally:
             gateway.terminate()
-            gateway.wait(timeout=30)
-    log("postfix: the same load to a Maildir")
-    records.append(postfix_run(messages=args.messages, sessions=args.sessions, size=args.size))
+            gateway.wait(timeout=60)
+    if args.profile:
+        log(f"profile: {args.profile} and {args.profile}.txt")
     emit({"machine": machine()})
     for record in records:
         emit(record)
-    rates = {str(r["tool"]): r.get("messages_per_second") for r in records}
-    print(
-        table(
-            ["receiver", "messages/s"],
-            [[name, rate] for name, rate in rates.items() if rate is not None],
-        )
-    )
-    gateway_rate, postfix_rate = rates.get("pushmail-smtpd"), rates.get("postfix")
-    if isinstance(gateway_rate, float) and isinstance(postfix_rate, float) and postfix_rate:
-        print(f"gateway / postfix: {gateway_rate / postfix_rate:.2f}x")
+    rows, ratios = [], []
+    for round_ in range(1, args.rounds + 1):
+        rates = {str(r["tool"]): r.get("messages_per_second") for r in records if r.get("round") == round_}
+        gateway_rate, postfix_rate = rates.get("pushmail-smtpd"), rates.get("postfix")
+        ratio = ""
+        if isinstance(gateway_rate, float) and isinstance(postfix_rate, float) and postfix_rate:
+            ratios.append(gateway_rate / postfix_rate)
+            ratio = f"{ratios[-1]:.2f}x"
+        rows.append([round_, gateway_rate, postfix_rate, ratio])
+    print(table(["round", "gateway messages/s", "postfix messages/s", "gateway / postfix"], rows))
+    if ratios:
+        print(f"gateway / postfix, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

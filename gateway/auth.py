@@ -6,24 +6,39 @@ HELO name when MAIL FROM is empty), DKIM with dkimpy (RFC 6376), DMARC here
 organizational domain, from the Public Suffix List in publicsuffix2; a pass is
 an SPF or DKIM pass whose domain aligns with the From domain). Every DNS
 question goes through one dnspython resolver, pointed at
-``PUSHMAIL_DNS_RESOLVER`` when set (tests run their own DNS server).
+``PUSHMAIL_DNS_RESOLVER`` when set (tests run their own DNS server). Its answers,
+and NXDOMAIN, are cached in the process for the TTL the DNS gave them: mail from
+one domain asks the DNS once per TTL, not once per message.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import dkim
 import dns.exception
+import dns.rdatatype
 import dns.resolver
 import spf
 from django.conf import settings
 from publicsuffix2 import get_sld
 
 __all__ = ["AuthResults", "DmarcResult", "authenticate", "resolver"]
+
+
+class _Cache(dns.resolver.Cache):
+    """dnspython's cache (each answer for its TTL), but at most an hour, and a negative answer
+    without an SOA record is not kept at all (RFC 2308 §5)."""
+
+    def put(self, key: Any, value: dns.resolver.Answer) -> None:
+        if value.rrset is None and not any(r.rdtype == dns.rdatatype.SOA for r in value.response.authority):
+            return
+        value.expiration = min(value.expiration, time.time() + 3600)
+        super().put(key, value)
 
 
 @functools.cache
@@ -37,6 +52,7 @@ def _resolver(spec: str, timeout: float) -> dns.resolver.Resolver:
         found.port = int(port)
     found.lifetime = timeout
     found.timeout = timeout
+    found.cache = _Cache()  # thread-safe
     return found
 
 
@@ -117,10 +133,27 @@ def _dkim_txt(name: bytes, timeout: float = 5) -> bytes | None:
 _SIG_TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
 
 
-def check_dkim(raw: bytes) -> list[DkimResult]:
-    """One result per DKIM-Signature (at most 5 checked), or [none] when the message has none."""
-    end = raw.find(b"\r\n\r\n")
-    if b"dkim-signature:" not in raw[: end if end >= 0 else len(raw)].lower():
+def _signed(head: bytes) -> bool:
+    end = head.find(b"\r\n\r\n")
+    return b"dkim-signature:" in head[: end if end >= 0 else len(head)].lower()
+
+
+def check_dkim(raw: bytes | IO[bytes]) -> list[DkimResult]:
+    """One result per DKIM-Signature (at most 5 checked), or [none] when the message has none.
+
+    ``raw`` may be a binary file: only its header is read, unless it is signed
+    (dkimpy verifies a message held in memory).
+    """
+    if not isinstance(raw, bytes):
+        raw.seek(0)
+        head = b""
+        while (line := raw.readline(1024 * 1024)) and line != b"\r\n" and len(head) < 1024 * 1024:
+            head += line
+        if not _signed(head + b"\r\n"):
+            return [DkimResult("none")]
+        raw.seek(0)
+        raw = raw.read()
+    if not _signed(raw):
         return [DkimResult("none")]  # without parsing (and copying) a message that has no signature
     verifier = dkim.DKIM(raw)
     count = sum(1 for name, _value in verifier.headers if name.lower() == b"dkim-signature")
@@ -245,7 +278,7 @@ class AuthResults:
 
 def authenticate(
     *,
-    raw: bytes,
+    raw: bytes | IO[bytes],
     client_ip: str,
     mail_from: str,
     helo: str,

@@ -9,6 +9,10 @@ Limits per client address: connections open at once (more are greeted 421 and
 closed) and messages a minute (more get 450 at MAIL FROM). The SIZE extension
 announces ``PUSHMAIL_SMTP_MAX_BYTES``; a bigger message is refused 552 and
 never held whole. STARTTLS is offered when a certificate and key are set.
+
+DATA is read into a spooled temporary file (in memory up to a megabyte, on disk
+beyond), not into aiosmtpd's list of lines: a message is never held whole in
+memory, however large.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import collections
 import logging
 import re
 import ssl
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +30,7 @@ from functools import partial
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from django.conf import settings
 from django.db import close_old_connections, connections
 
@@ -83,8 +88,27 @@ def _peer_ip(session: Session) -> str:
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
+# DATA up to this size stays in memory; beyond, its spooled file is on disk.
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class GatewayEnvelope(Envelope):
+    """aiosmtpd's envelope, with the message's spooled file and the recipients' usage measured at RCPT.
+
+    With :class:`GatewaySMTP`, a handler's ``handle_DATA`` reads the message from ``spool``
+    (CRLF line ends, dot-unstuffed, closed after the handler returns); ``content`` and
+    ``original_content`` stay None, so the message is never held whole in memory.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
+        self.used_bytes: dict[str, int] = {}
+
+
 class GatewaySMTP(SMTP):
-    """aiosmtpd's SMTP with the per-address connection limit applied before the greeting."""
+    """aiosmtpd's SMTP with the per-address connection limit applied before the greeting,
+    and DATA streamed to a spooled file."""
 
     def __init__(self, handler: InboundHandler, *, limits: ClientLimits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -105,6 +129,83 @@ class GatewaySMTP(SMTP):
             await super()._handle_client()
         finally:
             self._limits.disconnect(address)
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command name
+        """aiosmtpd's DATA (RFC 5321 §4.1.1.4, §4.5.2), the lines written to a spooled file as they come.
+
+        The same answers as aiosmtpd's: 552 past the size limit, 500 for a line
+        over 1000 bytes (the rest of the data is read and dropped first). The
+        handler's ``handle_DATA`` gets the file in ``envelope.spool``.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        assert isinstance(envelope, GatewayEnvelope)
+        if not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool: tempfile.SpooledTemporaryFile[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)
+        try:
+            problem = await self._read_data(spool)
+            if problem or self.transport is None:
+                if problem:
+                    await self.push(problem)
+                self._set_post_data_state()
+                return
+            envelope.spool = spool
+            status = await self._call_handler_hook("DATA")
+        finally:
+            spool.close()
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_data(self, spool: tempfile.SpooledTemporaryFile[bytes]) -> str:
+        """Read DATA to the lone dot into ``spool`` (dot-unstuffed); the refusal, or "" when it fits."""
+        limit = self.data_size_limit
+        size = 0
+        problem = ""
+        buffer = bytearray()
+        partial = False  # the line read so far is a fragment of one over the line length limit
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.CancelledError:
+                log.info("connection lost during DATA")
+                self._writer.close()
+                raise
+            except asyncio.LimitOverrunError as overrun:
+                # A line longer than the stream's limit: drained, and the message refused at the end.
+                problem = problem or "500 Line too long (see RFC5321 4.5.3.1.6)"
+                line = await self._reader.read(overrun.consumed)
+                partial = True
+                size += len(line)
+                continue
+            if partial:
+                partial = False
+                size += len(line)
+                continue
+            if line == b".\r\n":
+                break
+            size += len(line)
+            if limit and size > limit:
+                problem = problem or "552 Error: Too much mail data"
+            if len(line) > self.line_length_limit:
+                problem = problem or "500 Line too long (see RFC5321 4.5.3.1.6)"
+            if problem:
+                continue  # read on to the end of the data, keeping nothing
+            buffer += line[1:] if line[:1] == b"." else line
+            if len(buffer) >= 64 * 1024:
+                spool.write(buffer)
+                buffer.clear()
+        spool.write(buffer)
+        return problem
 
 
 def _with_database(function: Any, /, **kwargs: Any) -> services.Reply:
@@ -167,15 +268,18 @@ class InboundHandler:
             return "501 5.1.3 Bad recipient address syntax"
         reply = await self._run(services.recipient_reply, address=address, accepted=len(envelope.rcpt_tos))
         if reply.ok:
-            envelope.rcpt_tos.append(normalize_address(address))  # as the mailbox is found by it
+            normalized = normalize_address(address)  # as the mailbox is found by it
+            envelope.rcpt_tos.append(normalized)
             envelope.rcpt_options.extend(rcpt_options)
+            if isinstance(envelope, GatewayEnvelope) and reply.used_bytes is not None:
+                envelope.used_bytes[normalized] = reply.used_bytes
         return str(reply)
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
-        raw = envelope.original_content
-        if not isinstance(raw, bytes):
+        raw = envelope.spool if isinstance(envelope, GatewayEnvelope) else envelope.original_content
+        if raw is None:
             return "554 5.6.0 No message"
         checked = services.Envelope(
             client_ip=_peer_ip(session),
@@ -183,6 +287,7 @@ class InboundHandler:
             mail_from="" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or ""),
             recipients=list(envelope.rcpt_tos),
             tls=session.ssl is not None,
+            used_bytes=dict(getattr(envelope, "used_bytes", {})),
         )
         try:
             reply = await self._run(services.receive_message, envelope=checked, raw=raw)
@@ -214,7 +319,8 @@ def listen_address(value: str) -> tuple[str, int]:
 class GatewayController(Controller):
     """aiosmtpd's Controller serving :class:`GatewaySMTP` on its own thread and event loop."""
 
-    def __init__(self, *, host: str, port: int, limits: ClientLimits | None = None) -> None:
+    def __init__(self, *, host: str, port: int, limits: ClientLimits | None = None, reuse_port: bool = False) -> None:
+        self.reuse_port = reuse_port
         self.limits = limits or ClientLimits(
             max_connections=settings.PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             per_minute=settings.PUSHMAIL_SMTP_MESSAGES_PER_MINUTE,
@@ -237,6 +343,20 @@ class GatewayController(Controller):
 
     def factory(self) -> GatewaySMTP:
         return GatewaySMTP(self.handler, limits=self.limits, **self.SMTP_kwargs)
+
+    def _create_server(self) -> Any:
+        # SO_REUSEPORT: several gateway processes listen on one port, the kernel spreading connections.
+        return self.loop.create_server(
+            self._factory_invoker, host=self.hostname, port=self.port, ssl=self.ssl_context, reuse_port=self.reuse_port
+        )
+
+    def _trigger_server(self) -> None:
+        # aiosmtpd connects to itself once so that its factory runs (and any error in it shows at start);
+        # with SO_REUSEPORT that connection could reach another process, so the factory is run directly.
+        async def invoke() -> None:
+            self._factory_invoker()
+
+        asyncio.run_coroutine_threadsafe(invoke(), self.loop).result(timeout=self.ready_timeout)
 
     def stop(self, no_assert: bool = False) -> None:
         super().stop(no_assert=no_assert)

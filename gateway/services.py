@@ -18,8 +18,9 @@ import email.utils
 import io
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import IO
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from accounts.validators import domain_of, normalize_address
+from attachments import selectors as attachment_selectors
 from attachments import services as attachment_services
 from attachments.models import Blob
 from federation import discovery, payloads
@@ -46,6 +48,8 @@ class Reply:
 
     code: int
     text: str
+    #: For a recipient taken at RCPT TO: the bytes its mailbox holds, for DATA's quota check.
+    used_bytes: int | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
@@ -64,6 +68,8 @@ class Envelope:
     mail_from: str  # "" for the null sender <>
     recipients: list[str]
     tls: bool = False
+    #: Each recipient's quota usage as measured at RCPT TO (from :attr:`Reply.used_bytes`).
+    used_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def hostname() -> str:
@@ -86,55 +92,82 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     domain = domain_of(normalized)
     if domain not in discovery.local_domain_names():
         return Reply(550, f"5.1.1 <{normalized}>: this server does not take mail for {domain}")
-    user = User.objects.filter(email=normalized, is_active=True).first()
+    user = User.objects.filter(email=normalized, is_active=True).select_related("domain").first()
     if user is None:
         return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
-    try:
-        attachment_services.check_quota(user=user, extra_bytes=0)
-    except ValidationError:
+    used = attachment_selectors.usage_bytes(user)
+    if used > user.effective_quota_bytes:
         return Reply(452, f"4.2.2 <{normalized}>: mailbox full, try again later")
-    return Reply(250, f"2.1.5 <{normalized}> OK")
+    return Reply(250, f"2.1.5 <{normalized}> OK", used_bytes=used)
 
 
 # --- DATA ---------------------------------------------------------------------------------------
 
 # A CR not before LF, or an LF not after CR: what SMTP smuggling hides a second message behind.
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_CHUNK = 1024 * 1024
 
 
-def line_end_problem(raw: bytes) -> Reply | None:
+def line_end_problem(raw: bytes | IO[bytes]) -> Reply | None:
     """A refusal for a message with a bare CR or LF (RFC 5321 §2.3.8), else None.
 
     Servers disagree on whether ``\\n.\\n`` or ``\\n.\\r\\n`` ends a message, so
     a message holding one could be read as two by the next server (SMTP
-    smuggling). It is refused whole; nothing of it is stored.
+    smuggling). It is refused whole; nothing of it is stored. ``raw`` may be a
+    file, read from its start a megabyte at a time.
     """
-    found = _BARE.search(raw)
-    if found is None:
-        return None
-    what = "CR (carriage return)" if found.group() == b"\r" else "LF (line feed)"
-    return Reply(
-        550, f"5.6.0 Message refused: it contains a bare {what} at byte {found.start()}; lines must end in CRLF"
-    )
+    file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
+    file.seek(0)
+    offset, carry = 0, b""  # the last byte of the previous chunk, so a CRLF split between two is whole
+    while chunk := file.read(_CHUNK):
+        # The carried byte is looked behind, and looked at only if it is a CR not yet judged.
+        found = _BARE.search(carry + chunk, 0 if carry == b"\r" else len(carry))
+        # A CR at the very end may be followed by LF in the next chunk: judged with that chunk.
+        if found is not None and not (found.group() == b"\r" and found.end() == len(carry) + len(chunk)):
+            what = "CR (carriage return)" if found.group() == b"\r" else "LF (line feed)"
+            at = offset - len(carry) + found.start()
+            return Reply(550, f"5.6.0 Message refused: it contains a bare {what} at byte {at}; lines must end in CRLF")
+        offset += len(chunk)
+        carry = chunk[-1:]
+    if carry == b"\r":
+        return Reply(
+            550,
+            f"5.6.0 Message refused: it contains a bare CR (carriage return) at byte {offset - 1}; "
+            "lines must end in CRLF",
+        )
+    return None
 
 
-def receive_message(*, envelope: Envelope, raw: bytes) -> Reply:
-    """Check, store and answer one message (``raw`` with CRLF line ends, dot-unstuffed).
+def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
+    """Check, store and answer one message (CRLF line ends, dot-unstuffed: bytes, or a binary file).
 
     Refused without storing anything: a bare CR or LF (550), a DMARC failure
     where the From domain's policy is reject (550), a recipient whose mailbox it
     would overfill (552), DNS that does not answer for DMARC (451). A DMARC
     failure under a quarantine policy is stored in Spam with the reason shown.
+    The message is read from the file as it is checked and stored, never held
+    whole in memory (but for DKIM verification of a signed message).
     """
-    problem = line_end_problem(raw)
+    file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
+    problem = line_end_problem(file)
     if problem is not None:
         return problem
+    size = file.seek(0, io.SEEK_END)
     users = list(User.objects.filter(email__in=envelope.recipients, is_active=True).select_related("domain"))
     if not users:
         return Reply(554, "5.5.1 No valid recipients")
-    parsed = mime.parse_message(raw)
+    parsed = mime.parse_file(file)
+    try:
+        return _check_and_store(envelope=envelope, file=file, size=size, parsed=parsed, users=users)
+    finally:
+        parsed.close()
+
+
+def _check_and_store(
+    *, envelope: Envelope, file: IO[bytes], size: int, parsed: mime.ParsedMail, users: list[User]
+) -> Reply:
     results = auth.authenticate(
-        raw=raw,
+        raw=file,
         client_ip=envelope.client_ip,
         mail_from=envelope.mail_from,
         helo=envelope.helo,
@@ -156,9 +189,11 @@ def receive_message(*, envelope: Envelope, raw: bytes) -> Reply:
             f"(SPF {results.spf}, DKIM {_dkim_summary(results)}): the sender may be forged"
         )
     for user in users:
-        try:
-            attachment_services.check_quota(user=user, extra_bytes=len(raw))
-        except ValidationError:
+        used = envelope.used_bytes.get(user.email)
+        # The usage measured at RCPT TO, moments ago, saves measuring it again (several queries).
+        if used is None:
+            used = attachment_selectors.usage_bytes(user)
+        if used + size > user.effective_quota_bytes:
             return Reply(552, f"5.2.2 <{user.email}>: mailbox full, this message does not fit")
     authserv_id = hostname()
     header = results.header_value(authserv_id)
@@ -166,16 +201,14 @@ def receive_message(*, envelope: Envelope, raw: bytes) -> Reply:
     try:
         with attachment_services.storing_atomically():
             stored = attachment_services.store_upload(
-                file=_Chain(trace, _without_forged_results(raw, authserv_id)),
+                file=_Chain(trace, *_without_forged_results(file, authserv_id)),
                 max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES + len(trace) + 1,
             )
             attachments = [
                 mailbox_services.SmtpAttachment(
                     name=part.name,
                     content_type=part.content_type,
-                    blob=attachment_services.store_upload(
-                        file=io.BytesIO(part.content), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES
-                    ),
+                    blob=attachment_services.store_upload(file=part.open(), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES),
                 )
                 for part in parsed.attachments
             ]
@@ -249,13 +282,17 @@ def _trace_headers(envelope: Envelope, results: str, authserv_id: str) -> bytes:
     return f"Authentication-Results: {results}\r\nReceived: {received}\r\n".encode("ascii", "replace")
 
 
-def _without_forged_results(raw: bytes, authserv_id: str) -> bytes:
-    """``raw`` without Authentication-Results fields that claim to be ours (RFC 8601 §5)."""
-    end = raw.find(b"\r\n\r\n")
-    # Only the header is looked at (and copied): the body may be tens of megabytes.
-    if end < 0 or b"authentication-results" not in raw[:end].lower():
-        return raw
-    head, separator, body = raw[:end], b"\r\n\r\n", memoryview(raw)[end + 4 :]
+def _without_forged_results(file: IO[bytes], authserv_id: str) -> tuple[bytes, IO[bytes]]:
+    """The message's header without Authentication-Results fields that claim to be ours (RFC 8601 §5),
+    and the file positioned after that header: only the header is read into memory."""
+    file.seek(0)
+    head = b""
+    while len(head) < _MAX_HEAD and (line := file.readline(_MAX_HEAD)):
+        head += line
+        if line == b"\r\n":
+            break
+    if b"authentication-results" not in head.lower():
+        return head, file
     fields: list[bytes] = []
     for line in head.split(b"\r\n"):
         if line[:1] in (b" ", b"\t") and fields:
@@ -271,26 +308,32 @@ def _without_forged_results(raw: bytes, authserv_id: str) -> bytes:
             and field.split(b":", 1)[1].split(b";", 1)[0].strip().lower() == ours
         )
     ]
-    if len(kept) == len(fields):
-        return raw
-    return b"".join([b"\r\n".join(kept), separator, body])
+    return b"\r\n".join(kept), file
+
+
+# A header larger than this is read on as body: no mail program writes one, and it bounds memory.
+_MAX_HEAD = 1024 * 1024
 
 
 class _Chain(io.RawIOBase):
-    """The trace headers, then the message, read as one file without joining them in memory."""
+    """The trace headers, the message's header, then the rest of its file, read as one file."""
 
-    def __init__(self, head: bytes, rest: bytes) -> None:
-        self._parts = [memoryview(head), memoryview(rest)]
+    def __init__(self, *parts: bytes | IO[bytes]) -> None:
+        self._parts = list(parts)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        while self._parts and not len(self._parts[0]):
+        while self._parts:
+            part = self._parts[0]
+            if isinstance(part, bytes):
+                count = min(len(buffer), len(part))
+                buffer[:count] = part[:count]
+                self._parts[0] = part[count:]
+            else:
+                count = part.readinto(buffer)  # type: ignore[attr-defined]
+            if count:
+                return count
             self._parts.pop(0)
-        if not self._parts:
-            return 0
-        count = min(len(buffer), len(self._parts[0]))
-        buffer[:count] = self._parts[0][:count]
-        self._parts[0] = self._parts[0][count:]
-        return count
+        return 0

@@ -9,6 +9,7 @@ paths (pyspf, dkimpy, the DMARC lookup, all through dnspython) run against it.
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import shutil
 import socket
@@ -35,30 +36,37 @@ class Zone(BaseResolver):
 
     def __init__(self) -> None:
         self.records: dict[tuple[str, str], list[str]] = {}
+        # 0: tests change the records between messages, so no resolver may cache an answer.
+        # A benchmark sets a TTL such as real zones have.
+        self.ttl = 0
+        self.asked: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def add(self, name: str, rtype: str, value: str) -> None:
         self.records.setdefault((name.lower().rstrip("."), rtype), []).append(value)
 
     def clear(self) -> None:
         self.records.clear()
+        self.asked.clear()
+        self.ttl = 0
 
     def resolve(self, request: DNSRecord, handler: object) -> DNSRecord:
         reply = request.reply()
         name = str(request.q.qname).lower().rstrip(".")
         rtype = QTYPE[request.q.qtype]
+        self.asked[(name, rtype)] += 1
         known = any(key[0] == name for key in self.records)
         for value in self.records.get((name, rtype), []):
             if rtype == "TXT":
                 # Long values (DKIM keys) as several strings of at most 255 bytes, as zone files do.
                 chunks = [value[i : i + 255] for i in range(0, len(value), 255)] or [""]
-                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(chunks), ttl=1))
+                reply.add_answer(RR(request.q.qname, QTYPE.TXT, rdata=TXT(chunks), ttl=self.ttl))
             elif rtype == "A":
-                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(value), ttl=1))
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(value), ttl=self.ttl))
             elif rtype == "AAAA":
-                reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(value), ttl=1))
+                reply.add_answer(RR(request.q.qname, QTYPE.AAAA, rdata=AAAA(value), ttl=self.ttl))
             elif rtype == "MX":
                 preference, _, host = value.partition(" ")
-                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(host, int(preference)), ttl=1))
+                reply.add_answer(RR(request.q.qname, QTYPE.MX, rdata=MX(host, int(preference)), ttl=self.ttl))
         if not known:
             reply.header.rcode = 3  # NXDOMAIN
         return reply

@@ -7,20 +7,26 @@ Clients are smtplib or a raw socket (for what smtplib would never send).
 
 from __future__ import annotations
 
+import io
+import os
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
+import tracemalloc
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from accounts.models import User
 from attachments.models import Blob
-from gateway import services
+from gateway import auth, mime, services
 from gateway.server import ClientLimits, GatewayController
 from mailbox.models import Folder, InboxEntry, RemoteMessage, Transport
 from mailbox.replies import reply_to_entry
@@ -47,8 +53,17 @@ def zone(dns: tuple[Zone, str], settings: Any) -> Iterator[Zone]:
     settings.PUSHMAIL_DNS_TIMEOUT = 2.0
     settings.PUSHMAIL_SMTP_HOSTNAME = "mx.alpha.test"
     found.clear()
+    _forget_dns()
     yield found
     found.clear()
+    _forget_dns()
+
+
+def _forget_dns() -> None:
+    """Empty the gateway's DNS cache: each test's records are its own."""
+    cache = auth.resolver().cache
+    if cache is not None:
+        cache.flush()
 
 
 @pytest.fixture
@@ -88,8 +103,8 @@ def _message(
     msg.set_content(text)
     if extra.get("html"):
         msg.add_alternative(extra["html"], subtype="html")
-    for name, content, mime in extra.get("files", []):
-        maintype, subtype = mime.split("/")
+    for name, content, content_type in extra.get("files", []):
+        maintype, subtype = content_type.split("/")
         msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=name)
     return msg
 
@@ -462,3 +477,183 @@ def test_a_recipient_in_capitals_reaches_the_mailbox(gateway: GatewayController,
         assert client.rcpt("Bob@ALPHA.test")[0] == 250
         assert client.data(_raw(_message()))[0] == 250
     assert InboxEntry.objects.get().owner == bob
+
+
+# --- Large messages, and the DNS asked once ------------------------------------------------------
+
+
+def test_large_attachments_in_every_encoding_arrive_byte_for_byte(
+    gateway: GatewayController, bob: User, client: Client
+) -> None:
+    pdf, data = os.urandom(2 * 1024 * 1024), b"line one\r\nline two\r\n" * 12000
+    png = bytes(b for b in range(256) if b not in (10, 13)) * 1200  # QP turns CR and LF into line ends
+    msg = _message(files=[("big.pdf", pdf, "application/pdf")])
+    msg.add_attachment(png, maintype="image", subtype="png", filename="q.png", cte="quoted-printable")
+    msg.add_attachment(data, maintype="application", subtype="x-log", filename="plain.log", cte="7bit")
+    inner = EmailMessage()
+    inner["Subject"] = "Forwarded"
+    inner.set_content("The forwarded text.\n")
+    msg.add_attachment(inner)
+    sent = _raw(msg)
+    code, text = _send(gateway, sent)
+    assert code == 250, text
+
+    entry = InboxEntry.objects.get(owner=bob)
+    client.force_login(bob)
+    for position, expected in enumerate([pdf, png, data]):
+        download = client.get(f"/mail/entry/{entry.pk}/attachments/{position}/")
+        assert b"".join(download.streaming_content) == expected  # type: ignore[attr-defined]
+    names = [a["name"] for a in entry.remote.attachments]
+    assert names[:3] == ["big.pdf", "q.png", "plain.log"] and len(names) == 4
+    eml = b"".join(client.get(f"/mail/entry/{entry.pk}/eml/").streaming_content)  # type: ignore[attr-defined]
+    assert eml.startswith(b"Authentication-Results: mx.alpha.test;") and eml.endswith(sent)
+    assert entry.remote.size == len(eml)
+
+
+def test_a_large_message_is_not_held_in_memory(gateway: GatewayController, bob: User) -> None:
+    attachment = os.urandom(8 * 1024 * 1024)
+    msg = _message(files=[("large.bin", attachment, "application/octet-stream")])
+    raw = _raw(msg)
+    del msg, attachment
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=60) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        for command in (b"EHLO mail.example.org", b"MAIL FROM:<alice@example.org>", f"RCPT TO:<{BOB}>".encode()):
+            sock.sendall(command + b"\r\n")
+            while reader.readline()[3:4] == b"-":  # a multiline reply's continuation
+                pass
+        sock.sendall(b"DATA\r\n")
+        assert reader.readline().startswith(b"354")
+        tracemalloc.start()
+        try:
+            view = memoryview(raw)  # sent in slices: the client copies nothing
+            for start in range(0, len(raw), 65536):
+                sock.sendall(view[start : start + 65536])
+            sock.sendall(b".\r\n")
+            answer = reader.readline()
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert answer.startswith(b"250"), answer
+    assert InboxEntry.objects.filter(owner=bob).count() == 1
+    # Receiving, checking, parsing and storing it took far less memory than its size.
+    assert peak < len(raw) // 2, f"peak {peak} bytes for a message of {len(raw)}"
+
+
+def test_the_dns_is_asked_once_per_ttl_not_once_per_message(gateway: GatewayController, zone: Zone) -> None:
+    zone.ttl = 300
+    zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
+    for n in range(3):
+        assert _send(gateway, _raw(_message(message_id=f"<m{n}@example.org>")))[0] == 250
+    assert zone.asked[("example.org", "TXT")] == 1
+    assert zone.asked[("_dmarc.example.org", "TXT")] == 1
+    assert all("spf=pass" in r.authentication_results for r in RemoteMessage.objects.all())
+
+
+def test_bare_line_ends_are_found_across_the_chunks_a_file_is_read_in() -> None:
+    megabyte = 1024 * 1024
+    head = b"Subject: a\r\n\r\n"
+    for crlf_at in (megabyte - 1, megabyte - 2):  # straddling the first chunk's end, or ending it
+        whole = head + b"x" * (crlf_at - len(head)) + b"\r\nmore\r\n"
+        assert whole[crlf_at : crlf_at + 2] == b"\r\n"
+        assert services.line_end_problem(io.BytesIO(whole)) is None
+        bare = whole[:crlf_at] + b"\ry" + whole[crlf_at + 2 :]
+        problem = services.line_end_problem(io.BytesIO(bare))
+        assert problem is not None and f"bare CR (carriage return) at byte {crlf_at}" in problem.text
+        bare = whole[:crlf_at] + b"y\n" + whole[crlf_at + 2 :]
+        problem = services.line_end_problem(io.BytesIO(bare))
+        assert problem is not None and f"bare LF (line feed) at byte {crlf_at + 1}" in problem.text
+    problem = services.line_end_problem(io.BytesIO(b"x" * (megabyte - 1) + b"\r"))
+    assert problem is not None and f"bare CR (carriage return) at byte {megabyte - 1}" in problem.text
+
+
+def test_several_gateway_processes_share_the_port_and_stop_together(
+    zone: Zone, bob: User, settings: Any, tmp_path: Path
+) -> None:
+    database = connection.settings_dict
+    port = free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "1",
+        "DATABASE_URL": f"postgresql://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "PUSHMAIL_DATA_DIR": str(tmp_path),
+        "PUSHMAIL_DNS_RESOLVER": settings.PUSHMAIL_DNS_RESOLVER,
+        "PUSHMAIL_SMTP_HOSTNAME": "mx.alpha.test",
+    }
+    command = [sys.executable, "manage.py", "smtpd", "--listen", f"127.0.0.1:{port}", "--processes", "2"]
+    gateway = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        assert f"SMTP gateway listening on 127.0.0.1:{port} (2 processes)" in gateway.stdout.readline()
+        others = Path(f"/proc/{gateway.pid}/task/{gateway.pid}/children").read_text().split()
+        assert len(others) == 1
+        for n in range(6):
+            with smtplib.SMTP("127.0.0.1", port, local_hostname="mail.example.org", timeout=30) as client:
+                client.sendmail("alice@example.org", [BOB], _raw(_message(message_id=f"<p{n}@example.org>")))
+        assert InboxEntry.objects.filter(owner=bob).count() == 6
+    finally:
+        gateway.terminate()
+        assert gateway.wait(timeout=60) == 0
+    assert not Path(f"/proc/{others[0]}").exists()  # stopped with the first
+
+
+_TRICKY = (
+    b"From: a@example.org\r\nSubject: t\r\nContent-Type: multipart/mixed; boundary=outer\r\n\r\npreamble\r\n"
+    b'--outer\r\nContent-Type: multipart/alternative;\r\n boundary="in ner"\r\n\r\n'
+    b"--in ner\r\nContent-Type: text/plain\r\n\r\nhello\r\n--in ner\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n"
+    b"--in ner--\r\nepilogue\r\n"
+    b"--outer\r\nContent-Type: application/pdf; name=x.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    b"SGVsbG8gd29ybGQgdGhpcyBpcyBhIHBkZg==\r\n"
+    b"--outer\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+    b'Content-Disposition: attachment; filename="a.png"\r\n\r\nab=3Dcd=\r\nef \r\na= \r\nline2 \r\n'
+    b"--outer\r\nContent-Type: application/octet-stream\r\n\r\nraw bytes here\r\nsecond line\r\n"
+    b"--outer\r\nContent-Type: application/x-bad\r\nContent-Transfer-Encoding: base64\r\n\r\nSGVsbG8*gd29y!bGQ\r\n"
+    b"--outer\r\nContent-Type: application/x-noblank\r\n"
+    b"--outer\r\nContent-Type: application/zip\r\n\r\nnot closed before the end of the message\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _TRICKY,
+        b"From: a@example.org\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"SGVsbG8gd29ybGQ=\r\n",
+        b"From: a@example.org\r\nSubject: only a header\r\n",
+        _raw(_message(html="<p>Hi</p>", files=[("a.bin", os.urandom(5000), "application/octet-stream")])),
+    ],
+    ids=["nested-and-malformed", "one-part", "header-only", "ordinary"],
+)
+def test_a_message_read_from_a_file_reads_as_email_reads_it(raw: bytes) -> None:
+    whole = mime.parse_message(raw)
+    streamed = mime.parse_file(io.BytesIO(raw), spool_over=8)  # every non-text part through a file
+    try:
+        assert (streamed.sender, streamed.subject, streamed.text, streamed.html) == (
+            whole.sender,
+            whole.subject,
+            whole.text,
+            whole.html,
+        )
+        assert [(p.name, p.content_type, p.open().read()) for p in streamed.attachments] == [
+            (p.name, p.content_type, p.content) for p in whole.attachments
+        ]
+        assert any(p.file is not None for p in streamed.attachments) == bool(whole.attachments)
+    finally:
+        streamed.close()
+
+
+def test_a_line_over_1000_bytes_is_refused_500_after_the_data_and_the_session_goes_on(
+    gateway: GatewayController, bob: User
+) -> None:
+    long_line = b"Subject: x\r\n\r\n" + b"y" * 2000 + b"\r\n"
+    with _client(gateway) as client:
+        client.mail("alice@example.org")
+        client.rcpt(BOB)
+        code, text = client.data(long_line)
+        assert (code, text) == (500, b"Line too long (see RFC5321 4.5.3.1.6)")
+        # The same connection still takes a proper message.
+        client.mail("alice@example.org")
+        client.rcpt(BOB)
+        assert client.data(_raw(_message()))[0] == 250
+    assert InboxEntry.objects.filter(owner=bob).count() == 1

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -17,13 +21,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--listen", default="", help="host:port, overriding PUSHMAIL_SMTP_LISTEN")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="gateway processes sharing the port (SO_REUSEPORT), e.g. one per CPU core (default 1)",
+        )
+        parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # one of --processes
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             host, port = listen_address(options["listen"] or settings.PUSHMAIL_SMTP_LISTEN)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        controller = GatewayController(host=host, port=port)
+        processes = options["processes"]
+        if processes < 1:
+            raise CommandError(f"--processes {processes}: at least 1")
+        controller = GatewayController(host=host, port=port, reuse_port=options["reuse_port"] or processes > 1)
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
@@ -31,10 +45,30 @@ class Command(BaseCommand):
             controller.start()
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
+        # The others: this command again, each its own process with its own event loop and database connections.
+        others = [
+            subprocess.Popen(  # noqa: S603 - this very program, with arguments of our making
+                [sys.executable, os.path.abspath(sys.argv[0]), "smtpd", "--listen", f"[{host}]:{port}", "--reuse-port"],
+                stdout=subprocess.DEVNULL,
+            )
+            for _ in range(processes - 1)
+        ]
         tls = "with STARTTLS" if tls_context() is not None else "without STARTTLS (no certificate set)"
-        self.stdout.write(f"SMTP gateway listening on {host}:{port} {tls}", ending="\n")
+        shared = f" ({processes} processes)" if processes > 1 else ""
+        self.stdout.write(f"SMTP gateway listening on {host}:{port}{shared} {tls}", ending="\n")
         self.stdout.flush()
+        failed = None
         try:
-            stop.wait()
+            while not stop.wait(1):
+                failed = next((other for other in others if other.poll() is not None), None)
+                if failed is not None:
+                    break
         finally:
+            for other in others:
+                if other.poll() is None:
+                    other.terminate()
             controller.stop()
+            for other in others:
+                other.wait(timeout=60)
+        if failed is not None:
+            raise CommandError(f"a gateway process ended (exit status {failed.returncode}); the others were stopped")
