@@ -10,9 +10,11 @@ legacy before.
 
 from __future__ import annotations
 
+import re
 import smtplib
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from accounts.models import User
 from federation import discovery
 from federation.learning import check_learned_domain, heard_pushmail_header, requeue_due_learned_domains
 from federation.models import LearnedDomain, LearnedDomainState
+from federation.states import LEARNED
 from gateway import progressive
 from gateway.auth import AuthResults, DkimResult, DmarcResult
 from gateway.server import ClientLimits, GatewayController
@@ -30,6 +33,7 @@ from outbox.services import deliver_notification, send_message
 from tests.conftest import NOTIFICATIONS, FakeNetwork, FakePeer, Queued, ago
 from tests.factories import DomainFactory, MailboxFactory
 from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port
+from tests.unit.test_outbox_states import TRANSITION
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -270,3 +274,20 @@ def test_alignment_is_relaxed_like_dmarc() -> None:
     assert not progressive.vouched_by("beta.example", results("beta.example.com"))
     assert progressive.vouched_by("beta.example", results("x.test", "pass", "beta.example"))
     assert not progressive.vouched_by("beta.example", results("x.test", "softfail", "beta.example"))
+
+
+def test_the_learned_domain_graph_is_the_one_in_the_protocol() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = text[text.index("### 12.1 The `Pushmail` header") :]
+    table = re.search(r"\| State \| Meaning \|\n\|---\|---\|\n((?:\|.*\|\n)+)", section)
+    assert table
+    assert re.findall(r"^\| `([a-z_]+)` \|", table.group(1), re.M) == LEARNED.values
+    block = re.search(r"Transitions of a learned domain:\n\n```\n(.*?)\n```", section, re.S)
+    assert block
+    edges = set()
+    for line in block.group(1).splitlines():
+        match = TRANSITION.fullmatch(line.strip())
+        assert match, line
+        edges.add((match["source"], match["target"]))
+    assert edges == LEARNED.edge_set()
+    assert set(LEARNED.values) == set(LearnedDomainState.values)
