@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from django.core.cache import caches
+from django.test import Client
+from django.urls import reverse
 
 from accounts.models import User
 from federation import discovery
@@ -291,3 +293,18 @@ def test_the_learned_domain_graph_is_the_one_in_the_protocol() -> None:
         edges.add((match["source"], match["target"]))
     assert edges == LEARNED.edge_set()
     assert set(LEARNED.values) == set(LearnedDomainState.values)
+
+
+def test_superusers_see_the_learned_domains_in_the_admin(bob: User, peer: FakePeer, shared_cache: None) -> None:
+    learned = heard_pushmail_header(domain="peer.test", sender=ANN, authenticated_by="dkim=pass header.d=peer.test")
+    assert learned is not None
+    check_learned_domain(learned.pk)
+    root = MailboxFactory(domain=bob.domain, local_part="root", is_staff=True)
+    User.objects.filter(pk=root.pk).update(is_superuser=True)
+    client = Client()
+    client.force_login(root)
+    page = client.get(reverse("admin:federation_learneddomain_changelist")).content.decode()
+    assert "peer.test" in page and ANN in page and "confirmed" in page
+    # A domain admin (staff, not superuser) manages its own domain, not what the instance learned.
+    client.force_login(MailboxFactory(domain=bob.domain, local_part="staff", is_staff=True))
+    assert client.get(reverse("admin:federation_learneddomain_changelist")).status_code == 403
