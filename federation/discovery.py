@@ -40,6 +40,8 @@ PROTOCOL = "pushmail"
 VERSION = 1
 WELL_KNOWN_PATH = "/.well-known/pushmail"
 _NEGATIVE_TTL = 300
+# How long a legacy answer is kept: what hears of a domain again waits this long before asking again.
+LEGACY_CACHE_SECONDS = _NEGATIVE_TTL
 # A lookup that failed, or did not answer within the budget, is not tried again for this long.
 FAILED_LOOKUP_TTL = 60
 # Lookups running in threads of one process at most, whatever the domains.

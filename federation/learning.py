@@ -29,7 +29,7 @@ __all__ = ["heard_pushmail_header", "check_learned_domain", "requeue_due_learned
 
 # A domain heard of again is checked again only after this long: a stream of mail from one domain
 # makes at most one discovery request per period (a legacy answer is cached as long).
-RECHECK_AFTER = timedelta(seconds=discovery._NEGATIVE_TTL)
+RECHECK_AFTER = timedelta(seconds=discovery.LEGACY_CACHE_SECONDS)
 
 
 @shared_task(name="federation.check_learned_domain")
