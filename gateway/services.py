@@ -35,7 +35,7 @@ from attachments.models import Blob
 from federation import discovery, payloads
 from mailbox import services as mailbox_services
 
-from . import auth, mime
+from . import auth, mime, progressive
 
 __all__ = ["Envelope", "Reply", "hostname", "line_end_problem", "receive_message", "recipient_reply"]
 
@@ -218,6 +218,8 @@ def _check_and_store(
             )
     except payloads.PayloadError as exc:
         return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
+    # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
+    progressive.learn_from_header(raw=raw, results=results, sender=remote.sender)
     return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
 
 

@@ -409,6 +409,7 @@ CELERY_BEAT_SCHEDULE = {
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
     "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
+    "requeue-due-learned-domains": {"task": "federation.requeue_due_learned_domains", **_sweep},
     "requeue-unfingerprinted": {
         "task": "reputation.requeue_unfingerprinted",
         "schedule": 60.0,
@@ -455,6 +456,8 @@ PUSHMAIL_MAX_BODY_BYTES = env_int("PUSHMAIL_MAX_BODY_BYTES", 25 * 1024 * 1024)
 PUSHMAIL_SIGNATURE_WINDOW = timedelta(seconds=env_int("PUSHMAIL_SIGNATURE_WINDOW_SECONDS", 300))
 PUSHMAIL_RETENTION = timedelta(days=float(os.environ.get("PUSHMAIL_RETENTION_DAYS", "30")))
 PUSHMAIL_DELIVERY_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_DELIVERY_WINDOW_SECONDS", 5 * 86400)))
+# How long discovery of a domain heard of in an SMTP message's Pushmail header is retried.
+PUSHMAIL_LEARNING_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_LEARNING_WINDOW_SECONDS", 86400)))
 PUSHMAIL_RETRY_BASE_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_BASE_SECONDS", "2"))
 PUSHMAIL_RETRY_CAP_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_CAP_SECONDS", "600"))
 # A claimed row whose worker died is taken up again after this long.

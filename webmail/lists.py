@@ -10,6 +10,7 @@ from django.db.models import Prefetch, Q
 from accounts.models import User
 from mailbox.selectors import Cursor, Page
 from outbox.models import Delivery, Message
+from outbox.reach import by_smtp
 from outbox.selectors import sent_messages_for
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
         """A sent message as the Sent list shows it."""
 
         delivery_summary: str
+        smtp_domains: list[str]
 
 
 def sent_page(
@@ -50,6 +52,7 @@ def sent_page(
         rows = rows[:limit]
     for message in cast("list[SentRow]", rows):  # the same objects, given their summary
         message.delivery_summary = delivery_summary(message)
+        message.smtp_domains = [d.domain for d in message.deliveries.all() if by_smtp(d)]
     return Page(
         items=rows,
         older=Cursor(rows[-1].date, rows[-1].pk).encode() if rows and has_older else None,

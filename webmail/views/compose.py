@@ -30,6 +30,7 @@ from mailbox import replies
 from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
+from outbox.reach import domains_in, reach_of
 from outbox.selectors import drafts_for, open_drafts_for, sent_messages_for
 
 if TYPE_CHECKING:
@@ -477,3 +478,31 @@ def contacts(request: AuthedRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "webmail/compose/_contacts.html", {"options": [prefix + a for a in found]})
     return JsonResponse({"query": query, "contacts": found})
+
+
+@require_GET
+@signed_in
+def recipient_reach(request: AuthedRequest) -> HttpResponse:
+    """How the recipients of one address field would be reached: an htmx partial marking the ones
+    that go by ordinary email (SMTP) or could not be checked; JSON with every domain otherwise.
+
+    The field comes as ``to``, ``cc`` or ``bcc`` (the input's own name, as htmx sends it) or ``q``.
+    Answers come from discovery's caches; a domain not known yet is waited for a moment at most.
+    """
+    raw = next((request.GET[k] for k in ("to", "cc", "bcc", "q") if k in request.GET), "")[:4000]
+    by_domain = domains_in(raw)
+    answers = reach_of(list(by_domain))
+    if request.htmx:
+        marked = [
+            {"domain": a.domain, "kind": a.kind, "note": a.note, "addresses": by_domain[a.domain]}
+            for a in answers
+            if a.note
+        ]
+        return render(request, "webmail/compose/_reach.html", {"marked": marked})
+    return JsonResponse(
+        {
+            "domains": [
+                {"domain": a.domain, "reach": a.kind, "note": a.note, "addresses": by_domain[a.domain]} for a in answers
+            ]
+        }
+    )
