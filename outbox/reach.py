@@ -20,7 +20,7 @@ from accounts.validators import domain_of, normalize_address
 from federation import discovery
 
 from .delivery import LEGACY_REASON
-from .models import Delivery, Message
+from .models import Delivery, Message, Transport
 
 __all__ = [
     "CHECK_BUDGET_SECONDS",
@@ -108,7 +108,9 @@ def by_smtp(delivery: Delivery) -> bool:
     A legacy domain: its recipients get (or were refused) a copy stored at
     their server, never a notification. The one place that says so.
     """
-    return not delivery.local and delivery.last_error == LEGACY_REASON
+    if delivery.local:
+        return False
+    return delivery.transport == Transport.SMTP or delivery.last_error == LEGACY_REASON
 
 
 @dataclass(frozen=True)
