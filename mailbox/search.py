@@ -97,6 +97,10 @@ def entry_document(*, subject: str, sender: str, text: str = "", attachments: It
 #: transaction, so that its first readers do not wait for thousands of full-text index entries:
 #: 10,000 copies of an 8 KB text cost about 11 s of index maintenance on PostgreSQL.
 INDEX_AT_ONCE = 500
+#: ...starting this long after the fetch. The first minutes after a fetch are when a spam run is
+#: judged by its first readers (reputation.spam); a copy its verdict hides meanwhile is never
+#: indexed on the body, and the verdict does not wait for, nor compete with, thousands of index entries.
+INDEX_LATER_SECONDS = 120
 
 
 def _fetched_document(remote: RemoteMessage, body: dict[str, Any]) -> str:
@@ -119,15 +123,16 @@ def _readable_copies(remote_id: int, document: str) -> QuerySet[InboxEntry]:
 def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
     """A body arrived: its entries become searchable by body text and attachment names.
 
-    At once for a message with up to INDEX_AT_ONCE copies to index; for more, after the caller's
-    transaction commits, in batches (:func:`index_copies`), while readers already read it.
+    At once for a message with up to INDEX_AT_ONCE copies to index; for more, INDEX_LATER_SECONDS
+    after the caller's transaction commits, in batches (:func:`index_copies`), while readers
+    already read it. Until then the other copies are matched on their subject and sender.
     """
     document = _fetched_document(remote, body)
     copies = _readable_copies(remote.pk, document)
     if len(copies.values_list("pk", flat=True)[: INDEX_AT_ONCE + 1]) <= INDEX_AT_ONCE:
         copies.update(search_document=document)
     else:
-        enqueue(index_copies_task, remote.pk)
+        enqueue(index_copies_task, remote.pk, countdown=INDEX_LATER_SECONDS)
 
 
 @shared_task(name="mailbox.index_fetched_copies")

@@ -509,7 +509,7 @@ def test_a_body_with_many_copies_is_readable_at_once_and_indexed_for_them_after_
     # Both readers have the body (the message is fetched for everyone); the index follows in a task.
     assert set(InboxEntry.objects.filter(remote=remote).values_list("state", flat=True)) == {EntryState.FETCHED}
     indexing = [q for q in queued if q.name == "mailbox.index_fetched_copies"]
-    assert [q.args for q in indexing] == [(remote.pk,)]
+    assert [(q.args, q.countdown) for q in indexing] == [((remote.pk,), search.INDEX_LATER_SECONDS)]
     assert _search(_client(bob), q="numbat")[0] == []
 
     assert search.index_copies(remote_id=remote.pk, batch_size=1) == 2
