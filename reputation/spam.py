@@ -100,7 +100,7 @@ def _report_budget(user: User, reports: int) -> Iterator[None]:
 
     A flood of reports from one account is refused before it touches a message, so it cannot
     sway verdicts or scores; reports refused for any reason are given back. The count lives in the
-    shared cache (one round trip), so every web process counts together.
+    shared cache (two round trips), so every web process counts together.
     """
     limit = settings.PUSHMAIL_SPAM_REPORTS_PER_HOUR
     now = time.time()
