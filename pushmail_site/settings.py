@@ -474,6 +474,9 @@ PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
 # ...and never when the reports are fewer than this share of those readers: mail most of its
 # readers open without complaint is not hidden from everyone by the few who report it.
 PUSHMAIL_SPAM_MIN_SHARE = float(os.environ.get("PUSHMAIL_SPAM_MIN_SHARE", "0.05"))
+# A reader may make this many "Report spam" / "Not spam" reports an hour (each message of a selection
+# counts); past it, reports are refused (429) until the hour is over: a flood from one account sways nothing.
+PUSHMAIL_SPAM_REPORTS_PER_HOUR = env_int("PUSHMAIL_SPAM_REPORTS_PER_HOUR", 120)
 # Origin side of spam feedback (docs/protocol.md §5.8): a local sender is paused when the complaints
 # received for their mail pass this share of their last PUSHMAIL_COMPLAINT_WINDOW recipients (a
 # sender with fewer recipients is counted as if they had that many), or reach
