@@ -72,6 +72,10 @@ class Envelope:
     used_bytes: dict[str, int] = field(default_factory=dict)
 
 
+# How much of the message's start is searched for its own header fields (the header block).
+_HEADER_SCAN_BYTES = 256 * 1024
+
+
 def hostname() -> str:
     """The name this gateway greets with and writes in its trace headers."""
     configured = settings.PUSHMAIL_SMTP_HOSTNAME or urlparse(settings.PUSHMAIL_BASE_URL or "").hostname
@@ -219,7 +223,8 @@ def _check_and_store(
     except payloads.PayloadError as exc:
         return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
     # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
-    progressive.learn_from_header(raw=raw, results=results, sender=remote.sender)
+    file.seek(0)
+    progressive.learn_from_header(raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=remote.sender)
     return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
 
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('federation', '0002_signed_requests'),
+        ('federation', '0003_dkim_keys'),
     ]
 
     operations = [
