@@ -469,3 +469,13 @@ def test_the_admins_retry_now_sends_again_to_the_recipients_not_taken(
     assert delivery.state == DeliveryState.NOTIFIED
     assert _answers(message) == {f"bob@{LEGACY}": ("accepted", ""), f"ann@{LEGACY}": ("accepted", "")}
     assert [rcpts for _, rcpts, _ in mx.received] == [[f"ann@{LEGACY}"], [f"bob@{LEGACY}"]]
+
+
+def test_a_display_name_cannot_add_a_header(alice: User) -> None:
+    User.objects.filter(pk=alice.pk).update(display_name="Alice\r\nBcc: everyone@example.org")
+    message = send_message(sender=User.objects.get(pk=alice.pk), to=[f"bob@{LEGACY}"], subject="Hi", text="x")
+
+    mail = _parse(outbound.signed_message(message))
+
+    assert mail["Bcc"] is None
+    assert mail["From"].addresses[0].addr_spec == "alice@alpha.test"
