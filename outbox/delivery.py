@@ -98,6 +98,16 @@ def _deliver_by_smtp(delivery: Delivery) -> None:
     _record_smtp_answers(delivery, waiting, answers)
 
 
+def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
+    """An operator's "retry now" of deliveries by SMTP: every recipient there not yet taken is tried again."""
+    for message_id, domain in Delivery.objects.filter(pk__in=delivery_ids, transport=Transport.SMTP).values_list(
+        "message_id", "domain"
+    ):
+        Recipient.objects.filter(message_id=message_id, domain=domain).exclude(status=RecipientStatus.ACCEPTED).update(
+            status=RecipientStatus.PENDING, reason=""
+        )
+
+
 def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer]) -> None:
     """2xx: accepted; 5xx: refused now, with a notice; 4xx (or no answer): tried again within the window."""
     refused: list[tuple[str, str]] = []
