@@ -22,8 +22,7 @@ import pytest
 import requests
 
 from tests.integration.conftest import Api, mailboxes, sql, start_cluster, unique, wait_for
-from tests.integration.test_smtp_inbound import _wait_port
-from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port
+from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port, wait_for_greeting
 from tools.cluster import PYTHON, ROOT, Instance
 
 LATE = "news.beta.test"  # a domain beta starts hosting during the test
@@ -65,7 +64,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            _wait_port(gateway_port, "manage.py smtpd", gateway)
+            wait_for_greeting(gateway_port, "manage.py smtpd", gateway)
             yield Setup(alpha, beta, zone, gateway_port)
         finally:
             if gateway is not None:
