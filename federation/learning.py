@@ -19,11 +19,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition
+from pushmail_site.states import retry_delay, retry_window, transition
 
 from . import discovery
 from .models import LearnedDomain, LearnedDomainState
-from .states import LEARNED, retry_delay, retry_window
+from .states import LEARNED
 
 __all__ = ["heard_pushmail_header", "check_learned_domain", "requeue_due_learned_domains"]
 

@@ -7,11 +7,6 @@ docs/protocol.md, "The Pushmail header").
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
-
-from pushmail_site.jobs import backoff
 from pushmail_site.states import RetryPolicy, State, StateGraph
 
 from .models import LearnedDomainState
@@ -37,20 +32,3 @@ LEARNED = StateGraph(
         LearnedDomainState.NOT_PUSHMAIL: [LearnedDomainState.PENDING],
     },
 )
-
-
-def retry_window(graph: StateGraph, state: str) -> timedelta:
-    """How long after the domain was last heard of a check in ``state`` is retried."""
-    policy = graph.by_value[state].retry
-    if policy is None or policy.window is None:
-        raise ValueError(f"{graph.name}: {state} has no retry window")
-    window = getattr(settings, policy.window)
-    return window if isinstance(window, timedelta) else timedelta(seconds=window)
-
-
-def retry_delay(graph: StateGraph, state: str, *, attempts: int) -> timedelta:
-    """The backoff before the next check."""
-    policy = graph.by_value[state].retry
-    if policy is None:
-        raise ValueError(f"{graph.name}: {state} is not retried")
-    return backoff(attempts, base=getattr(settings, policy.base), cap=getattr(settings, policy.cap))

@@ -22,13 +22,13 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition
+from pushmail_site.states import retry_delay, retry_window, transition
 
 from .bodies import manifest_of
 from .models import Delivery, DeliveryState, Message, Recipient, RecipientStatus, Transport
 from .signals import notice_for_sender
 from .smtp import SmtpAnswer, SmtpFailure, send_by_smtp, smtp_enabled
-from .states import DELIVERY, retry_delay, retry_window
+from .states import DELIVERY
 
 LEGACY_REASON = "legacy domain"
 WITHDRAWN_FIRST = "withdrawn before notification"

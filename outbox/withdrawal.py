@@ -14,13 +14,13 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition, transition_rows
+from pushmail_site.states import retry_delay, retry_window, transition, transition_rows
 
 from .delivery import LEGACY_REASON, WITHDRAWN_FIRST
 from .models import Delivery, DeliveryState, Message, Withdrawal, WithdrawalState
 from .reach import by_smtp
 from .signals import message_withdrawn
-from .states import DELIVERY, WITHDRAWAL, retry_delay, retry_window
+from .states import DELIVERY, WITHDRAWAL
 
 
 @shared_task(name="outbox.send_withdrawal")
