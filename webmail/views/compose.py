@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -27,10 +27,12 @@ from django_htmx.http import HttpResponseClientRedirect
 from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox import replies
+from mailbox.models import EntryState
 from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
 from outbox.selectors import drafts_for, open_drafts_for, sent_messages_for
+from webmail import undo
 
 if TYPE_CHECKING:
     from outbox.models import DraftAttachment
@@ -45,6 +47,7 @@ View = Callable[..., HttpResponse]
 
 SESSION_EXPIRED = "Your session has expired, so nothing was sent or saved. Sign in again, then repeat the last step."
 LOCKED = "This message is being sent: press Undo to change it."
+WITHDRAWN = "The sender withdrew this message: there is nothing to reply to or forward."
 
 
 def signed_in(view: View) -> View:
@@ -76,6 +79,29 @@ def _same_site_path(request: HtmxRequest) -> str | None:
         parts = urlsplit(referer)
         return parts.path + (f"?{parts.query}" if parts.query else "")
     return None
+
+
+def _origin(request: HtmxRequest) -> str:
+    """Where the person was before composing, to go back to after Send: the form's or link's
+    ``next``, else the page that opened compose (a reply's message, Drafts), else the inbox."""
+    compose_paths = reverse("webmail:compose")  # new messages and drafts alike are under it
+    for candidate in (request.POST.get("next", ""), request.GET.get("next", ""), _same_site_path(request) or ""):
+        if (
+            candidate.startswith("/")
+            and not candidate.startswith(compose_paths)
+            and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()})
+        ):
+            return candidate
+    return reverse("webmail:folder", args=["inbox"])
+
+
+def _to_draft(request: HtmxRequest, draft_id: int) -> HttpResponse:
+    """The draft's page, still knowing where to go back to after Send."""
+    url = reverse("webmail:draft", args=[draft_id])
+    back = _origin(request)
+    if back == reverse("webmail:folder", args=["inbox"]):
+        return HttpResponseRedirect(url)  # where Send goes back to anyway
+    return HttpResponseRedirect(f"{url}?{urlencode({'next': back})}")
 
 
 def _draft(request: AuthedRequest, draft_id: int) -> Draft:
@@ -141,6 +167,8 @@ def _render_draft(
         "errors": _errors(error) if error else [],
         "invalid": _invalid(error) if error else set(),
         "undo": _undo_context(item),
+        "back": _origin(request),
+        "attached_bytes": sum(attachment.size for attachment in attachments),
         "max_file": settings.PUSHMAIL_MAX_ATTACHMENT_BYTES,
         "max_total": settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES,
     }
@@ -263,7 +291,7 @@ def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
             # 200 so htmx shows it in the status line (it does not swap error responses).
             return HttpResponse(f'<span class="save-error">Not saved. {LOCKED}</span>')
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     if request.htmx:
         response = render(request, "webmail/compose/_saved.html", {"draft": item})
         if draft_id is None:
@@ -271,7 +299,7 @@ def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
             response["HX-Replace-Url"] = reverse("webmail:draft", args=[item.pk])
         return response
     messages.success(request, "Draft saved.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -288,14 +316,14 @@ def draft_attach(request: AuthedRequest, draft_id: int | None = None, key: uuid.
         added = drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     except ValidationError as exc:
         return _render_draft(request, item, error=exc, status=400)
     if added:
         messages.success(request, "Attached: " + ", ".join(a.name for a in added) + ".")
     else:
         messages.info(request, "Choose one or more files to attach.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -309,9 +337,9 @@ def draft_attachment_remove(request: AuthedRequest, draft_id: int, attachment_id
         drafts_service.remove_attachment(draft=item, attachment_id=attachment.pk)
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.success(request, f"Removed {attachment.name}.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -321,14 +349,14 @@ def draft_delete(request: AuthedRequest, draft_id: int | None = None, key: uuid.
     item = _target(request, draft_id, key, create=False)
     if item is None:  # a new message never saved: nothing to delete
         messages.success(request, "Message discarded.")
-        return redirect("webmail:drafts")
+        return HttpResponseRedirect(_origin(request))
     try:
         drafts_service.delete_draft(draft=item)
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.success(request, "Draft deleted.")
-    return redirect("webmail:drafts")
+    return HttpResponseRedirect(_origin(request))
 
 
 # --- Send and undo ------------------------------------------------------------------------
@@ -345,17 +373,20 @@ def draft_send(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
     item = _target(request, draft_id, key, create=True)
     assert item is not None
     if item.state != DraftState.DRAFT:
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     try:
         item = _save_from_post(request, item)
         drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
         item = drafts_service.queue_send(draft=item)
     except drafts_service.DraftLocked:
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     except ValidationError as exc:
         item.refresh_from_db()
         return _render_draft(request, item, error=exc, status=400)
-    return redirect("webmail:draft", draft_id=item.pk)
+    # Back where the person was, at once; the notice there can still stop the send.
+    assert item.send_at is not None
+    undo.offer(request.session, kind=undo.SEND, text="", data={"draft": item.pk}, until=item.send_at)
+    return HttpResponseRedirect(_origin(request))
 
 
 @require_POST
@@ -364,9 +395,9 @@ def draft_undo(request: AuthedRequest, draft_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     if drafts_service.undo_send(draft=item):
         messages.success(request, "Sending cancelled. The message is back in Drafts.")
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.warning(request, "Too late to undo: the message has already been sent.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_GET
@@ -390,7 +421,7 @@ def draft_status(request: AuthedRequest, draft_id: int) -> HttpResponse:
 def _open(request: AuthedRequest, prepared: drafts_service.Prepared) -> HttpResponse:
     for note in prepared.notes:
         messages.info(request, note)
-    return redirect("webmail:draft", draft_id=prepared.draft.pk)
+    return _to_draft(request, prepared.draft.pk)
 
 
 def _entry(request: AuthedRequest, entry_id: int) -> Any:
@@ -412,6 +443,9 @@ def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
         return redirect("webmail:entry", entry_id=entry.pk)
+    if entry.state == EntryState.WITHDRAWN:
+        messages.error(request, WITHDRAWN)
+        return redirect("webmail:entry", entry_id=entry.pk)
     reply_all = request.POST.get("all") == "1"
     return _open(
         request,
@@ -428,6 +462,9 @@ def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
 def forward(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
+        return redirect("webmail:entry", entry_id=entry.pk)
+    if entry.state == EntryState.WITHDRAWN:
+        messages.error(request, WITHDRAWN)
         return redirect("webmail:entry", entry_id=entry.pk)
     return _open(
         request,

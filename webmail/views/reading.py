@@ -109,6 +109,7 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     rows = reading.delivery_rows(message)
     # Readers on this instance read the stored message: only remote domains have an offer to end.
     remote = any(not row["delivery"].local for row in rows)
+    attachment_items = attachment_items_for_message(message)
     return render(
         request,
         "webmail/reading/sent.html",
@@ -117,7 +118,8 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
             "offer_end": message.offer_end() if remote else None,
             "body": reading.message_body(message),
             "rows": rows,
-            "attachment_items": attachment_items_for_message(message),
+            "attachment_items": attachment_items,
+            "attachments_size": sum(item.size for item in attachment_items),
             "compose_key": str(uuid.uuid4()),
         },
     )
