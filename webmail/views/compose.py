@@ -261,6 +261,11 @@ def _untouched(request: AuthedRequest) -> bool:
     return empty and text == blank.text.strip() and not post.get("markdown")
 
 
+def _discardable(item: Draft) -> bool:
+    """A new message's draft that holds nothing worth keeping once its form is empty again."""
+    return item.state == DraftState.DRAFT and not item.in_reply_to and not item.attachments.exists()
+
+
 def _save_from_post(request: AuthedRequest, item: Draft) -> Draft:
     post = request.POST
     return drafts_service.update_draft(
@@ -278,10 +283,22 @@ def _save_from_post(request: AuthedRequest, item: Draft) -> Draft:
 @signed_in
 @takes_uploads(discard=True)
 def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
-    """Autosave (htmx) or the Save draft button; a new message's first save makes its draft."""
-    if request.htmx and _target(request, draft_id, key, create=False) is None and _untouched(request):
-        # An autosave of a form nobody has written in yet (a Tab through it): nothing to keep.
-        return HttpResponse("")
+    """Autosave (htmx) or the Save draft button; a new message's first real change makes its draft.
+
+    A new message's form that is untouched again (nothing written, or all of it erased) keeps
+    no draft: the one its first change made is discarded, and the next change makes it again.
+    """
+    existing = _target(request, draft_id, key, create=False)
+    if key is not None and _untouched(request) and (existing is None or _discardable(existing)):
+        if existing is not None:
+            drafts_service.delete_draft(draft=existing)
+        if request.htmx:
+            response = HttpResponse("")
+            if existing is not None:
+                response["HX-Replace-Url"] = reverse("webmail:compose")  # a reload opens a new message
+            return response
+        messages.info(request, "Nothing to save: the message is empty, so no draft was kept.")
+        return HttpResponseRedirect(_origin(request))
     item = _target(request, draft_id, key, create=True)
     assert item is not None
     try:

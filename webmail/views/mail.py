@@ -309,7 +309,7 @@ def entry_action(request: AuthedRequest, entry_id: int) -> HttpResponse:
     action = request.POST.get("action", "")
     _apply(request, action, [str(entry.pk)])
     # After archive, delete and friends the message has left the folder: back to that folder.
-    stays = action in ("read", "star", "unstar") or action.startswith(("label:", "unlabel:"))
+    stays = action in ("read", "star", "unstar", "label") or action.startswith(("label:", "unlabel:"))
     default = _folder_url(entry.folder)
     if stays:
         default = reverse("webmail:entry", args=[entry.pk])

@@ -70,6 +70,7 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
             "thread": thread,
             "plain": request.GET.get("plain") == "1",
             "actions": _actions(item),
+            "labels": list(item.labels.order_by("name")),
             **_state_context(item, body),
         },
     )
