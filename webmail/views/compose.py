@@ -84,11 +84,12 @@ def _same_site_path(request: HtmxRequest) -> str | None:
 def _origin(request: HtmxRequest) -> str:
     """Where the person was before composing, to go back to after Send: the form's or link's
     ``next``, else the page that opened compose (a reply's message, Drafts), else the inbox."""
-    compose_paths = reverse("webmail:compose")  # new messages and drafts alike are under it
+    # Not compose itself (new messages and drafts alike are under it), nor the sign-in pages.
+    not_back = (reverse("webmail:compose"), reverse("account_login").rstrip("/").rsplit("/", 1)[0] + "/")
     for candidate in (request.POST.get("next", ""), request.GET.get("next", ""), _same_site_path(request) or ""):
         if (
             candidate.startswith("/")
-            and not candidate.startswith(compose_paths)
+            and not candidate.startswith(not_back)
             and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()})
         ):
             return candidate
