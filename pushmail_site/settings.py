@@ -177,6 +177,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "webmail.context_processors.mail_shell",
+                "webmail.context_processors.undo_notice",
             ],
         },
     },
@@ -566,6 +567,8 @@ PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 10
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)
 PUSHMAIL_TRASH_DAYS = float(os.environ.get("PUSHMAIL_TRASH_DAYS", "30"))
 PUSHMAIL_UNDO_SEND_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SEND_SECONDS", "10"))
+# How long archive, delete, move, spam and label changes offer Undo.
+PUSHMAIL_UNDO_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SECONDS", "10"))
 PUSHMAIL_IMAGE_PROXY_MAX_BYTES = env_int("PUSHMAIL_IMAGE_PROXY_MAX_BYTES", 5 * 1024 * 1024)
 # Hosts the image proxy may reach although they resolve to private addresses (local test servers only).
 PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS = [

@@ -71,6 +71,7 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
             "thread": thread,
             "plain": request.GET.get("plain") == "1",
             "actions": _actions(item),
+            "labels": list(item.labels.order_by("name")),
             **_state_context(item, body),
         },
     )
@@ -110,6 +111,7 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     rows = reading.delivery_rows(message)
     # Readers on this instance read the stored message: only remote domains have an offer to end.
     remote = any(not row["delivery"].local for row in rows)
+    attachment_items = attachment_items_for_message(message)
     return render(
         request,
         "webmail/reading/sent.html",
@@ -119,7 +121,8 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
             "body": reading.message_body(message),
             "rows": rows,
             "scope": withdrawal_scope(message),
-            "attachment_items": attachment_items_for_message(message),
+            "attachment_items": attachment_items,
+            "attachments_size": sum(item.size for item in attachment_items),
             "compose_key": str(uuid.uuid4()),
         },
     )
