@@ -16,7 +16,7 @@ from mailbox.services import accept_notification
 from outbox.models import Message
 from outbox.services import send_message
 from outbox.threads import normalized_subject, reply_prefixed
-from tests.conftest import FakePeer, Queued, ago
+from tests.conftest import FakePeer, Queued, ago, api_as
 from tests.factories import InboxEntryFactory, PeerMessage, PeerMessageFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
@@ -318,3 +318,22 @@ def test_sent_only_conversation_counts_sent_messages(alice: User, bob: User) -> 
     html = _client(bob).get("/mail/inbox/").content.decode()
 
     assert _row_ids(html) == [entry.pk] and _count(_row_of(html, entry)) == 1
+
+
+# --- the user API ------------------------------------------------------------------------
+
+
+def test_api_gives_and_filters_by_conversation(alice: User, bob: User) -> None:
+    now = timezone.now()
+    a = _entry(alice, "<api@x>", at=now - timedelta(hours=1))
+    b = _entry(alice, "<api@x>", at=now)
+    _entry(alice, "<other@x>", at=now)
+    _entry(bob, "<api@x>", at=now)
+    client = api_as(alice)
+
+    listed = client.get("/api/v1/inbox/", {"conversation": "<api@x>"}).json()
+    assert sorted(row["id"] for row in listed["results"]) == sorted([a.pk, b.pk])
+    assert {row["conversation"] for row in listed["results"]} == {"<api@x>"}
+    assert client.get(f"/api/v1/inbox/{a.pk}/").json()["conversation"] == "<api@x>"
+    refused = client.get("/api/v1/inbox/", {"conversation": "x" * 401})
+    assert refused.status_code == 400 and "conversation" in refused.json()["fields"]
