@@ -39,7 +39,7 @@ def conversation_keys(
 
     - ``References`` name the root: that is the key (``thread_key``).
     - ``In-Reply-To`` alone: the parent's key when the parent was sent from
-      here, else the parent itself.
+      here or received by the owner, else the parent itself.
     - Neither, and a subject that reads as a reply or forward ("Re: …",
       "Fwd: …"): the conversation, within SUBJECT_WINDOW, of the owner's most
       recent message with the same subject (prefixes aside) that shares a
@@ -53,7 +53,15 @@ def conversation_keys(
         return keys
     if in_reply_to:
         parent = outbox_selectors.thread_key_of_sent(message_id=in_reply_to)
-        return dict.fromkeys(owner_ids, parent) if parent else keys
+        if parent:
+            return dict.fromkeys(owner_ids, parent)
+        received = (
+            InboxEntry.objects.filter(owner_id__in=owner_ids, remote__message_id=in_reply_to)
+            .exclude(thread_key="")
+            .values_list("owner_id", "thread_key")
+        )
+        keys.update(received)
+        return keys
     if not reply_prefixed(subject):
         return keys
     wanted = normalized_subject(subject)

@@ -93,6 +93,19 @@ def test_replies_follow_references_and_in_reply_to(alice: User, peer: FakePeer) 
     assert "carol" in row and "me" in row
 
 
+def test_reply_naming_only_a_received_parent_joins_its_conversation(alice: User, peer: FakePeer) -> None:
+    root = PeerMessageFactory(subject="Venue")
+    root_entry = _receive(peer, root)
+    middle = PeerMessageFactory(subject="Re: Venue", in_reply_to=root.message_id, references=[root.message_id])
+    _receive(peer, middle)
+    # A client that keeps In-Reply-To but drops References.
+    last = _receive(
+        peer, PeerMessageFactory(subject="Re: Venue", sender="dave@peer.test", in_reply_to=middle.message_id)
+    )
+
+    assert last.thread_key == root_entry.thread_key == root.message_id
+
+
 def test_reply_without_headers_joins_by_subject_and_participant(alice: User, peer: FakePeer) -> None:
     budget = _receive(peer, PeerMessageFactory(subject="Budget 2027"))
     # Same sender, reply subject, no In-Reply-To or References: the same conversation.
