@@ -55,12 +55,12 @@ def conversation_keys(
         parent = outbox_selectors.thread_key_of_sent(message_id=in_reply_to)
         if parent:
             return dict.fromkeys(owner_ids, parent)
-        received = (
+        parents = (
             InboxEntry.objects.filter(owner_id__in=owner_ids, remote__message_id=in_reply_to)
             .exclude(thread_key="")
             .values_list("owner_id", "thread_key")
         )
-        keys.update(received)
+        keys.update(parents)
         return keys
     if not reply_prefixed(subject):
         return keys
