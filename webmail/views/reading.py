@@ -78,10 +78,14 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
     body = body_of(item)
     thread = reading.conversation(user=request.user, entry=item, body=body)
     plain = request.GET.get("plain") == "1"
-    for other in thread.items:
-        if other.current or other.entry is None or not other.unread:
-            continue
-        unread = reading.entry_or_404(user=request.user, entry_id=other.entry.pk)
+    unread_items = [other for other in thread.items if other.entry is not None and other.unread and not other.current]
+    whole = reading.entries_by_id(
+        user=request.user, entry_ids=[other.entry.pk for other in unread_items if other.entry]
+    )
+    for other in unread_items:
+        unread = whole.get(other.entry.pk) if other.entry else None
+        if unread is None:
+            continue  # deleted meanwhile
         open_entry(entry=unread)
         other.entry, other.body, other.expanded = unread, body_of(unread), True
         other.region = render_to_string(
