@@ -192,7 +192,14 @@ def capture(alpha: Instance, beta: Instance, seeded: dict[str, Any]) -> list[Pat
             for kind, page in pages.items():
                 visit(page, f"{bob.origin}/mail/inbox/")
                 saved.append(shoot(page, "inbox", kind))
+                # The follow-ups unread again for each width: opening expands them and pulls their bodies.
+                beta.shell(
+                    "from mailbox.models import InboxEntry\n"
+                    f"InboxEntry.objects.filter(owner__email={bob.address!r},"
+                    " subject='Re: Bike ride on Saturday?').update(read=False)\n"
+                )
                 visit(page, f"{bob.origin}/mail/entry/{thread}/")
+                page.get_by_test_id("message-body").nth(1).wait_for(timeout=30_000)
                 saved.append(shoot(page, "thread", kind))
                 visit(page, f"{bob.origin}/compose/")
                 for label, value in (
