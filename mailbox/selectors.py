@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Exists, Max, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.urls import reverse
 
 from accounts.models import User
@@ -245,18 +245,26 @@ def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: 
     keys = {row.thread_key for row in rows if row.thread_key}
     if not keys:
         return {}
+    # One row per conversation and sender (a conversation has few), counted in the database.
     received = (
         InboxEntry.objects.owned_by(user)
         .filter(thread_key__in=keys, folder__in=conversation_folders(folder))
-        .order_by("received_at", "pk")
-        .values_list("thread_key", "sender", "read", "state")
+        .values("thread_key", "sender")
+        .annotate(
+            n=Count("pk"),
+            unread=Count("pk", filter=Q(read=False)),
+            away=Count("pk", filter=Q(state__in=BODY_AT_SENDER)),
+            first=Min("received_at"),
+        )
+        .order_by("first")
+        .values_list("thread_key", "sender", "n", "unread", "away")
     )
     found: dict[str, dict[str, Any]] = {}
-    for key, sender, read, state in received:
+    for key, sender, n, unread, away in received:
         summary = found.setdefault(key, {"count": 0, "unread": False, "at_sender": False, "senders": {}})
-        summary["count"] += 1
-        summary["unread"] = summary["unread"] or not read
-        summary["at_sender"] = summary["at_sender"] or state in BODY_AT_SENDER
+        summary["count"] += n
+        summary["unread"] = summary["unread"] or unread > 0
+        summary["at_sender"] = summary["at_sender"] or away > 0
         summary["senders"][sender] = None
     sent = outbox_selectors.sent_counts_by_thread(user=user, thread_keys=keys)
     out = {}
