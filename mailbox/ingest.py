@@ -24,7 +24,7 @@ from . import search, spam, states
 from .attachment_states import AttachmentFetchState
 from .fetching import request_fetch
 from .models import FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
-from .threads import thread_key
+from .threads import conversation_keys
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,14 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
     manifest = remote.attachments or []
     # A message already judged spam here goes straight to Spam (unread mail it is not).
     to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
-    conversation = thread_key(
-        message_id=remote.message_id, in_reply_to=remote.in_reply_to, references=list(remote.references)
+    conversations = conversation_keys(
+        owner_ids=[user.pk for user in users],
+        message_id=remote.message_id,
+        in_reply_to=remote.in_reply_to,
+        references=list(remote.references),
+        subject=remote.subject,
+        sender=remote.sender,
+        at=timezone.now(),
     )
     InboxEntry.objects.bulk_create(
         [
@@ -173,7 +179,7 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
                 subject=remote.subject,
                 size=remote.size,
                 state=states.remote_entry_start(remote),
-                thread_key=conversation,
+                thread_key=conversations[user.pk],
                 has_attachments=bool(manifest),
                 attachments_size=sum(a["size"] for a in manifest),
                 search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
@@ -325,6 +331,15 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
         text=search.body_text({"text": message.text, "html": message.html}),
         attachments=names,
     )
+    conversations = conversation_keys(
+        owner_ids=[user.pk for user in users],
+        message_id=message.message_id,
+        in_reply_to=message.in_reply_to,
+        references=list(message.references),
+        subject=message.subject,
+        sender=message.sender_address,
+        at=timezone.now(),
+    )
     InboxEntry.objects.bulk_create(
         [
             InboxEntry(
@@ -334,7 +349,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
                 subject=message.subject,
                 size=message.size,
                 state=states.LOCAL_ENTRY_START,
-                thread_key=message.thread_key,
+                thread_key=conversations[user.pk],
                 has_attachments=bool(names),
                 attachments_size=sum(a.size for a in files),
                 search_document=document,

@@ -113,7 +113,12 @@ class RemoteMessage(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["origin_domain", "global_id"], name="unique_remote_message"),
         ]
-        indexes = [models.Index(fields=["state", "next_attempt_at"]), models.Index(fields=["expires_at"])]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"]),
+            models.Index(fields=["expires_at"]),
+            # A reply that names only its parent finds the parent's conversation (mailbox.threads).
+            models.Index(fields=["message_id"], name="remote_message_id"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.global_id} from {self.sender} ({self.state})"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Max, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet, Sum
 from django.urls import reverse
 
 from accounts.models import User
@@ -137,6 +137,20 @@ def _folder_entries(*, user: User, folder: str) -> QuerySet[InboxEntry]:
     return entries.filter(folder=folder)
 
 
+def _latest_of_conversation(entries: QuerySet[InboxEntry]) -> QuerySet[InboxEntry]:
+    """Of ``entries`` (one list's), each conversation's newest only: one row per conversation.
+
+    An entry stays unless the same list holds a newer one with its ``thread_key``
+    (an anti-join on the entry_thread index, per row read); entries without a key
+    are conversations of their own. Keyset pages stay exact: a conversation's row
+    is its newest entry, so it is on one page only, wherever its older entries are.
+    """
+    newer = entries.filter(thread_key=OuterRef("thread_key")).filter(
+        Q(received_at__gt=OuterRef("received_at")) | Q(received_at=OuterRef("received_at"), pk__gt=OuterRef("pk"))
+    )
+    return entries.filter(Q(thread_key="") | ~Exists(newer))
+
+
 def _keyset_page(
     entries: QuerySet[InboxEntry],
     *,
@@ -171,28 +185,128 @@ def _keyset_page(
 def folder_page(
     *, user: User, folder: str, before: str | None = None, after: str | None = None, limit: int = 50
 ) -> Page:
-    """One page of a folder (inbox, archive, spam, trash or the virtual "starred"), newest first.
+    """One page of a folder (inbox, archive, spam, trash or the virtual "starred"), newest first,
+    one row per conversation (the row is its newest entry in the folder; see conversation_summaries).
 
     ``before``/``after`` are cursors from a previous page (``Page.older``/``Page.newer``).
     """
-    return _keyset_page(_folder_entries(user=user, folder=folder), before=before, after=after, limit=limit)
+    entries = _latest_of_conversation(_folder_entries(user=user, folder=folder))
+    return _keyset_page(entries, before=before, after=after, limit=limit)
 
 
 def label_page(
     *, user: User, label: Label, before: str | None = None, after: str | None = None, limit: int = 50
 ) -> Page:
-    entries = InboxEntry.objects.owned_by(user).filter(labels=label, folder__in=_VISIBLE)
+    """One page of a label, one row per conversation, as folder_page."""
+    entries = _latest_of_conversation(InboxEntry.objects.owned_by(user).filter(labels=label, folder__in=_VISIBLE))
     return _keyset_page(entries, before=before, after=after, limit=limit)
 
 
 def entries_newer_than(*, user: User, folder: str, after: str, limit: int = 50) -> list[InboxEntry]:
-    """Entries that arrived after the cursor (for an open list polling for new mail), newest first."""
+    """Entries that arrived after the cursor (for an open list polling for new mail), newest first,
+    one per conversation (the open list replaces a conversation's row with the new one)."""
     cursor = Cursor.decode(after)
     if cursor is None:
         return []
-    entries = _folder_entries(user=user, folder=folder).only(*_ROW_FIELDS).prefetch_related(_LABELS)
+    entries = _latest_of_conversation(_folder_entries(user=user, folder=folder))
+    entries = entries.only(*_ROW_FIELDS).prefetch_related(_LABELS)
     rows: list[InboxEntry] = list(entries.filter(_newer_than(cursor)).order_by("received_at", "pk")[:limit])
     return rows[::-1]
+
+
+# --- Conversations ------------------------------------------------------------------------------
+
+
+def conversation_folders(folder: str) -> tuple[str, ...]:
+    """The folders a conversation spans as seen from a list or from an entry in ``folder``.
+
+    From the Inbox, Archive, Starred and labels: its messages in Inbox and Archive
+    (a reply that brought it back to the Inbox belongs with the ones archived
+    before). From Spam or Trash: its messages there only.
+    """
+    if folder in (Folder.SPAM, Folder.TRASH):
+        return (folder,)
+    return _VISIBLE
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """What a list row says about the conversation it stands for."""
+
+    count: int  # messages: received ones in its folders, and the user's own sent ones
+    unread: bool  # any of its received messages is unread
+    at_sender: bool  # any of its received messages' body is still at the sender's
+    participants: list[str]  # senders, oldest first, each once ("me" for the user's own)
+
+
+def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: str) -> dict[str, ConversationSummary]:
+    """Per conversation key of these list rows, its summary: two queries whatever the page holds
+    (one for received messages, one for the user's sent ones), none when no row has a key."""
+    keys = {row.thread_key for row in rows if row.thread_key}
+    if not keys:
+        return {}
+    # One row per conversation and sender (a conversation has few), counted in the database.
+    received = (
+        InboxEntry.objects.owned_by(user)
+        .filter(thread_key__in=keys, folder__in=conversation_folders(folder))
+        .values("thread_key", "sender")
+        .annotate(
+            n=Count("pk"),
+            unread=Count("pk", filter=Q(read=False)),
+            away=Count("pk", filter=Q(state__in=BODY_AT_SENDER)),
+            first=Min("received_at"),
+        )
+        .order_by("first")
+        .values_list("thread_key", "sender", "n", "unread", "away")
+    )
+    found: dict[str, dict[str, Any]] = {}
+    for key, sender, n, unread, away in received:
+        summary = found.setdefault(key, {"count": 0, "unread": False, "at_sender": False, "senders": {}})
+        summary["count"] += n
+        summary["unread"] = summary["unread"] or unread > 0
+        summary["at_sender"] = summary["at_sender"] or away > 0
+        summary["senders"][sender] = None
+    sent = outbox_selectors.sent_counts_by_thread(user=user, thread_keys=keys)
+    out = {}
+    for key, summary in found.items():
+        participants = list(summary["senders"])
+        if sent.get(key):
+            participants.append("me")
+        out[key] = ConversationSummary(
+            count=summary["count"] + sent.get(key, 0),
+            unread=summary["unread"],
+            at_sender=summary["at_sender"],
+            participants=participants,
+        )
+    return out
+
+
+def conversation_entry_ids(
+    *, user: User, entry_ids: Collection[object], skip_states: Collection[str] = ()
+) -> list[object]:
+    """``entry_ids`` and every other entry of the user in the same conversations, each as seen
+    from its own folder (conversation_folders), leaving out other entries in ``skip_states``.
+    Ids that are not the user's are passed on as they are, so the verb that gets them refuses
+    the selection as for single messages."""
+    try:
+        ids = {int(str(value)) for value in entry_ids}
+    except ValueError:
+        return list(entry_ids)
+    chosen = list(InboxEntry.objects.owned_by(user).filter(pk__in=ids).values_list("thread_key", "folder"))
+    wanted: dict[str, set[str]] = {}
+    for key, folder in chosen:
+        if key:
+            wanted.setdefault(key, set()).update(conversation_folders(folder))
+    if not wanted:
+        return list(entry_ids)
+    others = (
+        InboxEntry.objects.owned_by(user)
+        .filter(thread_key__in=wanted.keys())
+        .exclude(state__in=list(skip_states))
+        .values_list("pk", "thread_key", "folder")
+    )
+    more = {pk for pk, key, folder in others if folder in wanted[key]}
+    return [*entry_ids, *sorted(more - ids)]
 
 
 #: How many shown rows an open list may ask about in one poll (a page, plus what arrived since).

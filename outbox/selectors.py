@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -171,3 +172,44 @@ def sent_usage_bytes(*, user: User) -> int:
         + total(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
         + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
     )
+
+
+# --- Conversations ------------------------------------------------------------------------
+
+
+def thread_key_of_sent(*, message_id: str) -> str | None:
+    """The conversation key of a message sent from this instance under ``message_id``, None if none was."""
+    return Message.objects.filter(message_id=message_id).values_list("thread_key", flat=True).first()
+
+
+def recent_threads_to(
+    *, user_ids: list[int], address: str, since: datetime, limit: int = 200
+) -> list[tuple[int, str, str, datetime]]:
+    """(sender id, subject, thread key, date) of these users' messages to ``address`` (To or Cc) since
+    ``since``, newest first (of the latest ``limit`` they sent)."""
+    rows = (
+        Message.objects.filter(sender_id__in=user_ids, date__gte=since)
+        .exclude(thread_key="")
+        .order_by("-date")
+        .values_list("sender_id", "subject", "thread_key", "date", "to", "cc")[:limit]
+    )
+    wanted = address.casefold()
+    return [
+        (sender_id, subject, key, date)
+        for sender_id, subject, key, date, to, cc in rows
+        if any(isinstance(a, str) and a.casefold() == wanted for a in [*(to or []), *(cc or [])])
+    ]
+
+
+def sent_counts_by_thread(*, user: User, thread_keys: Collection[str]) -> dict[str, int]:
+    """How many of the user's own sent messages each of these conversations holds (one query)."""
+    if not thread_keys:
+        return {}
+    rows = (
+        sent_messages_for(user=user)
+        .filter(thread_key__in=list(thread_keys))
+        .values("thread_key")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return {row["thread_key"]: row["n"] for row in rows}

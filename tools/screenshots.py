@@ -37,8 +37,8 @@ VIEWPORTS = {
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
 }
 PAGES = {
-    "inbox": "Inbox: read mail, and mail whose body is still at the sender's (with its size)",
-    "thread": "A conversation opened as one thread",
+    "inbox": "Inbox: one row per conversation, read mail, and mail whose body is still at the sender's (with its size)",
+    "thread": "A conversation opened as one thread, its unread messages expanded and pulled at once",
     "compose": "Compose, with To, Cc, Bcc, Subject, Markdown and attachments",
     "fetching": "Opening a message whose body is still at the sender's: the fetch indicator",
     "settings": "Settings: display name, signature, fetch policy, remote content, security",
@@ -111,7 +111,7 @@ def seed(alpha: Instance, beta: Instance) -> dict[str, Any]:
         " attachments=[AttachmentInput(blob=minutes, name='minutes.txt', content_type='text/plain'),"
         " AttachmentInput(blob=board, name='whiteboard.png', content_type='image/png')])\n"
     )
-    send(dave, to_bob, "Bike ride on Saturday?", "Leaving from the bridge at nine. Coming along?\n\nDave")
+    ride = send(dave, to_bob, "Bike ride on Saturday?", "Leaving from the bridge at nine. Coming along?\n\nDave")
     send(
         ann,
         to_bob,
@@ -141,6 +141,17 @@ def seed(alpha: Instance, beta: Instance) -> dict[str, Any]:
         "Re: Garden party on the 14th",
     ):
         read(bob, subject)
+    # Two unread follow-ups to the bike ride: one conversation of three, opened with both expanded.
+    send(
+        dave, to_bob, "Re: Bike ride on Saturday?", "Forecast says sun all day.\n\nDave", in_reply_to=ride["message_id"]
+    )
+    send(
+        carol,
+        to_bob,
+        "Re: Bike ride on Saturday?",
+        "Count me in! I'll bring sandwiches for everyone.\n\nCarol",
+        in_reply_to=ride["message_id"],
+    )
     # Still at the sender's: listed with their size, fetched when opened.
     send(carol, to_bob, "Your library books are due Friday", "Three books are due back on Friday.")
     for n in (1, 2):
@@ -177,11 +188,18 @@ def capture(alpha: Instance, beta: Instance, seeded: dict[str, Any]) -> list[Pat
                 page = ctx.new_page()
                 login(page, bob)
                 pages[kind] = page
-            thread = entry_id(bob, "Re: Garden party on the 14th")
+            thread = entry_id(bob, "Re: Bike ride on Saturday?")
             for kind, page in pages.items():
                 visit(page, f"{bob.origin}/mail/inbox/")
                 saved.append(shoot(page, "inbox", kind))
+                # The follow-ups unread again for each width: opening expands them and pulls their bodies.
+                beta.shell(
+                    "from mailbox.models import InboxEntry\n"
+                    f"InboxEntry.objects.filter(owner__email={bob.address!r},"
+                    " subject='Re: Bike ride on Saturday?').update(read=False)\n"
+                )
                 visit(page, f"{bob.origin}/mail/entry/{thread}/")
+                page.get_by_test_id("message-body").nth(1).wait_for(timeout=30_000)
                 saved.append(shoot(page, "thread", kind))
                 visit(page, f"{bob.origin}/compose/")
                 for label, value in (

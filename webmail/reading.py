@@ -1,7 +1,9 @@
 """Reads for the message and conversation views, always scoped to the user.
 
 A conversation is every inbox entry of the user that shares the opened entry's
-``thread_key``, plus the user's own sent messages with that key, in date order.
+``thread_key`` (in the folders it spans seen from the opened one's:
+mailbox.selectors.conversation_folders), plus the user's own sent messages with
+that key, in date order.
 Its size does not change the number of queries: two, whatever the thread holds.
 """
 
@@ -17,7 +19,7 @@ from django.urls import reverse
 
 from accounts.models import User
 from mailbox.models import InboxEntry
-from mailbox.selectors import body_of
+from mailbox.selectors import body_of, conversation_folders
 from outbox.models import Message
 from outbox.selectors import body_of_message, domain_status, sent_message_detail, sent_messages_for
 
@@ -60,6 +62,15 @@ def entry_or_404(*, user: User, entry_id: int) -> InboxEntry:
         raise Http404("No such message.")
     _load_local_messages(found)
     return found[0]
+
+
+def entries_by_id(*, user: User, entry_ids: list[int]) -> dict[int, InboxEntry]:
+    """The user's entries with these ids, whole (as entry_or_404 loads one), in two queries at most."""
+    found = list(
+        InboxEntry.objects.owned_by(user).select_related("remote").defer("search_document").filter(pk__in=entry_ids)
+    )
+    _load_local_messages(found)
+    return {entry.pk: entry for entry in found}
 
 
 def _load_local_messages(entries: list[InboxEntry]) -> None:
@@ -108,6 +119,8 @@ class ThreadItem:
     body: dict[str, Any] | None = None
     current: bool = False
     unread: bool = False
+    expanded: bool = False  # shown open with its body (or the fetch on its way), as the current one
+    region: str = ""  # the expanded body region (webmail/reading/_state.html), rendered by the view
 
     @property
     def key(self) -> str:
@@ -161,7 +174,7 @@ def conversation(*, user: User, entry: InboxEntry, body: dict[str, Any] | None) 
     if entry.thread_key:
         entries = list(
             InboxEntry.objects.owned_by(user)
-            .filter(thread_key=entry.thread_key)
+            .filter(thread_key=entry.thread_key, folder__in=conversation_folders(entry.folder))
             .exclude(pk=entry.pk)
             .select_related("remote")
             .only(*THREAD_ENTRY_FIELDS)

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
         at_sender: bool  # the body is still at the sender's
         spam_reason: str  # why a spam verdict filed it in Spam, on the Spam folder's rows
         label_list: list[Label]  # prefetched
+        thread_count: int  # messages in the conversation the row stands for
+        participants: list[tuple[str, str]]  # its senders (address, display name), oldest first
 
     class EntryRow(ListedEntry):
         """A listed entry with its row's links (``webmail.views.mail._with_sender_names``)."""
@@ -59,6 +61,32 @@ def _short_date(local: datetime, today: datetime) -> str:
     if local.year == today.year:
         return f"{local.day} {local.strftime('%b')}"
     return f"{local.day} {local.strftime('%b %Y')}"
+
+
+def _short_name(address: str, name: str) -> str:
+    if address == "me" or name:
+        return name or "me"
+    return address.partition("@")[0] or address
+
+
+def _sender_cell(entry: EntryRow) -> str:
+    """The row's sender, or a conversation's participants ("ann, bob, me") with its count."""
+    people = entry.participants
+    if len(people) <= 1:
+        shown, title = entry.sender_name or entry.sender, entry.sender
+    else:
+        names = [_short_name(address, name) for address, name in people]
+        if len(names) > 3:  # the first and the two most recent, as the mail clients people know
+            names = [names[0], "…", *names[-2:]]
+        shown, title = ", ".join(names), ", ".join(address for address, _ in people)
+    count = entry.thread_count
+    badge = (
+        f' <span class="thread-count" data-testid="thread-count" title="{count} messages in this conversation">'
+        f"{count}</span>"
+        if count > 1
+        else ""
+    )
+    return f'<td class="sender" title="{escape(title)}">{escape(shown)}{badge}</td>'
 
 
 def render_rows(entries: Iterable[EntryRow]) -> SafeString:
@@ -102,11 +130,12 @@ def render_rows(entries: Iterable[EntryRow]) -> SafeString:
         out.append(
             f'<tr data-testid="message-row" data-entry-id="{pk}" data-state="{escape(entry.state)}" '
             f'data-cursor="{escape(entry.cursor)}" data-href="{url}" data-action-url="{action_url}" '
+            f'data-conversation="{escape(entry.thread_key or f"entry-{pk}")}" data-count="{entry.thread_count}" '
             f'class="message-row{" unread" if unread else ""}">\n'
             f'  <td class="select"><input type="checkbox" name="ids" value="{pk}" form="bulk-form" '
             f'aria-label="Select: {subject}"></td>\n'
             f'  <td class="star">{star}</td>\n'
-            f'  <td class="sender" title="{escape(entry.sender)}">{escape(entry.sender_name or entry.sender)}</td>\n'
+            f"  {_sender_cell(entry)}\n"
             f'  <td class="subject">{chip}{labels}<a href="{url or "#"}" class="open">'
             f"{_UNREAD if unread else ''}{subject}</a></td>\n"
             f'  <td class="attach">{attach}</td>\n'

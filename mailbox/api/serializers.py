@@ -27,9 +27,13 @@ BODY_SCHEMA = inline_serializer(
 
 
 class EntryListSerializer(serializers.ModelSerializer):
+    conversation = serializers.CharField(
+        source="thread_key", read_only=True, help_text="The conversation's id (the Message-ID that started it)."
+    )
+
     class Meta:
         model = InboxEntry
-        fields = ["id", "sender", "subject", "received_at", "state", "read", "size", "folder"]
+        fields = ["id", "sender", "subject", "received_at", "state", "read", "size", "folder", "conversation"]
         read_only_fields = fields
 
 
@@ -40,6 +44,9 @@ class EntryDetailSerializer(serializers.ModelSerializer):
     next_attempt_at = serializers.SerializerMethodField()
     digest = serializers.SerializerMethodField()
     attachments = serializers.SerializerMethodField()
+    conversation = serializers.CharField(
+        source="thread_key", read_only=True, help_text="The conversation's id (the Message-ID that started it)."
+    )
 
     class Meta:
         model = InboxEntry
@@ -52,6 +59,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
             "read",
             "size",
             "folder",
+            "conversation",
             "digest",
             "last_error",
             "last_attempt_at",

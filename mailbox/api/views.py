@@ -41,12 +41,16 @@ class InboxListView(generics.ListAPIView):
         parameters=[
             OpenApiParameter(
                 "folder", str, enum=list(Folder.values), description="Only the entries in this folder (default: all)."
-            )
+            ),
+            OpenApiParameter(
+                "conversation", str, description="Only the entries of this conversation (an entry's `conversation`)."
+            ),
         ]
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """The user's entries, newest first, each with the ``folder`` it is in (a spam verdict moves
-        unopened copies to ``spam``); ``?folder=inbox`` lists one folder, an unknown one is a 400."""
+        unopened copies to ``spam``) and its ``conversation``; ``?folder=inbox`` lists one folder, an
+        unknown one is a 400; ``?conversation=<id>`` lists one conversation."""
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> QuerySet[InboxEntry]:
@@ -54,7 +58,13 @@ class InboxListView(generics.ListAPIView):
         if folder is not None and folder not in Folder.values:
             known = ", ".join(Folder.values)
             raise ApiValidationError({"folder": [f"Unknown folder {folder[:40]!r}: one of {known}."]})
-        return selectors.inbox_for(user=self.request.user, folder=folder)
+        entries = selectors.inbox_for(user=self.request.user, folder=folder)
+        conversation = self.request.query_params.get("conversation")
+        if conversation is not None:
+            if not conversation or len(conversation) > 400:
+                raise ApiValidationError({"conversation": ["A conversation id is 1 to 400 characters."]})
+            entries = entries.filter(thread_key=conversation)
+        return entries
 
 
 class InboxEntryView(APIView):

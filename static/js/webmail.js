@@ -288,6 +288,16 @@
         const fresh = Array.from(template.content.querySelectorAll(ROW)).filter(function (row) {
           return !document.querySelector('[data-entry-id="' + row.dataset.entryId + '"]');
         });
+        // A new message of a conversation already listed: its row moves up, as the newest.
+        fresh.forEach(function (row) {
+          if (!row.dataset.conversation) return;
+          tbody.querySelectorAll("[data-conversation]").forEach(function (old) {
+            if (old.dataset.conversation !== row.dataset.conversation) return;
+            const index = rows().indexOf(old);
+            if (selected >= 0 && index >= 0 && index < selected) selected -= 1;
+            old.remove();
+          });
+        });
         const said = [];
         if (fresh.length > 0) {
           fresh.forEach(function (row) {

@@ -85,13 +85,14 @@ def test_conversation_shows_reply_chain_with_own_sent_replies_in_date_order(alic
     )
     answer_entry = _fetched(peer, answer)
     unrelated = _fetched(peer, PeerMessageFactory(subject="Other", text="Unrelated topic"))
+    InboxEntry.objects.filter(pk=first_entry.pk).update(read=True)  # read before: it stays collapsed
 
     html = _page(_client(alice).get(_entry_url(answer_entry)))
 
     assert _thread_keys(html) == [f"entry-{first_entry.pk}", f"sent-{reply.pk}", f"entry-{answer_entry.pk}"]
     assert "Shall we have lunch on Friday?" in html and "Friday works." in html and "see you at noon" in html
     assert "Unrelated topic" not in html and f"entry-{unrelated.pk}" not in html
-    # The opened one is expanded, the older ones collapsed.
+    # The opened one is expanded, the older read ones collapsed.
     assert re.search(rf'data-key="entry-{answer_entry.pk}" data-state="fetched" open data-current="true"', html)
     assert not re.search(rf'data-key="entry-{first_entry.pk}"[^>]* open', html)
     # Opening it from the first message shows the same conversation.

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.http import AuthedRequest
 from accounts.models import User
 from mailbox import folders, selectors
-from mailbox.models import Folder, InboxEntry, Label
+from mailbox.models import EntryState, Folder, InboxEntry, Label
 from outbox import selectors as outbox_selectors
 from outbox import services as sent_copies
 from outbox.models import Message
@@ -64,10 +64,14 @@ def _url_pattern(name: str) -> str:
     return reverse(f"webmail:{name}", args=[marker]).replace(str(marker), "{}")
 
 
-def _with_sender_names(entries: list[InboxEntry]) -> list[EntryRow]:
-    """Attach what a row shows beyond the entry: the sender's display name if the sender has a
-    mailbox here (one query for the page), the row's links and its keyset cursor."""
+def _with_sender_names(entries: list[InboxEntry], *, user: User, folder: str) -> list[EntryRow]:
+    """Attach what a row shows beyond the entry: its conversation's summary (participants, count,
+    unread, at the sender's; two queries for the page), the senders' display names where they
+    have a mailbox here (one query for the page), the row's links and its keyset cursor."""
+    summaries = selectors.conversation_summaries(user=user, rows=entries, folder=folder) if entries else {}
     addresses = {entry.sender for entry in entries}
+    for each in summaries.values():
+        addresses.update(each.participants)
     names = (
         dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
         if addresses
@@ -81,6 +85,14 @@ def _with_sender_names(entries: list[InboxEntry]) -> list[EntryRow]:
         entry.url = entry_url.format(entry.pk) if entry_url else ""
         entry.action_url = action_url.format(entry.pk)
         entry.at_sender = selectors.body_at_sender(entry)
+        entry.thread_count = 1
+        entry.participants = []
+        summary = summaries.get(entry.thread_key)
+        if summary is not None:
+            entry.thread_count = summary.count
+            entry.read = not summary.unread
+            entry.at_sender = summary.at_sender
+            entry.participants = [(address, names.get(address, "")) for address in summary.participants]
     _with_spam_reasons(rows)
     return rows
 
@@ -95,14 +107,15 @@ def _with_spam_reasons(rows: list[EntryRow]) -> None:
         in_spam[remote_id].spam_reason = reason
 
 
-def _list_context(request: AuthedRequest, page: selectors.Page, **extra: object) -> dict[str, object]:
-    _with_sender_names(page.items)
+def _list_context(request: AuthedRequest, page: selectors.Page, *, folder: str, **extra: object) -> dict[str, object]:
+    _with_sender_names(page.items, user=request.user, folder=folder)
     return {
         "page": page,
         "entries": page.items,
         "next_url": request.get_full_path(),
         "move_targets": MOVE_TARGETS,
         "trash_days": f"{settings.PUSHMAIL_TRASH_DAYS:g}",
+        "folder": folder,
         **extra,
     }
 
@@ -146,7 +159,7 @@ def folder_updates(request: AuthedRequest, folder: str) -> HttpResponse:
     """
     entries = selectors.entries_newer_than(user=request.user, folder=folder, after=request.GET.get("after", ""))
     changes = selectors.shown_changes(user=request.user, folder=folder, entry_ids=_shown_ids(request))
-    _with_sender_names(entries)
+    _with_sender_names(entries, user=request.user, folder=folder)
     response = render(
         request,
         "webmail/partials/message_rows.html",
@@ -216,8 +229,16 @@ def _plural(n: int, what: str = "message") -> str:
 
 
 def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
-    """Run one action on a selection of the user's entries and say what happened (or why not)."""
+    """Run one action on a selection of the user's entries and say what happened (or why not).
+
+    A selected entry stands for its whole conversation (as seen from its folder), unless the
+    form asks for that one message (``scope=message``: the message menu in a conversation).
+    """
     user = request.user
+    if request.POST.get("scope") != "message":
+        # A report covers the conversation's mail from senders: not notices, nor withdrawn messages.
+        skip = (EntryState.NOTICE, EntryState.WITHDRAWN) if action in ("report_spam", "not_spam") else ()
+        ids = [str(pk) for pk in selectors.conversation_entry_ids(user=user, entry_ids=ids, skip_states=skip)]
     extra_label = request.POST.get("label", "")
     if action == "move":
         action = request.POST.get("folder", "")

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -21,6 +22,15 @@ from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
 from webmail import reading
 from webmail.polling import poll_delay, polls_so_far
+
+# What a message's own menu in a conversation offers (the toolbar acts on the whole conversation).
+MESSAGE_MENU = [
+    ("archive", "Archive this message"),
+    ("delete", "Delete this message"),
+    ("unread", "Mark this message unread"),
+    ("star", "Star this message"),
+    ("report_spam", "Report this message as spam"),
+]
 
 
 def _state_context(
@@ -58,18 +68,38 @@ def _actions(entry: InboxEntry) -> dict[str, str]:
 @login_required
 @require_GET
 def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
-    """Open an entry (marks it read, queues the fetch if needed) and show its conversation."""
+    """Open an entry and show its conversation.
+
+    The entry and every unread message of the conversation are opened at once: each is
+    marked read and its fetch queued (one per message, as opening it alone would), and
+    each is shown expanded, its body swapped in as it arrives.
+    """
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
     open_entry(entry=item)
     body = body_of(item)
     thread = reading.conversation(user=request.user, entry=item, body=body)
+    plain = request.GET.get("plain") == "1"
+    unread_items = [other for other in thread.items if other.entry is not None and other.unread and not other.current]
+    whole = reading.entries_by_id(
+        user=request.user, entry_ids=[other.entry.pk for other in unread_items if other.entry]
+    )
+    for other in unread_items:
+        unread = whole.get(other.entry.pk) if other.entry else None
+        if unread is None:
+            continue  # deleted meanwhile
+        open_entry(entry=unread)
+        other.entry, other.body, other.expanded = unread, body_of(unread), True
+        other.region = render_to_string(
+            "webmail/reading/_state.html", {**_state_context(unread, other.body), "plain": plain}, request=request
+        )
     return render(
         request,
         "webmail/reading/entry.html",
         {
             "entry": item,
             "thread": thread,
-            "plain": request.GET.get("plain") == "1",
+            "plain": plain,
+            "menu_actions": MESSAGE_MENU,
             "actions": _actions(item),
             "labels": list(item.labels.order_by("name")),
             **_state_context(item, body),
