@@ -33,7 +33,9 @@ from tests.factories import PeerMessageFactory
 # test transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BUDGET = 0.5
+BUDGET = 1.5
+# What "answered at once" allows on a loaded machine: well under the budget, so a wait shows.
+AT_ONCE = 1.0
 HTTP_TIMEOUT = 3.0
 
 
@@ -113,7 +115,7 @@ def known() -> Iterator[DocumentServer]:
 
 @pytest.fixture
 def slow() -> Iterator[DocumentServer]:
-    server = DocumentServer(delay=1.5)
+    server = DocumentServer(delay=2.5)
     yield server
     server.close()
 
@@ -136,7 +138,7 @@ def _wait_for_lookups(timeout: float = HTTP_TIMEOUT + 5) -> None:
 
 @pytest.fixture
 def peers(settings: Any, stall: StallingServer, known: DocumentServer, slow: DocumentServer) -> dict[str, FakePeer]:
-    """peer.test answers at once, slow.test after 1.5 s, evil*.test never."""
+    """peer.test answers at once, slow.test after 2.5 s, evil*.test never."""
     evil = {f"evil{n}.test": f"http://127.0.0.1:{stall.port}" for n in range(1, 7)}
     settings.PUSHMAIL_PEERS = {"peer.test": known.base, "slow.test": slow.base, **evil}
     settings.PUSHMAIL_HTTP_TIMEOUT = HTTP_TIMEOUT
@@ -172,20 +174,20 @@ def test_a_forged_key_id_of_a_stalling_domain_is_answered_within_the_budget(
     first, took = _notify(peers["evil1.test"])
 
     _assert_retry_later(first)
-    assert took < BUDGET + 0.7, f"the first request waited {took:.1f}s"
+    assert took < BUDGET + 1.0, f"the first request waited {took:.1f}s"
 
     # While the lookup is still stalled, repeats are answered at once, and nobody asks the peer again.
     for _ in range(5):
         again, took = _notify(peers["evil1.test"])
         _assert_retry_later(again)
-        assert took < 0.3, f"a repeat waited {took:.1f}s"
+        assert took < AT_ONCE, f"a repeat waited {took:.1f}s"
     assert len(stall.accepted) == 1
 
     # After the stalled lookup has given up, the failure is remembered: still at once, still no new connection.
     _wait_for_lookups()
     later, took = _notify(peers["evil1.test"])
     _assert_retry_later(later)
-    assert took < 0.3
+    assert took < AT_ONCE
     assert len(stall.accepted) == 1
 
 
@@ -199,7 +201,7 @@ def test_the_failure_is_in_the_shared_cache_for_every_process(
     again, took = _notify(peers["evil1.test"])
 
     _assert_retry_later(again)
-    assert took < 0.3
+    assert took < AT_ONCE
     assert len(stall.accepted) == 1
 
 
@@ -226,9 +228,9 @@ def test_stalling_peers_do_not_delay_a_known_peer(
         thread.join(timeout=HTTP_TIMEOUT + 5)
 
     assert legitimate.status_code == 200, legitimate.content
-    assert took < 0.5, f"the known peer's request waited {took:.1f}s"
+    assert took < AT_ONCE, f"the known peer's request waited {took:.1f}s"
     assert sorted(status for status, _ in answers) == [503] * 6
-    assert max(took for _, took in answers) < BUDGET + 0.7
+    assert max(took for _, took in answers) < BUDGET + 1.0
     assert known.requests == 1
 
 
@@ -237,12 +239,12 @@ def test_a_lookup_that_outlives_the_budget_serves_the_next_request(
 ) -> None:
     first, took = _notify(peers["slow.test"])
     _assert_retry_later(first)
-    assert took < BUDGET + 0.7
+    assert took < BUDGET + 1.0
 
-    _wait_for_lookups()  # the peer answered after 1.5 s, in the background
+    _wait_for_lookups()  # the peer answered after 2.5 s, in the background
     caches["local"].clear()  # and the retry may reach another process
     retry, took = _notify(peers["slow.test"])
 
     assert retry.status_code == 200, retry.content
-    assert took < 0.5
+    assert took < AT_ONCE
     assert slow.requests == 1
