@@ -96,7 +96,7 @@ def test_e_archives_the_whole_conversation(page: Any, people: dict[str, Mailbox]
     expect(rows_of(page, subject)).to_have_class(re.compile(r"\bselected\b"))
     page.keyboard.press("e")
 
-    expect(page.locator(".flash")).to_contain_text("3 messages archived")
+    expect(page.get_by_test_id("undo-notice")).to_contain_text("3 messages archived")
     expect(rows_of(page, subject)).to_have_count(0)
     in_inbox = [e for e in cleo.api("GET", "inbox/?folder=inbox").json()["results"] if subject in e["subject"]]
     assert in_inbox == []
