@@ -12,6 +12,7 @@ the window ends. An unknown address and a wrong password are the same failure.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.core.cache import cache
 from .models import User
 from .services import app_password_user
 
-__all__ = ["MailLogin", "check_mail_login"]
+__all__ = ["MailLogin", "check_mail_login", "plaintext_auth_allowed"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,14 @@ def check_mail_login(*, login: str, password: str, client_ip: str) -> MailLogin:
         for key, _limit in keys:
             _count_failure(key)
     return MailLogin(user=user)
+
+
+def plaintext_auth_allowed(peer_ip: str) -> bool:
+    """A sign-in without TLS only from loopback: a password never crosses a network in the clear."""
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # 127.0.0.1 seen by a dual-stack [::] listener
+    return address.is_loopback

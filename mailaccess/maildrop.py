@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -73,7 +73,6 @@ def _uid(entry_id: int) -> str:
 
 def list_maildrop(*, user_id: int) -> list[DropItem]:
     """The user's Inbox, oldest first, from the notifications alone (no fetch, no body read)."""
-    close_old_connections()
     rows = (
         InboxEntry.objects.filter(owner_id=user_id, folder=Folder.INBOX)
         .order_by("received_at", "pk")
@@ -140,7 +139,6 @@ def download(*, user_id: int, entry_id: int) -> bytes:
     Raises :class:`BodyNotHereYet` when the body is still at the sender's after the wait,
     and ``LookupError`` when the entry is gone (deleted meanwhile).
     """
-    close_old_connections()
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
@@ -166,7 +164,6 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
 
     For a body that is here, the header block of the download itself.
     """
-    close_old_connections()
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
@@ -198,7 +195,6 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
 
 def trash(*, user_id: int, entry_ids: list[int]) -> int:
     """Move what the mail program deleted (at QUIT) to Trash; entries gone meanwhile are skipped."""
-    close_old_connections()
     user = User.objects.get(pk=user_id)
     present = list(
         InboxEntry.objects.filter(owner_id=user_id, pk__in=entry_ids, folder=Folder.INBOX).values_list("pk", flat=True)

@@ -21,7 +21,6 @@ What a mail program is told:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -36,7 +35,7 @@ from twisted.mail import pop3
 from twisted.protocols import basic
 from twisted.python.failure import Failure
 
-from accounts.mail_logins import check_mail_login
+from accounts.mail_logins import check_mail_login, plaintext_auth_allowed
 
 from . import maildrop
 
@@ -45,13 +44,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 __all__ = ["POP3Factory", "PushmailPOP3"]
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 class _Session:
@@ -89,7 +81,13 @@ class PushmailPOP3(pop3.POP3):
         super().connectionLost(reason)
 
     def _in_thread(self, func: Callable[..., T], /, **kwargs: Any) -> defer.Deferred[T]:
-        return deferToThread(func, **kwargs)
+        """Run ``func`` in the thread pool, on a usable database connection (one per thread, reused)."""
+
+        def run() -> T:
+            close_old_connections()
+            return func(**kwargs)
+
+        return deferToThread(run)
 
     @property
     def _link(self) -> Any:
@@ -103,7 +101,7 @@ class PushmailPOP3(pop3.POP3):
         return str(getattr(self._link.getPeer(), "host", ""))
 
     def _login_allowed(self) -> bool:
-        return self._secure() or _is_loopback(self._client_ip())
+        return self._secure() or plaintext_auth_allowed(self._client_ip())
 
     def state_COMMAND(self, line: bytes) -> None:
         if len(line) > 255 + 2:  # RFC 2449 §4: a command line is at most 255 octets
@@ -340,7 +338,6 @@ def _top(eml: bytes, count: int) -> bytes:
 
 def _sign_in(*, login: str, password: str, client_ip: str) -> tuple[str, _Session | None]:
     """In a worker thread: the answer to PASS, and the session with its maildrop when signed in."""
-    close_old_connections()
     outcome = check_mail_login(login=login, password=password, client_ip=client_ip)
     if outcome.throttled:
         log.warning("POP3 sign-in refused: too many failures (client %s)", client_ip)
