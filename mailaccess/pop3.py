@@ -21,6 +21,7 @@ What a mail program is told:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterator
 from io import BytesIO
@@ -107,29 +108,35 @@ class PushmailPOP3(pop3.POP3):
         if len(line) > 255 + 2:  # RFC 2449 §4: a command line is at most 255 octets
             self.failResponse(b"Command line too long")
             return
-        try:
-            command, *args = line.split(b" ") if line else [b""]
-            self.processCommand(command, *args)
-        except TypeError:
-            self.failResponse(b"Wrong number of arguments for this command")
-        except pop3.POP3Error as error:
-            self.failResponse(b"".join(a if isinstance(a, bytes) else str(a).encode() for a in error.args))
+        command, *args = line.split(b" ")
+        self.processCommand(command, *args)
 
     def processCommand(self, command: bytes, *args: bytes) -> Any:
+        """Run one command, or queue it while an earlier one is still answering (pipelining)."""
         if self.blocked is not None:
             self.blocked.append((command, args))
             return None
-        name = command.upper()
-        if self.session is None and name not in self.AUTH_CMDS:
-            if getattr(self, "do_" + name.decode("ascii", "replace"), None) is None:
-                raise pop3.POP3Error(b"Unknown command")
-            raise pop3.POP3Error(b"Sign in first (USER and PASS)")
-        if self.session is not None and name in (b"USER", b"PASS", b"APOP", b"AUTH", b"STLS"):
-            raise pop3.POP3Error(b"Already signed in")
+        try:
+            handler = self._handler(command.upper(), args)
+        except pop3.POP3Error as error:
+            self.failResponse(error.args[0])
+            return None
+        return handler(*args)
+
+    def _handler(self, name: bytes, args: tuple[bytes, ...]) -> Callable[..., Any]:
+        """The method for a command allowed in this state with these arguments; POP3Error naming the problem."""
         handler = getattr(self, "do_" + name.decode("ascii", "replace"), None)
         if handler is None or name in (b"LAST", b"RPOP"):
             raise pop3.POP3Error(b"Unknown command")
-        return handler(*args)
+        if self.session is None and name not in self.AUTH_CMDS:
+            raise pop3.POP3Error(b"Sign in first (USER and PASS)")
+        if self.session is not None and name in (b"USER", b"PASS", b"APOP", b"AUTH", b"STLS"):
+            raise pop3.POP3Error(b"Already signed in")
+        try:
+            inspect.signature(handler).bind(*args)
+        except TypeError:
+            raise pop3.POP3Error(b"Wrong number of arguments for this command") from None
+        return handler
 
     def listCapabilities(self) -> list[bytes]:
         caps = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING", b"IMPLEMENTATION Pushmail"]
@@ -281,6 +288,8 @@ class PushmailPOP3(pop3.POP3):
             self._internal_error(failure, b"[SYS/TEMP] The message could not be read; try again later")
 
     def _send_message(self, eml: bytes, first: bytes) -> defer.Deferred[None]:
+        if self.session is None:  # the client left while the message was being fetched
+            return defer.succeed(None)
         self.successResponse(first)
         sender = basic.FileSender()
         d: defer.Deferred[bytes] = sender.beginFileTransfer(BytesIO(eml), self.transport, self.transformChunk)

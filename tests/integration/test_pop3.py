@@ -334,6 +334,30 @@ def test_commands_out_of_state_and_bad_arguments_get_errors_and_the_session_goes
     pop.quit()
 
 
+def test_pipelined_commands_are_answered_in_order_even_behind_a_download(setup: Pop3) -> None:
+    ann, bob = _pair(setup)
+    subject = unique("Pipelined ")
+    _send(ann, bob, subject, "first\n")
+    with socket.create_connection(("127.0.0.1", setup.port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(f"USER {bob.address}\r\nPASS {bob.token}\r\nRETR 1\r\nFROB\r\nSTAT 1\r\nSTAT\r\nQUIT\r\n".encode())
+        answer = b""
+        while chunk := reader.read(4096):
+            answer += chunk
+    lines = answer.split(b"\r\n")
+    assert lines[0].startswith(b"+OK") and lines[1] == b"+OK 1 messages"
+    assert f"Subject: {subject}".encode() in lines
+    end = lines.index(b".")
+    assert lines[end + 1 : end + 5] == [
+        b"-ERR Unknown command",
+        b"-ERR Wrong number of arguments for this command",
+        lines[end + 3],
+        b"+OK Bye",
+    ]
+    assert lines[end + 3].startswith(b"+OK 1 ")
+
+
 def test_uidl_is_stable_and_dele_moves_to_trash_at_quit_only(setup: Pop3) -> None:
     ann, bob = _pair(setup)
     first, second = unique("Keep "), unique("Drop ")
