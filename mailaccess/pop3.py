@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 __all__ = ["POP3Factory", "PushmailPOP3"]
 
+# Commands a client may send ahead while an earlier one is still being answered (PIPELINING).
+_MAX_PIPELINED = 1000
+
 
 class _Session:
     """A signed-in user's maildrop as listed at sign-in, and the messages marked deleted."""
@@ -105,15 +108,16 @@ class PushmailPOP3(pop3.POP3):
         return self._secure() or plaintext_auth_allowed(self._client_ip())
 
     def state_COMMAND(self, line: bytes) -> None:
-        if len(line) > 255 + 2:  # RFC 2449 §4: a command line is at most 255 octets
-            self.failResponse(b"Command line too long")
-            return
         command, *args = line.split(b" ")
         self.processCommand(command, *args)
 
     def processCommand(self, command: bytes, *args: bytes) -> Any:
         """Run one command, or queue it while an earlier one is still answering (pipelining)."""
         if self.blocked is not None:
+            if len(self.blocked) >= _MAX_PIPELINED:  # memory stays bounded while a download waits
+                self.failResponse(b"Too many commands sent ahead; closing")
+                self._link.loseConnection()
+                return None
             self.blocked.append((command, args))
             return None
         try:
@@ -125,6 +129,8 @@ class PushmailPOP3(pop3.POP3):
 
     def _handler(self, name: bytes, args: tuple[bytes, ...]) -> Callable[..., Any]:
         """The method for a command allowed in this state with these arguments; POP3Error naming the problem."""
+        if len(name) + sum(len(arg) + 1 for arg in args) + 2 > 255:  # RFC 2449 §4: 255 octets with the CRLF
+            raise pop3.POP3Error(b"Command line too long")
         handler = getattr(self, "do_" + name.decode("ascii", "replace"), None)
         if handler is None or name in (b"LAST", b"RPOP"):
             raise pop3.POP3Error(b"Unknown command")

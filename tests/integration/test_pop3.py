@@ -327,6 +327,7 @@ def test_commands_out_of_state_and_bad_arguments_get_errors_and_the_session_goes
         ("TOP 1 -1", "Not a line count"),
         ("FROB", "Unknown command"),
         ("RETR", "Wrong number of arguments"),
+        ("NOOP " + "x" * 300, "Command line too long"),
     ):
         with pytest.raises(poplib.error_proto, match=problem):
             pop._shortcmd(command)
