@@ -80,7 +80,7 @@ usage_bytes: Hook[[Any], int] = Hook("attachments.selectors.usage_bytes")
 
 @dataclass(frozen=True)
 class QuotaUsage:
-    """What a settings page or the compose form shows: "1.2 MB of 2.0 GB used (0%)"."""
+    """What a settings page or the compose form shows: "1.2 MiB of 2.0 GiB used (0%)"."""
 
     used: int
     quota: int

@@ -5,7 +5,7 @@ from accounts.admin import DomainAdmin as AccountsDomainAdmin
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from accounts.models import Domain
 
-from .models import SigningKey
+from .models import LearnedDomain, SigningKey
 
 
 @admin.register(SigningKey)
@@ -21,6 +21,27 @@ class SigningKeyAdmin(DomainScopedAdmin):
     readonly_fields = ["domain", "key_id", "public_key", "created_at", "retired_at", "expires_at"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(LearnedDomain)
+class LearnedDomainAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptable at run time
+    """Domains an authenticated SMTP message said run Pushmail, and whether discovery confirmed it.
+
+    A confirmed domain gets replies over the federation API; one discovery did not
+    confirm is reached by SMTP as before (docs/gateway.md, "Senders that run Pushmail").
+    """
+
+    list_display = ["domain", "state", "heard_from", "authenticated_by", "last_heard_at", "times_heard", "checked_at"]
+    list_filter = ["state"]
+    search_fields = ["domain", "heard_from"]
+    date_hierarchy = "last_heard_at"
+    readonly_fields = [field.name for field in LearnedDomain._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows come from received mail
+
+    def has_change_permission(self, request: HttpRequest, obj: LearnedDomain | None = None) -> bool:
         return False
 
 

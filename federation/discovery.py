@@ -40,6 +40,8 @@ PROTOCOL = "pushmail"
 VERSION = 1
 WELL_KNOWN_PATH = "/.well-known/pushmail"
 _NEGATIVE_TTL = 300
+# How long a legacy answer is kept: what hears of a domain again waits this long before asking again.
+LEGACY_CACHE_SECONDS = _NEGATIVE_TTL
 # A lookup that failed, or did not answer within the budget, is not tried again for this long.
 FAILED_LOOKUP_TTL = 60
 # Lookups running in threads of one process at most, whatever the domains.
@@ -232,7 +234,7 @@ def discover(domain: str, *, refresh: bool = False) -> Instance | None:
     cache_key = f"pm-discovery:{domain}"
     if not refresh:
         cached = cache.get(cache_key)
-        if cached is not None:
+        if cached is not None and (cached or not _learned_since_legacy(domain)):
             return cached or None
     instance = _fetch(domain)
     cache.set(cache_key, instance or False, _ttl_for(instance))
@@ -306,7 +308,7 @@ def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | N
     local = caches["local"]
     if not refresh:
         cached = local.get(_doc_key(domain))
-        if cached is not None:
+        if cached is not None and (cached or not _learned_since_legacy(domain)):
             return cached or None
         # Another process may have fetched it.
         shared = caches["default"].get(_doc_key(domain))
@@ -410,3 +412,42 @@ def _settle(domain: str, outcome: Any) -> Instance | None:
 
 def _remember_failure(domain: str) -> None:
     caches["default"].set(_wait_key(domain), time.time() + FAILED_LOOKUP_TTL, FAILED_LOOKUP_TTL)
+
+
+# --- learned from mail by SMTP (docs/protocol.md, "The Pushmail header") ----------------------
+
+
+def _learned_key(domain: str) -> str:
+    return f"pm-learned:{domain}"
+
+
+def rediscover(domain: str) -> Instance | None:
+    """Fetch ``domain``'s document now, past any cached answer, and make every process use it.
+
+    Called when an authenticated SMTP message says its domain runs Pushmail: a
+    valid document listing the domain is the proof. When there is one, every
+    process that cached the domain as legacy asks again on its next send
+    (:func:`_learned_since_legacy`). Raises DiscoveryError when the answer is
+    unknown for now.
+    """
+    domain = domain.lower()
+    if is_local(domain):
+        return _local_instance(domain)
+    instance = _settle(domain, ("ok", _fetch_document(domain)))
+    if instance is not None:
+        # Outlives every legacy answer cached before it (those last _NEGATIVE_TTL at most).
+        caches["default"].set(_learned_key(domain), time.time(), _NEGATIVE_TTL + 60)
+    return instance
+
+
+def _learned_since_legacy(domain: str) -> bool:
+    """True, once per confirmation, when a domain this process cached as legacy was since found to run Pushmail."""
+    learned = caches["default"].get(_learned_key(domain))
+    if learned is None:
+        return False
+    seen_key = f"pm-learned-seen:{domain}"
+    local = caches["local"]
+    if local.get(seen_key) == learned:
+        return False
+    local.set(seen_key, learned, _NEGATIVE_TTL + 60)
+    return True

@@ -137,3 +137,38 @@ class SignedRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.global_id} from {self.origin_domain}"
+
+
+class LearnedDomainState(models.TextChoices):
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    NOT_PUSHMAIL = "not_pushmail"
+
+
+class LearnedDomain(models.Model):
+    """A domain that an authenticated SMTP message said runs Pushmail (its ``Pushmail`` header).
+
+    The header alone proves nothing: the row is pending until discovery of the
+    domain returns a valid document listing it (docs/protocol.md, "Mail by
+    SMTP"); then the next send to it goes over the federation API, whatever a
+    process had cached. Its state moves only through ``federation.states.LEARNED``.
+    """
+
+    domain = models.CharField(max_length=253, unique=True)
+    state = models.CharField(max_length=12, choices=LearnedDomainState.choices, default=LearnedDomainState.PENDING)
+    heard_from = models.CharField(max_length=320, help_text="The From address of the last message that said so.")
+    authenticated_by = models.CharField(max_length=300, help_text="The SPF or DKIM pass that vouched for the header.")
+    first_heard_at = models.DateTimeField(default=timezone.now)
+    last_heard_at = models.DateTimeField(default=timezone.now)
+    times_heard = models.PositiveIntegerField(default=1)
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When discovery last answered.")
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-last_heard_at"]
+
+    def __str__(self) -> str:
+        return f"{self.domain} ({self.state})"

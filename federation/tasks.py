@@ -8,6 +8,14 @@ from django.db import connection
 from django.utils import timezone
 
 from . import evidence
+from .learning import check_learned_domain_task, requeue_due_learned_domains_task
+
+__all__ = [
+    "check_learned_domain_task",
+    "prune_expired_cache",
+    "purge_expired_evidence",
+    "requeue_due_learned_domains_task",
+]
 
 
 @shared_task(name="federation.prune_expired_cache")

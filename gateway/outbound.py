@@ -81,7 +81,9 @@ def build_message(message: Message) -> EmailMessage:
     sender = message.sender
     local, _, domain = message.sender_address.rpartition("@")
     mail = EmailMessage(policy=POLICY)
-    mail["From"] = Address(display_name=sender.display_name or "", username=local, domain=domain)
+    # One line, whatever the stored name holds: a line break could never start a header of its own.
+    name = " ".join((sender.display_name or "").split())
+    mail["From"] = Address(display_name=name, username=local, domain=domain)
     if message.to:
         mail["To"] = ", ".join(message.to)
     if message.cc:
@@ -337,6 +339,10 @@ def _transaction(client: smtplib.SMTP, mail_from: str, recipients: list[str], ra
             return dict.fromkeys(recipients, _answer(code, text))
         taken: list[str] = []
         for address in recipients:
+            if not address.isascii():
+                # Internationalized addresses need SMTPUTF8 end to end; this sender does not speak it yet.
+                answers[address] = SmtpAnswer(553, "5.6.7 a non-ASCII address cannot be sent to by SMTP from here")
+                continue
             code, text = client.rcpt(address)
             answers[address] = _answer(code, text)
             if code in (250, 251):

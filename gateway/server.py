@@ -83,7 +83,8 @@ class ClientLimits:
         return True
 
 
-def _peer_ip(session: Session) -> str:
+def peer_ip(session: Session) -> str:
+    """The client's address of an SMTP session."""
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
@@ -116,7 +117,7 @@ class GatewaySMTP(SMTP):
 
     async def _handle_client(self) -> None:
         assert self.session is not None
-        address = _peer_ip(self.session)
+        address = peer_ip(self.session)
         if not self._limits.connect(address):
             await self.push(
                 f"421 4.7.0 {self.hostname} Too many connections from {address} "
@@ -251,7 +252,7 @@ class InboundHandler:
         # The null sender of bounces and other notices: aiosmtpd hands it over, and keeps it, as "<>".
         if address != NULL_SENDER and not _ENVELOPE_ADDRESS.fullmatch(address):
             return "501 5.1.7 Bad sender address syntax"
-        client = _peer_ip(session)
+        client = peer_ip(session)
         if not self.limits.message(client):
             return (
                 f"450 4.7.1 Too many messages from {client} (at most {self.limits.per_minute} a minute); "
@@ -282,7 +283,7 @@ class InboundHandler:
         if raw is None:
             return "554 5.6.0 No message"
         checked = services.Envelope(
-            client_ip=_peer_ip(session),
+            client_ip=peer_ip(session),
             helo=session.host_name or "",
             mail_from="" if envelope.mail_from == NULL_SENDER else (envelope.mail_from or ""),
             recipients=list(envelope.rcpt_tos),
@@ -300,7 +301,11 @@ class InboundHandler:
 
 def tls_context() -> ssl.SSLContext | None:
     """The STARTTLS context from ``PUSHMAIL_SMTP_TLS_CERT``/``_KEY``, or None when they are not both set."""
-    cert, key = settings.PUSHMAIL_SMTP_TLS_CERT, settings.PUSHMAIL_SMTP_TLS_KEY
+    return server_tls_context(settings.PUSHMAIL_SMTP_TLS_CERT, settings.PUSHMAIL_SMTP_TLS_KEY)
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """A server's TLS context from a PEM certificate (chain) and key file; None unless both are named."""
     if not (cert and key):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -35,7 +35,7 @@ from attachments.models import Blob
 from federation import discovery, payloads
 from mailbox import services as mailbox_services
 
-from . import auth, mime
+from . import auth, mime, progressive
 
 __all__ = ["Envelope", "Reply", "hostname", "line_end_problem", "receive_message", "recipient_reply"]
 
@@ -70,6 +70,10 @@ class Envelope:
     tls: bool = False
     #: Each recipient's quota usage as measured at RCPT TO (from :attr:`Reply.used_bytes`).
     used_bytes: dict[str, int] = field(default_factory=dict)
+
+
+# How much of the message's start is searched for its own header fields (the header block).
+_HEADER_SCAN_BYTES = 256 * 1024
 
 
 def hostname() -> str:
@@ -218,6 +222,9 @@ def _check_and_store(
             )
     except payloads.PayloadError as exc:
         return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
+    # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
+    file.seek(0)
+    progressive.learn_from_header(raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=remote.sender)
     return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
 
 

@@ -27,7 +27,7 @@ from accounts.mail_logins import plaintext_auth_allowed
 from accounts.validators import normalize_address
 
 from . import submission
-from .server import listen_address
+from .server import listen_address, peer_ip, server_tls_context
 from .services import Reply, hostname
 
 __all__ = ["SubmissionController", "SubmissionHandler", "listen_address", "plaintext_auth_allowed", "tls_context"]
@@ -37,19 +37,9 @@ log = logging.getLogger(__name__)
 _PENDING = "pending"  # an AuthResult whose credentials are still to be checked off the event loop
 
 
-def _peer_ip(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
-
-
 def tls_context() -> ssl.SSLContext | None:
     """The TLS context from ``PUSHMAIL_SUBMISSION_TLS_CERT``/``_KEY``, or None when they are not both set."""
-    cert, key = settings.PUSHMAIL_SUBMISSION_TLS_CERT, settings.PUSHMAIL_SUBMISSION_TLS_KEY
-    if not (cert and key):
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    return context
+    return server_tls_context(settings.PUSHMAIL_SUBMISSION_TLS_CERT, settings.PUSHMAIL_SUBMISSION_TLS_KEY)
 
 
 class SubmissionSMTP(SMTP):
@@ -62,7 +52,7 @@ class SubmissionSMTP(SMTP):
         super().connection_made(transport)
         if starting and self.session is not None:
             implicit_tls = transport.get_extra_info("ssl_object") is not None
-            self._auth_require_tls = not (implicit_tls or plaintext_auth_allowed(_peer_ip(self.session)))
+            self._auth_require_tls = not (implicit_tls or plaintext_auth_allowed(peer_ip(self.session)))
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # aiosmtpd calls this synchronously on the event loop: hand the credentials back to be checked off it.
@@ -77,7 +67,7 @@ class SubmissionSMTP(SMTP):
             submission.check_login,
             login=credentials.login.decode("utf-8", "replace"),
             password=credentials.password.decode("utf-8", "replace"),
-            client_ip=_peer_ip(self.session),
+            client_ip=peer_ip(self.session),
         )
         if login is None:
             return AuthResult(success=False, handled=False, message=str(reply))

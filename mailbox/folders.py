@@ -110,6 +110,36 @@ def delete(*, user: User, entry_ids: Iterable[object]) -> tuple[int, int]:
     return trashed, deleted
 
 
+def folders_of(*, user: User, entry_ids: Iterable[int]) -> list[tuple[int, str, datetime | None]]:
+    """Each of the user's entries with its folder and Trash date (what Undo of a move puts back)."""
+    return list(
+        InboxEntry.objects.owned_by(user).filter(pk__in=list(entry_ids)).values_list("pk", "folder", "trashed_at")
+    )
+
+
+def labelled(*, user: User, entry_ids: Iterable[int], label_id: int) -> set[int]:
+    """Which of the user's entries carry the label."""
+    entries = InboxEntry.objects.owned_by(user).filter(pk__in=list(entry_ids), labels__pk=label_id)
+    return set(entries.values_list("pk", flat=True))
+
+
+@transaction.atomic
+def restore_folders(*, user: User, before: Iterable[tuple[int, str, datetime | None]]) -> int:
+    """Put the user's entries back in the folders they were in (Undo of a move); returns how many.
+
+    Entries deleted since, or not the user's, are skipped: the rest are still put back.
+    """
+    wanted = {pk: (folder, trashed_at) for pk, folder, trashed_at in before if folder in Folder.values}
+    owned = InboxEntry.objects.owned_by(user).filter(pk__in=list(wanted))
+    found = list(owned.select_for_update().values_list("pk", flat=True))
+    groups: dict[tuple[str, datetime | None], list[int]] = {}
+    for pk in found:
+        groups.setdefault(wanted[pk], []).append(pk)
+    for (folder, trashed_at), pks in groups.items():
+        InboxEntry.objects.filter(pk__in=pks).update(folder=folder, trashed_at=trashed_at, hidden_from="")
+    return len(found)
+
+
 # --- Labels -------------------------------------------------------------------------------
 
 

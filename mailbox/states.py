@@ -107,9 +107,12 @@ def entries_follow(state: str, remote_ids: list[Any]) -> None:
 
     An entry its owner has opened keeps its state (and so its body): a withdrawal
     leaves an opened entry ``fetched``, for the reader keeps what was read. An
-    entry already ``withdrawn`` (or ``notice``) has no move left.
+    entry already ``withdrawn`` (or ``notice``) has no move left. A withdrawn entry is
+    not unread: there is nothing left to read.
     """
-    transition_rows(InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True), ENTRY, state)
+    fields = {"read": True} if state == EntryState.WITHDRAWN else None
+    entries = InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True)
+    transition_rows(entries, ENTRY, state, fields=fields)
 
 
 for _state in FETCH.values:

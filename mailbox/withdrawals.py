@@ -46,7 +46,8 @@ def _withdrawn_fields(remote: RemoteMessage) -> dict[str, Any]:
 
 
 def withdraw_local_entries(*, message: Message) -> int:
-    """A sender here withdrew a message: its local readers who had not opened it lose it."""
+    """A sender here withdrew a message: its local readers who had not opened it lose it (and it is not unread)."""
     document = search.entry_document(subject=message.subject, sender=message.sender_address)
     unopened = InboxEntry.objects.filter(local=message, opened_at__isnull=True)
-    return len(transition_rows(unopened, ENTRY, EntryState.WITHDRAWN, fields={"search_document": document}))
+    fields = {"search_document": document, "read": True}
+    return len(transition_rows(unopened, ENTRY, EntryState.WITHDRAWN, fields=fields))

@@ -11,7 +11,7 @@ from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, is_domai
 from pushmail_site.states import transition_rows
 
 from . import complaints
-from .delivery import queue_deliveries
+from .delivery import queue_deliveries, reopen_smtp_recipients
 from .models import (
     AttachmentFetch,
     BodyFetch,
@@ -154,6 +154,7 @@ def retry_now(modeladmin: DeliveryAdmin, request: HttpRequest, queryset: QuerySe
         DeliveryState.RETRYING,
         fields={"next_attempt_at": timezone.now(), "failed_at": None},
     )
+    reopen_smtp_recipients(ids)
     queue_deliveries(ids)
     messages.success(request, f"{len(ids)} deliveries queued.")
 
@@ -168,15 +169,17 @@ class DeliveryAdmin(DomainScopedAdmin):
         "message",
         "domain",
         "local",
+        "transport",
         "state",
         "attempts",
         "notified_at",
         "next_attempt_at",
         "failed_at",
         "last_error",
+        "smtp_reply",
         "withdrawal",
     ]
-    list_filter = ["state", "local", "domain"]
+    list_filter = ["state", "transport", "local", "domain"]
     search_fields = ["domain", "message__subject", "message__sender_address", "=message__id", "last_error"]
     date_hierarchy = "notified_at"
     list_select_related = ["message"]

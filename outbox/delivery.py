@@ -22,13 +22,13 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition
+from pushmail_site.states import retry_delay, retry_window, transition
 
 from .bodies import manifest_of
 from .models import Delivery, DeliveryState, Message, Recipient, RecipientStatus, Transport
 from .signals import notice_for_sender
 from .smtp import SmtpAnswer, SmtpFailure, send_by_smtp, smtp_enabled
-from .states import DELIVERY, retry_delay, retry_window
+from .states import DELIVERY
 
 LEGACY_REASON = "legacy domain"
 WITHDRAWN_FIRST = "withdrawn before notification"
@@ -96,6 +96,16 @@ def _deliver_by_smtp(delivery: Delivery) -> None:
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=None)
         return
     _record_smtp_answers(delivery, waiting, answers)
+
+
+def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
+    """An operator's "retry now" of deliveries by SMTP: every recipient there not yet taken is tried again."""
+    for message_id, domain in Delivery.objects.filter(pk__in=delivery_ids, transport=Transport.SMTP).values_list(
+        "message_id", "domain"
+    ):
+        Recipient.objects.filter(message_id=message_id, domain=domain).exclude(status=RecipientStatus.ACCEPTED).update(
+            status=RecipientStatus.PENDING, reason=""
+        )
 
 
 def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer]) -> None:

@@ -29,6 +29,7 @@ from .models import (
     Withdrawal,
     WithdrawalState,
 )
+from .reach import by_smtp
 
 
 def sent_messages_for(*, user: User) -> QuerySet[Message]:
@@ -105,6 +106,7 @@ def domain_status(message: Message) -> list[dict[str, Any]]:
                 "first_fetched_at": first_fetch,
                 "fetch_count": len(domain_fetches),
                 "withdrawn_before_fetch": withdrawn_before_fetch,
+                "by_smtp": by_smtp(delivery),
             }
         )
     return rows

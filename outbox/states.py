@@ -9,11 +9,6 @@ graphs are the tables of docs/protocol.md §8.2 (a test holds them together).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
-
-from pushmail_site.jobs import backoff
 from pushmail_site.states import RetryPolicy, State, StateGraph
 
 from .models import DeliveryState, DraftState, WithdrawalState
@@ -73,22 +68,3 @@ DRAFT = StateGraph(
         DraftState.SCHEDULED: [DraftState.DRAFT, DraftState.SENT],
     },
 )
-
-
-def retry_window(graph: StateGraph, state: str) -> timedelta:
-    """How long after its start (the message's date, the withdrawal) a job in ``state`` is retried."""
-    policy = graph.by_value[state].retry
-    if policy is None or policy.window is None:
-        raise ValueError(f"{graph.name}: {state} has no retry window")
-    window = getattr(settings, policy.window)
-    return window if isinstance(window, timedelta) else timedelta(seconds=window)
-
-
-def retry_delay(graph: StateGraph, state: str, *, attempts: int, retry_after: float | None = None) -> timedelta:
-    """The wait before the next attempt: the peer's ``Retry-After`` if it gave one, else the backoff."""
-    if retry_after:
-        return timedelta(seconds=retry_after)
-    policy = graph.by_value[state].retry
-    if policy is None:
-        raise ValueError(f"{graph.name}: {state} is not retried")
-    return backoff(attempts, base=getattr(settings, policy.base), cap=getattr(settings, policy.cap))

@@ -14,12 +14,13 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition, transition_rows
+from pushmail_site.states import retry_delay, retry_window, transition, transition_rows
 
 from .delivery import LEGACY_REASON, WITHDRAWN_FIRST
 from .models import Delivery, DeliveryState, Message, Withdrawal, WithdrawalState
+from .reach import by_smtp
 from .signals import message_withdrawn
-from .states import DELIVERY, WITHDRAWAL, retry_delay, retry_window
+from .states import DELIVERY, WITHDRAWAL
 
 
 @shared_task(name="outbox.send_withdrawal")
@@ -67,11 +68,13 @@ def _cancel_unsent_notifications(message: Message) -> None:
 
 def _create_withdrawals(message: Message, now: datetime) -> list[int]:
     """A withdrawal for every domain that may have been told; returns those to send."""
-    told = list(
-        Delivery.objects.filter(message=message)
+    told = [
+        delivery
+        for delivery in Delivery.objects.filter(message=message)
         .exclude(local=False, state=DeliveryState.FAILED, attempts=0)
         .order_by("domain")
-    )
+        if not by_smtp(delivery)  # a copy sent by ordinary email is the recipient's: nothing to tell
+    ]
     withdrawals = Withdrawal.objects.bulk_create(
         Withdrawal(message=message, domain=d.domain, next_attempt_at=None if d.local else now) for d in told
     )

@@ -178,6 +178,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "webmail.context_processors.mail_shell",
+                "webmail.context_processors.undo_notice",
             ],
         },
     },
@@ -410,6 +411,7 @@ CELERY_BEAT_SCHEDULE = {
     "send-due-drafts": {"task": "outbox.send_due_drafts", **_sweep},
     "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
     "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
+    "requeue-due-learned-domains": {"task": "federation.requeue_due_learned_domains", **_sweep},
     "requeue-unfingerprinted": {
         "task": "reputation.requeue_unfingerprinted",
         "schedule": 60.0,
@@ -456,6 +458,8 @@ PUSHMAIL_MAX_BODY_BYTES = env_int("PUSHMAIL_MAX_BODY_BYTES", 25 * 1024 * 1024)
 PUSHMAIL_SIGNATURE_WINDOW = timedelta(seconds=env_int("PUSHMAIL_SIGNATURE_WINDOW_SECONDS", 300))
 PUSHMAIL_RETENTION = timedelta(days=float(os.environ.get("PUSHMAIL_RETENTION_DAYS", "30")))
 PUSHMAIL_DELIVERY_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_DELIVERY_WINDOW_SECONDS", 5 * 86400)))
+# How long discovery of a domain heard of in an SMTP message's Pushmail header is retried.
+PUSHMAIL_LEARNING_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_LEARNING_WINDOW_SECONDS", 86400)))
 PUSHMAIL_RETRY_BASE_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_BASE_SECONDS", "2"))
 PUSHMAIL_RETRY_CAP_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_CAP_SECONDS", "600"))
 # A claimed row whose worker died is taken up again after this long.
@@ -472,6 +476,9 @@ PUSHMAIL_SPAM_RATIO = float(os.environ.get("PUSHMAIL_SPAM_RATIO", "0.3"))
 # ...and never when the reports are fewer than this share of those readers: mail most of its
 # readers open without complaint is not hidden from everyone by the few who report it.
 PUSHMAIL_SPAM_MIN_SHARE = float(os.environ.get("PUSHMAIL_SPAM_MIN_SHARE", "0.05"))
+# A reader may make this many "Report spam" / "Not spam" reports an hour (each message of a selection
+# counts); past it, reports are refused (429) until the hour is over: a flood from one account sways nothing.
+PUSHMAIL_SPAM_REPORTS_PER_HOUR = env_int("PUSHMAIL_SPAM_REPORTS_PER_HOUR", 120)
 # Origin side of spam feedback (docs/protocol.md §5.8): a local sender is paused when the complaints
 # received for their mail pass this share of their last PUSHMAIL_COMPLAINT_WINDOW recipients (a
 # sender with fewer recipients is counted as if they had that many), or reach
@@ -574,6 +581,8 @@ PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 10
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)
 PUSHMAIL_TRASH_DAYS = float(os.environ.get("PUSHMAIL_TRASH_DAYS", "30"))
 PUSHMAIL_UNDO_SEND_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SEND_SECONDS", "10"))
+# How long archive, delete, move, spam and label changes offer Undo.
+PUSHMAIL_UNDO_SECONDS = float(os.environ.get("PUSHMAIL_UNDO_SECONDS", "10"))
 PUSHMAIL_IMAGE_PROXY_MAX_BYTES = env_int("PUSHMAIL_IMAGE_PROXY_MAX_BYTES", 5 * 1024 * 1024)
 # Hosts the image proxy may reach although they resolve to private addresses (local test servers only).
 PUSHMAIL_IMAGE_PROXY_ALLOW_HOSTS = [

@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import models, transaction
 
-from .jobs import lock
+from .jobs import backoff, lock
 
 M = TypeVar("M", bound=models.Model)
 
@@ -183,3 +184,22 @@ def transition_rows(
             queryset.model._default_manager.filter(pk__in=pks).update(**{graph.field_name: target, **(fields or {})})
             graph.entered(target, pks)
     return pks
+
+
+def retry_window(graph: StateGraph, state: str) -> timedelta:
+    """How long after its start a job in ``state`` is retried (the setting its retry policy names)."""
+    policy = graph.by_value[state].retry
+    if policy is None or policy.window is None:
+        raise ValueError(f"{graph.name}: {state} has no retry window")
+    window = getattr(settings, policy.window)
+    return window if isinstance(window, timedelta) else timedelta(seconds=window)
+
+
+def retry_delay(graph: StateGraph, state: str, *, attempts: int, retry_after: float | None = None) -> timedelta:
+    """The wait before the next attempt: the peer's ``Retry-After`` if it gave one, else the backoff."""
+    if retry_after:
+        return timedelta(seconds=retry_after)
+    policy = graph.by_value[state].retry
+    if policy is None:
+        raise ValueError(f"{graph.name}: {state} is not retried")
+    return backoff(attempts, base=getattr(settings, policy.base), cap=getattr(settings, policy.cap))

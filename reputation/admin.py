@@ -327,7 +327,9 @@ _ORIGIN_FIELDS = (
     "reads",
     "replies",
     "spam_reports",
+    "spam_weight",
     "not_spam",
+    "not_spam_weight",
     "outages",
     "downtime_seconds",
     "last_reached_at",
@@ -340,8 +342,8 @@ _ORIGIN_FIELDS = (
     "updated_at",
 )
 _SENDER_FIELDS = (
-    "address", "domain", "score", "pinned_score", "reads", "replies", "spam_reports", "not_spam", "spam_filed",
-    "allowed", "reports_at_lift", "updated_at",
+    "address", "domain", "score", "pinned_score", "reads", "replies", "spam_reports", "spam_weight", "not_spam",
+    "not_spam_weight", "spam_filed", "allowed", "reports_at_lift", "updated_at",
 )  # fmt: skip
 
 

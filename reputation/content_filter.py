@@ -38,13 +38,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import payloads
-from mailbox import services as mailbox_services
 from mailbox.eml import EmlAttachment, EmlSource, build_eml
 from mailbox.models import InboxEntry, RemoteMessage
 from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
-from . import campaigns, trust
+from . import campaigns, trust, verdicts
 from .content_states import CONTENT_JOB, CONTENT_RETRY, DUE, ContentJobKind, ContentJobState
 from .models import ContentCheck, Read, SpamReport, SpamVerdict
 
@@ -396,11 +395,13 @@ def _judge_by_content(remote_id: int, reason: str) -> str:
     remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
     if remote is None or SpamVerdict.objects.filter(message_id=remote_id).exists():
         return ""  # one verdict per message: the readers' (or an overturned one) stands
-    reports = SpamReport.objects.filter(message_id=remote_id, spam=True).count()
-    readers = Read.objects.filter(message_id=remote_id).count()
-    verdict = SpamVerdict.objects.create(message_id=remote_id, reports=reports, readers=readers, reason=reason)
-    verdict.hidden = hide_as_spam(remote_id=remote_id, reason=reason)
-    verdict.save(update_fields=["hidden"])
+    verdicts.reach_verdict(
+        message_id=remote_id,
+        remote_ids=[remote_id],
+        reason=reason,
+        reports=SpamReport.objects.filter(message_id=remote_id, spam=True).count(),
+        readers=Read.objects.filter(message_id=remote_id).count(),
+    )
     queue_fuzzy(remote_id=remote_id)
     return reason
 
@@ -429,15 +430,15 @@ def reconsider(*, remote_id: int) -> str:
         f"{people} at {remote.local_domain} reported this, "
         f"and the content filter scored it {suspect.score:g} ({suspect.action})"
     )
-    verdict = SpamVerdict.objects.create(message_id=remote_id, reports=reports, readers=readers, reason=reason)
-    verdict.hidden = hide_as_spam(remote_id=remote_id, reason=reason)
-    verdict.save(update_fields=["hidden"])
+    verdicts.reach_verdict(
+        message_id=remote_id,
+        remote_ids=[remote_id],
+        reason=reason,
+        reports=reports,
+        readers=readers,
+        weight=tally.weight + settings.RSPAMD_SUSPECT_WEIGHT,
+    )
     suspect.decision = reason[:300]
     suspect.save(update_fields=["decision"])
     queue_fuzzy(remote_id=remote_id)
     return reason
-
-
-def hide_as_spam(*, remote_id: int, reason: str) -> int:
-    """The mailbox's bulk hide for one message (its signature may grow to many ids: one place to adapt)."""
-    return mailbox_services.hide_as_spam(remote_id=remote_id, reason=reason)

@@ -21,9 +21,8 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from mailbox.models import RemoteMessage, Transport
-from outbox.states import retry_delay, retry_window
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition
+from pushmail_site.states import retry_delay, retry_window, transition
 
 from .feedback_states import FEEDBACK
 from .models import FeedbackReport, FeedbackState, FeedbackVerdict, SpamReport

@@ -43,6 +43,9 @@ class SpamReport(models.Model):
     message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="spam_reports")
     reporter = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     spam = models.BooleanField(default=True)
+    weight = models.FloatField(
+        default=1.0, help_text="What it counts for the sender's and origin's scores: its reporter's trust then."
+    )
     reported_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -208,6 +211,10 @@ class OriginReputation(models.Model):
     replies = models.PositiveIntegerField(default=0, db_default=0, help_text="Local users who wrote to it.")
     spam_reports = models.PositiveIntegerField(default=0, db_default=0)
     not_spam = models.PositiveIntegerField(default=0, db_default=0)
+    spam_weight = models.FloatField(
+        default=0, db_default=0.0, help_text="The spam reports weighted by their reporters' trust (reputation.trust)."
+    )
+    not_spam_weight = models.FloatField(default=0, db_default=0.0, help_text="The 'not spam' weighted the same way.")
     outages = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Times it stopped answering while holding unopened mail for users here."
     )
@@ -231,6 +238,9 @@ class OriginReputation(models.Model):
     reports_at_lift = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Spam reports when an admin last lifted its decisions."
     )
+    weight_at_lift = models.FloatField(
+        default=0, db_default=0.0, help_text="Weighted spam reports when an admin last lifted its decisions."
+    )
     dirty = models.BooleanField(default=False, db_default=False, help_text="Counters changed since the last score.")
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -250,6 +260,10 @@ class SenderReputation(models.Model):
     replies = models.PositiveIntegerField(default=0, db_default=0)
     spam_reports = models.PositiveIntegerField(default=0, db_default=0)
     not_spam = models.PositiveIntegerField(default=0, db_default=0)
+    spam_weight = models.FloatField(
+        default=0, db_default=0.0, help_text="The spam reports weighted by their reporters' trust (reputation.trust)."
+    )
+    not_spam_weight = models.FloatField(default=0, db_default=0.0, help_text="The 'not spam' weighted the same way.")
     score = models.FloatField(default=0.5, db_default=0.5)
     pinned_score = models.FloatField(null=True, blank=True)
     allowed = models.BooleanField(
@@ -257,6 +271,9 @@ class SenderReputation(models.Model):
     )
     spam_filed = models.BooleanField(default=False, db_default=False)
     reports_at_lift = models.PositiveIntegerField(default=0, db_default=0)
+    weight_at_lift = models.FloatField(
+        default=0, db_default=0.0, help_text="Weighted spam reports when an admin last lifted its decisions."
+    )
     dirty = models.BooleanField(default=False, db_default=False)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -16,11 +16,10 @@ from . import (
     feedback,  # noqa: F401 - its receivers tell origins about verdicts (reputation.signals)
     placement,
     reachability,
-    scores,
     services,
     tasks,
 )
-from .models import SpamReport, SpamVerdict
+from .models import SpamVerdict
 from .signals import report_recorded
 
 inbound.check_origin.register(services.check_origin)
@@ -58,17 +57,6 @@ def _unlearn_overturned(*, instance: SpamVerdict, update_fields: Any = None, **k
 def _join_campaign_by_text(*, remote_id: int, **kwargs: Any) -> None:
     # Sent after the fetch committed; the fingerprint and any merge are a worker's job.
     tasks.join_campaign_by_text.delay(remote_id)
-
-
-@receiver(post_save, sender=SpamReport, dispatch_uid="reputation.score_report")
-def _score_report(*, instance: SpamReport, created: bool, update_fields: Any = None, **kwargs: Any) -> None:
-    """A new report, or a reader changing their mind, counts towards the sender's and origin's scores."""
-    if not created and not (update_fields and "spam" in update_fields):
-        return
-    message = instance.message
-    scores.note_report(
-        origin=message.origin_domain, sender=message.sender, spam=instance.spam, changed_mind=not created
-    )
 
 
 @receiver(body_unavailable, dispatch_uid="reputation.origin_unreachable")

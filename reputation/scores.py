@@ -4,16 +4,19 @@ Counters
     Each origin domain (``OriginReputation``) and each sender address (``SenderReputation``) keeps
     counters, bumped as things happen: ``reads`` (a local reader opened one of its messages for the
     first time: the ``message_read`` signal), ``spam_reports`` and ``not_spam`` (reports here; a
-    reader who changes their mind moves one count to the other), ``replies`` (local users who have
-    written to the sender, refreshed by a periodic sweep from the outbox's recipients; an origin's is
-    the sum of its senders'), and for origins ``outages`` and ``downtime_seconds`` (reputation/
-    reachability.py). The score is recomputed from these counters alone, never from the history.
+    reader who changes their mind moves one count to the other) with their weights ``spam_weight``
+    and ``not_spam_weight`` (each report counts its reporter's trust, as in a verdict:
+    reputation.trust, so a new account's report weighs a quarter, and the score uses the weights),
+    ``replies`` (local users who have written to the sender, refreshed by a periodic sweep from the
+    outbox's recipients; an origin's is the sum of its senders'), and for origins ``outages`` and
+    ``downtime_seconds`` (reputation/reachability.py). The score is recomputed from these counters
+    alone, never from the history.
 
 The score
     ::
 
-        good  = reads + 3 × replies + 2 × not_spam
-        bad   = 9 × spam_reports + 2 × outages + hours unreachable (at most 72)
+        good  = reads + 3 × replies + 2 × not_spam (weighted)
+        bad   = 9 × spam_reports (weighted) + 2 × outages + hours unreachable (at most 72)
         score = (good + 1) / (good + bad + 2)
 
     the mean of a Beta distribution with one prior success and one prior failure (the "beta
@@ -26,7 +29,7 @@ The score
 
 What the score decides (each decision is recorded with its reason, ``ReputationDecision``)
     - Below ``PUSHMAIL_REPUTATION_SPAM_BELOW`` (0.35), once it has drawn
-      ``PUSHMAIL_REPUTATION_MIN_REPORTS`` (5) spam reports since an admin last lifted its decisions,
+      ``PUSHMAIL_REPUTATION_MIN_REPORTS`` (5) spam reports (weighted) since an admin last lifted its decisions,
       a sender's or an origin's new mail is judged spam on arrival ("mail from … is often reported
       here"); known correspondents still get it in their Inbox (mailbox/spam.py). An origin's rate
       is lowered to a quarter of the new-origin rate meanwhile.
@@ -88,8 +91,8 @@ REFUSAL_DETAIL = (
 class Counters:
     reads: int = 0
     replies: int = 0
-    not_spam: int = 0
-    spam_reports: int = 0
+    not_spam: float = 0  # weighted, as the reports (reputation.trust)
+    spam_reports: float = 0
     outages: int = 0
     downtime_hours: float = 0.0
 
@@ -129,15 +132,15 @@ def origin_counters(rep: OriginReputation, *, now: datetime | None = None) -> Co
     return Counters(
         reads=rep.reads,
         replies=rep.replies,
-        not_spam=rep.not_spam,
-        spam_reports=rep.spam_reports,
+        not_spam=rep.not_spam_weight,
+        spam_reports=rep.spam_weight,
         outages=rep.outages,
         downtime_hours=downtime / 3600,
     )
 
 
 def sender_counters(rep: SenderReputation) -> Counters:
-    return Counters(reads=rep.reads, replies=rep.replies, not_spam=rep.not_spam, spam_reports=rep.spam_reports)
+    return Counters(reads=rep.reads, replies=rep.replies, not_spam=rep.not_spam_weight, spam_reports=rep.spam_weight)
 
 
 # --- What the web processes read: an origin's standing, cached briefly ------------------------
@@ -191,7 +194,7 @@ def reason_for_new(remote: RemoteMessage) -> str:
 # --- Counting -------------------------------------------------------------------------------
 
 
-def _bump(model: type[models.Model], key: dict[str, str], increments: dict[str, int]) -> None:
+def _bump(model: type[models.Model], key: dict[str, str], increments: dict[str, float]) -> None:
     """Add ``increments`` to the row found by ``key`` (its first item is the unique column), creating
     it if need be, and mark it for rescoring: one statement."""
     quote = connection.ops.quote_name
@@ -210,7 +213,7 @@ def _bump(model: type[models.Model], key: dict[str, str], increments: dict[str, 
         )
 
 
-def _bump_both(*, origin: str, sender: str, increments: dict[str, int]) -> None:
+def _bump_both(*, origin: str, sender: str, increments: dict[str, float]) -> None:
     sender = sender.lower()
     _bump(OriginReputation, {"domain": origin}, increments)
     _bump(SenderReputation, {"address": sender, "domain": domain_of(sender)}, increments)
@@ -222,15 +225,22 @@ def note_read(*, origin: str, sender: str) -> None:
 
 
 @transaction.atomic
-def note_report(*, origin: str, sender: str, spam: bool, changed_mind: bool = False) -> None:
-    """A reader's "Report spam" or "Not spam"; ``changed_mind`` when it replaces their opposite report.
+def note_report(*, origin: str, sender: str, spam: bool, weight: float = 1.0, replaces: float | None = None) -> None:
+    """A reader's "Report spam" or "Not spam", counting ``weight`` (its reporter's trust, reputation.trust);
+    ``replaces`` is the weight of their opposite report it replaces, if any.
 
+    The scores use the weights: a handful of new accounts reporting a sender count a quarter
+    each, so they cannot sink its score, nor file its mail to Spam, as trusted readers would.
     Rescored at once, so that the report that earns a refusal is the one that starts it.
     """
     counted, other = ("spam_reports", "not_spam") if spam else ("not_spam", "spam_reports")
-    _bump_both(origin=origin, sender=sender, increments={counted: 1})
-    if changed_mind:
-        undo = {other: Greatest(F(other) - 1, Value(0))}
+    weighed, other_weighed = ("spam_weight", "not_spam_weight") if spam else ("not_spam_weight", "spam_weight")
+    _bump_both(origin=origin, sender=sender, increments={counted: 1, weighed: weight})
+    if replaces is not None:
+        undo = {
+            other: Greatest(F(other) - 1, Value(0)),
+            other_weighed: Greatest(F(other_weighed) - Value(replaces), Value(0.0)),
+        }
         OriginReputation.objects.filter(domain=origin).update(**undo)
         SenderReputation.objects.filter(address=sender.lower()).update(**undo)
     rescore_sender(sender.lower())
@@ -244,8 +254,9 @@ def _score(computed: float, pinned: float | None) -> float:
     return computed if pinned is None else pinned
 
 
-def _evidence(rep: OriginReputation | SenderReputation) -> int:
-    return max(0, rep.spam_reports - rep.reports_at_lift)
+def _evidence(rep: OriginReputation | SenderReputation) -> float:
+    """Spam reports since an admin last lifted its decisions, weighted by their reporters' trust."""
+    return max(0.0, rep.spam_weight - rep.weight_at_lift)
 
 
 def _standing_decision(
@@ -270,8 +281,9 @@ def end_decisions(
 
 def _why(rep: OriginReputation | SenderReputation, score: float) -> str:
     pinned = " (pinned by an admin)" if rep.pinned_score is not None else ""
+    weighed = "" if rep.spam_weight == rep.spam_reports else f" (weighing {rep.spam_weight:.4g} by trust)"
     return (
-        f"{rep.spam_reports} spam reports against {rep.reads} opens, {rep.replies} replies and "
+        f"{rep.spam_reports} spam reports{weighed} against {rep.reads} opens, {rep.replies} replies and "
         f"{rep.not_spam} 'not spam' here: score {score:.2f}{pinned}"
     )
 
@@ -394,8 +406,8 @@ def lift_origin(*, origin_id: int, by: User | None) -> bool:
         return False
     lifted = bool(end_decisions(rep, [DecisionKind.SPAM, DecisionKind.RATE, DecisionKind.REFUSED], by=by))
     rep.spam_filed = rep.refused = False
-    rep.reports_at_lift = rep.spam_reports
-    rep.save(update_fields=["spam_filed", "refused", "reports_at_lift", "updated_at"])
+    rep.reports_at_lift, rep.weight_at_lift = rep.spam_reports, rep.spam_weight
+    rep.save(update_fields=["spam_filed", "refused", "reports_at_lift", "weight_at_lift", "updated_at"])
     transaction.on_commit(lambda: forget_standing(rep.domain))
     forget_standing(rep.domain)
     return lifted
@@ -409,8 +421,9 @@ def reset_origin(*, origin_id: int, by: User | None) -> None:
         return
     end_decisions(rep, list(DecisionKind.values), by=by)
     OriginReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, outages=0, downtime_seconds=0, unreachable_since=None,
-        gone=False, score=0.5, pinned_score=None, spam_filed=False, refused=False, reports_at_lift=0, dirty=False,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, outages=0,
+        downtime_seconds=0, unreachable_since=None, gone=False, score=0.5, pinned_score=None, spam_filed=False,
+        refused=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip
     transaction.on_commit(lambda: forget_standing(rep.domain))
     forget_standing(rep.domain)
@@ -427,8 +440,8 @@ def allow_sender(*, sender_id: int, allowed: bool, by: User | None) -> None:
         origin, _ = OriginReputation.objects.get_or_create(domain=rep.domain)
         end_decisions(origin, [DecisionKind.SPAM], sender=rep, by=by)
         rep.spam_filed = False
-        rep.reports_at_lift = rep.spam_reports
-    rep.save(update_fields=["allowed", "spam_filed", "reports_at_lift", "updated_at"])
+        rep.reports_at_lift, rep.weight_at_lift = rep.spam_reports, rep.spam_weight
+    rep.save(update_fields=["allowed", "spam_filed", "reports_at_lift", "weight_at_lift", "updated_at"])
 
 
 @transaction.atomic
@@ -439,6 +452,6 @@ def reset_sender(*, sender_id: int, by: User | None) -> None:
     origin, _ = OriginReputation.objects.get_or_create(domain=rep.domain)
     end_decisions(origin, [DecisionKind.SPAM], sender=rep, by=by)
     SenderReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, score=0.5, pinned_score=None, spam_filed=False,
-        reports_at_lift=0, dirty=False,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, score=0.5,
+        pinned_score=None, spam_filed=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip

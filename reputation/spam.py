@@ -10,10 +10,15 @@ in bulk); its new messages go straight to Spam until a domain admin overturns th
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.conf import settings
+from django.core.cache import caches
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
@@ -22,17 +27,18 @@ from mailbox import services as mailbox_services
 from mailbox.models import EntryState, InboxEntry, RemoteMessage
 from pushmail_site.jobs import lock
 
-from . import campaigns, trust
+from . import campaigns, scores, trust, verdicts
 from .models import Campaign, CampaignMessage, SpamReport, SpamVerdict
-from .signals import report_recorded, verdict_overturned, verdict_reached
+from .signals import report_recorded, verdict_overturned
 
 
 class ReportRefused(Exception):
-    """A report that cannot be taken: ``code`` and ``status`` for the API, the message for people."""
+    """A report that cannot be taken: ``code`` and ``status`` for the API, the message for people;
+    ``retry_after`` (seconds) when trying later will do."""
 
-    def __init__(self, code: str, detail: str, *, status: int) -> None:
+    def __init__(self, code: str, detail: str, *, status: int, retry_after: int | None = None) -> None:
         super().__init__(detail)
-        self.code, self.detail, self.status = code, detail, status
+        self.code, self.detail, self.status, self.retry_after = code, detail, status, retry_after
 
 
 class EntryNotFound(ReportRefused):
@@ -57,21 +63,63 @@ class ReportOutcome:
 
 def report_spam(*, user: User, entry_id: int | str) -> ReportOutcome:
     """The reader's "Report spam": their copy to Spam at once, and one report towards a verdict."""
-    return _report(user, entry_id, spam=True)
+    with _report_budget(user, 1):
+        return _report(user, entry_id, spam=True)
 
 
 def report_not_spam(*, user: User, entry_id: int | str) -> ReportOutcome:
     """The reader's "Not spam": their copy back where it was (the Inbox), replacing any report of theirs."""
-    return _report(user, entry_id, spam=False)
+    with _report_budget(user, 1):
+        return _report(user, entry_id, spam=False)
 
 
-@transaction.atomic
 def report_entries(*, user: User, entry_ids: Iterable[object], spam: bool) -> list[ReportOutcome]:
     """The same report on a selection of the reader's entries: all of them, or (one refused) none."""
     ids = list(dict.fromkeys(str(entry_id) for entry_id in entry_ids))
     if not ids:
         raise ReportRefused("empty", "Select at least one message first.", status=400)
-    return [_report(user, entry_id, spam=spam) for entry_id in ids]
+    with _report_budget(user, len(ids)), transaction.atomic():
+        return [_report(user, entry_id, spam=spam) for entry_id in ids]
+
+
+class TooManyReports(ReportRefused):
+    def __init__(self, *, limit: int, retry_after: int) -> None:
+        minutes = max(1, math.ceil(retry_after / 60))
+        later = "in 1 minute" if minutes == 1 else f"in {minutes} minutes"
+        super().__init__(
+            "too_many_reports",
+            f"You have reached the limit of {limit} spam reports an hour; try again {later}.",
+            status=429,
+            retry_after=retry_after,
+        )
+
+
+@contextmanager
+def _report_budget(user: User, reports: int) -> Iterator[None]:
+    """Count ``reports`` against the reader's hourly allowance (PUSHMAIL_SPAM_REPORTS_PER_HOUR), or refuse them.
+
+    A flood of reports from one account is refused before it touches a message, so it cannot
+    sway verdicts or scores; reports refused for any reason are given back. The count lives in the
+    shared cache (two round trips), so every web process counts together.
+    """
+    limit = settings.PUSHMAIL_SPAM_REPORTS_PER_HOUR
+    now = time.time()
+    key = f"pm-spam-reports:{user.pk}:{int(now // 3600)}"
+    cache = caches["default"]
+    cache.add(key, 0, timeout=3700)
+    try:
+        spent = cache.incr(key, reports)
+    except ValueError:  # expired between the two calls
+        cache.add(key, reports, timeout=3700)
+        spent = reports
+    if spent > limit:
+        cache.decr(key, reports)
+        raise TooManyReports(limit=limit, retry_after=max(1, int(3600 - now % 3600) + 1))
+    try:
+        yield
+    except ReportRefused:
+        cache.decr(key, reports)
+        raise
 
 
 @transaction.atomic
@@ -81,8 +129,9 @@ def _report(user: User, entry_id: int | str, *, spam: bool) -> ReportOutcome:
     remote = entry.remote
     if remote is None:  # mail between mailboxes here: the reader's own copy is all there is
         return ReportOutcome(entry, spam, repeated=False, judged_spam=False)
-    repeated = _record(remote, user, spam=spam)
-    judged = _judge(remote) if spam else False
+    campaign_id = campaigns.campaign_id_of(remote)
+    repeated = _record(remote, user, spam=spam, campaign_id=campaign_id)
+    judged = _judge(remote, campaign_id) if spam else False
     report_recorded.send(sender=SpamReport, remote_id=remote.pk, spam=spam)
     return ReportOutcome(entry, spam, repeated=repeated, judged_spam=judged or bool(remote.spam_verdict))
 
@@ -103,23 +152,33 @@ def _reportable(user: User, entry_id: int | str) -> InboxEntry:
     return entry
 
 
-def _record(remote: RemoteMessage, user: User, *, spam: bool) -> bool:
-    """Keep the reader's one report on this message; True when it already said the same."""
-    report, created = SpamReport.objects.get_or_create(message=remote, reporter=user, defaults={"spam": spam})
-    if created:
-        return False
-    if report.spam == spam:
+def _record(remote: RemoteMessage, user: User, *, spam: bool, campaign_id: int) -> bool:
+    """Keep the reader's one report on this message, weighed by their trust, and count it towards
+    its sender's and origin's scores; True when it already said the same (nothing changes)."""
+    report = SpamReport.objects.filter(message=remote, reporter=user).first()
+    if report is not None and report.spam == spam:
         return True
-    report.spam = spam
-    report.save(update_fields=["spam"])
+    weight = trust.report_weight(reporter_id=user.pk, spam=spam, campaign_id=campaign_id, origin=remote.origin_domain)
+    replaces = None
+    if report is None:
+        try:
+            with transaction.atomic():
+                SpamReport.objects.create(message=remote, reporter=user, spam=spam, weight=weight)
+        except IntegrityError:  # a concurrent request of the same reader got there first
+            return _record(remote, user, spam=spam, campaign_id=campaign_id)
+    else:
+        replaces = report.weight
+        report.spam, report.weight = spam, weight
+        report.save(update_fields=["spam", "weight"])
+    scores.note_report(origin=remote.origin_domain, sender=remote.sender, spam=spam, weight=weight, replaces=replaces)
     return False
 
 
-def _judge(remote: RemoteMessage) -> bool:
+def _judge(remote: RemoteMessage, campaign_id: int) -> bool:
     """Judge the message's campaign spam if its weighted reports now reach a threshold; True if it stands judged."""
     if SpamVerdict.objects.filter(message=remote, campaign__isnull=True).exists():  # from before campaigns
         return bool(RemoteMessage.objects.filter(pk=remote.pk).exclude(spam_verdict="").exists())
-    judged = judge_campaign(campaigns.campaign_id_of(remote), reached_by=remote)
+    judged = judge_campaign(campaign_id, reached_by=remote)
     if judged:
         remote.spam_verdict = RemoteMessage.objects.values_list("spam_verdict", flat=True).get(pk=remote.pk)
     return judged
@@ -145,18 +204,15 @@ def judge_campaign(campaign_id: int, *, reached_by: RemoteMessage | None = None)
         message = reached_by or RemoteMessage.objects.get(pk=members.values_list("message_id", flat=True)[:1])
         many = members.exclude(message=message).exists()
         said = "reported mail from this campaign" if many else "reported this"
-        reason = f"{tally.spam_reporters} people at {message.local_domain} {said}"
-        verdict = SpamVerdict.objects.create(
-            message=message,
-            campaign=campaign,
+        verdicts.reach_verdict(
+            message_id=message.pk,
+            campaign_id=campaign.pk,
+            remote_ids=members.values("message_id"),
+            reason=f"{tally.spam_reporters} people at {message.local_domain} {said}",
             reports=tally.spam_reporters,
-            weight=round(tally.weight, 3),
+            weight=tally.weight,
             readers=tally.readers,
-            reason=reason,
         )
-        verdict.hidden = mailbox_services.hide_as_spam(remote_ids=members.values("message_id"), reason=reason)
-        verdict.save(update_fields=["hidden"])
-        verdict_reached.send(sender=SpamVerdict, remote_ids=list(members.values_list("message_id", flat=True)))
     return True
 
 

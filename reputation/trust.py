@@ -22,8 +22,13 @@ a message alone is a campaign of one):
    rounded down: ten of them together count as one reader, a handful as none.
 
 3. **Readers who answer count as "not spam"**: each local user who opened mail
-   from one of the campaign's senders and has written to that sender (and did not
-   report it) counts ``ANSWERED_WEIGHT`` (a whole trusted "Not spam").
+   from one of the campaign's senders (this campaign's, or earlier mail) and has
+   written to that sender, and did not report the campaign, counts
+   ``ANSWERED_WEIGHT`` (a whole trusted "Not spam"). Having written to the address
+   is not enough: a correspondent who never opened its mail here vouches for
+   nothing (their own copy stays in their Inbox whatever the verdict). Earlier mail
+   counts so that colluders who report a sender's new letter before its regular
+   readers have opened it cannot hide it from the rest (collaborative censorship).
 
 4. **The verdict**: the weighted count is (1) minus (2) minus (3). The campaign
    is judged spam when it reaches ``PUSHMAIL_SPAM_REPORTS`` [3], or when it is at
@@ -164,8 +169,8 @@ def _answered() -> Exists:
     return Exists(wrote)
 
 
-def _not_spam_weight(reporter_ids: list[int], origin: str) -> float:
-    """Rule 2: trusted "not spam" counts whole; origin-bound accounts' weights add up, rounded down."""
+def _not_spam_weights(reporter_ids: list[int], origin: str) -> tuple[float, float]:
+    """Rule 2, per account: the trusted accounts' weights added up, and the origin-bound ones'."""
     now = timezone.now()
     other_mail = InboxEntry.objects.filter(owner=OuterRef("pk")).exclude(state=EntryState.NOTICE)
     rows = User.objects.filter(pk__in=reporter_ids).annotate(
@@ -178,7 +183,27 @@ def _not_spam_weight(reporter_ids: list[int], origin: str) -> float:
             strong += _age_weight(joined, now)
         else:
             bound += ORIGIN_BOUND_WEIGHT * _age_weight(joined, now)
+    return strong, bound
+
+
+def _not_spam_weight(reporter_ids: list[int], origin: str) -> float:
+    """Rule 2: trusted "not spam" counts whole; origin-bound accounts' weights add up, rounded down."""
+    strong, bound = _not_spam_weights(reporter_ids, origin)
     return strong + math.floor(bound + 1e-9)
+
+
+def report_weight(*, reporter_id: int, spam: bool, campaign_id: int | None, origin: str) -> float:
+    """What one report counts, by the rules that weigh it in a verdict (1 and 2), for the sender's
+    and origin's scores (reputation.scores): so colluding new accounts, or a reporter whose past
+    reports were overturned, cannot sink a sender's score any more than they can judge its mail.
+
+    An origin-bound account's "not spam" counts its tenth here (a score has no rounding down
+    together: it adds up over time, never past what those accounts are worth).
+    """
+    if spam:
+        return _spam_weight([reporter_id], campaign_id if campaign_id is not None else 0)
+    strong, bound = _not_spam_weights([reporter_id], origin)
+    return strong + bound
 
 
 def _answering_readers(senders: QuerySet[Any], *, origin: str, besides: list[int]) -> int:

@@ -10,6 +10,7 @@ from django.utils.functional import SimpleLazyObject
 
 from accounts.models import User
 from mailbox import selectors
+from webmail import undo
 from webmail.templatetags.webmail_lists import unread_badge
 
 
@@ -35,3 +36,12 @@ def mail_shell(request: HttpRequest) -> dict[str, Any]:
     if user is None or not user.is_authenticated:
         return {}
     return {"mail_shell": SimpleLazyObject(lambda: _shell(user))}
+
+
+def undo_notice(request: HttpRequest) -> dict[str, Any]:
+    """The Undo notice of the user's last send or change, while its window lasts (webmail.undo)."""
+    user = getattr(request, "user", None)
+    session = getattr(request, "session", None)
+    if user is None or session is None or not user.is_authenticated:
+        return {}
+    return {"undo_notice": undo.current(session)}

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, cast
 
-from django.db.models import Prefetch, Q
+from django.db.models import BigIntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from mailbox.selectors import Cursor, Page
-from outbox.models import Delivery, Message
+from outbox.models import Delivery, Message, MessageAttachment
+from outbox.reach import by_smtp
 from outbox.selectors import sent_messages_for
 
 if TYPE_CHECKING:
@@ -18,6 +20,21 @@ if TYPE_CHECKING:
         """A sent message as the Sent list shows it."""
 
         delivery_summary: str
+        smtp_domains: list[str]
+        attachments_bytes: int  # with_total_size
+
+
+def with_total_size(messages: QuerySet[Message]) -> QuerySet[Message]:
+    """Each message with ``attachments_bytes``: a sent message's size is its body and its attachments,
+    as its recipients' lists show it (the notification's size plus its manifest's)."""
+    per_message = (
+        MessageAttachment.objects.filter(message=OuterRef("pk"))
+        .order_by()
+        .values("message")
+        .annotate(total=Sum("size"))
+        .values("total")
+    )
+    return messages.annotate(attachments_bytes=Coalesce(Subquery(per_message, output_field=BigIntegerField()), 0))
 
 
 def sent_page(
@@ -27,7 +44,7 @@ def sent_page(
 
     Each message comes with its deliveries (one query for the page) for a per-message summary.
     """
-    messages = (
+    messages = with_total_size(
         sent_messages_for(user=user)
         .filter(sender_folder=folder)
         .defer("text", "html")
@@ -50,6 +67,7 @@ def sent_page(
         rows = rows[:limit]
     for message in cast("list[SentRow]", rows):  # the same objects, given their summary
         message.delivery_summary = delivery_summary(message)
+        message.smtp_domains = [d.domain for d in message.deliveries.all() if by_smtp(d)]
     return Page(
         items=rows,
         older=Cursor(rows[-1].date, rows[-1].pk).encode() if rows and has_older else None,

@@ -3,7 +3,7 @@
 The rows are the hot path of every list page (50 per page, and the live-update
 partial): built with ``escape`` here they cost a fraction of the same markup in
 the template engine. The markup follows the DOM contract for list rows
-(``data-testid="message-row"``, ``data-entry-id``, ``data-state``, "at sender's" + size).
+(``data-testid="message-row"``, ``data-entry-id``, ``data-state``, "at sender's", one size).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def render_rows(entries: Iterable[EntryRow]) -> SafeString:
             )
         labels = "".join(f'<span class="label-chip">{escape(label.name)}</span>' for label in entry.label_list)
         if entry.at_sender:
-            chip = f'<span class="state-chip at-sender" title="{escape(_AT_SENDER_TITLE)}">at sender\'s · {size}</span>'
+            # The size is in its own column: one size per row.
+            chip = f'<span class="state-chip at-sender" title="{escape(_AT_SENDER_TITLE)}">at sender\'s</span>'
         else:
             chip = _STATE_CHIPS.get(entry.state, "")
         reason = getattr(entry, "spam_reason", "")

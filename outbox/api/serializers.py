@@ -8,6 +8,7 @@ from attachments.api import AttachmentUploadSerializer
 from .. import rules
 from ..bodies import manifest_of
 from ..models import Message
+from ..reach import withdrawal_scope
 from ..selectors import domain_status
 
 
@@ -72,6 +73,19 @@ class DomainStatusSerializer(serializers.Serializer):
     withdrawal = serializers.CharField(source="withdrawal_state")
     withdrawn_before_fetch = serializers.BooleanField(allow_null=True)
     offered = serializers.BooleanField(help_text="Whether this domain can still fetch the body.")
+    by_smtp = serializers.BooleanField(
+        help_text="Reached by ordinary email (SMTP), not Pushmail: a copy there cannot be withdrawn."
+    )
+
+
+class WithdrawalScopeSerializer(serializers.Serializer):
+    """Which recipient domains Withdraw reaches: only Pushmail domains (and this server's own)."""
+
+    pushmail_domains = serializers.ListField(child=serializers.CharField())
+    smtp_domains = serializers.ListField(
+        child=serializers.CharField(), help_text="Reached by ordinary email (SMTP): their copies cannot be withdrawn."
+    )
+    summary = serializers.CharField()
 
 
 class OfferEndedSerializer(serializers.Serializer):
@@ -87,6 +101,7 @@ class MessageSerializer(serializers.ModelSerializer):
     offered_to_recipients = serializers.SerializerMethodField()
     offer_ended = serializers.SerializerMethodField()
     attachments = serializers.SerializerMethodField()
+    withdrawal_scope = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -111,6 +126,7 @@ class MessageSerializer(serializers.ModelSerializer):
             "offer_ended",
             "attachments",
             "deliveries",
+            "withdrawal_scope",
         ]
         read_only_fields = fields
 
@@ -128,6 +144,11 @@ class MessageSerializer(serializers.ModelSerializer):
     def get_attachments(self, message: Message) -> list[dict]:
         """The manifest: name, type, size and digest of each file, in order."""
         return manifest_of(message)
+
+    @extend_schema_field(WithdrawalScopeSerializer)
+    def get_withdrawal_scope(self, message: Message) -> dict:
+        scope = withdrawal_scope(message)
+        return {"pushmail_domains": scope.pushmail, "smtp_domains": scope.smtp, "summary": scope.summary}
 
     def get_deliveries(self, message: Message) -> list[dict]:
         # many=True makes a ListSerializer, whose data is a list: the stub types it as the class's dict.

@@ -35,7 +35,8 @@ def _answer(request: AuthedApiRequest, entry_id: int, report: Callable[..., serv
     try:
         outcome = report(user=user, entry_id=entry_id)
     except services.ReportRefused as refused:
-        return Response({"error": refused.code, "detail": refused.detail}, status=refused.status)
+        headers = {"Retry-After": str(refused.retry_after)} if refused.retry_after else None
+        return Response({"error": refused.code, "detail": refused.detail}, status=refused.status, headers=headers)
     return Response(
         {
             "id": outcome.entry.pk,
@@ -51,19 +52,33 @@ def _answer(request: AuthedApiRequest, entry_id: int, report: Callable[..., serv
 class ReportSpamView(APIView):
     @extend_schema(
         request=None,
-        responses={200: ReportOutcomeSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+        responses={
+            200: ReportOutcomeSerializer,
+            400: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
+            429: ErrorSerializer,
+        },
     )
     def post(self, request: AuthedApiRequest, entry_id: int) -> Response:
         """Report a received message as spam: your copy moves to Spam, and your report counts towards a
         verdict for everyone here. A repeat changes nothing and says so (``repeated``). A notice from
-        this instance is ``400 notice``; withdrawn mail ``409 withdrawn``; someone else's entry ``404``."""
+        this instance is ``400 notice``; withdrawn mail ``409 withdrawn``; someone else's entry ``404``;
+        more than ``PUSHMAIL_SPAM_REPORTS_PER_HOUR`` reports in the hour ``429 too_many_reports``
+        (with ``Retry-After``)."""
         return _answer(request, entry_id, services.report_spam)
 
 
 class ReportNotSpamView(APIView):
     @extend_schema(
         request=None,
-        responses={200: ReportOutcomeSerializer, 400: ErrorSerializer, 404: ErrorSerializer, 409: ErrorSerializer},
+        responses={
+            200: ReportOutcomeSerializer,
+            400: ErrorSerializer,
+            404: ErrorSerializer,
+            409: ErrorSerializer,
+            429: ErrorSerializer,
+        },
     )
     def post(self, request: AuthedApiRequest, entry_id: int) -> Response:
         """Mark a received message as not spam: your copy moves back to the Inbox (or the folder a

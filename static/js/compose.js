@@ -30,28 +30,88 @@
     }
   });
 
-  // Say which chosen files will go with the message.
-  document.addEventListener("change", function (event) {
-    var input = event.target;
-    if (!input || input.id !== "compose-files") return;
-    var help = document.getElementById("files-help");
-    if (!help) return;
-    if (!help.hasAttribute("data-original")) help.setAttribute("data-original", help.textContent);
+  // Sizes as the server writes them (pushmail_site/sizes.py): binary units, one decimal below 10.
+  function humanSize(size) {
+    var value = size;
+    var units = ["bytes", "KiB", "MiB", "GiB"];
+    for (var i = 0; i < units.length; i++) {
+      if (value < 1024 || units[i] === "GiB") {
+        if (units[i] === "bytes") return value === 1 ? "1 byte" : Math.floor(value) + " bytes";
+        return (value >= 10 ? value.toFixed(0) : value.toFixed(1)) + " " + units[i];
+      }
+      value /= 1024;
+    }
+    return String(size);
+  }
+
+  // The chosen files against the limits, in the server's words (attachments/services.py); "" when they fit.
+  function sizeProblem(input) {
     var files = Array.prototype.slice.call(input.files || []);
-    var names = files.map(function (f) { return f.name; });
-    // Say so before the upload: the server stops reading an upload at the first byte over a limit.
     var maxFile = Number(input.getAttribute("data-max-file")) || Infinity;
     var maxTotal = Number(input.getAttribute("data-max-total")) || Infinity;
-    var tooBig = files.filter(function (f) { return f.size > maxFile; }).map(function (f) { return f.name; });
-    var total = files.reduce(function (sum, f) { return sum + f.size; }, 0);
-    if (tooBig.length) {
-      help.textContent = "Too large to attach (over the limit per file): " + tooBig.join(", ");
-    } else if (total > maxTotal) {
-      help.textContent = "Too large to attach together (over the limit per message): " + names.join(", ");
+    var attached = Number(input.getAttribute("data-attached")) || 0;
+    var problems = files
+      .filter(function (f) { return f.size > maxFile; })
+      .map(function (f) {
+        return f.name + " is larger than the " + humanSize(maxFile) + " limit for one attachment (" + humanSize(f.size) + ").";
+      });
+    var total = files.reduce(function (sum, f) { return sum + f.size; }, attached);
+    if (!problems.length && total > maxTotal) {
+      problems.push("The attachments add up to " + humanSize(total) + ", over the " + humanSize(maxTotal) + " limit for one message.");
+    }
+    return problems.join(" ");
+  }
+
+  function showFiles(input) {
+    var help = document.getElementById("files-help");
+    if (!help) return "";
+    if (!help.hasAttribute("data-original")) help.setAttribute("data-original", help.textContent);
+    var names = Array.prototype.slice.call(input.files || []).map(function (f) { return f.name; });
+    var problem = sizeProblem(input);
+    help.classList.toggle("files-error", Boolean(problem));
+    if (problem) {
+      // Said at once, before any upload: nothing is sent while a file is over a limit.
+      help.setAttribute("role", "alert");
+      help.setAttribute("data-testid", "files-error");
+      help.textContent = problem + " Choose smaller files.";
+      input.setAttribute("aria-invalid", "true");
     } else {
+      help.removeAttribute("role");
+      help.removeAttribute("data-testid");
+      input.removeAttribute("aria-invalid");
       help.textContent = names.length
         ? "Will be attached when you press Send or Attach: " + names.join(", ")
         : help.getAttribute("data-original");
+    }
+    return problem;
+  }
+
+  document.addEventListener("change", function (event) {
+    var input = event.target;
+    if (input && input.id === "compose-files") showFiles(input);
+  });
+
+  // Send and Attach upload the chosen files: not while one is over a limit. Send asks before
+  // sending a message without a subject.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form || form.id !== "compose-form") return;
+    var submitter = event.submitter;
+    var action = (submitter && submitter.getAttribute("formaction")) || form.getAttribute("action") || "";
+    var uploads = /\/(send|attach)\/$/.test(action);
+    var files = document.getElementById("compose-files");
+    if (uploads && files && showFiles(files)) {
+      event.preventDefault();
+      files.focus();
+      return;
+    }
+    var sending = /\/send\/$/.test(action);
+    var subject = document.getElementById("compose-subject");
+    if (sending && subject && !subject.value.trim()) {
+      if (!window.confirm("Send this message without a subject?")) {
+        event.preventDefault();
+        subject.focus();
+      }
     }
   });
 })();

@@ -240,6 +240,11 @@
       const row = document.querySelector('[data-entry-id="' + id + '"]');
       if (!row || row.dataset.state === "withdrawn") return;
       row.dataset.state = "withdrawn";
+      // Nothing left to read: not unread any more (the poll's X-Unread-Count says the same).
+      row.classList.remove("unread");
+      row.querySelectorAll("a.open .visually-hidden").forEach(function (hint) {
+        if (hint.textContent === "Unread: ") hint.remove();
+      });
       const subject = row.querySelector("td.subject");
       if (!subject) return;
       subject.querySelectorAll(".state-chip.at-sender").forEach(function (chip) {

@@ -24,7 +24,7 @@ from tests.browser.harness import Mailbox, create_mailboxes, login, make_png
 from tests.browser.test_webmail_flows import fetch_through_api, listed_entry
 from tools.cluster import Instance
 
-FETCHING = re.compile(r"Fetching attachment… \(\d+(\.\d)? (bytes|KB)\)")
+FETCHING = re.compile(r"Fetching attachment… \(\d+(\.\d)? (bytes|KiB)\)")
 
 
 @pytest.fixture(scope="module")

@@ -230,7 +230,7 @@ def test_message_with_attachment_is_pulled_when_opened(context: Any, page: Any, 
     login(beta_page, bob)
     row = inbox_row(beta_page, bob, subject)
     expect(row).to_contain_text("at sender's")
-    expect(row).to_contain_text(re.compile(r"\d+(\.\d+)?\s*(bytes|B|KB|kB|MB)\b"))
+    expect(row).to_contain_text(re.compile(r"\d+(\.\d+)?\s*(bytes|KiB|MiB)\b"))
     assert row.get_attribute("data-state") == "notified"
     expect(beta_page).to_have_title("(1) Inbox — Pushmail")
 

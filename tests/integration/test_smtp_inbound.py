@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Api, mailboxes, sql, start_cluster, unique, wait_for
-from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port
+from tests.smtp_support import PostfixServer, Zone, dkim_key, dkim_sign, dns_server, free_port, wait_for_greeting
 from tools.cluster import PYTHON, ROOT, Instance
 
 # .ci/run installs Debian's postfix and swaks: in CI a missing one fails the tests instead of skipping them.
@@ -40,98 +37,25 @@ MAX_BYTES = 300_000
 # --- Processes --------------------------------------------------------------------------------
 
 
-def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                if sock.makefile("rb").readline().startswith(b"220"):
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{what} did not answer on port {port}")
-
-
-class Postfix:
-    """Postfix as an ordinary mail server, configured in a directory of its own."""
-
-    def __init__(self, gateway_port: int) -> None:
-        # Postfix's daemons run as the postfix user: the directory must be theirs to enter.
-        self.dir = Path(tempfile.mkdtemp(prefix="pushmail-postfix-"))
-        self.dir.chmod(0o755)
-        self.port = free_port()
-        (self.dir / "queue").mkdir()
-        (self.dir / "data").mkdir()
-        shutil.chown(self.dir / "data", user="postfix")
-        (self.dir / "transport").write_text(f"{HOSTED} smtp:[127.0.0.1]:{gateway_port}\n")
-        (self.dir / "main.cf").write_text(
-            "\n".join(
-                [
-                    "compatibility_level = 3.6",
-                    f"queue_directory = {self.dir}/queue",
-                    f"data_directory = {self.dir}/data",
-                    "mail_owner = postfix",
-                    "setgid_group = postdrop",
-                    "inet_interfaces = 127.0.0.1",
-                    "inet_protocols = ipv4",
-                    "myhostname = mail.example.org",
-                    "mydomain = example.org",
-                    "myorigin = example.org",
-                    "mydestination =",
-                    f"relay_domains = {HOSTED}",
-                    f"transport_maps = texthash:{self.dir}/transport",
-                    "smtp_host_lookup = native",
-                    "disable_dns_lookups = yes",
-                    f"maillog_file = {self.dir}/maillog",
-                    f"maillog_file_prefixes = {self.dir}",
-                    "mynetworks = 127.0.0.0/8",
-                    "smtpd_relay_restrictions = permit_mynetworks, reject",
-                    "alias_maps =",
-                    "alias_database =",
-                    "local_recipient_maps =",
-                    "smtp_tls_security_level = none",
-                    "message_size_limit = 10240000",
-                    # Refused mail is not bounced anywhere: there is no DNS for the sender's domain.
-                    "bounce_queue_lifetime = 0",
-                    "",
-                ]
-            )
-        )
-        services = []
-        for line in Path("/etc/postfix/master.cf").read_text().splitlines():
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split()
-            if line[0] in " \t":
-                services.append(line)
-                continue
-            if fields[0] == "smtp" and fields[1] == "inet":
-                fields[0] = f"127.0.0.1:{self.port}"
-            if len(fields) > 4 and fields[4] == "y":
-                fields[4] = "n"  # no chroot: the queue is in this directory
-            services.append(" ".join(fields))
-        (self.dir / "master.cf").write_text("\n".join(services) + "\n")
-        self._postfix("start")
-        _wait_port(self.port, "postfix")
-
-    def _postfix(self, command: str) -> None:
-        result = subprocess.run(["postfix", "-c", str(self.dir), command], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            log = (self.dir / "maillog").read_text() if (self.dir / "maillog").exists() else ""
-            raise AssertionError(f"postfix {command} failed: {result.stdout}{result.stderr}\n{log[-3000:]}")
-
-    def log(self) -> str:
-        return (self.dir / "maillog").read_text(errors="replace")
-
-    def stop(self) -> None:
-        subprocess.run(["postfix", "-c", str(self.dir), "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(self.dir, ignore_errors=True)
+def _postfix(gateway_port: int) -> PostfixServer:
+    """Postfix as an ordinary mail server that relays the hosted domain to the gateway."""
+    return PostfixServer(
+        [
+            "mydomain = example.org",
+            "myorigin = example.org",
+            f"relay_domains = {HOSTED}",
+            "transport_maps = texthash:$config_directory/transport",
+            "smtpd_relay_restrictions = permit_mynetworks, reject",
+            "smtp_tls_security_level = none",
+            "message_size_limit = 10240000",
+        ],
+        hostname="mail.example.org",
+        files={"transport": f"{HOSTED} smtp:[127.0.0.1]:{gateway_port}\n"},
+    )
 
 
 class Setup:
-    def __init__(self, inst: Instance, zone: Zone, postfix: Postfix, gateway_port: int) -> None:
+    def __init__(self, inst: Instance, zone: Zone, postfix: PostfixServer, gateway_port: int) -> None:
         self.inst, self.zone, self.postfix, self.gateway_port = inst, zone, postfix, gateway_port
 
 
@@ -157,8 +81,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         )
         postfix = None
         try:
-            _wait_port(gateway_port, "manage.py smtpd", gateway)
-            postfix = Postfix(gateway_port)
+            wait_for_greeting(gateway_port, "manage.py smtpd", gateway)
+            postfix = _postfix(gateway_port)
             yield Setup(inst, zone, postfix, gateway_port)
         finally:
             if postfix is not None:

@@ -336,7 +336,7 @@ def test_settings_page_shows_choices_and_the_domain_default(client: Client, alic
     assert "Domain default: Fetch when I open a message" in html
     assert "Fetch as soon as notified" in html
     assert "Block remote images until I allow them" in html
-    assert re.search(r"[\d.]+\xa0(bytes|KB|MB) of 2\.0\xa0GB used", html), "storage used against the quota"
+    assert re.search(r"[\d.]+\xa0(bytes|KiB|MiB) of 2\.0\xa0GiB used", html), "storage used against the quota"
     for link in ["/accounts/2fa/", "/accounts/sessions/", "/accounts/password/change/", "/settings/tokens/"]:
         assert f'href="{link}"' in html
 

@@ -93,7 +93,7 @@ def test_a_file_over_the_limit_is_refused_with_a_message_and_nothing_is_stored(m
     with pytest.raises(ValidationError) as refused:
         store_upload(file=SimpleUploadedFile("big.iso", b"x" * 2048), max_bytes=1024)
 
-    assert "big.iso is larger than the 1.0 KB limit" in refused.value.messages[0]
+    assert "big.iso is larger than the 1.0 KiB limit" in refused.value.messages[0]
     assert not Blob.objects.exists() and not stored_files(media)
 
 
@@ -508,7 +508,7 @@ def test_an_attachment_over_our_own_limit_is_not_fetched_and_the_reader_is_told(
     response = _download(login(alice), received["entry"], 0)
 
     assert response.status_code == 413
-    assert "video.mp4 is 2.0 KB, larger than the 1.0 KB this server accepts" in page_text(response)
+    assert "video.mp4 is 2.0 KiB, larger than the 1.0 KiB this server accepts" in page_text(response)
     assert not _attachment_gets(peer)
 
 
@@ -834,7 +834,7 @@ def test_quota_usage_reads_plainly(alice: User) -> None:
     usage = quota_for(alice)
 
     assert usage.used == message.size + 1024 and usage.quota == 4096 and not usage.full
-    assert str(usage) == f"{services.human_size(usage.used)} of 4.0 KB used ({usage.percent}%)"
+    assert str(usage) == f"{services.human_size(usage.used)} of 4.0 KiB used ({usage.percent}%)"
 
 
 def test_attachments_outlive_an_early_body_deletion_until_expiry(

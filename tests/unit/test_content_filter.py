@@ -26,7 +26,7 @@ from mailbox.models import Folder, InboxEntry, RemoteMessage
 from mailbox.services import accept_notification, fetch_body, open_entry
 from reputation import content_filter
 from reputation.content_states import ContentJobKind, ContentJobState
-from reputation.models import ContentCheck, SpamVerdict
+from reputation.models import ContentCheck, FeedbackReport, FeedbackVerdict, SpamVerdict
 from reputation.spam import overturn_verdict
 from tests.conftest import FakePeer, Queued, api_as
 from tests.factories import MailboxFactory, PeerMessage, PeerMessageFactory
@@ -338,3 +338,33 @@ def test_the_admin_lists_and_filters_content_checks(
 
 def _minutes(n: float) -> timedelta:
     return timedelta(minutes=n)
+
+
+def test_a_suspect_score_and_the_readers_reports_reach_the_same_verdict_as_any_other(
+    people: list[User], peer: FakePeer, settings: Any
+) -> None:
+    """The content filter's verdicts are taken by the one verdict service (reputation.verdicts): the
+    counts, the hidden copies, and the signed report to the origin, as for the readers' own verdict.
+    No rspamd needed: its answer is the row a check leaves."""
+    away = [MailboxFactory(domain=people[0].domain, local_part=f"away{n}") for n in range(3)]
+    remote = _receive(peer, PeerMessageFactory(), people + away)
+    open_entry(entry=_entry(people[0], remote))
+    fetch_body(remote.pk)
+    for reader in people:
+        open_entry(entry=_entry(reader, remote))
+    for reader in people[:2]:  # 2 of 8 readers: under the ratio, no verdict of their own
+        assert api_as(reader).post(f"/api/v1/inbox/{_entry(reader, remote).pk}/spam/").json()["judged_spam"] is False
+    ContentCheck.objects.create(
+        message=remote, kind=ContentJobKind.CHECK, state=ContentJobState.DONE, score=6.5, action="add header"
+    )
+
+    reason = content_filter.reconsider(remote_id=remote.pk)
+
+    assert reason == "2 people at alpha.test reported this, and the content filter scored it 6.5 (add header)"
+    verdict = SpamVerdict.objects.get(message=remote)
+    assert (verdict.reports, verdict.readers, verdict.hidden) == (2, 8, 3)
+    assert verdict.weight == pytest.approx(2 + settings.RSPAMD_SUSPECT_WEIGHT)
+    assert {_entry(reader, remote).folder for reader in away} == {Folder.SPAM}
+    # The origin is told, as of every verdict.
+    feedback = FeedbackReport.objects.get(message=remote)
+    assert (feedback.verdict, feedback.reports) == (FeedbackVerdict.SPAM, 2)

@@ -4,6 +4,7 @@ answering while it holds mail for users here."""
 
 from __future__ import annotations
 
+import itertools
 import types
 from typing import Any
 
@@ -27,7 +28,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
 
 @pytest.fixture
 def people(local_domain: Domain) -> list[User]:
-    return [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(12)]
+    """Established readers: a report of theirs counts whole (a new account's weighs a quarter)."""
+    made = [MailboxFactory(domain=local_domain, local_part=f"reader{n}") for n in range(12)]
+    User.objects.filter(pk__in=[u.pk for u in made]).update(date_joined=ago(days=30))
+    return made
 
 
 @pytest.fixture
@@ -66,10 +70,17 @@ def _admitted_in_a_minute(domain: str, *, tries: int) -> int:
     return admitted
 
 
+_TOPICS = itertools.cycle(
+    "apples bridges candles dolphins engines forests glaciers harbours islands jungles kettles lanterns meadows "
+    "novels orchards pebbles quarries rivers saddles tunnels".split()
+)
+
+
 def _reported_by_each(peer: FakePeer, reporters: list[User], *, sender: str = "carol@peer.test") -> None:
-    """Each reporter gets their own message from ``sender`` and reports it (no shared verdict)."""
+    """Each reporter gets their own message from ``sender`` and reports it (no shared verdict: each
+    message has a subject of its own, so that no two of them make a campaign)."""
     for user in reporters:
-        remote = _receive(peer, [user], sender=sender)
+        remote = _receive(peer, [user], sender=sender, subject=f"About {next(_TOPICS)}")
         report_spam(user=user, entry_id=_entry(user, remote).pk)
 
 
@@ -185,6 +196,30 @@ def test_not_spam_taken_back_moves_the_count(peer: FakePeer, people: list[User])
     assert (rep.spam_reports, rep.not_spam) == (0, 1)
     sender = SenderReputation.objects.get(address="carol@peer.test")
     assert (sender.spam_reports, sender.not_spam) == (0, 1)
+    # The weights move with the counts; a reader who only ever gets peer.test's mail counts a tenth.
+    assert (sender.spam_weight, sender.not_spam_weight) == (0, pytest.approx(0.1))
+
+
+def test_reports_weigh_their_reporters_trust_so_new_accounts_cannot_sink_a_senders_score(
+    settings: Any, peer: FakePeer, people: list[User], local_domain: Domain
+) -> None:
+    settings.PUSHMAIL_REPUTATION_MIN_REPORTS = 3
+    newcomers = [MailboxFactory(domain=local_domain, local_part=f"new{n}") for n in range(5)]  # joined today
+    for sender in ("club@peer.test", "pills@peer.test"):
+        for _ in range(10):  # both read by ten people here
+            scores.note_read(origin="peer.test", sender=sender)
+
+    _reported_by_each(peer, newcomers, sender="club@peer.test")
+    club = SenderReputation.objects.get(address="club@peer.test")
+    assert club.spam_reports == 5 and club.spam_weight == pytest.approx(1.25), "a quarter each"
+    assert club.score > settings.PUSHMAIL_REPUTATION_SPAM_BELOW and not club.spam_filed
+    assert _entry(people[0], _receive(peer, people[:1], sender="club@peer.test")).folder == Folder.INBOX
+
+    # The same five reports from established readers do sink a sender.
+    _reported_by_each(peer, people[1:6], sender="pills@peer.test")
+    pills = SenderReputation.objects.get(address="pills@peer.test")
+    assert pills.spam_weight == pytest.approx(5) and pills.spam_filed
+    assert _entry(people[0], _receive(peer, people[:1], sender="pills@peer.test")).folder == Folder.SPAM
 
 
 # --- Where new mail goes ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from accounts.models import User
 from federation import payloads
 from mailbox import search
 from mailbox.models import EntryState, Folder, InboxEntry, RemoteMessage
-from mailbox.services import accept_notification, accept_withdrawal, fetch_body, open_entry, post_notice
+from mailbox.services import accept_notification, accept_withdrawal, fetch_body, hide_as_spam, open_entry, post_notice
 from tests.conftest import FakePeer
 from tests.factories import InboxEntryFactory, PeerMessage, PeerMessageFactory, SentMessageFactory
 
@@ -486,3 +486,48 @@ def test_recipient_notified_after_the_fetch_finds_the_body(alice: User, bob: Use
     _receive(peer, message, recipients=["bob@alpha.test"])  # the same message, notified for bob later
 
     assert _search(_client(bob), q="numbat")[0] == [_entry(bob, remote).pk]
+
+
+def test_a_body_with_many_copies_is_readable_at_once_and_indexed_for_them_after_the_fetch(
+    monkeypatch: pytest.MonkeyPatch,
+    alice: User,
+    bob: User,
+    peer: FakePeer,
+    queued: list[Any],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    # A run to thousands here: the fetch must not make its first readers wait for every copy's
+    # full-text index entry. Two copies stand for "more than INDEX_AT_ONCE".
+    monkeypatch.setattr(search, "INDEX_AT_ONCE", 1)
+    remote = _receive(
+        peer,
+        PeerMessageFactory(subject="Field notes", text="The numbat census", to=["alice@alpha.test", "bob@alpha.test"]),
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        _open_and_fetch(alice, remote)
+
+    # Both readers have the body (the message is fetched for everyone); the index follows in a task.
+    assert set(InboxEntry.objects.filter(remote=remote).values_list("state", flat=True)) == {EntryState.FETCHED}
+    indexing = [q for q in queued if q.name == "mailbox.index_fetched_copies"]
+    assert [(q.args, q.countdown) for q in indexing] == [((remote.pk,), search.INDEX_LATER_SECONDS)]
+    assert _search(_client(bob), q="numbat")[0] == []
+
+    assert search.index_copies(remote_id=remote.pk, batch_size=1) == 2
+    assert _search(_client(bob), q="numbat")[0] == [_entry(bob, remote).pk]
+    assert _search(_client(alice), q="numbat")[0] == [_entry(alice, remote).pk]
+    assert search.index_copies(remote_id=remote.pk) == 0, "done once: a repeat finds nothing to do"
+
+
+def test_the_deferred_index_leaves_out_a_copy_a_spam_verdict_hid(
+    monkeypatch: pytest.MonkeyPatch, alice: User, bob: User, peer: FakePeer, queued: list[Any]
+) -> None:
+    monkeypatch.setattr(search, "INDEX_AT_ONCE", 1)
+    remote = _receive(
+        peer, PeerMessageFactory(subject="Prize", text="Claim a wombat", to=["alice@alpha.test", "bob@alpha.test"])
+    )
+    _open_and_fetch(alice, remote)
+    hide_as_spam(remote_id=remote.pk, reason="3 people at alpha.test reported this")  # bob never opened it
+
+    assert search.index_copies(remote_id=remote.pk) == 1
+    assert _search(_client(bob), q="wombat")[0] == [], "a hidden copy is matched on its subject and sender only"
+    assert _search(_client(alice), q="wombat")[0] == [_entry(alice, remote).pk]

@@ -120,12 +120,12 @@ def test_sizes_are_written_one_way_on_pages_in_errors_and_in_the_api(
     settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = 3 * 1024
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     page = web.get(reverse("webmail:compose")).content.decode()
-    assert "Up to 5.0\xa0KB per file and 3.0\xa0KB per message" in page
+    assert "Up to 5.0\xa0KiB per file and 3.0\xa0KiB per message" in page
 
     response = api.post(MESSAGES, {"to": ["bob@alpha.test"], "subject": "s", "text": "x" * 6000}, format="json")
     assert response.status_code == 413
     detail = response.json()["detail"]
-    assert "over the 5.0 KB limit (3.0 KB of attachments, base64-encoded, plus 1.0 KB for the rest" in detail
+    assert "over the 5.0 KiB limit (3.0 KiB of attachments, base64-encoded, plus 1.0 KiB for the rest" in detail
 
 
 # --- one definition of each -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from outbox.models import Delivery, DeliveryState, Message, Recipient, Transport
 from outbox.services import deliver_notification, send_message
 from outbox.smtp import SmtpFailure
 from tests.conftest import api_as
+from tests.factories import MailboxFactory
 from tests.smtp_support import Zone, dns_server, free_port
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
@@ -440,3 +441,41 @@ def test_with_smtp_off_a_legacy_domain_is_still_rejected(alice: User, mx: FakeMx
     assert delivery.state == DeliveryState.FAILED and delivery.transport == Transport.FEDERATION
     assert _answers(message)[f"bob@{LEGACY}"] == ("rejected", "legacy domain")
     assert mx.received == []
+
+
+def test_the_admins_retry_now_sends_again_to_the_recipients_not_taken(
+    alice: User, mx: FakeMx, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    mx.rcpt[f"bob@{LEGACY}"] = "451 4.3.0 Temporary lookup failure"
+    message = send_message(sender=alice, to=[f"bob@{LEGACY}", f"ann@{LEGACY}"], subject="Again", text="x")
+    delivery = _deliver(message)
+    assert delivery.state == DeliveryState.RETRYING
+    Message.objects.filter(pk=message.pk).update(date=timezone.now() - settings.PUSHMAIL_DELIVERY_WINDOW)
+    delivery = _deliver(message)
+    assert delivery.state == DeliveryState.FAILED and _answers(message)[f"bob@{LEGACY}"][0] == "rejected"
+    Message.objects.filter(pk=message.pk).update(date=timezone.now())
+    del mx.rcpt[f"bob@{LEGACY}"]
+    admin = MailboxFactory(domain=alice.domain, local_part="postmaster")
+    User.objects.filter(pk=admin.pk).update(is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(User.objects.get(pk=admin.pk))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/admin/outbox/delivery/", {"action": "retry_now", "_selected_action": [delivery.pk]})
+
+    assert response.status_code == 302
+    assert _answers(message)[f"bob@{LEGACY}"] == ("pending", "")
+    delivery = _deliver(message)
+    assert delivery.state == DeliveryState.NOTIFIED
+    assert _answers(message) == {f"bob@{LEGACY}": ("accepted", ""), f"ann@{LEGACY}": ("accepted", "")}
+    assert [rcpts for _, rcpts, _ in mx.received] == [[f"ann@{LEGACY}"], [f"bob@{LEGACY}"]]
+
+
+def test_a_display_name_cannot_add_a_header(alice: User) -> None:
+    User.objects.filter(pk=alice.pk).update(display_name="Alice\r\nBcc: everyone@example.org")
+    message = send_message(sender=User.objects.get(pk=alice.pk), to=[f"bob@{LEGACY}"], subject="Hi", text="x")
+
+    mail = _parse(outbound.signed_message(message))
+
+    assert mail["Bcc"] is None
+    assert mail["From"].addresses[0].addr_spec == "alice@alpha.test"

@@ -231,8 +231,10 @@ def test_a_verdict_on_a_three_message_campaign_is_a_constant_number_of_queries(
     report(reporters[1], run[1])
     deciding = entry(reporters[2], run[2])
     # Whatever the campaign's size: the weighing, the bulk hiding, and what a verdict sets off (the
-    # signed report to the origin, the content filter's lesson, the sender's and origin's scores).
-    with django_assert_max_num_queries(50):
+    # signed report to the origin, the content filter's lesson, the sender's and origin's scores),
+    # the reporter's weight for the scores, and the reader's hourly allowance of reports (in the
+    # shared cache: a dozen queries here, where the tests' cache is the database; two Redis calls live).
+    with django_assert_max_num_queries(64):
         assert report_spam(user=reporters[2], entry_id=deciding.pk).judged_spam is True
     # Every reader's copy of each message (the reporters' own copies are in Spam by their own report).
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM, hidden_from=Folder.INBOX).count() == 3 * copies
@@ -261,7 +263,7 @@ def test_a_verdict_on_ten_thousand_copies_is_a_few_bulk_statements(local_domain:
         assert report(reporters[2], run[0]) is True
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM).count() == 10_003
     # Its time is bench/spam_run.py's to measure; here, that no statement is per copy.
-    assert len(queries) <= 50
+    assert len(queries) <= 64
 
 
 # --- after a fetch: the text's fingerprint ------------------------------------------------------

@@ -333,3 +333,65 @@ def test_no_attachment_is_fetched_for_a_hidden_copy(people: list[User], peer: Fa
     assert response.status_code == 404
     assert not ReceivedAttachment.objects.filter(remote=remote).exists()
     assert [c for c in peer.calls if "/attachments/" in c.path] == []
+
+
+def test_reporting_twice_counts_once_towards_a_verdict(people: list[User], peer: FakePeer) -> None:
+    remote = _receive(peer, PeerMessageFactory(), people[:4])
+    entry = _entry(people[0], remote)
+    assert _report(people[0], remote).json()["judged_spam"] is False
+    assert _report(people[0], remote).json()["repeated"] is True
+    web = Client()
+    web.force_login(people[0])
+    web.post(reverse("webmail:bulk-action"), {"action": "report_spam", "ids": [entry.pk, entry.pk]})
+    assert SpamReport.objects.filter(message=remote).count() == 1
+    assert not SpamVerdict.objects.exists() and _entry(people[1], remote).folder == Folder.INBOX
+
+    assert _report(people[1], remote).json()["judged_spam"] is True  # a second reader: two of two
+    assert SpamVerdict.objects.get(message=remote).reports == 2
+
+
+def test_a_flood_of_reports_from_one_reader_is_refused_with_429_and_changes_nothing(
+    people: list[User], peer: FakePeer, settings: Any
+) -> None:
+    settings.PUSHMAIL_SPAM_REPORTS_PER_HOUR = 3
+    flooder, other = people[0], people[1]
+    run = [_receive(peer, PeerMessageFactory(subject=f"Note about {word}"), [flooder, other]) for word in
+           ("apples", "bridges", "candles", "dolphins", "engines")]  # fmt: skip
+    for remote in run[:2]:
+        assert _report(flooder, remote).status_code == 200
+    assert _report(flooder, run[0], "not-spam").status_code == 200  # a change of mind counts too
+
+    refused = _report(flooder, run[3])
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["error"] == "too_many_reports"
+    assert "limit of 3 spam reports an hour" in refused.json()["detail"]
+    assert 0 < int(refused["Retry-After"]) <= 3601
+    assert _report(flooder, run[3], "not-spam").status_code == 429
+    assert _entry(flooder, run[3]).folder == Folder.INBOX
+    assert not SpamReport.objects.filter(message=run[3]).exists()
+
+    # The webmail says so, and the whole selection stays as it was.
+    web = Client()
+    web.force_login(flooder)
+    response = web.post(
+        reverse("webmail:bulk-action"),
+        {"action": "report_spam", "ids": [_entry(flooder, run[3]).pk, _entry(flooder, run[4]).pk]},
+        follow=True,
+    )
+    notices = [str(m) for m in response.context["messages"]]
+    assert any("limit of 3 spam reports an hour" in n and "Nothing was changed" in n for n in notices), notices
+    assert {_entry(flooder, r).folder for r in run[3:]} == {Folder.INBOX}
+
+    # Other readers have their own allowance.
+    assert _report(other, run[3]).status_code == 200
+
+
+def test_a_refused_report_does_not_use_up_the_allowance(people: list[User], peer: FakePeer, settings: Any) -> None:
+    settings.PUSHMAIL_SPAM_REPORTS_PER_HOUR = 1
+    mine = _receive(peer, PeerMessageFactory(), people[:1])
+    theirs = _receive(peer, PeerMessageFactory(), people[1:2])
+    assert api_as(people[0]).post(f"/api/v1/inbox/{_entry(people[1], theirs).pk}/spam/").status_code == 404
+    notice = post_notice(owner=people[0], subject="Delivery failed", text="details")
+    assert api_as(people[0]).post(f"/api/v1/inbox/{notice.pk}/spam/").status_code == 400
+    assert _report(people[0], mine).status_code == 200
+    assert _report(people[0], mine).status_code == 429

@@ -257,3 +257,20 @@ def test_the_same_reports_judge_mail_few_have_opened(local_domain: Domain, peer:
     assert report(reporters, letter) is True
 
     assert in_inbox(unread, letter) == 0
+
+
+def test_correspondents_who_never_opened_the_senders_mail_vouch_for_nothing(
+    local_domain: Domain, peer: FakePeer
+) -> None:
+    """Having written to an address is not a "not spam": only a correspondent who opened the sender's
+    mail here (and did not report it) speaks for it. Their own copies stay in their Inbox all the same."""
+    correspondents = accounts(local_domain, "asked", 20)
+    readers = accounts(local_domain, "reader", 10)
+    for user in correspondents:
+        wrote_to(user, "offers@peer.test")
+    run = receive(peer, correspondents + readers, sender="offers@peer.test", subject="Your account will be closed")
+    opened(readers[:3], run)
+
+    assert report(readers[:3], run) is True, "three trusted reports, whatever the twenty who wrote to it"
+    assert in_inbox(correspondents, run) == 20
+    assert in_inbox(readers[3:], run) == 0

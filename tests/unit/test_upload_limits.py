@@ -91,7 +91,7 @@ class Unreadable(io.RawIOBase):
         pytest.param(
             {"PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES": 1500},
             [("a.bin", b"a" * 800), ("b.bin", b"b" * 800)],
-            "over the 1.5 KB limit for one message",
+            "over the 1.5 KiB limit for one message",
             id="over-per-message",
         ),
         pytest.param(
@@ -164,8 +164,8 @@ def test_an_oversized_api_request_is_refused_before_its_body_is_read(alice: User
     assert response.status_code == 413
     body = response.json()
     assert body["error"] == "too_large"
-    assert "over the 5.0 MB limit" in body["detail"]  # 1 MiB + 3 MiB in base64
-    assert "3.0 MB of attachments" in body["detail"]
+    assert "over the 5.0 MiB limit" in body["detail"]  # 1 MiB + 3 MiB in base64
+    assert "3.0 MiB of attachments" in body["detail"]
     assert Unreadable.reads == 0
     assert not Message.objects.exists()
 
@@ -234,7 +234,7 @@ def attach(web: Client, draft: Draft, files: list[tuple[str, bytes]], *, action:
             {"PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES": 1500},
             [("a.bin", b"a" * 800), ("b.bin", b"b" * 800)],
             413,
-            "more than the 1.5 KB limit for one message",
+            "more than the 1.5 KiB limit for one message",
             id="over-per-message",
         ),
         pytest.param(
@@ -333,7 +333,7 @@ def test_a_webmail_upload_is_cut_off_at_the_limit_not_read_to_the_end(
     )
 
     assert response.status_code == 413
-    assert "big.bin is larger than the 64 KB limit for one attachment" in response.content.decode()
+    assert "big.bin is larger than the 64 KiB limit for one attachment" in response.content.decode()
     assert body.read_bytes < MiB  # stopped soon after the limit, not at the end of the 4 MiB
     assert not Blob.objects.exists() and not stored_files(media)
     assert 'value="Typed, not saved"' in response.content.decode()  # shown again as typed...
@@ -361,7 +361,7 @@ def test_an_oversized_webmail_request_is_refused_before_its_body_is_read(
 
     assert response.status_code == 413
     page = response.content.decode().replace("\xa0", " ")
-    assert "Nothing was attached: the upload is 4.0 MB, more than the 2.0 MB limit for one message" in page
+    assert "Nothing was attached: the upload is 4.0 MiB, more than the 2.0 MiB limit for one message" in page
     assert "Kept as it was" in page  # the draft page, with the error on it
     assert Unreadable.reads == 0
     draft.refresh_from_db()

@@ -658,13 +658,16 @@ def test_autosave_while_the_message_is_being_sent_changes_nothing_and_says_so(we
     assert draft.subject == "Going out"
 
 
-def test_reply_to_a_withdrawn_message_says_why_there_is_no_quote(web: Client, alice: User) -> None:
+@pytest.mark.parametrize("action", ["reply", "forward"])
+def test_a_withdrawn_message_offers_no_reply_or_forward(web: Client, alice: User, action: str) -> None:
     entry = InboxEntryFactory(owner=alice, subject="Oops", state=EntryState.WITHDRAWN)
 
-    response = web.post(url("reply", entry.pk), follow=True)
+    page = web.get(f"/mail/entry/{entry.pk}/").content.decode()
+    response = web.post(url(action, entry.pk), follow=True)
 
-    assert "The message was withdrawn by the sender, so the reply does not quote it." in page_text(response)
-    assert Draft.objects.get(owner=alice).subject == "Re: Oops"
+    assert url("reply", entry.pk) not in page and url("forward", entry.pk) not in page
+    assert "The sender withdrew this message: there is nothing to reply to or forward." in page_text(response)
+    assert not Draft.objects.exists()
 
 
 def test_the_sweep_forgets_drafts_sent_more_than_an_hour_ago(alice: User, bob: User) -> None:

@@ -37,7 +37,11 @@ def row_ids(response) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def flash(response) -> list[str]:  # type: ignore[no-untyped-def]
-    return [str(m) for m in response.context["messages"]] if response.context else []
+    """What the page says happened: its messages, and the text of its Undo notice."""
+    if not response.context:
+        return []
+    notice = response.context.get("undo_notice")
+    return [str(m) for m in response.context["messages"]] + ([notice.text] if notice else [])
 
 
 def page_title(response) -> str:  # type: ignore[no-untyped-def]
@@ -107,7 +111,7 @@ def test_row_shows_sender_name_subject_size_at_senders_withdrawn_and_paperclip(
 ) -> None:
     bob.display_name = "Bob Builder"
     bob.save(update_fields=["display_name"])
-    # 12 KB of body and 2 MB of attachments: the row says what opening everything would pull.
+    # 12 KiB of body and 2 MiB of attachments: the row says what opening everything would pull.
     unfetched = entry(alice, size=12 * 1024, has_attachments=True, attachments_size=2 * 1024**2, subject="Plans")
     fetched = entry(alice, state=EntryState.FETCHED, sender=bob.email, subject="Lunch", read=True)
     withdrawn = entry(alice, state=EntryState.WITHDRAWN, subject="Oops")
@@ -115,7 +119,9 @@ def test_row_shows_sender_name_subject_size_at_senders_withdrawn_and_paperclip(
     row_re = r'<tr data-testid="message-row" data-entry-id="(\d+)".*?</tr>'
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(row_re, html, re.S)}
     assert 'data-state="notified"' in rows[unfetched.pk]
-    assert "at sender's · 2.0 MB" in rows[unfetched.pk]
+    assert "at sender's" in rows[unfetched.pk]
+    # One size per row, in binary units: body and attachments together.
+    assert rows[unfetched.pk].count("MiB") == 1 and '<td class="size">2.0 MiB</td>' in rows[unfetched.pk]
     assert "Has attachments" in rows[unfetched.pk]
     assert "unread" in rows[unfetched.pk].split(">")[0]
     assert "Bob Builder" in rows[fetched.pk] and "at sender's" not in rows[fetched.pk]

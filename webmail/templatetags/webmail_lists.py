@@ -36,7 +36,7 @@ def maildate(value: datetime | None) -> str:
 
 @register.filter
 def mailsize(value: int | None) -> str:
-    """12 KB, 1.4 MB, 820 bytes (pushmail_site.sizes), with a no-break space so it never wraps apart."""
+    """12 KiB, 1.4 MiB, 820 bytes (pushmail_site.sizes), with a no-break space so it never wraps apart."""
     return human_size(int(value or 0)).replace(" ", "\xa0")
 
 

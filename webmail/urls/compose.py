@@ -7,6 +7,7 @@ from webmail.views import compose
 urlpatterns = [
     path("compose/", compose.compose, name="compose"),
     path("compose/contacts/", compose.contacts, name="contacts"),
+    path("compose/reach/", compose.recipient_reach, name="compose-reach"),
     path("compose/<int:draft_id>/", compose.draft, name="draft"),
     path("compose/<int:draft_id>/save/", compose.draft_save, name="draft-save"),
     path("compose/<int:draft_id>/attach/", compose.draft_attach, name="draft-attach"),

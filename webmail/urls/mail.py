@@ -2,7 +2,7 @@
 
 from django.urls import URLPattern, path, register_converter
 
-from webmail.views import mail
+from webmail.views import mail, undo
 
 
 class FolderConverter:
@@ -31,6 +31,7 @@ urlpatterns: list[URLPattern] = [
     path("mail/bulk/", mail.bulk_action, name="bulk-action"),
     path("mail/entry/<int:entry_id>/action/", mail.entry_action, name="entry-action"),
     path("mail/trash/empty/", mail.empty_trash, name="empty-trash"),
+    path("mail/undo/", undo.undo, name="undo"),
     path("mail/<mailfolder:folder>/", mail.folder, name="folder"),
     path("mail/<mailfolder:folder>/updates/", mail.folder_updates, name="folder-updates"),
 ]

@@ -15,7 +15,7 @@ from urllib.parse import urlencode, urlsplit
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -27,10 +27,13 @@ from django_htmx.http import HttpResponseClientRedirect
 from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox import replies
+from mailbox.models import EntryState
 from mailbox.selectors import correspondents_for, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
+from outbox.reach import domains_in, reach_of
 from outbox.selectors import drafts_for, open_drafts_for, sent_messages_for
+from webmail import undo
 
 if TYPE_CHECKING:
     from outbox.models import DraftAttachment
@@ -45,6 +48,7 @@ View = Callable[..., HttpResponse]
 
 SESSION_EXPIRED = "Your session has expired, so nothing was sent or saved. Sign in again, then repeat the last step."
 LOCKED = "This message is being sent: press Undo to change it."
+WITHDRAWN = "The sender withdrew this message: there is nothing to reply to or forward."
 
 
 def signed_in(view: View) -> View:
@@ -76,6 +80,30 @@ def _same_site_path(request: HtmxRequest) -> str | None:
         parts = urlsplit(referer)
         return parts.path + (f"?{parts.query}" if parts.query else "")
     return None
+
+
+def _origin(request: HtmxRequest) -> str:
+    """Where the person was before composing, to go back to after Send: the form's or link's
+    ``next``, else the page that opened compose (a reply's message, Drafts), else the inbox."""
+    # Not compose itself (new messages and drafts alike are under it), nor the sign-in pages.
+    not_back = (reverse("webmail:compose"), reverse("account_login").rstrip("/").rsplit("/", 1)[0] + "/")
+    for candidate in (request.POST.get("next", ""), request.GET.get("next", ""), _same_site_path(request) or ""):
+        if (
+            candidate.startswith("/")
+            and not candidate.startswith(not_back)
+            and url_has_allowed_host_and_scheme(candidate, allowed_hosts={request.get_host()})
+        ):
+            return candidate
+    return reverse("webmail:folder", args=["inbox"])
+
+
+def _to_draft(request: HtmxRequest, draft_id: int) -> HttpResponse:
+    """The draft's page, still knowing where to go back to after Send."""
+    url = reverse("webmail:draft", args=[draft_id])
+    back = _origin(request)
+    if back == reverse("webmail:folder", args=["inbox"]):
+        return HttpResponseRedirect(url)  # where Send goes back to anyway
+    return HttpResponseRedirect(f"{url}?{urlencode({'next': back})}")
 
 
 def _draft(request: AuthedRequest, draft_id: int) -> Draft:
@@ -141,6 +169,8 @@ def _render_draft(
         "errors": _errors(error) if error else [],
         "invalid": _invalid(error) if error else set(),
         "undo": _undo_context(item),
+        "back": _origin(request),
+        "attached_bytes": sum(attachment.size for attachment in attachments),
         "max_file": settings.PUSHMAIL_MAX_ATTACHMENT_BYTES,
         "max_total": settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES,
     }
@@ -233,6 +263,11 @@ def _untouched(request: AuthedRequest) -> bool:
     return empty and text == blank.text.strip() and not post.get("markdown")
 
 
+def _discardable(item: Draft) -> bool:
+    """A new message's draft that holds nothing worth keeping once its form is empty again."""
+    return item.state == DraftState.DRAFT and not item.in_reply_to and not item.attachments.exists()
+
+
 def _save_from_post(request: AuthedRequest, item: Draft) -> Draft:
     post = request.POST
     return drafts_service.update_draft(
@@ -250,10 +285,22 @@ def _save_from_post(request: AuthedRequest, item: Draft) -> Draft:
 @signed_in
 @takes_uploads(discard=True)
 def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UUID | None = None) -> HttpResponse:
-    """Autosave (htmx) or the Save draft button; a new message's first save makes its draft."""
-    if request.htmx and _target(request, draft_id, key, create=False) is None and _untouched(request):
-        # An autosave of a form nobody has written in yet (a Tab through it): nothing to keep.
-        return HttpResponse("")
+    """Autosave (htmx) or the Save draft button; a new message's first real change makes its draft.
+
+    A new message's form that is untouched again (nothing written, or all of it erased) keeps
+    no draft: the one its first change made is discarded, and the next change makes it again.
+    """
+    existing = _target(request, draft_id, key, create=False)
+    if key is not None and _untouched(request) and (existing is None or _discardable(existing)):
+        if existing is not None:
+            drafts_service.delete_draft(draft=existing)
+        if request.htmx:
+            response = HttpResponse("")
+            if existing is not None:
+                response["HX-Replace-Url"] = reverse("webmail:compose")  # a reload opens a new message
+            return response
+        messages.info(request, "Nothing to save: the message is empty, so no draft was kept.")
+        return HttpResponseRedirect(_origin(request))
     item = _target(request, draft_id, key, create=True)
     assert item is not None
     try:
@@ -263,7 +310,7 @@ def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
             # 200 so htmx shows it in the status line (it does not swap error responses).
             return HttpResponse(f'<span class="save-error">Not saved. {LOCKED}</span>')
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     if request.htmx:
         response = render(request, "webmail/compose/_saved.html", {"draft": item})
         if draft_id is None:
@@ -271,7 +318,7 @@ def draft_save(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
             response["HX-Replace-Url"] = reverse("webmail:draft", args=[item.pk])
         return response
     messages.success(request, "Draft saved.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -288,14 +335,14 @@ def draft_attach(request: AuthedRequest, draft_id: int | None = None, key: uuid.
         added = drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     except ValidationError as exc:
         return _render_draft(request, item, error=exc, status=400)
     if added:
         messages.success(request, "Attached: " + ", ".join(a.name for a in added) + ".")
     else:
         messages.info(request, "Choose one or more files to attach.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -309,9 +356,9 @@ def draft_attachment_remove(request: AuthedRequest, draft_id: int, attachment_id
         drafts_service.remove_attachment(draft=item, attachment_id=attachment.pk)
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.success(request, f"Removed {attachment.name}.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_POST
@@ -321,14 +368,14 @@ def draft_delete(request: AuthedRequest, draft_id: int | None = None, key: uuid.
     item = _target(request, draft_id, key, create=False)
     if item is None:  # a new message never saved: nothing to delete
         messages.success(request, "Message discarded.")
-        return redirect("webmail:drafts")
+        return HttpResponseRedirect(_origin(request))
     try:
         drafts_service.delete_draft(draft=item)
     except drafts_service.DraftLocked:
         messages.warning(request, LOCKED)
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.success(request, "Draft deleted.")
-    return redirect("webmail:drafts")
+    return HttpResponseRedirect(_origin(request))
 
 
 # --- Send and undo ------------------------------------------------------------------------
@@ -345,17 +392,20 @@ def draft_send(request: AuthedRequest, draft_id: int | None = None, key: uuid.UU
     item = _target(request, draft_id, key, create=True)
     assert item is not None
     if item.state != DraftState.DRAFT:
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     try:
         item = _save_from_post(request, item)
         drafts_service.add_attachments(draft=item, files=request.FILES.getlist("files"))
         item = drafts_service.queue_send(draft=item)
     except drafts_service.DraftLocked:
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     except ValidationError as exc:
         item.refresh_from_db()
         return _render_draft(request, item, error=exc, status=400)
-    return redirect("webmail:draft", draft_id=item.pk)
+    # Back where the person was, at once; the notice there can still stop the send.
+    assert item.send_at is not None
+    undo.offer(request.session, kind=undo.SEND, text="", data={"draft": item.pk}, until=item.send_at)
+    return HttpResponseRedirect(_origin(request))
 
 
 @require_POST
@@ -364,9 +414,9 @@ def draft_undo(request: AuthedRequest, draft_id: int) -> HttpResponse:
     item = _draft(request, draft_id)
     if drafts_service.undo_send(draft=item):
         messages.success(request, "Sending cancelled. The message is back in Drafts.")
-        return redirect("webmail:draft", draft_id=item.pk)
+        return _to_draft(request, item.pk)
     messages.warning(request, "Too late to undo: the message has already been sent.")
-    return redirect("webmail:draft", draft_id=item.pk)
+    return _to_draft(request, item.pk)
 
 
 @require_GET
@@ -390,7 +440,7 @@ def draft_status(request: AuthedRequest, draft_id: int) -> HttpResponse:
 def _open(request: AuthedRequest, prepared: drafts_service.Prepared) -> HttpResponse:
     for note in prepared.notes:
         messages.info(request, note)
-    return redirect("webmail:draft", draft_id=prepared.draft.pk)
+    return _to_draft(request, prepared.draft.pk)
 
 
 def _entry(request: AuthedRequest, entry_id: int) -> Any:
@@ -412,6 +462,9 @@ def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
         return redirect("webmail:entry", entry_id=entry.pk)
+    if entry.state == EntryState.WITHDRAWN:
+        messages.error(request, WITHDRAWN)
+        return redirect("webmail:entry", entry_id=entry.pk)
     reply_all = request.POST.get("all") == "1"
     return _open(
         request,
@@ -428,6 +481,9 @@ def reply(request: AuthedRequest, entry_id: int) -> HttpResponse:
 def forward(request: AuthedRequest, entry_id: int) -> HttpResponse:
     entry = _entry(request, entry_id)
     if request.method == "GET":
+        return redirect("webmail:entry", entry_id=entry.pk)
+    if entry.state == EntryState.WITHDRAWN:
+        messages.error(request, WITHDRAWN)
         return redirect("webmail:entry", entry_id=entry.pk)
     return _open(
         request,
@@ -477,3 +533,31 @@ def contacts(request: AuthedRequest) -> HttpResponse:
     if request.htmx:
         return render(request, "webmail/compose/_contacts.html", {"options": [prefix + a for a in found]})
     return JsonResponse({"query": query, "contacts": found})
+
+
+@require_GET
+@signed_in
+def recipient_reach(request: AuthedRequest) -> HttpResponse:
+    """How the recipients of one address field would be reached: an htmx partial marking the ones
+    that go by ordinary email (SMTP) or could not be checked; JSON with every domain otherwise.
+
+    The field comes as ``to``, ``cc`` or ``bcc`` (the input's own name, as htmx sends it) or ``q``.
+    Answers come from discovery's caches; a domain not known yet is waited for a moment at most.
+    """
+    raw = next((request.GET[k] for k in ("to", "cc", "bcc", "q") if k in request.GET), "")[:4000]
+    by_domain = domains_in(raw)
+    answers = reach_of(list(by_domain))
+    if request.htmx:
+        marked = [
+            {"domain": a.domain, "kind": a.kind, "note": a.note, "addresses": by_domain[a.domain]}
+            for a in answers
+            if a.note
+        ]
+        return render(request, "webmail/compose/_reach.html", {"marked": marked})
+    return JsonResponse(
+        {
+            "domains": [
+                {"domain": a.domain, "reach": a.kind, "note": a.note, "addresses": by_domain[a.domain]} for a in answers
+            ]
+        }
+    )

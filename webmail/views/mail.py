@@ -25,7 +25,7 @@ from outbox import selectors as outbox_selectors
 from outbox import services as sent_copies
 from outbox.models import Message
 from reputation import services as reputation
-from webmail import lists
+from webmail import lists, undo
 from webmail.templatetags.webmail_lists import unread_badge
 
 if TYPE_CHECKING:
@@ -242,6 +242,7 @@ def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
         "unstar": lambda: f"{_plural(folders.star(user=user, entry_ids=ids, starred=False))} unstarred.",
     }
     verb, _, arg = action.partition(":")
+    before = undo.snapshot(user=user, action=action, entry_ids=ids)
 
     def label() -> str:
         n = folders.apply_label(user=user, entry_ids=ids, label_id=arg)
@@ -252,13 +253,16 @@ def _apply(request: AuthedRequest, action: str, ids: list[str]) -> None:
         return f"Label removed from {_plural(len(set(ids)))}."
 
     if arg and verb in ("label", "unlabel"):
-        _report(request, label if verb == "label" else unlabel)
+        _report(request, label if verb == "label" else unlabel, before)
     else:
-        _report(request, handlers.get(action))
+        _report(request, handlers.get(action), before)
 
 
-def _report(request: HttpRequest, run: Callable[[], str] | None) -> None:
-    """Run the chosen action and say what it did; an unknown action, or a refused selection, changes nothing."""
+def _report(request: HttpRequest, run: Callable[[], str] | None, before: dict[str, object] | None = None) -> None:
+    """Run the chosen action and say what it did; an unknown action, or a refused selection, changes nothing.
+
+    With ``before`` (what the entries were, webmail.undo.snapshot) the saying comes with an Undo button.
+    """
     if run is None:
         messages.error(request, "That action is not available. Nothing was changed.")
         return
@@ -269,6 +273,9 @@ def _report(request: HttpRequest, run: Callable[[], str] | None) -> None:
         return
     except reputation.ReportRefused as refused:
         messages.error(request, f"{refused.detail} Nothing was changed.")
+        return
+    if before is not None:
+        undo.offer(request.session, kind=undo.ENTRIES, text=text, data=before)
         return
     messages.success(request, text)
 
@@ -302,7 +309,7 @@ def entry_action(request: AuthedRequest, entry_id: int) -> HttpResponse:
     action = request.POST.get("action", "")
     _apply(request, action, [str(entry.pk)])
     # After archive, delete and friends the message has left the folder: back to that folder.
-    stays = action in ("read", "star", "unstar") or action.startswith(("label:", "unlabel:"))
+    stays = action in ("read", "star", "unstar", "label") or action.startswith(("label:", "unlabel:"))
     default = _folder_url(entry.folder)
     if stays:
         default = reverse("webmail:entry", args=[entry.pk])

@@ -16,6 +16,7 @@ from accounts.http import AuthedRequest
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
 from mailbox.services import open_entry, retry_fetch_now
+from outbox.reach import withdrawal_scope
 from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
 from webmail import reading
@@ -70,6 +71,7 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
             "thread": thread,
             "plain": request.GET.get("plain") == "1",
             "actions": _actions(item),
+            "labels": list(item.labels.order_by("name")),
             **_state_context(item, body),
         },
     )
@@ -109,6 +111,7 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     rows = reading.delivery_rows(message)
     # Readers on this instance read the stored message: only remote domains have an offer to end.
     remote = any(not row["delivery"].local for row in rows)
+    attachment_items = attachment_items_for_message(message)
     return render(
         request,
         "webmail/reading/sent.html",
@@ -117,7 +120,9 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
             "offer_end": message.offer_end() if remote else None,
             "body": reading.message_body(message),
             "rows": rows,
-            "attachment_items": attachment_items_for_message(message),
+            "scope": withdrawal_scope(message),
+            "attachment_items": attachment_items,
+            "attachments_size": sum(item.size for item in attachment_items),
             "compose_key": str(uuid.uuid4()),
         },
     )
@@ -131,7 +136,16 @@ def sent_withdraw(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse
     if request.method == "GET" or message.withdrawn_at:
         if message.withdrawn_at:
             return redirect("webmail:sent-message", message_id=message.pk)
-        return render(request, "webmail/reading/withdraw_confirm.html", {"message": message})
+        return render(
+            request, "webmail/reading/withdraw_confirm.html", {"message": message, "scope": withdrawal_scope(message)}
+        )
     withdraw_message(message=message)
-    messages.success(request, "Message withdrawn. Recipients who have not opened it can no longer read it.")
+    scope = withdrawal_scope(message)
+    done = "Message withdrawn. Recipients who have not opened it can no longer read it."
+    if scope.smtp:
+        done = (
+            f"Message withdrawn from {', '.join(scope.pushmail)}: recipients there who have not opened it can no "
+            f"longer read it. Copies sent by ordinary email (SMTP) to {', '.join(scope.smtp)} cannot be withdrawn."
+        )
+    messages.success(request, done)
     return redirect("webmail:sent-message", message_id=message.pk)

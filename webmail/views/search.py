@@ -17,6 +17,7 @@ from accounts.models import User
 from mailbox import search
 from mailbox.models import Folder, InboxEntry, Label
 from mailbox.selectors import body_at_sender
+from webmail.lists import with_total_size
 
 if TYPE_CHECKING:
     from webmail.rows import ListedEntry
@@ -103,7 +104,7 @@ def search_view(request: AuthedRequest) -> HttpResponse:
         }
         rows: QuerySet[Any]
         if data["folder"] == SENT:
-            rows = search.search_sent(**filters)
+            rows = with_total_size(search.search_sent(**filters))
         else:
             rows = search.search_entries(folder=data["folder"], **filters).prefetch_related(
                 Prefetch("labels", queryset=Label.objects.order_by("name"), to_attr="label_list")
