@@ -32,13 +32,18 @@ from mailbox.states import BODY_AT_SENDER
 __all__ = [
     "BodyNotHereYet",
     "DropItem",
+    "FetchAsked",
+    "begin_download",
     "download",
+    "fetch_settled",
+    "finish_download",
     "headers_only",
     "list_maildrop",
     "trash",
 ]
 
-_POLL_SECONDS = 0.2
+# How often a waiting download looks for the fetch's outcome.
+POLL_SECONDS = 0.2
 
 # What a reader is told instead of a body that will never come.
 _GONE_TEXT = {
@@ -121,34 +126,48 @@ def _settled(remote: RemoteMessage, asked_at: float) -> bool:
     return remote.next_attempt_at is None or abs((remote.next_attempt_at - claimed_until).total_seconds()) > 1
 
 
-def _wait_for_body(remote_id: int, wait: float) -> None:
-    """Ask for the fetch (now, skipping a pending backoff) and wait for its outcome up to ``wait`` seconds."""
-    asked_at = timezone.now().timestamp()
-    fetching.request_fetch(remote_id=remote_id, now=True)
-    deadline = time.monotonic() + wait
-    while True:
-        remote = RemoteMessage.objects.only("state", "last_attempt_at", "next_attempt_at").get(pk=remote_id)
-        if _settled(remote, asked_at) or time.monotonic() >= deadline:
-            return
-        time.sleep(_POLL_SECONDS)
+@dataclass(frozen=True)
+class FetchAsked:
+    """A download that waits for its body: the fetch asked for, and when (to tell its outcome from older ones)."""
+
+    remote_id: int
+    asked_at: float
 
 
-def download(*, user_id: int, entry_id: int) -> bytes:
-    """The message as RFC 5322 bytes, exactly as its .eml download; marks it read, as opening it does.
+def begin_download(*, user_id: int, entry_id: int) -> bytes | FetchAsked:
+    """The message's bytes (:func:`finish_download`) when its body is here; else ask for the fetch.
 
-    Raises :class:`BodyNotHereYet` when the body is still at the sender's after the wait,
-    and ``LookupError`` when the entry is gone (deleted meanwhile).
+    Asking opens the entry as the webmail does (it is marked read) and skips a pending backoff,
+    as "Try again now" does: the program is waiting. ``LookupError`` when the entry is gone.
     """
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
-    if entry.remote_id is not None and entry.state in BODY_AT_SENDER:
-        with transaction.atomic():
-            fetching.open_entry(entry=entry)
-        _wait_for_body(entry.remote_id, settings.PUSHMAIL_LEGACY_FETCH_WAIT)
-        entry = _entry(user_id, entry_id)
-        if entry is None:
-            raise LookupError(entry_id)
+    if entry.remote_id is None or entry.state not in BODY_AT_SENDER:
+        return finish_download(user_id=user_id, entry_id=entry_id)
+    asked_at = timezone.now().timestamp()
+    with transaction.atomic():
+        fetching.open_entry(entry=entry)
+    fetching.request_fetch(remote_id=entry.remote_id, now=True)
+    return FetchAsked(remote_id=entry.remote_id, asked_at=asked_at)
+
+
+def fetch_settled(asked: FetchAsked) -> bool:
+    """Whether the fetch asked for has an outcome yet (one small query; the caller polls)."""
+    remote = RemoteMessage.objects.only("state", "last_attempt_at", "next_attempt_at").filter(pk=asked.remote_id)
+    found = remote.first()
+    return found is None or _settled(found, asked.asked_at)
+
+
+def finish_download(*, user_id: int, entry_id: int) -> bytes:
+    """The message as RFC 5322 bytes, exactly as its .eml download; marks it read, as opening it does.
+
+    Raises :class:`BodyNotHereYet` while the body is still at the sender's, and
+    ``LookupError`` when the entry is gone (deleted meanwhile).
+    """
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
     if entry.state in BODY_AT_SENDER:
         raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
     with transaction.atomic():
@@ -157,6 +176,19 @@ def download(*, user_id: int, entry_id: int) -> bytes:
     if eml is None:
         return _system_message(entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown."))
     return eml
+
+
+def download(*, user_id: int, entry_id: int, wait: float | None = None) -> bytes:
+    """:func:`begin_download`, waiting in this thread for the fetch up to ``wait`` seconds
+    (``PUSHMAIL_LEGACY_FETCH_WAIT``), then :func:`finish_download`. The server waits without
+    holding a thread (mailaccess.pop3); this is the same sequence for a caller that may block."""
+    started = begin_download(user_id=user_id, entry_id=entry_id)
+    if isinstance(started, bytes):
+        return started
+    deadline = time.monotonic() + (settings.PUSHMAIL_LEGACY_FETCH_WAIT if wait is None else wait)
+    while not fetch_settled(started) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    return finish_download(user_id=user_id, entry_id=entry_id)
 
 
 def headers_only(*, user_id: int, entry_id: int) -> bytes:

@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db import close_old_connections
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.ssl import ContextFactory
 from twisted.internet.threads import deferToThread
@@ -257,12 +259,32 @@ class PushmailPOP3(pop3.POP3):
 
         return self._longOperation(self._coiterate(gen()))
 
+    def _message(self, entry_id: int) -> defer.Deferred[bytes]:
+        """The message's bytes; a body at the sender's is fetched and waited for up to
+        ``PUSHMAIL_LEGACY_FETCH_WAIT`` seconds, polling from the reactor so no thread is held meanwhile."""
+        assert self.session is not None
+        user_id = self.session.user_id
+        clock: Any = self.factory.clock
+        deadline = clock.seconds() + settings.PUSHMAIL_LEGACY_FETCH_WAIT
+
+        def wait(asked: maildrop.FetchAsked) -> defer.Deferred[Any]:
+            def settled(done: bool) -> Any:
+                if done or clock.seconds() >= deadline or self.session is None:
+                    return self._in_thread(maildrop.finish_download, user_id=user_id, entry_id=entry_id)
+                return task.deferLater(clock, maildrop.POLL_SECONDS, wait, asked)
+
+            return self._in_thread(maildrop.fetch_settled, asked=asked).addCallback(settled)
+
+        def started(result: bytes | maildrop.FetchAsked) -> Any:
+            return result if isinstance(result, bytes) else wait(result)
+
+        return self._in_thread(maildrop.begin_download, user_id=user_id, entry_id=entry_id).addCallback(started)
+
     def do_RETR(self, number: bytes) -> Any:
         found = self._item(number)
         if found is None:
             return None
-        assert self.session is not None
-        d = self._in_thread(maildrop.download, user_id=self.session.user_id, entry_id=found[1].entry_id)
+        d = self._message(found[1].entry_id)
         d.addCallback(lambda eml: self._send_message(eml, b"%d octets" % len(eml)))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
@@ -279,8 +301,10 @@ class PushmailPOP3(pop3.POP3):
         if found is None:
             return None
         assert self.session is not None
-        kwargs = {"user_id": self.session.user_id, "entry_id": found[1].entry_id}
-        d = self._in_thread(maildrop.headers_only if count == 0 else maildrop.download, **kwargs)
+        if count == 0:
+            d = self._in_thread(maildrop.headers_only, user_id=self.session.user_id, entry_id=found[1].entry_id)
+        else:
+            d = self._message(found[1].entry_id)
         d.addCallback(lambda eml: self._send_message(_top(eml, count), b"Top of message follows"))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
@@ -365,10 +389,12 @@ def _sign_in(*, login: str, password: str, client_ip: str) -> tuple[str, _Sessio
 
 
 class POP3Factory(Factory):
-    """Makes a :class:`PushmailPOP3` per connection; ``tls`` is the context STLS switches to (None: no STLS)."""
+    """Makes a :class:`PushmailPOP3` per connection; ``tls`` is the context STLS switches to (None: no STLS),
+    ``clock`` the reactor that times a download's wait for its fetch."""
 
     protocol = PushmailPOP3  # type: ignore[assignment]
     noisy = False
 
-    def __init__(self, *, tls: ContextFactory | None) -> None:
+    def __init__(self, *, tls: ContextFactory | None, clock: IReactorTime) -> None:
         self.tls = tls
+        self.clock = clock

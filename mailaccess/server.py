@@ -8,6 +8,7 @@ reactor's thread pool, never from the reactor thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from twisted.internet import ssl
@@ -44,17 +45,16 @@ def tls_context() -> ssl.DefaultOpenSSLContextFactory | None:
     return ssl.DefaultOpenSSLContextFactory(key, cert)
 
 
-def start_listening(reactor: object) -> list[tuple[Listener, IListeningPort]]:
+def start_listening(reactor: Any) -> list[tuple[Listener, IListeningPort]]:
     """Open every configured port on ``reactor``; raises (before serving anything) on a bad setting."""
     tls = tls_context()
     host, port = listen_address(settings.PUSHMAIL_POP3_LISTEN, setting="PUSHMAIL_POP3_LISTEN")
-    started: list[tuple[Listener, IListeningPort]] = []
-    started.append(
+    started: list[tuple[Listener, IListeningPort]] = [
         (
             Listener("pop3", host, port, "stls" if tls else "none"),
-            reactor.listenTCP(port, POP3Factory(tls=tls), interface=host),  # type: ignore[attr-defined]
+            reactor.listenTCP(port, POP3Factory(tls=tls, clock=reactor), interface=host),
         )
-    )
+    ]
     if settings.PUSHMAIL_POP3_TLS_LISTEN:
         if tls is None:
             raise ValueError("PUSHMAIL_POP3_TLS_LISTEN needs PUSHMAIL_MAILACCESS_TLS_CERT and _KEY")
@@ -62,7 +62,7 @@ def start_listening(reactor: object) -> list[tuple[Listener, IListeningPort]]:
         started.append(
             (
                 Listener("pop3", host, port, "implicit"),
-                reactor.listenSSL(port, POP3Factory(tls=None), tls, interface=host),  # type: ignore[attr-defined]
+                reactor.listenSSL(port, POP3Factory(tls=None, clock=reactor), tls, interface=host),
             )
         )
     return started
