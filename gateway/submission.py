@@ -28,18 +28,16 @@ from __future__ import annotations
 import email
 import email.errors
 import email.policy
-import hashlib
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 
 from django.conf import settings
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from accounts.mail_logins import check_mail_login
 from accounts.models import User
-from accounts.services import app_password_user
 from accounts.validators import normalize_address
 from attachments.services import AttachmentInput, check_new_files, store_upload, storing_atomically
 from outbox import services as outbox_services
@@ -108,39 +106,20 @@ def mail_program_settings() -> MailProgramSettings:
 # --- AUTH ---------------------------------------------------------------------------------------
 
 
-def _failure_keys(*, login: str, client_ip: str) -> list[tuple[str, int]]:
-    account = hashlib.sha256(login.strip().lower().encode("utf-8", "replace")).hexdigest()
-    return [
-        (f"submission-auth-failures:client:{client_ip}", settings.PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT),
-        (f"submission-auth-failures:account:{account}", settings.PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT),
-    ]
-
-
-def _count_failure(key: str) -> None:
-    window = settings.PUSHMAIL_SUBMISSION_AUTH_WINDOW
-    cache.add(key, 0, timeout=window)  # the window starts at the first failure
-    try:
-        cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=window)
-
-
 def check_login(*, login: str, password: str, client_ip: str) -> tuple[Login | None, Reply]:
     """The answer to AUTH with ``login`` (an address) and ``password`` (one of its app passwords).
 
     Failures count per client address and per account name in the shared cache,
-    so every submission process sees them; past either limit the password is not
-    checked until the window ends. An unknown address and a wrong password get
-    the same 535.
+    together with POP3's (accounts.mail_logins); past either limit the password
+    is not checked until the window ends. An unknown address and a wrong
+    password get the same 535.
     """
-    keys = _failure_keys(login=login, client_ip=client_ip)
-    if any(int(cache.get(key, 0)) >= limit for key, limit in keys):
+    outcome = check_mail_login(login=login, password=password, client_ip=client_ip)
+    if outcome.throttled:
         log.warning("submission AUTH refused: too many failures (client %s)", client_ip)
         return None, Reply(454, "4.7.0 Too many failed logins; try again later")
-    user = app_password_user(address=login, password=password)
+    user = outcome.user
     if user is None:
-        for key, _limit in keys:
-            _count_failure(key)
         log.warning("submission AUTH failed from %s", client_ip)
         return None, INVALID_LOGIN
     return Login(user_id=user.pk, address=user.email), Reply(235, "2.7.0 Authentication successful")

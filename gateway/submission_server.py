@@ -11,7 +11,6 @@ gateway.submission.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import threading
@@ -24,6 +23,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from django.conf import settings
 from django.db import close_old_connections, connections
 
+from accounts.mail_logins import plaintext_auth_allowed
 from accounts.validators import normalize_address
 
 from . import submission
@@ -35,17 +35,6 @@ __all__ = ["SubmissionController", "SubmissionHandler", "listen_address", "plain
 log = logging.getLogger(__name__)
 
 _PENDING = "pending"  # an AuthResult whose credentials are still to be checked off the event loop
-
-
-def plaintext_auth_allowed(peer_ip: str) -> bool:
-    """AUTH without TLS only from loopback: a password never crosses a network in the clear."""
-    try:
-        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback  # 127.0.0.1 seen by a dual-stack [::] listener
-    return address.is_loopback
 
 
 def tls_context() -> ssl.SSLContext | None:

@@ -143,6 +143,7 @@ INSTALLED_APPS = [
     "reputation",
     "attachments",
     "gateway",
+    "mailaccess",
     "webmail",
 ]
 
@@ -562,6 +563,19 @@ PUSHMAIL_SUBMISSION_MAX_BYTES = env_int("PUSHMAIL_SUBMISSION_MAX_BYTES", 35 * 10
 PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_CLIENT", 10)
 PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT = env_int("PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT", 20)
 PUSHMAIL_SUBMISSION_AUTH_WINDOW = env_int("PUSHMAIL_SUBMISSION_AUTH_WINDOW", 15 * 60)
+# Mail access for mail programs (mailaccess/, `manage.py mailaccess`): POP3 signed in with an app password.
+# STLS on PUSHMAIL_POP3_LISTEN (110 in production) and implicit TLS on PUSHMAIL_POP3_TLS_LISTEN (995; empty:
+# not served) with this certificate (default: the submission server's). Without a certificate only a program
+# on this machine (loopback) may sign in. Failed sign-ins count with submission's (PUSHMAIL_SUBMISSION_AUTH_*).
+PUSHMAIL_POP3_LISTEN = os.environ.get("PUSHMAIL_POP3_LISTEN", "127.0.0.1:1110")
+PUSHMAIL_POP3_TLS_LISTEN = os.environ.get("PUSHMAIL_POP3_TLS_LISTEN", "")
+PUSHMAIL_MAILACCESS_TLS_CERT = os.environ.get("PUSHMAIL_MAILACCESS_TLS_CERT", PUSHMAIL_SUBMISSION_TLS_CERT)
+PUSHMAIL_MAILACCESS_TLS_KEY = os.environ.get("PUSHMAIL_MAILACCESS_TLS_KEY", PUSHMAIL_SUBMISSION_TLS_KEY)
+# How long a mail program's download of a body still at the sender's waits for the fetch (seconds);
+# past it POP3 answers -ERR [SYS/TEMP] and the program tries again later.
+PUSHMAIL_LEGACY_FETCH_WAIT = float(os.environ.get("PUSHMAIL_LEGACY_FETCH_WAIT", "20"))
+# Threads that run the ORM for the mail-access process (each holds at most one database connection).
+PUSHMAIL_MAILACCESS_THREADS = env_int("PUSHMAIL_MAILACCESS_THREADS", 10)
 # Webmail: attachment limits and the image proxy.
 PUSHMAIL_MAX_ATTACHMENT_BYTES = env_int("PUSHMAIL_MAX_ATTACHMENT_BYTES", 20 * 1024 * 1024)
 PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = env_int("PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES", 25 * 1024 * 1024)

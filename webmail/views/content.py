@@ -25,10 +25,10 @@ from django.views.decorators.http import require_GET
 
 from accounts.http import AuthedRequest
 from attachments.models import Blob
-from federation import payloads
 from mailbox import remote_content
 from mailbox.content import ReadableContent, readable_content_for
 from mailbox.eml import EmlAttachment, EmlSource, build_eml, eml_filename
+from mailbox.eml_entries import entry_eml_source
 from mailbox.models import InboxEntry
 from mailbox.sanitize import sanitize_html
 from mailbox.selectors import body_of
@@ -163,26 +163,6 @@ def _message_attachments(message: Message) -> list[EmlAttachment]:
     return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in rows]
 
 
-def _entry_attachments(content: ReadableContent) -> list[EmlAttachment]:
-    """The reader's attachments: bytes only where this message's own fetch (or upload) brought them.
-
-    A blocked type is never handed out, in an export either.
-    """
-    return [
-        EmlAttachment(a.name, a.content_type, a.size, None if a.blocked else _blob_bytes(a.blob))
-        for a in content.attachments
-    ]
-
-
-def _date(value: Any) -> Any:
-    if isinstance(value, str) and value:
-        try:
-            return payloads.parse_time(value, "date")
-        except payloads.PayloadError:
-            return None
-    return value or None
-
-
 def _eml_response(source: EmlSource) -> HttpResponse:
     response = HttpResponse(build_eml(source), content_type="message/rfc822")
     response["Content-Disposition"] = content_disposition_header(True, eml_filename(source.subject))
@@ -207,19 +187,7 @@ def entry_eml(request: AuthedRequest, entry_id: int) -> HttpResponseBase:
         response["Content-Security-Policy"] = INERT_CSP
         _private(response)
         return response
-    source = EmlSource(
-        sender=entry.sender,
-        to=list(body.get("to") or []),
-        cc=list(body.get("cc") or []),
-        subject=entry.subject,
-        date=_date(body.get("date")) or entry.received_at,
-        message_id=str(body.get("message_id") or ""),
-        in_reply_to=str(body.get("in_reply_to") or ""),
-        references=[str(r) for r in body.get("references") or []],
-        text=body.get("text") or "",
-        html=body.get("html"),
-        attachments=_entry_attachments(content),
-    )
+    source = entry_eml_source(entry, content, body)
     return _eml_response(source)
 
 

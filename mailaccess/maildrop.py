@@ -1,0 +1,236 @@
+"""The Inbox as a POP3 maildrop: what a mail program lists, downloads and deletes.
+
+These synchronous functions are called by the POP3 server (mailaccess.pop3) in
+a worker thread, never in the reactor's. The pull on read stays: listing
+(STAT, LIST, UIDL) and ``TOP n 0`` read only what the notification said; a
+download (RETR) of a body still at the sender's asks for the usual fetch (one
+per message, so one per domain) and waits for it up to
+``PUSHMAIL_LEGACY_FETCH_WAIT`` seconds. If the sender does not answer in time
+the download fails with :class:`BodyNotHereYet` (the program is told to try
+later) and nothing is made up. Messages that can no longer be read (withdrawn
+before they were opened, expired, refused) are given as short system messages
+saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from mailbox import fetching, folders
+from mailbox.eml import EmlSource, build_eml
+from mailbox.eml_entries import entry_eml
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
+from mailbox.states import BODY_AT_SENDER
+
+__all__ = [
+    "BodyNotHereYet",
+    "DropItem",
+    "FetchAsked",
+    "begin_download",
+    "download",
+    "fetch_settled",
+    "finish_download",
+    "headers_only",
+    "list_maildrop",
+    "trash",
+]
+
+# How often a waiting download looks for the fetch's outcome.
+POLL_SECONDS = 0.2
+
+# What a reader is told instead of a body that will never come.
+_GONE_TEXT = {
+    EntryState.WITHDRAWN: "The sender withdrew this message before you opened it, so it cannot be read any more.",
+    EntryState.EXPIRED: (
+        "This message expired at the sender's server before it was downloaded, so it cannot be read any more."
+    ),
+    EntryState.TAMPERED: (
+        "This message was not shown: what the sender's server sent did not match what it had announced."
+    ),
+    EntryState.MALFORMED: "This message was not shown: the sender's server sent a body that could not be read.",
+}
+
+
+class BodyNotHereYet(Exception):
+    """The body is still at the sender's: the fetch failed or did not finish in time."""
+
+
+@dataclass(frozen=True)
+class DropItem:
+    """One message of the maildrop as listed: its entry, size (from the notification) and unique id."""
+
+    entry_id: int
+    size: int
+    uid: str
+
+
+def _uid(entry_id: int) -> str:
+    # Stable for the life of the entry and unique on this instance (RFC 1939 §7: 1 to 70 printable characters).
+    return f"pm{entry_id}"
+
+
+def list_maildrop(*, user_id: int) -> list[DropItem]:
+    """The user's Inbox, oldest first, from the notifications alone (no fetch, no body read)."""
+    rows = (
+        InboxEntry.objects.filter(owner_id=user_id, folder=Folder.INBOX)
+        .order_by("received_at", "pk")
+        .values_list("pk", "size", "attachments_size")
+    )
+    return [DropItem(entry_id=pk, size=max(1, size + attachments), uid=_uid(pk)) for pk, size, attachments in rows]
+
+
+def _entry(user_id: int, entry_id: int) -> InboxEntry | None:
+    return (
+        InboxEntry.objects.filter(owner_id=user_id, pk=entry_id)
+        .select_related("remote", "local", "owner", "owner__domain")
+        .first()
+    )
+
+
+def _system_message(entry: InboxEntry, text: str) -> bytes:
+    """A short message from this instance standing in for one that cannot be read."""
+    owner = entry.owner
+    return build_eml(
+        EmlSource(
+            sender=f"Pushmail <postmaster@{owner.email.rpartition('@')[2]}>",
+            to=[owner.email],
+            cc=[],
+            subject=f"[Not available] {entry.subject}".strip(),
+            date=entry.received_at,
+            message_id="",
+            in_reply_to="",
+            references=[],
+            text=f"{text}\n\nFrom: {entry.sender}\nSubject: {entry.subject}\n",
+            html=None,
+        )
+    )
+
+
+def _settled(remote: RemoteMessage, asked_at: float) -> bool:
+    """The fetch asked for at ``asked_at`` has an outcome: the body, a final state, or a failed attempt."""
+    if remote.state not in BODY_AT_SENDER:
+        return True
+    if remote.state != FetchState.UNAVAILABLE or remote.last_attempt_at is None:
+        return False
+    if remote.last_attempt_at.timestamp() < asked_at:
+        return False  # the failure is from before this download: the retry has not started yet
+    # A worker holding the fetch sets next_attempt_at to its claim's end; a failed attempt sets the backoff.
+    claimed_until = remote.last_attempt_at + timedelta(seconds=settings.PUSHMAIL_CLAIM_SECONDS)
+    return remote.next_attempt_at is None or abs((remote.next_attempt_at - claimed_until).total_seconds()) > 1
+
+
+@dataclass(frozen=True)
+class FetchAsked:
+    """A download that waits for its body: the fetch asked for, and when (to tell its outcome from older ones)."""
+
+    remote_id: int
+    asked_at: float
+
+
+def begin_download(*, user_id: int, entry_id: int) -> bytes | FetchAsked:
+    """The message's bytes (:func:`finish_download`) when its body is here; else ask for the fetch.
+
+    Asking opens the entry as the webmail does (it is marked read) and skips a pending backoff,
+    as "Try again now" does: the program is waiting. ``LookupError`` when the entry is gone.
+    """
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
+    if entry.remote_id is None or entry.state not in BODY_AT_SENDER:
+        return finish_download(user_id=user_id, entry_id=entry_id)
+    asked_at = timezone.now().timestamp()
+    with transaction.atomic():
+        fetching.open_entry(entry=entry)
+    fetching.request_fetch(remote_id=entry.remote_id, now=True)
+    return FetchAsked(remote_id=entry.remote_id, asked_at=asked_at)
+
+
+def fetch_settled(asked: FetchAsked) -> bool:
+    """Whether the fetch asked for has an outcome yet (one small query; the caller polls)."""
+    remote = RemoteMessage.objects.only("state", "last_attempt_at", "next_attempt_at").filter(pk=asked.remote_id)
+    found = remote.first()
+    return found is None or _settled(found, asked.asked_at)
+
+
+def finish_download(*, user_id: int, entry_id: int) -> bytes:
+    """The message as RFC 5322 bytes, exactly as its .eml download; marks it read, as opening it does.
+
+    Raises :class:`BodyNotHereYet` while the body is still at the sender's, and
+    ``LookupError`` when the entry is gone (deleted meanwhile).
+    """
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
+    if entry.state in BODY_AT_SENDER:
+        raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
+    with transaction.atomic():
+        fetching.open_entry(entry=entry)
+    eml = entry_eml(entry)
+    if eml is None:
+        return _system_message(entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown."))
+    return eml
+
+
+def download(*, user_id: int, entry_id: int, wait: float | None = None) -> bytes:
+    """:func:`begin_download`, waiting in this thread for the fetch up to ``wait`` seconds
+    (``PUSHMAIL_LEGACY_FETCH_WAIT``), then :func:`finish_download`. The server waits without
+    holding a thread (mailaccess.pop3); this is the same sequence for a caller that may block."""
+    started = begin_download(user_id=user_id, entry_id=entry_id)
+    if isinstance(started, bytes):
+        return started
+    deadline = time.monotonic() + (settings.PUSHMAIL_LEGACY_FETCH_WAIT if wait is None else wait)
+    while not fetch_settled(started) and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+    return finish_download(user_id=user_id, entry_id=entry_id)
+
+
+def headers_only(*, user_id: int, entry_id: int) -> bytes:
+    """The message's header block (``TOP n 0``) from the notification alone: nothing is fetched.
+
+    For a body that is here, the header block of the download itself.
+    """
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
+    if entry.state in BODY_AT_SENDER and entry.remote is not None:
+        remote = entry.remote
+        eml = build_eml(
+            EmlSource(
+                sender=entry.sender,
+                to=[entry.owner.email],
+                cc=[],
+                subject=entry.subject,
+                date=remote.date,
+                message_id=remote.message_id,
+                in_reply_to=remote.in_reply_to,
+                references=[str(r) for r in remote.references or []],
+                text="",
+                html=None,
+            )
+        )
+    else:
+        eml = entry_eml(entry) or _system_message(
+            entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown.")
+        )
+    head, _sep, _body = eml.partition(b"\r\n\r\n")
+    if not _sep:
+        head, _sep, _body = eml.partition(b"\n\n")
+    return head + b"\r\n\r\n"
+
+
+def trash(*, user_id: int, entry_ids: list[int]) -> int:
+    """Move what the mail program deleted (at QUIT) to Trash; entries gone meanwhile are skipped."""
+    user = User.objects.get(pk=user_id)
+    present = list(
+        InboxEntry.objects.filter(owner_id=user_id, pk__in=entry_ids, folder=Folder.INBOX).values_list("pk", flat=True)
+    )
+    if not present:
+        return 0
+    return folders.move_entries(user=user, entry_ids=present, folder=Folder.TRASH)

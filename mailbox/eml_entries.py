@@ -1,0 +1,69 @@
+"""A received entry as the ``.eml`` its reader downloads: the one rendering the webmail and POP3 share."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from attachments.models import Blob
+from federation import payloads
+
+from .content import ReadableContent, readable_content_for
+from .eml import EmlAttachment, EmlSource, build_eml
+from .models import InboxEntry
+
+__all__ = ["entry_eml", "entry_eml_source"]
+
+
+def _blob_bytes(blob: Blob | None) -> bytes | None:
+    if blob is None:
+        return None
+    with blob.file.open("rb") as handle:
+        return handle.read()
+
+
+def _date(value: Any) -> datetime | None:
+    if isinstance(value, str) and value:
+        try:
+            return payloads.parse_time(value, "date")
+        except payloads.PayloadError:
+            return None
+    return value or None
+
+
+def entry_eml_source(entry: InboxEntry, content: ReadableContent, body: dict[str, Any]) -> EmlSource:
+    """What the .eml of an entry holds: its body, and the attachments whose bytes this reader may have.
+
+    A blocked type is never handed out, in an export either; attachments still at
+    the sender's are listed in the text (mailbox.eml).
+    """
+    return EmlSource(
+        sender=entry.sender,
+        to=list(body.get("to") or []),
+        cc=list(body.get("cc") or []),
+        subject=entry.subject,
+        date=_date(body.get("date")) or entry.received_at,
+        message_id=str(body.get("message_id") or ""),
+        in_reply_to=str(body.get("in_reply_to") or ""),
+        references=[str(r) for r in body.get("references") or []],
+        text=body.get("text") or "",
+        html=body.get("html"),
+        attachments=[
+            EmlAttachment(a.name, a.content_type, a.size, None if a.blocked else _blob_bytes(a.blob))
+            for a in content.attachments
+        ],
+    )
+
+
+def entry_eml(entry: InboxEntry) -> bytes | None:
+    """The entry's .eml bytes, or None while its body is not here (or not for this reader).
+
+    A message received by SMTP is given as it arrived, with the headers this instance added.
+    """
+    content = readable_content_for(entry=entry)
+    body = content.body
+    if body is None:
+        return None
+    if content.original is not None:
+        return _blob_bytes(content.original)
+    return build_eml(entry_eml_source(entry, content, body))

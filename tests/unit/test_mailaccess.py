@@ -1,0 +1,99 @@
+"""The POP3 maildrop's reads and writes (mailaccess.maildrop) and the sign-in checks it shares with submission."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from accounts.mail_logins import check_mail_login
+from accounts.models import User
+from accounts.services import issue_api_token
+from gateway import submission
+from mailaccess import maildrop
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry
+from tests.conftest import Queued, ago
+from tests.factories import InboxEntryFactory, RemoteMessageFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _entry(owner: User, **remote: Any) -> InboxEntry:
+    message = RemoteMessageFactory(local_domain=owner.domain.name, **remote)
+    entry: InboxEntry = InboxEntryFactory(owner=owner, remote=message, state=message.state)
+    return entry
+
+
+def test_the_maildrop_is_the_inbox_oldest_first_listed_without_fetching(bob: User, queued: list[Queued]) -> None:
+    older, newer = _entry(bob, size=300), _entry(bob, size=500)
+    InboxEntry.objects.filter(pk=older.pk).update(received_at=ago(hours=1))
+    InboxEntry.objects.filter(pk=_entry(bob).pk).update(folder=Folder.ARCHIVE)
+    _entry(InboxEntryFactory().owner)  # someone else's
+
+    items = maildrop.list_maildrop(user_id=bob.pk)
+
+    assert [(i.entry_id, i.size, i.uid) for i in items] == [
+        (older.pk, 300, f"pm{older.pk}"),
+        (newer.pk, 500, f"pm{newer.pk}"),
+    ]
+    assert queued == []
+
+
+def test_top_0_headers_come_from_the_notification_alone(bob: User, queued: list[Queued]) -> None:
+    entry = _entry(bob, subject="Quarterly figures", sender="carol@peer.test")
+
+    head = maildrop.headers_only(user_id=bob.pk, entry_id=entry.pk)
+
+    assert b"Subject: Quarterly figures\r\n" in head and b"From: carol@peer.test\r\n" in head
+    assert head.endswith(b"\r\n\r\n")
+    assert queued == []
+    entry.refresh_from_db()
+    assert (entry.state, entry.read) == (EntryState.NOTIFIED, False)
+
+
+def test_a_download_the_sender_does_not_answer_asks_one_fetch_and_hands_out_no_body(
+    bob: User, settings: Any, queued: list[Queued], django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.PUSHMAIL_LEGACY_FETCH_WAIT = 0
+    entry = _entry(bob)
+
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(maildrop.BodyNotHereYet):
+        maildrop.download(user_id=bob.pk, entry_id=entry.pk)
+
+    assert [q.name for q in queued] == ["mailbox.fetch_body"]
+    entry.refresh_from_db()
+    assert entry.state == EntryState.FETCHING and entry.read
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [(FetchState.WITHDRAWN, b"withdrew this message"), (FetchState.EXPIRED, b"expired at the sender")],
+)
+def test_a_message_that_cannot_be_read_is_a_short_system_message(bob: User, state: str, says: bytes) -> None:
+    entry = _entry(bob, state=state, subject="Lunch?")
+
+    eml = maildrop.download(user_id=bob.pk, entry_id=entry.pk)
+
+    assert b"Subject: [Not available] Lunch?" in eml and says in eml
+    assert f"From: Pushmail <postmaster@{bob.domain.name}>".encode() in eml
+
+
+def test_deleted_messages_move_to_trash_and_ones_moved_meanwhile_are_left_alone(bob: User) -> None:
+    first, second, third = _entry(bob), _entry(bob), _entry(bob)
+    InboxEntry.objects.filter(pk=second.pk).update(folder=Folder.ARCHIVE)  # moved in the webmail meanwhile
+
+    assert maildrop.trash(user_id=bob.pk, entry_ids=[first.pk, second.pk]) == 1
+
+    folders = dict(InboxEntry.objects.filter(owner=bob).values_list("pk", "folder"))
+    assert folders == {first.pk: Folder.TRASH, second.pk: Folder.ARCHIVE, third.pk: Folder.INBOX}
+
+
+def test_failed_pop3_sign_ins_count_against_submission_too(alice: User, settings: Any) -> None:
+    settings.PUSHMAIL_SUBMISSION_AUTH_FAILURES_PER_ACCOUNT = 2
+    token = issue_api_token(user=alice)
+    for _ in range(2):
+        assert check_mail_login(login=alice.email, password="wrong", client_ip="192.0.2.1").user is None
+
+    user, reply = submission.check_login(login=alice.email, password=token, client_ip="192.0.2.7")
+    assert user is None and reply.code == 454
+    assert check_mail_login(login=alice.email, password=token, client_ip="192.0.2.7").throttled
