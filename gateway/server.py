@@ -23,20 +23,17 @@ import logging
 import re
 import ssl
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from django.conf import settings
-from django.db import close_old_connections, connections
 
 from accounts.validators import normalize_address
 
 from . import services
+from .database_threads import DatabaseThreads
 
 __all__ = ["ClientLimits", "GatewayController", "InboundHandler", "listen_address", "tls_context"]
 
@@ -209,41 +206,19 @@ class GatewaySMTP(SMTP):
         return problem
 
 
-def _with_database(function: Any, /, **kwargs: Any) -> services.Reply:
-    """One command's work in a worker thread, its database connection handled as Django does a request's."""
-    close_old_connections()
-    try:
-        reply: services.Reply = function(**kwargs)
-        return reply
-    finally:
-        close_old_connections()
-
-
 class InboundHandler:
     """Answers MAIL, RCPT and DATA for mail to the domains this instance hosts."""
 
     def __init__(self, *, limits: ClientLimits, workers: int = 8) -> None:
         self.limits = limits
-        self._workers = workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtpd")
+        self._threads = DatabaseThreads(workers=workers, name="smtpd")
 
     def close(self) -> None:
         """Close every worker thread's database connections, then the workers."""
-        # One task per worker, all waiting for each other, so each runs on its own thread.
-        everyone = threading.Barrier(self._workers)
-
-        def close_own() -> None:
-            everyone.wait(timeout=30)
-            connections.close_all()
-
-        for done in [self._executor.submit(close_own) for _ in range(self._workers)]:
-            done.result()
-        self._executor.shutdown()
+        self._threads.close()
 
     async def _run(self, function: Any, /, **kwargs: Any) -> services.Reply:
-        reply: services.Reply = await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(_with_database, function, **kwargs)
-        )
+        reply: services.Reply = await self._threads.run(function, **kwargs)
         return reply
 
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name

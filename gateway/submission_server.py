@@ -13,20 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from django.conf import settings
-from django.db import close_old_connections, connections
 
 from accounts.mail_logins import plaintext_auth_allowed
 from accounts.validators import normalize_address
 
 from . import submission
+from .database_threads import DatabaseThreads
 from .server import listen_address, peer_ip, server_tls_context
 from .services import Reply, hostname
 
@@ -80,15 +77,6 @@ class SubmissionSMTP(SMTP):
         return await self._checked(await super().auth_LOGIN(server, args))
 
 
-def _with_database(function: Any, /, **kwargs: Any) -> Any:
-    """One command's work in a worker thread, its database connection handled as Django does a request's."""
-    close_old_connections()
-    try:
-        return function(**kwargs)
-    finally:
-        close_old_connections()
-
-
 def _login(session: Session) -> submission.Login | None:
     data = getattr(session, "auth_data", None)
     return data if isinstance(data, submission.Login) else None
@@ -98,25 +86,14 @@ class SubmissionHandler:
     """Answers MAIL, RCPT and DATA for the signed-in mailbox."""
 
     def __init__(self, *, workers: int = 4) -> None:
-        self._workers = workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submission")
+        self._threads = DatabaseThreads(workers=workers, name="submission")
 
     def close(self) -> None:
         """Close every worker thread's database connections, then the workers."""
-        everyone = threading.Barrier(self._workers)  # one task per worker, each on its own thread
-
-        def close_own() -> None:
-            everyone.wait(timeout=30)
-            connections.close_all()
-
-        for done in [self._executor.submit(close_own) for _ in range(self._workers)]:
-            done.result()
-        self._executor.shutdown()
+        self._threads.close()
 
     async def run(self, function: Any, /, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(_with_database, function, **kwargs)
-        )
+        return await self._threads.run(function, **kwargs)
 
     async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
