@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from celery import shared_task
@@ -88,14 +89,18 @@ def open_entries(*, entries: Sequence[InboxEntry]) -> list[int]:
         elif remote.state in BODY_AT_SENDER:
             to_fetch.setdefault(remote.pk, []).append(entry)
     changed = sorted(set(unread) | set(first_opened))
-    if changed:
-        opened = set(first_opened)
-        InboxEntry.objects.filter(pk__in=changed).update(
-            read=True,
-            opened_at=Case(When(pk__in=opened, then=Value(now)), default=F("opened_at")) if opened else F("opened_at"),
-        )
-    if read_messages:
-        message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=next(iter(owners)))
+    # One commit (one WAL flush) for the read state and the reads it records, not one per statement.
+    with transaction.atomic() if changed or read_messages else nullcontext():
+        if changed:
+            opened = set(first_opened)
+            InboxEntry.objects.filter(pk__in=changed).update(
+                read=True,
+                opened_at=Case(When(pk__in=opened, then=Value(now)), default=F("opened_at"))
+                if opened
+                else F("opened_at"),
+            )
+        if read_messages:
+            message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=next(iter(owners)))
     if not to_fetch:
         return []
     request_fetches(remote_ids=list(to_fetch))
