@@ -140,7 +140,11 @@ class ReadableContent:
         if self.hidden or self.notice:
             return []
         if entry.local_id is not None:
-            rows = MessageAttachment.objects.filter(message_id=entry.local_id).select_related("blob")
+            local = getattr(entry, "local", None)
+            if local is not None and "attachments" in getattr(local, "_prefetched_objects_cache", {}):
+                rows = local.attachments.all()  # prefetched with their blobs for a whole conversation
+            else:
+                rows = MessageAttachment.objects.filter(message_id=entry.local_id).select_related("blob")
             return [
                 ReadableAttachment(
                     index=index,
@@ -150,7 +154,7 @@ class ReadableContent:
                     digest=row.blob.digest,
                     blob=row.blob,  # the sender's own upload
                 )
-                for index, row in enumerate(rows.order_by("position"))
+                for index, row in enumerate(sorted(rows, key=lambda row: row.position))
             ]
         remote = entry.remote
         if remote is None:

@@ -7,18 +7,20 @@ every one of them goes through ``transition``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 
 from federation import client, discovery, payloads
 from outbox.models import Recipient
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
-from pushmail_site.states import transition
+from pushmail_site.states import transition, transition_rows
 
 from . import search, spam
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
@@ -44,25 +46,65 @@ def open_entry(*, entry: InboxEntry) -> InboxEntry:
 
     ``entry.state`` is current on return (a fetch requested here moves it to ``fetching``).
     """
-    fields = [] if entry.read else ["read"]
-    entry.read = True
-    remote = entry.remote
-    if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
-        pass  # withdrawn before this reader saw it
-    elif remote is None or remote.content is not None:
-        if entry.opened_at is None and entry.state in (EntryState.FETCHED, EntryState.NOTICE):
-            entry.opened_at = timezone.now()
-            fields.append("opened_at")
-            if remote is not None:
-                message_read.send(sender=RemoteMessage, message=remote, reader_id=entry.owner_id)
-    elif spam.is_hidden(entry):
-        pass  # judged spam before this reader saw it: its body is not fetched for them
-    elif remote.state in BODY_AT_SENDER:
-        request_fetch(remote_id=remote.pk)
+    if open_entries(entries=[entry]):
         entry.refresh_from_db(fields=["state"])
-    if fields:
-        entry.save(update_fields=fields)
     return entry
+
+
+def open_entries(*, entries: Sequence[InboxEntry]) -> list[int]:
+    """One owner opens these entries at once (a conversation's unread messages), as open_entry each.
+
+    The work is batched, so its cost does not grow with the number of entries: one
+    ``UPDATE`` marks them read (and first opened), one ``message_read`` signal names
+    every remote message read for the first time, and one locked statement moves
+    every body still at its sender's to ``fetching`` (one fetch queued per message).
+    Each entry's ``read`` and ``opened_at`` are current on return; returns the ids of the
+    entries whose fetch this requested, for their ``state`` moved (reload them to show it).
+    """
+    if not entries:
+        return []
+    owners = {entry.owner_id for entry in entries}
+    if len(owners) != 1:
+        raise ValueError("entries of one owner are opened together")
+    now = timezone.now()
+    unread: list[int] = []
+    first_opened: list[int] = []
+    read_messages: list[RemoteMessage] = []
+    to_fetch: dict[int, list[InboxEntry]] = {}
+    for entry in entries:
+        if not entry.read:
+            unread.append(entry.pk)
+            entry.read = True
+        remote = entry.remote
+        if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
+            pass  # withdrawn before this reader saw it
+        elif remote is None or remote.content is not None:
+            if entry.opened_at is None and entry.state in (EntryState.FETCHED, EntryState.NOTICE):
+                entry.opened_at = now
+                first_opened.append(entry.pk)
+                if remote is not None:
+                    read_messages.append(remote)
+        elif spam.is_hidden(entry):
+            pass  # judged spam before this reader saw it: its body is not fetched for them
+        elif remote.state in BODY_AT_SENDER:
+            to_fetch.setdefault(remote.pk, []).append(entry)
+    changed = sorted(set(unread) | set(first_opened))
+    # One commit (one WAL flush) for the read state and the reads it records, not one per statement.
+    with transaction.atomic() if changed or read_messages else nullcontext():
+        if changed:
+            opened = set(first_opened)
+            InboxEntry.objects.filter(pk__in=changed).update(
+                read=True,
+                opened_at=Case(When(pk__in=opened, then=Value(now)), default=F("opened_at"))
+                if opened
+                else F("opened_at"),
+            )
+        if read_messages:
+            message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=next(iter(owners)))
+    if not to_fetch:
+        return []
+    request_fetches(remote_ids=list(to_fetch))
+    return [entry.pk for group in to_fetch.values() for entry in group]
 
 
 def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
@@ -89,6 +131,19 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
             remote.next_attempt_at = timezone.now()
             remote.save(update_fields=["next_attempt_at"])
             _queue_fetch(remote.pk)
+
+
+def request_fetches(*, remote_ids: list[int]) -> None:
+    """request_fetch for many messages at once: those still only notified move to ``fetching``
+    in one locked statement, each with its one fetch queued; the others are left as they are."""
+    moved = transition_rows(
+        RemoteMessage.objects.filter(pk__in=remote_ids, state=FetchState.NOTIFIED),
+        FETCH,
+        FetchState.FETCHING,
+        fields={"next_attempt_at": timezone.now()},
+    )
+    for remote_id in moved:
+        _queue_fetch(remote_id)
 
 
 @shared_task(name="mailbox.fetch_body")

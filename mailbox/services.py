@@ -14,6 +14,7 @@ from __future__ import annotations
 from .fetching import (
     expire_unfetched,
     fetch_body,
+    open_entries,
     open_entry,
     prefetch_from_correspondents,
     request_fetch,
@@ -48,6 +49,7 @@ __all__ = [
     "hide_as_spam",
     "lift_spam_verdict",
     "fetch_body",
+    "open_entries",
     "open_entry",
     "post_notice",
     "prefetch_from_correspondents",

@@ -2,8 +2,9 @@
 
 from django.dispatch import Signal
 
-#: A reader here opened a message from another instance for the first time: ``message`` (the
-#: RemoteMessage) and ``reader_id``. Sent while the page is answered: receivers must be quick.
+#: A reader here opened messages from another instance for the first time: ``messages`` (the
+#: RemoteMessages, one or a conversation's worth: one signal per open) and ``reader_id``. Sent
+#: while the page is answered: receivers must be quick, and should not cost a query per message.
 message_read = Signal()
 
 #: A remote message's body was fetched and verified here: ``remote_id``. Sent once the fetch has

@@ -27,8 +27,8 @@ mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)
 
 
 @receiver(message_read, dispatch_uid="reputation.record_read")
-def _record_read(*, message: RemoteMessage, reader_id: int, **kwargs: Any) -> None:
-    services.record_read(message=message, reader_id=reader_id)
+def _record_reads(*, messages: list[RemoteMessage], reader_id: int, **kwargs: Any) -> None:
+    services.record_reads(messages=messages, reader_id=reader_id)
 
 
 @receiver(body_fetched, dispatch_uid="reputation.check_content")

@@ -50,6 +50,7 @@ replies are rescored by ``refresh_scores`` (Celery beat, every PUSHMAIL_REPUTATI
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -197,19 +198,32 @@ def reason_for_new(remote: RemoteMessage) -> str:
 def _bump(model: type[models.Model], key: dict[str, str], increments: dict[str, float]) -> None:
     """Add ``increments`` to the row found by ``key`` (its first item is the unique column), creating
     it if need be, and mark it for rescoring: one statement."""
+    _bump_many(model, [(key, increments)])
+
+
+def _bump_many(model: type[models.Model], rows: list[tuple[dict[str, str], dict[str, float]]]) -> None:
+    """_bump for several rows in one statement: each ``(key, increments)`` names a different row
+    (a statement may not update one row twice), and every row has the same columns."""
+    if not rows:
+        return
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
-    values: dict[str, Any] = {**key, **increments, "dirty": True, "updated_at": timezone.now()}
-    columns = ", ".join(quote(name) for name in values)
-    marks = ", ".join(["%s"] * len(values))
-    sets = [f"{quote(name)} = {table}.{quote(name)} + EXCLUDED.{quote(name)}" for name in increments]
+    now = timezone.now()
+    first_key, first_increments = rows[0]
+    names = [*first_key, *first_increments, "dirty", "updated_at"]
+    columns = ", ".join(quote(name) for name in names)
+    marks = ", ".join(["(" + ", ".join(["%s"] * len(names)) + ")"] * len(rows))
+    params: list[Any] = []
+    for key, increments in rows:
+        params += [*key.values(), *increments.values(), True, now]
+    sets = [f"{quote(name)} = {table}.{quote(name)} + EXCLUDED.{quote(name)}" for name in first_increments]
     sets += [f"{quote('dirty')} = EXCLUDED.{quote('dirty')}", f"{quote('updated_at')} = EXCLUDED.{quote('updated_at')}"]
-    conflict = quote(next(iter(key)))
+    conflict = quote(next(iter(first_key)))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608 - names are ours, values bound
+            f"INSERT INTO {table} ({columns}) VALUES {marks} "  # noqa: S608 - names are ours, values bound
             f"ON CONFLICT ({conflict}) DO UPDATE SET {', '.join(sets)}",
-            list(values.values()),
+            params,
         )
 
 
@@ -221,7 +235,19 @@ def _bump_both(*, origin: str, sender: str, increments: dict[str, float]) -> Non
 
 def note_read(*, origin: str, sender: str) -> None:
     """A local reader opened a message of this sender for the first time (rescored by the sweep)."""
-    _bump_both(origin=origin, sender=sender, increments={"reads": 1})
+    note_reads([(origin, sender)])
+
+
+def note_reads(reads: list[tuple[str, str]]) -> None:
+    """First reads, each ``(origin, sender)``: two statements whatever their number, the reads
+    summed per origin and per sender (rescored by the sweep)."""
+    origins = Counter(origin for origin, _ in reads)
+    senders = Counter(sender.lower() for _, sender in reads)
+    _bump_many(OriginReputation, [({"domain": origin}, {"reads": n}) for origin, n in sorted(origins.items())])
+    _bump_many(
+        SenderReputation,
+        [({"address": sender, "domain": domain_of(sender)}, {"reads": n}) for sender, n in sorted(senders.items())],
+    )
 
 
 @transaction.atomic

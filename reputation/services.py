@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from django.core.cache import caches
 from django.db import connection
@@ -32,6 +34,7 @@ __all__ = [
     "overturn_verdict",
     "readers_of",
     "record_read",
+    "record_reads",
     "report_entries",
     "report_not_spam",
     "report_spam",
@@ -39,22 +42,33 @@ __all__ = [
 
 
 def record_read(*, message, reader_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Count a local reader of a remote message once; a repeat is ignored.
+    """Count a local reader of a remote message once; a repeat is ignored (record_reads of one)."""
+    record_reads(messages=[message], reader_id=reader_id)
 
-    One statement on the page's critical path (bulk_create(ignore_conflicts=True)
-    would wrap the same INSERT in BEGIN/COMMIT, two more round trips); a first
-    read adds one to its sender's and origin's counters (reputation/scores.py).
+
+def record_reads(*, messages: Sequence[Any], reader_id: int) -> None:
+    """Count a local reader of each of these remote messages once; repeats are ignored.
+
+    Three statements whatever the number of messages, on the page's critical path: one
+    ``INSERT … ON CONFLICT DO NOTHING`` of every read (bulk_create(ignore_conflicts=True)
+    would wrap it in BEGIN/COMMIT, two more round trips, and not say which rows were new),
+    then the first reads add to their senders' and origins' counters, summed per sender
+    and per origin (reputation/scores.py).
     """
+    by_pk = {message.pk: message for message in messages}
+    if not by_pk:
+        return
     table = connection.ops.quote_name(Read._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (message_id, reader_id, read_at) VALUES (%s, %s, %s) "  # noqa: S608
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            [message.pk, reader_id, timezone.now()],
+            f"INSERT INTO {table} (message_id, reader_id, read_at) "  # noqa: S608 - our table name, values bound
+            "SELECT message_id, %s, %s FROM unnest(%s::bigint[]) AS message_id "
+            "ON CONFLICT DO NOTHING RETURNING message_id",
+            [reader_id, timezone.now(), list(by_pk)],
         )
-        first = cursor.fetchone() is not None
+        first = [by_pk[row[0]] for row in cursor.fetchall()]
     if first:
-        scores.note_read(origin=message.origin_domain, sender=message.sender)
+        scores.note_reads([(message.origin_domain, message.sender) for message in first])
 
 
 def readers_of(message: Model) -> int:

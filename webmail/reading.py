@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Prefetch
 from django.http import Http404
 from django.urls import reverse
 
 from accounts.models import User
 from mailbox.models import InboxEntry
 from mailbox.selectors import body_of, conversation_folders
-from outbox.models import Message
+from outbox.models import Message, MessageAttachment
 from outbox.selectors import body_of_message, domain_status, sent_message_detail, sent_messages_for
 
 # Primary keys are 64-bit: a larger id in the URL is simply not found (not a database error).
@@ -69,20 +70,27 @@ def entries_by_id(*, user: User, entry_ids: list[int]) -> dict[int, InboxEntry]:
     found = list(
         InboxEntry.objects.owned_by(user).select_related("remote").defer("search_document").filter(pk__in=entry_ids)
     )
-    _load_local_messages(found)
+    # Their bodies are shown: a local message's attachments come with it, for all of them at once.
+    _load_local_messages(found, with_attachments=True)
     return {entry.pk: entry for entry in found}
 
 
-def _load_local_messages(entries: list[InboxEntry]) -> None:
+def _load_local_messages(entries: list[InboxEntry], *, with_attachments: bool = False) -> None:
     """Attach the local messages (with their senders) of entries sent on this instance.
 
-    One query, and none at all when every entry came from another instance, which is
-    most mail (a join or prefetch_related would cost every page for the rare case).
+    One query (two ``with_attachments``), and none at all when every entry came from
+    another instance, which is most mail (a join or prefetch_related would cost every
+    page for the rare case).
     """
     wanted = {e.local_id for e in entries if e.local_id is not None}
     if not wanted:
         return
-    messages = Message.objects.select_related("sender").in_bulk(wanted)
+    found = Message.objects.select_related("sender")
+    if with_attachments:
+        found = found.prefetch_related(
+            Prefetch("attachments", queryset=MessageAttachment.objects.select_related("blob").order_by("position"))
+        )
+    messages = found.in_bulk(wanted)
     for entry in entries:
         if entry.local_id in messages:
             entry.local = messages[entry.local_id]

@@ -350,3 +350,32 @@ def test_api_gives_and_filters_by_conversation(alice: User, bob: User) -> None:
     assert client.get(f"/api/v1/inbox/{a.pk}/").json()["conversation"] == "<api@x>"
     refused = client.get("/api/v1/inbox/", {"conversation": "x" * 401})
     assert refused.status_code == 400 and "conversation" in refused.json()["fields"]
+
+
+def test_opening_a_conversation_still_at_the_senders_costs_the_same_however_many_are_unread(
+    alice: User, peer: FakePeer, queued: list[Queued], django_capture_on_commit_callbacks
+) -> None:  # type: ignore[no-untyped-def]
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = _client(alice)
+    client.get("/mail/inbox/")  # the session and the per-process caches, out of the count
+    counts = {}
+    for unread in (2, 6):
+        first = PeerMessageFactory(subject=f"Party {unread}")
+        entries = [_receive(peer, first)]
+        for i in range(unread - 1):
+            reply = PeerMessageFactory(subject=f"Re: Party {unread}", text=f"Reply {i}", references=[first.message_id])
+            entries.append(_receive(peer, reply))
+        queued.clear()
+        with CaptureQueriesContext(connection) as queries, django_capture_on_commit_callbacks(execute=True):
+            html = client.get(f"/mail/entry/{entries[0].pk}/").content.decode()
+        counts[unread] = len(queries)
+        # Each is read, on its way (one fetch queued per message), and shown as being fetched.
+        fetched = sorted(task.args[0] for task in queued if task.name.endswith("fetch_body"))
+        assert fetched == sorted(e.remote_id for e in entries)
+        for entry in entries:
+            entry.refresh_from_db()
+            assert entry.read and entry.state == EntryState.FETCHING
+        assert html.count('data-testid="fetch-indicator"') == unread
+    assert counts[2] == counts[6], counts

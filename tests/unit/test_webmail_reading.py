@@ -442,3 +442,74 @@ def test_entry_page_query_count_does_not_grow_with_the_thread(alice: User, bob: 
 
     assert small_count == big_count
     assert big_count <= 12
+
+
+def _unread_conversation(peer: FakePeer, bob: User, unread: int) -> InboxEntry:
+    """A conversation of ``unread`` messages alice has not opened: from carol and dave (remote,
+    their bodies already here) and bob (local). Returns its first message."""
+    subject = f"Plans for {unread}"
+    root = PeerMessageFactory(subject=subject, date=ago(days=1))
+    first = _fetched(peer, root)
+    chain = [root.message_id]
+    for n in range(unread - 1):
+        if n % 4 == 0:
+            local = send_message(
+                sender=bob, to=["alice@alpha.test"], subject=f"Re: {subject}", text=f"bob {n}", in_reply_to=chain[-1]
+            )
+            chain.append(local.message_id)
+        else:
+            message = PeerMessageFactory(
+                sender="dave@peer.test" if n % 2 else "carol@peer.test",
+                subject=f"Re: {subject}",
+                date=ago(hours=unread - n),
+                in_reply_to=chain[-1],
+                references=list(chain),
+            )
+            _fetched(peer, message)
+            chain.append(message.message_id)
+    return first
+
+
+def _reads_of(model: Any, **key: str) -> int:
+    row = model.objects.filter(**key).first()
+    return row.reads if row is not None else 0
+
+
+def test_first_open_of_a_conversation_costs_the_same_whatever_its_unread(
+    alice: User, bob: User, peer: FakePeer
+) -> None:
+    from reputation.models import OriginReputation, Read, SenderReputation
+
+    client = _client(alice)
+    _page(client.get("/mail/inbox/"))  # the session and the per-process caches, out of the count
+    counts = {}
+    for unread in (2, 10):
+        first = _unread_conversation(peer, bob, unread)
+        thread = InboxEntry.objects.filter(owner=alice, thread_key=first.thread_key)
+        assert thread.filter(read=False).count() == unread
+        remote = list(thread.filter(remote__isnull=False).select_related("remote"))
+        by_sender = {s: sum(e.remote.sender == s for e in remote) for s in ("carol@peer.test", "dave@peer.test")}
+        before = {s: _reads_of(SenderReputation, address=s) for s in by_sender}
+        origin_before = _reads_of(OriginReputation, domain="peer.test")
+
+        with CaptureQueriesContext(connection) as queries:
+            html = _page(client.get(_entry_url(first)))
+        counts[unread] = len(queries)
+
+        # Every message of it is read and shown expanded; each remote one is counted once for its
+        # sender and origin.
+        assert len(_thread_keys(html)) == unread
+        assert not thread.filter(read=False).exists()
+        assert not thread.filter(remote__isnull=False, opened_at__isnull=True).exists()
+        assert Read.objects.filter(reader=alice, message__in=[e.remote for e in remote]).count() == len(remote)
+        for sender, n in by_sender.items():
+            assert _reads_of(SenderReputation, address=sender) == before[sender] + n
+        assert _reads_of(OriginReputation, domain="peer.test") == origin_before + len(remote)
+
+        # Opening it again counts nobody twice.
+        _page(client.get(_entry_url(thread.order_by("-pk")[0])))
+        for sender, n in by_sender.items():
+            assert _reads_of(SenderReputation, address=sender) == before[sender] + n
+        assert _reads_of(OriginReputation, domain="peer.test") == origin_before + len(remote)
+
+    assert counts[2] == counts[10], counts

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts.http import AuthedRequest
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
-from mailbox.services import open_entry, retry_fetch_now
+from mailbox.services import open_entries, open_entry, retry_fetch_now
 from outbox.reach import withdrawal_scope
 from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
@@ -75,19 +75,27 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
     each is shown expanded, its body swapped in as it arrives.
     """
     item = reading.entry_or_404(user=request.user, entry_id=entry_id)
-    open_entry(entry=item)
-    body = body_of(item)
-    thread = reading.conversation(user=request.user, entry=item, body=body)
+    thread = reading.conversation(user=request.user, entry=item, body=None)
     plain = request.GET.get("plain") == "1"
     unread_items = [other for other in thread.items if other.entry is not None and other.unread and not other.current]
     whole = reading.entries_by_id(
         user=request.user, entry_ids=[other.entry.pk for other in unread_items if other.entry]
     )
+    # One batch for them all: its queries do not grow with the conversation (mailbox.services.open_entries).
+    fetching = open_entries(entries=[item, *whole.values()])
+    if fetching:  # their state moved on (a fetch is on its way): show it
+        reloaded = reading.entries_by_id(user=request.user, entry_ids=fetching)
+        item = reloaded.get(item.pk, item)
+        whole.update((pk, entry) for pk, entry in reloaded.items() if pk in whole)
+        if thread.current is not None:
+            thread.current.entry = item
+    body = body_of(item)
+    if thread.current is not None:
+        thread.current.body = body
     for other in unread_items:
         unread = whole.get(other.entry.pk) if other.entry else None
         if unread is None:
             continue  # deleted meanwhile
-        open_entry(entry=unread)
         other.entry, other.body, other.expanded = unread, body_of(unread), True
         other.region = render_to_string(
             "webmail/reading/_state.html", {**_state_context(unread, other.body), "plain": plain}, request=request
