@@ -126,9 +126,10 @@ the next one 200 with the body:
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["results"][0]["id"])'); echo "$ENTRY"
   curl -s http://127.0.0.1:8002/api/v1/inbox/$ENTRY/ {beta_auth}
 
-The sender goes offline: type `stop alpha` here (or run `python -m tools.demo stop alpha` in
-another terminal), send again and open the message on beta: it waits at the sender's. Then
-`start alpha`. `stop beta` / `start beta` do the same for beta.
+The sender goes offline: send a message, then type `stop alpha` here (or run
+`python -m tools.demo stop alpha` in another terminal) before bob opens it. Beta still lists it,
+at the sender's; opening it says the sender cannot be reached and retries. `start alpha` brings
+alpha back and the body arrives. `stop beta` / `start beta` do the same for beta.
 
 Send to bob over SMTP as a mail program would, through alpha's submission server
 ({ann} signs in with the same token, her app password for this program):
@@ -283,7 +284,7 @@ def pending_requests(base: Path) -> list[tuple[str, str, Path]]:
 
 def run(base: Path) -> int:
     demo = Demo(base)
-    print("Setting up the Pushmail demo (about a minute and a half the first time) …", flush=True)
+    print("Setting up the Pushmail demo (the first run creates the databases) …", flush=True)
     tokens = demo.prepare()
     for name in PORTS:
         demo.start(name)
