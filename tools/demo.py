@@ -4,17 +4,26 @@ alpha.localhost on port 8001 and beta.localhost on port 8002, each with its own
 SQLite database, its own filesystem broker folder, and a real Celery worker
 with beat. Each also runs its SMTP gateway (``manage.py smtpd``: ordinary mail
 in) and its submission server (``manage.py submission``: mail programs send) on
-the ports printed. Distinct host names keep their login cookies apart. Ctrl-C
-stops both.
+the ports printed. Distinct host names keep their login cookies apart.
+
+Every setup step is printed as it starts and ends. While it runs, one instance
+can be stopped and started alone, so "the sender goes offline" can be tried:
+type ``stop alpha`` / ``start alpha`` in the demo's terminal, or run
+``python -m tools.demo stop alpha`` / ``start alpha`` from another one. Ctrl-C
+stops both. The API tokens are kept in each instance's data folder and printed
+again on the next run.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tools.cluster import PYTHON, ROOT, Backend, Instance, make_cluster, stop_all
@@ -27,6 +36,35 @@ MAILBOXES = {
     "alpha": ["ann@alpha.localhost", "al@alpha.localhost"],
     "beta": ["bob@beta.localhost", "bea@beta.localhost"],
 }
+TOKEN_FILE = "demo-api-token"  # noqa: S105 - the name of the file that keeps it
+ACTIONS = ("stop", "start")
+
+
+def demo_dir() -> Path:
+    return Path(os.environ.get("DEMO_DIR", ROOT / "var" / "demo"))
+
+
+@contextmanager
+def step(label: str) -> Iterator[None]:
+    """Print a setup step as it starts and as it ends, with how long it took."""
+    print(f"  {label} …", flush=True)
+    started = time.monotonic()
+    yield
+    print(f"  {label}: done ({time.monotonic() - started:.1f} s)", flush=True)
+
+
+def stored_token(data_dir: Path, issue: Callable[[], str]) -> str:
+    """The demo's API token kept in ``data_dir``; a new one is issued (and kept) only when none is."""
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = issue().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token
 
 
 def start_mail_servers(inst: Instance, name: str) -> list[subprocess.Popen[bytes]]:
@@ -46,31 +84,24 @@ def start_mail_servers(inst: Instance, name: str) -> list[subprocess.Popen[bytes
     return servers
 
 
-def main() -> int:
-    base = Path(os.environ.get("DEMO_DIR", ROOT / "var" / "demo"))
-    specs = {name: [f"{name}.localhost"] for name in PORTS}
-    instances = make_cluster(base, specs, backend=Backend(), extra_env={"DEBUG": "1"})
-    for name, inst in instances.items():
-        inst.port = PORTS[name]
-    peers = {f"{name}.localhost": f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
-    tokens = {}
-    for name, inst in instances.items():
-        inst.peers = peers
-        fresh = not (inst.data_dir / "pushmail.sqlite3").exists()
-        if fresh:
-            print(f"setting up {name}.localhost …", flush=True)
-            inst.setup(MAILBOXES[name], password=PASSWORD)
-            inst.manage("addmailbox", f"admin@{name}.localhost", "--password", PASSWORD, "--superuser")
-        else:
-            inst.manage("migrate", "--noinput", "-v", "0")
-        tokens[name] = inst.manage("apitoken", MAILBOXES[name][0], "--name", "demo")
-    for inst in instances.values():
-        inst.start()
-    mail_servers = {name: start_mail_servers(inst, name) for name, inst in instances.items()}
+def stop_mail_servers(servers: list[subprocess.Popen[bytes]]) -> None:
+    for server in servers:
+        if server.poll() is None:
+            server.terminate()
+    for server in servers:
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
 
+
+def usage(tokens: dict[str, str], base: Path) -> str:
+    """What the demo prints once it runs: where to sign in, and commands that send and read a message."""
     ann, bob = MAILBOXES["alpha"][0], MAILBOXES["beta"][0]
-    print(
-        f"""
+    alpha_auth = f"-H 'Authorization: Bearer {tokens['alpha']}'"
+    beta_auth = f"-H 'Authorization: Bearer {tokens['beta']}'"
+    return f"""
 Pushmail demo is running (SQLite, filesystem broker, a Celery worker and beat per instance).
 
   alpha: http://alpha.localhost:8001/   mailboxes {", ".join(MAILBOXES["alpha"])}
@@ -80,17 +111,25 @@ Pushmail demo is running (SQLite, filesystem broker, a Celery worker and beat pe
   password for every mailbox: {PASSWORD}
   Django admin: /admin/ as admin@alpha.localhost or admin@beta.localhost (same password)
 
-Send from alpha to beta with the user API ({ann}'s token):
+Send from alpha to beta with the user API ({ann}'s token); MID keeps the new message's Message-ID:
 
-  curl -s -X POST http://127.0.0.1:8001/api/v1/messages/ \\
-    -H 'Authorization: Bearer {tokens["alpha"]}' -H 'Content-Type: application/json' \\
-    -d '{{"to": ["{bob}"], "subject": "Hello", "text": "Pulled on read."}}'
+  MID=$(curl -s -X POST http://127.0.0.1:8001/api/v1/messages/ {alpha_auth} \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"to": ["{bob}"], "subject": "Hello", "text": "Pulled on read."}}' \\
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["message_id"])'); echo "$MID"
 
-Then read it on beta ({bob}'s token); the first GET answers 202 while the body is
-pulled from alpha, the next one 200 with the body:
+Then read that message on beta ({bob}'s token): find bob's entry for it (its conversation is
+the Message-ID), then open it. The first GET answers 202 while the body is pulled from alpha,
+the next one 200 with the body:
 
-  curl -s http://127.0.0.1:8002/api/v1/inbox/ -H 'Authorization: Bearer {tokens["beta"]}'
-  curl -s http://127.0.0.1:8002/api/v1/inbox/1/ -H 'Authorization: Bearer {tokens["beta"]}'
+  ENTRY=$(curl -s -G http://127.0.0.1:8002/api/v1/inbox/ --data-urlencode "conversation=$MID" {beta_auth} \\
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["results"][0]["id"])'); echo "$ENTRY"
+  curl -s http://127.0.0.1:8002/api/v1/inbox/$ENTRY/ {beta_auth}
+
+The sender goes offline: send a message, then type `stop alpha` here (or run
+`python -m tools.demo stop alpha` in another terminal) before bob opens it. Beta still lists it,
+at the sender's; opening it says the sender cannot be reached and retries. `start alpha` brings
+alpha back and the body arrives. `stop beta` / `start beta` do the same for beta.
 
 Send to bob over SMTP as a mail program would, through alpha's submission server
 ({ann} signs in with the same token, her app password for this program):
@@ -103,10 +142,157 @@ or as an ordinary mail server would, straight to beta's SMTP gateway:
 
   swaks --server 127.0.0.1:{SMTP_PORTS["beta"]} --from someone@example.org --to {bob}
 
-Logs: {base}/<instance>/web.log, worker.log, smtpd.log and submission.log.  Ctrl-C stops both instances.
-""",
-        flush=True,
-    )
+Logs: {base}/<instance>/web.log, worker.log, smtpd.log and submission.log.
+Commands: stop <instance>, start <instance>. Ctrl-C stops both instances.
+"""
+
+
+def parse_command(line: str) -> tuple[str, str] | None:
+    """``stop beta`` -> ("stop", "beta"); None for anything that is not an action on a known instance."""
+    words = line.split()
+    if len(words) == 2 and words[0] in ACTIONS and words[1] in PORTS:
+        return words[0], words[1]
+    return None
+
+
+class Demo:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        specs = {name: [f"{name}.localhost"] for name in PORTS}
+        self.instances = make_cluster(base, specs, backend=Backend(), extra_env={"DEBUG": "1"})
+        peers = {f"{name}.localhost": f"http://127.0.0.1:{port}" for name, port in PORTS.items()}
+        for name, inst in self.instances.items():
+            inst.port = PORTS[name]
+            inst.peers = peers
+        self.mail_servers: dict[str, list[subprocess.Popen[bytes]]] = {name: [] for name in PORTS}
+        self.running: set[str] = set()
+
+    def prepare(self) -> dict[str, str]:
+        """Create or migrate each instance's database; the API tokens (kept from an earlier run)."""
+        tokens = {}
+        for name, inst in self.instances.items():
+            if not (inst.data_dir / "pushmail.sqlite3").exists():
+                inst.data_dir.mkdir(parents=True, exist_ok=True)
+                (inst.data_dir / TOKEN_FILE).unlink(missing_ok=True)  # a new database knows no old token
+                with step(f"{name}: creating the database (the longest step)"):
+                    inst.manage("migrate", "--noinput", "-v", "0")
+                with step(f"{name}: adding the domain and the demo mailboxes"):
+                    inst.manage("adddomain", f"{name}.localhost")
+                    for address in MAILBOXES[name]:
+                        inst.manage("addmailbox", address, "--password", PASSWORD)
+                    inst.manage("addmailbox", f"admin@{name}.localhost", "--password", PASSWORD, "--superuser")
+            else:
+                with step(f"{name}: bringing the database up to date"):
+                    inst.manage("migrate", "--noinput", "-v", "0")
+            with step(f"{name}: API token for {MAILBOXES[name][0]}"):
+                tokens[name] = stored_token(
+                    inst.data_dir,
+                    lambda inst=inst, name=name: inst.manage("apitoken", MAILBOXES[name][0], "--name", "demo"),
+                )
+        return tokens
+
+    def start(self, name: str) -> None:
+        inst = self.instances[name]
+        with step(f"{name}: starting the web server on port {PORTS[name]}"):
+            inst.start_web()
+        with step(f"{name}: starting the Celery worker and beat"):
+            inst.start_worker()
+        with step(f"{name}: starting the SMTP gateway and the submission server"):
+            self.mail_servers[name] = start_mail_servers(inst, name)
+        self.running.add(name)
+
+    def stop(self, name: str) -> None:
+        with step(f"{name}: stopping"):
+            stop_mail_servers(self.mail_servers[name])
+            self.mail_servers[name] = []
+            stop_all([self.instances[name]])
+        self.running.discard(name)
+
+    def act(self, action: str, name: str) -> str:
+        if action == "stop":
+            if name not in self.running:
+                return f"{name} is already stopped"
+            self.stop(name)
+            return f"{name} stopped; `start {name}` brings it back"
+        if name in self.running:
+            return f"{name} is already running"
+        self.start(name)
+        return f"{name} is running again"
+
+    def exited(self) -> str | None:
+        """Why a running instance's process ended on its own, if one did."""
+        for name in sorted(self.running):
+            inst = self.instances[name]
+            if inst.web is not None and inst.web.poll() is not None:
+                return f"{name} web server exited; see {inst.data_dir / 'web.log'}"
+            if any(server.poll() is not None for server in self.mail_servers[name]):
+                return f"{name}'s smtpd or submission exited; see their logs in {inst.data_dir}"
+        return None
+
+    def stop_everything(self) -> None:
+        print("stopping …", flush=True)
+        for name in PORTS:
+            for server in self.mail_servers[name]:
+                if server.poll() is None:
+                    server.terminate()
+        stop_all(self.instances.values())
+        for name in PORTS:
+            stop_mail_servers(self.mail_servers[name])
+        self.running.clear()
+
+
+def control_dir(base: Path) -> Path:
+    return base / "control"
+
+
+def request_action(base: Path, action: str, name: str, timeout: float = 120.0) -> int:
+    """``python -m tools.demo stop beta``: ask the running demo to stop (or start) one instance."""
+    pid_file = base / "demo.pid"
+    if not pid_file.exists():
+        print(f"no demo is running from {base}: start it with `make demo`", file=sys.stderr)
+        return 1
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        print(f"no demo is running from {base}: start it with `make demo`", file=sys.stderr)
+        return 1
+    request = control_dir(base) / f"{action}-{name}"
+    request.parent.mkdir(parents=True, exist_ok=True)
+    request.write_text("")
+    deadline = time.monotonic() + timeout
+    while request.exists():
+        if time.monotonic() > deadline:
+            print(f"the demo did not {action} {name} within {timeout:.0f} s", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    print(f"{name}: {action} done")
+    return 0
+
+
+def pending_requests(base: Path) -> list[tuple[str, str, Path]]:
+    found = []
+    directory = control_dir(base)
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            parsed = parse_command(path.name.replace("-", " ", 1))
+            if parsed:
+                found.append((*parsed, path))
+            else:
+                path.unlink(missing_ok=True)
+    return found
+
+
+def run(base: Path) -> int:
+    demo = Demo(base)
+    print("Setting up the Pushmail demo (the first run creates the databases) …", flush=True)
+    tokens = demo.prepare()
+    for name in PORTS:
+        demo.start(name)
+    (base / "demo.pid").write_text(str(os.getpid()))
+    for stale in pending_requests(base):
+        stale[2].unlink(missing_ok=True)
+    print(usage(tokens, base), flush=True)
+
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -115,24 +301,46 @@ Logs: {base}/<instance>/web.log, worker.log, smtpd.log and submission.log.  Ctrl
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    interactive = sys.stdin.isatty()
     try:
         while not stop:
-            for name, inst in instances.items():
-                if inst.web and inst.web.poll() is not None:
-                    print(f"{name} web server exited; see {inst.data_dir / 'web.log'}", file=sys.stderr)
-                    stop = True
-                if any(server.poll() is not None for server in mail_servers[name]):
-                    print(f"{name}'s smtpd or submission exited; see their logs in {inst.data_dir}", file=sys.stderr)
-                    stop = True
-            time.sleep(0.5)
+            for action, name, path in pending_requests(base):
+                print(demo.act(action, name), flush=True)
+                path.unlink(missing_ok=True)
+            if interactive:
+                ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+                if ready:
+                    line = sys.stdin.readline()
+                    if not line:
+                        interactive = False
+                    elif line.strip():
+                        parsed = parse_command(line)
+                        print(
+                            demo.act(*parsed) if parsed else "commands: stop <alpha|beta>, start <alpha|beta>",
+                            flush=True,
+                        )
+            else:
+                time.sleep(0.5)
+            problem = demo.exited()
+            if problem:
+                print(problem, file=sys.stderr)
+                stop = True
     finally:
-        print("stopping …", flush=True)
-        for server in (s for servers in mail_servers.values() for s in servers):
-            server.terminate()
-        stop_all(instances.values())
-        for server in (s for servers in mail_servers.values() for s in servers):
-            server.wait(timeout=30)
+        demo.stop_everything()
+        (base / "demo.pid").unlink(missing_ok=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    base = demo_dir()
+    if not args:
+        return run(base)
+    parsed = parse_command(" ".join(args))
+    if parsed is None:
+        print(f"usage: python -m tools.demo [{'|'.join(ACTIONS)} {'|'.join(PORTS)}]", file=sys.stderr)
+        return 2
+    return request_action(base, *parsed)
 
 
 if __name__ == "__main__":
