@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from accounts.models import Domain, User
 from accounts.services import create_mailbox
-from federation.models import SigningKey
+from federation.models import SignedRequest, SigningKey
 from mailbox.models import InboxEntry, RemoteMessage
 from mailbox.services import accept_notification
 from outbox.models import Delivery
+from reputation.models import OriginPolicy, OriginReputation
 from tests.factories import PeerMessageFactory, SentMessageFactory
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +110,32 @@ def test_rotating_a_key_from_the_admin_makes_a_new_current_key(superuser_client:
     assert after.key_id in response.content.decode()
     before.refresh_from_db()
     assert before.retired_at is not None and before.expires_at is not None
+
+
+def test_known_peers_show_their_url_last_key_and_policy(superuser_client: Client, settings: Any) -> None:
+    settings.PUSHMAIL_PEERS = {"peer.test": "https://mail.peer.test/pm/"}
+    OriginReputation.objects.create(domain="peer.test")
+    OriginPolicy.objects.create(domain="peer.test", blocked=True)
+    for age, key_id in ((60, "peer.test#old"), (5, "peer.test#k2")):
+        SignedRequest.objects.create(
+            kind=SignedRequest.Kind.NOTIFICATION,
+            origin_domain="peer.test",
+            global_id=uuid.uuid4(),
+            sender="carol@peer.test",
+            local_domain="alpha.test",
+            received_at=timezone.now() - timedelta(minutes=age),
+            method="POST",
+            authority="alpha.test",
+            path="/pushmail/v1/notifications",
+            signature_input="pm=()",
+            signature="pm=:AA==:",
+            key_id=key_id,
+            public_key="cHVibGljIGtleSBvZiBwZWVyIHRlc3Q=",
+            body=b"{}",
+        )
+    page = superuser_client.get("/admin/reputation/originreputation/").content.decode()
+    assert "peer.test#k2" in page and "peer.test#old" not in page
+    assert "cHVibGljIGtleSBvZiBwZWVyIHRlc3Q=" in page
+    assert "https://mail.peer.test/pm/" in page
+    assert "blocked" in page
+    assert superuser_client.get("/admin/reputation/originreputation/add/").status_code == 403
