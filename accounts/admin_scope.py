@@ -67,3 +67,27 @@ class DomainScopedInline(admin.TabularInline):
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return is_domain_admin(request) or super().has_view_permission(request, obj)
+
+
+class ProtocolRecordAdmin(DomainScopedAdmin):
+    """Rows that record protocol state (notifications, deliveries, fetches, inbox entries): they move
+    only along their state graph, by the protocol and by the admin's actions, never by a typed-in edit.
+
+    The change page shows them read-only and nothing is added or deleted by hand. Actions declared
+    with ``permissions=["act"]`` (retry now, fetch now) stay with superusers and anyone granted the
+    model's change permission; a domain admin only views.
+    """
+
+    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        if is_domain_admin(request):
+            return False
+        return super().has_change_permission(request)

@@ -1,16 +1,20 @@
 from django.contrib import admin
+from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.admin import DomainAdmin as AccountsDomainAdmin
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline
 from accounts.models import Domain
 
+from .keys import rotate_key
 from .models import LearnedDomain, SigningKey
 
 
 @admin.register(SigningKey)
 class SigningKeyAdmin(DomainScopedAdmin):
-    """Ed25519 keys the domains sign with. Rotate with `manage.py rotatekey`; private keys never show here."""
+    """Ed25519 keys the domains sign with. Rotate from a domain's list action or with `manage.py rotatekey`;
+    private keys never show here."""
 
     list_display = ["key_id", "domain", "created_at", "retired_at", "expires_at"]
     list_filter = ["domain"]
@@ -57,7 +61,7 @@ class SigningKeyInline(DomainScopedInline):
     show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Domain | None = None) -> bool:
-        return False  # new keys come from `manage.py rotatekey`, which keeps the old one valid for a grace period
+        return False  # new keys come from rotation, which keeps the old one valid for a grace period
 
 
 # A domain's page lists its signing keys: accounts (below this app) registers the page, this app adds them.
@@ -67,3 +71,15 @@ admin.site.unregister(Domain)
 @admin.register(Domain)
 class DomainAdmin(AccountsDomainAdmin):
     inlines = [*AccountsDomainAdmin.inlines, SigningKeyInline]
+    actions = ["rotate_signing_key"]
+
+    @admin.action(
+        description="Rotate the signing keys (the old ones stay published for the grace period)",
+        permissions=["change"],
+    )
+    def rotate_signing_key(self, request: HttpRequest, queryset: QuerySet[Domain]) -> None:
+        made = []
+        for domain in queryset.order_by("name"):
+            with transaction.atomic():  # as `manage.py rotatekey`: retire and replace together
+                made.append(rotate_key(domain=domain).key_id)
+        self.message_user(request, f"New signing keys: {', '.join(made)}.")

@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.admin_scope import DomainScopedAdmin
+from accounts.admin_scope import DomainScopedAdmin, ProtocolRecordAdmin
 from accounts.http import AuthedRequest
 
 from .attachment_fetching import retry_now as retry_attachment_fetch_now
@@ -15,7 +15,7 @@ from .models import AllowedSender, InboxEntry, Label, ReceivedAttachment, Remote
 from .services import request_fetch
 
 
-@admin.action(description="Fetch now", permissions=["change"])
+@admin.action(description="Fetch now", permissions=["act"])
 def fetch_now(modeladmin: RemoteMessageAdmin, request: HttpRequest, queryset: QuerySet[RemoteMessage]) -> None:
     for remote_id in queryset.values_list("pk", flat=True):
         request_fetch(remote_id=remote_id, now=True)
@@ -23,7 +23,7 @@ def fetch_now(modeladmin: RemoteMessageAdmin, request: HttpRequest, queryset: Qu
 
 
 @admin.register(RemoteMessage)
-class RemoteMessageAdmin(DomainScopedAdmin):
+class RemoteMessageAdmin(ProtocolRecordAdmin):
     """Messages notified to this instance: one row per message, whatever the number of local readers."""
 
     def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -67,12 +67,9 @@ class RemoteMessageAdmin(DomainScopedAdmin):
     ]
     actions = [fetch_now]
 
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False  # messages arrive by notification only
-
 
 @admin.register(InboxEntry)
-class InboxEntryAdmin(DomainScopedAdmin):
+class InboxEntryAdmin(ProtocolRecordAdmin):
     domain_lookup = "owner__domain"
     list_display = ["subject", "owner", "sender", "state", "folder", "read", "starred", "size", "received_at"]
     list_filter = ["state", "folder", "read", "starred", "has_attachments", "owner__domain"]
@@ -83,9 +80,6 @@ class InboxEntryAdmin(DomainScopedAdmin):
     exclude = ["search_document"]  # holds the body text once fetched
     readonly_fields = ["state"]  # follows its message (mailbox.states), never set by hand
     filter_horizontal = ["labels"]
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False  # entries arrive with their mail
 
 
 @admin.register(Label)
@@ -106,7 +100,7 @@ class AllowedSenderAdmin(DomainScopedAdmin):
     raw_id_fields = ["owner"]
 
 
-@admin.action(description="Retry now", permissions=["change"])
+@admin.action(description="Retry now", permissions=["act"])
 def retry_fetch_now(modeladmin: Any, request: HttpRequest, queryset: QuerySet[ReceivedAttachment]) -> None:
     """Fetches waiting for their next attempt are tried at once; the others are left as they are."""
     waiting = queryset.filter(state=AttachmentFetchState.UNAVAILABLE).values_list("pk", flat=True)
@@ -116,7 +110,7 @@ def retry_fetch_now(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Re
 
 
 @admin.register(ReceivedAttachment)
-class ReceivedAttachmentAdmin(DomainScopedAdmin):
+class ReceivedAttachmentAdmin(ProtocolRecordAdmin):
     """Files of received messages: each one's fetch from its sender (recipient side), and its verified bytes."""
 
     def scope(self, request: AuthedRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -140,6 +134,3 @@ class ReceivedAttachmentAdmin(DomainScopedAdmin):
         "last_error",
         "fetched_at",
     ]
-
-    def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False

@@ -7,7 +7,7 @@ from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
+from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, ProtocolRecordAdmin, is_domain_admin
 from pushmail_site.states import transition_rows
 
 from . import complaints
@@ -94,20 +94,16 @@ class MessageAttachmentInline(admin.TabularInline):
 
 
 @admin.register(AttachmentFetch)
-class AttachmentFetchAdmin(admin.ModelAdmin):
+class AttachmentFetchAdmin(ProtocolRecordAdmin):
     """Attachments served to recipient domains (sender side). Read-only: a log."""
+
+    domain_lookup = "attachment__message__sender__domain"
 
     list_display = ["attachment", "domain", "fetched_at", "bytes"]
     list_filter = ["domain"]
     search_fields = ["domain", "attachment__name", "=attachment__message__id"]
     date_hierarchy = "fetched_at"
     list_select_related = ["attachment"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Message)
@@ -146,7 +142,7 @@ class MessageAdmin(DomainScopedAdmin):
         return False  # messages are sent by their senders (webmail or API), never typed in here
 
 
-@admin.action(description="Retry notification now", permissions=["change"])
+@admin.action(description="Retry notification now", permissions=["act"])
 def retry_now(modeladmin: DeliveryAdmin, request: HttpRequest, queryset: QuerySet[Delivery]) -> None:
     ids = transition_rows(
         queryset.filter(local=False),
@@ -160,7 +156,7 @@ def retry_now(modeladmin: DeliveryAdmin, request: HttpRequest, queryset: QuerySe
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(DomainScopedAdmin):
+class DeliveryAdmin(ProtocolRecordAdmin):
     """One notification per message and recipient domain."""
 
     domain_lookup = "message__sender__domain"
@@ -196,7 +192,7 @@ class DeliveryAdmin(DomainScopedAdmin):
 
 
 @admin.register(Withdrawal)
-class WithdrawalAdmin(DomainScopedAdmin):
+class WithdrawalAdmin(ProtocolRecordAdmin):
     """One withdrawal per withdrawn message and recipient domain that may have been told about it."""
 
     domain_lookup = "message__sender__domain"
@@ -207,12 +203,9 @@ class WithdrawalAdmin(DomainScopedAdmin):
     list_select_related = ["message"]
     raw_id_fields = ["message"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # made by the sender's withdrawal, never typed in here
-
 
 @admin.register(BodyFetch)
-class BodyFetchAdmin(DomainScopedAdmin):
+class BodyFetchAdmin(ProtocolRecordAdmin):
     """Each time a recipient domain pulled a body: the sender side's view of reads (per domain, never per user)."""
 
     domain_lookup = "message__sender__domain"
@@ -223,9 +216,6 @@ class BodyFetchAdmin(DomainScopedAdmin):
     date_hierarchy = "fetched_at"
     list_select_related = ["message"]
     raw_id_fields = ["message"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
 
 @admin.register(Draft)

@@ -207,13 +207,19 @@ def _chunks(notification: payloads.Notification, size: int) -> list[payloads.Not
 
 
 def _record_answers(delivery: Delivery, results: dict[str, dict[str, str]]) -> None:
+    """Each recipient's answer; a refusal is final (an unknown mailbox), so its sender is told at once."""
+    refused: list[tuple[str, str]] = []
     with transaction.atomic():
-        for recipient in Recipient.objects.filter(message=delivery.message, domain=delivery.domain):
+        for recipient in Recipient.objects.filter(message=delivery.message, domain=delivery.domain).order_by("pk"):
             status, reason = _answer(results.get(recipient.address))
             if (recipient.status, recipient.reason) != (status, reason):
+                if status == RecipientStatus.REJECTED and recipient.status != RecipientStatus.REJECTED:
+                    refused.append((recipient.address, reason))
                 recipient.status, recipient.reason = status, reason
                 recipient.save(update_fields=["status", "reason"])
         _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
+        if refused:
+            _notify_sender(delivery, refused)
 
 
 def _answer(answer: dict[str, str] | None) -> tuple[str, str]:
@@ -235,11 +241,16 @@ def _finish_delivery(delivery: Delivery, *, state: str, error: str) -> None:
 
 
 def _reject_all(delivery: Delivery, reason: str) -> None:
+    """The domain cannot take the message at all: final, so its sender is told at once."""
     with transaction.atomic():
-        Recipient.objects.filter(message=delivery.message, domain=delivery.domain).update(
-            status=RecipientStatus.REJECTED, reason=reason
+        waiting = Recipient.objects.filter(message=delivery.message, domain=delivery.domain).exclude(
+            status=RecipientStatus.REJECTED
         )
+        addresses = list(waiting.order_by("pk").values_list("address", flat=True))
+        waiting.update(status=RecipientStatus.REJECTED, reason=reason)
         _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
+        if addresses:
+            _notify_sender(delivery, [(address, reason) for address in addresses])
 
 
 def _delivery_failed_attempt(delivery: Delivery, error: str, *, retryable: bool, retry_after: float | None) -> None:

@@ -221,6 +221,7 @@ class BodyFetch(models.Model):
     bytes = models.PositiveIntegerField()
 
     class Meta:
+        verbose_name_plural = "body fetches"
         indexes = [models.Index(fields=["message", "domain"])]
 
     def __str__(self) -> str:
@@ -254,6 +255,7 @@ class AttachmentFetch(models.Model):
     bytes = models.BigIntegerField()
 
     class Meta:
+        verbose_name_plural = "attachment fetches"
         indexes = [models.Index(fields=["attachment", "domain"])]
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ from accounts.validators import domain_of, normalize_address
 from federation import discovery
 
 from .delivery import LEGACY_REASON
-from .models import Delivery, Message, Transport
+from .models import Delivery, DeliveryState, Message, RecipientStatus, Transport
 
 __all__ = [
     "CHECK_BUDGET_SECONDS",
@@ -119,6 +119,9 @@ class WithdrawalScope:
 
     pushmail: list[str] = field(default_factory=list)
     smtp: list[str] = field(default_factory=list)
+    #: Pushmail domains that took the message for nobody (the delivery failed, or every recipient
+    #: there was refused): nothing is offered there, so there is nothing to withdraw.
+    failed: list[str] = field(default_factory=list)
 
     @property
     def withdrawable(self) -> bool:
@@ -127,6 +130,8 @@ class WithdrawalScope:
     @property
     def summary(self) -> str:
         """What Withdraw does for this message, in a sentence or two."""
+        if not self.pushmail and not self.smtp and self.failed:
+            return f"Nothing to withdraw: {', '.join(self.failed)} did not take the message."
         if not self.smtp:
             return "Withdrawal reaches every recipient domain."
         copies = f"Copies sent by ordinary email (SMTP) to {', '.join(self.smtp)} are stored at the recipients' servers"
@@ -140,7 +145,11 @@ class WithdrawalScope:
 def withdrawal_scope(message: Message) -> WithdrawalScope:
     """The message's recipient domains split into Pushmail ones (withdrawable) and SMTP ones (not)."""
     deliveries = sorted(message.deliveries.all(), key=lambda d: d.domain)
+    taken = set(message.recipients.exclude(status=RecipientStatus.REJECTED).values_list("domain", flat=True).distinct())
+    pushmail = [d for d in deliveries if not by_smtp(d)]
+    failed = [d.domain for d in pushmail if d.state == DeliveryState.FAILED or d.domain not in taken]
     return WithdrawalScope(
-        pushmail=[d.domain for d in deliveries if not by_smtp(d)],
+        pushmail=[d.domain for d in pushmail if d.domain not in failed],
         smtp=[d.domain for d in deliveries if by_smtp(d)],
+        failed=failed,
     )

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.admin_scope import DomainScopedAdmin, DomainScopedInline, is_domain_admin
 from accounts.http import AuthedRequest
 from accounts.models import User
+from federation import discovery
 from federation.models import SignedRequest
 from mailbox.models import RemoteMessage
 
@@ -465,11 +466,15 @@ class CampaignAdmin(DomainScopedAdmin):
 
 @admin.register(OriginReputation)
 class OriginReputationAdmin(InstanceWideReputationAdmin):
-    """Origins: their score and what it is made of, whether they answer, the admin's policy, and the
-    decisions the scores made (below, with their reasons)."""
+    """Origins, the peers this instance knows: where they are reached, the key they last signed with and
+    when they last sent, their score and what it is made of, whether they answer, the admin's policy,
+    and the decisions the scores made (below, with their reasons)."""
 
     list_display = [
         "domain",
+        "api_url",
+        "last_key",
+        "last_seen_at",
         "score_shown",
         "reads",
         "replies",
@@ -492,14 +497,33 @@ class OriginReputationAdmin(InstanceWideReputationAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         policies = OriginPolicy.objects.filter(domain=OuterRef("domain"))
+        signed = SignedRequest.objects.filter(origin_domain=OuterRef("domain")).order_by("-received_at")
         return (
             super()
             .get_queryset(request)
             .annotate(
                 policy_blocked=Subquery(policies.values("blocked")[:1]),
                 policy_rate=Subquery(policies.values("rate_per_minute")[:1]),
+                signed_key_id=Subquery(signed.values("key_id")[:1]),
+                signed_public_key=Subquery(signed.values("public_key")[:1]),
+                signed_at=Subquery(signed.values("received_at")[:1]),
             )
         )
+
+    @admin.display(description="API URL")
+    def api_url(self, obj: OriginReputation) -> str:
+        return discovery.base_url_for(obj.domain)
+
+    @admin.display(description="last signing key")
+    def last_key(self, obj: Any) -> str:
+        # From the signed requests kept as evidence (PUSHMAIL_EVIDENCE_DAYS): none once they age out.
+        if not obj.signed_key_id:
+            return "-"
+        return f"{obj.signed_key_id} ({obj.signed_public_key})"
+
+    @admin.display(description="last sent", ordering="signed_at")
+    def last_seen_at(self, obj: Any) -> Any:
+        return obj.signed_at or "-"
 
     @admin.display(description="score", ordering="score")
     def score_shown(self, obj: OriginReputation) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, cast
 
-from django.db.models import BigIntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
+from django.db.models import BigIntegerField, Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from mailbox.selectors import Cursor, Page
-from outbox.models import Delivery, Message, MessageAttachment
+from outbox.models import Delivery, Message, MessageAttachment, Recipient, RecipientStatus
 from outbox.reach import by_smtp
 from outbox.selectors import sent_messages_for
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         delivery_summary: str
         smtp_domains: list[str]
         attachments_bytes: int  # with_total_size
+        undelivered_count: int  # recipients refused for good
 
 
 def with_total_size(messages: QuerySet[Message]) -> QuerySet[Message]:
@@ -44,10 +45,18 @@ def sent_page(
 
     Each message comes with its deliveries (one query for the page) for a per-message summary.
     """
+    refused = (
+        Recipient.objects.filter(message=OuterRef("pk"), status=RecipientStatus.REJECTED)
+        .order_by()
+        .values("message")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
     messages = with_total_size(
         sent_messages_for(user=user)
         .filter(sender_folder=folder)
         .defer("text", "html")
+        .annotate(undelivered_count=Coalesce(Subquery(refused, output_field=IntegerField()), 0))
         .prefetch_related(Prefetch("deliveries", queryset=Delivery.objects.order_by("domain")))
     )
     if folder == "trash":
