@@ -31,6 +31,7 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from django.conf import settings
 
 from accounts.validators import normalize_address
+from pushmail_site.listen import listen_address
 
 from . import services
 from .database_threads import DatabaseThreads
@@ -286,14 +287,6 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 in brackets) as a pair; ValueError naming the problem."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"PUSHMAIL_SMTP_LISTEN {value!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class GatewayController(Controller):

@@ -95,10 +95,9 @@ class MailProgramSettings:
 
 def mail_program_settings() -> MailProgramSettings:
     """The submission server as a mail program reaches it: this instance's mail host and listening ports."""
-    _host, starttls_port = listen_address(settings.PUSHMAIL_SUBMISSION_LISTEN)
-    tls_port = (
-        listen_address(settings.PUSHMAIL_SUBMISSION_TLS_LISTEN)[1] if settings.PUSHMAIL_SUBMISSION_TLS_LISTEN else None
-    )
+    _host, starttls_port = listen_address(settings.PUSHMAIL_SUBMISSION_LISTEN, setting="PUSHMAIL_SUBMISSION_LISTEN")
+    implicit = settings.PUSHMAIL_SUBMISSION_TLS_LISTEN
+    tls_port = listen_address(implicit, setting="PUSHMAIL_SUBMISSION_TLS_LISTEN")[1] if implicit else None
     encrypted = bool(settings.PUSHMAIL_SUBMISSION_TLS_CERT and settings.PUSHMAIL_SUBMISSION_TLS_KEY)
     return MailProgramSettings(host=hostname(), starttls_port=starttls_port, tls_port=tls_port, encrypted=encrypted)
 

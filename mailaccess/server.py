@@ -14,6 +14,8 @@ from django.conf import settings
 from twisted.internet import ssl
 from twisted.internet.interfaces import IListeningPort
 
+from pushmail_site.listen import listen_address
+
 from .pop3 import POP3Factory
 
 __all__ = ["Listener", "listen_address", "start_listening", "tls_context"]
@@ -27,14 +29,6 @@ class Listener:
     host: str
     port: int
     tls: str  # "implicit", "stls" or "none"
-
-
-def listen_address(value: str, *, setting: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 in brackets) as a pair; ValueError naming the setting and the problem."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{setting} {value!r} is not host:port")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def tls_context() -> ssl.DefaultOpenSSLContextFactory | None:

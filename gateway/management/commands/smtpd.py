@@ -31,7 +31,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            host, port = listen_address(options["listen"] or settings.PUSHMAIL_SMTP_LISTEN)
+            listen = options["listen"] or settings.PUSHMAIL_SMTP_LISTEN
+            host, port = listen_address(listen, setting="PUSHMAIL_SMTP_LISTEN")
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         processes = options["processes"]

@@ -34,10 +34,11 @@ class Command(BaseCommand):
         try:
             for spec, implicit_tls in listeners:
                 try:
-                    host, port = listen_address(spec)
+                    setting = "PUSHMAIL_SUBMISSION_TLS_LISTEN" if implicit_tls else "PUSHMAIL_SUBMISSION_LISTEN"
+                    host, port = listen_address(spec, setting=setting)
                     controller = SubmissionController(host=host, port=port, implicit_tls=implicit_tls)
                 except ValueError as exc:
-                    raise CommandError(str(exc).replace("PUSHMAIL_SMTP_LISTEN", "the listen address")) from exc
+                    raise CommandError(str(exc)) from exc
                 try:
                     controller.start()
                 except OSError as exc:
