@@ -224,7 +224,9 @@ def test_concurrent_opens_by_two_colleagues_fetch_once(alpha: Instance, beta: In
 
     with ThreadPoolExecutor(2) as pool:
         statuses = list(pool.map(open_at_once, [b1, b2], [e1["id"], e2["id"]]))
-    assert statuses == [202, 202], "the body cannot be on beta before the first open"
+    # The first open finds the body at the sender's; the other may find it already fetched when the
+    # fetch (on loopback, milliseconds) wins the race against its request.
+    assert 202 in statuses and set(statuses) <= {200, 202}, f"the body was on beta before any open: {statuses}"
 
     for api, entry in ((b1, e1), (b2, e2)):
         assert token in api.read_until(entry["id"], "fetched")["body"]["text"]
