@@ -29,6 +29,8 @@ from mailbox.eml_entries import entry_eml
 from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
 from mailbox.states import BODY_AT_SENDER
 
+from .models import DownloadSize
+
 __all__ = [
     "BodyNotHereYet",
     "DropItem",
@@ -39,6 +41,7 @@ __all__ = [
     "finish_download",
     "headers_only",
     "list_maildrop",
+    "on_the_wire",
     "trash",
 ]
 
@@ -64,7 +67,13 @@ class BodyNotHereYet(Exception):
 
 @dataclass(frozen=True)
 class DropItem:
-    """One message of the maildrop as listed: its entry, size (from the notification) and unique id."""
+    """One message of the maildrop as listed: its entry, size and unique id.
+
+    The size is the exact octets of the last download (:class:`~mailaccess.models.DownloadSize`)
+    once the message has been downloaded; before that, the size the notification announced
+    (body and attachments), which the download may differ from (the MIME rendering adds headers
+    and transfer encoding; attachments still at the sender's are only named in a note).
+    """
 
     entry_id: int
     size: int
@@ -77,13 +86,29 @@ def _uid(entry_id: int) -> str:
 
 
 def list_maildrop(*, user_id: int) -> list[DropItem]:
-    """The user's Inbox, oldest first, from the notifications alone (no fetch, no body read)."""
+    """The user's Inbox, oldest first, from the notifications and the sizes of earlier downloads
+    (two queries; no fetch, no body read)."""
     rows = (
         InboxEntry.objects.filter(owner_id=user_id, folder=Folder.INBOX)
         .order_by("received_at", "pk")
         .values_list("pk", "size", "attachments_size")
     )
-    return [DropItem(entry_id=pk, size=max(1, size + attachments), uid=_uid(pk)) for pk, size, attachments in rows]
+    sent = dict(
+        DownloadSize.objects.filter(entry__owner_id=user_id, entry__folder=Folder.INBOX).values_list("entry_id", "size")
+    )
+    return [
+        DropItem(entry_id=pk, size=sent.get(pk) or max(1, size + attachments), uid=_uid(pk))
+        for pk, size, attachments in rows
+    ]
+
+
+def on_the_wire(eml: bytes) -> bytes:
+    """The message as a POP3 download carries it: CRLF line ends, ending with one (RFC 1939 §3).
+
+    Its length is the size ``LIST`` gives; dot-stuffing is added on the wire only.
+    """
+    eml = eml.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return eml if eml.endswith(b"\r\n") else eml + b"\r\n"
 
 
 def _entry(user_id: int, entry_id: int) -> InboxEntry | None:
@@ -134,7 +159,7 @@ class FetchAsked:
     asked_at: float
 
 
-def begin_download(*, user_id: int, entry_id: int) -> bytes | FetchAsked:
+def begin_download(*, user_id: int, entry_id: int, listed_size: int | None = None) -> bytes | FetchAsked:
     """The message's bytes (:func:`finish_download`) when its body is here; else ask for the fetch.
 
     Asking opens the entry as the webmail does (it is marked read) and skips a pending backoff,
@@ -144,7 +169,7 @@ def begin_download(*, user_id: int, entry_id: int) -> bytes | FetchAsked:
     if entry is None:
         raise LookupError(entry_id)
     if entry.remote_id is None or entry.state not in BODY_AT_SENDER:
-        return finish_download(user_id=user_id, entry_id=entry_id)
+        return finish_download(user_id=user_id, entry_id=entry_id, listed_size=listed_size)
     asked_at = timezone.now().timestamp()
     with transaction.atomic():
         fetching.open_entry(entry=entry)
@@ -159,12 +184,21 @@ def fetch_settled(asked: FetchAsked) -> bool:
     return found is None or _settled(found, asked.asked_at)
 
 
-def finish_download(*, user_id: int, entry_id: int) -> bytes:
-    """The message as RFC 5322 bytes, exactly as its .eml download; marks it read, as opening it does.
+def finish_download(*, user_id: int, entry_id: int, listed_size: int | None = None) -> bytes:
+    """The message as RFC 5322 bytes, exactly as its .eml download with CRLF line ends
+    (:func:`on_the_wire`); marks it read, as opening it does.
 
-    Raises :class:`BodyNotHereYet` while the body is still at the sender's, and
-    ``LookupError`` when the entry is gone (deleted meanwhile).
+    When its length differs from ``listed_size`` (what this session's listing said), the new
+    size is kept for the next listing. Raises :class:`BodyNotHereYet` while the body is still
+    at the sender's, and ``LookupError`` when the entry is gone (deleted meanwhile).
     """
+    eml = on_the_wire(_download(user_id, entry_id))
+    if len(eml) != listed_size:
+        DownloadSize.objects.update_or_create(entry_id=entry_id, defaults={"size": len(eml)})
+    return eml
+
+
+def _download(user_id: int, entry_id: int) -> bytes:
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
@@ -178,17 +212,17 @@ def finish_download(*, user_id: int, entry_id: int) -> bytes:
     return eml
 
 
-def download(*, user_id: int, entry_id: int, wait: float | None = None) -> bytes:
+def download(*, user_id: int, entry_id: int, wait: float | None = None, listed_size: int | None = None) -> bytes:
     """:func:`begin_download`, waiting in this thread for the fetch up to ``wait`` seconds
     (``PUSHMAIL_LEGACY_FETCH_WAIT``), then :func:`finish_download`. The server waits without
     holding a thread (mailaccess.pop3); this is the same sequence for a caller that may block."""
-    started = begin_download(user_id=user_id, entry_id=entry_id)
+    started = begin_download(user_id=user_id, entry_id=entry_id, listed_size=listed_size)
     if isinstance(started, bytes):
         return started
     deadline = time.monotonic() + (settings.PUSHMAIL_LEGACY_FETCH_WAIT if wait is None else wait)
     while not fetch_settled(started) and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-    return finish_download(user_id=user_id, entry_id=entry_id)
+    return finish_download(user_id=user_id, entry_id=entry_id, listed_size=listed_size)
 
 
 def headers_only(*, user_id: int, entry_id: int) -> bytes:

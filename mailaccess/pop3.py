@@ -259,18 +259,20 @@ class PushmailPOP3(pop3.POP3):
 
         return self._longOperation(self._coiterate(gen()))
 
-    def _message(self, entry_id: int) -> defer.Deferred[bytes]:
+    def _message(self, item: maildrop.DropItem) -> defer.Deferred[bytes]:
         """The message's bytes; a body at the sender's is fetched and waited for up to
         ``PUSHMAIL_LEGACY_FETCH_WAIT`` seconds, polling from the reactor so no thread is held meanwhile."""
         assert self.session is not None
-        user_id = self.session.user_id
+        user_id, entry_id, listed = self.session.user_id, item.entry_id, item.size
         clock: Any = self.factory.clock
         deadline = clock.seconds() + settings.PUSHMAIL_LEGACY_FETCH_WAIT
 
         def wait(asked: maildrop.FetchAsked) -> defer.Deferred[Any]:
             def settled(done: bool) -> Any:
                 if done or clock.seconds() >= deadline or self.session is None:
-                    return self._in_thread(maildrop.finish_download, user_id=user_id, entry_id=entry_id)
+                    return self._in_thread(
+                        maildrop.finish_download, user_id=user_id, entry_id=entry_id, listed_size=listed
+                    )
                 return task.deferLater(clock, maildrop.POLL_SECONDS, wait, asked)
 
             return self._in_thread(maildrop.fetch_settled, asked=asked).addCallback(settled)
@@ -278,13 +280,15 @@ class PushmailPOP3(pop3.POP3):
         def started(result: bytes | maildrop.FetchAsked) -> Any:
             return result if isinstance(result, bytes) else wait(result)
 
-        return self._in_thread(maildrop.begin_download, user_id=user_id, entry_id=entry_id).addCallback(started)
+        return self._in_thread(
+            maildrop.begin_download, user_id=user_id, entry_id=entry_id, listed_size=listed
+        ).addCallback(started)
 
     def do_RETR(self, number: bytes) -> Any:
         found = self._item(number)
         if found is None:
             return None
-        d = self._message(found[1].entry_id)
+        d = self._message(found[1])
         d.addCallback(lambda eml: self._send_message(eml, b"%d octets" % len(eml)))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
@@ -304,8 +308,8 @@ class PushmailPOP3(pop3.POP3):
         if count == 0:
             d = self._in_thread(maildrop.headers_only, user_id=self.session.user_id, entry_id=found[1].entry_id)
         else:
-            d = self._message(found[1].entry_id)
-        d.addCallback(lambda eml: self._send_message(_top(eml, count), b"Top of message follows"))
+            d = self._message(found[1])
+        d.addCallback(lambda eml: self._send_message(maildrop.on_the_wire(_top(eml, count)), b"Top of message follows"))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
 
@@ -321,14 +325,12 @@ class PushmailPOP3(pop3.POP3):
         if self.session is None:  # the client left while the message was being fetched
             return defer.succeed(None)
         self.successResponse(first)
+        # Dot-stuffing (RFC 1939 §3) on the whole message, so no line start is missed at a chunk's edge;
+        # ``eml`` already has CRLF line ends and ends with one (maildrop.on_the_wire).
+        stuffed = (b"\r\n" + eml).replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
         sender = basic.FileSender()
-        d: defer.Deferred[bytes] = sender.beginFileTransfer(BytesIO(eml), self.transport, self.transformChunk)
-        d.addCallback(self.finishedFileTransfer)
-        return d  # type: ignore[return-value]
-
-    def transformChunk(self, chunk: bytes) -> bytes:
-        # Line ends as CRLF whatever the source used, and dot-stuffing (RFC 1939 §3).
-        return chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\r\n.", b"\r\n..")
+        d: defer.Deferred[bytes] = sender.beginFileTransfer(BytesIO(stuffed), self.transport)
+        return d.addCallback(lambda _last: None)
 
     def do_DELE(self, number: bytes) -> None:
         found = self._item(number)

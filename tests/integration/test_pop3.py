@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Api, Cluster, mailboxes, sql, start_cluster, unique, wait_for
+from tests.integration.conftest import Api, Cluster, mailboxes, shell_json, sql, start_cluster, unique, wait_for
 from tests.integration.test_submission import _non_loopback_address
 from tests.smtp_support import free_port, self_signed
 from tools.cluster import PYTHON, ROOT
@@ -257,30 +257,118 @@ def test_fetchmail_downloads_over_tls_and_a_second_run_finds_nothing_new(setup: 
 
 # --- Fetch accounting -------------------------------------------------------------------------
 
+MANY = 1000
 
-def test_listing_fetches_nothing_from_the_sender_and_one_download_fetches_one_body(setup: Pop3) -> None:
+
+def _send_many(setup: Pop3, ann: Api, readers: list[list[str]], prefix: str) -> list[str]:
+    """Send one message per reader list from ann, in one shell on alpha through ``send_message``
+    (the service the API calls); the notifications go out through alpha's worker as usual."""
+    subjects = [f"{prefix}{n:04d}" for n in range(len(readers))]
+    shell_json(
+        setup.alpha,
+        "import json\n"
+        "from accounts.models import User\n"
+        "from outbox.services import send_message\n"
+        f"ann = User.objects.get(email={ann.address!r})\n"
+        f"for subject, to in zip({subjects!r}, {readers!r}):\n"
+        "    send_message(sender=ann, to=to, subject=subject, text='Body of ' + subject + '\\n')\n"
+        "print(json.dumps(True))\n",
+    )
+    return subjects
+
+
+def _inbox_count(setup: Pop3, reader: Api) -> int:
+    rows = sql(
+        setup.beta,
+        "SELECT count(*) FROM mailbox_inboxentry e JOIN accounts_user u ON u.id = e.owner_id "
+        f"WHERE u.email = '{reader.address}'",
+    )
+    return int(rows[0][0])
+
+
+def test_listing_a_thousand_messages_fetches_nothing_and_a_download_fetches_one_body_per_domain(
+    setup: Pop3,
+) -> None:
     ann, bob = _pair(setup)
-    subjects = [unique("Many ") for _ in range(25)]
-    for subject in subjects:
-        ann.send(to=[bob.address], subject=subject, text=f"Body of {subject}\n")
-    wait_for("every message in bob's inbox", lambda: len(bob.inbox()) == len(subjects), timeout=60)
+    (bea,) = mailboxes(setup.beta, 1, prefix="bea")
+    # The last message goes to bob and bea, both on beta.test: one domain, so one fetch for both.
+    readers = [[bob.address]] * (MANY - 1) + [[bob.address, bea.address]]
+    subjects = _send_many(setup, ann, readers, unique("Many ") + " ")
+    wait_for(f"{MANY} notifications in bob's inbox", lambda: _inbox_count(setup, bob) == MANY, timeout=240)
 
     pop = _pop(setup, bob)
     count, _size = pop.stat()
-    assert count == len(subjects)
-    pop.list()
-    pop.uidl()
+    assert count == MANY
+    assert len(pop.list()[1]) == MANY and len(pop.uidl()[1]) == MANY
     headers = [b"\n".join(pop.top(n, 0)[1]) for n in range(1, count + 1)]
-    assert _fetches(setup, ann) == 0
-    assert sorted(h.split(b"Subject: ", 1)[1].split(b"\n", 1)[0].decode() for h in headers) == sorted(subjects)
+    listed = sorted(h.split(b"Subject: ", 1)[1].split(b"\n", 1)[0].decode() for h in headers)
+    assert listed == subjects
+    assert _fetches(setup, ann) == 0  # listing 1,000 messages took no body from alpha
 
-    lines = pop.retr(1)[1]
+    last = next(n for n, h in enumerate(headers, start=1) if subjects[-1].encode() in h)
+    message = email.message_from_bytes(_joined(pop.retr(last)[1]), policy=email.policy.default)
+    assert _text(message) == f"Body of {subjects[-1]}\n"
     assert _fetches(setup, ann) == 1
-    message = email.message_from_bytes(_joined(lines), policy=email.policy.default)
-    assert _text(message) == f"Body of {message['Subject']}\n"  # type: ignore[arg-type]
-    pop.retr(1)  # the body is here now: no second fetch
+    pop.quit()
+
+    pop = _pop(setup, bea)
+    message = email.message_from_bytes(_joined(pop.retr(1)[1]), policy=email.policy.default)
+    pop.quit()
+    assert _text(message) == f"Body of {subjects[-1]}\n"
+    assert _fetches(setup, ann) == 1  # bea's copy came from beta's: one fetch per domain
+
+    pop = _pop(setup, bob)
+    assert pop.stat()[0] == MANY
     pop.quit()
     assert _fetches(setup, ann) == 1
+
+
+# --- Sizes ------------------------------------------------------------------------------------
+
+
+def test_list_gives_the_octets_retr_sends_once_a_message_was_downloaded(setup: Pop3) -> None:
+    """RFC 1939: a mail program expects LIST's size to be what RETR delivers.
+
+    Before a message's first download the listing has only the notification (no body may be
+    fetched to list): LIST then gives the size the notification announced, which the MIME
+    rendering may differ from. After a download, LIST and STAT give exactly what RETR sends.
+    """
+    ann, bob = _pair(setup)
+    texts = [f"Dear Bob,\nthe figures are in: {unique()}.\n" * 30, f"Short note {unique()}\n"]
+    for text in texts:
+        _send(ann, bob, unique("Sizes "), text)
+
+    pop = _pop(setup, bob)
+    before = {n: size for n, size in (map(int, line.split()) for line in pop.list()[1])}
+    assert len(before) == 2 and all(size > 0 for size in before.values())
+    assert _fetches(setup, ann) == 0
+    octets = {n: pop.retr(n)[2] for n in before}
+    pop.quit()
+    assert before != octets  # the notification's size is not the rendering's
+
+    pop = _pop(setup, bob)
+    listed = {n: size for n, size in (map(int, line.split()) for line in pop.list()[1])}
+    assert listed == octets
+    assert pop.stat() == (2, sum(octets.values()))
+    for n, size in listed.items():
+        assert int(pop.list(n).split()[2]) == size
+        resp, lines, got = pop.retr(n)
+        assert got == size and resp == f"+OK {size} octets".encode()
+    pop.quit()
+
+
+def test_lines_that_are_a_lone_dot_come_through_a_long_message_intact(setup: Pop3) -> None:
+    """Dot-stuffing (RFC 1939 §3) holds for every line of a message longer than one write."""
+    ann, bob = _pair(setup)
+    text = ".\n" * 30000 + f"end {unique()}\n"
+    _send(ann, bob, unique("Dots "), text)
+
+    pop = _pop(setup, bob)
+    resp, lines, octets = pop.retr(1)
+    pop.quit()
+    message = email.message_from_bytes(_joined(lines), policy=email.policy.default)
+    assert _text(message) == text
+    assert resp == f"+OK {octets} octets".encode()
 
 
 # --- Protocol corners with poplib -------------------------------------------------------------

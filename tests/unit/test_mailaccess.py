@@ -9,9 +9,10 @@ import pytest
 from accounts.mail_logins import check_mail_login
 from accounts.models import User
 from accounts.services import issue_api_token
+from federation import payloads
 from gateway import submission
 from mailaccess import maildrop
-from mailbox.models import EntryState, FetchState, Folder, InboxEntry
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
 from tests.conftest import Queued, ago
 from tests.factories import InboxEntryFactory, RemoteMessageFactory
 
@@ -37,6 +38,45 @@ def test_the_maildrop_is_the_inbox_oldest_first_listed_without_fetching(bob: Use
         (newer.pk, 500, f"pm{newer.pk}"),
     ]
     assert queued == []
+
+
+def _fetched(owner: User, text: str) -> InboxEntry:
+    message = RemoteMessageFactory(local_domain=owner.domain.name, state=FetchState.FETCHED)
+    content = payloads.canonical_body(
+        global_id=message.global_id,
+        message_id=message.message_id,
+        sender=message.sender,
+        to=[owner.email],
+        cc=[],
+        subject=message.subject,
+        date=message.date,
+        text=text,
+        html=None,
+        in_reply_to="",
+        references=[],
+    )
+    RemoteMessage.objects.filter(pk=message.pk).update(content=content, size=len(content))
+    entry: InboxEntry = InboxEntryFactory(owner=owner, remote=message, state=EntryState.FETCHED, size=len(content))
+    return entry
+
+
+def test_once_downloaded_a_message_is_listed_with_the_exact_size_of_its_download(bob: User) -> None:
+    entry = _fetched(bob, "Dear Bob,\nthe figures are in.\n" * 40)
+    # Before any download the listing can only give the size the notification announced.
+    (before,) = maildrop.list_maildrop(user_id=bob.pk)
+    assert before.size == entry.size
+
+    eml = maildrop.download(user_id=bob.pk, entry_id=entry.pk, listed_size=before.size)
+
+    assert eml.endswith(b"\r\n") and b"\n" not in eml.replace(b"\r\n", b"")
+    assert before.size != len(eml)  # the MIME rendering differs from the notified body...
+    (after,) = maildrop.list_maildrop(user_id=bob.pk)
+    assert after.size == len(eml)  # ...and the next listing says what the download sends
+    assert maildrop.download(user_id=bob.pk, entry_id=entry.pk, listed_size=after.size) == eml
+
+
+def test_a_download_has_crlf_line_ends_whatever_the_source_used() -> None:
+    assert maildrop.on_the_wire(b"Subject: x\n\nline\r\n.dot") == b"Subject: x\r\n\r\nline\r\n.dot\r\n"
 
 
 def test_top_0_headers_come_from_the_notification_alone(bob: User, queued: list[Queued]) -> None:
