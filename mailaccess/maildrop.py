@@ -35,13 +35,16 @@ __all__ = [
     "BodyNotHereYet",
     "DropItem",
     "FetchAsked",
+    "Prepared",
     "begin_download",
     "download",
     "fetch_settled",
     "finish_download",
     "headers_only",
     "list_maildrop",
+    "mark_downloaded",
     "on_the_wire",
+    "prepare_downloads",
     "trash",
 ]
 
@@ -204,12 +207,64 @@ def _download(user_id: int, entry_id: int) -> bytes:
         raise LookupError(entry_id)
     if entry.state in BODY_AT_SENDER:
         raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
-    with transaction.atomic():
-        fetching.open_entry(entry=entry)
+    if _unopened(entry):
+        with transaction.atomic():
+            fetching.open_entry(entry=entry)
+    return _eml_of(entry)
+
+
+def _unopened(entry: InboxEntry) -> bool:
+    # Opening marks read and records the first open (read counts); nothing to do when both are done.
+    return not entry.read or entry.opened_at is None
+
+
+def _eml_of(entry: InboxEntry) -> bytes:
+    """The .eml of an entry whose body is here, or the system message standing in for one that cannot be read."""
     eml = entry_eml(entry)
     if eml is None:
         return _system_message(entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown."))
     return eml
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A download made ahead of its ``RETR``: the bytes (:func:`on_the_wire`), and whether it is still unread."""
+
+    eml: bytes
+    unread: bool
+
+
+def prepare_downloads(*, user_id: int, items: list[DropItem]) -> dict[int, Prepared]:
+    """The downloads of those of ``items`` whose body is here, by entry id, in two queries at most.
+
+    A mail program downloads a maildrop in order, so the server renders the next messages
+    together; nothing is marked read here (:func:`mark_downloaded` does, once each is sent).
+    Messages whose body is at the sender's, or gone meanwhile, are left out: they take
+    :func:`begin_download`. A size that differs from the listing's is kept for the next one.
+    """
+    listed = {item.entry_id: item.size for item in items}
+    entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=listed).select_related(
+        "remote", "local", "owner", "owner__domain"
+    )
+    prepared: dict[int, Prepared] = {}
+    for entry in entries:
+        if entry.state in BODY_AT_SENDER:
+            continue
+        prepared[entry.pk] = Prepared(on_the_wire(_eml_of(entry)), unread=_unopened(entry))
+    changed = [DownloadSize(entry_id=pk, size=len(p.eml)) for pk, p in prepared.items() if len(p.eml) != listed[pk]]
+    if changed:
+        DownloadSize.objects.bulk_create(
+            changed, update_conflicts=True, unique_fields=["entry"], update_fields=["size", "updated_at"]
+        )
+    return prepared
+
+
+def mark_downloaded(*, user_id: int, entry_ids: list[int]) -> None:
+    """Mark downloaded messages read, as opening them in the webmail does (one batch)."""
+    entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=entry_ids).select_related("remote", "local")
+    unopened = [entry for entry in entries if _unopened(entry)]
+    if unopened:
+        fetching.open_entries(entries=unopened)
 
 
 def download(*, user_id: int, entry_id: int, wait: float | None = None, listed_size: int | None = None) -> bytes:

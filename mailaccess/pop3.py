@@ -50,6 +50,12 @@ __all__ = ["POP3Factory", "PushmailPOP3"]
 
 # Commands a client may send ahead while an earlier one is still being answered (PIPELINING).
 _MAX_PIPELINED = 1000
+# Downloads made ahead of their RETR, together (a program downloads in order): at most this many
+# messages and, past the first, this many listed octets. Read marks are written together too.
+_PREPARE_MESSAGES = 50
+_PREPARE_OCTETS = 4 * 1024 * 1024
+_READ_MARKS_SECONDS = 0.5
+_READ_MARKS_MAX = 100
 
 
 class _Session:
@@ -59,6 +65,8 @@ class _Session:
         self.user_id = user_id
         self.items = items
         self.deleted: set[int] = set()
+        self.prepared: dict[int, maildrop.Prepared] = {}  # entry id -> a download made ahead
+        self.to_mark_read: list[int] = []  # entries downloaded whose read mark is not written yet
 
     def live(self) -> Iterator[tuple[int, maildrop.DropItem]]:
         for number, item in enumerate(self.items, start=1):
@@ -82,6 +90,7 @@ class PushmailPOP3(pop3.POP3):
         self.setTimeout(self.timeOut)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._write_read_marks()  # what was downloaded was read, QUIT or not
         self.session = None  # RFC 1939 §6: no QUIT, no UPDATE: marked messages stay
         self.mbox = None
         super().connectionLost(reason)
@@ -284,11 +293,69 @@ class PushmailPOP3(pop3.POP3):
             maildrop.begin_download, user_id=user_id, entry_id=entry_id, listed_size=listed
         ).addCallback(started)
 
+    def _download(self, number: int, item: maildrop.DropItem) -> defer.Deferred[bytes]:
+        """The message's bytes: made ahead with the next ones (:func:`maildrop.prepare_downloads`)
+        when its body is here, else :meth:`_message`; its read mark is written with the next ones."""
+        assert self.session is not None
+        session = self.session
+
+        def ready(prepared: maildrop.Prepared | None) -> bytes | defer.Deferred[bytes]:
+            if self.session is not session:
+                return b""  # the client left meanwhile
+            if prepared is None:
+                return self._message(item)
+            if prepared.unread:
+                session.prepared[item.entry_id] = maildrop.Prepared(prepared.eml, unread=False)
+                self._mark_read(item.entry_id)
+            return prepared.eml
+
+        if item.entry_id in session.prepared:
+            return defer.succeed(session.prepared[item.entry_id]).addCallback(ready)
+        batch: list[maildrop.DropItem] = []
+        octets = 0
+        for n, following in session.live():
+            if n < number:
+                continue
+            if batch and (len(batch) >= _PREPARE_MESSAGES or octets + following.size > _PREPARE_OCTETS):
+                break
+            batch.append(following)
+            octets += following.size
+
+        def made(prepared: dict[int, maildrop.Prepared]) -> bytes | defer.Deferred[bytes]:
+            session.prepared = prepared  # the earlier batch is let go: memory stays bounded
+            return ready(prepared.get(item.entry_id))
+
+        d = self._in_thread(maildrop.prepare_downloads, user_id=session.user_id, items=batch)
+        return d.addCallback(made)
+
+    def _mark_read(self, entry_id: int) -> None:
+        assert self.session is not None
+        self.session.to_mark_read.append(entry_id)
+        if len(self.session.to_mark_read) >= _READ_MARKS_MAX:
+            self._write_read_marks()
+        elif self._read_marks_call is None:
+            clock: Any = self.factory.clock
+            self._read_marks_call = clock.callLater(_READ_MARKS_SECONDS, self._write_read_marks)
+
+    _read_marks_call: Any = None
+
+    def _write_read_marks(self) -> defer.Deferred[None]:
+        """Mark what was downloaded read, in one batch; the Deferred fires when it is written."""
+        if self._read_marks_call is not None and self._read_marks_call.active():
+            self._read_marks_call.cancel()
+        self._read_marks_call = None
+        session = self.session
+        if session is None or not session.to_mark_read:
+            return defer.succeed(None)
+        ids, session.to_mark_read = session.to_mark_read, []
+        d = self._in_thread(maildrop.mark_downloaded, user_id=session.user_id, entry_ids=ids)
+        return d.addErrback(lambda failure: log.error("POP3 read marks failed: %s", failure.getTraceback()))
+
     def do_RETR(self, number: bytes) -> Any:
         found = self._item(number)
         if found is None:
             return None
-        d = self._message(found[1])
+        d = self._download(*found)
         d.addCallback(lambda eml: self._send_message(eml, b"%d octets" % len(eml)))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
@@ -308,7 +375,7 @@ class PushmailPOP3(pop3.POP3):
         if count == 0:
             d = self._in_thread(maildrop.headers_only, user_id=self.session.user_id, entry_id=found[1].entry_id)
         else:
-            d = self._message(found[1])
+            d = self._download(*found)
         d.addCallback(lambda eml: self._send_message(maildrop.on_the_wire(_top(eml, count)), b"Top of message follows"))
         d.addErrback(self._download_failed)
         return self._longOperation(d)
@@ -349,12 +416,20 @@ class PushmailPOP3(pop3.POP3):
 
     def do_QUIT(self) -> Any:
         session = self.session
-        if session is None or not session.deleted:
+        if session is None:
             self.successResponse(b"Bye")
             self._link.loseConnection()
             return None
+        marked = self._write_read_marks()
+        if not session.deleted:
+
+            def bye(_: None) -> None:
+                self.successResponse(b"Bye")
+                self._link.loseConnection()
+
+            return self._longOperation(marked.addCallback(bye))
         ids = [session.items[n - 1].entry_id for n in sorted(session.deleted)]
-        d = self._in_thread(maildrop.trash, user_id=session.user_id, entry_ids=ids)
+        d = marked.addCallback(lambda _: self._in_thread(maildrop.trash, user_id=session.user_id, entry_ids=ids))
 
         def done(moved: int) -> None:
             self.successResponse(b"%d messages moved to Trash" % moved)

@@ -4,7 +4,8 @@ alpha.localhost on port 8001 and beta.localhost on port 8002, each with its own
 SQLite database, its own filesystem broker folder, and a real Celery worker
 with beat. Each also runs its SMTP gateway (``manage.py smtpd``: ordinary mail
 in) and its submission server (``manage.py submission``: mail programs send) on
-the ports printed. Distinct host names keep their login cookies apart.
+the ports printed, and its mail access (``manage.py mailaccess``: mail programs
+read over POP3 and IMAP). Distinct host names keep their login cookies apart.
 
 Every setup step is printed as it starts and ends. While it runs, one instance
 can be stopped and started alone, so "the sender goes offline" can be tried:
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,8 @@ PASSWORD = os.environ.get("DEMO_PASSWORD", "pushmail-demo")
 PORTS = {"alpha": 8001, "beta": 8002}
 SMTP_PORTS = {"alpha": 2525, "beta": 2526}  # manage.py smtpd: port 25 in production
 SUBMISSION_PORTS = {"alpha": 5870, "beta": 5871}  # manage.py submission: 587 and 465 in production
+POP3_PORTS = {"alpha": 1110, "beta": 1111}  # manage.py mailaccess: 110 and 995 in production
+IMAP_PORTS = {"alpha": 1143, "beta": 1144}  # manage.py mailaccess: 143 and 993 in production
 MAILBOXES = {
     "alpha": ["ann@alpha.localhost", "al@alpha.localhost"],
     "beta": ["bob@beta.localhost", "bea@beta.localhost"],
@@ -67,15 +71,30 @@ def stored_token(data_dir: Path, issue: Callable[[], str]) -> str:
     return token
 
 
+MAIL_SERVERS = ("smtpd", "submission", "mailaccess")
+
+
 def start_mail_servers(inst: Instance, name: str) -> list[subprocess.Popen[bytes]]:
-    """The instance's SMTP gateway and submission server, each its own process logging to its data folder."""
+    """The instance's SMTP gateway, submission server and mail access (POP3, IMAP), each its own
+    process logging to its data folder."""
+    listen = {
+        "smtpd": ["--listen", f"127.0.0.1:{SMTP_PORTS[name]}"],
+        "submission": ["--listen", f"127.0.0.1:{SUBMISSION_PORTS[name]}"],
+        "mailaccess": [],
+    }
+    env = {
+        **inst.env(),
+        "PUSHMAIL_SMTP_HOSTNAME": f"mail.{name}.localhost",
+        "PUSHMAIL_POP3_LISTEN": f"127.0.0.1:{POP3_PORTS[name]}",
+        "PUSHMAIL_IMAP_LISTEN": f"127.0.0.1:{IMAP_PORTS[name]}",
+    }
     servers = []
-    for command, port in (("smtpd", SMTP_PORTS[name]), ("submission", SUBMISSION_PORTS[name])):
+    for command in MAIL_SERVERS:
         servers.append(
             subprocess.Popen(
-                [PYTHON, "manage.py", command, "--listen", f"127.0.0.1:{port}"],
+                [PYTHON, "manage.py", command, *listen[command]],
                 cwd=ROOT,
-                env={**inst.env(), "PUSHMAIL_SMTP_HOSTNAME": f"mail.{name}.localhost"},
+                env=env,
                 stdout=open(inst.data_dir / f"{command}.log", "ab"),  # noqa: SIM115 - handed to the child
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -96,8 +115,37 @@ def stop_mail_servers(servers: list[subprocess.Popen[bytes]]) -> None:
             server.wait(timeout=10)
 
 
-def usage(tokens: dict[str, str], base: Path) -> str:
-    """What the demo prints once it runs: where to sign in, and commands that send and read a message."""
+def answers(port: int, greeting: bytes, timeout: float = 20.0) -> bool:
+    """Whether a server on this loopback port greets with ``greeting`` (waiting for it to start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.settimeout(2)
+                return sock.makefile("rb").readline().startswith(greeting)
+        except OSError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+
+def mail_program_settings(tokens: dict[str, str], imap: dict[str, bool]) -> str:
+    """The settings a mail program needs for each instance's first mailbox (the README says where they go)."""
+    lines = []
+    for name in PORTS:
+        address = MAILBOXES[name][0]
+        imap_port = f"{IMAP_PORTS[name]}" if imap[name] else f"{IMAP_PORTS[name]} (not served by this version)"
+        lines.append(
+            f"  {address}: server 127.0.0.1, no encryption (this machine only), normal password\n"
+            f"    user {address}, app password {tokens[name]}\n"
+            f"    IMAP port {imap_port}, POP3 port {POP3_PORTS[name]}, SMTP (submission) port {SUBMISSION_PORTS[name]}"
+        )
+    return "\n".join(lines)
+
+
+def usage(tokens: dict[str, str], base: Path, imap: dict[str, bool] | None = None) -> str:
+    """What the demo prints once it runs: where to sign in, commands that send and read a message,
+    and the settings for a mail program (``imap``: whether each instance serves IMAP)."""
     ann, bob = MAILBOXES["alpha"][0], MAILBOXES["beta"][0]
     alpha_auth = f"-H 'Authorization: Bearer {tokens['alpha']}'"
     beta_auth = f"-H 'Authorization: Bearer {tokens['beta']}'"
@@ -106,8 +154,10 @@ Pushmail demo is running (SQLite, filesystem broker, a Celery worker and beat pe
 
   alpha: http://alpha.localhost:8001/   mailboxes {", ".join(MAILBOXES["alpha"])}
          SMTP gateway 127.0.0.1:{SMTP_PORTS["alpha"]}, submission 127.0.0.1:{SUBMISSION_PORTS["alpha"]}
+         POP3 127.0.0.1:{POP3_PORTS["alpha"]}, IMAP 127.0.0.1:{IMAP_PORTS["alpha"]}
   beta:  http://beta.localhost:8002/    mailboxes {", ".join(MAILBOXES["beta"])}
          SMTP gateway 127.0.0.1:{SMTP_PORTS["beta"]}, submission 127.0.0.1:{SUBMISSION_PORTS["beta"]}
+         POP3 127.0.0.1:{POP3_PORTS["beta"]}, IMAP 127.0.0.1:{IMAP_PORTS["beta"]}
   password for every mailbox: {PASSWORD}
   Django admin: /admin/ as admin@alpha.localhost or admin@beta.localhost (same password)
 
@@ -142,7 +192,11 @@ or as an ordinary mail server would, straight to beta's SMTP gateway:
 
   swaks --server 127.0.0.1:{SMTP_PORTS["beta"]} --from someone@example.org --to {bob}
 
-Logs: {base}/<instance>/web.log, worker.log, smtpd.log and submission.log.
+Read mail in a mail program (Thunderbird: see the README, "Reading the demo's mail in Thunderbird"):
+
+{mail_program_settings(tokens, imap or dict.fromkeys(PORTS, True))}
+
+Logs: {base}/<instance>/web.log, worker.log, smtpd.log, submission.log and mailaccess.log.
 Commands: stop <instance>, start <instance>. Ctrl-C stops both instances.
 """
 
@@ -165,6 +219,7 @@ class Demo:
             inst.port = PORTS[name]
             inst.peers = peers
         self.mail_servers: dict[str, list[subprocess.Popen[bytes]]] = {name: [] for name in PORTS}
+        self.imap: dict[str, bool] = {name: False for name in PORTS}  # whether this version serves IMAP
         self.running: set[str] = set()
 
     def prepare(self) -> dict[str, str]:
@@ -197,8 +252,11 @@ class Demo:
             inst.start_web()
         with step(f"{name}: starting the Celery worker and beat"):
             inst.start_worker()
-        with step(f"{name}: starting the SMTP gateway and the submission server"):
+        with step(f"{name}: starting the SMTP gateway, submission and mail access (POP3, IMAP)"):
             self.mail_servers[name] = start_mail_servers(inst, name)
+            if not answers(POP3_PORTS[name], b"+OK"):
+                print(f"  {name}: POP3 did not answer on port {POP3_PORTS[name]}; see mailaccess.log", flush=True)
+            self.imap[name] = answers(IMAP_PORTS[name], b"* OK", timeout=2)
         self.running.add(name)
 
     def stop(self, name: str) -> None:
@@ -225,8 +283,9 @@ class Demo:
             inst = self.instances[name]
             if inst.web is not None and inst.web.poll() is not None:
                 return f"{name} web server exited; see {inst.data_dir / 'web.log'}"
-            if any(server.poll() is not None for server in self.mail_servers[name]):
-                return f"{name}'s smtpd or submission exited; see their logs in {inst.data_dir}"
+            for command, server in zip(MAIL_SERVERS, self.mail_servers[name], strict=False):
+                if server.poll() is not None:
+                    return f"{name}'s {command} exited; see {inst.data_dir / (command + '.log')}"
         return None
 
     def stop_everything(self) -> None:
@@ -291,7 +350,7 @@ def run(base: Path) -> int:
     (base / "demo.pid").write_text(str(os.getpid()))
     for stale in pending_requests(base):
         stale[2].unlink(missing_ok=True)
-    print(usage(tokens, base), flush=True)
+    print(usage(tokens, base, demo.imap), flush=True)
 
     stop = False
 

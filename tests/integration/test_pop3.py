@@ -13,6 +13,7 @@ import email
 import email.policy
 import os
 import poplib
+import re
 import shutil
 import socket
 import ssl
@@ -537,3 +538,37 @@ def test_implicit_tls_port_serves_the_same_maildrop(setup: Pop3) -> None:
     message = email.message_from_bytes(_joined(pop.retr(1)[1]), policy=email.policy.default)
     pop.quit()
     assert str(message["Subject"]) == subject
+
+
+# --- The demo -----------------------------------------------------------------------------------
+
+
+def test_the_demo_starts_mail_access_and_the_settings_it_prints_sign_a_mail_program_in(
+    setup: Pop3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools import demo
+
+    ann, bob = _pair(setup)
+    subject = unique("Demo ")
+    _send(ann, bob, subject, "Read in a mail program.\n")
+    for ports in ("SMTP_PORTS", "SUBMISSION_PORTS", "POP3_PORTS", "IMAP_PORTS"):
+        monkeypatch.setattr(demo, ports, {"alpha": free_port(), "beta": free_port()})
+    monkeypatch.setattr(demo, "MAILBOXES", {"alpha": [ann.address], "beta": [bob.address]})
+
+    servers = demo.start_mail_servers(setup.beta, "beta")
+    try:
+        assert demo.answers(demo.POP3_PORTS["beta"], b"+OK")
+        printed = demo.usage({"alpha": ann.token, "beta": bob.token}, setup.beta.data_dir)
+        user, password, pop3_port = re.search(  # type: ignore[union-attr]
+            rf"user ({re.escape(bob.address)}), app password (\S+)\n.*POP3 port (\d+)", printed
+        ).groups()
+        pop = poplib.POP3("127.0.0.1", int(pop3_port), timeout=30)
+        pop.user(user)
+        pop.pass_(password)
+        message = email.message_from_bytes(_joined(pop.retr(1)[1]), policy=email.policy.default)
+        pop.quit()
+        assert str(message["Subject"]) == subject
+        assert f"SMTP (submission) port {demo.SUBMISSION_PORTS['beta']}" in printed
+    finally:
+        demo.stop_mail_servers(servers)
+    assert all(server.returncode is not None for server in servers)
