@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.contentmanager
 import email.policy
 import email.utils
 import re
@@ -56,29 +57,27 @@ def _one_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def build_eml(source: EmlSource) -> bytes:
-    """The message as bytes: text/plain with an HTML alternative and the attachments held here.
-
-    Attachments still at the sender's are listed in a note at the end of the text.
-    """
-    # 7-bit transfer encodings: the file is portable to any mail program or transport.
-    msg = EmailMessage(policy=email.policy.SMTP.clone(cte_type="7bit"))
-    msg["From"] = _one_line(source.sender)
+def _headers(source: EmlSource) -> list[tuple[str, str]]:
+    """The top-level headers before the MIME ones, in order, as values to set."""
+    headers = [("From", _one_line(source.sender))]
     if source.to:
-        msg["To"] = ", ".join(_one_line(a) for a in source.to)
+        headers.append(("To", ", ".join(_one_line(a) for a in source.to)))
     if source.cc:
-        msg["Cc"] = ", ".join(_one_line(a) for a in source.cc)
-    msg["Subject"] = _one_line(source.subject)
+        headers.append(("Cc", ", ".join(_one_line(a) for a in source.cc)))
+    headers.append(("Subject", _one_line(source.subject)))
     if source.date is not None:
-        msg["Date"] = email.utils.format_datetime(source.date)
+        headers.append(("Date", email.utils.format_datetime(source.date)))
     if message_id := _msg_id(source.message_id):
-        msg["Message-ID"] = message_id
+        headers.append(("Message-ID", message_id))
     if source.in_reply_to:
-        msg["In-Reply-To"] = _one_line(source.in_reply_to)
+        headers.append(("In-Reply-To", _one_line(source.in_reply_to)))
     if source.references:
-        msg["References"] = " ".join(_one_line(r) for r in source.references)
-    msg["MIME-Version"] = "1.0"
+        headers.append(("References", " ".join(_one_line(r) for r in source.references)))
+    headers.append(("MIME-Version", "1.0"))
+    return headers
 
+
+def _text_with_note(source: EmlSource) -> str:
     text = source.text or ""
     missing = [a for a in source.attachments if a.content is None]
     if missing:
@@ -88,6 +87,61 @@ def build_eml(source: EmlSource) -> bytes:
             + "\n".join(lines)
             + "\n"
         )
+    return text
+
+
+# What the direct path below writes exactly as the email package would: bare addresses, and
+# header values of printable ASCII that need no folding, encoding or quoting.
+_ADDRESS_ATOM = r"[A-Za-z0-9_+-]+"
+_BARE_ADDRESS = re.compile(rf"{_ADDRESS_ATOM}(?:\.{_ADDRESS_ATOM})*@{_ADDRESS_ATOM}(?:\.{_ADDRESS_ATOM})*")
+_PLAIN_VALUE = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_MAX_LINE = 78  # the email package's SMTP policy folds past this
+_POLICY = email.policy.SMTP.clone(cte_type="7bit")  # 7-bit transfer encodings: portable to any program
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _plain_eml(source: EmlSource) -> bytes | None:
+    """The bytes of :func:`build_eml` for a text-only message whose headers need no folding,
+    encoding or quoting (most mail), written without building an ``EmailMessage``: the email
+    package's header objects take milliseconds a message, which a mail program downloading a
+    whole maildrop feels. None for any other message. tests/unit/test_eml_plain.py holds the two
+    ways to the same bytes.
+    """
+    if source.html or any(a.content is not None for a in source.attachments):
+        return None
+    headers = _headers(source)
+    for name, value in headers:
+        if len(name) + 2 + len(value) > _MAX_LINE or "=?" in value:
+            return None
+        if name in ("From", "To", "Cc"):
+            if not all(_BARE_ADDRESS.fullmatch(a) for a in value.split(", ")):
+                return None
+        elif value and not _PLAIN_VALUE.fullmatch(value):
+            return None
+    # The body as the email package encodes it (7bit, quoted-printable or base64: its own choice),
+    # with its line ends written as the generator writes them.
+    cte, payload = email.contentmanager._encode_text(  # type: ignore[attr-defined]  # no public equivalent
+        _text_with_note(source), "utf-8", None, _POLICY
+    )
+    head = "".join(f"{name}: {value}\r\n" if value else f"{name}:\r\n" for name, value in headers)
+    head += f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+    return (head + "\r\n".join(_LINE_END.split(payload))).encode("ascii")
+
+
+def build_eml(source: EmlSource) -> bytes:
+    """The message as bytes: text/plain with an HTML alternative and the attachments held here.
+
+    Attachments still at the sender's are listed in a note at the end of the text.
+    """
+    plain = _plain_eml(source)
+    return plain if plain is not None else _email_package_eml(source)
+
+
+def _email_package_eml(source: EmlSource) -> bytes:
+    msg = EmailMessage(policy=_POLICY)
+    for name, value in _headers(source):
+        msg[name] = value
+    text = _text_with_note(source)
     msg.set_content(text, subtype="plain", charset="utf-8")
     if source.html:
         msg.add_alternative(source.html, subtype="html", charset="utf-8")
