@@ -56,6 +56,8 @@ _PREPARE_MESSAGES = 50
 _PREPARE_OCTETS = 4 * 1024 * 1024
 _READ_MARKS_SECONDS = 0.5
 _READ_MARKS_MAX = 100
+# A message up to this size is handed to the transport at once; a bigger one is streamed.
+_WRITE_AT_ONCE = 256 * 1024
 
 
 class _Session:
@@ -395,7 +397,10 @@ class PushmailPOP3(pop3.POP3):
         # Dot-stuffing (RFC 1939 §3) on the whole message, so no line start is missed at a chunk's edge;
         # ``eml`` already has CRLF line ends and ends with one (maildrop.on_the_wire).
         stuffed = (b"\r\n" + eml).replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
-        sender = basic.FileSender()
+        if len(stuffed) <= _WRITE_AT_ONCE:
+            self._link.write(stuffed)
+            return defer.succeed(None)
+        sender = basic.FileSender()  # a big message goes out as the client reads it
         d: defer.Deferred[bytes] = sender.beginFileTransfer(BytesIO(stuffed), self.transport)
         return d.addCallback(lambda _last: None)
 
