@@ -58,6 +58,17 @@ def record_reads(*, messages: Sequence[Any], reader_id: int) -> None:
     by_pk = {message.pk: message for message in messages}
     if not by_pk:
         return
+    if connection.vendor != "postgresql":
+        # SQLite (the demo's database) has no arrays: find the new reads first, then insert them.
+        seen = set(Read.objects.filter(reader_id=reader_id, message_id__in=by_pk).values_list("message_id", flat=True))
+        first = [message for pk, message in by_pk.items() if pk not in seen]
+        now = timezone.now()
+        Read.objects.bulk_create(
+            [Read(message_id=m.pk, reader_id=reader_id, read_at=now) for m in first], ignore_conflicts=True
+        )
+        if first:
+            scores.note_reads([(message.origin_domain, message.sender) for message in first])
+        return
     table = connection.ops.quote_name(Read._meta.db_table)
     with connection.cursor() as cursor:
         cursor.execute(
