@@ -442,10 +442,12 @@ def main() -> int:
 
         log("warm-up: one untimed run of each (Dovecot builds its index; Pushmail marks the downloads read)")
         octets: dict[str, int] = {}
+        first: dict[str, float] = {}  # the first download: Pushmail marks read, Dovecot builds its index
         for name, (pop3_port, imap_port, password, imap) in servers.items():
-            octets[name] = pop3_session(pop3_port, password, args.downloads)[1]
+            first[name], octets[name] = pop3_session(pop3_port, password, args.downloads)
             if imap:
                 imap_fetch(imap_port, password, args.messages)
+        log("first (warm-up) POP3 downloads: " + ", ".join(f"{n} {1000 * t:.0f} ms" for n, t in first.items()))
         if octets["dovecot"] != octets["pushmail"]:
             log(f"note: the two servers sent different octets: {octets}")
 
@@ -494,6 +496,7 @@ def main() -> int:
                     "target": f"<= {TARGET} x Dovecot",
                     "verdict": verdict,
                     "octets_per_pop3_session": octets.get("pushmail"),
+                    "first_pop3_session_ms": {n: round(1000 * t, 1) for n, t in first.items()},
                     "machine_busy_pct_before": round(busy_before, 1),
                     "machine": info,
                 }
