@@ -137,3 +137,24 @@ def test_failed_pop3_sign_ins_count_against_submission_too(alice: User, settings
     user, reply = submission.check_login(login=alice.email, password=token, client_ip="192.0.2.7")
     assert user is None and reply.code == 454
     assert check_mail_login(login=alice.email, password=token, client_ip="192.0.2.7").throttled
+
+
+def test_downloads_made_ahead_leave_bodies_at_the_sender_alone_and_mark_nothing_read(
+    bob: User, queued: list[Queued]
+) -> None:
+    here, away = _fetched(bob, "Here already.\n"), _entry(bob)
+    items = maildrop.list_maildrop(user_id=bob.pk)
+
+    prepared = maildrop.prepare_downloads(user_id=bob.pk, items=items)
+
+    assert set(prepared) == {here.pk}  # the other one takes the usual fetch, when it is asked for
+    assert prepared[here.pk].unread and prepared[here.pk].eml.endswith(b"Here already.\r\n")
+    assert queued == []
+    assert not InboxEntry.objects.filter(owner=bob, read=True).exists()
+    # The next listing gives the size of what was made.
+    assert {i.entry_id: i.size for i in maildrop.list_maildrop(user_id=bob.pk)}[here.pk] == len(prepared[here.pk].eml)
+
+    maildrop.mark_downloaded(user_id=bob.pk, entry_ids=[here.pk])
+
+    assert set(InboxEntry.objects.filter(owner=bob, read=True).values_list("pk", flat=True)) == {here.pk}
+    assert InboxEntry.objects.get(pk=away.pk).state == EntryState.NOTIFIED
