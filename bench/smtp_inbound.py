@@ -194,7 +194,7 @@ def serve_profiled(listen: str, out: str) -> None:
     import django
 
     django.setup()
-    from gateway import server
+    from gateway import database_threads, server
 
     profiles: list[cProfile.Profile] = []
     own = threading.local()
@@ -214,8 +214,8 @@ def serve_profiled(listen: str, out: str) -> None:
         finally:
             profile.disable()
 
-    unprofiled = server._with_database
-    server._with_database = profiled  # type: ignore[assignment]
+    unprofiled = database_threads._with_database
+    database_threads._with_database = profiled  # type: ignore[assignment]
 
     class Profiled(server.GatewayController):
         def _run(self, ready_event: threading.Event) -> None:
