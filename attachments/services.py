@@ -186,9 +186,13 @@ def _find(sha256: str) -> Blob | None:
     return Blob.objects.filter(sha256=sha256).first()
 
 
-def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
-    """The one row for these bytes: the existing one, or a new one saved to storage."""
-    existing = _find(sha256)
+def _store(tmp: IO[bytes], sha256: str, size: int, *, likely_new: bool = False) -> Blob:
+    """The one row for these bytes: the existing one, or a new one saved to storage.
+
+    Looked up first, so that known bytes are not written again; ``likely_new`` skips the
+    lookup for bytes that are new nearly every time (a received message with its trace header).
+    """
+    existing = None if likely_new else _find(sha256)
     if existing is not None:
         # Stored again just now: the unused-file sweep must not take it before it is attached.
         Blob.objects.filter(pk=existing.pk).update(last_stored_at=timezone.now())
@@ -203,22 +207,24 @@ def _store(tmp: IO[bytes], sha256: str, size: int) -> Blob:
         if created is not None and blob.file.name:  # always named once saved
             created.append(blob.file.name)
     except IntegrityError:
-        # The same bytes were stored concurrently: keep theirs, drop our copy
-        # (unless storage gave both the same name, which is then theirs too).
+        # The same bytes were stored concurrently (or, with likely_new, before): keep theirs, drop
+        # our copy (unless storage gave both the same name, which is then theirs too).
         winner = Blob.objects.get(sha256=sha256)
         if blob.file.name and blob.file.name != winner.file.name:
             blob.file.storage.delete(blob.file.name)
+        Blob.objects.filter(pk=winner.pk).update(last_stored_at=timezone.now())
         return winner
     return blob
 
 
-def store_upload(*, file: Any, max_bytes: int | None = None) -> Blob:
+def store_upload(*, file: Any, max_bytes: int | None = None, likely_new: bool = False) -> Blob:
     """Store an uploaded file once, deduplicated by SHA-256, and return its Blob.
 
     ``file`` is a Django ``UploadedFile`` or any binary file object. It is
     streamed to a temporary file while hashed. More than ``max_bytes``
     (default ``PUSHMAIL_MAX_ATTACHMENT_BYTES``) raises ValidationError and
-    stores nothing.
+    stores nothing. ``likely_new``: bytes that are new nearly every time, stored
+    without looking for them first.
     """
     limit = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES if max_bytes is None else max_bytes
     name = getattr(file, "name", None) or "The file"
@@ -228,7 +234,7 @@ def store_upload(*, file: Any, max_bytes: int | None = None) -> Blob:
         too_large=f"{name} is larger than the {human_size(limit)} limit for one attachment.",
     )
     with tmp:
-        return _store(tmp, sha256, size)
+        return _store(tmp, sha256, size, likely_new=likely_new)
 
 
 def store_verified(*, stream: Any, expected_digest: str, expected_size: int) -> Blob:

@@ -15,6 +15,10 @@ In one run, on the same machine:
 Steps 1 and 2 alternate for ``--rounds`` rounds (default 3), so that on a shared machine each
 pair is measured under the same load; the ratio reported is the median of the rounds'.
 
+``--dialogue-only`` measures the ceiling instead: the gateway's own SMTP server (aiosmtpd with the
+gateway's DATA spooling and limits), in as many processes, with a handler that answers 250 to every
+RCPT TO and DATA and keeps nothing: what the SMTP dialogue alone costs in Python, against Postfix.
+
 Run as root (Postfix): ``python -m bench.smtp_inbound [--messages 2000] [--sessions 10] [--processes 2]``.
 Prints JSON lines and a table. ``--profile FILE`` runs the gateway under cProfile (every thread:
 the event loop's and the workers'), writes the merged pstats to FILE and prints where the time
@@ -194,7 +198,7 @@ def serve_profiled(listen: str, out: str) -> None:
     import django
 
     django.setup()
-    from gateway import server
+    from gateway import database_threads, server
 
     profiles: list[cProfile.Profile] = []
     own = threading.local()
@@ -214,8 +218,8 @@ def serve_profiled(listen: str, out: str) -> None:
         finally:
             profile.disable()
 
-    unprofiled = server._with_database
-    server._with_database = profiled  # type: ignore[assignment]
+    unprofiled = database_threads._with_database
+    database_threads._with_database = profiled  # type: ignore[assignment]
 
     class Profiled(server.GatewayController):
         def _run(self, ready_event: threading.Event) -> None:
@@ -242,6 +246,68 @@ def serve_profiled(listen: str, out: str) -> None:
     Path(out + ".txt").write_text(text.getvalue())
 
 
+class _KeepNothing:
+    """A handler that takes every recipient and message and keeps nothing (``--dialogue-only``)."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]  # noqa: N802
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+        return "250 2.0.0 OK: kept nothing"
+
+    def close(self) -> None:
+        pass
+
+
+def serve_dialogue_only(listen: str) -> None:
+    """The gateway's SMTP server with :class:`_KeepNothing` for a handler, until SIGTERM."""
+    import django
+
+    django.setup()
+    from gateway import server
+
+    host, port = server.listen_address(listen)
+    controller = server.GatewayController(host=host, port=port, reuse_port=True)
+    controller.handler.close()
+    controller.handler = _KeepNothing()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    controller.start()
+    print(f"SMTP dialogue only, listening on {listen}", flush=True)
+    stop.wait()
+    controller.stop()
+
+
+def dialogue_run(port: int, *, messages: int, sessions: int, size: int, pids: list[int]) -> dict[str, object]:
+    """smtp-source against the dialogue-only servers: timed until it exits (every message answered 250)."""
+    cpu = _cpu_seconds(pids)
+    start = time.monotonic()
+    result = subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size)]
+        + ["-f", SENDER, "-t", BOB, "-M", "mail.example.org", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    seconds = time.monotonic() - start
+    cpu = _cpu_seconds(pids) - cpu
+    answered = messages if result.returncode == 0 else 0
+    if result.returncode != 0:
+        log("smtp-source:", result.returncode, result.stdout[-500:], result.stderr[-1500:])
+    return {
+        "tool": "smtp-dialogue-only",
+        "messages": messages,
+        "answered": answered,
+        "seconds": round(seconds, 3),
+        "messages_per_second": round(answered / seconds, 1),
+        "size_bytes": size,
+        "sessions": sessions,
+        "gateway_processes": len(pids),
+        "gateway_cpu_ms_per_message": round(cpu * 1000 / max(answered, 1), 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
@@ -252,10 +318,20 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="gateway processes (smtpd --processes)")
     parser.add_argument("--profile", default="", help="profile the gateway; write pstats to this file")
     parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix baseline")
+    parser.add_argument(
+        "--dialogue-only", action="store_true", help="the ceiling: the SMTP server with a handler that keeps nothing"
+    )
     parser.add_argument("--serve-profiled", nargs=2, metavar=("LISTEN", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-dialogue-only", metavar="LISTEN", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_profiled:
         serve_profiled(*args.serve_profiled)
+        return
+    if args.serve_dialogue_only:
+        serve_dialogue_only(args.serve_dialogue_only)
+        return
+    if args.dialogue_only:
+        dialogue_only(args)
         return
 
     data = ROOT / "var" / "bench-smtp"
@@ -336,6 +412,46 @@ def main() -> None:
     print(table(["round", "gateway messages/s", "postfix messages/s", "gateway / postfix"], rows))
     if ratios:
         print(f"gateway / postfix, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}x")
+
+
+def dialogue_only(args: argparse.Namespace) -> None:
+    """``--dialogue-only``: the SMTP dialogue's ceiling against Postfix, alternated for ``--rounds``."""
+    port = free_port()
+    # The benchmark instance's settings, as in production (its database is not used: nothing is kept).
+    inst = Instance(name="smtpbench", domains=[HOSTED], data_dir=ROOT / "var" / "bench-smtp", backend=server_backend())
+    inst.extra_env = dict(PRODUCTION_ENV)
+    env = inst.env()
+    env["PUSHMAIL_SMTP_HOSTNAME"] = "mx.alpha.test"
+    env["PUSHMAIL_SMTP_MESSAGES_PER_MINUTE"] = str(args.messages * 10)
+    env["PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT"] = str(args.sessions * 2)
+    command = [PYTHON, "-m", "bench.smtp_inbound", "--serve-dialogue-only", f"127.0.0.1:{port}"]
+    servers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL) for _ in range(args.processes)]
+    records: list[dict[str, object]] = []
+    try:
+        _wait_port(port)
+        time.sleep(2)  # every process listening
+        pids = [server.pid for server in servers]
+        dialogue_run(port, messages=50, sessions=args.sessions, size=args.size, pids=pids)
+        for round_ in range(1, args.rounds + 1):
+            log(f"round {round_}: dialogue only, then postfix")
+            record = dialogue_run(port, messages=args.messages, sessions=args.sessions, size=args.size, pids=pids)
+            records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
+            if not args.no_postfix:
+                record = postfix_run(messages=args.messages, sessions=args.sessions, size=args.size)
+                records.append({**record, "round": round_, "loadavg": os.getloadavg()[0]})
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=60)
+    emit({"machine": machine()})
+    for record in records:
+        emit(record)
+    rows = []
+    for round_ in range(1, args.rounds + 1):
+        rates = {str(r["tool"]): r.get("messages_per_second") for r in records if r.get("round") == round_}
+        rows.append([round_, rates.get("smtp-dialogue-only"), rates.get("postfix")])
+    print(table(["round", "dialogue only messages/s", "postfix messages/s"], rows))
 
 
 if __name__ == "__main__":

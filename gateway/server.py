@@ -30,6 +30,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from django.conf import settings
 
+from accounts.models import User
 from accounts.validators import normalize_address
 from pushmail_site.listen import listen_address
 
@@ -92,7 +93,7 @@ SPOOL_IN_MEMORY = 1024 * 1024
 
 
 class GatewayEnvelope(Envelope):
-    """aiosmtpd's envelope, with the message's spooled file and the recipients' usage measured at RCPT.
+    """aiosmtpd's envelope, with the message's spooled file, and the recipients' mailboxes and usage found at RCPT.
 
     With :class:`GatewaySMTP`, a handler's ``handle_DATA`` reads the message from ``spool``
     (CRLF line ends, dot-unstuffed, closed after the handler returns); ``content`` and
@@ -103,6 +104,7 @@ class GatewayEnvelope(Envelope):
         super().__init__()
         self.spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self.used_bytes: dict[str, int] = {}
+        self.users: dict[str, User] = {}
 
 
 class GatewaySMTP(SMTP):
@@ -250,6 +252,8 @@ class InboundHandler:
             envelope.rcpt_options.extend(rcpt_options)
             if isinstance(envelope, GatewayEnvelope) and reply.used_bytes is not None:
                 envelope.used_bytes[normalized] = reply.used_bytes
+            if isinstance(envelope, GatewayEnvelope) and reply.user is not None:
+                envelope.users[normalized] = reply.user
         return str(reply)
 
     async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
@@ -265,6 +269,7 @@ class InboundHandler:
             recipients=list(envelope.rcpt_tos),
             tls=session.ssl is not None,
             used_bytes=dict(getattr(envelope, "used_bytes", {})),
+            users=dict(getattr(envelope, "users", {})),
         )
         try:
             reply = await self._run(services.receive_message, envelope=checked, raw=raw)

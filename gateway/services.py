@@ -50,6 +50,8 @@ class Reply:
     text: str
     #: For a recipient taken at RCPT TO: the bytes its mailbox holds, for DATA's quota check.
     used_bytes: int | None = field(default=None, compare=False)
+    #: For a recipient taken at RCPT TO: its mailbox, so that DATA need not look it up again.
+    user: User | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
@@ -70,6 +72,8 @@ class Envelope:
     tls: bool = False
     #: Each recipient's quota usage as measured at RCPT TO (from :attr:`Reply.used_bytes`).
     used_bytes: dict[str, int] = field(default_factory=dict)
+    #: Each recipient's mailbox as found at RCPT TO (from :attr:`Reply.user`).
+    users: dict[str, User] = field(default_factory=dict)
 
 
 # How much of the message's start is searched for its own header fields (the header block).
@@ -102,7 +106,7 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     used = attachment_selectors.usage_bytes(user)
     if used > user.effective_quota_bytes:
         return Reply(452, f"4.2.2 <{normalized}>: mailbox full, try again later")
-    return Reply(250, f"2.1.5 <{normalized}> OK", used_bytes=used)
+    return Reply(250, f"2.1.5 <{normalized}> OK", used_bytes=used, user=user)
 
 
 # --- DATA ---------------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
     if problem is not None:
         return problem
     size = file.seek(0, io.SEEK_END)
-    users = list(User.objects.filter(email__in=envelope.recipients, is_active=True).select_related("domain"))
+    users = _recipients(envelope)
     if not users:
         return Reply(554, "5.5.1 No valid recipients")
     parsed = mime.parse_file(file)
@@ -165,6 +169,16 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
         return _check_and_store(envelope=envelope, file=file, size=size, parsed=parsed, users=users)
     finally:
         parsed.close()
+
+
+def _recipients(envelope: Envelope) -> list[User]:
+    """The active mailboxes of the envelope's recipients: as found at RCPT TO, moments ago, else looked up."""
+    missing = [address for address in envelope.recipients if address not in envelope.users]
+    found = {address: envelope.users[address] for address in envelope.recipients if address in envelope.users}
+    if missing:
+        for user in User.objects.filter(email__in=missing, is_active=True).select_related("domain"):
+            found[user.email] = user
+    return list(found.values())
 
 
 def _check_and_store(
@@ -207,6 +221,8 @@ def _check_and_store(
             stored = attachment_services.store_upload(
                 file=_Chain(trace, *_without_forged_results(file, authserv_id)),
                 max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES + len(trace) + 1,
+                # Its trace header (the time, the client) makes the raw message new bytes every time.
+                likely_new=True,
             )
             attachments = [
                 mailbox_services.SmtpAttachment(

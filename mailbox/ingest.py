@@ -156,8 +156,12 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
     )
 
 
-def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
-    """Entries for these users, from what the message's first notification said (or its verified body)."""
+def _add_entries(remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None) -> None:
+    """Entries for these users, from what the message's first notification said (or its verified body).
+
+    ``body``: the body of a message that has none stored before (received whole by SMTP): each
+    copy it may be read in is indexed on it as it is inserted, rather than updated after.
+    """
     manifest = remote.attachments or []
     # A message already judged spam here goes straight to Spam (unread mail it is not).
     to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
@@ -170,6 +174,9 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
         sender=remote.sender,
         at=timezone.now(),
     )
+    head = search.entry_document(subject=remote.subject, sender=remote.sender)
+    # A copy going straight to Spam is matched on its head only, as mailbox.search indexes it.
+    whole = head if body is None else search.fetched_document(remote, body)
     InboxEntry.objects.bulk_create(
         [
             InboxEntry(
@@ -182,14 +189,14 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
                 thread_key=conversations[user.pk],
                 has_attachments=bool(manifest),
                 attachments_size=sum(a["size"] for a in manifest),
-                search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+                search_document=head if user.pk in to_spam else whole,
                 **({"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True} if user.pk in to_spam else {}),
             )
             for user in users
         ],
         ignore_conflicts=True,
     )
-    if remote.content is not None:
+    if remote.content is not None and body is None:
         # A recipient added after the body was fetched finds it by its text too.
         search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
 
@@ -271,7 +278,8 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
     )
     payloads.check_body(content)
     now = timezone.now()
-    with transaction.atomic():
+    # No savepoint: nothing here is rolled back alone (the caller's block is the unit: the SMTP 250).
+    with transaction.atomic(savepoint=False):
         remote = RemoteMessage.objects.create(
             origin_domain=delivery.origin_domain,
             global_id=global_id,
@@ -310,7 +318,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
                 for position, attachment in enumerate(delivery.attachments)
             ]
         )
-        _add_entries(remote, users)  # indexes the body for search too
+        _add_entries(remote, users, body=payloads.parse_body(content))  # indexed on the body too
         if delivery.spam_reason:
             # Every copy to Spam, known correspondent or not: a failed DMARC check means the
             # From may be forged. Put back in the Inbox if the verdict is lifted, like any verdict.

@@ -103,7 +103,8 @@ INDEX_AT_ONCE = 500
 INDEX_LATER_SECONDS = 120
 
 
-def _fetched_document(remote: RemoteMessage, body: dict[str, Any]) -> str:
+def fetched_document(remote: RemoteMessage, body: dict[str, Any]) -> str:
+    """What a copy that may be read is matched on once ``remote``'s body is here."""
     return entry_document(
         subject=remote.subject,
         sender=remote.sender,
@@ -127,7 +128,7 @@ def index_fetched_body(*, remote: RemoteMessage, body: dict[str, Any]) -> None:
     after the caller's transaction commits, in batches (:func:`index_copies`), while readers
     already read it. Until then the other copies are matched on their subject and sender.
     """
-    document = _fetched_document(remote, body)
+    document = fetched_document(remote, body)
     copies = _readable_copies(remote.pk, document)
     if len(copies.values_list("pk", flat=True)[: INDEX_AT_ONCE + 1]) <= INDEX_AT_ONCE:
         copies.update(search_document=document)
@@ -149,7 +150,7 @@ def index_copies(*, remote_id: int, batch_size: int = INDEX_AT_ONCE) -> int:
     remote = RemoteMessage.objects.filter(pk=remote_id, content__isnull=False).first()
     if remote is None or remote.content is None:
         return 0
-    document = _fetched_document(remote, payloads.parse_body(bytes(remote.content)))
+    document = fetched_document(remote, payloads.parse_body(bytes(remote.content)))
     done, last = 0, 0
     while True:
         with transaction.atomic():

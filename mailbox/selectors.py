@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Exists, Max, Min, OuterRef, Prefetch, Q, QuerySet
 from django.urls import reverse
 
 from accounts.models import User
@@ -475,7 +475,9 @@ def usage_bytes(user: User) -> int:
     user deleted for good whose rows stay only for their recipients.
     """
     fetched = InboxEntry.objects.filter(owner=user, remote__isnull=False, state=EntryState.FETCHED)
-    return outbox_selectors.sent_usage_bytes(user=user) + int(fetched.aggregate(n=Sum("size"))["n"] or 0)
+    # One query with a subquery per part: every SMTP RCPT TO and every upload asks.
+    used = outbox_selectors.sent_usage_expression(user=user) + outbox_selectors.total_of(fetched, "size")
+    return int(User.objects.filter(pk=user.pk).values_list(used, flat=True).first() or 0)
 
 
 # --- Correspondents (compose) ------------------------------------------------------------------

@@ -7,7 +7,22 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db.models import Count, Exists, Max, OuterRef, Prefetch, Q, QuerySet, Sum
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    Exists,
+    Expression,
+    F,
+    Func,
+    Max,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from accounts.models import User
@@ -162,16 +177,25 @@ def attachment_items_for_message(message: Any) -> list[AttachmentItem]:
 
 def sent_usage_bytes(*, user: User) -> int:
     """The sender side's part of ``user``'s quota use (see mailbox.selectors.usage_bytes for the whole)."""
+    found = User.objects.filter(pk=user.pk).values_list(sent_usage_expression(user=user), flat=True).first()
+    return int(found or 0)
 
-    def total(queryset: Any, field: str) -> int:
-        return int(queryset.aggregate(n=Sum(field))["n"] or 0)
 
+def sent_usage_expression(*, user: User) -> Expression:
+    """:func:`sent_usage_bytes` as an SQL expression, so that the whole quota use is one query."""
     sent = sent_messages_for(user=user)
     return (
-        total(sent, "size")
-        + total(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
-        + total(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
+        total_of(sent, "size")
+        + total_of(MessageAttachment.objects.filter(message__in=sent.values("pk")), "size")
+        + total_of(DraftAttachment.objects.filter(draft__owner=user, draft__sent_message__isnull=True), "size")
     )
+
+
+def total_of(queryset: QuerySet[Any], field: str) -> Expression:
+    """``SUM(field)`` over ``queryset`` as a scalar subquery, 0 when it is empty."""
+    # SUM as a plain function, not an aggregate: no GROUP BY, one row whatever the queryset holds.
+    summed = queryset.order_by().annotate(total=Func(F(field), function="SUM")).values("total")
+    return Coalesce(Subquery(summed, output_field=BigIntegerField()), Value(0), output_field=BigIntegerField())
 
 
 # --- Conversations ------------------------------------------------------------------------

@@ -89,6 +89,18 @@ def test_the_same_bytes_are_stored_once_whatever_their_name_or_source(media: Pat
         assert f.read() == b"quarterly numbers"
 
 
+def test_bytes_stored_without_a_lookup_are_still_stored_once(media: Path) -> None:
+    """``likely_new`` (a received message's raw bytes) skips the lookup, not the one-row rule."""
+    first = store_upload(file=io.BytesIO(b"Received: ...\r\n\r\nhello"), likely_new=True)
+    again = store_upload(file=io.BytesIO(b"Received: ...\r\n\r\nhello"), likely_new=True)
+
+    assert again.pk == first.pk and again.file.name == first.file.name
+    assert Blob.objects.count() == 1
+    assert len(stored_files(media)) == 1  # the second copy written was removed
+    with default_storage.open(first.file.name) as f:
+        assert f.read() == b"Received: ...\r\n\r\nhello"
+
+
 def test_a_file_over_the_limit_is_refused_with_a_message_and_nothing_is_stored(media: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         store_upload(file=SimpleUploadedFile("big.iso", b"x" * 2048), max_bytes=1024)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
 from attachments.models import Blob
@@ -657,3 +658,40 @@ def test_a_line_over_1000_bytes_is_refused_500_after_the_data_and_the_session_go
         client.rcpt(BOB)
         assert client.data(_raw(_message()))[0] == 250
     assert InboxEntry.objects.filter(owner=bob).count() == 1
+
+
+# --- Cost per message ----------------------------------------------------------------------------
+
+
+def test_a_message_costs_few_sql_statements_from_rcpt_to_the_250(zone: Zone, bob: User) -> None:
+    """RCPT TO and DATA of a plain message, as the gateway asks them: each statement is a round trip
+    to PostgreSQL that every message waits for, and the gateway's rate follows their number
+    (docs/benchmarks.md, "SMTP gateway: inbound mail"). There were 22 at commit 5aceb7e."""
+    zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    zone.add("_dmarc.example.org", "TXT", "v=DMARC1; p=none")
+
+    def receive(message_id: str) -> tuple[services.Reply, list[str]]:
+        with CaptureQueriesContext(connection) as queries:
+            taken = services.recipient_reply(BOB)
+            envelope = services.Envelope(
+                client_ip="127.0.0.1",
+                helo="mail.example.org",
+                mail_from="alice@example.org",
+                recipients=[BOB],
+                used_bytes={BOB: taken.used_bytes or 0},
+                users={BOB: taken.user} if taken.user is not None else {},
+            )
+            reply = services.receive_message(envelope=envelope, raw=_raw(_message(message_id=message_id)))
+        return reply, [query["sql"] for query in queries.captured_queries]
+
+    # The first message of a sender finds the hosted domains and opens its campaign; the next do not.
+    assert receive("<one@example.org>")[0].code == 250
+    reply, statements = receive("<two@example.org>")
+    assert reply.code == 250, reply
+    # The mailbox, its usage; BEGIN, the raw message (3: in a savepoint, for a concurrent store of the
+    # same bytes), the message, its campaign, the sender's and origin's standing, the entry; COMMIT.
+    assert len(statements) <= 13, "\n".join(statements)
+    entries = InboxEntry.objects.filter(owner=bob)
+    assert entries.count() == 2
+    # Indexed on its body as it was inserted.
+    assert [e.search_document.splitlines()[-1] for e in entries] == ["plain words.", "plain words."]
