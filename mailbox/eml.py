@@ -7,6 +7,8 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -37,6 +39,8 @@ class EmlSource:
     text: str
     html: str | None
     attachments: list[EmlAttachment] = field(default_factory=list)
+    #: The sender's display name, "" for none: the From becomes ``Name <address>``.
+    sender_name: str = ""
 
 
 # RFC 5322 §3.6.4 msg-id: "<" dot-atom-text "@" (dot-atom-text / no-fold-literal) ">", in ASCII.
@@ -56,6 +60,18 @@ def _one_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
+def _from(source: EmlSource) -> str | Address:
+    """The From header: with the display name as an RFC 5322 phrase (quoted, or RFC 2047
+    encoded-words when it is not ASCII, which the policy does on output), else the address."""
+    name = _one_line(source.sender_name)
+    if name:
+        try:
+            return Address(display_name=name, addr_spec=_one_line(source.sender))
+        except (ValueError, IndexError, HeaderParseError):  # an address the header cannot carry
+            pass
+    return _one_line(source.sender)
+
+
 def build_eml(source: EmlSource) -> bytes:
     """The message as bytes: text/plain with an HTML alternative and the attachments held here.
 
@@ -63,7 +79,7 @@ def build_eml(source: EmlSource) -> bytes:
     """
     # 7-bit transfer encodings: the file is portable to any mail program or transport.
     msg = EmailMessage(policy=email.policy.SMTP.clone(cte_type="7bit"))
-    msg["From"] = _one_line(source.sender)
+    msg["From"] = _from(source)
     if source.to:
         msg["To"] = ", ".join(_one_line(a) for a in source.to)
     if source.cc:

@@ -114,6 +114,7 @@ def _message_fields(notification: payloads.Notification, *, local_domain: str) -
     return {
         "message_id": notification.message_id,
         "sender": notification.sender,
+        "sender_name": notification.sender_name,
         "subject": notification.subject,
         "date": notification.date,
         "size": notification.size,
@@ -153,6 +154,7 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
             payloads.ManifestEntry(name=a["name"], type=a["type"], size=a["size"], digest=a["digest"])
             for a in remote.attachments or ()
         ),
+        sender_name=remote.sender_name,
     )
 
 
@@ -176,13 +178,16 @@ def _add_entries(remote: RemoteMessage, users: list[User]) -> None:
                 owner=user,
                 remote=remote,
                 sender=remote.sender,
+                sender_name=remote.sender_name,
                 subject=remote.subject,
                 size=remote.size,
                 state=states.remote_entry_start(remote),
                 thread_key=conversations[user.pk],
                 has_attachments=bool(manifest),
                 attachments_size=sum(a["size"] for a in manifest),
-                search_document=search.entry_document(subject=remote.subject, sender=remote.sender),
+                search_document=search.entry_document(
+                    subject=remote.subject, sender=remote.sender, sender_name=remote.sender_name
+                ),
                 **({"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True} if user.pk in to_spam else {}),
             )
             for user in users
@@ -239,6 +244,8 @@ class SmtpDelivery:
     attachments: list[SmtpAttachment] = field(default_factory=list)
     #: Why the message goes to Spam at once (a DMARC quarantine policy), or "".
     spam_reason: str = ""
+    #: The From header's display name, cleaned (accounts.validators.clean_display_name), or "".
+    sender_name: str = ""
 
 
 def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteMessage:
@@ -268,6 +275,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
         in_reply_to=delivery.in_reply_to,
         references=delivery.references,
         attachments=manifest,
+        sender_name=delivery.sender_name,
     )
     payloads.check_body(content)
     now = timezone.now()
@@ -278,6 +286,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
             transport=Transport.SMTP,
             message_id=delivery.message_id,
             sender=delivery.sender,
+            sender_name=delivery.sender_name,
             subject=delivery.subject,
             date=delivery.date,
             size=delivery.raw.size,
@@ -328,6 +337,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
     document = search.entry_document(
         subject=message.subject,
         sender=message.sender_address,
+        sender_name=message.sender_name,
         text=search.body_text({"text": message.text, "html": message.html}),
         attachments=names,
     )
@@ -346,6 +356,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
                 owner=user,
                 local=message,
                 sender=message.sender_address,
+                sender_name=message.sender_name,
                 subject=message.subject,
                 size=message.size,
                 state=states.LOCAL_ENTRY_START,
