@@ -7,6 +7,7 @@ from typing import Any, cast
 from django import forms
 
 from .models import FetchPolicy, RemoteContentPolicy, User
+from .validators import display_name_problem
 
 
 class PreferencesForm(forms.Form):
@@ -50,6 +51,9 @@ class PreferencesForm(forms.Form):
         value = self.cleaned_data["display_name"]
         if "\r" in value or "\n" in value:
             raise forms.ValidationError("The display name must not contain a line break (CR or LF).")
+        problem = display_name_problem(value.strip())
+        if problem:  # what other instances would refuse on the wire
+            raise forms.ValidationError(f"The display name {problem}.")
         return value
 
 

@@ -44,16 +44,46 @@ def normalize_address(value: str) -> str:
 
 
 MAX_DISPLAY_NAME = 100
+# What a display name may not hold, here and on the wire (docs/protocol.md §4.1): control
+# characters, line and paragraph separators, unpaired surrogates, and the bidirectional
+# embeddings, overrides and isolates that could make a name read as something else.
+_NAME_UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def display_name_problem(name: str) -> str | None:
+    """What makes ``name`` (already trimmed) unfit as a display name, or None."""
+    if len(name) > MAX_DISPLAY_NAME:
+        return f"longer than {MAX_DISPLAY_NAME} characters"
+    bad = _NAME_UNFIT.search(name)
+    if bad is None:
+        return None
+    char = bad.group()
+    if char in "\r\n":
+        return "contains a line break (CR or LF)"
+    if "\u202a" <= char <= "\u202e" or "\u2066" <= char <= "\u2069":
+        return f"contains a bidirectional control character (U+{ord(char):04X})"
+    return f"contains a control character (U+{ord(char):04X})"
 
 
 def normalize_display_name(value: str) -> str:
-    """The name shown beside an address, trimmed; ValidationError for a line break or over 100 characters."""
+    """The name shown beside an address, trimmed; ValidationError for a line break, another
+    control character or over 100 characters: what peers refuse (docs/protocol.md §4.1)."""
     name = value.strip()
     if "\r" in name or "\n" in name:
         raise ValidationError("must not contain a line break (CR or LF)")
     if len(name) > MAX_DISPLAY_NAME:
         raise ValidationError(f"at most {MAX_DISPLAY_NAME} characters")
+    problem = display_name_problem(name)
+    if problem:  # "contains a control character (U+001B)"
+        raise ValidationError(f"must not {problem.replace('contains', 'contain', 1)}")
     return name
+
+
+def clean_display_name(value: str) -> str:
+    """A display name fit for the wire and for showing, whatever its source (a name saved before
+    these checks existed, an SMTP From): unfit characters and white space runs become one space,
+    at most 100 characters."""
+    return " ".join(_NAME_UNFIT.sub(" ", value).split())[:MAX_DISPLAY_NAME].strip()
 
 
 def domain_of(address: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from accounts.validators import normalize_address
+from accounts.validators import display_name_problem, normalize_address
 
 VERSION = 1
 DIGEST_PREFIX = "sha-256:"
@@ -233,14 +233,18 @@ def canonical_body(
     in_reply_to: str,
     references: list[str],
     attachments: list[dict[str, Any]] | None = None,
+    sender_name: str = "",
 ) -> bytes:
     """The bytes every reader receives and the digest covers. Bcc is never part of it.
 
     ``attachments`` (manifest entries, see :class:`ManifestEntry`) is a member
     only when there are some, so a body without attachments has the same bytes
-    as before attachments existed (docs/protocol.md §4.4).
+    as before attachments existed (docs/protocol.md §4.4). ``from_name`` (the
+    sender's display name) likewise only when there is one (§4.1).
     """
-    extra = {"attachments": list(attachments)} if attachments else {}
+    extra: dict[str, Any] = {"attachments": list(attachments)} if attachments else {}
+    if sender_name:
+        extra["from_name"] = sender_name
     return canonical_json(
         {
             **extra,
@@ -276,7 +280,7 @@ def body_mismatch(body: dict[str, Any], notification: dict[str, Any]) -> str | N
     """
     for name, expected in notification.items():
         actual = body.get(name)
-        if name == "attachments":  # absent and empty are the same manifest
+        if name in ("attachments", "from_name"):  # absent and empty are the same
             actual, expected = actual or None, expected or None
         if actual != expected:
             return name
@@ -339,7 +343,22 @@ def check_body(content: bytes) -> dict[str, Any]:
         _string(item, f"references[{index}]", max_chars=MAX_HEADER_CHARS)
     if "attachments" in data:
         parse_manifest(data["attachments"])
+    if "from_name" in data:
+        display_name(data["from_name"], "from_name")
     return data
+
+
+def display_name(value: Any, field: str) -> str:
+    """A sender's display name (§4.1): a string of at most 100 characters, no control, line or
+    paragraph separator, or bidirectional control character; "" for none. Never identity."""
+    if not isinstance(value, str):
+        raise PayloadError(field, "expected a string")
+    problem = display_name_problem(value)
+    if problem:
+        raise PayloadError(field, problem)
+    if value != value.strip():
+        raise PayloadError(field, "must not start or end with white space")
+    return value
 
 
 # --- Attachment manifest ------------------------------------------------------
@@ -413,10 +432,13 @@ class Notification:
     references: list[str]
     expires: datetime
     attachments: tuple[ManifestEntry, ...] = field(default=())
+    sender_name: str = ""  # the sender's display name, "" for none: shown, never trusted (§5.4)
 
     def to_json(self) -> dict[str, Any]:
-        # "attachments" only when there are some: notifications without them are unchanged.
-        extra = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
+        # "attachments" and "sender_name" only when there are some: notifications without them are unchanged.
+        extra: dict[str, Any] = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
+        if self.sender_name:
+            extra["sender_name"] = self.sender_name
         return {
             "type": "notification",
             "version": VERSION,
@@ -447,6 +469,7 @@ class Notification:
             "in_reply_to",
             "references",
             "attachments",
+            "sender_name",
         ):
             if getattr(self, name) != getattr(first, name):
                 return name
@@ -520,6 +543,9 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
     else:
         raise PayloadError("in_reply_to", "expected a string")
     message_id = _string(_require(data, "message_id"), "message_id", min_chars=1, max_chars=MAX_ID_CHARS)
+    # Optional: absent or null is no name, as from an instance that does not send names.
+    name = data.get("sender_name")
+    sender_name = "" if name is None else display_name(name, "sender_name")
     return Notification(
         global_id=_uuid(_require(data, "id"), "id"),
         message_id=message_id,
@@ -533,6 +559,7 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
         references=_id_list(data.get("references", []), "references"),
         expires=parse_time(_require(data, "expires"), "expires"),
         attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
+        sender_name=sender_name,
     )
 
 

@@ -82,7 +82,8 @@ def build_message(message: Message) -> EmailMessage:
     local, _, domain = message.sender_address.rpartition("@")
     mail = EmailMessage(policy=POLICY)
     # One line, whatever the stored name holds: a line break could never start a header of its own.
-    name = " ".join((sender.display_name or "").split())
+    # The name sent with the message; a message from before names were kept takes today's.
+    name = " ".join((message.sender_name or sender.display_name or "").split())
     mail["From"] = Address(display_name=name, username=local, domain=domain)
     if message.to:
         mail["To"] = ", ".join(message.to)

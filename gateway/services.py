@@ -28,7 +28,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from accounts.models import User
-from accounts.validators import domain_of, normalize_address
+from accounts.validators import clean_display_name, domain_of, normalize_address
 from attachments import selectors as attachment_selectors
 from attachments import services as attachment_services
 from attachments.models import Blob
@@ -273,6 +273,8 @@ def _delivery(
         authentication_results=header.replace("\r\n\t", " "),
         attachments=attachments,
         spam_reason=spam_reason,
+        # The From's name only with the From's address: never beside a fallback sender.
+        sender_name=clean_display_name(parsed.sender_name) if parsed.sender else "",
     )
 
 

@@ -293,6 +293,7 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
         eml = build_eml(
             EmlSource(
                 sender=entry.sender,
+                sender_name=entry.sender_name,
                 to=[entry.owner.email],
                 cc=[],
                 subject=entry.subject,

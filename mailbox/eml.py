@@ -8,6 +8,8 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import EmailMessage
 
 from django.core.exceptions import SuspiciousFileOperation
@@ -38,6 +40,8 @@ class EmlSource:
     text: str
     html: str | None
     attachments: list[EmlAttachment] = field(default_factory=list)
+    #: The sender's display name, "" for none: the From becomes ``Name <address>``.
+    sender_name: str = ""
 
 
 # RFC 5322 §3.6.4 msg-id: "<" dot-atom-text "@" (dot-atom-text / no-fold-literal) ">", in ASCII.
@@ -57,9 +61,21 @@ def _one_line(value: str) -> str:
     return " ".join(str(value).split())
 
 
-def _headers(source: EmlSource) -> list[tuple[str, str]]:
+def _from(source: EmlSource) -> str | Address:
+    """The From header: with the display name as an RFC 5322 phrase (quoted, or RFC 2047
+    encoded-words when it is not ASCII, which the policy does on output), else the address."""
+    name = _one_line(source.sender_name)
+    if name:
+        try:
+            return Address(display_name=name, addr_spec=_one_line(source.sender))
+        except (ValueError, IndexError, HeaderParseError):  # an address the header cannot carry
+            pass
+    return _one_line(source.sender)
+
+
+def _headers(source: EmlSource) -> list[tuple[str, str | Address]]:
     """The top-level headers before the MIME ones, in order, as values to set."""
-    headers = [("From", _one_line(source.sender))]
+    headers: list[tuple[str, str | Address]] = [("From", _from(source))]
     if source.to:
         headers.append(("To", ", ".join(_one_line(a) for a in source.to)))
     if source.cc:
@@ -111,6 +127,8 @@ def _plain_eml(source: EmlSource) -> bytes | None:
         return None
     headers = _headers(source)
     for name, value in headers:
+        if not isinstance(value, str):  # a display name: the email package quotes and encodes it
+            return None
         if len(name) + 2 + len(value) > _MAX_LINE or "=?" in value:
             return None
         if name in ("From", "To", "Cc"):

@@ -39,6 +39,7 @@ def entry_eml_source(entry: InboxEntry, content: ReadableContent, body: dict[str
     """
     return EmlSource(
         sender=entry.sender,
+        sender_name=entry.sender_name,
         to=list(body.get("to") or []),
         cc=list(body.get("cc") or []),
         subject=entry.subject,

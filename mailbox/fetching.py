@@ -276,6 +276,7 @@ def _notified(remote: RemoteMessage) -> dict[str, Any]:
         "message_id": remote.message_id,
         "date": payloads.format_time(remote.date),
         "attachments": remote.attachments,
+        "from_name": remote.sender_name,
     }
 
 

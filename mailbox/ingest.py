@@ -114,6 +114,7 @@ def _message_fields(notification: payloads.Notification, *, local_domain: str) -
     return {
         "message_id": notification.message_id,
         "sender": notification.sender,
+        "sender_name": notification.sender_name,
         "subject": notification.subject,
         "date": notification.date,
         "size": notification.size,
@@ -153,6 +154,7 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
             payloads.ManifestEntry(name=a["name"], type=a["type"], size=a["size"], digest=a["digest"])
             for a in remote.attachments or ()
         ),
+        sender_name=remote.sender_name,
     )
 
 
@@ -174,7 +176,7 @@ def _add_entries(remote: RemoteMessage, users: list[User], *, body: dict[str, An
         sender=remote.sender,
         at=timezone.now(),
     )
-    head = search.entry_document(subject=remote.subject, sender=remote.sender)
+    head = search.entry_document(subject=remote.subject, sender=remote.sender, sender_name=remote.sender_name)
     # A copy going straight to Spam is matched on its head only, as mailbox.search indexes it.
     whole = head if body is None else search.fetched_document(remote, body)
     InboxEntry.objects.bulk_create(
@@ -183,6 +185,7 @@ def _add_entries(remote: RemoteMessage, users: list[User], *, body: dict[str, An
                 owner=user,
                 remote=remote,
                 sender=remote.sender,
+                sender_name=remote.sender_name,
                 subject=remote.subject,
                 size=remote.size,
                 state=states.remote_entry_start(remote),
@@ -246,6 +249,8 @@ class SmtpDelivery:
     attachments: list[SmtpAttachment] = field(default_factory=list)
     #: Why the message goes to Spam at once (a DMARC quarantine policy), or "".
     spam_reason: str = ""
+    #: The From header's display name, cleaned (accounts.validators.clean_display_name), or "".
+    sender_name: str = ""
 
 
 def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteMessage:
@@ -275,6 +280,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
         in_reply_to=delivery.in_reply_to,
         references=delivery.references,
         attachments=manifest,
+        sender_name=delivery.sender_name,
     )
     payloads.check_body(content)
     now = timezone.now()
@@ -286,6 +292,7 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
             transport=Transport.SMTP,
             message_id=delivery.message_id,
             sender=delivery.sender,
+            sender_name=delivery.sender_name,
             subject=delivery.subject,
             date=delivery.date,
             size=delivery.raw.size,
@@ -336,6 +343,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
     document = search.entry_document(
         subject=message.subject,
         sender=message.sender_address,
+        sender_name=message.sender_name,
         text=search.body_text({"text": message.text, "html": message.html}),
         attachments=names,
     )
@@ -354,6 +362,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
                 owner=user,
                 local=message,
                 sender=message.sender_address,
+                sender_name=message.sender_name,
                 subject=message.subject,
                 size=message.size,
                 state=states.LOCAL_ENTRY_START,

@@ -71,6 +71,11 @@ class RemoteMessage(models.Model):
     global_id = models.UUIDField()
     message_id = models.CharField(max_length=400)
     sender = models.CharField(max_length=320)
+    sender_name = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The display name the sender gave: shown beside the address, never trusted.",
+    )
     subject = models.CharField(max_length=998, blank=True)
     date = models.DateTimeField()
     size = models.PositiveIntegerField()
@@ -168,6 +173,7 @@ class InboxEntry(models.Model):
         "outbox.Message", null=True, blank=True, on_delete=models.CASCADE, related_name="local_entries"
     )
     sender = models.CharField(max_length=320)
+    sender_name = models.CharField(max_length=100, blank=True, help_text="The sender's display name, if it gave one.")
     subject = models.CharField(max_length=998, blank=True)
     size = models.PositiveIntegerField(default=0)
     received_at = models.DateTimeField(auto_now_add=True)

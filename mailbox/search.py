@@ -85,9 +85,12 @@ def attachment_names(manifest: Iterable[Any] | None) -> list[str]:
     return [str(item["name"]) for item in manifest or () if isinstance(item, dict) and item.get("name")]
 
 
-def entry_document(*, subject: str, sender: str, text: str = "", attachments: Iterable[str] = ()) -> str:
-    """The text an entry is matched on, capped at MAX_DOCUMENT_CHARS."""
-    document = "\n".join(part for part in (subject, sender, " ".join(attachments), text) if part)
+def entry_document(
+    *, subject: str, sender: str, text: str = "", attachments: Iterable[str] = (), sender_name: str = ""
+) -> str:
+    """The text an entry is matched on (a sender's name too), capped at MAX_DOCUMENT_CHARS."""
+    parts = (subject, f"{sender_name} {sender}" if sender_name else sender, " ".join(attachments), text)
+    document = "\n".join(part for part in parts if part)
     # PostgreSQL text cannot hold NUL characters.
     return searchable(document.replace("\x00", " "))[:MAX_DOCUMENT_CHARS]
 
@@ -108,6 +111,7 @@ def fetched_document(remote: RemoteMessage, body: dict[str, Any]) -> str:
     return entry_document(
         subject=remote.subject,
         sender=remote.sender,
+        sender_name=remote.sender_name,
         text=body_text(body),
         attachments=attachment_names(body.get("attachments") or remote.attachments),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,6 +63,7 @@ _ROW_FIELDS = (
     "remote_id",
     "local_id",
     "sender",
+    "sender_name",
     "subject",
     "size",
     "received_at",
@@ -237,6 +238,7 @@ class ConversationSummary:
     unread: bool  # any of its received messages is unread
     at_sender: bool  # any of its received messages' body is still at the sender's
     participants: list[str]  # senders, oldest first, each once ("me" for the user's own)
+    names: dict[str, str] = field(default_factory=dict)  # display names senders gave
 
 
 def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: str) -> dict[str, ConversationSummary]:
@@ -249,7 +251,7 @@ def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: 
     received = (
         InboxEntry.objects.owned_by(user)
         .filter(thread_key__in=keys, folder__in=conversation_folders(folder))
-        .values("thread_key", "sender")
+        .values("thread_key", "sender", "sender_name")
         .annotate(
             n=Count("pk"),
             unread=Count("pk", filter=Q(read=False)),
@@ -257,11 +259,13 @@ def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: 
             first=Min("received_at"),
         )
         .order_by("first")
-        .values_list("thread_key", "sender", "n", "unread", "away")
+        .values_list("thread_key", "sender", "sender_name", "n", "unread", "away")
     )
     found: dict[str, dict[str, Any]] = {}
-    for key, sender, n, unread, away in received:
-        summary = found.setdefault(key, {"count": 0, "unread": False, "at_sender": False, "senders": {}})
+    for key, sender, sender_name, n, unread, away in received:
+        summary = found.setdefault(key, {"count": 0, "unread": False, "at_sender": False, "senders": {}, "names": {}})
+        if sender_name:
+            summary["names"][sender] = sender_name
         summary["count"] += n
         summary["unread"] = summary["unread"] or unread > 0
         summary["at_sender"] = summary["at_sender"] or away > 0
@@ -277,6 +281,7 @@ def conversation_summaries(*, user: User, rows: Collection[InboxEntry], folder: 
             unread=summary["unread"],
             at_sender=summary["at_sender"],
             participants=participants,
+            names=summary["names"],
         )
     return out
 
@@ -485,24 +490,41 @@ def usage_bytes(user: User) -> int:
 
 def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
     """Addresses the user received from or sent to, most recent first, matching ``query``."""
+    return [address for address, _name in correspondents_named(user=user, query=query, limit=limit)]
+
+
+def correspondents_named(*, user, query: str = "", limit: int = 8) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """(address, display name or "") of the user's correspondents, most recent first, whose
+    address or name matches ``query``. A mailbox here is named as its owner names it now."""
     query = query.strip().lower()
     received = (
         InboxEntry.objects.owned_by(user)
         .exclude(state=EntryState.NOTICE)
-        .filter(sender__icontains=query)
+        .filter(Q(sender__icontains=query) | Q(sender_name__icontains=query))
         .values("sender")
-        .annotate(last=Max("received_at"))
+        .annotate(last=Max("received_at"), name=Max("sender_name"))
         .order_by("-last")[: limit * 2]
     )
     sent = outbox_selectors.addressed_by(user=user, query=query, limit=limit * 2)
     latest: dict[str, object] = {}
-    for address, last in [*((r["sender"], r["last"]) for r in received), *sent]:
+    names: dict[str, str] = {}
+    for address, last, name in [
+        *((r["sender"], r["last"], r["name"]) for r in received),
+        *((a, t, "") for a, t in sent),
+    ]:
         address = address.lower()
         if address == user.email.lower():
             continue
         if address not in latest or last > latest[address]:
             latest[address] = last
-    # Addresses that start with the query come before those that merely contain it.
+        names[address] = names.get(address) or name
+    # Addresses (or names) that start with the query come before those that merely contain it.
     ranked = sorted(latest, key=lambda a: latest[a], reverse=True)  # type: ignore[arg-type,return-value]
-    ranked.sort(key=lambda a: not (a.startswith(query) or a.partition("@")[2].startswith(query)))
-    return ranked[:limit]
+    ranked.sort(
+        key=lambda a: (
+            not (a.startswith(query) or a.partition("@")[2].startswith(query) or names[a].lower().startswith(query))
+        )
+    )
+    ranked = ranked[:limit]
+    here = dict(User.objects.filter(email__in=ranked).exclude(display_name="").values_list("email", "display_name"))
+    return [(address, here.get(address) or names[address]) for address in ranked]

@@ -30,4 +30,5 @@ def canonical_content(message: Message, *, manifest: list[dict[str, object]] | N
         in_reply_to=message.in_reply_to,
         references=message.references,
         attachments=manifest_of(message) if manifest is None else manifest,
+        sender_name=message.sender_name,
     )

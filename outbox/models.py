@@ -22,6 +22,11 @@ class Message(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     sender = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sent_messages")
     sender_address = models.CharField(max_length=320)
+    sender_name = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The sender's display name when sent, as the body and notification carry it.",
+    )
     subject = models.CharField(max_length=998, blank=True)
     text = models.TextField(blank=True)
     html = models.TextField(null=True, blank=True)

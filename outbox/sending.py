@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Domain, User
-from accounts.validators import domain_of
+from accounts.validators import clean_display_name, domain_of
 from attachments.services import AttachmentInput, check_attachments
 from federation import payloads
 from pushmail_site.hooks import Hook
@@ -141,6 +141,7 @@ def _new_message(
         id=global_id,
         sender=sender,
         sender_address=sender.email,
+        sender_name=clean_display_name(sender.display_name),
         subject=subject,
         text=text,
         html=html or None,

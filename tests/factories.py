@@ -84,6 +84,7 @@ class PeerMessage:
     expires: datetime
     in_reply_to: str = ""
     references: list[str] = field(default_factory=list)
+    sender_name: str = ""
 
     @property
     def message_id(self) -> str:
@@ -102,6 +103,7 @@ class PeerMessage:
             html=self.html,
             in_reply_to=self.in_reply_to,
             references=self.references,
+            sender_name=self.sender_name,
         )
 
     def notification(self, recipients: list[str] | None = None) -> payloads.Notification:
@@ -118,6 +120,7 @@ class PeerMessage:
             in_reply_to=self.in_reply_to,
             references=self.references,
             expires=self.expires,
+            sender_name=self.sender_name,
         )
 
     def payload(self, **overrides: Any) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Starts two instances (alpha.localhost and beta.localhost, SQLite and the embedded broker,
 on ports in 18850-18899), seeds a realistic mailbox for bob@beta.localhost with mail from
 alpha (some already read, some still at the sender's, a conversation, attachments), and
-saves PNGs of the inbox, a thread, compose, the fetching state and settings into
+saves PNGs of the inbox, a thread, compose, the fetching state, settings, search and a sent
+message into
 docs/screenshots/ with Debian's Chromium (/usr/bin/chromium; no browser is downloaded).
 Every process it starts is stopped before it exits.
 """
@@ -42,6 +43,8 @@ PAGES = {
     "compose": "Compose, with To, Cc, Bcc, Subject, Markdown and attachments",
     "fetching": "Opening a message whose body is still at the sender's: the fetch indicator",
     "settings": "Settings: display name, signature, fetch policy, remote content, security",
+    "search": "Search results: senders by name with their address, subjects at the width the page has",
+    "sent": "A sent message and its delivery per recipient domain (a list at phone width)",
 }
 NAMES = {
     "ann@alpha.localhost": "Ann Archer",
@@ -157,7 +160,7 @@ def seed(alpha: Instance, beta: Instance) -> dict[str, Any]:
     for n in (1, 2):
         send(dave, to_bob, f"Photos from the lake ({n} of 2)", "A few photos from the weekend at the lake.")
         entry_id(bob, f"Photos from the lake ({n} of 2)")
-    return {"bob": bob, "ann": ann}
+    return {"bob": bob, "ann": ann, "question": question["id"]}
 
 
 def visit(page: Any, url: str) -> None:
@@ -214,6 +217,10 @@ def capture(alpha: Instance, beta: Instance, seeded: dict[str, Any]) -> list[Pat
                 saved.append(shoot(page, "compose", kind))
                 visit(page, f"{bob.origin}/settings/")
                 saved.append(shoot(page, "settings", kind))
+                visit(page, f"{bob.origin}/search/?q=bike")
+                saved.append(shoot(page, "search", kind))
+                visit(page, f"{bob.origin}/mail/sent/{seeded['question']}/")
+                saved.append(shoot(page, "sent", kind))
             # The fetching state: the page as first shown, before the body is swapped in.
             for n, (kind, page) in enumerate(pages.items(), start=1):
                 page.route("**/body/**", lambda route: route.abort())
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     first = port_in_range(18850, 18900)
     ports = (first, port_in_range(18850, 18900, avoid={first}))
     print(f"starting alpha.localhost:{ports[0]} and beta.localhost:{ports[1]} …", flush=True)
-    pair = start_pair(base, prefix="shots", ports=ports, backend=Backend())
+    pair = start_pair(base, prefix="shots", ports=ports, backend=Backend.from_env())
     try:
         seeded = seed(pair["alpha"], pair["beta"])
         saved = capture(pair["alpha"], pair["beta"], seeded)

@@ -35,6 +35,7 @@ THREAD_ENTRY_FIELDS = (
     "remote_id",
     "local_id",
     "sender",
+    "sender_name",
     "subject",
     "size",
     "received_at",
@@ -104,11 +105,22 @@ def entry_date(entry: InboxEntry) -> datetime:
     return entry.received_at
 
 
-def entry_from(entry: InboxEntry) -> str:
-    """The sender as shown: "Name <address>" when the sender is a mailbox here with a name."""
+@dataclass(frozen=True)
+class Person:
+    """A sender as shown: "Name <address>" as text; in a page, ``{{ sender|as_person }}``."""
+
+    address: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} <{self.address}>" if self.name else self.address
+
+
+def entry_from(entry: InboxEntry) -> Person:
+    """The sender as shown: a mailbox here by its owner's name now, another by the name it gave."""
     if entry.local is not None and entry.local.sender.display_name:
-        return f"{entry.local.sender.display_name} <{entry.sender}>"
-    return entry.sender
+        return Person(entry.sender, entry.local.sender.display_name)
+    return Person(entry.sender, entry.sender_name)
 
 
 # --- a conversation ------------------------------------------------------------------
@@ -119,7 +131,7 @@ class ThreadItem:
     """One message in a conversation: an inbox entry, or a message the user sent."""
 
     date: datetime
-    sender: str
+    sender: Person
     subject: str
     size: int
     entry: InboxEntry | None = None
@@ -223,7 +235,7 @@ def conversation(*, user: User, entry: InboxEntry, body: dict[str, Any] | None) 
         items.append(
             ThreadItem(
                 date=message.date,
-                sender=f"{name} <{message.sender_address}>" if name else message.sender_address,
+                sender=Person(message.sender_address, name),
                 subject=message.subject,
                 size=message.size,
                 message=message,

@@ -69,24 +69,35 @@ def _short_name(address: str, name: str) -> str:
     return address.partition("@")[0] or address
 
 
+def person_html(address: str, name: str, *, brackets: bool = False) -> str:
+    """A sender as people read one: the display name, and the address beside it always, since a
+    name is whatever the sender chose (docs/protocol.md §4.1). Just the address without a name."""
+    if not name:
+        return f'<span class="person-address">{escape(address)}</span>'
+    shown = f"&lt;{escape(address)}&gt;" if brackets else escape(address)
+    return f'<span class="person-name">{escape(name)}</span> <span class="person-address">{shown}</span>'
+
+
 def _sender_cell(entry: EntryRow) -> str:
-    """The row's sender, or a conversation's participants ("ann, bob, me") with its count."""
+    """The row's sender (name and address), or a conversation's participants ("ann, bob, me") with its count."""
     people = entry.participants
+    count = entry.thread_count
     if len(people) <= 1:
-        shown, title = entry.sender_name or entry.sender, entry.sender
+        shown, title = person_html(entry.sender, entry.sender_name), entry.sender
+        if entry.sender_name:
+            title = f"{entry.sender_name} <{entry.sender}>"
     else:
         names = [_short_name(address, name) for address, name in people]
         if len(names) > 3:  # the first and the two most recent, as the mail clients people know
             names = [names[0], "…", *names[-2:]]
-        shown, title = ", ".join(names), ", ".join(address for address, _ in people)
-    count = entry.thread_count
+        shown, title = escape(", ".join(names)), ", ".join(address for address, _ in people)
     badge = (
         f' <span class="thread-count" data-testid="thread-count" title="{count} messages in this conversation">'
         f"{count}</span>"
         if count > 1
         else ""
     )
-    return f'<td class="sender" title="{escape(title)}">{escape(shown)}{badge}</td>'
+    return f'<td class="sender" title="{escape(title)}"><span class="sender-text">{shown}</span>{badge}</td>'
 
 
 def render_rows(entries: Iterable[EntryRow]) -> SafeString:

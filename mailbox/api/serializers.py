@@ -33,7 +33,18 @@ class EntryListSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = InboxEntry
-        fields = ["id", "sender", "subject", "received_at", "state", "read", "size", "folder", "conversation"]
+        fields = [
+            "id",
+            "sender",
+            "sender_name",
+            "subject",
+            "received_at",
+            "state",
+            "read",
+            "size",
+            "folder",
+            "conversation",
+        ]
         read_only_fields = fields
 
 
@@ -53,6 +64,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "sender",
+            "sender_name",
             "subject",
             "received_at",
             "state",

@@ -114,4 +114,17 @@
       }
     }
   });
+
+  // The sticky bar's "Add files" opens the file chooser of the Attachments box, which may be
+  // scrolled out of view; without this script the box's own field does the same.
+  function initAttachButton() {
+    document.querySelectorAll("[data-attach-button]").forEach(function (button) {
+      var input = document.getElementById(button.getAttribute("aria-controls") || "");
+      if (!input) return;
+      button.hidden = false;
+      button.addEventListener("click", function () { input.click(); });
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", initAttachButton);
+  else initAttachButton();
 })();

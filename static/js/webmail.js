@@ -378,8 +378,14 @@
         document.querySelectorAll('input[type="checkbox"][name="ids"]').forEach(function (box) {
           if (!form || box.form === form) box.checked = all.checked;
         });
+        syncSelection();
       });
     });
+    // A list's bulk actions show (at phone width) only while something is selected.
+    document.documentElement.classList.add("js");
+    document.addEventListener("change", syncSelection);
+    document.addEventListener("click", function () { setTimeout(syncSelection, 0); });
+    syncSelection();
 
     // A click anywhere on a row (not on its controls) opens the message.
     document.addEventListener("click", function (event) {
@@ -391,6 +397,17 @@
 
     const live = document.querySelector("table[data-poll-url]");
     if (live) startPolling(live);
+  }
+
+  function syncSelection() {
+    document.querySelectorAll("[data-bulk-bar]").forEach(function (bar) {
+      const form = bar.closest("form");
+      const chosen = Array.prototype.filter.call(
+        document.querySelectorAll('input[type="checkbox"][name="ids"]'),
+        function (box) { return box.checked && (!form || box.form === form); }
+      ).length;
+      bar.toggleAttribute("data-selected", chosen > 0);
+    });
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);

@@ -538,3 +538,52 @@ def test_rate_limited_sender_honours_retry_after(alpha: Instance, gamma: Instanc
 
     wait_for("every notification to get through after the limit resets", all_notified, timeout=100, interval=1)
     assert sorted(e["subject"] for e in g.inbox()) == sorted(m["subject"] for m in messages)
+
+
+# --- Display names -----------------------------------------------------------------------------
+
+
+def test_the_senders_display_name_reaches_the_recipient_beside_the_address(alpha: Instance, beta: Instance) -> None:
+    (a,) = mailboxes(alpha, 1)
+    (b,) = mailboxes(beta, 1)
+    shell_json(
+        alpha,
+        "from accounts.models import User\n"
+        f"print(User.objects.filter(email={a.address!r}).update(display_name='Zoë <b>Archer</b>'))",
+    )
+    message, _subject, (entry,) = send_and_wait(a, [b], text="Named.")
+
+    # Listed with the name before anything is fetched: it came in the notification.
+    assert (entry["sender"], entry["sender_name"], entry["state"]) == (a.address, "Zoë <b>Archer</b>", "notified")
+    opened = b.read_until(entry["id"], "fetched")
+    assert opened["sender_name"] == "Zoë <b>Archer</b>"
+    # The body the recipient verified carries the same name, under the notified digest.
+    stored = shell_json(
+        beta,
+        "import json\nfrom mailbox.models import RemoteMessage\n"
+        f"r = RemoteMessage.objects.get(global_id={message['id']!r})\n"
+        "print(json.dumps([r.sender_name, json.loads(bytes(r.content))['from_name']]))",
+    )
+    assert stored == ["Zoë <b>Archer</b>", "Zoë <b>Archer</b>"]
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("x" * 101, "longer than 100 characters"), ("Ann\x1b[2J", "contains a control character (U+001B)")],
+)
+def test_a_bad_display_name_from_a_peer_gets_400_naming_the_field(
+    alpha: Instance, beta: Instance, keys, name: str, problem: str
+) -> None:
+    (b,) = mailboxes(beta, 1)
+    global_id = uuid.uuid4()
+    data = json.loads(
+        notification_bytes(sender="eve@alpha.test", recipients=[b.address], subject="x", global_id=global_id)
+    )
+    body = json.dumps({**data, "sender_name": name}).encode()
+    url = notifications_url(beta)
+    response = requests.post(url, data=body, headers=signed_post(url, body, keys["alpha.test"]), timeout=10)
+
+    assert_refused(response, 400, "invalid_payload")
+    assert response.json()["field"] == "sender_name"
+    assert response.json()["detail"] == f"sender_name: {problem}"
+    assert remote_message_count(beta, [str(global_id)]) == 0

@@ -695,3 +695,26 @@ def test_a_message_costs_few_sql_statements_from_rcpt_to_the_250(zone: Zone, bob
     assert entries.count() == 2
     # Indexed on its body as it was inserted.
     assert [e.search_document.splitlines()[-1] for e in entries] == ["plain words.", "plain words."]
+
+
+def test_the_from_display_name_shows_decoded_beside_the_address(
+    gateway: GatewayController, zone: Zone, bob: User, client: Client
+) -> None:
+    zone.add("example.org", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    msg = _message()
+    del msg["From"]
+    # RFC 2047 encoded, with a right-to-left override that would make the name read backwards.
+    msg["From"] = "=?utf-8?q?Zo=C3=AB_<i>M=C3=BCller</i>=E2=80=AE?= <alice@example.org>"
+    code, text = _send(gateway, _raw(msg))
+    assert code == 250, text
+
+    entry = InboxEntry.objects.get(owner=bob)
+    assert entry.sender_name == "Zoë <i>Müller</i>"
+    client.force_login(bob)
+    inbox = client.get("/mail/inbox/").content.decode()
+    assert (
+        '<span class="person-name">Zoë &lt;i&gt;Müller&lt;/i&gt;</span> '
+        '<span class="person-address">alice@example.org</span>' in inbox
+    )
+    page = client.get(f"/mail/entry/{entry.pk}/").content.decode()
+    assert '<span class="person-address">&lt;alice@example.org&gt;</span>' in page and "<i>Müller" not in page

@@ -292,7 +292,8 @@ def test_webmail_report_and_not_spam_buttons(people: list[User], peer: FakePeer)
     page = web.get(reverse("webmail:entry", args=[entry.pk])).content.decode()
     assert 'value="report_spam"><button type="submit" data-shortcut="!">Report spam</button>' in page
     listing = web.get(reverse("webmail:folder", args=["inbox"])).content.decode()
-    assert 'value="report_spam">Report spam</button>' in listing
+    assert 'value="report_spam" class="bulk" title="Report spam">' in listing
+    assert '<span class="action-label">Report spam</span></button>' in listing
 
     web.post(reverse("webmail:entry-action", args=[entry.pk]), {"action": "report_spam"})
     assert _entry(reader, remote).folder == Folder.SPAM

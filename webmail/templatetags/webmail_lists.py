@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 from django import template
 from django.utils import timezone
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from mailbox.selectors import UNREAD_CAP
 from pushmail_site.sizes import human_size
-from webmail.rows import render_rows
+from webmail.rows import person_html, render_rows
 
 if TYPE_CHECKING:
     from webmail.rows import EntryRow
@@ -50,3 +50,16 @@ def mail_rows(entries: Iterable[EntryRow]) -> SafeString:
 def unread_badge(count: int) -> str:
     """An unread count as shown: counts stop at the cap, shown as "999+"."""
     return f"{UNREAD_CAP - 1}+" if count >= UNREAD_CAP else str(count)
+
+
+@register.simple_tag
+def person(address: str, name: str = "", brackets: bool = False) -> SafeString:
+    """A sender's display name with the address beside it (webmail.rows.person_html)."""
+    return mark_safe(person_html(address, name, brackets=brackets))  # noqa: S308 - escaped there
+
+
+@register.filter
+def as_person(value: object) -> SafeString:
+    """A ``webmail.reading.Person`` as "Name <address>", the name and the address each marked up."""
+    address, name = getattr(value, "address", str(value)), getattr(value, "name", "")
+    return mark_safe(person_html(address, name, brackets=True))  # noqa: S308 - escaped there

@@ -28,7 +28,7 @@ from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox import replies
 from mailbox.models import EntryState
-from mailbox.selectors import correspondents_for, inbox_for
+from mailbox.selectors import correspondents_named, inbox_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
 from outbox.reach import domains_in, reach_of
@@ -518,7 +518,8 @@ def reply_sent(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
 @require_GET
 @signed_in
 def contacts(request: AuthedRequest) -> HttpResponse:
-    """Past correspondents matching the address being typed: <option>s for htmx, JSON otherwise.
+    """Past correspondents whose address or name matches what is typed: <option>s for htmx (the
+    address, labelled with the name beside it), JSON otherwise (``names`` by address, when known).
 
     The query may be a whole comma-separated field (``q``, or the field's own
     name ``to``/``cc``/``bcc`` as htmx sends it): the last item is matched,
@@ -529,10 +530,13 @@ def contacts(request: AuthedRequest) -> HttpResponse:
     head, sep, last = raw.rpartition(",")
     prefix = f"{head.strip()}, " if sep and head.strip() else ""
     query = last.strip()
-    found = correspondents_for(user=request.user, query=query) if query else []
+    found = correspondents_named(user=request.user, query=query) if query else []
     if request.htmx:
-        return render(request, "webmail/compose/_contacts.html", {"options": [prefix + a for a in found]})
-    return JsonResponse({"query": query, "contacts": found})
+        options = [{"value": prefix + address, "address": address, "name": name} for address, name in found]
+        return render(request, "webmail/compose/_contacts.html", {"options": options})
+    return JsonResponse(
+        {"query": query, "contacts": [address for address, _ in found], "names": {a: n for a, n in found if n}}
+    )
 
 
 @require_GET

@@ -197,6 +197,7 @@ def sent_eml(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     message = _sent(request, message_id)
     source = EmlSource(
         sender=message.sender_address,
+        sender_name=message.sender_name or request.user.display_name,
         to=list(message.to),
         cc=list(message.cc),
         subject=message.subject,

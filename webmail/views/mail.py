@@ -80,7 +80,8 @@ def _with_sender_names(entries: list[InboxEntry], *, user: User, folder: str) ->
     entry_url, action_url = _url_pattern("entry"), _url_pattern("entry-action")
     rows = cast("list[EntryRow]", entries)  # the same objects, given the attributes below
     for entry in rows:
-        entry.sender_name = names.get(entry.sender, "")
+        # A mailbox here is named as its owner names it now; another sender as it named itself.
+        entry.sender_name = names.get(entry.sender) or entry.sender_name
         entry.cursor = selectors.Cursor.of(entry).encode()
         entry.url = entry_url.format(entry.pk) if entry_url else ""
         entry.action_url = action_url.format(entry.pk)
@@ -92,7 +93,9 @@ def _with_sender_names(entries: list[InboxEntry], *, user: User, folder: str) ->
             entry.thread_count = summary.count
             entry.read = not summary.unread
             entry.at_sender = summary.at_sender
-            entry.participants = [(address, names.get(address, "")) for address in summary.participants]
+            entry.participants = [
+                (address, names.get(address) or summary.names.get(address, "")) for address in summary.participants
+            ]
     _with_spam_reasons(rows)
     return rows
 

@@ -155,6 +155,8 @@ def sent_message(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
         "webmail/reading/sent.html",
         {
             "message": message,
+            # The name it went out with; a message from before names were kept shows today's.
+            "sender": reading.Person(message.sender_address, message.sender_name or request.user.display_name),
             "offer_end": message.offer_end() if remote else None,
             "body": reading.message_body(message),
             "rows": rows,

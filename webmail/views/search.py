@@ -75,7 +75,7 @@ def _with_sender_names(entries: list[InboxEntry]) -> None:
     addresses = {entry.sender for entry in entries}
     names = dict(User.objects.filter(email__in=addresses).exclude(display_name="").values_list("email", "display_name"))
     for entry in cast("list[ListedEntry]", entries):  # the same objects, given the attributes below
-        entry.sender_name = names.get(entry.sender, "")
+        entry.sender_name = names.get(entry.sender) or entry.sender_name  # a mailbox here: its name now
         entry.cursor = str(search.Cursor(moment=entry.received_at, key=entry.pk))
         entry.at_sender = body_at_sender(entry)
 
