@@ -27,6 +27,7 @@ from django.db.models import Q
 
 from accounts.models import User
 from attachments import services as attachment_services
+from attachments.selectors import usage_bytes
 from federation import payloads
 from gateway import mime
 from gateway import services as gateway_services
@@ -60,6 +61,12 @@ def import_mail(*, user: User, file: IO[bytes], name: str = "", size: int | None
         raise ImportRefused("The file is empty (0 bytes): choose an mbox or .eml file with mail in it.")
     if size > limit:
         raise ImportRefused(f"The file is {human_size(size)}; at most {human_size(limit)} can be imported at once.")
+    used, quota = usage_bytes(user), user.effective_quota_bytes
+    if used + size > quota:
+        raise ImportRefused(
+            f"Nothing was imported: the file is {human_size(size)}, and your mailbox has "
+            f"{human_size(max(0, quota - used))} left of its {human_size(quota)} quota."
+        )
     file.seek(0)
     first = file.readline(4096)
     file.seek(0)

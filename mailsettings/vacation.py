@@ -163,7 +163,7 @@ def save_vacation(
         errors["text"] = "Write the reply people get while you are away."
     if starts_on and ends_on and ends_on < starts_on:
         errors["ends_on"] = "The last day is before the first day."
-    if enabled and ends_on and ends_on < timezone.localdate():
+    elif enabled and ends_on and ends_on < timezone.localdate():
         errors["ends_on"] = "The last day has passed already: choose a later one, or leave it empty."
     if errors:
         raise ValidationError(errors)

@@ -9,9 +9,12 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts.http import AuthedRequest
+from attachments.selectors import usage_bytes
+from attachments.uploads import Allowance, limit_uploads, upload_problem
 from mailsettings import selectors, services
 from mailsettings.forms import ContactForm, FilterForm, ImportForm, VacationForm
 from mailsettings.models import Filter
@@ -132,10 +135,47 @@ def contact_delete(request: AuthedRequest) -> HttpResponse:
     return redirect("webmail:address-book")
 
 
+def _import_allowance(request: AuthedRequest) -> Allowance:
+    """One file, up to the import limit and what the mailbox quota has left."""
+    limit = settings.PUSHMAIL_IMPORT_MAX_BYTES
+    used, quota = usage_bytes(request.user), request.user.effective_quota_bytes
+    return Allowance(files=1, total=limit, quota_left=quota - used, used=used, quota=quota, file_bytes=limit)
+
+
+def _import_refused(request: AuthedRequest, problem: str, status: int) -> HttpResponse:
+    context = {"form": ImportForm(), "problem": problem, "limit": human_size(settings.PUSHMAIL_IMPORT_MAX_BYTES)}
+    return render(request, "webmail/settings/import.html", context, status=status)
+
+
+@csrf_exempt  # the upload's limits are set before the CSRF check reads the body; csrf_protect runs inside
 @login_required
 @require_http_methods(["GET", "POST"])
 def import_mail(request: AuthedRequest) -> HttpResponse:
-    """Upload an mbox or .eml file: every message is stored here, in the Archive, or none is."""
+    """Upload an mbox or .eml file: every message is stored here, in the Archive, or none is.
+
+    The upload is stopped at the import limit (and the mailbox quota) as it streams in.
+    """
+    if request.method == "POST":
+        problem = limit_uploads(request, allowance=_import_allowance(request))
+        if problem:
+            return _import_refused(request, _import_problem(problem), 413)
+    return _import_protected(request)
+
+
+def _import_problem(problem: str) -> str:
+    # The upload handler speaks of attachments; here the one file is the mail to import.
+    limit = human_size(settings.PUSHMAIL_IMPORT_MAX_BYTES)
+    if "quota" in problem:
+        problem = problem.replace("Nothing was attached: ", "").replace("these files need", "this file needs")
+        return f"Nothing was imported. {problem}"
+    return f"Nothing was imported: the file is larger than the {limit} import limit. Split it and import the parts."
+
+
+@csrf_protect
+def _import_protected(request: AuthedRequest) -> HttpResponse:
+    stopped = upload_problem(request) if request.method == "POST" else None
+    if stopped is not None:
+        return _import_refused(request, _import_problem(stopped[0]), stopped[1])
     form = ImportForm(request.POST or None, request.FILES or None)
     limit = human_size(settings.PUSHMAIL_IMPORT_MAX_BYTES)
     if request.method == "POST" and form.is_valid():
