@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 from accounts.models import User
 from mailbox import folders
@@ -20,16 +20,23 @@ from . import forwarding, vacation
 from .facts import Arrival, arrival_of, matches
 from .models import Filter, Vacation
 
+_away = Vacation.objects.filter(enabled=True)
+
 
 def apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_ids: Iterable[int]) -> None:
     """Run the filters and the vacation reply of these owners on their new copies of one message."""
-    owner_ids = list(owner_ids)
-    rules: dict[int, list[Filter]] = defaultdict(list)
-    for rule in Filter.objects.filter(owner_id__in=owner_ids).order_by("position", "pk"):
-        rules[rule.owner_id].append(rule)
-    away = {v.owner_id: v for v in Vacation.objects.filter(owner_id__in=owner_ids, enabled=True)}
-    if not rules and not away:
+    # The hot path of ingest: one query says whether any of these owners has filters or is away.
+    active = list(
+        User.objects.filter(pk__in=list(owner_ids))
+        .filter(Exists(Filter.objects.filter(owner=OuterRef("pk"))) | Exists(_away.filter(owner=OuterRef("pk"))))
+        .values_list("pk", flat=True)
+    )
+    if not active:
         return
+    rules: dict[int, list[Filter]] = defaultdict(list)
+    for rule in Filter.objects.filter(owner_id__in=active).order_by("position", "pk"):
+        rules[rule.owner_id].append(rule)
+    away = {v.owner_id: v for v in _away.filter(owner_id__in=active)}
     which = Q(remote_id=remote_id) if remote_id is not None else Q(local_id=local_id)
     entries = (
         InboxEntry.objects.filter(which, owner_id__in=set(rules) | set(away))
