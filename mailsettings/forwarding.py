@@ -64,7 +64,7 @@ def wake_forwards(*, remote_id: int) -> int:
         Forward.objects.filter(entry__remote_id=remote_id, state=AutoSendState.WAITING).values_list("pk", flat=True)
     )
     for pk in ids:
-        forward_message_task.delay(pk)
+        enqueue(forward_message_task, pk)
     return len(ids)
 
 
