@@ -43,6 +43,7 @@ class Allowance:
     used: int = 0
     quota: int | None = None
     attached: int = 0  # bytes already on the message
+    file_bytes: int | None = None  # how many bytes one file may have; None: PUSHMAIL_MAX_ATTACHMENT_BYTES
 
     def room(self) -> int:
         return max(0, self.total if self.quota_left is None else min(self.total, self.quota_left))
@@ -130,7 +131,8 @@ class LimitedUploadHandler(FileUploadHandler):
         self._file_bytes += len(raw_data)
         self._total += len(raw_data)
         allowance = self.allowance
-        if self._file_bytes > settings.PUSHMAIL_MAX_ATTACHMENT_BYTES:
+        per_file = settings.PUSHMAIL_MAX_ATTACHMENT_BYTES if allowance.file_bytes is None else allowance.file_bytes
+        if self._file_bytes > per_file:
             self._stop(file_too_large(self._file))
         if self._total > allowance.total:
             self._stop(message_too_large())

@@ -83,6 +83,10 @@ class ParsedMail:
     text: str
     html: str | None
     attachments: list[MailPart] = field(default_factory=list)
+    #: The List-Id header's identity (RFC 2919), e.g. "announce.example.org", or "".
+    list_id: str = ""
+    #: Why the message is automated mail (RFC 3834 ``Auto-Submitted``, ``Precedence: bulk``), or "".
+    automated: str = ""
 
     def close(self) -> None:
         """Remove the temporary files of the large attachments (:func:`parse_file`)."""
@@ -137,6 +141,8 @@ def _read(message: EmailMessage, *, spooled: dict[str, IO[bytes]]) -> ParsedMail
         text=_text(text_part) if text_part is not None else "",
         html=_text(html_part) if html_part is not None else None,
         attachments=_attachments(message, skip=[p for p in body_parts if p is not None], spooled=spooled),
+        list_id=_list_id(message),
+        automated=_automated(message),
     )
 
 
@@ -189,6 +195,30 @@ def _addresses(message: EmailMessage, name: str) -> list[str]:
 
 def _ids(value: str) -> list[str]:
     return [found for found in _MSG_ID.findall(value) if len(found) <= _MAX_ID]
+
+
+_LIST_ID = re.compile(r"<([^<>\s]{1,250})>")
+
+
+def _list_id(message: EmailMessage) -> str:
+    """The list identity of a List-Id header (RFC 2919: ``Name <id>``), lowercased, or ""."""
+    value = _header(message, "list-id")
+    found = _LIST_ID.search(value)
+    return _one_line(found.group(1).lower(), limit=250) if found else ""
+
+
+def _automated(message: EmailMessage) -> str:
+    """Why automatic replies must not answer this message (RFC 3834 §2), or "" for a person's mail."""
+    auto = _one_line(_header(message, "auto-submitted"), limit=60).lower()
+    if auto and auto.split(";")[0].strip() != "no":
+        return f"Auto-Submitted: {auto}"
+    precedence = _one_line(_header(message, "precedence"), limit=20).lower()
+    if precedence in ("bulk", "list", "junk"):
+        return f"Precedence: {precedence}"
+    for name in ("list-id", "list-unsubscribe", "x-auto-response-suppress"):
+        if _header(message, name):
+            return f"{name} header"
+    return ""
 
 
 def _date(message: EmailMessage) -> datetime | None:

@@ -99,6 +99,9 @@ def build_message(message: Message) -> EmailMessage:
         mail["References"] = " ".join(message.references)
     # The progressive step: a Pushmail instance that receives this learns that the sender runs one too.
     mail["Pushmail"] = sender.domain.name
+    if message.auto_submitted:
+        # RFC 3834: no other responder answers this (a vacation reply, a filter's forward).
+        mail["Auto-Submitted"] = message.auto_submitted
     mail.set_content(message.text or "")
     if message.html:
         mail.add_alternative(message.html, subtype="html")

@@ -37,7 +37,15 @@ from mailbox import services as mailbox_services
 
 from . import auth, mime, progressive
 
-__all__ = ["Envelope", "Reply", "hostname", "line_end_problem", "receive_message", "recipient_reply"]
+__all__ = [
+    "Envelope",
+    "Reply",
+    "hostname",
+    "import_message",
+    "line_end_problem",
+    "receive_message",
+    "recipient_reply",
+]
 
 MAX_RECIPIENTS = 100
 
@@ -244,6 +252,44 @@ def _check_and_store(
     return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
 
 
+# --- Import of the user's own mail (an mbox or .eml file, from Settings) --------------------------
+
+
+def import_message(*, user: User, file: IO[bytes]) -> str:
+    """Store one message of the user's own (a binary file, CRLF line ends) as mail received here.
+
+    Parsed and stored as inbound SMTP mail is (the same parser, blobs and
+    mailbox service), filed read in the Archive, without spam checks nor
+    filters: the user is bringing their own mail. Call inside
+    ``attachment_services.storing_atomically()``. Returns the stored message's
+    subject; raises PayloadError or ValidationError (a size limit) when it cannot be stored.
+    """
+    parsed = mime.parse_file(file)
+    try:
+        if not parsed.sender:
+            raise payloads.PayloadError("from", "the message has no From address")
+        stored = attachment_services.store_upload(file=_rewound(file), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES)
+        attachments = [
+            mailbox_services.SmtpAttachment(
+                name=part.name,
+                content_type=part.content_type,
+                blob=attachment_services.store_upload(file=part.open(), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES),
+            )
+            for part in parsed.attachments
+        ]
+        envelope = Envelope(client_ip="", helo="", mail_from=parsed.sender, recipients=[user.email])
+        delivery = _delivery(envelope, parsed, stored, attachments, "", "")
+        mailbox_services.accept_smtp_message(delivery=delivery, users=[user], imported=True)
+        return parsed.subject
+    finally:
+        parsed.close()
+
+
+def _rewound(file: IO[bytes]) -> IO[bytes]:
+    file.seek(0)
+    return file
+
+
 def _dkim_summary(results: auth.AuthResults) -> str:
     return ", ".join(d.result for d in results.dkim)
 
@@ -275,6 +321,8 @@ def _delivery(
         spam_reason=spam_reason,
         # The From's name only with the From's address: never beside a fallback sender.
         sender_name=clean_display_name(parsed.sender_name) if parsed.sender else "",
+        list_id=parsed.list_id,
+        automated=parsed.automated,
     )
 
 

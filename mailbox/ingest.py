@@ -24,6 +24,7 @@ from . import search, spam, states
 from .attachment_states import AttachmentFetchState
 from .fetching import request_fetch
 from .models import FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
+from .signals import mail_arrived
 from .threads import conversation_keys
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
         pass
     with transaction.atomic():
         remote = _known(origin, notification, fields)
-        _add_entries(remote, users)
+        # A repeat, or a notification split in parts: only mailboxes without their copy yet get one.
+        present = set(InboxEntry.objects.filter(remote=remote, owner__in=users).values_list("owner_id", flat=True))
+        _add_entries(remote, [user for user in users if user.pk not in present])
     return remote
 
 
@@ -158,12 +161,18 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
     )
 
 
-def _add_entries(remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None) -> None:
+def _add_entries(
+    remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None, imported: bool = False
+) -> None:
     """Entries for these users, from what the message's first notification said (or its verified body).
 
     ``body``: the body of a message that has none stored before (received whole by SMTP): each
     copy it may be read in is indexed on it as it is inserted, rather than updated after.
+    New mail is announced (``mail_arrived``: filters, vacation replies); ``imported`` mail is not:
+    it is filed read in the Archive.
     """
+    if not users:
+        return
     manifest = remote.attachments or []
     # A message already judged spam here goes straight to Spam (unread mail it is not).
     to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
@@ -193,12 +202,20 @@ def _add_entries(remote: RemoteMessage, users: list[User], *, body: dict[str, An
                 has_attachments=bool(manifest),
                 attachments_size=sum(a["size"] for a in manifest),
                 search_document=head if user.pk in to_spam else whole,
-                **({"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True} if user.pk in to_spam else {}),
+                **(
+                    {"folder": Folder.ARCHIVE, "read": True}
+                    if imported
+                    else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
+                    if user.pk in to_spam
+                    else {}
+                ),
             )
             for user in users
         ],
         ignore_conflicts=True,
     )
+    if not imported:
+        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
     if remote.content is not None and body is None:
         # A recipient added after the body was fetched finds it by its text too.
         search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
@@ -251,9 +268,12 @@ class SmtpDelivery:
     spam_reason: str = ""
     #: The From header's display name, cleaned (accounts.validators.clean_display_name), or "".
     sender_name: str = ""
+    #: Its List-Id identity, and why it is automated mail (gateway.mime), or "".
+    list_id: str = ""
+    automated: str = ""
 
 
-def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteMessage:
+def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: bool = False) -> RemoteMessage:
     """Store a message received by SMTP for ``users`` (active mailboxes here) and return its row.
 
     Its body is here already, so the message starts ``fetched``: it reads,
@@ -261,6 +281,8 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
     Attachments are recorded as fetched with their stored bytes. Run inside the
     caller's transaction: the SMTP answer 250 comes only after the commit.
     Raises PayloadError when the body does not fit the schema (nothing stored).
+    ``imported`` mail (the owner's own, from an mbox or .eml file) is filed read
+    in the Archive, unjudged, and not announced as new mail (no filters, no replies).
     """
     global_id = uuid.uuid4()
     manifest = [
@@ -309,8 +331,10 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
             raw=delivery.raw,
             authentication_results=delivery.authentication_results,
             spam_verdict=delivery.spam_reason[:300],
+            list_id=delivery.list_id[:250],
+            automated=delivery.automated[:100],
         )
-        if not delivery.spam_reason:
+        if not delivery.spam_reason and not imported:
             # Its campaign, its sender's and origin's standing here, as for a notification.
             spam.classify_new(remote, recipients=[user.email for user in users])
         ReceivedAttachment.objects.bulk_create(
@@ -325,8 +349,8 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User]) -> RemoteM
                 for position, attachment in enumerate(delivery.attachments)
             ]
         )
-        _add_entries(remote, users, body=payloads.parse_body(content))  # indexed on the body too
-        if delivery.spam_reason:
+        _add_entries(remote, users, body=payloads.parse_body(content), imported=imported)  # indexed on the body too
+        if delivery.spam_reason and not imported:
             # Every copy to Spam, known correspondent or not: a failed DMARC check means the
             # From may be forged. Put back in the Inbox if the verdict is lifted, like any verdict.
             InboxEntry.objects.filter(remote=remote).update(folder=Folder.SPAM, hidden_from=Folder.INBOX, read=True)
@@ -375,6 +399,8 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
         ],
         ignore_conflicts=True,
     )
+    if users:
+        mail_arrived.send(sender=InboxEntry, remote_id=None, local_id=message.pk, owner_ids=[u.pk for u in users])
 
 
 def post_notice(*, owner: User, subject: str, text: str) -> InboxEntry:

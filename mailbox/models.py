@@ -113,6 +113,14 @@ class RemoteMessage(models.Model):
     authentication_results = models.TextField(
         blank=True, help_text="SMTP only: the SPF, DKIM and DMARC results (RFC 8601) recorded on arrival."
     )
+    list_id = models.CharField(
+        max_length=250, blank=True, help_text="SMTP only: the mailing list's identity from its List-Id header."
+    )
+    automated = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Why this is automated mail that vacation replies never answer (Auto-Submitted, Precedence).",
+    )
 
     class Meta:
         constraints = [

@@ -488,11 +488,6 @@ def usage_bytes(user: User) -> int:
 # --- Correspondents (compose) ------------------------------------------------------------------
 
 
-def correspondents_for(*, user, query: str = "", limit: int = 8) -> list[str]:  # type: ignore[no-untyped-def]
-    """Addresses the user received from or sent to, most recent first, matching ``query``."""
-    return [address for address, _name in correspondents_named(user=user, query=query, limit=limit)]
-
-
 def correspondents_named(*, user, query: str = "", limit: int = 8) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
     """(address, display name or "") of the user's correspondents, most recent first, whose
     address or name matches ``query``. A mailbox here is named as its owner names it now."""

@@ -14,3 +14,9 @@ body_fetched = Signal()
 #: The origin did not hand over a body this time (unreachable, 5xx, timeout): ``remote_id``, ``origin``
 #: and ``error``. Sent once the failed attempt has committed; the fetch itself is retried as usual.
 body_unavailable = Signal()
+
+#: New mail reached inboxes here: the entries of ``owner_ids`` just created for one message, either
+#: ``remote_id`` (a notification, a message received by SMTP) or ``local_id`` (mail from this
+#: instance); never imported mail nor notices. Sent inside the transaction that created them, so
+#: what receivers write (filters' moves, replies' job rows) commits with them.
+mail_arrived = Signal()

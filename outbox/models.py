@@ -52,6 +52,11 @@ class Message(models.Model):
     sender_starred = models.BooleanField(default=False)
     sender_trashed_at = models.DateTimeField(null=True, blank=True)
     thread_key = models.CharField(max_length=400, blank=True)
+    auto_submitted = models.CharField(
+        max_length=20,
+        blank=True,
+        help_text="RFC 3834: 'auto-replied' for a vacation reply, 'auto-forwarded' for a filter's forward.",
+    )
 
     class Meta:
         ordering = ["-date"]

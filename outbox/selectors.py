@@ -164,6 +164,20 @@ def addressed_by(*, user: User, query: str, limit: int) -> list[tuple[str, datet
     return [(row["address"], row["last"]) for row in sent]
 
 
+def written_to(*, user: User, limit: int = 1000) -> list[tuple[str, datetime]]:
+    """(address, when last written to) of everyone the user wrote or replied to, most recent first.
+
+    Mail a program sent for the user (a vacation reply, a filter's forward) does not count.
+    """
+    sent = (
+        Recipient.objects.filter(message__sender=user, message__auto_submitted="")
+        .values("address")
+        .annotate(last=Max("message__date"))
+        .order_by("-last")[:limit]
+    )
+    return [(row["address"], row["last"]) for row in sent]
+
+
 # --- Attachments and quota -------------------------------------------------------------------
 
 

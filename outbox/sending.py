@@ -66,6 +66,7 @@ def send_message(
     html: str | None = None,
     in_reply_to: str = "",
     attachments: Sequence[AttachmentInput] = (),
+    auto_submitted: str = "",
 ) -> Message:
     """Store a message once and queue one notification per remote recipient domain.
 
@@ -75,6 +76,7 @@ def send_message(
     ``attachments`` are stored blobs; their manifest goes into the body (and so
     its digest) and the notifications. The per-file, per-message and quota
     limits are checked here, so every path (web, API) gets them.
+    ``auto_submitted`` marks mail a program sent for the user (RFC 3834: "auto-replied").
     """
     check_not_paused(sender)  # SendingPaused: too many spam complaints (outbox.complaints)
     to_list, cc_list, bcc_list = (clean_addresses(to, "to"), clean_addresses(cc, "cc"), clean_addresses(bcc, "bcc"))
@@ -97,6 +99,7 @@ def send_message(
         in_reply_to=in_reply_to,
         files=files,
     )
+    message.auto_submitted = auto_submitted
     with transaction.atomic():
         _store(message, files, kinds)
         _deliver(message, kinds)

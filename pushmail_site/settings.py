@@ -144,6 +144,7 @@ INSTALLED_APPS = [
     "attachments",
     "gateway",
     "mailaccess",
+    "mailsettings",
     "webmail",
 ]
 
@@ -412,6 +413,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-spam-feedback": {"task": "reputation.requeue_due_feedback", **_sweep},
     "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
     "requeue-due-learned-domains": {"task": "federation.requeue_due_learned_domains", **_sweep},
+    "requeue-due-auto-sends": {"task": "mailsettings.requeue_due", **_sweep},
     "requeue-unfingerprinted": {
         "task": "reputation.requeue_unfingerprinted",
         "schedule": 60.0,
@@ -460,6 +462,10 @@ PUSHMAIL_RETENTION = timedelta(days=float(os.environ.get("PUSHMAIL_RETENTION_DAY
 PUSHMAIL_DELIVERY_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_DELIVERY_WINDOW_SECONDS", 5 * 86400)))
 # How long discovery of a domain heard of in an SMTP message's Pushmail header is retried.
 PUSHMAIL_LEARNING_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_LEARNING_WINDOW_SECONDS", 86400)))
+# Mail settings (mailsettings): a vacation reply or a filter's forward that cannot be sent is
+# retried this long; an mbox or .eml import is at most this large.
+PUSHMAIL_AUTO_SEND_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_AUTO_SEND_WINDOW_SECONDS", 86400)))
+PUSHMAIL_IMPORT_MAX_BYTES = env_int("PUSHMAIL_IMPORT_MAX_BYTES", 100 * 1024 * 1024)
 PUSHMAIL_RETRY_BASE_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_BASE_SECONDS", "2"))
 PUSHMAIL_RETRY_CAP_SECONDS = float(os.environ.get("PUSHMAIL_RETRY_CAP_SECONDS", "600"))
 # A claimed row whose worker died is taken up again after this long.

@@ -32,6 +32,7 @@ from accounts.services import issue_api_token
 from attachments.models import Blob
 from federation import payloads
 from mailbox.models import AllowedSender, EntryState, FetchState, InboxEntry, Label
+from mailsettings.models import Filter
 from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
 from tests.factories import (
     InboxEntryFactory,
@@ -91,6 +92,7 @@ class Owned:
     token: ApiToken
     authenticator: Any  # an allauth WebAuthn authenticator
     allowed_sender: AllowedSender
+    mail_filter: Filter
 
 
 def _blob(content: bytes) -> Blob:
@@ -138,7 +140,10 @@ def make_owned(user: User) -> Owned:
         user=user, type=Authenticator.Type.WEBAUTHN, data={"name": "Laptop", "credential": {}}
     )
     allowed_sender = AllowedSender.objects.create(owner=user, address="news@peer.test")
-    return Owned(user, entry, message, draft, draft_attachment, label, token, authenticator, allowed_sender)
+    mail_filter = Filter.objects.create(owner=user, from_contains="news@peer.test", mark_read=True)
+    return Owned(
+        user, entry, message, draft, draft_attachment, label, token, authenticator, allowed_sender, mail_filter
+    )
 
 
 Kwargs = Callable[[Owned], dict[str, Any]]
@@ -210,6 +215,9 @@ ROUTES: dict[str, Kwargs] = {
     # settings
     "webmail:token-revoke": lambda o: {"token_id": o.token.pk},
     "webmail:allowed-sender-remove": lambda o: {"sender_id": o.allowed_sender.pk},
+    "webmail:filter-edit": lambda o: {"filter_id": o.mail_filter.pk},
+    "webmail:filter-delete": lambda o: {"filter_id": o.mail_filter.pk},
+    "webmail:filter-move": lambda o: {"filter_id": o.mail_filter.pk},
     "mfa_edit_webauthn": lambda o: {"pk": o.authenticator.pk},
     "mfa_remove_webauthn": lambda o: {"pk": o.authenticator.pk},
 }

@@ -20,6 +20,7 @@ APPS = [
     "federation",
     "gateway",
     "mailbox",
+    "mailsettings",
     "outbox",
     "pushmail_site",
     "reputation",

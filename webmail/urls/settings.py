@@ -2,10 +2,19 @@
 
 from django.urls import path
 
+from webmail.views import mail_settings
 from webmail.views import settings as views
 
 urlpatterns = [
     path("settings/", views.preferences, name="settings"),
+    path("settings/filters/", mail_settings.filters, name="filters"),
+    path("settings/filters/<int:filter_id>/", mail_settings.filter_edit, name="filter-edit"),
+    path("settings/filters/<int:filter_id>/delete/", mail_settings.filter_delete, name="filter-delete"),
+    path("settings/filters/<int:filter_id>/move/", mail_settings.filter_move, name="filter-move"),
+    path("settings/vacation/", mail_settings.vacation, name="vacation"),
+    path("settings/contacts/", mail_settings.contacts, name="address-book"),
+    path("settings/contacts/remove/", mail_settings.contact_delete, name="contact-delete"),
+    path("settings/import/", mail_settings.import_mail, name="import"),
     path("settings/tokens/", views.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke/", views.revoke_token, name="token-revoke"),
     path(

@@ -28,7 +28,8 @@ from accounts.http import AuthedRequest, HtmxRequest
 from attachments.uploads import allowance_for, limit_uploads, upload_problem
 from mailbox import replies
 from mailbox.models import EntryState
-from mailbox.selectors import correspondents_named, inbox_for
+from mailbox.selectors import inbox_for
+from mailsettings.selectors import suggestions_for
 from outbox import services as drafts_service
 from outbox.models import Draft, DraftState
 from outbox.reach import domains_in, reach_of
@@ -530,12 +531,13 @@ def contacts(request: AuthedRequest) -> HttpResponse:
     head, sep, last = raw.rpartition(",")
     prefix = f"{head.strip()}, " if sep and head.strip() else ""
     query = last.strip()
-    found = correspondents_named(user=request.user, query=query) if query else []
+    # Contacts by name or address first (Settings → Contacts), then other recent correspondents.
+    found = suggestions_for(user=request.user, query=query) if query else []
     if request.htmx:
-        options = [{"value": prefix + address, "address": address, "name": name} for address, name in found]
+        options = [{"value": prefix + s.address, "address": s.address, "name": s.name} for s in found]
         return render(request, "webmail/compose/_contacts.html", {"options": options})
     return JsonResponse(
-        {"query": query, "contacts": [address for address, _ in found], "names": {a: n for a, n in found if n}}
+        {"query": query, "contacts": [s.address for s in found], "names": {s.address: s.name for s in found if s.name}}
     )
 
 

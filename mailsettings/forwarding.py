@@ -1,0 +1,150 @@
+"""A filter's forward: a received message sent on to another address, once its body is here.
+
+Pushmail pulls on read: a message from another instance keeps its body at the
+sender's until someone here fetches it. Forwarding needs the body, so a
+forward is a job row (``Forward``) that asks for the fetch at once (the sender
+sees the fetch, as with "fetch as soon as notified") and sends when the body
+has come (``mailbox.signals.body_fetched`` wakes it; the sweep is the backstop).
+A body that never comes (withdrawn, expired, refused) fails the forward, and
+the owner is told by a notice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from mailbox import services as mailbox_services
+from mailbox.content import readable_content_for
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry
+from outbox.complaints import SendingPaused
+from outbox.compose import forward_header, forward_subject, quotable_text
+from outbox.sending import send_message
+from pushmail_site.jobs import enqueue, lock
+from pushmail_site.states import retry_delay, retry_window, transition
+
+from .models import AutoSendState, Forward
+from .states import FORWARD
+
+# While the body is being fetched, the forward looks again this often (the fetch's own signal
+# usually wakes it first).
+_BODY_WAIT = timedelta(seconds=30)
+# Bodies that will never come: the forward fails.
+_BODY_GONE = {FetchState.WITHDRAWN, FetchState.EXPIRED, FetchState.TAMPERED, FetchState.MALFORMED}
+
+
+def owe_forward(*, entry: InboxEntry, to: str) -> Forward | None:
+    """Record the forward of ``entry`` to ``to`` (once), ask for its body, and queue it."""
+    try:
+        with transaction.atomic():
+            forward = Forward.objects.create(
+                owner_id=entry.owner_id, entry=entry, to=to, next_attempt_at=timezone.now()
+            )
+    except IntegrityError:
+        return None
+    if entry.remote_id is not None and entry.remote is not None and entry.remote.state == FetchState.NOTIFIED:
+        mailbox_services.request_fetch(remote_id=entry.remote_id)
+    enqueue(forward_message_task, forward.pk)
+    return forward
+
+
+@shared_task(name="mailsettings.forward_message")
+def forward_message_task(forward_id: int) -> None:
+    forward_message(forward_id)
+
+
+def wake_forwards(*, remote_id: int) -> int:
+    """Queue the forwards waiting for this message's body (it has just been fetched)."""
+    ids = list(
+        Forward.objects.filter(entry__remote_id=remote_id, state=AutoSendState.WAITING).values_list("pk", flat=True)
+    )
+    for pk in ids:
+        enqueue(forward_message_task, pk)
+    return len(ids)
+
+
+def forward_message(forward_id: int) -> None:
+    """Send one forward if its body is here; wait for it, or give up when it will not come."""
+    with transaction.atomic():
+        forward = lock(Forward.objects.filter(pk=forward_id, state=AutoSendState.WAITING)).first()
+        if forward is None:
+            return
+        entry = InboxEntry.objects.select_related("remote", "local", "owner__domain").get(pk=forward.entry_id)
+        if entry.folder == Folder.SPAM:
+            transition(forward, FORWARD, AutoSendState.SKIPPED, fields={"next_attempt_at": None})
+            return
+        body = readable_content_for(entry=entry).body
+        if body is None:
+            _wait_or_fail(forward, entry)
+            return
+        owner: User = entry.owner
+        header = forward_header(
+            sender=str(body.get("from") or entry.sender),
+            date=entry.received_at,
+            subject=str(body.get("subject") or entry.subject),
+            to=list(body.get("to") or []),
+            cc=list(body.get("cc") or []),
+        )
+        try:
+            with transaction.atomic():
+                message = send_message(
+                    sender=owner,
+                    to=[forward.to],
+                    subject=forward_subject(entry.subject)[:998],
+                    text=f"{header}\n\n{quotable_text(body)}",
+                    auto_submitted="auto-forwarded",
+                )
+        except SendingPaused as exc:
+            _retry(forward, str(exc))
+            return
+        except ValidationError as exc:
+            _fail(forward, entry, "; ".join(exc.messages))
+            return
+        transition(
+            forward,
+            FORWARD,
+            AutoSendState.SENT,
+            fields={"sent_message_id": message.pk, "next_attempt_at": None, "attempts": forward.attempts + 1},
+        )
+
+
+def _wait_or_fail(forward: Forward, entry: InboxEntry) -> None:
+    remote = entry.remote
+    if remote is None or remote.state in _BODY_GONE or entry.state == EntryState.WITHDRAWN:
+        _fail(forward, entry, "the message's body is no longer available from its sender")
+        return
+    if remote.state == FetchState.NOTIFIED:
+        mailbox_services.request_fetch(remote_id=remote.pk)
+    if timezone.now() > remote.expires_at:
+        _fail(forward, entry, "the message expired at its sender before its body could be fetched")
+        return
+    transition(forward, FORWARD, AutoSendState.WAITING, fields={"next_attempt_at": timezone.now() + _BODY_WAIT})
+
+
+def _fail(forward: Forward, entry: InboxEntry, reason: str) -> None:
+    transition(forward, FORWARD, AutoSendState.FAILED, fields={"last_error": reason[:500], "next_attempt_at": None})
+    mailbox_services.post_notice(
+        owner=entry.owner,
+        subject=f"Not forwarded: {entry.subject}"[:998],
+        text=f"Your filter could not forward “{entry.subject}” from {entry.sender} to {forward.to}: {reason}.",
+    )
+
+
+def _retry(forward: Forward, error: str) -> None:
+    attempts = forward.attempts + 1
+    if timezone.now() - forward.created_at > retry_window(FORWARD, AutoSendState.WAITING):
+        transition(forward, FORWARD, AutoSendState.FAILED, fields={"last_error": error[:500], "attempts": attempts})
+        return
+    delay = retry_delay(FORWARD, AutoSendState.WAITING, attempts=attempts)
+    transition(
+        forward,
+        FORWARD,
+        AutoSendState.WAITING,
+        fields={"last_error": error[:500], "attempts": attempts, "next_attempt_at": timezone.now() + delay},
+    )
+    enqueue(forward_message_task, forward.pk, countdown=delay.total_seconds())
