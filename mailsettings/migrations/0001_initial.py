@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('mailbox', '0006_list_id_and_automated_mail'),
+        ('mailbox', '0007_list_id_and_automated_mail'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('outbox', '0004_fetch_plural_names'),
+        ('outbox', '0005_sender_display_name'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailbox', '0005_remote_message_id_index'),
+        ('mailbox', '0006_sender_display_names'),
     ]
 
     operations = [
