@@ -284,7 +284,7 @@ def _notified(remote: RemoteMessage) -> dict[str, Any]:
 
 def requeue_due(*, limit: int = 1000) -> int:
     """Queue fetches the broker lost, or whose worker died (their claim lapsed)."""
-    due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), limit=limit)
+    due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), task=fetch_body_task, limit=limit)
     for remote_id in due:
         _queue_fetch(remote_id)
     return len(due)
