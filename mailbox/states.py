@@ -80,13 +80,19 @@ def retry_delay(*, attempts: int, retry_after: float | None = None) -> timedelta
 # --- Inbox entries ---------------------------------------------------------------------------
 
 #: An entry has its message's states, plus ``notice`` (a local system message:
-#: never federated, never moves), and the same moves. Its values are the ones the
-#: user API and docs/protocol.md §8.1 show, so EntryState keeps spelling them out.
+#: never federated, never moves), and the same moves, plus one shortcut: only the
+#: entries whose owner asked for the body (opened it) show ``fetching``; the other
+#: copies stay ``notified`` until the fetch has an outcome, and go from there to it.
+#: A message to thousands of mailboxes here is fetched without writing thousands of
+#: entries on its reader's way to the body. Its values are the ones the user API and
+#: docs/protocol.md §8.1 show, so EntryState keeps spelling them out.
 ENTRY = StateGraph(
     "entry",
     states=[*FETCH.states, State(EntryState.NOTICE, terminal=True, doc="A local system message.")],
-    edges=FETCH.edges,
+    edges={**FETCH.edges, NOTIFIED: [*FETCH.edges[NOTIFIED], FETCHED, UNAVAILABLE, TAMPERED, MALFORMED]},
 )
+#: The fetch's outcomes that the entries not yet there skip to from ``notified``.
+SKIPPED_FETCHING = frozenset({FETCHED, UNAVAILABLE, TAMPERED, MALFORMED})
 
 #: Mail between mailboxes of this instance: the body is here from the start.
 LOCAL_ENTRY_START = EntryState.FETCHED
@@ -109,11 +115,22 @@ def entries_follow(state: str, remote_ids: list[Any]) -> None:
     leaves an opened entry ``fetched``, for the reader keeps what was read. An
     entry already ``withdrawn`` (or ``notice``) has no move left. A withdrawn entry is
     not unread: there is nothing left to read.
+
+    ``fetching`` is the exception: only the entries whose owner asked move there
+    (:func:`entries_asked`). And ``fetched`` is entered by the fetch itself, once the
+    body is committed (mailbox.fetching), so that readers have it first.
     """
     fields = {"read": True} if state == EntryState.WITHDRAWN else None
     entries = InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True)
     transition_rows(entries, ENTRY, state, fields=fields)
 
 
+def entries_asked(entry_ids: list[Any]) -> None:
+    """The entries whose owners asked for a body now being fetched show ``fetching``."""
+    asked = InboxEntry.objects.filter(pk__in=entry_ids, state=NOTIFIED, remote__state=FETCHING)
+    transition_rows(asked, ENTRY, FETCHING)
+
+
 for _state in FETCH.values:
-    FETCH.on_enter(_state)(partial(entries_follow, _state))
+    if _state not in (FETCHING, FETCHED):
+        FETCH.on_enter(_state)(partial(entries_follow, _state))
