@@ -25,7 +25,16 @@ from pushmail_site.states import transition, transition_rows
 from . import search, spam
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
 from .signals import body_fetched, body_unavailable, message_read
-from .states import BODY_AT_SENDER, DUE, ENTRY, FETCH, entries_asked, entries_follow, retry_delay
+from .states import (
+    BODY_AT_SENDER,
+    DUE,
+    ENTRY,
+    FETCH,
+    entries_asked,
+    entries_follow,
+    entries_follow_in_batches,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,10 +294,11 @@ def _failed(remote_id: int, error: str, *, retry_after: float | None) -> None:
 def _store(remote_id: int, content: bytes) -> None:
     """Keep a body that passes every check; refuse one that does not, for good.
 
-    Two commits: the body on its message's row first, so that its readers have it at once,
-    then its unopened copies follow it to ``fetched`` (thousands of rows for a message to
-    thousands of mailboxes here). A reader who opens a copy in between catches it up
-    (``open_entries``).
+    The body is committed on its message's row first, so that its readers have it at once;
+    then its unopened copies follow it to ``fetched``, a few hundred per transaction (thousands
+    of rows for a message to thousands of mailboxes here), so that a reader opening their copy
+    meanwhile waits for one batch at most. A reader who opens a copy not moved yet catches it
+    up (``open_entries``).
     """
     with transaction.atomic():
         remote = _still_due(remote_id)
@@ -301,8 +311,8 @@ def _store(remote_id: int, content: bytes) -> None:
             return
         fields = {"content": content, "fetched_at": timezone.now(), "next_attempt_at": None, "last_error": ""}
         transition(remote, FETCH, FetchState.FETCHED, fields=fields)
+    entries_follow_in_batches(FetchState.FETCHED, remote_id)
     with transaction.atomic():
-        entries_follow(FetchState.FETCHED, [remote_id])
         # Every reader sees the verified body's subject and sender from now on.
         InboxEntry.objects.filter(remote=remote).exclude(subject=body["subject"], sender=body["from"]).update(
             subject=body["subject"], sender=body["from"]

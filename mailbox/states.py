@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from pushmail_site.jobs import backoff
 from pushmail_site.states import RetryPolicy, State, StateGraph, transition_rows
@@ -123,6 +124,28 @@ def entries_follow(state: str, remote_ids: list[Any]) -> None:
     fields = {"read": True} if state == EntryState.WITHDRAWN else None
     entries = InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True)
     transition_rows(entries, ENTRY, state, fields=fields)
+
+
+#: Copies moved per transaction when a fetched body's copies follow it (:func:`entries_follow_in_batches`).
+FOLLOW_BATCH = 500
+
+
+def entries_follow_in_batches(state: str, remote_id: Any) -> int:
+    """As :func:`entries_follow` for one message, a short transaction per batch of copies; returns how many.
+
+    A reader opening their copy waits for whatever transaction holds it: with thousands of copies
+    moved in one, every reader who came meanwhile would wait for all of them.
+    """
+    moved, last = 0, 0
+    sources = ENTRY.sources_of(state)
+    while True:
+        with transaction.atomic():
+            waiting = InboxEntry.objects.filter(remote_id=remote_id, opened_at__isnull=True, state__in=sources)
+            batch = list(waiting.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:FOLLOW_BATCH])
+            if not batch:
+                return moved
+            moved += len(transition_rows(waiting.filter(pk__in=batch), ENTRY, state))
+            last = batch[-1]
 
 
 def entries_asked(entry_ids: list[Any]) -> None:

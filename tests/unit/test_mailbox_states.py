@@ -171,6 +171,22 @@ def test_entries_follow_their_message_unless_opened(
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("net")
+def test_a_fetched_body_reaches_every_unopened_copy_batch_by_batch(
+    alice: User, peer: FakePeer, local_domain: Domain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    others = [MailboxFactory(domain=local_domain, local_part=f"colleague{n}") for n in range(5)]
+    remote = _receive(peer, PeerMessageFactory(to=[alice.email, *(u.email for u in others)]))
+    monkeypatch.setattr(states, "FOLLOW_BATCH", 2)
+    open_entry(entry=InboxEntry.objects.select_related("remote").get(owner=alice, remote=remote))
+    assert set(_entry_states(remote).values()) == {"fetching", "notified"}
+
+    fetch_body(remote.pk)
+
+    assert set(_entry_states(remote).values()) == {"fetched"}
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("net")
 def test_a_withdrawal_still_reaches_a_refused_message(
     alice: User, bob: User, peer: FakePeer, federation: FederationClient
 ) -> None:
