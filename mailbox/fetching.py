@@ -92,15 +92,25 @@ def _current_verdicts(entries: Sequence[InboxEntry]) -> None:
     verdict left it. The message first and the copy after, as a verdict takes them: a copy locked
     first would have each wait for the other.
     """
-    first = {entry.remote_id: entry for entry in entries if entry.remote_id is not None and entry.opened_at is None}
+    # Only bodies already here are served at once; a body still at the sender's is requested with
+    # the message row locked for update (request_fetches), which two readers holding it shared would
+    # each wait for the other to release.
+    first = {
+        entry.remote_id: entry
+        for entry in entries
+        if entry.opened_at is None and entry.remote is not None and entry.remote.content is not None
+    }
     if not first or connection.vendor != "postgresql":
         return  # SQLite runs one writer at a time: nothing is half-applied when we read
     with connection.cursor() as cursor:
-        cursor.execute("SELECT id, spam_verdict FROM mailbox_remotemessage WHERE id = ANY(%s) FOR SHARE", [list(first)])
+        cursor.execute(
+            "SELECT id, spam_verdict FROM mailbox_remotemessage WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+            [list(first)],
+        )
         verdicts = dict(cursor.fetchall())
     folders = dict(InboxEntry.objects.filter(pk__in=[e.pk for e in first.values()]).values_list("pk", "folder"))
-    for entry in entries:
-        if entry.opened_at is None and entry.remote is not None and entry.remote_id in verdicts:
+    for entry in first.values():
+        if entry.remote is not None and entry.remote_id in verdicts:
             entry.remote.spam_verdict = verdicts[entry.remote_id]
             entry.folder = folders.get(entry.pk, entry.folder)
 
