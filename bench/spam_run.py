@@ -277,6 +277,8 @@ class Seen:
     answered: bool = False
     judged: bool = False  # the report's answer said the message stands judged spam
     report_seconds: float = 0.0
+    list_seconds: float = 0.0  # arrival to the Inbox listed
+    open_seconds: float = 0.0  # arrival to the body on screen (or to the answer that there is none)
     started: float = 0.0
     error: str = ""
 
@@ -314,12 +316,14 @@ def read_once(api: Api, reader: Reader, match: Callable[[dict[str, Any]], bool],
     seen = Seen(reader.address, started=time.monotonic())
     try:
         entry = api.find(reader.address, match, folder="" if reader.any_folder else "inbox")
+        seen.list_seconds = time.monotonic() - seen.started
         if entry is None:
             return seen
         seen.saw = True
         opened = api.open(reader.address, int(entry["id"]))
         body = opened["body"] if opened else None
         seen.opened = body is not None
+        seen.open_seconds = time.monotonic() - seen.started
         time.sleep(read_seconds)
         if reader.answer_to and body is not None:
             status, data = api.call(
@@ -408,6 +412,7 @@ def simulate(
 def sim_summary(sim: Simulation) -> dict[str, object]:
     reports = [s for s in sim.seen if s.reported]
     first_judged = next((s for s in sorted(sim.seen, key=lambda s: s.started) if s.judged), None)
+    t0 = min((s.started for s in sim.seen), default=0.0)
     return {
         "readers_online": len(sim.seen),
         "readers_who_saw_it_in_inbox": sum(s.saw for s in sim.seen),
@@ -417,6 +422,19 @@ def sim_summary(sim: Simulation) -> dict[str, object]:
         "hidden_after_readers": sim.hidden_after_readers,
         "hidden_after_seconds": round(sim.hidden_at, 2) if sim.hidden_at is not None else None,
         "first_judged_report_seconds": round(first_judged.report_seconds, 3) if first_judged else None,
+        # Where the time goes, per reader who saw it (seconds from their arrival): the Inbox listed,
+        # the body on screen (or the answer that it has none), and how long their report took.
+        "timeline": [
+            {
+                "at": round(s.started - t0, 2),
+                "listed": round(s.list_seconds, 2),
+                "body": round(s.open_seconds, 2) if s.opened else None,
+                "report": round(s.report_seconds, 2) if s.reported else None,
+                "judged": s.judged,
+            }
+            for s in sorted(sim.seen, key=lambda s: s.started)
+            if s.saw
+        ],
         "reader_errors": sum(1 for s in sim.seen if s.error),
         "simulated_seconds": round(sim.seconds, 1),
         "stopped": sim.stopped,

@@ -44,7 +44,9 @@ def requeue_due_learned_domains_task() -> int:
 
 def requeue_due_learned_domains(*, limit: int = 1000) -> int:
     """Queue every check that is due, whatever the broker holds."""
-    due = overdue_ids(LearnedDomain.objects.filter(state=LearnedDomainState.PENDING), limit=limit)
+    due = overdue_ids(
+        LearnedDomain.objects.filter(state=LearnedDomainState.PENDING), task=check_learned_domain_task, limit=limit
+    )
     for learned_id in due:
         enqueue(check_learned_domain_task, learned_id)
     return len(due)

@@ -221,7 +221,7 @@ def requeue_due(*, limit: int = 1000) -> int:
     lapsed = ReceivedAttachment.objects.filter(state=S.FETCHING, next_attempt_at__lte=now)
     for job_id in list(lapsed.values_list("pk", flat=True)[:limit]):
         _take_back(job_id, now)
-    due = overdue_ids(ReceivedAttachment.objects.filter(state__in=CLAIMABLE), limit=limit)
+    due = overdue_ids(ReceivedAttachment.objects.filter(state__in=CLAIMABLE), task=fetch_attachment_task, limit=limit)
     for job_id in due:
         _queue(job_id)
     return len(due)

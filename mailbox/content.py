@@ -9,6 +9,10 @@ downloads and previews. The rules live here and nowhere else:
 - A message withdrawn before this reader opened it shows nothing: no body,
   no attachment list, no attachment bytes. One opened before the withdrawal
   stays readable.
+- A copy that a spam verdict hid from its owner before they opened it shows
+  nothing, even when the body is here for others (mailbox.spam): the run
+  stops at the readers it reached before the verdict. "Not spam" brings the
+  copy back, and with it the body.
 - A refused message (its body did not match what was announced, or did not
   match the body schema), or one that expired before it was fetched, shows
   nothing either. Only the states below in ``_SHOWN`` show anything, so a
@@ -32,9 +36,9 @@ from typing import Any
 from attachments.filenames import blocked_extension, clean_filename
 from attachments.models import Blob
 from federation import payloads
-from outbox.models import MessageAttachment
+from outbox.models import MessageAttachment, Recipient
 
-from .models import EntryState, FetchState, InboxEntry, ReceivedAttachment
+from .models import EntryState, FetchState, Folder, InboxEntry, ReceivedAttachment
 from .states import BODY_AT_SENDER
 
 __all__ = ["ReadableAttachment", "ReadableContent", "readable_content_for"]
@@ -64,7 +68,24 @@ class ReadableAttachment:
         return {"name": self.name, "type": self.content_type, "size": self.size, "digest": self.digest}
 
 
+def withheld_by_verdict(entry: InboxEntry) -> bool:
+    """A copy a spam verdict hid from its owner before they opened it: nothing of it is shown or fetched
+    for them (whether or not the body is here for others), until they say it is not spam.
+
+    Known correspondents keep theirs (mailbox.spam): their copies are never withheld.
+    """
+    # The entry's own fields first: pages that load its message with few columns pay nothing.
+    if entry.remote_id is None or entry.opened_at is not None or entry.folder != Folder.SPAM:
+        return False
+    remote = entry.remote
+    if remote is None or not remote.spam_verdict:
+        return False
+    return not Recipient.objects.filter(address__iexact=remote.sender, message__sender_id=entry.owner_id).exists()
+
+
 def _hidden(entry: InboxEntry) -> bool:
+    if withheld_by_verdict(entry):
+        return True
     opened = entry.opened_at is not None
     local, remote = entry.local, entry.remote
     if local is not None and local.withdrawn_at is not None and not opened:

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, Exists, F, OuterRef, Value, When
 from django.utils import timezone
 
@@ -25,7 +25,16 @@ from pushmail_site.states import transition, transition_rows
 from . import search, spam
 from .models import EntryState, FetchState, InboxEntry, RemoteMessage
 from .signals import body_fetched, body_unavailable, message_read
-from .states import BODY_AT_SENDER, DUE, FETCH, retry_delay
+from .states import (
+    BODY_AT_SENDER,
+    DUE,
+    ENTRY,
+    FETCH,
+    entries_asked,
+    entries_follow,
+    entries_follow_in_batches,
+    retry_delay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +75,53 @@ def open_entries(*, entries: Sequence[InboxEntry]) -> list[int]:
     owners = {entry.owner_id for entry in entries}
     if len(owners) != 1:
         raise ValueError("entries of one owner are opened together")
+    # One commit (one WAL flush) for the read state and the reads it records, not one per statement.
+    changes = any(not entry.read or entry.opened_at is None for entry in entries)
+    with transaction.atomic() if changes else nullcontext():
+        _current_verdicts(entries)
+        return _open_entries(entries, owner_id=next(iter(owners)))
+
+
+def _current_verdicts(entries: Sequence[InboxEntry]) -> None:
+    """Bring the spam verdicts of the messages about to be shown for the first time up to date.
+
+    A verdict being applied holds its messages' rows until every copy it hides has moved, which
+    takes a while for thousands of copies; a reader who listed their Inbox before it must not get
+    the body meanwhile. Their open waits for that verdict (a share lock on the message row, which
+    readers do not contend for among themselves), then reads its copy's folder afresh, where the
+    verdict left it. The message first and the copy after, as a verdict takes them: a copy locked
+    first would have each wait for the other.
+    """
+    # Only bodies already here are served at once; a body still at the sender's is requested with
+    # the message row locked for update (request_fetches), which two readers holding it shared would
+    # each wait for the other to release.
+    first = {
+        entry.remote_id: entry
+        for entry in entries
+        if entry.opened_at is None and entry.remote is not None and entry.remote.content is not None
+    }
+    if not first or connection.vendor != "postgresql":
+        return  # SQLite runs one writer at a time: nothing is half-applied when we read
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id, spam_verdict FROM mailbox_remotemessage WHERE id = ANY(%s) ORDER BY id FOR SHARE",
+            [list(first)],
+        )
+        verdicts = dict(cursor.fetchall())
+    folders = dict(InboxEntry.objects.filter(pk__in=[e.pk for e in first.values()]).values_list("pk", "folder"))
+    for entry in first.values():
+        if entry.remote is not None and entry.remote_id in verdicts:
+            entry.remote.spam_verdict = verdicts[entry.remote_id]
+            entry.folder = folders.get(entry.pk, entry.folder)
+
+
+def _open_entries(entries: Sequence[InboxEntry], *, owner_id: int) -> list[int]:
     now = timezone.now()
     unread: list[int] = []
     first_opened: list[int] = []
     read_messages: list[RemoteMessage] = []
     to_fetch: dict[int, list[InboxEntry]] = {}
+    caught_up: list[InboxEntry] = []
     for entry in entries:
         if not entry.read:
             unread.append(entry.pk)
@@ -78,33 +129,44 @@ def open_entries(*, entries: Sequence[InboxEntry]) -> list[int]:
         remote = entry.remote
         if entry.state == EntryState.WITHDRAWN and entry.opened_at is None:
             pass  # withdrawn before this reader saw it
+        elif spam.is_hidden(entry):
+            # Judged spam before this reader saw it: its body is neither fetched nor shown for them,
+            # even when it is here because the first readers opened it.
+            pass
         elif remote is None or remote.content is not None:
-            if entry.opened_at is None and entry.state in (EntryState.FETCHED, EntryState.NOTICE):
+            lags = entry.opened_at is None and remote is not None and _lags(entry, remote)
+            if lags:
+                caught_up.append(entry)  # the body came a moment ago: this copy follows it now
+            if entry.opened_at is None and (lags or entry.state in (EntryState.FETCHED, EntryState.NOTICE)):
                 entry.opened_at = now
                 first_opened.append(entry.pk)
                 if remote is not None:
                     read_messages.append(remote)
-        elif spam.is_hidden(entry):
-            pass  # judged spam before this reader saw it: its body is not fetched for them
         elif remote.state in BODY_AT_SENDER:
             to_fetch.setdefault(remote.pk, []).append(entry)
     changed = sorted(set(unread) | set(first_opened))
-    # One commit (one WAL flush) for the read state and the reads it records, not one per statement.
-    with transaction.atomic() if changed or read_messages else nullcontext():
-        if changed:
-            opened = set(first_opened)
-            InboxEntry.objects.filter(pk__in=changed).update(
-                read=True,
-                opened_at=Case(When(pk__in=opened, then=Value(now)), default=F("opened_at"))
-                if opened
-                else F("opened_at"),
-            )
-        if read_messages:
-            message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=next(iter(owners)))
+    if caught_up:
+        transition_rows(InboxEntry.objects.filter(pk__in=[e.pk for e in caught_up]), ENTRY, EntryState.FETCHED)
+    if changed:
+        opened = set(first_opened)
+        InboxEntry.objects.filter(pk__in=changed).update(
+            read=True,
+            opened_at=Case(When(pk__in=opened, then=Value(now)), default=F("opened_at")) if opened else F("opened_at"),
+        )
+    if read_messages:
+        message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=owner_id)
+    for entry in caught_up:
+        entry.refresh_from_db(fields=["state"])
     if not to_fetch:
         return []
-    request_fetches(remote_ids=list(to_fetch))
-    return [entry.pk for group in to_fetch.values() for entry in group]
+    asked = [entry.pk for group in to_fetch.values() for entry in group]
+    request_fetches(remote_ids=list(to_fetch), entry_ids=asked)
+    return asked
+
+
+def _lags(entry: InboxEntry, remote: RemoteMessage) -> bool:
+    """The body is here, and this copy has not followed its message there yet (mailbox.states)."""
+    return entry.state in BODY_AT_SENDER and remote.state == FetchState.FETCHED
 
 
 def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
@@ -118,7 +180,9 @@ def retry_fetch_now(*, entry: InboxEntry) -> InboxEntry:
 def request_fetch(*, remote_id: int, now: bool = False) -> None:
     """Make sure exactly one fetch is queued for a message (per instance, so per domain).
 
-    ``now`` skips a pending backoff: the "try again now" action.
+    ``now`` skips a pending backoff: the "try again now" action. A fetch started here (a
+    prefetch on notification, an admin's action) is asked for every copy: they all show
+    ``fetching``.
     """
     with transaction.atomic():
         remote = lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote_id).first()
@@ -126,6 +190,7 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
             return
         if remote.state == FetchState.NOTIFIED:
             transition(remote, FETCH, FetchState.FETCHING, fields={"next_attempt_at": timezone.now()})
+            entries_follow(FetchState.FETCHING, [remote.pk])
             _queue_fetch(remote.pk)
         elif remote.state == FetchState.UNAVAILABLE and now:
             remote.next_attempt_at = timezone.now()
@@ -133,15 +198,23 @@ def request_fetch(*, remote_id: int, now: bool = False) -> None:
             _queue_fetch(remote.pk)
 
 
-def request_fetches(*, remote_ids: list[int]) -> None:
+def request_fetches(*, remote_ids: list[int], entry_ids: Sequence[int] = ()) -> None:
     """request_fetch for many messages at once: those still only notified move to ``fetching``
-    in one locked statement, each with its one fetch queued; the others are left as they are."""
-    moved = transition_rows(
-        RemoteMessage.objects.filter(pk__in=remote_ids, state=FetchState.NOTIFIED),
-        FETCH,
-        FetchState.FETCHING,
-        fields={"next_attempt_at": timezone.now()},
-    )
+    in one locked statement, each with its one fetch queued; the others are left as they are.
+
+    ``entry_ids``, the entries of the readers who asked, show ``fetching``; the message's
+    other copies stay ``notified`` until the fetch has an outcome (mailbox.states), so that
+    the reader's way to the body writes one row per message, not one per copy.
+    """
+    with transaction.atomic():
+        moved = transition_rows(
+            RemoteMessage.objects.filter(pk__in=remote_ids, state=FetchState.NOTIFIED),
+            FETCH,
+            FetchState.FETCHING,
+            fields={"next_attempt_at": timezone.now()},
+        )
+        if entry_ids:
+            entries_asked(list(entry_ids))
     for remote_id in moved:
         _queue_fetch(remote_id)
 
@@ -229,7 +302,14 @@ def _failed(remote_id: int, error: str, *, retry_after: float | None) -> None:
 
 
 def _store(remote_id: int, content: bytes) -> None:
-    """Keep a body that passes every check; refuse one that does not, for good."""
+    """Keep a body that passes every check; refuse one that does not, for good.
+
+    The body is committed on its message's row first, so that its readers have it at once;
+    then its unopened copies follow it to ``fetched``, a few hundred per transaction (thousands
+    of rows for a message to thousands of mailboxes here), so that a reader opening their copy
+    meanwhile waits for one batch at most. A reader who opens a copy not moved yet catches it
+    up (``open_entries``).
+    """
     with transaction.atomic():
         remote = _still_due(remote_id)
         if remote is None:
@@ -241,6 +321,8 @@ def _store(remote_id: int, content: bytes) -> None:
             return
         fields = {"content": content, "fetched_at": timezone.now(), "next_attempt_at": None, "last_error": ""}
         transition(remote, FETCH, FetchState.FETCHED, fields=fields)
+    entries_follow_in_batches(FetchState.FETCHED, remote_id)
+    with transaction.atomic():
         # Every reader sees the verified body's subject and sender from now on.
         InboxEntry.objects.filter(remote=remote).exclude(subject=body["subject"], sender=body["from"]).update(
             subject=body["subject"], sender=body["from"]
@@ -285,7 +367,7 @@ def _notified(remote: RemoteMessage) -> dict[str, Any]:
 
 def requeue_due(*, limit: int = 1000) -> int:
     """Queue fetches the broker lost, or whose worker died (their claim lapsed)."""
-    due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), limit=limit)
+    due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), task=fetch_body_task, limit=limit)
     for remote_id in due:
         _queue_fetch(remote_id)
     return len(due)

@@ -18,6 +18,7 @@ from outbox.models import Recipient
 from pushmail_site.hooks import Hook
 
 from . import search
+from .content import withheld_by_verdict
 from .models import EntryState, Folder, InboxEntry, RemoteMessage
 
 #: ``spam_reason_for_new(remote=..., recipients=[addresses])``: why a message just notified here is judged
@@ -123,8 +124,5 @@ def straight_to_spam(*, remote: RemoteMessage, owner_ids: list[int]) -> set[int]
 
 
 def is_hidden(entry: InboxEntry) -> bool:
-    """A copy a verdict hid from its owner: its body is not fetched for it."""
-    remote = entry.remote
-    if remote is None or not remote.spam_verdict or entry.opened_at is not None or entry.folder != Folder.SPAM:
-        return False
-    return not Recipient.objects.filter(address__iexact=remote.sender, message__sender_id=entry.owner_id).exists()
+    """A copy a verdict hid from its owner: its body is neither fetched nor shown for it."""
+    return withheld_by_verdict(entry)

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
 from pushmail_site.jobs import backoff
 from pushmail_site.states import RetryPolicy, State, StateGraph, transition_rows
@@ -80,13 +81,19 @@ def retry_delay(*, attempts: int, retry_after: float | None = None) -> timedelta
 # --- Inbox entries ---------------------------------------------------------------------------
 
 #: An entry has its message's states, plus ``notice`` (a local system message:
-#: never federated, never moves), and the same moves. Its values are the ones the
-#: user API and docs/protocol.md §8.1 show, so EntryState keeps spelling them out.
+#: never federated, never moves), and the same moves, plus one shortcut: only the
+#: entries whose owner asked for the body (opened it) show ``fetching``; the other
+#: copies stay ``notified`` until the fetch has an outcome, and go from there to it.
+#: A message to thousands of mailboxes here is fetched without writing thousands of
+#: entries on its reader's way to the body. Its values are the ones the user API and
+#: docs/protocol.md §8.1 show, so EntryState keeps spelling them out.
 ENTRY = StateGraph(
     "entry",
     states=[*FETCH.states, State(EntryState.NOTICE, terminal=True, doc="A local system message.")],
-    edges=FETCH.edges,
+    edges={**FETCH.edges, NOTIFIED: [*FETCH.edges[NOTIFIED], FETCHED, UNAVAILABLE, TAMPERED, MALFORMED]},
 )
+#: The fetch's outcomes that the entries not yet there skip to from ``notified``.
+SKIPPED_FETCHING = frozenset({FETCHED, UNAVAILABLE, TAMPERED, MALFORMED})
 
 #: Mail between mailboxes of this instance: the body is here from the start.
 LOCAL_ENTRY_START = EntryState.FETCHED
@@ -109,11 +116,44 @@ def entries_follow(state: str, remote_ids: list[Any]) -> None:
     leaves an opened entry ``fetched``, for the reader keeps what was read. An
     entry already ``withdrawn`` (or ``notice``) has no move left. A withdrawn entry is
     not unread: there is nothing left to read.
+
+    ``fetching`` is the exception: only the entries whose owner asked move there
+    (:func:`entries_asked`). And ``fetched`` is entered by the fetch itself, once the
+    body is committed (mailbox.fetching), so that readers have it first.
     """
     fields = {"read": True} if state == EntryState.WITHDRAWN else None
     entries = InboxEntry.objects.filter(remote_id__in=remote_ids, opened_at__isnull=True)
     transition_rows(entries, ENTRY, state, fields=fields)
 
 
+#: Copies moved per transaction when a fetched body's copies follow it (:func:`entries_follow_in_batches`).
+FOLLOW_BATCH = 500
+
+
+def entries_follow_in_batches(state: str, remote_id: Any) -> int:
+    """As :func:`entries_follow` for one message, a short transaction per batch of copies; returns how many.
+
+    A reader opening their copy waits for whatever transaction holds it: with thousands of copies
+    moved in one, every reader who came meanwhile would wait for all of them.
+    """
+    moved, last = 0, 0
+    sources = ENTRY.sources_of(state)
+    while True:
+        with transaction.atomic():
+            waiting = InboxEntry.objects.filter(remote_id=remote_id, opened_at__isnull=True, state__in=sources)
+            batch = list(waiting.filter(pk__gt=last).order_by("pk").values_list("pk", flat=True)[:FOLLOW_BATCH])
+            if not batch:
+                return moved
+            moved += len(transition_rows(waiting.filter(pk__in=batch), ENTRY, state))
+            last = batch[-1]
+
+
+def entries_asked(entry_ids: list[Any]) -> None:
+    """The entries whose owners asked for a body now being fetched show ``fetching``."""
+    asked = InboxEntry.objects.filter(pk__in=entry_ids, state=NOTIFIED, remote__state=FETCHING)
+    transition_rows(asked, ENTRY, FETCHING)
+
+
 for _state in FETCH.values:
-    FETCH.on_enter(_state)(partial(entries_follow, _state))
+    if _state not in (FETCHING, FETCHED):
+        FETCH.on_enter(_state)(partial(entries_follow, _state))

@@ -48,7 +48,7 @@ def queue_deliveries(ids: list[int]) -> None:
 def requeue_due_deliveries(*, limit: int = 1000) -> int:
     """Queue every notification that is due, whatever the broker holds."""
     waiting = Delivery.objects.filter(local=False, state__in=[DeliveryState.PENDING, DeliveryState.RETRYING])
-    due = overdue_ids(waiting, limit=limit)
+    due = overdue_ids(waiting, task=deliver_notification_task, limit=limit)
     queue_deliveries(due)
     return len(due)
 

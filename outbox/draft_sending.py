@@ -192,7 +192,9 @@ def _reopen(draft: Draft, exc: ValidationError) -> None:
 
 def send_due_drafts(*, limit: int = 1000) -> int:
     """Queue every draft whose send time has passed (a lost task still sends); drop old sent drafts."""
-    due = overdue_ids(Draft.objects.filter(state=DraftState.SCHEDULED), limit=limit, due_field="send_at")
+    due = overdue_ids(
+        Draft.objects.filter(state=DraftState.SCHEDULED), task=send_draft_task, limit=limit, due_field="send_at"
+    )
     for draft_id in due:
         enqueue(send_draft_task, draft_id)
     Draft.objects.filter(state=DraftState.SENT, updated_at__lt=timezone.now() - SENT_DRAFT_KEEP).delete()

@@ -36,7 +36,7 @@ def queue_withdrawals(ids: list[int]) -> None:
 
 def requeue_due_withdrawals(*, limit: int = 1000) -> int:
     """Queue every withdrawal that is due, whatever the broker holds."""
-    due = overdue_ids(Withdrawal.objects.filter(state=WithdrawalState.PENDING), limit=limit)
+    due = overdue_ids(Withdrawal.objects.filter(state=WithdrawalState.PENDING), task=send_withdrawal_task, limit=limit)
     queue_withdrawals(due)
     return len(due)
 

@@ -400,6 +400,10 @@ PUSHMAIL_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_SECONDS", "5"))
 # The sweep re-queues rows overdue by this much: the broker had its chance, and a
 # backlog that is merely being worked through is not queued twice.
 PUSHMAIL_SWEEP_GRACE_SECONDS = float(os.environ.get("PUSHMAIL_SWEEP_GRACE_SECONDS", "15"))
+# A row queued on the broker is not queued again by the sweep for this long past its due time
+# (pushmail_site.jobs): a backlog waits its turn instead of growing with copies. Only a message the
+# broker lost (a restart without persistence) waits this long for its retry.
+PUSHMAIL_QUEUED_MARK_SECONDS = float(os.environ.get("PUSHMAIL_QUEUED_MARK_SECONDS", "300"))
 # How often the reputation sweeps run: scores (reads, replies) and origins' reachability
 # (the other reputation settings are with PUSHMAIL_SPAM_REPORTS below).
 PUSHMAIL_REPUTATION_SWEEP_SECONDS = float(os.environ.get("PUSHMAIL_REPUTATION_SWEEP_SECONDS", "60"))

@@ -268,9 +268,9 @@ def requeue_due(limit: int = 500) -> int:
     """Queue the due jobs the broker lost or a killed worker left (the periodic sweep)."""
     if not enabled():
         return 0
-    ids = overdue_ids(ContentCheck.objects.filter(state__in=DUE), limit=limit)
+    ids = overdue_ids(ContentCheck.objects.filter(state__in=DUE), task=run_content_job_task, limit=limit)
     for job_id in ids:
-        run_content_job_task.delay(job_id)
+        enqueue(run_content_job_task, job_id)
     return len(ids)
 
 

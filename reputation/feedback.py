@@ -46,7 +46,7 @@ def requeue_due_feedback_task() -> int:
 
 def requeue_due_feedback(*, limit: int = 1000) -> int:
     """Queue every report that is due, whatever the broker holds."""
-    due = overdue_ids(FeedbackReport.objects.filter(state=FeedbackState.PENDING), limit=limit)
+    due = overdue_ids(FeedbackReport.objects.filter(state=FeedbackState.PENDING), task=send_feedback_task, limit=limit)
     for report_id in due:
         enqueue(send_feedback_task, report_id)
     return len(due)

@@ -124,16 +124,38 @@ def _report_budget(user: User, reports: int) -> Iterator[None]:
 
 @transaction.atomic
 def _report(user: User, entry_id: int | str, *, spam: bool) -> ReportOutcome:
+    """One report, its locks taken in one order: the campaign (reports on one run wait for each
+    other), the message, the reader's copy, every copy a verdict hides, and last the sender's
+    and origin's scores. Readers opening the run take their copy and then the same scores: taking the
+    scores before the copies here would have each wait for the other (a deadlock, a 500)."""
     entry = _reportable(user, entry_id)
-    mailbox_services.file_own_copy(entry=entry, spam=spam)
     remote = entry.remote
     if remote is None:  # mail between mailboxes here: the reader's own copy is all there is
+        mailbox_services.file_own_copy(entry=entry, spam=spam)
         return ReportOutcome(entry, spam, repeated=False, judged_spam=False)
     campaign_id = campaigns.campaign_id_of(remote)
-    repeated = _record(remote, user, spam=spam, campaign_id=campaign_id)
+    lock(Campaign.objects.all(), skip_locked=False).filter(pk=campaign_id).first()
+    # Before the reader's copy: their own open, in flight, holds the message and then their copy.
+    lock(RemoteMessage.objects.all(), skip_locked=False).filter(pk=remote.pk).first()
+    mailbox_services.file_own_copy(entry=entry, spam=spam)
+    recorded = _record(remote, user, spam=spam, campaign_id=campaign_id)
     judged = _judge(remote, campaign_id) if spam else False
+    if recorded is not None:
+        scores.note_report(
+            origin=remote.origin_domain,
+            sender=remote.sender,
+            spam=spam,
+            weight=recorded.weight,
+            replaces=recorded.replaces,
+        )
     report_recorded.send(sender=SpamReport, remote_id=remote.pk, spam=spam)
-    return ReportOutcome(entry, spam, repeated=repeated, judged_spam=judged or bool(remote.spam_verdict))
+    return ReportOutcome(entry, spam, repeated=recorded is None, judged_spam=judged or bool(remote.spam_verdict))
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    weight: float
+    replaces: float | None  # the weight of the reader's opposite report it replaces
 
 
 def _reportable(user: User, entry_id: int | str) -> InboxEntry:
@@ -152,12 +174,12 @@ def _reportable(user: User, entry_id: int | str) -> InboxEntry:
     return entry
 
 
-def _record(remote: RemoteMessage, user: User, *, spam: bool, campaign_id: int) -> bool:
-    """Keep the reader's one report on this message, weighed by their trust, and count it towards
-    its sender's and origin's scores; True when it already said the same (nothing changes)."""
+def _record(remote: RemoteMessage, user: User, *, spam: bool, campaign_id: int) -> _Recorded | None:
+    """Keep the reader's one report on this message, weighed by their trust; what to count towards
+    its sender's and origin's scores, or None when it already said the same (nothing changes)."""
     report = SpamReport.objects.filter(message=remote, reporter=user).first()
     if report is not None and report.spam == spam:
-        return True
+        return None
     weight = trust.report_weight(reporter_id=user.pk, spam=spam, campaign_id=campaign_id, origin=remote.origin_domain)
     replaces = None
     if report is None:
@@ -170,8 +192,7 @@ def _record(remote: RemoteMessage, user: User, *, spam: bool, campaign_id: int) 
         replaces = report.weight
         report.spam, report.weight = spam, weight
         report.save(update_fields=["spam", "weight"])
-    scores.note_report(origin=remote.origin_domain, sender=remote.sender, spam=spam, weight=weight, replaces=replaces)
-    return False
+    return _Recorded(weight=weight, replaces=replaces)
 
 
 def _judge(remote: RemoteMessage, campaign_id: int) -> bool:

@@ -31,6 +31,7 @@ from rest_framework.test import APIClient
 from accounts.models import Domain, User
 from accounts.services import issue_api_token
 from federation import discovery, http, keys, signatures
+from pushmail_site.jobs import drop_queued_mark
 from tests.factories import DomainFactory, MailboxFactory
 
 LOCAL = "alpha.test"
@@ -405,6 +406,14 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[Queued]:
 
     monkeypatch.setattr(Task, "apply_async", apply_async)
     return sent
+
+
+def broker_lost(queued: list[Queued]) -> None:
+    """The broker lost every message it held (a restart without persistence), and their queued marks
+    lapsed: the sweep may queue those rows again."""
+    for item in queued:
+        drop_queued_mark(item.name, item.args)
+    queued.clear()
 
 
 def ago(**kwargs: float) -> datetime:

@@ -44,6 +44,9 @@ THREAD_ENTRY_FIELDS = (
     "opened_at",
     "notice_text",
     "thread_key",
+    # A copy a spam verdict hid shows nothing, in a conversation too (mailbox.content).
+    "folder",
+    "remote__spam_verdict",
     "remote__date",
     "remote__state",
     "remote__content",

@@ -31,6 +31,7 @@ from tests.conftest import (
     FederationClient,
     Queued,
     body_path,
+    broker_lost,
     json_response,
 )
 from tests.factories import PeerMessage, PeerMessageFactory, SentMessageFactory
@@ -193,7 +194,7 @@ def test_unreachable_sender_makes_the_entry_unavailable_with_backoff_then_it_rec
     # The sender comes back; the sweep finds the due row and the fetch completes with no user action.
     peer.come_back()
     _make_due(remote, seconds_ago=settings.PUSHMAIL_SWEEP_GRACE_SECONDS + 1)
-    queued.clear()
+    broker_lost(queued)
     with django_capture_on_commit_callbacks(execute=True):
         assert requeue_due() == 1
     assert [(q.name, q.args) for q in queued] == [("mailbox.fetch_body", (remote.pk,))]

@@ -99,21 +99,24 @@ def test_entry_rules_match_the_doc() -> None:
     assert rules["opened by its owner (so `fetched`)"].startswith("`fetched`")
     local_withdrawal = "`fetched`, mail between mailboxes of one instance, not opened"
     assert rules[local_withdrawal] == "`withdrawn`" and states.ENTRY.allows("fetched", "withdrawn")
-    # An entry has no move of its own beyond its message's.
-    assert states.ENTRY.edge_set() == states.FETCH.edge_set()
+    # An entry has no move of its own beyond its message's, except that a copy nobody asked for
+    # skips `fetching`: from `notified` straight to the fetch's outcome.
+    assert rules["not asked for by its owner"].startswith("stays `notified`")
+    outcomes = rules["`notified`, not opened"]
+    assert {s for s in states.SKIPPED_FETCHING if f"`{s}`" in outcomes} == states.SKIPPED_FETCHING
+    skips = {(EntryState.NOTIFIED.value, str(s)) for s in states.SKIPPED_FETCHING}
+    assert states.ENTRY.edge_set() == states.FETCH.edge_set() | skips
 
 
 # --- the graphs in use ------------------------------------------------------------------------
 
 
 def test_every_undeclared_move_is_refused() -> None:
-    declared = states.FETCH.edge_set()
     for source, target in itertools.product(states.ENTRY.values, repeat=2):
-        if (source, target) in declared:
-            continue
-        with pytest.raises(IllegalTransition):
-            states.ENTRY.check(source, target)
-        if EntryState.NOTICE not in (source, target):
+        if (source, target) not in states.ENTRY.edge_set():
+            with pytest.raises(IllegalTransition):
+                states.ENTRY.check(source, target)
+        if EntryState.NOTICE not in (source, target) and (source, target) not in states.FETCH.edge_set():
             with pytest.raises(IllegalTransition):
                 states.FETCH.check(source, target)
 
@@ -140,7 +143,7 @@ def test_an_undeclared_move_changes_nothing(alice: User, peer: FakePeer) -> None
     assert remote.state == FetchState.NOTIFIED and remote.content is None
     assert _entry_states(remote) == {alice.email: "notified"}
     # A bulk move skips rows with no declared way there.
-    assert transition_rows(InboxEntry.objects.filter(remote=remote), states.ENTRY, EntryState.FETCHED) == []
+    assert transition_rows(InboxEntry.objects.filter(remote=remote), states.ENTRY, EntryState.NOTICE) == []
     assert _entry_states(remote) == {alice.email: "notified"}
 
 
@@ -154,14 +157,32 @@ def test_entries_follow_their_message_unless_opened(
     alice_entry = InboxEntry.objects.select_related("remote").get(owner=alice, remote=remote)
     open_entry(entry=alice_entry)
     assert alice_entry.state == EntryState.FETCHING and body_at_sender(alice_entry)  # current on return
-    assert _entry_states(remote) == {alice.email: "fetching", bob.email: "fetching"}
+    # Only the copy whose reader asked shows the fetch; bob's stays notified until it has an outcome.
+    assert _entry_states(remote) == {alice.email: "fetching", bob.email: "notified"}
     fetch_body(remote.pk)
+    assert _entry_states(remote) == {alice.email: "fetched", bob.email: "fetched"}
     open_entry(entry=InboxEntry.objects.select_related("remote").get(owner=alice, remote=remote))
 
     federation.withdraw(peer, message.global_id, message.sender)
 
     assert RemoteMessage.objects.get(pk=remote.pk).state == FetchState.WITHDRAWN
     assert _entry_states(remote) == {alice.email: "fetched", bob.email: "withdrawn"}
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("net")
+def test_a_fetched_body_reaches_every_unopened_copy_batch_by_batch(
+    alice: User, peer: FakePeer, local_domain: Domain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    others = [MailboxFactory(domain=local_domain, local_part=f"colleague{n}") for n in range(5)]
+    remote = _receive(peer, PeerMessageFactory(to=[alice.email, *(u.email for u in others)]))
+    monkeypatch.setattr(states, "FOLLOW_BATCH", 2)
+    open_entry(entry=InboxEntry.objects.select_related("remote").get(owner=alice, remote=remote))
+    assert set(_entry_states(remote).values()) == {"fetching", "notified"}
+
+    fetch_body(remote.pk)
+
+    assert set(_entry_states(remote).values()) == {"fetched"}
 
 
 @pytest.mark.django_db

@@ -32,7 +32,7 @@ from gateway.auth import AuthResults, DkimResult, DmarcResult
 from gateway.server import ClientLimits, GatewayController
 from outbox.models import Delivery, DeliveryState, Recipient
 from outbox.services import deliver_notification, send_message
-from tests.conftest import NOTIFICATIONS, FakeNetwork, FakePeer, Queued, ago
+from tests.conftest import NOTIFICATIONS, FakeNetwork, FakePeer, Queued, ago, broker_lost
 from tests.factories import DomainFactory, MailboxFactory
 from tests.smtp_support import Zone, dkim_key, dkim_sign, dns_server, free_port
 from tests.unit.test_outbox_states import TRANSITION
@@ -210,6 +210,7 @@ def test_discovery_that_does_not_answer_is_retried_then_confirmed(
     assert learned.next_attempt_at is not None
     peer.come_back()
     type(learned).objects.filter(pk=learned.pk).update(next_attempt_at=ago(seconds=60))
+    broker_lost(queued)  # the retry's broker message is gone: the sweep queues the check again
     assert requeue_due_learned_domains() == 1
     check_learned_domain(learned.pk)
     learned.refresh_from_db()

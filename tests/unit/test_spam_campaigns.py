@@ -262,8 +262,9 @@ def test_a_verdict_on_ten_thousand_copies_is_a_few_bulk_statements(local_domain:
     with CaptureQueriesContext(connection) as queries:
         assert report(reporters[2], run[0]) is True
     assert InboxEntry.objects.filter(remote__in=run, folder=Folder.SPAM).count() == 10_003
-    # Its time is bench/spam_run.py's to measure; here, that no statement is per copy.
-    assert len(queries) <= 64
+    # Its time is bench/spam_run.py's to measure; here, that no statement is per copy (65 with
+    # the report's lock on the message, taken before the reporter's copy: reputation.spam._report).
+    assert len(queries) <= 65
 
 
 # --- after a fetch: the text's fingerprint ------------------------------------------------------

@@ -39,7 +39,7 @@ from reputation import feedback
 from reputation.feedback_states import FEEDBACK
 from reputation.models import FeedbackReport, FeedbackState, SpamReport, SpamVerdict
 from reputation.spam import overturn_verdict
-from tests.conftest import FakePeer, FederationClient, Queued, api_as, json_response
+from tests.conftest import FakePeer, FederationClient, Queued, api_as, broker_lost, json_response
 from tests.factories import DomainFactory, MailboxFactory, PeerMessageFactory, SentMessageFactory
 from tests.unit.test_protocol_doc import (
     HttpHead,
@@ -489,6 +489,7 @@ def test_a_report_is_retried_with_backoff_and_a_permanent_refusal_ends_it(
 
     # The sweep finds it once it is overdue, whatever the broker lost.
     FeedbackReport.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now() - timedelta(minutes=1))
+    broker_lost(queued)
     with django_capture_on_commit_callbacks(execute=True):
         assert feedback.requeue_due_feedback() == 1
     origin_answers(peer, 404, {"error": "unknown_message", "detail": "no message"})

@@ -167,6 +167,43 @@ def test_hidden_copies_are_never_fetched_and_new_notifications_go_to_spam(
         assert entry.folder == Folder.SPAM and entry.read  # Spam, and not counted as unread
 
 
+def test_a_copy_hidden_after_the_first_readers_fetched_it_shows_no_body_until_not_spam(
+    people: list[User], peer: FakePeer
+) -> None:
+    # A reader who listed their Inbox before the verdict opens the message after it: the body is
+    # here (the first readers fetched it), yet the run stops at the readers it had reached.
+    message = PeerMessageFactory(text="Claim your prize at once")
+    remote = _receive(peer, message, people)
+    _open_fetched(people[:1], remote)
+    _report(people[1], remote)
+    assert _report(people[2], remote).json()["judged_spam"] is True
+    late = _entry(people[5], remote)
+    assert late.folder == Folder.SPAM and remote.entries.get(pk=late.pk).state == EntryState.FETCHED
+
+    shown = api_as(people[5]).get(f"/api/v1/inbox/{late.pk}/")
+    assert shown.status_code == 200 and shown.json()["body"] is None
+    page = _client_of(people[5]).get(reverse("webmail:entry", args=[late.pk])).content.decode()
+    assert "Claim your prize" not in page and "Judged spam here" in page
+    late = _entry(people[5], remote)
+    assert late.opened_at is None  # not counted as a reader who saw it
+
+    # Their own "Not spam" brings it back, body and all.
+    assert _report(people[5], remote, "not-spam").json()["folder"] == "inbox"
+    shown = api_as(people[5]).get(f"/api/v1/inbox/{late.pk}/")
+    assert "Claim your prize" in shown.json()["body"]["text"]
+    # The first reader keeps what they read.
+    assert (
+        "Claim your prize"
+        in api_as(people[0]).get(f"/api/v1/inbox/{_entry(people[0], remote).pk}/").json()["body"]["text"]
+    )
+
+
+def _client_of(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
 def test_an_on_notify_fetch_is_not_made_for_a_message_judged_spam(
     people: list[User], peer: FakePeer, queued: list[Queued], django_capture_on_commit_callbacks: Any
 ) -> None:
