@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from pushmail_site.jobs import overdue_ids
+from pushmail_site.jobs import enqueue, overdue_ids
 
 from .forwarding import forward_message_task
 from .models import AutoSendState, Forward, VacationReply
@@ -12,12 +12,13 @@ from .vacation import send_vacation_reply_task
 @shared_task(name="mailsettings.requeue_due")
 def requeue_due(limit: int = 1000) -> int:
     """Queue again the vacation replies and forwards that are due (a lost broker message, a dead worker)."""
-    replies = overdue_ids(VacationReply.objects.filter(state=AutoSendState.WAITING), limit=limit)
-    forwards = overdue_ids(Forward.objects.filter(state=AutoSendState.WAITING), limit=limit)
+    waiting = AutoSendState.WAITING
+    replies = overdue_ids(VacationReply.objects.filter(state=waiting), task=send_vacation_reply_task, limit=limit)
+    forwards = overdue_ids(Forward.objects.filter(state=waiting), task=forward_message_task, limit=limit)
     for pk in replies:
-        send_vacation_reply_task.delay(pk)
+        enqueue(send_vacation_reply_task, pk)
     for pk in forwards:
-        forward_message_task.delay(pk)
+        enqueue(forward_message_task, pk)
     return len(replies) + len(forwards)
 
 
