@@ -319,15 +319,35 @@ def _store(remote_id: int, content: bytes) -> None:
         except _Refused as refused:
             transition(remote, FETCH, refused.state, fields={"next_attempt_at": None, "last_error": refused.error})
             return
-        fields = {"content": content, "fetched_at": timezone.now(), "next_attempt_at": None, "last_error": ""}
+        # Due again (next_attempt_at) until its copies have followed it: a worker killed in between
+        # leaves the rest to the sweep (requeue_due), which finishes it with finish_fetched.
+        fields = {"content": content, "fetched_at": timezone.now(), "next_attempt_at": claim_until(), "last_error": ""}
         transition(remote, FETCH, FetchState.FETCHED, fields=fields)
+    finish_fetched(remote_id, body=body)
+
+
+@shared_task(name="mailbox.finish_fetched")
+def finish_fetched_task(remote_id: int) -> None:
+    finish_fetched(remote_id)
+
+
+def finish_fetched(remote_id: int, *, body: dict[str, Any] | None = None) -> None:
+    """What follows a stored body (idempotent): its unopened copies move to ``fetched``, every
+    copy shows the verified subject and sender and is matched on the text, and ``body_fetched``
+    is announced; then the message is no longer due."""
     entries_follow_in_batches(FetchState.FETCHED, remote_id)
     with transaction.atomic():
+        remote = RemoteMessage.objects.filter(pk=remote_id, state=FetchState.FETCHED).first()
+        if remote is None or remote.content is None:
+            return  # withdrawn meanwhile: the withdrawal took the copies where they go
+        if body is None:
+            body = payloads.parse_body(bytes(remote.content))
         # Every reader sees the verified body's subject and sender from now on.
         InboxEntry.objects.filter(remote=remote).exclude(subject=body["subject"], sender=body["from"]).update(
             subject=body["subject"], sender=body["from"]
         )
         search.index_fetched_body(remote=remote, body=body)
+        RemoteMessage.objects.filter(pk=remote_id).update(next_attempt_at=None)
         transaction.on_commit(lambda: body_fetched.send(sender=RemoteMessage, remote_id=remote_id))
 
 
@@ -370,7 +390,13 @@ def requeue_due(*, limit: int = 1000) -> int:
     due = overdue_ids(RemoteMessage.objects.filter(state__in=DUE), task=fetch_body_task, limit=limit)
     for remote_id in due:
         _queue_fetch(remote_id)
-    return len(due)
+    # Bodies stored by a worker that died before the copies followed them (finish_fetched).
+    unfinished = overdue_ids(
+        RemoteMessage.objects.filter(state=FetchState.FETCHED), task=finish_fetched_task, limit=limit
+    )
+    for remote_id in unfinished:
+        enqueue(finish_fetched_task, remote_id)
+    return len(due) + len(unfinished)
 
 
 def expire_unfetched() -> int:

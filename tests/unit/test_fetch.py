@@ -12,6 +12,7 @@ from django.utils import timezone
 from accounts.models import User
 from federation import http, payloads
 from federation.discovery import WELL_KNOWN_PATH
+from mailbox import fetching
 from mailbox.models import EntryState, FetchState, InboxEntry, RemoteMessage
 from mailbox.services import (
     accept_notification,
@@ -201,6 +202,47 @@ def test_unreachable_sender_makes_the_entry_unavailable_with_backoff_then_it_rec
     remote = _fetch(remote)
     assert remote.state == FetchState.FETCHED and remote.last_error == ""
     assert _entry(alice, remote).state == EntryState.FETCHED
+
+
+def test_a_worker_killed_after_storing_the_body_leaves_the_copies_to_the_sweep(
+    alice: User,
+    bob: User,
+    peer: FakePeer,
+    settings: Any,
+    queued: list[Queued],
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """The body is committed first and the copies follow after: a worker that dies in between must
+    not leave bob's copy "at the sender's" and unsearchable for good."""
+    message = PeerMessageFactory(to=["alice@alpha.test", "bob@alpha.test"], text="quarterly figures attached")
+    remote = _receive(peer, message)
+    _open(alice, remote)
+
+    def killed(remote_id: int, **kwargs: Any) -> None:
+        raise SystemExit("worker killed")
+
+    finish = fetching.finish_fetched
+    monkeypatch.setattr(fetching, "finish_fetched", killed)
+    with pytest.raises(SystemExit):
+        fetch_body(remote.pk)
+    monkeypatch.setattr(fetching, "finish_fetched", finish)
+    remote.refresh_from_db()
+    assert remote.state == FetchState.FETCHED and _entry(bob, remote).state == EntryState.NOTIFIED
+
+    _make_due(remote, seconds_ago=settings.PUSHMAIL_SWEEP_GRACE_SECONDS + 1)
+    broker_lost(queued)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert requeue_due() == 1
+    assert [(q.name, q.args) for q in queued] == [("mailbox.finish_fetched", (remote.pk,))]
+    fetching.finish_fetched(remote.pk)
+
+    remote.refresh_from_db()
+    assert remote.next_attempt_at is None
+    assert _states(remote) == {"alice@alpha.test": "fetched", "bob@alpha.test": "fetched"}
+    assert "quarterly figures" in _entry(bob, remote).search_document
+    with django_capture_on_commit_callbacks(execute=True):
+        assert requeue_due() == 0  # finished: nothing due any more
 
 
 def test_sender_answering_404_is_retried_not_final(alice: User, peer: FakePeer) -> None:
