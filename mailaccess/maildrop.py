@@ -39,6 +39,7 @@ __all__ = [
     "finish_download",
     "headers_only",
     "list_maildrop",
+    "readable_eml",
     "trash",
 ]
 
@@ -170,8 +171,23 @@ def finish_download(*, user_id: int, entry_id: int) -> bytes:
         raise LookupError(entry_id)
     if entry.state in BODY_AT_SENDER:
         raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
-    with transaction.atomic():
-        fetching.open_entry(entry=entry)
+    return _readable(entry, mark_read=True)
+
+
+def readable_eml(*, user_id: int, entry_id: int, mark_read: bool) -> bytes:
+    """:func:`finish_download` for IMAP, where ``BODY.PEEK`` (``mark_read=False``) leaves the read state alone."""
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
+    if entry.state in BODY_AT_SENDER:
+        raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
+    return _readable(entry, mark_read=mark_read)
+
+
+def _readable(entry: InboxEntry, *, mark_read: bool) -> bytes:
+    if mark_read:
+        with transaction.atomic():
+            fetching.open_entry(entry=entry)
     eml = entry_eml(entry)
     if eml is None:
         return _system_message(entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown."))
