@@ -25,7 +25,7 @@ What a mail program is told:
   announces them (EXISTS, EXPUNGE, FETCH FLAGS); so do NOOP and CHECK.
 - A literal larger than ``PUSHMAIL_IMAP_MAX_LITERAL`` (an APPEND) or 4 KiB (any
   other string) is refused before it is read; a command line longer than 64 KiB
-  closes the connection with ``BYE``.
+  is skipped as it comes (never held in memory) and answered ``BAD``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class _Part:
         self._raw = raw
 
     def getHeaders(self, negate: bool, *names: str) -> dict[str, str]:  # noqa: N802 - Twisted's interface
-        wanted = {name.lower() for name in names}
+        wanted = {(name.decode("ascii", "replace") if isinstance(name, bytes) else name).lower() for name in names}
         found: dict[str, str] = {}
         for key, value in self._message.items():
             name = key.lower()
@@ -253,7 +253,7 @@ class PushmailIMAP(imap4.IMAP4Server):
     """One IMAP connection."""
 
     IDENT = b"Pushmail IMAP4rev1 ready"
-    MAX_LENGTH = 65536  # a command line; longer ones close the connection (lineLengthExceeded)
+    MAX_LENGTH = 65536  # a command line; longer ones are skipped and refused (lineLengthExceeded)
     factory: IMAPFactory
     user_id: int | None = None
     selected: _Selected | None = None
@@ -272,9 +272,26 @@ class PushmailIMAP(imap4.IMAP4Server):
         self.mbox = None
         super().connectionLost(reason)
 
-    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802
-        self.sendLine(b"* BYE Command line too long (at most %d octets)" % self.MAX_LENGTH)
-        self._link.loseConnection()
+    _skipping: bytes | None = None
+
+    def lineLengthExceeded(self, line: bytes) -> Any:  # noqa: N802
+        """Skip the rest of an over-long command line without keeping it, then refuse it: the session goes on."""
+        self._skipping = line.split(b" ", 1)[0][:64] or b"*"
+        self.setRawMode()
+        return self._skip(line)
+
+    def _skip(self, data: bytes) -> Any:
+        end = data.find(b"\n")
+        if end < 0:
+            return None  # still inside the long line: dropped
+        tag, self._skipping = self._skipping, None
+        self.sendBadResponse(tag, b"Command line too long (at most %d octets)" % self.MAX_LENGTH)
+        return self.setLineMode(data[end + 1 :])
+
+    def rawDataReceived(self, data: bytes) -> Any:  # noqa: N802
+        if self._skipping is not None:
+            return self._skip(data)
+        return super().rawDataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         if self.blocked is not None and len(self.blocked) >= _MAX_PIPELINED:
@@ -675,6 +692,8 @@ class PushmailIMAP(imap4.IMAP4Server):
         d = defer.ensureDeferred(self._fetch(tag, selected, wanted, query))
         d.addBoth(self._fetched)
         self._hold(tag, d)
+
+    select_FETCH: Any = (do_FETCH, imap4.IMAP4Server.arg_seqset, imap4.IMAP4Server.arg_fetchatt)
 
     def _fetched(self, result: Any) -> Any:
         self.setTimeout(self._oldTimeout)
