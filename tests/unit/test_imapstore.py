@@ -127,3 +127,14 @@ def test_append_makes_a_draft_and_sent_takes_only_what_pushmail_sent(bob: User) 
         imapstore.append(user_id=bob.pk, box=_box(bob, "Sent"), data=b"Message-ID: <x@y>\r\n\r\nhi\r\n")
     with pytest.raises(imapstore.CannotDo):
         imapstore.append(user_id=bob.pk, box=_box(bob, "INBOX"), data=data)
+
+
+def test_the_token_page_tells_which_imap_server_and_ports_to_type_in(client: Any, alice: User, settings: Any) -> None:
+    settings.PUSHMAIL_SMTP_HOSTNAME = "mail.alpha.test"
+    settings.PUSHMAIL_IMAP_LISTEN = "0.0.0.0:143"
+    settings.PUSHMAIL_IMAP_TLS_LISTEN = "0.0.0.0:993"
+    settings.PUSHMAIL_MAILACCESS_TLS_CERT, settings.PUSHMAIL_MAILACCESS_TLS_KEY = "cert.pem", "key.pem"
+    client.force_login(alice)
+    page = client.get("/settings/tokens/").content.decode()
+    assert "Incoming server (IMAP)" in page
+    assert "<code>143</code> with STARTTLS, or <code>993</code> with SSL/TLS" in page
