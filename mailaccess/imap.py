@@ -450,7 +450,24 @@ class PushmailIMAP(imap4.IMAP4Server):
 
         self._hold(tag, d.addCallback(listed))
 
-    auth_LIST: Any = (_listWork, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 0, b"LIST")
+    def arg_list_reference(self, line: bytes) -> Any:
+        """LIST's reference, after the selection options of RFC 5258 (``LIST (SPECIAL-USE) "" "*"``),
+        which are accepted and ignored: the special-use attributes are always listed."""
+        if line[:1] == b"(":
+            end = line.find(b")")
+            if end < 0:
+                raise imap4.IllegalClientResponse("Mismatched parenthesis")
+            line = line[end + 1 :].lstrip()
+        return self.arg_astring(line)
+
+    def arg_list_pattern(self, line: bytes) -> Any:
+        """LIST's mailbox pattern, with RFC 5258's return options (``RETURN (SPECIAL-USE)``) ignored."""
+        parsed = self.arg_astring(line)
+        if isinstance(parsed, tuple) and parsed[1].strip().upper().startswith(b"RETURN"):
+            return parsed[0], b""
+        return parsed
+
+    auth_LIST: Any = (_listWork, arg_list_reference, arg_list_pattern, 0, b"LIST")
     select_LIST: Any = auth_LIST
     auth_LSUB: Any = (_listWork, imap4.IMAP4Server.arg_astring, imap4.IMAP4Server.arg_astring, 1, b"LSUB")
     select_LSUB: Any = auth_LSUB

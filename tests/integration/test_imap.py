@@ -302,6 +302,9 @@ def test_mailboxes_are_listed_with_their_special_use_and_labels(setup: Imap) -> 
     assert set(listed) == {b"INBOX", b"Archive", b"Sent", b"Drafts", b"Spam", b"Trash", b"Projects"}
     assert b"\\Junk" in listed[b"Spam"] and b"\\Sent" in listed[b"Sent"] and b"\\Trash" in listed[b"Trash"]
     assert b"\\Archive" in listed[b"Archive"] and b"\\Drafts" in listed[b"Drafts"]
+    # Thunderbird asks with RFC 5258's selection option.
+    status, data = client._simple_command("LIST", "(SPECIAL-USE)", '""', '"*"')
+    assert status == "OK" and len(client.untagged_responses.pop("LIST")) == 7
     status, data = client.select("Nowhere")
     assert status == "NO" and b"[NONEXISTENT]" in data[0]
     status, data = client.status("INBOX", "(MESSAGES UIDNEXT UIDVALIDITY UNSEEN)")

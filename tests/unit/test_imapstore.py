@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 
 from accounts.models import User
+from federation import payloads
 from mailaccess import imapstore
 from mailbox import folders
-from mailbox.models import EntryState, Folder, InboxEntry, Label
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry, Label, ReceivedAttachment
 from outbox.models import Draft
 from tests.conftest import Queued, ago
 from tests.factories import InboxEntryFactory, RemoteMessageFactory
@@ -138,3 +139,31 @@ def test_the_token_page_tells_which_imap_server_and_ports_to_type_in(client: Any
     page = client.get("/settings/tokens/").content.decode()
     assert "Incoming server (IMAP)" in page
     assert "<code>143</code> with STARTTLS, or <code>993</code> with SSL/TLS" in page
+
+
+def test_reading_a_fetched_message_leaves_its_attachments_at_the_sender(bob: User, queued: list[Queued]) -> None:
+    remote = RemoteMessageFactory(local_domain=bob.domain.name, state=FetchState.FETCHED, subject="Report")
+    remote.content = payloads.canonical_body(
+        global_id=remote.global_id,
+        message_id=remote.message_id,
+        sender=remote.sender,
+        to=[bob.email],
+        cc=[],
+        subject="Report",
+        date=remote.date,
+        text="See the attached report.",
+        html=None,
+        in_reply_to="",
+        references=[],
+    )
+    remote.attachments = [
+        {"name": "report.pdf", "type": "application/pdf", "size": 5000, "digest": payloads.digest(b"x" * 5000)}
+    ]
+    remote.save(update_fields=["content", "attachments"])
+    entry = InboxEntryFactory(owner=bob, remote=remote, state=EntryState.FETCHED, has_attachments=True)
+
+    loaded = imapstore.messages(user_id=bob.pk, box=_box(bob, "INBOX"), refs=[str(entry.pk)], peek=True)
+
+    eml = loaded[str(entry.pk)]
+    assert eml is not None and b"See the attached report." in eml.data and b"report.pdf" in eml.data
+    assert not ReceivedAttachment.objects.exists() and queued == []
