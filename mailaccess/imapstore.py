@@ -404,15 +404,12 @@ def headers(*, user_id: int, box: Box, refs: list[str]) -> dict[str, Loaded]:
             if loaded is not None:
                 found[ref] = Loaded(_head(loaded.data), loaded.size, loaded.internal_date, whole=False)
         return found
-    rows = InboxEntry.objects.filter(owner_id=user_id, pk__in=[int(r) for r in refs]).values_list(
-        "pk", "size", "attachments_size", "received_at"
+    entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=[int(r) for r in refs]).select_related(
+        "remote", "local", "owner", "owner__domain"
     )
-    for pk, size, attachments, received_at in rows:
-        try:
-            head = maildrop.headers_only(user_id=user_id, entry_id=pk)
-        except LookupError:
-            continue  # deleted meanwhile
-        found[str(pk)] = Loaded(head, max(1, size + attachments), received_at, whole=False)
+    for entry in entries:
+        size = max(1, entry.size + entry.attachments_size)
+        found[str(entry.pk)] = Loaded(maildrop.entry_headers(entry), size, entry.received_at, whole=False)
     return found
 
 
@@ -435,11 +432,12 @@ def ask_bodies(*, user_id: int, box: Box, refs: list[str], peek: bool) -> Asked:
     entries = list(
         InboxEntry.objects.filter(owner_id=user_id, pk__in=[int(r) for r in refs]).select_related("remote", "local")
     )
-    waiting = [e for e in entries if e.remote_id is not None and e.state in BODY_AT_SENDER]
+    # An unopened copy hidden by a spam verdict is not fetched for its reader (mailbox.spam): nothing to wait for.
+    waiting = [e for e in entries if e.remote_id is not None and e.state in BODY_AT_SENDER and not e.hidden_from]
     if not peek and entries:
         fetching.open_entries(entries=entries)
     for entry in waiting:
-        if entry.hidden_from == "" and entry.remote_id is not None:
+        if entry.remote_id is not None:
             fetching.request_fetch(remote_id=entry.remote_id, now=True)
     return Asked([maildrop.FetchAsked(remote_id=e.remote_id, asked_at=asked_at) for e in waiting if e.remote_id])
 

@@ -35,6 +35,7 @@ __all__ = [
     "FetchAsked",
     "begin_download",
     "download",
+    "entry_headers",
     "fetch_settled",
     "finish_download",
     "headers_only",
@@ -215,6 +216,12 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
+    return entry_headers(entry)
+
+
+def entry_headers(entry: InboxEntry) -> bytes:
+    """:func:`headers_only` of an entry loaded with its ``remote``, ``local`` and ``owner__domain`` rows
+    (IMAP lists many at once)."""
     if entry.state in BODY_AT_SENDER and entry.remote is not None:
         remote = entry.remote
         eml = build_eml(
