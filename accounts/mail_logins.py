@@ -1,4 +1,4 @@
-"""Mail program sign-ins (SMTP submission, POP3, later IMAP): app passwords with failures counted.
+"""Mail program sign-ins (SMTP submission, POP3, IMAP): app passwords with failures counted.
 
 Every protocol that lets a mail program sign in asks :func:`check_mail_login`,
 so failures are counted once per client address and per account name in the

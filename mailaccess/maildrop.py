@@ -38,6 +38,7 @@ __all__ = [
     "Prepared",
     "begin_download",
     "download",
+    "entry_headers",
     "fetch_settled",
     "finish_download",
     "headers_only",
@@ -45,6 +46,7 @@ __all__ = [
     "mark_downloaded",
     "on_the_wire",
     "prepare_downloads",
+    "readable_eml",
     "trash",
 ]
 
@@ -213,6 +215,19 @@ def _download(user_id: int, entry_id: int) -> bytes:
     return _eml_of(entry)
 
 
+def readable_eml(*, user_id: int, entry_id: int, mark_read: bool) -> bytes:
+    """The .eml of an entry whose body is here, for IMAP, where ``BODY.PEEK`` (``mark_read=False``)
+    leaves the read state alone. Raises as :func:`finish_download` does."""
+    if mark_read:
+        return _download(user_id, entry_id)
+    entry = _entry(user_id, entry_id)
+    if entry is None:
+        raise LookupError(entry_id)
+    if entry.state in BODY_AT_SENDER:
+        raise BodyNotHereYet(entry.remote.last_error if entry.remote is not None else "")
+    return _eml_of(entry)
+
+
 def _unopened(entry: InboxEntry) -> bool:
     # Opening marks read and records the first open (read counts); nothing to do when both are done.
     return not entry.read or entry.opened_at is None
@@ -288,6 +303,12 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
     entry = _entry(user_id, entry_id)
     if entry is None:
         raise LookupError(entry_id)
+    return entry_headers(entry)
+
+
+def entry_headers(entry: InboxEntry) -> bytes:
+    """:func:`headers_only` of an entry loaded with its ``remote``, ``local`` and ``owner__domain`` rows
+    (IMAP lists many at once)."""
     if entry.state in BODY_AT_SENDER and entry.remote is not None:
         remote = entry.remote
         eml = build_eml(

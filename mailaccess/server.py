@@ -1,7 +1,7 @@
 """The ``manage.py mailaccess`` process: one Twisted reactor serving the mail-program protocols.
 
-POP3 today (mailaccess.pop3); IMAP is meant to join it as another listener on
-the same reactor and thread pool. The Django ORM is only ever called from the
+POP3 (mailaccess.pop3) and IMAP (mailaccess.imap) listen on the same reactor
+and share its thread pool. The Django ORM is only ever called from the
 reactor's thread pool, never from the reactor thread.
 """
 
@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from pushmail_site.listen import listen_address
 
+from .imap import IMAPFactory
 from .pop3 import POP3Factory
 
 __all__ = ["Listener", "listen_address", "start_listening", "tls_context"]
@@ -28,7 +29,7 @@ class Listener:
     protocol: str
     host: str
     port: int
-    tls: str  # "implicit", "stls" or "none"
+    tls: str  # "implicit", "stls" (POP3's STLS or IMAP's STARTTLS) or "none"
 
 
 def tls_context() -> ssl.DefaultOpenSSLContextFactory | None:
@@ -57,6 +58,23 @@ def start_listening(reactor: Any) -> list[tuple[Listener, IListeningPort]]:
             (
                 Listener("pop3", host, port, "implicit"),
                 reactor.listenSSL(port, POP3Factory(tls=None, clock=reactor), tls, interface=host),
+            )
+        )
+    host, port = listen_address(settings.PUSHMAIL_IMAP_LISTEN, setting="PUSHMAIL_IMAP_LISTEN")
+    started.append(
+        (
+            Listener("imap", host, port, "stls" if tls else "none"),
+            reactor.listenTCP(port, IMAPFactory(tls=tls, clock=reactor), interface=host),
+        )
+    )
+    if settings.PUSHMAIL_IMAP_TLS_LISTEN:
+        if tls is None:
+            raise ValueError("PUSHMAIL_IMAP_TLS_LISTEN needs PUSHMAIL_MAILACCESS_TLS_CERT and _KEY")
+        host, port = listen_address(settings.PUSHMAIL_IMAP_TLS_LISTEN, setting="PUSHMAIL_IMAP_TLS_LISTEN")
+        started.append(
+            (
+                Listener("imap", host, port, "implicit"),
+                reactor.listenSSL(port, IMAPFactory(tls=None, clock=reactor), tls, interface=host),
             )
         )
     return started

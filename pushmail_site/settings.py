@@ -581,8 +581,16 @@ PUSHMAIL_POP3_LISTEN = os.environ.get("PUSHMAIL_POP3_LISTEN", "127.0.0.1:1110")
 PUSHMAIL_POP3_TLS_LISTEN = os.environ.get("PUSHMAIL_POP3_TLS_LISTEN", "")
 PUSHMAIL_MAILACCESS_TLS_CERT = os.environ.get("PUSHMAIL_MAILACCESS_TLS_CERT", PUSHMAIL_SUBMISSION_TLS_CERT)
 PUSHMAIL_MAILACCESS_TLS_KEY = os.environ.get("PUSHMAIL_MAILACCESS_TLS_KEY", PUSHMAIL_SUBMISSION_TLS_KEY)
+# IMAP in the same process: STARTTLS on PUSHMAIL_IMAP_LISTEN (143 in production) and implicit TLS on
+# PUSHMAIL_IMAP_TLS_LISTEN (993; empty: not served), with the same certificate and sign-in rules as POP3.
+PUSHMAIL_IMAP_LISTEN = os.environ.get("PUSHMAIL_IMAP_LISTEN", "127.0.0.1:1143")
+PUSHMAIL_IMAP_TLS_LISTEN = os.environ.get("PUSHMAIL_IMAP_TLS_LISTEN", "")
+# How often an IMAP session in IDLE looks for new mail and changes (seconds).
+PUSHMAIL_IMAP_IDLE_POLL = float(os.environ.get("PUSHMAIL_IMAP_IDLE_POLL", "2"))
+# The largest message an IMAP APPEND may send (octets); a larger literal is refused before it is read.
+PUSHMAIL_IMAP_MAX_LITERAL = env_int("PUSHMAIL_IMAP_MAX_LITERAL", PUSHMAIL_SUBMISSION_MAX_BYTES)
 # How long a mail program's download of a body still at the sender's waits for the fetch (seconds);
-# past it POP3 answers -ERR [SYS/TEMP] and the program tries again later.
+# past it POP3 answers -ERR [SYS/TEMP] and IMAP NO [UNAVAILABLE], and the program tries again later.
 PUSHMAIL_LEGACY_FETCH_WAIT = float(os.environ.get("PUSHMAIL_LEGACY_FETCH_WAIT", "20"))
 # Threads that run the ORM for the mail-access process (each holds at most one database connection).
 PUSHMAIL_MAILACCESS_THREADS = env_int("PUSHMAIL_MAILACCESS_THREADS", 10)

@@ -19,6 +19,7 @@ from accounts.forms import PreferencesForm, TokenForm
 from accounts.http import AuthedRequest
 from attachments.selectors import quota_for
 from gateway.submission import mail_program_settings
+from mailaccess.program_settings import imap_program_settings
 from mailbox import remote_content
 from mailbox.models import AllowedSender
 
@@ -67,6 +68,7 @@ def tokens(request: AuthedRequest) -> HttpResponse:
         "tokens": selectors.api_tokens_for(user=request.user),
         "new_token": new_token,
         "mail_program": mail_program_settings(),
+        "imap": imap_program_settings(),
     }
     return render(request, "webmail/settings/tokens.html", context, status=400 if form.errors else 200)
 

@@ -1,4 +1,4 @@
-"""``manage.py mailaccess``: serve POP3 to mail programs until stopped (SIGTERM or Ctrl-C)."""
+"""``manage.py mailaccess``: serve POP3 and IMAP to mail programs until stopped (SIGTERM or Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from mailaccess.server import start_listening
 
 
 class Command(BaseCommand):
-    help = "Serve POP3 (PUSHMAIL_POP3_LISTEN, PUSHMAIL_POP3_TLS_LISTEN) to mail programs signed in with app passwords."
+    help = (
+        "Serve POP3 (PUSHMAIL_POP3_LISTEN, PUSHMAIL_POP3_TLS_LISTEN) and IMAP (PUSHMAIL_IMAP_LISTEN, "
+        "PUSHMAIL_IMAP_TLS_LISTEN) to mail programs signed in with app passwords."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         # Importing the reactor installs it: only in the process that serves, never on import of this module.
