@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from datetime import timedelta
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from mailbox import attachment_fetching
 from mailbox.content import readable_content_for
 from mailbox.folders import create_label
 from mailbox.models import EntryState, FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage
-from mailbox.services import SmtpDelivery, accept_notification, accept_smtp_message, fetch_body
+from mailbox.services import SmtpAttachment, SmtpDelivery, accept_notification, accept_smtp_message, fetch_body
 from mailsettings import forwarding, services, vacation
 from mailsettings.filters import FilterInput
 from mailsettings.models import AutoSendState, Filter, Forward, VacationReply
@@ -64,6 +65,14 @@ def _smtp(user: User, raw: bytes) -> InboxEntry:
             authentication_results="",
             list_id=parsed.list_id,
             automated=parsed.automated,
+            attachments=[
+                SmtpAttachment(
+                    name=part.name,
+                    content_type=part.content_type,
+                    blob=attachment_services.store_upload(file=_named(part.content, part.name)),
+                )
+                for part in parsed.attachments
+            ],
         ),
         users=[user],
     )
@@ -371,6 +380,24 @@ def test_a_forward_of_local_mail_carries_its_attachments(
 
     assert Forward.objects.get().state == AutoSendState.SENT
     assert _forwarded_files(bob) == {"invoice.pdf": pdf}
+
+
+def test_a_forward_of_mail_received_by_smtp_carries_its_attachments(
+    alice: User, bob: User, queued: list[Queued], media: Path
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(from_contains="ann", forward_to=bob.email))
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "ann@example.org", alice.email, "Scan"
+    mail["Message-ID"] = "<scan-1@example.org>"
+    mail.set_content("The scan is attached.")
+    scan = b"%PDF-1.7 scanned page \x00\xff"
+    mail.add_attachment(scan, maintype="application", subtype="pdf", filename="scan.pdf")
+    _smtp(alice, mail.as_bytes())
+    forwarding.forward_message(Forward.objects.get().pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    assert _forwarded_files(bob) == {"scan.pdf": scan}
+    assert not ReceivedAttachment.objects.filter(state="wanted").exists()  # nothing asked of anyone
 
 
 def test_a_forward_of_mail_from_another_instance_fetches_its_attachments_and_carries_the_same_bytes(
