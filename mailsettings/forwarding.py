@@ -13,8 +13,8 @@ instance are fetched like a reader's download (``mailbox.received_attachments``:
 from this message's sender, verified against its manifest), and the forward
 waits for them as for the body (``mailbox.signals.attachment_settled`` wakes
 it). A file that will not come (withdrawn, refused, blocked type, too large,
-or still unreachable when the auto-send window or the message's life ends) does
-not hold back the text: the forward is sent without it, and its text ends
+still unreachable when the auto-send window or the message's life ends, or over
+a limit of the send path) does not hold back the text: the forward is sent without it, and its text ends
 with a note naming each file left out and why.
 """
 
@@ -35,6 +35,7 @@ from mailbox.models import EntryState, FetchState, Folder, InboxEntry
 from mailbox.received_attachments import attachment_for_entry
 from outbox.complaints import SendingPaused
 from outbox.compose import forward_header, forward_subject, quotable_text
+from outbox.models import Message
 from outbox.sending import send_message
 from pushmail_site.jobs import enqueue, lock
 from pushmail_site.states import retry_delay, retry_window, transition
@@ -107,16 +108,19 @@ def forward_message(forward_id: int) -> None:
             to=list(body.get("to") or []),
             cc=list(body.get("cc") or []),
         )
+        text = f"{header}\n\n{quotable_text(body)}"
+        subject = forward_subject(entry.subject)[:998]
         try:
-            with transaction.atomic():
-                message = send_message(
-                    sender=owner,
-                    to=[forward.to],
-                    subject=forward_subject(entry.subject)[:998],
-                    text=f"{header}\n\n{quotable_text(body)}{_left_out_note(left_out)}",
-                    attachments=carried,
-                    auto_submitted="auto-forwarded",
-                )
+            try:
+                message = _send(owner, forward, subject, f"{text}{_left_out_note(left_out)}", carried)
+            except ValidationError as exc:
+                if not carried or "attachments" not in getattr(exc, "error_dict", {}):
+                    raise
+                # Over a limit of this instance (files per message, total size, the owner's quota):
+                # the text goes on its own, saying why the files did not.
+                why = " ".join(exc.message_dict["attachments"])
+                left_out += [(item.name, why) for item in carried]
+                message = _send(owner, forward, subject, f"{text}{_left_out_note(left_out)}", [])
         except SendingPaused as exc:
             _retry(forward, str(exc))
             return
@@ -128,6 +132,18 @@ def forward_message(forward_id: int) -> None:
             FORWARD,
             AutoSendState.SENT,
             fields={"sent_message_id": message.pk, "next_attempt_at": None, "attempts": forward.attempts + 1},
+        )
+
+
+def _send(owner: User, forward: Forward, subject: str, text: str, files: list[AttachmentInput]) -> Message:
+    with transaction.atomic():
+        return send_message(
+            sender=owner,
+            to=[forward.to],
+            subject=subject,
+            text=text,
+            attachments=files,
+            auto_submitted="auto-forwarded",
         )
 
 

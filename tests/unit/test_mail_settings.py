@@ -382,6 +382,30 @@ def test_a_forward_of_local_mail_carries_its_attachments(
     assert _forwarded_files(bob) == {"invoice.pdf": pdf}
 
 
+def test_a_forward_whose_files_are_over_this_instances_limit_sends_the_text_with_a_note(
+    alice: User, bob: User, queued: list[Queued], media: Path, settings: Any, django_capture_on_commit_callbacks
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(subject_contains="photos", forward_to=bob.email))
+    carol = MailboxFactory(domain=alice.domain, local_part="carol")
+    blob = attachment_services.store_upload(file=_named(b"x" * 2000, "photo.jpg"))
+    with django_capture_on_commit_callbacks(execute=True):
+        SentMessageFactory(
+            sender=carol,
+            to=[alice.email],
+            subject="Photos",
+            text="From the trip.",
+            attachments=[attachment_services.AttachmentInput(blob=blob, name="photo.jpg", content_type="image/jpeg")],
+        )
+    settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = 1000  # lowered since carol sent it
+    forwarding.forward_message(Forward.objects.get().pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    text = InboxEntry.objects.select_related("local").get(owner=bob).local.text
+    assert "From the trip." in text
+    assert "Not attached to this forward:\n- photo.jpg: The attachments add up to" in text
+    assert _forwarded_files(bob) == {}
+
+
 def test_a_forward_of_mail_received_by_smtp_carries_its_attachments(
     alice: User, bob: User, queued: list[Queued], media: Path
 ) -> None:
