@@ -38,6 +38,7 @@ from pushmail_site.states import transition
 from .attachment_states import ATTACHMENT_FETCH, CLAIMABLE
 from .attachment_states import AttachmentFetchState as S
 from .models import ReceivedAttachment
+from .signals import attachment_settled
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def _claim(job_id: int) -> tuple[ReceivedAttachment, _Wanted] | None:
         refusal = _refusal(job, wanted, now)
         if refusal is not None:
             transition(job, ATTACHMENT_FETCH, refusal, fields={"next_attempt_at": None})
+            _announce_settled(job)
             return None
         assert wanted is not None
         # Held until the transfer's own deadline has passed, with a margin to store the bytes.
@@ -194,7 +196,18 @@ def _settle(
         current = lock(ReceivedAttachment.objects, skip_locked=False).filter(pk=job.pk).first()
         if current is None or current.state != S.FETCHING or current.attempts != job.attempts:
             return None
-        return transition(current, ATTACHMENT_FETCH, target, fields=fields, after_commit=after_commit)
+        settled = transition(current, ATTACHMENT_FETCH, target, fields=fields, after_commit=after_commit)
+        if ATTACHMENT_FETCH.by_value[target].terminal:
+            _announce_settled(current)
+        return settled
+
+
+def _announce_settled(job: ReceivedAttachment) -> None:
+    """Tell the apps above (a forward waiting for this file) once the row's end has committed."""
+    remote_id, position = job.remote_id, job.position
+    transaction.on_commit(
+        lambda: attachment_settled.send(sender=ReceivedAttachment, remote_id=remote_id, position=position)
+    )
 
 
 def _failed(job: ReceivedAttachment, error: str, *, retry_after: float | None) -> None:

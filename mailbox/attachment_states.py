@@ -2,7 +2,7 @@
 
 One :class:`~mailbox.models.ReceivedAttachment` row per received message
 and manifest position is the job that brings that file from the message's
-sender. A reader's download or preview creates it (``wanted``); a worker
+sender. A reader's download or preview, or a filter's forward, creates it (``wanted``); a worker
 claims it (``fetching``) and ends in one of the other states. Every move goes
 through :func:`pushmail_site.states.transition` (or ``transition_rows`` for the
 admin's bulk action). docs/protocol.md §8.4 shows the same graph, and a test

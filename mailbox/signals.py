@@ -15,6 +15,10 @@ body_fetched = Signal()
 #: and ``error``. Sent once the failed attempt has committed; the fetch itself is retried as usual.
 body_unavailable = Signal()
 
+#: A received attachment's fetch ended (fetched and verified, or given up for good): ``remote_id``
+#: and ``position``. Sent once its row has committed; receivers queue their own work.
+attachment_settled = Signal()
+
 #: New mail reached inboxes here: the entries of ``owner_ids`` just created for one message, either
 #: ``remote_id`` (a notification, a message received by SMTP) or ``local_id`` (mail from this
 #: instance); never imported mail nor notices. Sent inside the transaction that created them, so

@@ -7,11 +7,20 @@ sees the fetch, as with "fetch as soon as notified") and sends when the body
 has come (``mailbox.signals.body_fetched`` wakes it; the sweep is the backstop).
 A body that never comes (withdrawn, expired, refused) fails the forward, and
 the owner is told by a notice.
+
+The forward carries the message's attachments. Those of a message from another
+instance are fetched like a reader's download (``mailbox.received_attachments``:
+from this message's sender, verified against its manifest), and the forward
+waits for them as for the body (``mailbox.signals.attachment_settled`` wakes
+it). A file that will not come (withdrawn, refused, blocked type, too large,
+still unreachable when the auto-send window or the message's life ends, or over
+a limit of the send path) does not hold back the text: the forward is sent without it, and its text ends
+with a note naming each file left out and why.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 from django.core.exceptions import ValidationError
@@ -19,11 +28,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
+from attachments.services import AttachmentInput
 from mailbox import services as mailbox_services
-from mailbox.content import readable_content_for
+from mailbox.content import ReadableContent, readable_content_for
 from mailbox.models import EntryState, FetchState, Folder, InboxEntry
+from mailbox.received_attachments import attachment_for_entry
 from outbox.complaints import SendingPaused
 from outbox.compose import forward_header, forward_subject, quotable_text
+from outbox.models import Message
 from outbox.sending import send_message
 from pushmail_site.jobs import enqueue, lock
 from pushmail_site.states import retry_delay, retry_window, transition
@@ -59,7 +71,7 @@ def forward_message_task(forward_id: int) -> None:
 
 
 def wake_forwards(*, remote_id: int) -> int:
-    """Queue the forwards waiting for this message's body (it has just been fetched)."""
+    """Queue the forwards waiting for this message's body or files (one has just come, or given up)."""
     ids = list(
         Forward.objects.filter(entry__remote_id=remote_id, state=AutoSendState.WAITING).values_list("pk", flat=True)
     )
@@ -78,10 +90,16 @@ def forward_message(forward_id: int) -> None:
         if entry.folder == Folder.SPAM:
             transition(forward, FORWARD, AutoSendState.SKIPPED, fields={"next_attempt_at": None})
             return
-        body = readable_content_for(entry=entry).body
+        content = readable_content_for(entry=entry)
+        body = content.body
         if body is None:
             _wait_or_fail(forward, entry)
             return
+        files = _files(forward, entry, content)
+        if files is None:
+            transition(forward, FORWARD, AutoSendState.WAITING, fields={"next_attempt_at": timezone.now() + _BODY_WAIT})
+            return
+        carried, left_out = files
         owner: User = entry.owner
         header = forward_header(
             sender=str(body.get("from") or entry.sender),
@@ -90,15 +108,19 @@ def forward_message(forward_id: int) -> None:
             to=list(body.get("to") or []),
             cc=list(body.get("cc") or []),
         )
+        text = f"{header}\n\n{quotable_text(body)}"
+        subject = forward_subject(entry.subject)[:998]
         try:
-            with transaction.atomic():
-                message = send_message(
-                    sender=owner,
-                    to=[forward.to],
-                    subject=forward_subject(entry.subject)[:998],
-                    text=f"{header}\n\n{quotable_text(body)}",
-                    auto_submitted="auto-forwarded",
-                )
+            try:
+                message = _send(owner, forward, subject, f"{text}{_left_out_note(left_out)}", carried)
+            except ValidationError as exc:
+                if not carried or "attachments" not in getattr(exc, "error_dict", {}):
+                    raise
+                # Over a limit of this instance (files per message, total size, the owner's quota):
+                # the text goes on its own, saying why the files did not.
+                why = " ".join(exc.message_dict["attachments"])
+                left_out += [(item.name, why) for item in carried]
+                message = _send(owner, forward, subject, f"{text}{_left_out_note(left_out)}", [])
         except SendingPaused as exc:
             _retry(forward, str(exc))
             return
@@ -111,6 +133,70 @@ def forward_message(forward_id: int) -> None:
             AutoSendState.SENT,
             fields={"sent_message_id": message.pk, "next_attempt_at": None, "attempts": forward.attempts + 1},
         )
+
+
+def _send(owner: User, forward: Forward, subject: str, text: str, files: list[AttachmentInput]) -> Message:
+    with transaction.atomic():
+        return send_message(
+            sender=owner,
+            to=[forward.to],
+            subject=subject,
+            text=text,
+            attachments=files,
+            auto_submitted="auto-forwarded",
+        )
+
+
+def _files(
+    forward: Forward, entry: InboxEntry, content: ReadableContent
+) -> tuple[list[AttachmentInput], list[tuple[str, str]]] | None:
+    """The files to carry and (name, why) of those left out; None while some are still on their way.
+
+    A received file not here yet gets this message's own fetch (created or
+    joined, as a reader's download does), verified against the manifest.
+    """
+    carried: list[AttachmentInput] = []
+    left_out: list[tuple[str, str]] = []
+    pending: list[str] = []
+    for item in content.attachments:
+        if item.blocked:
+            left_out.append((item.name, "files of its type could run as programs, so it is never fetched"))
+            continue
+        if item.blob is not None:
+            carried.append(AttachmentInput(blob=item.blob, name=item.name, content_type=item.content_type))
+            continue
+        try:
+            status = attachment_for_entry(entry=entry, index=item.index)
+        except LookupError:
+            left_out.append((item.name, "it is not available on this server"))
+            continue
+        if status.blob is not None:
+            carried.append(AttachmentInput(blob=status.blob, name=item.name, content_type=item.content_type))
+        elif status.in_flight or status.retrying:
+            pending.append(item.name)
+        else:
+            problem = status.problem
+            left_out.append((item.name, problem.message if problem is not None else "it could not be fetched"))
+    if pending:
+        if timezone.now() < _attachments_deadline(forward, entry):
+            return None
+        left_out += [(name, "its sender's server did not hand it over in time") for name in pending]
+    return carried, left_out
+
+
+def _attachments_deadline(forward: Forward, entry: InboxEntry) -> datetime:
+    """Until when the forward waits for its files: the auto-send window, or the message's life if shorter."""
+    deadline = forward.created_at + retry_window(FORWARD, AutoSendState.WAITING)
+    if entry.remote is not None:
+        deadline = min(deadline, entry.remote.expires_at)
+    return deadline
+
+
+def _left_out_note(left_out: list[tuple[str, str]]) -> str:
+    if not left_out:
+        return ""
+    lines = "\n".join(f"- {name}: {why}" for name, why in left_out)
+    return f"\n\n[Not attached to this forward:\n{lines}]"
 
 
 def _wait_or_fail(forward: Forward, entry: InboxEntry) -> None:

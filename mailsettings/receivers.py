@@ -4,7 +4,7 @@ from typing import Any
 
 from django.dispatch import receiver
 
-from mailbox.signals import body_fetched, mail_arrived
+from mailbox.signals import attachment_settled, body_fetched, mail_arrived
 
 from . import arrivals, forwarding
 
@@ -16,4 +16,9 @@ def _apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_i
 
 @receiver(body_fetched, dispatch_uid="mailsettings.wake_forwards")
 def _wake_forwards(*, remote_id: int, **kwargs: Any) -> None:
+    forwarding.wake_forwards(remote_id=remote_id)
+
+
+@receiver(attachment_settled, dispatch_uid="mailsettings.wake_forwards_for_files")
+def _wake_forwards_for_files(*, remote_id: int, **kwargs: Any) -> None:
     forwarding.wake_forwards(remote_id=remote_id)

@@ -30,7 +30,11 @@ VACATION_REPLY = StateGraph(
 FORWARD = StateGraph(
     "forward",
     states=[
-        State(AutoSendState.WAITING, retry=AUTO_RETRY, doc="Waiting for the body (fetched on demand), then sent."),
+        State(
+            AutoSendState.WAITING,
+            retry=AUTO_RETRY,
+            doc="Waiting for the body and its attachments (fetched on demand), then sent.",
+        ),
         State(AutoSendState.SENT, terminal=True, doc="Forwarded through the normal send path (sent_message_id)."),
         State(AutoSendState.SKIPPED, terminal=True, doc="Not sent: the message was deleted or is spam."),
         State(

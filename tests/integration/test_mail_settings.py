@@ -1,8 +1,11 @@
 """Filters and the vacation reply across two real instances: a filter files and forwards mail
-notified by another instance as it arrives, and the vacation reply reaches the sender once."""
+notified by another instance as it arrives (with its attachments), and the vacation reply reaches
+the sender once."""
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -62,6 +65,48 @@ def test_a_filter_files_and_forwards_mail_from_another_instance(alpha: Instance,
     assert sql(beta, f"SELECT auto_submitted FROM outbox_message WHERE subject = 'Fwd: {subject}'") == [
         ("auto-forwarded",)
     ]
+
+
+def test_a_forward_carries_the_attachment_fetched_from_the_sender_across_instances(
+    alpha: Instance, beta: Instance
+) -> None:
+    ann, cid = mailboxes(alpha, 2, prefix="ann")
+    [bob] = mailboxes(beta, 1, prefix="bob")
+    beta.shell(
+        "from accounts.models import User\n"
+        "from mailsettings.services import FilterInput, create_filter\n"
+        f"user = User.objects.get(email={bob.address!r})\n"
+        f"create_filter(user=user, data=FilterInput(from_contains={ann.address!r}, forward_to={cid.address!r}))\n"
+    )
+    plan = b"%PDF-1.7\n" + os.urandom(50_000)
+    subject = f"Plan {unique()}"
+    sent = ann.session.post(
+        ann.url("messages/"),
+        json={
+            "to": [bob.address],
+            "subject": subject,
+            "text": "The plan is attached.",
+            "attachments": [
+                {"name": "plan.pdf", "type": "application/pdf", "content": base64.b64encode(plan).decode()}
+            ],
+        },
+        timeout=60,
+    )
+    assert sent.status_code == 201, sent.text
+
+    # Nobody opened it on beta: the forward pulled the body and the file from alpha, then sent both
+    # back to cid on alpha, who fetches them from beta like any message.
+    forwarded = cid.entry_with_subject(f"Fwd: {subject}", timeout=60)
+    opened = cid.read_until(forwarded["id"], "fetched")
+    assert "The plan is attached." in opened["body"]["text"]
+    assert "Not attached" not in opened["body"]["text"]
+    assert [(a["name"], a["size"]) for a in opened["attachments"]] == [("plan.pdf", len(plan))]
+
+    def downloaded() -> bytes | None:
+        response = cid.session.get(cid.url(f"inbox/{forwarded['id']}/attachments/0/"), timeout=60)
+        return response.content if response.status_code == 200 else None
+
+    assert wait_for("cid's download of the forwarded file", downloaded, timeout=60) == plan
 
 
 def test_the_vacation_reply_reaches_the_sender_on_another_instance_once(alpha: Instance, beta: Instance) -> None:

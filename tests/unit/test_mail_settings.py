@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 from datetime import timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -11,15 +15,18 @@ from django.utils import timezone
 
 from accounts.models import User
 from attachments import services as attachment_services
+from federation import http, payloads
 from gateway import mime
+from mailbox import attachment_fetching
+from mailbox.content import readable_content_for
 from mailbox.folders import create_label
-from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
-from mailbox.services import SmtpDelivery, accept_notification, accept_smtp_message, fetch_body
+from mailbox.models import EntryState, FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage
+from mailbox.services import SmtpAttachment, SmtpDelivery, accept_notification, accept_smtp_message, fetch_body
 from mailsettings import forwarding, services, vacation
 from mailsettings.filters import FilterInput
 from mailsettings.models import AutoSendState, Filter, Forward, VacationReply
 from outbox.models import Message
-from tests.conftest import FakePeer, Queued
+from tests.conftest import Call, FakePeer, Queued
 from tests.factories import MailboxFactory, PeerMessage, PeerMessageFactory, SentMessageFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
@@ -58,6 +65,14 @@ def _smtp(user: User, raw: bytes) -> InboxEntry:
             authentication_results="",
             list_id=parsed.list_id,
             automated=parsed.automated,
+            attachments=[
+                SmtpAttachment(
+                    name=part.name,
+                    content_type=part.content_type,
+                    blob=attachment_services.store_upload(file=_named(part.content, part.name)),
+                )
+                for part in parsed.attachments
+            ],
         ),
         users=[user],
     )
@@ -257,6 +272,236 @@ def test_a_forward_whose_body_was_withdrawn_fails_with_a_notice(
     assert Forward.objects.get().state == AutoSendState.FAILED
     notice = InboxEntry.objects.get(owner=alice, state=EntryState.NOTICE)
     assert notice.subject == "Not forwarded: Oops" and bob.email in notice.notice_text
+
+
+@pytest.fixture
+def media(settings: Any, tmp_path: Path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+@dataclass
+class _PeerMessageWithFiles(PeerMessage):
+    """A message at the fake peer with attachments: (name, type, bytes) each, announced in its manifest."""
+
+    files: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+    def manifest(self) -> list[dict[str, Any]]:
+        return [{"name": n, "type": t, "size": len(c), "digest": payloads.digest(c)} for n, t, c in self.files]
+
+    def content(self) -> bytes:
+        return payloads.canonical_body(
+            global_id=self.global_id,
+            message_id=self.message_id,
+            sender=self.sender,
+            to=self.to,
+            cc=self.cc,
+            subject=self.subject,
+            date=self.date,
+            text=self.text,
+            html=self.html,
+            in_reply_to=self.in_reply_to,
+            references=self.references,
+            attachments=self.manifest(),
+        )
+
+    def notification(self, recipients: list[str] | None = None) -> payloads.Notification:
+        base = super().notification(recipients)
+        content = self.content()
+        return payloads.Notification(
+            **{
+                **base.__dict__,
+                "size": len(content),
+                "digest": payloads.digest(content),
+                "attachments": tuple(payloads.ManifestEntry(**m) for m in self.manifest()),
+            }
+        )
+
+
+def _with_files(peer: FakePeer, files: list[tuple[str, str, bytes]], *, gone: str = "") -> _PeerMessageWithFiles:
+    """A message from carol@peer.test whose files the peer serves (or answers 410 ``gone`` for)."""
+    plain = PeerMessageFactory(sender="carol@peer.test", subject="Files", text="The files.")
+    message = _PeerMessageWithFiles(**plain.__dict__, files=files)
+    served = {payloads.digest(c): c for _, _, c in files}
+
+    def handler(call: Call) -> http.Response:
+        if gone:
+            return http.Response(
+                status=410,
+                headers={"content-type": "application/json"},
+                content=b'{"reason":"%s"}' % gone.encode(),
+                url=call.url,
+            )
+        digest = call.path.rsplit("/", 1)[1]
+        return http.Response(
+            status=200, headers={"content-type": "application/octet-stream"}, content=served[digest], url=call.url
+        )
+
+    peer.on("GET", r"/federation/v1/messages/[^/]+/attachments/[^/]+(.*)", handler)
+    return message
+
+
+def _run_attachment_fetches() -> None:
+    """What a worker does: every attachment fetch that is due runs now."""
+    due = ReceivedAttachment.objects.filter(state__in=["wanted", "unavailable"], next_attempt_at__lte=timezone.now())
+    for job_id in due.values_list("pk", flat=True):
+        attachment_fetching.fetch_attachment(job_id)
+
+
+def _forwarded_files(user: User) -> dict[str, bytes]:
+    """What the forward's recipient can open: each attachment's name and bytes."""
+    entry = InboxEntry.objects.select_related("local").get(owner=user)
+    files = {}
+    for item in readable_content_for(entry=entry).attachments:
+        assert item.blob is not None
+        with item.blob.file.open("rb") as f:
+            files[item.name] = f.read()
+    return files
+
+
+def test_a_forward_of_local_mail_carries_its_attachments(
+    alice: User, bob: User, queued: list[Queued], media: Path, django_capture_on_commit_callbacks
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(subject_contains="invoice", forward_to=bob.email))
+    carol = MailboxFactory(domain=alice.domain, local_part="carol")
+    pdf = b"%PDF-1.4 invoice 42 \x00\x01\x02"
+    blob = attachment_services.store_upload(file=_named(pdf, "invoice.pdf"))
+    with django_capture_on_commit_callbacks(execute=True):
+        SentMessageFactory(
+            sender=carol,
+            to=[alice.email],
+            subject="Invoice 42",
+            text="Attached.",
+            attachments=[
+                attachment_services.AttachmentInput(blob=blob, name="invoice.pdf", content_type="application/pdf")
+            ],
+        )
+    forwarding.forward_message(Forward.objects.get().pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    assert _forwarded_files(bob) == {"invoice.pdf": pdf}
+
+
+def test_a_forward_whose_files_are_over_this_instances_limit_sends_the_text_with_a_note(
+    alice: User, bob: User, queued: list[Queued], media: Path, settings: Any, django_capture_on_commit_callbacks
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(subject_contains="photos", forward_to=bob.email))
+    carol = MailboxFactory(domain=alice.domain, local_part="carol")
+    blob = attachment_services.store_upload(file=_named(b"x" * 2000, "photo.jpg"))
+    with django_capture_on_commit_callbacks(execute=True):
+        SentMessageFactory(
+            sender=carol,
+            to=[alice.email],
+            subject="Photos",
+            text="From the trip.",
+            attachments=[attachment_services.AttachmentInput(blob=blob, name="photo.jpg", content_type="image/jpeg")],
+        )
+    settings.PUSHMAIL_MAX_MESSAGE_ATTACHMENTS_BYTES = 1000  # lowered since carol sent it
+    forwarding.forward_message(Forward.objects.get().pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    text = InboxEntry.objects.select_related("local").get(owner=bob).local.text
+    assert "From the trip." in text
+    assert "Not attached to this forward:\n- photo.jpg: The attachments add up to" in text
+    assert _forwarded_files(bob) == {}
+
+
+def test_a_forward_of_mail_received_by_smtp_carries_its_attachments(
+    alice: User, bob: User, queued: list[Queued], media: Path
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(from_contains="ann", forward_to=bob.email))
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "ann@example.org", alice.email, "Scan"
+    mail["Message-ID"] = "<scan-1@example.org>"
+    mail.set_content("The scan is attached.")
+    scan = b"%PDF-1.7 scanned page \x00\xff"
+    mail.add_attachment(scan, maintype="application", subtype="pdf", filename="scan.pdf")
+    _smtp(alice, mail.as_bytes())
+    forwarding.forward_message(Forward.objects.get().pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    assert _forwarded_files(bob) == {"scan.pdf": scan}
+    assert not ReceivedAttachment.objects.filter(state="wanted").exists()  # nothing asked of anyone
+
+
+def test_a_forward_of_mail_from_another_instance_fetches_its_attachments_and_carries_the_same_bytes(
+    alice: User, bob: User, peer: FakePeer, queued: list[Queued], media: Path, django_capture_on_commit_callbacks
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(from_contains="carol", forward_to=bob.email))
+    photo, notes = b"\x89PNG\r\n\x1a\n photo bytes", b"meeting notes"
+    message = _with_files(peer, [("photo.png", "image/png", photo), ("notes.txt", "text/plain", notes)])
+    with django_capture_on_commit_callbacks(execute=True):
+        entry = _notify(peer, message)
+    (forward,) = Forward.objects.all()
+    with django_capture_on_commit_callbacks(execute=True):
+        fetch_body(entry.remote_id)
+    forwarding.forward_message(forward.pk)
+
+    forward.refresh_from_db()
+    assert forward.state == AutoSendState.WAITING  # the body is here, the files are still at the sender's
+    assert not InboxEntry.objects.filter(owner=bob).exists()
+    assert ReceivedAttachment.objects.filter(remote_id=entry.remote_id).count() == 2  # their fetch was asked for
+
+    queued.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        _run_attachment_fetches()
+    assert Queued("mailsettings.forward_message", (forward.pk,), None) in queued  # the fetch woke it
+    forwarding.forward_message(forward.pk)
+
+    forward.refresh_from_db()
+    assert forward.state == AutoSendState.SENT
+    assert _forwarded_files(bob) == {"photo.png": photo, "notes.txt": notes}
+    assert "Not attached" not in InboxEntry.objects.select_related("local").get(owner=bob).local.text
+
+
+def test_a_forward_whose_attachment_was_withdrawn_is_sent_with_a_note_naming_it(
+    alice: User, bob: User, peer: FakePeer, queued: list[Queued], media: Path, django_capture_on_commit_callbacks
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(from_contains="carol", forward_to=bob.email))
+    message = _with_files(peer, [("draft.txt", "text/plain", b"first draft")], gone="withdrawn")
+    with django_capture_on_commit_callbacks(execute=True):
+        entry = _notify(peer, message)
+        fetch_body(entry.remote_id)
+    forward = Forward.objects.get()
+    forwarding.forward_message(forward.pk)
+    _run_attachment_fetches()
+    forwarding.forward_message(forward.pk)
+
+    forward.refresh_from_db()
+    assert forward.state == AutoSendState.SENT
+    received = InboxEntry.objects.select_related("local").get(owner=bob)
+    assert "The files." in received.local.text
+    assert "Not attached to this forward:\n- draft.txt: draft.txt was withdrawn by the sender." in received.local.text
+    assert _forwarded_files(bob) == {}
+
+
+def test_a_forward_stops_waiting_for_an_unreachable_attachment_after_the_auto_send_window(
+    alice: User,
+    bob: User,
+    peer: FakePeer,
+    queued: list[Queued],
+    media: Path,
+    settings: Any,
+    django_capture_on_commit_callbacks,
+) -> None:
+    services.create_filter(user=alice, data=FilterInput(from_contains="carol", forward_to=bob.email))
+    message = _with_files(peer, [("plan.txt", "text/plain", b"the plan")])
+    with django_capture_on_commit_callbacks(execute=True):
+        entry = _notify(peer, message)
+        fetch_body(entry.remote_id)
+    peer.go_down()
+    forward = Forward.objects.get()
+    forwarding.forward_message(forward.pk)
+    _run_attachment_fetches()
+    forwarding.forward_message(forward.pk)
+    assert Forward.objects.get().state == AutoSendState.WAITING  # still retried at the sender's
+
+    Forward.objects.filter(pk=forward.pk).update(created_at=timezone.now() - timedelta(days=2))
+    forwarding.forward_message(forward.pk)
+
+    assert Forward.objects.get().state == AutoSendState.SENT
+    text = InboxEntry.objects.select_related("local").get(owner=bob).local.text
+    assert "- plan.txt: its sender's server did not hand it over in time" in text
 
 
 # --- Vacation reply ---------------------------------------------------------------------------
