@@ -36,12 +36,13 @@ from django.utils import timezone
 
 from accounts.models import User
 from mailbox import fetching, folders
-from mailbox.eml import EmlAttachment, EmlSource, build_eml
+from mailbox.eml import EmlSource, build_eml
+from mailbox.eml_entries import sent_eml_source
 from mailbox.models import Folder, InboxEntry, Label
 from mailbox.states import BODY_AT_SENDER
 from outbox import drafts as outbox_drafts
 from outbox import sent_folder
-from outbox.models import Draft, Message, MessageAttachment, SenderFolder
+from outbox.models import Draft, Message, SenderFolder
 from outbox.selectors import open_drafts_for
 
 from . import maildrop
@@ -350,26 +351,7 @@ def _head(eml: bytes) -> bytes:
 
 
 def _sent_eml(message: Message) -> bytes:
-    rows = MessageAttachment.objects.filter(message=message).select_related("blob").order_by("position")
-    attachments = []
-    for a in rows:
-        with a.blob.file.open("rb") as handle:
-            attachments.append(EmlAttachment(a.name, a.content_type, a.size, handle.read()))
-    return build_eml(
-        EmlSource(
-            sender=message.sender_address,
-            to=list(message.to),
-            cc=list(message.cc),
-            subject=message.subject,
-            date=message.date,
-            message_id=message.message_id,
-            in_reply_to=message.in_reply_to,
-            references=[str(r) for r in message.references],
-            text=message.text,
-            html=message.html,
-            attachments=attachments,
-        )
-    )
+    return build_eml(sent_eml_source(message))
 
 
 def _addresses(value: str) -> list[str]:

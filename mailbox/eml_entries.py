@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attachments.models import Blob
 from federation import payloads
@@ -12,7 +12,10 @@ from .content import ReadableContent, readable_content_for
 from .eml import EmlAttachment, EmlSource, build_eml
 from .models import InboxEntry
 
-__all__ = ["entry_eml", "entry_eml_source"]
+if TYPE_CHECKING:
+    from outbox.models import Message
+
+__all__ = ["entry_eml", "entry_eml_source", "sent_eml_source"]
 
 
 def _blob_bytes(blob: Blob | None) -> bytes | None:
@@ -68,3 +71,24 @@ def entry_eml(entry: InboxEntry) -> bytes | None:
     if content.original is not None:
         return _blob_bytes(content.original)
     return build_eml(entry_eml_source(entry, content, body))
+
+
+def sent_eml_source(message: Message) -> EmlSource:
+    """What the .eml of a sent message holds, for its sender (the webmail's download, IMAP's Sent):
+    the name it went out with (or the sender's current one, for mail sent before names were kept)
+    and every attachment, which the sender's instance always holds."""
+    rows = message.attachments.select_related("blob").order_by("position")
+    return EmlSource(
+        sender=message.sender_address,
+        sender_name=message.sender_name or message.sender.display_name,
+        to=list(message.to),
+        cc=list(message.cc),
+        subject=message.subject,
+        date=message.date,
+        message_id=message.message_id,
+        in_reply_to=message.in_reply_to,
+        references=[str(r) for r in message.references],
+        text=message.text,
+        html=message.html,
+        attachments=[EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in rows],
+    )

@@ -13,7 +13,7 @@ from mailbox import folders
 from mailbox.models import EntryState, FetchState, Folder, InboxEntry, Label, ReceivedAttachment
 from outbox.models import Draft
 from tests.conftest import Queued, ago
-from tests.factories import InboxEntryFactory, RemoteMessageFactory
+from tests.factories import InboxEntryFactory, RemoteMessageFactory, SentMessageFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -128,6 +128,24 @@ def test_append_makes_a_draft_and_sent_takes_only_what_pushmail_sent(bob: User) 
         imapstore.append(user_id=bob.pk, box=_box(bob, "Sent"), data=b"Message-ID: <x@y>\r\n\r\nhi\r\n")
     with pytest.raises(imapstore.CannotDo):
         imapstore.append(user_id=bob.pk, box=_box(bob, "INBOX"), data=data)
+
+
+def test_a_sent_message_reads_in_the_sent_mailbox_as_its_download_does_with_the_name_it_went_out_with(
+    bob: User, client: Any, queued: list[Queued]
+) -> None:
+    User.objects.filter(pk=bob.pk).update(display_name="Bob Builder")
+    bob.refresh_from_db()
+    message = SentMessageFactory(sender=bob, to=["carol@peer.test"], subject="Plan", text="See you")
+    sent = _box(bob, "Sent")
+    ref = str(message.pk)
+    assert [r.ref for r in imapstore.sync(user_id=bob.pk, box=sent).rows] == [ref]
+
+    loaded = imapstore.messages(user_id=bob.pk, box=sent, refs=[ref], peek=True)[ref]
+    assert loaded is not None
+    assert b"From: Bob Builder <bob@alpha.test>" in loaded.data
+    client.force_login(bob)
+    download = client.get(f"/mail/sent/{message.pk}/eml/")
+    assert download.status_code == 200 and download.content == loaded.data
 
 
 def test_the_token_page_tells_which_imap_server_and_ports_to_type_in(client: Any, alice: User, settings: Any) -> None:

@@ -24,15 +24,14 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET
 
 from accounts.http import AuthedRequest
-from attachments.models import Blob
 from mailbox import remote_content
 from mailbox.content import ReadableContent, readable_content_for
-from mailbox.eml import EmlAttachment, EmlSource, build_eml, eml_filename
-from mailbox.eml_entries import entry_eml_source
+from mailbox.eml import EmlSource, build_eml, eml_filename
+from mailbox.eml_entries import entry_eml_source, sent_eml_source
 from mailbox.models import InboxEntry
 from mailbox.sanitize import sanitize_html
 from mailbox.selectors import body_of
-from outbox.models import Message, MessageAttachment
+from outbox.models import Message
 from outbox.selectors import body_of_message, sent_messages_for
 
 FRAME_CSP = (
@@ -151,18 +150,6 @@ def entry_allow_remote(request: AuthedRequest, entry_id: int) -> HttpResponse:
 # --- .eml ----------------------------------------------------------------------
 
 
-def _blob_bytes(blob: Blob | None) -> bytes | None:
-    if blob is None:
-        return None
-    with blob.file.open("rb") as handle:
-        return handle.read()
-
-
-def _message_attachments(message: Message) -> list[EmlAttachment]:
-    rows = MessageAttachment.objects.filter(message=message).select_related("blob").order_by("position")
-    return [EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in rows]
-
-
 def _eml_response(source: EmlSource) -> HttpResponse:
     response = HttpResponse(build_eml(source), content_type="message/rfc822")
     response["Content-Disposition"] = content_disposition_header(True, eml_filename(source.subject))
@@ -195,20 +182,7 @@ def entry_eml(request: AuthedRequest, entry_id: int) -> HttpResponseBase:
 @require_GET
 def sent_eml(request: AuthedRequest, message_id: uuid.UUID) -> HttpResponse:
     message = _sent(request, message_id)
-    source = EmlSource(
-        sender=message.sender_address,
-        sender_name=message.sender_name or request.user.display_name,
-        to=list(message.to),
-        cc=list(message.cc),
-        subject=message.subject,
-        date=message.date,
-        message_id=message.message_id,
-        in_reply_to=message.in_reply_to,
-        references=list(message.references),
-        text=message.text,
-        html=message.html,
-        attachments=_message_attachments(message),
-    )
+    source = sent_eml_source(message)
     return _eml_response(source)
 
 
