@@ -232,14 +232,7 @@ def _check_and_store(
                 # Its trace header (the time, the client) makes the raw message new bytes every time.
                 likely_new=True,
             )
-            attachments = [
-                mailbox_services.SmtpAttachment(
-                    name=part.name,
-                    content_type=part.content_type,
-                    blob=attachment_services.store_upload(file=part.open(), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES),
-                )
-                for part in parsed.attachments
-            ]
+            attachments = _stored_attachments(parsed)
             remote = mailbox_services.accept_smtp_message(
                 delivery=_delivery(envelope, parsed, stored, attachments, header, spam_reason),
                 users=users,
@@ -269,14 +262,7 @@ def import_message(*, user: User, file: IO[bytes]) -> str:
         if not parsed.sender:
             raise payloads.PayloadError("from", "the message has no From address")
         stored = attachment_services.store_upload(file=_rewound(file), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES)
-        attachments = [
-            mailbox_services.SmtpAttachment(
-                name=part.name,
-                content_type=part.content_type,
-                blob=attachment_services.store_upload(file=part.open(), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES),
-            )
-            for part in parsed.attachments
-        ]
+        attachments = _stored_attachments(parsed)
         envelope = Envelope(client_ip="", helo="", mail_from=parsed.sender, recipients=[user.email])
         delivery = _delivery(envelope, parsed, stored, attachments, "", "")
         mailbox_services.accept_smtp_message(delivery=delivery, users=[user], imported=True)
@@ -288,6 +274,18 @@ def import_message(*, user: User, file: IO[bytes]) -> str:
 def _rewound(file: IO[bytes]) -> IO[bytes]:
     file.seek(0)
     return file
+
+
+def _stored_attachments(parsed: mime.ParsedMail) -> list[mailbox_services.SmtpAttachment]:
+    """Each attachment of a parsed message in the content-addressed store (once, however often sent)."""
+    return [
+        mailbox_services.SmtpAttachment(
+            name=part.name,
+            content_type=part.content_type,
+            blob=attachment_services.store_upload(file=part.open(), max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES),
+        )
+        for part in parsed.attachments
+    ]
 
 
 def _dkim_summary(results: auth.AuthResults) -> str:

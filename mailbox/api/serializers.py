@@ -26,6 +26,21 @@ BODY_SCHEMA = inline_serializer(
 )
 
 
+#: What every listing of an entry gives; the detail adds the body and the fetch's state.
+ENTRY_FIELDS = [
+    "id",
+    "sender",
+    "sender_name",
+    "subject",
+    "received_at",
+    "state",
+    "read",
+    "size",
+    "folder",
+    "conversation",
+]
+
+
 class EntryListSerializer(serializers.ModelSerializer):
     conversation = serializers.CharField(
         source="thread_key", read_only=True, help_text="The conversation's id (the Message-ID that started it)."
@@ -33,18 +48,7 @@ class EntryListSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = InboxEntry
-        fields = [
-            "id",
-            "sender",
-            "sender_name",
-            "subject",
-            "received_at",
-            "state",
-            "read",
-            "size",
-            "folder",
-            "conversation",
-        ]
+        fields = ENTRY_FIELDS
         read_only_fields = fields
 
 
@@ -62,16 +66,7 @@ class EntryDetailSerializer(serializers.ModelSerializer):
     class Meta:
         model = InboxEntry
         fields = [
-            "id",
-            "sender",
-            "sender_name",
-            "subject",
-            "received_at",
-            "state",
-            "read",
-            "size",
-            "folder",
-            "conversation",
+            *ENTRY_FIELDS,
             "digest",
             "last_error",
             "last_attempt_at",
