@@ -145,6 +145,11 @@ def _open_entries(entries: Sequence[InboxEntry], *, owner_id: int) -> list[int]:
         elif remote.state in BODY_AT_SENDER:
             to_fetch.setdefault(remote.pk, []).append(entry)
     changed = sorted(set(unread) | set(first_opened))
+    # Messages before copies, as a verdict takes them: the fetch locks its message row, and a copy
+    # written first would have this reader hold it while waiting for a verdict that waits for it.
+    asked = [entry.pk for group in to_fetch.values() for entry in group]
+    if to_fetch:
+        request_fetches(remote_ids=list(to_fetch), entry_ids=asked)
     if caught_up:
         transition_rows(InboxEntry.objects.filter(pk__in=[e.pk for e in caught_up]), ENTRY, EntryState.FETCHED)
     if changed:
@@ -157,10 +162,6 @@ def _open_entries(entries: Sequence[InboxEntry], *, owner_id: int) -> list[int]:
         message_read.send(sender=RemoteMessage, messages=read_messages, reader_id=owner_id)
     for entry in caught_up:
         entry.refresh_from_db(fields=["state"])
-    if not to_fetch:
-        return []
-    asked = [entry.pk for group in to_fetch.values() for entry in group]
-    request_fetches(remote_ids=list(to_fetch), entry_ids=asked)
     return asked
 
 
