@@ -87,7 +87,8 @@ def parse_time(value: Any, field: str) -> datetime:
     if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
         raise PayloadError(field, "expected a UTC time of the form YYYY-MM-DDTHH:MM:SSZ")
     try:
-        parsed = datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # noqa: DTZ007 - the Z is UTC, set below
+        # The form is checked above, so ISO 8601 parsing reads it as strptime would, many times faster.
+        parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise PayloadError(field, f"{value!r} is not a valid time of the form YYYY-MM-DDTHH:MM:SSZ") from exc
     parsed = parsed.replace(tzinfo=UTC)

@@ -33,7 +33,10 @@ from __future__ import annotations
 import bisect
 import email
 import email.policy
+import email.utils
+import functools
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from io import BytesIO
@@ -62,7 +65,7 @@ T = TypeVar("T")
 __all__ = ["IMAPFactory", "PushmailIMAP"]
 
 # Messages loaded per round trip to the thread pool: headers are small, whole messages are not.
-_HEADER_CHUNK = 200
+_HEADER_CHUNK = 1000
 _BODY_CHUNK = 20
 # Commands a client may send ahead while one is still being answered.
 _MAX_PIPELINED = 100
@@ -70,6 +73,9 @@ _MESSAGE_FLAGS = b"(\\Seen \\Flagged \\Deleted \\Answered \\Draft)"
 _PERMANENT_FLAGS = b"(\\Seen \\Flagged \\Deleted)"
 # FETCH items answered from what the notification said; anything else needs the message itself.
 _FROM_NOTIFICATION = {"envelope", "internaldate", "rfc822size", "rfc822header"}
+# FETCH items a listing asks for, answered here in one write per chunk (see _listing) rather than
+# through Twisted's spewMessage, which takes a turn of the reactor per item of every message.
+_LISTING = {"flags", "uid", "envelope", "internaldate", "rfc822size"}
 
 
 class _Part:
@@ -140,6 +146,98 @@ class _Message(_Part):
     def open(self) -> BytesIO:
         """IMessageFile: the whole message, as its .eml download."""
         return BytesIO(self._raw)
+
+
+class _Listed:
+    """A message as a listing (FLAGS, UID, ENVELOPE, INTERNALDATE, RFC822.SIZE) needs it: its row and
+    header block, never parsed by the email package unless the block is unusual (see _head_fields)."""
+
+    def __init__(self, row: Row, loaded: Loaded | None, deleted: bool) -> None:
+        self.row = row
+        self.loaded = loaded
+        self.deleted = deleted
+
+    def getUID(self) -> int:  # noqa: N802 - Twisted's interface
+        return self.row.uid
+
+    def getFlags(self) -> list[str]:  # noqa: N802
+        return _flags(self.row, self.deleted)
+
+    def getInternalDate(self) -> str:  # noqa: N802
+        when = self.loaded.internal_date if self.loaded is not None else datetime.now().astimezone()
+        return email.utils.format_datetime(when)
+
+    def getSize(self) -> int:  # noqa: N802
+        return self.loaded.size if self.loaded is not None else 0
+
+    def envelope(self) -> tuple[Any, ...]:
+        head = self.loaded.data if self.loaded is not None else b"\r\n"
+        fields = _head_fields(head)
+        if fields is None:
+            return imap4.getEnvelope(_Message(self.row, self.loaded, self.deleted))
+        return _envelope(fields)
+
+
+# A header line as the email package's feed parser reads one (its headerRE, without "From ").
+_HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _head_fields(head: bytes) -> dict[str, str] | None:
+    """What ``_Part.getHeaders(True)`` gives for this header block (first of each name, lower-cased,
+    :func:`_ascii`), read without the email package; None for a block this reading does not cover
+    exactly (8-bit bytes, a line that is neither a field nor its continuation), which is then parsed
+    as before."""
+    if not head.isascii():
+        return None
+    found: dict[str, str] = {}
+    name: str | None = None
+    value: list[str] = []
+    for line in _LINE_BREAK.split(head.decode("ascii")):
+        if not line:
+            break
+        if line[0] in " \t":
+            if name is None:
+                return None
+            value.append(line)
+            continue
+        if line.startswith("From ") or not _HEADER_LINE.match(line):
+            return None
+        if name is not None:
+            found.setdefault(name, _ascii(" ".join(value)))
+        key, _colon, rest = line.partition(":")
+        name, value = key.lower(), [rest]
+    if name is not None:
+        found.setdefault(name, _ascii(" ".join(value)))
+    return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _addresses(value: str | None) -> list[Any]:
+    """Twisted's ``imap4.parseAddr``, remembered: a mailbox lists the same senders again and again."""
+    return imap4.parseAddr(value)
+
+
+def _envelope(headers: dict[str, str]) -> tuple[Any, ...]:
+    """Twisted's ``imap4.getEnvelope`` of these header fields."""
+    from_ = headers.get("from")
+    sender = headers.get("sender", from_)
+    reply_to = headers.get("reply-to", from_)
+    to = headers.get("to")
+    cc = headers.get("cc")
+    bcc = headers.get("bcc")
+    return (
+        headers.get("date"),
+        headers.get("subject"),
+        _addresses(from_),
+        _addresses(sender),
+        reply_to and _addresses(reply_to),
+        to and _addresses(to),
+        cc and _addresses(cc),
+        bcc and _addresses(bcc),
+        headers.get("in-reply-to"),
+        headers.get("message-id"),
+    )
 
 
 def _flags(row: Row, deleted: bool) -> list[str]:
@@ -723,6 +821,7 @@ class PushmailIMAP(imap4.IMAP4Server):
         assert user_id is not None
         unavailable = 0
         chunk_size = _BODY_CHUNK if level == "message" else _HEADER_CHUNK
+        listing = all(part.type in _LISTING for part in query)
         for start in range(0, len(wanted), chunk_size):
             chunk = wanted[start : start + chunk_size]
             refs = [row.ref for _n, row in chunk]
@@ -733,6 +832,17 @@ class PushmailIMAP(imap4.IMAP4Server):
                 loaded = dict(await self._in_thread(imapstore.headers, user_id=user_id, box=selected.box, refs=refs))
             else:
                 loaded = await self._bodies(selected.box, refs, peek=not marks)
+            if self.selected is not selected:
+                return  # the client left or selected another mailbox meanwhile
+            if listing:
+                answers = [
+                    self._listing(number, _Listed(row, loaded.get(row.ref), row.uid in selected.deleted), query)
+                    for number, row in chunk
+                    if level == "flags" or loaded.get(row.ref) is not None
+                ]
+                transport: Any = self.transport
+                transport.writeSequence(answers)
+                continue
             for number, row in chunk:
                 if self.selected is not selected:
                     return  # the client left or selected another mailbox meanwhile
@@ -752,6 +862,18 @@ class PushmailIMAP(imap4.IMAP4Server):
             )
         else:
             self.sendPositiveResponse(tag, b"FETCH completed")
+
+    def _listing(self, number: int, message: _Listed, query: list[Any]) -> bytes:
+        """The FETCH response of one message for a listing: the bytes Twisted's spewMessage writes."""
+        items = []
+        for part in query:
+            if part.type == "envelope":
+                items.append(b"ENVELOPE " + imap4.collapseNestedLists([message.envelope()]))
+            else:
+                written: list[bytes] = []
+                getattr(self, "spew_" + part.type)(number, message, written.append, None)
+                items.append(b"".join(written))
+        return b"* %d FETCH (" % number + b" ".join(items) + b")\r\n"
 
     async def _bodies(self, box: Box, refs: list[str], *, peek: bool) -> dict[str, Loaded | None]:
         """The messages' bytes; bodies still at their senders' are fetched and waited for (as POP3 does),

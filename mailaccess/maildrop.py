@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from mailbox import fetching, folders
-from mailbox.eml import EmlSource, build_eml
-from mailbox.eml_entries import entry_eml
+from mailbox.eml import EmlSource, build_eml, eml_head
+from mailbox.eml_entries import entry_eml, entry_eml_head
 from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
 from mailbox.states import BODY_AT_SENDER
 
@@ -308,10 +308,10 @@ def headers_only(*, user_id: int, entry_id: int) -> bytes:
 
 def entry_headers(entry: InboxEntry) -> bytes:
     """:func:`headers_only` of an entry loaded with its ``remote``, ``local`` and ``owner__domain`` rows
-    (IMAP lists many at once)."""
+    (IMAP lists many at once): the header block of its download, without encoding its body."""
     if entry.state in BODY_AT_SENDER and entry.remote is not None:
         remote = entry.remote
-        eml = build_eml(
+        return eml_head(
             EmlSource(
                 sender=entry.sender,
                 sender_name=entry.sender_name,
@@ -326,14 +326,11 @@ def entry_headers(entry: InboxEntry) -> bytes:
                 html=None,
             )
         )
-    else:
-        eml = entry_eml(entry) or _system_message(
-            entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown.")
-        )
-    head, _sep, _body = eml.partition(b"\r\n\r\n")
-    if not _sep:
-        head, _sep, _body = eml.partition(b"\n\n")
-    return head + b"\r\n\r\n"
+    head = entry_eml_head(entry)
+    if head is not None:
+        return head
+    eml = _system_message(entry, _GONE_TEXT.get(EntryState(entry.state), "This message cannot be shown."))
+    return eml[: eml.index(b"\r\n\r\n") + 4]
 
 
 def trash(*, user_id: int, entry_ids: list[int]) -> int:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import binascii
+import dataclasses
 import email.contentmanager
 import email.policy
+import email.quoprimime
 import email.utils
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.errors import HeaderParseError
@@ -15,7 +19,7 @@ from email.message import EmailMessage
 from django.core.exceptions import SuspiciousFileOperation
 from django.utils.text import get_valid_filename
 
-__all__ = ["EmlAttachment", "EmlSource", "build_eml", "eml_filename"]
+__all__ = ["EmlAttachment", "EmlSource", "build_eml", "eml_filename", "eml_head"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,19 @@ def _plain_eml(source: EmlSource) -> bytes | None:
     whole maildrop feels. None for any other message. tests/unit/test_eml_plain.py holds the two
     ways to the same bytes.
     """
+    head = _plain_head(source)
+    if head is None:
+        return None
+    # The body as the email package encodes it (7bit, quoted-printable or base64: its own choice),
+    # with its line ends written as the generator writes them.
+    cte, payload = email.contentmanager._encode_text(  # type: ignore[attr-defined]  # no public equivalent
+        _text_with_note(source), "utf-8", None, _POLICY
+    )
+    return (head(cte) + "\r\n".join(_LINE_END.split(payload))).encode("ascii")
+
+
+def _plain_head(source: EmlSource) -> Callable[[str], str] | None:
+    """For a message :func:`_plain_eml` writes: its header block given the body's transfer encoding."""
     if source.html or any(a.content is not None for a in source.attachments):
         return None
     headers = _headers(source)
@@ -136,14 +153,31 @@ def _plain_eml(source: EmlSource) -> bytes | None:
                 return None
         elif value and not _PLAIN_VALUE.fullmatch(value):
             return None
-    # The body as the email package encodes it (7bit, quoted-printable or base64: its own choice),
-    # with its line ends written as the generator writes them.
-    cte, payload = email.contentmanager._encode_text(  # type: ignore[attr-defined]  # no public equivalent
-        _text_with_note(source), "utf-8", None, _POLICY
-    )
-    head = "".join(f"{name}: {value}\r\n" if value else f"{name}:\r\n" for name, value in headers)
-    head += f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
-    return (head + "\r\n".join(_LINE_END.split(payload))).encode("ascii")
+    fields = "".join(f"{name}: {value}\r\n" if value else f"{name}:\r\n" for name, value in headers)
+    return lambda cte: fields + f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
+
+
+def eml_head(source: EmlSource) -> bytes:
+    """The header block of :func:`build_eml` (its bytes up to and with the blank line), without
+    encoding the body when the message is plain text: what a mail program listing a mailbox reads."""
+    head = _plain_head(source)
+    if head is None:
+        eml = build_eml(source)
+        return eml[: eml.index(b"\r\n\r\n") + 4]
+    return head(_transfer_encoding(_text_with_note(source))).encode("ascii")
+
+
+def _transfer_encoding(text: str) -> str:
+    """The transfer encoding the email package gives this text (``contentmanager._encode_text``), decided
+    as it decides it: 7bit when it can, else whichever of quoted-printable and base64 encodes the first
+    ten lines shorter; without encoding the rest."""
+    lines = text.encode("utf-8").splitlines()
+    limit = _POLICY.max_line_length or _MAX_LINE  # 78 in this policy
+    if text.isascii() and max((len(line) for line in lines), default=0) <= limit:
+        return "7bit"
+    sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+    quoted = email.quoprimime.body_encode(sniff.decode("latin-1"), limit)
+    return "base64" if len(quoted) > len(binascii.b2a_base64(sniff)) else "quoted-printable"
 
 
 def build_eml(source: EmlSource) -> bytes:
@@ -156,6 +190,17 @@ def build_eml(source: EmlSource) -> bytes:
 
 
 def _email_package_eml(source: EmlSource) -> bytes:
+    try:
+        return _email_package_message(source)
+    except TypeError:
+        # The email package's header parser fails on a few unusual headers; should a display name
+        # be the cause, the download carries the address alone rather than fail.
+        if not source.sender_name:
+            raise
+        return _email_package_message(dataclasses.replace(source, sender_name=""))
+
+
+def _email_package_message(source: EmlSource) -> bytes:
     msg = EmailMessage(policy=_POLICY)
     for name, value in _headers(source):
         msg[name] = value

@@ -9,13 +9,13 @@ from attachments.models import Blob
 from federation import payloads
 
 from .content import ReadableContent, readable_content_for
-from .eml import EmlAttachment, EmlSource, build_eml
+from .eml import EmlAttachment, EmlSource, build_eml, eml_head
 from .models import InboxEntry
 
 if TYPE_CHECKING:
     from outbox.models import Message
 
-__all__ = ["entry_eml", "entry_eml_source", "sent_eml_source"]
+__all__ = ["entry_eml", "entry_eml_head", "entry_eml_source", "sent_eml_source"]
 
 
 def _blob_bytes(blob: Blob | None) -> bytes | None:
@@ -92,3 +92,27 @@ def sent_eml_source(message: Message) -> EmlSource:
         html=message.html,
         attachments=[EmlAttachment(a.name, a.content_type, a.size, _blob_bytes(a.blob)) for a in rows],
     )
+
+
+def entry_eml_head(entry: InboxEntry) -> bytes | None:
+    """The header block of :func:`entry_eml` (through the blank line), or None when that is None.
+
+    A mail program listing a mailbox reads only this: no attachment's bytes are read
+    unless they shape the header block (an attachment makes the message multipart).
+    """
+    content = readable_content_for(entry=entry)
+    body = content.body
+    if body is None:
+        return None
+    if content.original is not None:
+        eml = _blob_bytes(content.original) or b""
+        if not eml:
+            return None  # as entry_eml gives it: nothing to read
+    elif body.get("html") or any(not a.blocked and a.blob is not None for a in content.attachments):
+        eml = build_eml(entry_eml_source(entry, content, body))
+    else:
+        return eml_head(entry_eml_source(entry, content, body))  # reads no attachment: none is here
+    head, sep, _body = eml.partition(b"\r\n\r\n")
+    if not sep:
+        head, _sep, _body = eml.partition(b"\n\n")
+    return head + b"\r\n\r\n"
