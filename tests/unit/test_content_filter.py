@@ -28,7 +28,7 @@ from reputation import content_filter
 from reputation.content_states import ContentJobKind, ContentJobState
 from reputation.models import ContentCheck, FeedbackReport, FeedbackVerdict, SpamVerdict
 from reputation.spam import overturn_verdict
-from tests.conftest import FakePeer, Queued, api_as
+from tests.conftest import FakePeer, Queued, api_as, broker_lost
 from tests.factories import MailboxFactory, PeerMessage, PeerMessageFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("net")]
@@ -262,13 +262,14 @@ def test_a_down_rspamd_leaves_the_check_retrying_and_nothing_is_lost(
     # The next attempt is queued with the backoff as countdown, after commit.
     wakes = [q for q in queued if q.name == "reputation.run_content_job"]
     assert [(q.args, q.countdown is not None and q.countdown > 0) for q in wakes] == [((job.pk,), True)]
-    queued.clear()
+    broker_lost(queued)
     assert _entry(people[1], remote).folder == Folder.INBOX  # nothing decided on no answer
 
     # rspamd is back; the broker lost the wake-up. The sweep finds the overdue row.
     settings.RSPAMD_URL = rspamd
     ContentCheck.objects.filter(pk=job.pk).update(next_attempt_at=content_filter.timezone.now() - _minutes(5))
-    assert content_filter.requeue_due() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert content_filter.requeue_due() == 1
     with django_capture_on_commit_callbacks(execute=True):
         _run_queued(queued)
     job.refresh_from_db()
@@ -286,8 +287,9 @@ def test_a_worker_killed_mid_check_leaves_the_row_due_again(
     assert content_filter._claim(job.pk) is None  # nobody else takes it while the claim holds
     assert content_filter.requeue_due() == 0
     ContentCheck.objects.filter(pk=job.pk).update(next_attempt_at=content_filter.timezone.now() - _minutes(5))
-    queued.clear()
-    assert content_filter.requeue_due() == 1
+    broker_lost(queued)  # its task had started (and taken its queued mark) before the worker died
+    with django_capture_on_commit_callbacks(execute=True):
+        assert content_filter.requeue_due() == 1
     _run_queued(queued)
     job.refresh_from_db()
     assert job.state == ContentJobState.DONE and job.score is not None and not job.decision
