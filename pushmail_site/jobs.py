@@ -12,8 +12,9 @@ mark as it starts: a row whose mark is still there is waiting behind others in
 the queue (workers busy), and queueing it again would only make the backlog
 longer. A mark lapses (``PUSHMAIL_QUEUED_MARK_SECONDS`` past the message's due
 time), so a message lost with the broker (a restart without persistence) is
-still queued again, one lapse later; a worker killed mid-task had already
-removed the mark, and its row is queued again as soon as its claim lapses.
+still queued again, one lapse later. A worker removes the mark as it takes the
+message off the queue, so a worker killed with messages reserved or mid-task
+leaves rows that are queued again as soon as their claim or grace lapses.
 """
 
 from __future__ import annotations
@@ -101,6 +102,15 @@ def drop_queued_mark(task_name: str, args: tuple[Any, ...] | list[Any]) -> None:
         caches["default"].delete(_mark_key(task_name, args))
     except Exception:  # a cache that is down must not stop the work; the claim still guards the row
         log.warning("could not clear the queued mark of %s%r", task_name, args, exc_info=True)
+
+
+@signals.task_received.connect
+def _task_reserved(request: Any = None, **kwargs: Any) -> None:
+    """A worker that takes a message off the queue takes its mark away: should that worker be
+    killed before the task runs, the broker keeps the message unacknowledged for its visibility
+    timeout, and the row must be left to the sweep (after the grace), not to the mark's lapse."""
+    if request is not None:
+        drop_queued_mark(request.name, tuple(request.args or ()))
 
 
 @signals.task_prerun.connect
