@@ -146,14 +146,16 @@ def enqueue(task: Task, *args: object, countdown: float | None = None) -> None:
     """
 
     def send() -> None:
-        try:
-            task.apply_async(args, countdown=countdown)
-        except Exception:  # the row is the truth; the sweep will queue it
-            log.warning("could not queue %s%r; the sweep will pick it up", task.name, args, exc_info=True)
-            return
+        # The mark goes first: a worker may take the message off the queue (and drop its mark) before
+        # ``apply_async`` returns, and a mark set after that would outlive the message.
         try:
             caches["default"].set(_mark_key(task.name, args), 1, timeout=_mark_seconds(countdown))
         except Exception:  # without its mark the row is merely queued again by a sweep
             log.warning("could not mark %s%r queued", task.name, args, exc_info=True)
+        try:
+            task.apply_async(args, countdown=countdown)
+        except Exception:  # the row is the truth; the sweep will queue it
+            log.warning("could not queue %s%r; the sweep will pick it up", task.name, args, exc_info=True)
+            drop_queued_mark(task.name, args)
 
     transaction.on_commit(send)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from celery import current_app, signals
+from celery import Task, current_app, signals
 from django.core.cache.backends import base as cache_base
 from django.core.cache.backends import db as cache_db
 from django.utils import timezone
@@ -130,3 +130,31 @@ def test_a_job_whose_worker_was_killed_is_queued_again_when_its_claim_lapses(
     _run(queued.pop(), django_capture_on_commit_callbacks)
     delivery = Delivery.objects.get(message=message, local=False)
     assert (delivery.state, delivery.attempts) == (DeliveryState.NOTIFIED, 2)
+
+
+def test_a_job_taken_off_the_queue_at_once_by_a_worker_then_killed_is_queued_again_after_the_grace(
+    alice: User,
+    queued: list[Queued],
+    clock: Clock,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """A fast worker reserves the message before the sender's call to the broker has even returned;
+    the worker is then killed before the task starts. The row must not wait for the mark to lapse."""
+    settings.PUSHMAIL_QUEUED_MARK_SECONDS = 3600
+    queue_it = Task.apply_async
+
+    def reserved_at_once(self: Task, args: Any = None, kwargs: Any = None, **options: Any) -> None:
+        queue_it(self, args, kwargs, **options)
+        signals.task_received.send(sender=None, request=types.SimpleNamespace(name=self.name, args=list(args or ())))
+
+    monkeypatch.setattr(Task, "apply_async", reserved_at_once)
+    (message,) = _send_many(alice, 1, django_capture_on_commit_callbacks)
+    item = queued.pop()  # held, unacknowledged, by the killed worker
+
+    clock.advance(settings.PUSHMAIL_SWEEP_GRACE_SECONDS + 1)
+    _sweep(django_capture_on_commit_callbacks)
+    assert [q.args for q in queued] == [item.args]
+    _run(queued.pop(), django_capture_on_commit_callbacks)
+    assert Delivery.objects.get(message=message, local=False).state == DeliveryState.NOTIFIED
