@@ -10,8 +10,7 @@ from accounts.admin_scope import DomainScopedAdmin, ProtocolRecordAdmin
 from accounts.http import AuthedRequest
 
 from .attachment_fetching import retry_now as retry_attachment_fetch_now
-from .attachment_states import AttachmentFetchState
-from .models import AllowedSender, InboxEntry, Label, ReceivedAttachment, RemoteMessage
+from .models import AllowedSender, AttachmentFetchState, InboxEntry, Label, ReceivedAttachment, RemoteMessage
 from .services import request_fetch
 
 

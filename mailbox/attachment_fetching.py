@@ -6,7 +6,7 @@ which decides what the reader may see and then calls :func:`request_fetch`:
 the row is created (or joined) and queued, and the reader is told to wait. A
 worker runs :func:`fetch_attachment`: it claims the row, fetches the bytes from
 the message's sender outside any transaction, verifies them against the
-manifest and moves the row on (mailbox/attachment_states.py). Failures are retried
+manifest and moves the row on (mailbox/states.py). Failures are retried
 with backoff until the message expires; the sweep (:func:`requeue_due`)
 re-queues rows that are due and takes back claims a killed worker left.
 
@@ -35,10 +35,10 @@ from federation import client, discovery
 from pushmail_site.jobs import backoff, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
-from .attachment_states import ATTACHMENT_FETCH, CLAIMABLE
-from .attachment_states import AttachmentFetchState as S
+from .models import AttachmentFetchState as S
 from .models import ReceivedAttachment
 from .signals import attachment_settled
+from .states import ATTACHMENT_FETCH, CLAIMABLE
 
 log = logging.getLogger(__name__)
 

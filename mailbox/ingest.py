@@ -21,9 +21,8 @@ from outbox.models import Message
 from pushmail_site.jobs import lock
 
 from . import search, spam, states
-from .attachment_states import AttachmentFetchState
 from .fetching import request_fetch
-from .models import FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
+from .models import AttachmentFetchState, FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
 from .signals import mail_arrived
 from .threads import conversation_keys
 

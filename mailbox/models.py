@@ -9,7 +9,6 @@ from django.db import models
 from django.db.models import F, Func, Value
 from django.utils import timezone
 
-from .attachment_states import AttachmentFetchState
 from .indexes import PostgresGinIndex
 
 if TYPE_CHECKING:
@@ -27,6 +26,20 @@ class FetchState(models.TextChoices):
     EXPIRED = "expired"
     TAMPERED = "tampered"
     MALFORMED = "malformed"
+
+
+class AttachmentFetchState(models.TextChoices):
+    """Where a received file's fetch is; the moves are declared in mailbox.states."""
+
+    WANTED = "wanted"
+    FETCHING = "fetching"
+    FETCHED = "fetched"
+    UNAVAILABLE = "unavailable"
+    WITHDRAWN = "withdrawn"
+    EXPIRED = "expired"
+    TAMPERED = "tampered"
+    TOO_LARGE = "too_large"
+    BLOCKED = "blocked"
 
 
 class EntryState(models.TextChoices):
@@ -247,7 +260,7 @@ class ReceivedAttachment(models.Model):
     message's sender (checked against its manifest's size and digest); only
     then are they served for the message. ``blob`` is set by that fetch alone,
     in the same move to ``fetched``. Before, the row is the fetch job
-    (mailbox/attachment_states.py): a reader's download creates it, a worker claims it,
+    (mailbox/states.py): a reader's download creates it, a worker claims it,
     and failures are retried with backoff until the message expires.
     """
 

@@ -22,10 +22,10 @@ from pushmail_site.sizes import human_size
 
 from . import attachment_fetching as fetching
 from . import spam
-from .attachment_states import IN_FLIGHT
-from .attachment_states import AttachmentFetchState as S
 from .content import ReadableAttachment, readable_content_for
+from .models import AttachmentFetchState as S
 from .models import ReceivedAttachment
+from .states import IN_FLIGHT
 
 
 class AttachmentUnavailable(Exception):

@@ -7,10 +7,14 @@ handler on :data:`FETCH` moves the entries with their message, and the rules
 that only entries have (an opened entry keeps its body; notices; mail between
 mailboxes of this instance) are declared below it, in :data:`ENTRY`.
 
-Every write of either state goes through ``pushmail_site.states.transition`` or
+A received file's fetch (``ReceivedAttachment``) is a job of its own, one row
+per message and manifest position: its ``state`` moves along :data:`ATTACHMENT_FETCH`,
+at the end of this module.
+
+Every write of these states goes through ``pushmail_site.states.transition`` or
 ``transition_rows``, which refuse a move these graphs do not declare.
-docs/protocol.md §8.1 lists the same moves; tests/unit/test_mailbox_states.py
-holds the two together.
+docs/protocol.md §8.1 and §8.4 list the same moves; tests/unit/test_mailbox_states.py
+and tests/unit/test_attachment_fetch_job.py hold them together.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from django.db import transaction
 from pushmail_site.jobs import backoff
 from pushmail_site.states import RetryPolicy, State, StateGraph, transition_rows
 
-from .models import EntryState, FetchState, InboxEntry, RemoteMessage
+from .models import AttachmentFetchState, EntryState, FetchState, InboxEntry, RemoteMessage
 
 NOTIFIED, FETCHING, FETCHED = FetchState.NOTIFIED, FetchState.FETCHING, FetchState.FETCHED
 UNAVAILABLE, WITHDRAWN, EXPIRED = FetchState.UNAVAILABLE, FetchState.WITHDRAWN, FetchState.EXPIRED
@@ -157,3 +161,44 @@ def entries_asked(entry_ids: list[Any]) -> None:
 for _state in FETCH.values:
     if _state not in (FETCHING, FETCHED):
         FETCH.on_enter(_state)(partial(entries_follow, _state))
+
+
+# --- Received files ----------------------------------------------------------------------------
+
+#: The attachment fetch. A reader's download or preview, or a filter's forward, creates the
+#: row (``wanted``); a worker claims it (``fetching``) and ends in one of the other states
+#: (mailbox.attachment_fetching); the admin's "retry now" moves many at once.
+A = AttachmentFetchState
+
+ATTACHMENT_FETCH = StateGraph(
+    "attachment fetch",
+    states=[
+        State(A.WANTED, doc="A reader asked for the file; a fetch is queued (due at next_attempt_at)"),
+        State(
+            A.FETCHING,
+            doc="A worker holds the row until next_attempt_at: the transfer's deadline plus "
+            "PUSHMAIL_CLAIM_SECONDS. Past that its worker is gone and the sweep makes it wanted again",
+        ),
+        State(A.FETCHED, terminal=True, doc="The sender's bytes are here, verified against the manifest"),
+        State(
+            A.UNAVAILABLE,
+            retry=RetryPolicy(),  # backoff, honouring Retry-After, until the message expires
+            doc="The last attempt failed (no answer, 404, 5xx, 429); the next one is at next_attempt_at",
+        ),
+        State(A.WITHDRAWN, terminal=True, doc="The sender answered 410 withdrawn"),
+        State(A.EXPIRED, terminal=True, doc="The sender answered 410 otherwise, or the message expired first"),
+        State(A.TAMPERED, terminal=True, doc="The bytes differ from the manifest's size or digest; none stored"),
+        State(A.TOO_LARGE, terminal=True, doc="Over PUSHMAIL_MAX_ATTACHMENT_BYTES: never asked of the sender"),
+        State(A.BLOCKED, terminal=True, doc="Its cleaned name is of a blocked type: never asked of the sender"),
+    ],
+    edges={
+        A.WANTED: [A.FETCHING, A.TOO_LARGE, A.BLOCKED, A.EXPIRED],
+        A.FETCHING: [A.FETCHED, A.TAMPERED, A.UNAVAILABLE, A.WITHDRAWN, A.EXPIRED, A.WANTED],
+        A.UNAVAILABLE: [A.FETCHING, A.WANTED, A.TOO_LARGE, A.BLOCKED, A.EXPIRED],
+    },
+)
+
+#: States in which the file is on its way: a reader's request joins the fetch.
+IN_FLIGHT = frozenset({A.WANTED, A.FETCHING})
+#: States a worker may claim (when due).
+CLAIMABLE = frozenset({A.WANTED, A.UNAVAILABLE})

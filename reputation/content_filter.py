@@ -17,7 +17,7 @@ Readers teach it: "Report spam" learns the body as spam, "Not spam" as ham
 rspamd's fuzzy storage (``/fuzzyadd``) so near-copies of a spam run score at once;
 a domain admin's overturn takes it out again (``/fuzzydel``) and learns it as ham.
 
-Every call is a durable job row (reputation.content_states): a worker killed
+Every call is a durable job row (reputation.states): a worker killed
 mid-call or an rspamd that is down loses nothing; the row is retried with backoff
 and the sweep re-queues what the broker lost. Without ``RSPAMD_URL`` no row is
 ever made, and reports and verdicts work as they do without it.
@@ -44,8 +44,8 @@ from pushmail_site.jobs import backoff, claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
 from . import campaigns, trust, verdicts
-from .content_states import CONTENT_JOB, CONTENT_RETRY, DUE, ContentJobKind, ContentJobState
-from .models import ContentCheck, Read, SpamReport, SpamVerdict
+from .models import ContentCheck, ContentJobKind, ContentJobState, Read, SpamReport, SpamVerdict
+from .states import CONTENT_DUE, CONTENT_JOB, CONTENT_RETRY
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def requeue_due(limit: int = 500) -> int:
     """Queue the due jobs the broker lost or a killed worker left (the periodic sweep)."""
     if not enabled():
         return 0
-    ids = overdue_ids(ContentCheck.objects.filter(state__in=DUE), task=run_content_job_task, limit=limit)
+    ids = overdue_ids(ContentCheck.objects.filter(state__in=CONTENT_DUE), task=run_content_job_task, limit=limit)
     for job_id in ids:
         enqueue(run_content_job_task, job_id)
     return len(ids)
@@ -322,7 +322,9 @@ def run_content_job(job_id: int) -> None:
 def _claim(job_id: int) -> ContentCheck | None:
     now = timezone.now()
     with transaction.atomic():
-        job = lock(ContentCheck.objects.all()).filter(pk=job_id, state__in=DUE, next_attempt_at__lte=now).first()
+        job = (
+            lock(ContentCheck.objects.all()).filter(pk=job_id, state__in=CONTENT_DUE, next_attempt_at__lte=now).first()
+        )
         if job is None:
             return None
         job.attempts += 1
@@ -332,7 +334,7 @@ def _claim(job_id: int) -> ContentCheck | None:
 
 
 def _locked_due(job_id: int) -> ContentCheck | None:
-    return lock(ContentCheck.objects.all(), skip_locked=False).filter(pk=job_id, state__in=DUE).first()
+    return lock(ContentCheck.objects.all(), skip_locked=False).filter(pk=job_id, state__in=CONTENT_DUE).first()
 
 
 def _settle(job_id: int, state: str, fields: dict[str, Any]) -> ContentCheck | None:

@@ -2,7 +2,7 @@
 verdict is overturned, its origin's instance gets a signed report saying so, never who reported.
 
 Each report is a FeedbackReport row (one per message and verdict) that ``send_feedback`` claims,
-posts and moves along ``feedback_states.FEEDBACK``, retried like a withdrawal; the sweep re-queues
+posts and moves along ``reputation.states.FEEDBACK``, retried like a withdrawal; the sweep re-queues
 rows the broker lost. The rows are made when reputation announces a verdict (reputation.signals),
 in the transaction that reached it.
 """
@@ -24,9 +24,9 @@ from mailbox.models import RemoteMessage, Transport
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, retry_window, transition
 
-from .feedback_states import FEEDBACK
 from .models import FeedbackReport, FeedbackState, FeedbackVerdict, SpamReport
 from .signals import verdict_overturned, verdict_reached
+from .states import FEEDBACK
 
 LEGACY_ORIGIN = "legacy domain: the origin has no Pushmail instance now"
 # A campaign verdict may cover thousands of messages: wake a worker for this many at once and leave

@@ -5,8 +5,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from .content_states import ContentJobKind, ContentJobState
-
 
 class Read(models.Model):
     """A local reader opened a remote message. Counting rows gives readers per message."""
@@ -94,7 +92,7 @@ class FeedbackState(models.TextChoices):
 
 class FeedbackReport(models.Model):
     """A signed report to a message's origin that it was judged spam here, or that the verdict was
-    overturned (docs/protocol.md §5.8): one per (message, verdict); its states are in feedback_states.py."""
+    overturned (docs/protocol.md §5.8): one per (message, verdict); the moves of its state are in reputation.states."""
 
     message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="feedback_reports")
     verdict = models.CharField(max_length=10, choices=FeedbackVerdict.choices)
@@ -115,11 +113,26 @@ class FeedbackReport(models.Model):
         return f"{self.verdict} on {self.message_id} ({self.state})"
 
 
+class ContentJobKind(models.TextChoices):
+    CHECK = "check", "Check"
+    LEARN_SPAM = "learn_spam", "Learn spam"
+    LEARN_HAM = "learn_ham", "Learn ham"
+    FUZZY_ADD = "fuzzy_add", "Add to fuzzy storage"
+    FUZZY_DEL = "fuzzy_del", "Remove from fuzzy storage"
+
+
+class ContentJobState(models.TextChoices):
+    PENDING = "pending"
+    RETRYING = "retrying"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class ContentCheck(models.Model):
     """A job for the content filter (rspamd) on one remote message: a check, or a lesson from a report.
 
     A check keeps rspamd's answer (score, required score, action, symbols) and what this instance
-    decided from it; the moves of ``state`` are declared in reputation.content_states.
+    decided from it; the moves of ``state`` are declared in reputation.states.
     """
 
     message = models.ForeignKey("mailbox.RemoteMessage", on_delete=models.CASCADE, related_name="content_checks")

@@ -32,10 +32,10 @@ from attachments.models import Blob
 from federation import client as federation_client
 from federation import discovery, http
 from mailbox import attachment_fetching as fetching
-from mailbox.attachment_states import ATTACHMENT_FETCH
-from mailbox.attachment_states import AttachmentFetchState as S
+from mailbox.models import AttachmentFetchState as S
 from mailbox.models import InboxEntry, ReceivedAttachment, RemoteMessage
 from mailbox.selectors import attachment_items_for_entry
+from mailbox.states import ATTACHMENT_FETCH
 from pushmail_site.states import IllegalTransition, transition
 from tests.conftest import PEER, Call, FakePeer, Queued, api_as
 from tests.factories import InboxEntryFactory, MailboxFactory, RemoteMessageFactory

@@ -25,8 +25,14 @@ from accounts.services import create_mailbox
 from mailbox.models import Folder, InboxEntry, RemoteMessage
 from mailbox.services import accept_notification, fetch_body, open_entry
 from reputation import content_filter
-from reputation.content_states import ContentJobKind, ContentJobState
-from reputation.models import ContentCheck, FeedbackReport, FeedbackVerdict, SpamVerdict
+from reputation.models import (
+    ContentCheck,
+    ContentJobKind,
+    ContentJobState,
+    FeedbackReport,
+    FeedbackVerdict,
+    SpamVerdict,
+)
 from reputation.spam import overturn_verdict
 from tests.conftest import FakePeer, Queued, api_as, broker_lost
 from tests.factories import MailboxFactory, PeerMessage, PeerMessageFactory

@@ -36,9 +36,9 @@ from outbox.draft_sending import send_draft
 from outbox.models import Complaint, Draft, DraftState, Message, Recipient, RecipientStatus, SendingPause
 from pushmail_site.states import IllegalTransition, transition
 from reputation import feedback
-from reputation.feedback_states import FEEDBACK
 from reputation.models import FeedbackReport, FeedbackState, SpamReport, SpamVerdict
 from reputation.spam import overturn_verdict
+from reputation.states import FEEDBACK
 from tests.conftest import FakePeer, FederationClient, Queued, api_as, broker_lost, json_response
 from tests.factories import DomainFactory, MailboxFactory, PeerMessageFactory, SentMessageFactory
 from tests.unit.test_protocol_doc import (
