@@ -9,6 +9,20 @@ from celery import Celery, signals
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pushmail_site.settings")
 
 app = Celery("pushmail_site")
+
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+
+    @signals.setup_logging.connect
+    def _log_as_django_says(**kwargs: Any) -> None:
+        """LOG_FORMAT=json: the worker and beat log through Django's LOGGING (pushmail_site.logs), not
+        Celery's own format, so every line of every process is one JSON object."""
+        import logging.config
+
+        from django.conf import settings
+
+        logging.config.dictConfig(settings.LOGGING)
+
+
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
