@@ -145,7 +145,6 @@ def _answer_notification(request: HttpRequest) -> HttpResponse:
         try:
             results = inbound.accept_notification(origin=signer.domain, notification=notification)
         except inbound.ConflictingNotification as exc:
-            log.warning("notification refused: %s differs from the first one", exc.field)
             return error(
                 409,
                 "conflicting_notification",
