@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import logging
 import uuid
 from typing import Any
 
@@ -15,10 +17,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
 from accounts.validators import domain_of
+from pushmail_site import counters, logs
 
 from . import discovery, evidence, inbound, payloads
 from .models import SignedRequest
 from .signatures import SignatureRejected, Verified, verify_request
+
+log = logging.getLogger(__name__)
 
 
 def error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:
@@ -77,6 +82,7 @@ def _signed(request: HttpRequest, method: str, limit: int) -> tuple[Verified, by
     try:
         return verify_request(request, body), body
     except SignatureRejected as exc:
+        counters.SIGNATURE_FAILURES.labels(code=exc.code).inc()
         return _refused(exc)
 
 
@@ -98,6 +104,23 @@ def well_known(request: HttpRequest) -> JsonResponse:
 @gzip_page
 def notifications(request: HttpRequest) -> HttpResponse:
     """``POST /federation/v1/notifications``: accept a signed notification (§5)."""
+    response = _answer_notification(request)
+    if response.status_code == 200:
+        counters.NOTIFICATIONS_RECEIVED.inc()
+    else:
+        counters.NOTIFICATIONS_REFUSED.labels(code=_error_code(response)).inc()
+    return response
+
+
+def _error_code(response: HttpResponse) -> str:
+    """The ``error`` of a JSON error answer (every refusal here is one)."""
+    try:
+        return str(json.loads(response.content)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"http_{response.status_code}"
+
+
+def _answer_notification(request: HttpRequest) -> HttpResponse:
     signed = _signed(request, "POST", settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
     if isinstance(signed, HttpResponse):
         return signed
@@ -118,14 +141,19 @@ def notifications(request: HttpRequest) -> HttpResponse:
         if exc.retry_after is None:
             return error(403, "blocked", exc.detail)
         return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
-    try:
-        results = inbound.accept_notification(origin=signer.domain, notification=notification)
-    except inbound.ConflictingNotification as exc:
-        return error(
-            409,
-            "conflicting_notification",
-            f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
-        )
+    with logs.about(message_id=notification.global_id, peer=signer.domain):
+        try:
+            results = inbound.accept_notification(origin=signer.domain, notification=notification)
+        except inbound.ConflictingNotification as exc:
+            return error(
+                409,
+                "conflicting_notification",
+                f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
+            )
+        accepted = sum(1 for r in results if r.status == "accepted")
+        log.info("notification received: %d of %d recipients accepted", accepted, len(results))
+    for result in results:
+        counters.NOTIFICATION_RECIPIENTS.labels(status=result.status, reason=result.reason).inc()
     # Kept as evidence only when it reached someone here (docs/protocol.md Appendix C). One INSERT
     # after accept's own commit, not a transaction around it (that would cost two more round trips
     # per notification): should the process die in between, the sender got no answer and retries.

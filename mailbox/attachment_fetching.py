@@ -32,6 +32,7 @@ from attachments.filenames import blocked_extension, clean_filename
 from attachments.models import Blob
 from attachments.services import DigestMismatch, store_verified
 from federation import client, discovery
+from pushmail_site import logs
 from pushmail_site.jobs import backoff, enqueue, lock, overdue_ids
 from pushmail_site.states import transition
 
@@ -119,18 +120,19 @@ def fetch_attachment(job_id: int) -> None:
     if claimed is None:
         return
     job, wanted = claimed
-    try:
-        blob = _transfer(job, wanted)
-    except client.Gone as gone:
-        target = S.WITHDRAWN if gone.reason == "withdrawn" else S.EXPIRED
-        _settle(job, target, last_error=f"410 {gone.reason}")
-    except DigestMismatch as exc:
-        log.warning("attachment %s of remote %s refused: %s", job.position, job.remote_id, exc)
-        _settle(job, S.TAMPERED, last_error=str(exc)[:500])
-    except (discovery.DiscoveryError, client.PeerError) as exc:
-        _failed(job, str(exc), retry_after=exc.retry_after)
-    else:
-        _settle(job, S.FETCHED, blob=blob, fetched_at=timezone.now(), last_error="")
+    with logs.about(message_id=job.remote.global_id, peer=job.remote.origin_domain):
+        try:
+            blob = _transfer(job, wanted)
+        except client.Gone as gone:
+            target = S.WITHDRAWN if gone.reason == "withdrawn" else S.EXPIRED
+            _settle(job, target, last_error=f"410 {gone.reason}")
+        except DigestMismatch as exc:
+            log.warning("attachment %s of remote %s refused: %s", job.position, job.remote_id, exc)
+            _settle(job, S.TAMPERED, last_error=str(exc)[:500])
+        except (discovery.DiscoveryError, client.PeerError) as exc:
+            _failed(job, str(exc), retry_after=exc.retry_after)
+        else:
+            _settle(job, S.FETCHED, blob=blob, fetched_at=timezone.now(), last_error="")
 
 
 def _claim(job_id: int) -> tuple[ReceivedAttachment, _Wanted] | None:

@@ -7,6 +7,7 @@ every one of them goes through ``transition``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -19,6 +20,7 @@ from django.utils import timezone
 
 from federation import client, discovery, payloads
 from outbox.models import Recipient
+from pushmail_site import counters, logs
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import transition, transition_rows
 
@@ -237,14 +239,28 @@ def fetch_body(remote_id: int) -> None:
     remote = _claim(remote_id)
     if remote is None:
         return  # done already, or someone else holds it
-    try:
-        content = _download(remote)
-    except client.Gone as gone:
-        _gone(remote_id, gone)
-    except (discovery.DiscoveryError, client.PeerError) as exc:
-        _failed(remote_id, str(exc), retry_after=exc.retry_after)
-    else:
-        _store(remote_id, content)
+    with logs.about(message_id=remote.global_id, peer=remote.origin_domain):
+        started = time.monotonic()
+        try:
+            content = _download(remote)
+        except client.Gone as gone:
+            _took(started, "gone")
+            log.info("body fetch: the sender answered gone (%s)", gone.reason)
+            _gone(remote_id, gone)
+        except (discovery.DiscoveryError, client.PeerError) as exc:
+            _took(started, "failed")
+            log.info("body fetch failed (attempt %d): %s", remote.attempts, exc)
+            _failed(remote_id, str(exc), retry_after=exc.retry_after)
+        else:
+            seconds = _took(started, "body")
+            log.info("body fetched: %d bytes in %.3f s", len(content), seconds)
+            _store(remote_id, content)
+
+
+def _took(started: float, outcome: str) -> float:
+    seconds = time.monotonic() - started
+    counters.FETCH_SECONDS.labels(outcome=outcome).observe(seconds)
+    return seconds
 
 
 def _claim(remote_id: int) -> RemoteMessage | None:

@@ -14,6 +14,7 @@ accepts, a 5xx refuses at once, a 4xx waits for the next attempt).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import timedelta
 
 from celery import shared_task
@@ -21,6 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from federation import client, discovery, payloads
+from pushmail_site import logs
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, retry_window, transition
 
@@ -32,6 +34,8 @@ from .states import DELIVERY
 
 LEGACY_REASON = "legacy domain"
 WITHDRAWN_FIRST = "withdrawn before notification"
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="outbox.deliver_notification")
@@ -58,6 +62,11 @@ def deliver_notification(delivery_id: int) -> None:
     delivery = _claim_delivery(delivery_id)
     if delivery is None:
         return
+    with logs.about(message_id=delivery.message_id, peer=delivery.domain):
+        _deliver(delivery)
+
+
+def _deliver(delivery: Delivery) -> None:
     if delivery.message.withdrawn_at:
         _finish_delivery(delivery, state=DeliveryState.FAILED, error=WITHDRAWN_FIRST)
         return
@@ -67,6 +76,7 @@ def deliver_notification(delivery_id: int) -> None:
     try:
         results = _post_notification(delivery)
     except (discovery.DiscoveryError, client.PeerError) as exc:
+        log.info("notification attempt %d failed: %s", delivery.attempts, exc)
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
         return
     if results is None:
@@ -77,6 +87,8 @@ def deliver_notification(delivery_id: int) -> None:
         else:
             _reject_all(delivery, LEGACY_REASON)
         return
+    accepted = sum(1 for answer in results.values() if answer.get("status") == "accepted")
+    log.info("notification delivered: %d of %d recipients accepted", accepted, len(results))
     _record_answers(delivery, results)
 
 

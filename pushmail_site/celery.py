@@ -1,16 +1,27 @@
 """The Celery app. Workers wake up on broker messages; the database holds the truth."""
 
+import logging.config
 import os
 import signal
 from typing import Any
 
 from celery import Celery, signals
+from django.conf import settings
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pushmail_site.settings")
 
 app = Celery("pushmail_site")
+
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+
+    @signals.setup_logging.connect
+    def _log_as_django_says(**kwargs: Any) -> None:
+        """LOG_FORMAT=json: the worker and beat log through Django's LOGGING (pushmail_site.logs), not
+        Celery's own format, so every line of every process is one JSON object."""
+        logging.config.dictConfig(settings.LOGGING)
 
 
 # --- Stopping on SIGTERM to the whole process group ------------------------------------

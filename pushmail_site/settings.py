@@ -49,6 +49,17 @@ def parse_peers(value: str) -> dict[str, str]:
     return peers
 
 
+def parse_networks(name: str, value: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Parse a comma-separated list of CIDRs (``10.0.0.0/8, ::1``); a bad one stops the start, naming it."""
+    networks = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP network ({exc})") from exc
+    return networks
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -333,7 +344,7 @@ if BEHIND_TLS_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Plain http requests are redirected to https, except the health check a load balancer may send directly.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", BEHIND_TLS_PROXY and not DEBUG)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 # HSTS (sent on https responses only): browsers then refuse plain http to this host for a year.
 SECURE_HSTS_SECONDS = env_int("PUSHMAIL_HSTS_SECONDS", 0 if DEBUG else 365 * 86400)
 # Off by default: the mail domain's own host proxies /.well-known/pushmail here, so the header also reaches
@@ -617,10 +628,34 @@ PUSHMAIL_BLOCKED_ATTACHMENT_EXTENSIONS = os.environ.get(
 # How long before expiry an unopened message from a known correspondent is fetched.
 PUSHMAIL_PREFETCH_BEFORE_EXPIRY = timedelta(days=float(os.environ.get("PUSHMAIL_PREFETCH_DAYS", "3")))
 
+# --- Observability (docs/operations.md) ----------------------------------------------------
+# GET /metrics (Prometheus) answers a scraper that sends this bearer token, or one from these
+# networks (CIDRs, comma-separated; the address the web server sees). With neither: 404.
+PUSHMAIL_METRICS_TOKEN = os.environ.get("PUSHMAIL_METRICS_TOKEN", "").strip()
+PUSHMAIL_METRICS_ALLOWED_NETWORKS = parse_networks(
+    "PUSHMAIL_METRICS_ALLOWED_NETWORKS", os.environ.get("PUSHMAIL_METRICS_ALLOWED_NETWORKS", "")
+)
+# Where every process (web workers, Celery pool) keeps its counters for /metrics to add up.
+# prometheus-client reads it from the environment; made here so that no process fails to start.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+# LOG_FORMAT=json: one JSON object a line, with the message id and peer domain of the lines about them.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower()
+if LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "pushmail_site.logs.ContextFilter"}},
+    "formatters": {"json": {"()": "pushmail_site.logs.JsonFormatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            **({"formatter": "json"} if LOG_FORMAT == "json" else {}),
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }

@@ -8,7 +8,7 @@ from mailbox.api import views as inbox_api
 from outbox.api import views as outbox_api
 from reputation.api import views as reputation_api
 
-from . import health
+from . import health, metrics
 
 handler400 = "pushmail_site.errors.bad_request"
 handler404 = "pushmail_site.errors.not_found"
@@ -53,6 +53,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("healthz", health.healthz, name="healthz"),
+    path("metrics", metrics.metrics, name="metrics"),
+    path("admin/queues/", admin.site.admin_view(metrics.job_queues), name="admin-job-queues"),
     path("admin/", admin.site.urls),
     # The mailbox address is the sign-in: allauth's page for adding or switching addresses is closed.
     path("accounts/email/", account_views.address_is_fixed),

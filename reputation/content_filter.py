@@ -403,6 +403,7 @@ def _judge_by_content(remote_id: int, reason: str) -> str:
         reason=reason,
         reports=SpamReport.objects.filter(message_id=remote_id, spam=True).count(),
         readers=Read.objects.filter(message_id=remote_id).count(),
+        judge="content",
     )
     queue_fuzzy(remote_id=remote_id)
     return reason
@@ -439,6 +440,7 @@ def reconsider(*, remote_id: int) -> str:
         reports=reports,
         readers=readers,
         weight=tally.weight + settings.RSPAMD_SUSPECT_WEIGHT,
+        judge="reports_and_content",
     )
     suspect.decision = reason[:300]
     suspect.save(update_fields=["decision"])

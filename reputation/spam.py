@@ -25,6 +25,7 @@ from accounts.models import User
 from mailbox import selectors as mailbox_selectors
 from mailbox import services as mailbox_services
 from mailbox.models import EntryState, InboxEntry, RemoteMessage
+from pushmail_site import counters
 from pushmail_site.jobs import lock
 
 from . import campaigns, scores, trust, verdicts
@@ -282,6 +283,7 @@ def overturn_verdict(*, verdict_id: int, by: User | None) -> int:
         return 0
     verdict.overturned_at, verdict.overturned_by = timezone.now(), by
     verdict.save(update_fields=["overturned_at", "overturned_by"])
+    counters.on_commit(counters.SPAM_VERDICTS_OVERTURNED.inc)
     if verdict.campaign_id is None:
         verdict_overturned.send(sender=SpamVerdict, remote_ids=[verdict.message_id])
         return mailbox_services.lift_spam_verdict(remote_id=verdict.message_id)

@@ -22,6 +22,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from mailbox import services as mailbox_services
+from pushmail_site import counters
 
 from .models import SpamVerdict
 from .signals import verdict_reached
@@ -37,12 +38,14 @@ def reach_verdict(
     readers: int,
     weight: float = 0.0,
     campaign_id: int | None = None,
+    judge: str = "reports",
 ) -> SpamVerdict:
     """Judge ``remote_ids`` spam for everyone here (``message_id`` is the one whose judging reached it).
 
     ``remote_ids`` is a list or a queryset of ids (a campaign's ``values("message_id")``), expanded
     by the database; the hiding is a few bulk statements whatever the number of copies. The caller
     holds the lock that keeps a second verdict on the same messages out (one verdict per message).
+    ``judge`` says who judged, for the metrics: "reports", "content" or "reports_and_content".
     """
     verdict = SpamVerdict.objects.create(
         message_id=message_id,
@@ -56,4 +59,5 @@ def reach_verdict(
     verdict.save(update_fields=["hidden"])
     ids = list(remote_ids) if isinstance(remote_ids, list) else list(remote_ids.values_list("message_id", flat=True))
     verdict_reached.send(sender=SpamVerdict, remote_ids=ids)
+    counters.on_commit(counters.SPAM_VERDICTS.labels(judge=judge).inc)
     return verdict
