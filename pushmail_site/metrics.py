@@ -32,14 +32,12 @@ from prometheus_client.registry import Collector
 from federation.models import LearnedDomain, LearnedDomainState
 from federation.states import LEARNED
 from mailbox import states as mailbox_states
-from mailbox.attachment_states import ATTACHMENT_FETCH, CLAIMABLE
 from mailbox.models import ReceivedAttachment, RemoteMessage
 from mailsettings.models import AutoSendState, Forward, VacationReply
 from mailsettings.states import FORWARD, VACATION_REPLY
 from outbox.models import Delivery, DeliveryState, Draft, DraftState, Withdrawal, WithdrawalState
 from outbox.states import DELIVERY, DRAFT, WITHDRAWAL
-from reputation import content_states
-from reputation.feedback_states import FEEDBACK
+from reputation import states as reputation_states
 from reputation.models import ContentCheck, FeedbackReport, FeedbackState
 
 from .queues import Census, JobTable, census
@@ -51,12 +49,12 @@ JOB_TABLES = (
     JobTable("withdrawal", Withdrawal, WITHDRAWAL, {WithdrawalState.PENDING}),
     JobTable("draft", Draft, DRAFT, {DraftState.SCHEDULED}, due_field="send_at"),
     JobTable("fetch", RemoteMessage, mailbox_states.FETCH, mailbox_states.DUE),
-    JobTable("attachment_fetch", ReceivedAttachment, ATTACHMENT_FETCH, CLAIMABLE),
+    JobTable("attachment_fetch", ReceivedAttachment, mailbox_states.ATTACHMENT_FETCH, mailbox_states.CLAIMABLE),
     JobTable("learned_domain", LearnedDomain, LEARNED, {LearnedDomainState.PENDING}),
     JobTable("vacation_reply", VacationReply, VACATION_REPLY, {AutoSendState.WAITING}),
     JobTable("forward", Forward, FORWARD, {AutoSendState.WAITING}),
-    JobTable("feedback", FeedbackReport, FEEDBACK, {FeedbackState.PENDING}),
-    JobTable("content_check", ContentCheck, content_states.CONTENT_JOB, content_states.DUE),
+    JobTable("feedback", FeedbackReport, reputation_states.FEEDBACK, {FeedbackState.PENDING}),
+    JobTable("content_check", ContentCheck, reputation_states.CONTENT_JOB, reputation_states.CONTENT_DUE),
 )
 
 
