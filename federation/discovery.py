@@ -499,11 +499,12 @@ def _wait_key(domain: str) -> str:
     return f"pm-discovery-wait:{domain}"
 
 
-def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | None:
+def lookup(domain: str, *, refresh: bool = False, budget: float, key_id: str | None = None) -> Instance | None:
     """The domain's instance, like :func:`discover`, for a handler that must not wait on a slow peer.
 
     With ``refresh`` the peer is asked whatever is cached (conditionally, when a
-    document is held). Raises :class:`RetryLater` when the answer is not known
+    document is held), unless another process has cached a newer document that
+    lists ``key_id``. Raises :class:`RetryLater` when the answer is not known
     within ``budget`` seconds, when another request is already looking the
     domain up, or when a lookup failed less than ``FAILED_LOOKUP_TTL`` seconds ago.
     """
@@ -514,7 +515,29 @@ def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | N
         known = _cached(domain)
         if known is not None:
             return known.instance
+    elif key_id is not None:
+        newer = _newer_with_key(domain, key_id)
+        if newer is not None:
+            return newer
     return _look_up_now(domain, budget, revalidate=refresh)
+
+
+def _newer_with_key(domain: str, key_id: str) -> Instance | None:
+    """The shared cache's fresh document when it is not this process's and lists ``key_id``.
+
+    After a rotation, the first process to see the new key fetches the new
+    document; the others find it here instead of asking the peer again.
+    """
+    own, shared = _own_entry(domain), _shared_entry(domain)
+    if shared is None or not shared.fresh or shared.document is None:
+        return None
+    if own is not None and own.document == shared.document:
+        return None  # nothing newer: ask the peer
+    instance = _instance_of(domain, shared, own)
+    if instance is None or key_id not in instance.keys:
+        return None
+    _keep_own(domain, replace(shared, instance=instance))
+    return instance
 
 
 def _retry_after(until: Any) -> int:

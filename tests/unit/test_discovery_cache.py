@@ -347,3 +347,27 @@ def test_an_unknown_key_with_an_unchanged_document_costs_a_304_and_is_refused(
 
     assert response.status_code == 401 and response.json()["error"] == "unknown_key"
     assert cacheable.not_modified == 1
+
+
+@pytest.mark.usefixtures("shared_cache")
+def test_after_a_rotation_one_process_refetches_and_the_others_take_its_document(
+    federation: FederationClient, peer: FakePeer, cacheable: Cacheable, alice: User
+) -> None:
+    assert _notify(federation, peer).status_code == 200
+    old_document = caches["local"].get("pm-discovery:peer.test")  # what every process holds
+    peer.private_key = Ed25519PrivateKey.generate()
+    peer.key_id = "peer.test#k2"
+    assert _notify(federation, peer).status_code == 200  # this process refetched
+    assert len(_discovery_calls(peer)) == 2
+
+    # Another web process still holds the old document, fresh, and has not refetched this minute.
+    _another_process()
+    caches["local"].set("pm-discovery:peer.test", old_document, 3600)
+    assert _notify(federation, peer).status_code == 200
+
+    assert len(_discovery_calls(peer)) == 2  # the new document came from the shared cache
+    # A key id nobody publishes is still refetched from the peer.
+    _another_process()
+    caches["local"].set("pm-discovery:peer.test", old_document, 3600)
+    assert _notify(federation, peer, key_id="peer.test#forged").status_code == 401
+    assert len(_discovery_calls(peer)) == 3
