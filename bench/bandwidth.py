@@ -15,15 +15,20 @@ own API calls (sending, reading) go straight to the instances and are not
 counted, as SMTP's submission and IMAP are not.
 
 For each read rate (0 %, 20 %, 100 % of recipients, picked at random with a
-fixed seed), alpha sends one message (all recipients Bcc), the readers open it
-through the user API, and the receiving instances' workers fetch. HTTP
+fixed seed, then 0 % again), alpha sends one message (all recipients Bcc), the
+readers open it through the user API, and the receiving instances' workers
+fetch. The first message is the first contact between alpha and each peer, so
+it carries the discovery documents both ways. The last 0 % message is one
+between peers that know each other: every process of every instance is
+restarted before it, so only what the instances' shared caches hold can spare
+a discovery request. HTTP
 compression is whatever the instances negotiate (the client sends
 ``Accept-Encoding: gzip``, docs/protocol.md §5.1); the proxies count the bytes as sent and
 report which answers were gzip-coded. The message text is real English prose
 (see ``message_text``). The SMTP figures come from bench/smtp_model.py.
 
     python -m bench.bandwidth
-    python -m bench.bandwidth --rates 0,20,100 --seed 1
+    python -m bench.bandwidth --rates 0,20,100,0 --seed 1
 """
 
 from __future__ import annotations
@@ -196,7 +201,9 @@ def main() -> int:
     parser.add_argument("--domains", type=int, default=50)
     parser.add_argument("--per-domain", type=int, default=20)
     parser.add_argument("--size", type=int, default=50 * 1024, help="message text bytes")
-    parser.add_argument("--rates", default="0,20,100", help="percent of recipients reading, comma list")
+    parser.add_argument(
+        "--rates", default="0,20,100,0", help="percent of recipients reading, comma list (one message each, in order)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--batch", type=int, default=10, help="receiving workers running at once")
     parser.add_argument("--keep", action="store_true")
@@ -258,8 +265,18 @@ def main() -> int:
             list(pool.map(lambda inst: inst.start_web(), receivers))
         proxies.take()
         rng = random.Random(args.seed)
-        for rate in rates:
-            subject = f"Bandwidth {args.size} bytes to {len(everyone)}, {rate}% reading"
+        for number, rate in enumerate(rates):
+            # As long as the SMTP model's subject, and distinct per message.
+            subject = f"Bandwidth {args.size} bytes to {len(everyone)}, {rate}% read #{number + 1}"
+            if number and number == len(rates) - 1:
+                log("restarting every process of every instance: only the shared caches remain")
+                alpha.kill_worker()
+                alpha.stop_web()
+                alpha.start()
+                for inst in receivers:
+                    inst.stop_web()
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    list(pool.map(lambda inst: inst.start_web(), receivers))
             log(f"scenario {rate}% reading: sending")
             status, data = http_json(
                 "POST",
@@ -287,6 +304,8 @@ def main() -> int:
             scenarios.append(
                 {
                     "rate": rate,
+                    "first_contact": number == 0,
+                    "discovery_not_modified": sum(1 for c in conns if c.kind == "discovery" and c.status == 304),
                     "counts_confirmed": notified == len(recipients)
                     and fetched == len(readers_per_domain) == sum(fetch_counts.values())
                     and all(v == (1 if d in readers_per_domain else 0) for d, v in fetch_counts.items()),
@@ -364,6 +383,7 @@ def main() -> int:
         message_bytes = total("notification", "fetch")
         with_discovery = total("notification", "fetch", "discovery", "other")
         rate = int(s["rate"])  # type: ignore[arg-type]
+        contact = "first contact" if s["first_contact"] else "known peers"
         limit = 0.05 if rate == 0 else 1.0
         met = with_discovery <= limit * per_domain_smtp
         all_met = all_met and met
@@ -400,11 +420,12 @@ def main() -> int:
         rows.append(
             [
                 f"{rate}%",
+                contact,
                 s["readers"],
                 traffic.get("notification", {}).get("requests", 0),
                 traffic.get("fetch", {}).get("requests", 0),
                 s["domains_with_readers"],
-                traffic.get("discovery", {}).get("requests", 0),
+                f"{traffic.get('discovery', {}).get('requests', 0)} ({s['discovery_not_modified']} x 304)",
                 f"{with_discovery:,}",
                 f"{message_bytes:,}",
                 f"{with_discovery / per_domain_smtp:.2%}",
@@ -431,6 +452,7 @@ def main() -> int:
         table(
             [
                 "read",
+                "peers",
                 "readers",
                 "notif.",
                 "fetches",

@@ -2,7 +2,10 @@
 
 A domain maps to a base URL through ``PUSHMAIL_PEERS`` or else
 ``https://DOMAIN``; ``GET {base}/.well-known/pushmail`` returns the discovery
-document (docs/protocol.md §2). Results are cached per process.
+document (docs/protocol.md §2). Answers are cached for every process of the
+instance (the shared cache) and in each process, for as long as the peer's
+``Cache-Control`` allows (within ``PUSHMAIL_DISCOVERY_TTL``); after that the
+document is asked for again with ``If-None-Match``, and a ``304`` keeps it.
 
 Background work (delivery, fetches) calls :func:`discover`, which may wait for
 the whole outbound deadline. Request handlers verifying a signature call
@@ -16,19 +19,24 @@ sees it, and a document one process fetched serves the others.
 
 from __future__ import annotations
 
+import base64
+import gzip
+import hashlib
+import json
 import logging
 import math
+import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connections
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from accounts.models import Domain
 
@@ -46,6 +54,12 @@ LEGACY_CACHE_SECONDS = _NEGATIVE_TTL
 FAILED_LOOKUP_TTL = 60
 # Lookups running in threads of one process at most, whatever the domains.
 _MAX_LOOKUP_THREADS = 8
+# A document is used this long at least without asking again, whatever its Cache-Control says.
+MIN_FRESH_SECONDS = 60
+# A stale document with an ETag is kept this long past its freshness, for a conditional request.
+STALE_KEEP_SECONDS = 7 * 86400
+# Longer ETags from a peer are not kept (nor sent back).
+MAX_ETAG_LENGTH = 200
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +164,49 @@ def own_document(request: HttpRequest | None = None) -> dict[str, Any]:
     }
 
 
+def own_max_age(document: dict[str, Any]) -> int:
+    """How long peers may use ``document`` without asking again: ``PUSHMAIL_DISCOVERY_MAX_AGE``, and
+    never past the expiry of a key it lists, so no cache holds a key beyond its expiry."""
+    max_age: int = settings.PUSHMAIL_DISCOVERY_MAX_AGE
+    now = datetime.now(UTC)
+    for key in document.get("keys") or []:
+        expires = _expiry(key.get("expires"))
+        if expires is not None:
+            max_age = min(max_age, max(0, int((expires - now).total_seconds())))
+    return max(0, max_age)
+
+
+# gzip-code documents at least this long (as for the other endpoints, §5.1).
+_GZIP_FROM_BYTES = 200
+
+
+def document_response(document: dict[str, Any], *, accepts_gzip: bool) -> HttpResponse:
+    """The answer serving ``document``: JSON, gzip-coded when asked, with a strong ETag and Cache-Control.
+
+    The ETag is ``"sha256-"`` and the unpadded base64url SHA-256 of the exact bytes sent. The
+    gzip coding is deterministic (no time stamp, no file name), so the same document always gives
+    the same bytes and the same ETag.
+    """
+    body = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    coding = None
+    if accepts_gzip and len(body) >= _GZIP_FROM_BYTES:
+        coded = gzip.compress(body, compresslevel=9, mtime=0)
+        if len(coded) < len(body):
+            body, coding = coded, "gzip"
+    response = HttpResponse(body, content_type="application/json")
+    if coding:
+        response["Content-Encoding"] = coding
+    response["ETag"] = entity_tag(body)
+    response["Cache-Control"] = f"public, max-age={own_max_age(document)}"
+    return response
+
+
+def entity_tag(body: bytes) -> str:
+    """The strong ETag of the exact bytes ``body``."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode("ascii")
+    return f'"sha256-{digest}"'
+
+
 def _parse_document(domain: str, doc: Any) -> Instance | None:
     """The instance a document describes for ``domain``; None (legacy) for any invalid document."""
     try:
@@ -224,61 +281,209 @@ def _local_instance(domain: str) -> Instance:
 def discover(domain: str, *, refresh: bool = False) -> Instance | None:
     """Return the domain's instance, ``None`` for a legacy (non-Pushmail) domain.
 
-    Raises DiscoveryError when the answer is unknown for now (a peer that does
-    not answer), so callers retry rather than treating the domain as legacy.
+    A fresh answer cached by any process serves; otherwise the document is
+    fetched (conditionally, when one is held) and cached for every process.
+    With ``refresh`` the peer is asked in any case. Raises DiscoveryError when
+    the answer is unknown for now (a peer that does not answer), so callers
+    retry rather than treating the domain as legacy.
     """
     domain = domain.lower()
     if is_local(domain):
         return _local_instance(domain)
-    cache = caches["local"]
-    cache_key = f"pm-discovery:{domain}"
     if not refresh:
-        cached = cache.get(cache_key)
-        if cached is not None and (cached or not _learned_since_legacy(domain)):
-            return cached or None
-    instance = _fetch(domain)
-    cache.set(cache_key, instance or False, _ttl_for(instance))
-    return instance
+        known = _cached(domain)
+        if known is not None:
+            return known.instance
+    prior = _revalidation_base(domain)
+    return _store(domain, _request(domain, prior, revalidate=refresh)).instance
 
 
-def _ttl_for(instance: Instance | None) -> int:
-    ttl: int = settings.PUSHMAIL_DISCOVERY_TTL if instance else _NEGATIVE_TTL
-    if instance and instance.keys_expire_at:
+# --- the cache every process shares ---------------------------------------------------------
+#
+# One entry per domain under ``pm-discovery:DOMAIN`` in two caches: the shared one ("default",
+# Redis or a table: every process of the instance) holds the document as served, its ETag and
+# until when it is fresh; each process's own ("local") holds the same and the parsed instance.
+# A fresh entry is used without asking the peer. A stale one with an ETag is kept a while longer,
+# so the next request is conditional (If-None-Match) and a 304 only moves its freshness on.
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A domain's discovery answer as cached: the document (None: legacy), its ETag, fresh until when."""
+
+    document: Any
+    etag: str | None
+    until: float
+    instance: Instance | None = None  # parsed from ``document``; kept in the process's own cache only
+
+    @property
+    def fresh(self) -> bool:
+        return self.until > time.time()
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """What one discovery request gave: a document (None: legacy), or "not modified" (``prior``'s)."""
+
+    document: Any
+    etag: str | None
+    fresh_for: int | None  # seconds, from the answer's Cache-Control and Age; None when it has none
+    not_modified: bool = False
+
+
+def _own_entry(domain: str) -> _Known | None:
+    value = caches["local"].get(_doc_key(domain))
+    return value if isinstance(value, _Known) else None
+
+
+def _shared_entry(domain: str) -> _Known | None:
+    value = caches["default"].get(_doc_key(domain))
+    if not isinstance(value, dict) or not isinstance(value.get("until"), (int, float)):
+        return None
+    etag = value.get("etag")
+    return _Known(document=value.get("document"), etag=etag if isinstance(etag, str) else None, until=value["until"])
+
+
+def _cached(domain: str) -> _Known | None:
+    """A fresh answer for ``domain`` from this process's cache or else the shared one; None if neither has one."""
+    own = _own_entry(domain)
+    if own is not None and own.fresh and (own.instance is not None or not _learned_since_legacy(domain)):
+        return own
+    shared = _shared_entry(domain)
+    if shared is None or not shared.fresh:
+        return None
+    known = replace(shared, instance=_instance_of(domain, shared, own))
+    _keep_own(domain, known)
+    return known
+
+
+def _instance_of(domain: str, known: _Known, held: _Known | None) -> Instance | None:
+    """``known``'s instance: ``held``'s when it was parsed from the same bytes (same ETag) and is still valid."""
+    if held is not None and held.etag is not None and held.etag == known.etag and _still_valid(held.instance):
+        return held.instance
+    return None if known.document is None else _parse_document(domain, known.document)
+
+
+def _still_valid(instance: Instance | None) -> bool:
+    # Parsing drops expired keys: an instance holding a key past its expiry must be parsed again.
+    return instance is None or instance.keys_expire_at is None or instance.keys_expire_at > datetime.now(UTC)
+
+
+def _revalidation_base(domain: str) -> _Known | None:
+    """The held document a request can ask "modified since?" about: the shared cache's, else this process's."""
+    for known in (_shared_entry(domain), _own_entry(domain)):
+        if known is not None and known.etag is not None and known.document is not None:
+            return known
+    return None
+
+
+def _store(domain: str, fetched: _Fetched) -> _Known:
+    """Cache what a request gave, for this process and every other, and return it parsed."""
+    own = _own_entry(domain)
+    known = _Known(document=fetched.document, etag=fetched.etag, until=0.0)
+    instance = _instance_of(domain, known, own)
+    known = replace(known, instance=instance, until=time.time() + _ttl_for(instance, fetched.fresh_for))
+    _keep_own(domain, known)
+    _keep_shared(domain, known)
+    return known
+
+
+def _timeout(known: _Known) -> int:
+    fresh_for = max(1, math.ceil(known.until - time.time()))
+    # A stale document with an ETag stays a while, so asking again is a conditional request.
+    return fresh_for + (STALE_KEEP_SECONDS if known.etag is not None else 0)
+
+
+def _keep_own(domain: str, known: _Known) -> None:
+    caches["local"].set(_doc_key(domain), known, _timeout(known))
+
+
+def _keep_shared(domain: str, known: _Known) -> None:
+    entry = {"document": known.document, "etag": known.etag, "until": known.until}
+    caches["default"].set(_doc_key(domain), entry, _timeout(known))
+
+
+def _ttl_for(instance: Instance | None, fresh_for: int | None = None) -> int:
+    """How long an answer is used without asking again (docs/protocol.md §2.3, "Caching")."""
+    if instance is None:
+        return _NEGATIVE_TTL
+    ttl: int = settings.PUSHMAIL_DISCOVERY_TTL
+    if fresh_for is not None:
+        ttl = min(ttl, max(MIN_FRESH_SECONDS, fresh_for))
+    if instance.keys_expire_at:
         # Forget the document when its first retired key expires, so that key stops verifying.
         ttl = max(1, min(ttl, int((instance.keys_expire_at - datetime.now(UTC)).total_seconds())))
     return ttl
 
 
-def _fetch(domain: str) -> Instance | None:
-    document = _fetch_document(domain)
-    return None if document is None else _parse_document(domain, document)
+def fresh_for(headers: dict[str, str]) -> int | None:
+    """Seconds an answer may be used without asking again, from its ``Cache-Control`` and ``Age``; None if unsaid."""
+    directives = [part.strip().lower() for part in headers.get("cache-control", "").split(",")]
+    seconds: int | None = None
+    for directive in directives:
+        name, _, value = directive.partition("=")
+        name = name.strip()
+        if name in ("no-store", "no-cache"):
+            return 0
+        if name == "max-age" and value.strip().strip('"').isdigit():
+            seconds = int(value.strip().strip('"'))
+    if seconds is None:
+        return None
+    age = headers.get("age", "").strip()
+    return max(0, seconds - (int(age) if age.isdigit() else 0))
 
 
-def _fetch_document(domain: str) -> Any:
-    """The domain's discovery document as JSON, or None for a legacy domain; no database access."""
+_ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
+
+
+def _entity_tag(value: str | None) -> str | None:
+    """The answer's ETag when it is a well-formed one we can send back; None otherwise."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value if len(value) <= MAX_ETAG_LENGTH and _ENTITY_TAG.fullmatch(value) else None
+
+
+def _request(domain: str, prior: _Known | None, *, revalidate: bool = False) -> _Fetched:
+    """Ask the domain for its discovery document; no database access (it runs in lookup threads).
+
+    With ``prior`` (a held document and its ETag) the request is conditional, and a
+    ``304`` gives ``prior``'s document. With ``revalidate``, caches on the way must
+    ask the origin too. Raises DiscoveryError when the answer is unknown for now.
+    """
     named_peer = domain in settings.PUSHMAIL_PEERS
     base = base_url_for(domain)
     if not named_peer:
         try:
             socket.getaddrinfo(domain, 443, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
-            return None  # no such host: not a Pushmail domain
+            return _Fetched(None, None, None)  # no such host: not a Pushmail domain
+    headers = {"Accept": "application/json"}
+    if prior is not None and prior.etag is not None:
+        headers["If-None-Match"] = prior.etag
+    if revalidate:
+        headers["Cache-Control"] = "no-cache"
     try:
-        response = http.request("GET", base + WELL_KNOWN_PATH, headers={"Accept": "application/json"}, max_bytes=65536)
+        response = http.request("GET", base + WELL_KNOWN_PATH, headers=headers, max_bytes=65536)
     except http.OutboundError as exc:
         if named_peer or exc.retryable:
             raise DiscoveryError(str(exc)) from exc
-        return None
+        return _Fetched(None, None, None)
+    if response.status == 304 and prior is not None and "If-None-Match" in headers:
+        return _Fetched(prior.document, prior.etag, fresh_for(response.headers), not_modified=True)
     if response.status in (404, 410):
-        return None
+        return _Fetched(None, None, None)
     if response.status != 200:
         if named_peer or response.status >= 500 or response.status == 429:
             raise DiscoveryError(f"discovery for {domain} answered {response.status}")
-        return None
+        return _Fetched(None, None, None)
     try:
-        return response.json()
+        document = response.json()
     except ValueError:
-        return None
+        document = None
+    if document is None:
+        return _Fetched(None, None, None)
+    return _Fetched(document, _entity_tag(response.headers.get("etag")), fresh_for(response.headers))
 
 
 # --- lookups for request handlers -------------------------------------------------------------
@@ -294,29 +499,45 @@ def _wait_key(domain: str) -> str:
     return f"pm-discovery-wait:{domain}"
 
 
-def lookup(domain: str, *, refresh: bool = False, budget: float) -> Instance | None:
+def lookup(domain: str, *, refresh: bool = False, budget: float, key_id: str | None = None) -> Instance | None:
     """The domain's instance, like :func:`discover`, for a handler that must not wait on a slow peer.
 
-    With ``refresh`` the cached documents are skipped. Raises :class:`RetryLater`
-    when the answer is not known within ``budget`` seconds, when another
-    request is already looking the domain up, or when a lookup failed less
-    than ``FAILED_LOOKUP_TTL`` seconds ago.
+    With ``refresh`` the peer is asked whatever is cached (conditionally, when a
+    document is held), unless another process has cached a newer document that
+    lists ``key_id``. Raises :class:`RetryLater` when the answer is not known
+    within ``budget`` seconds, when another request is already looking the
+    domain up, or when a lookup failed less than ``FAILED_LOOKUP_TTL`` seconds ago.
     """
     domain = domain.lower()
     if is_local(domain):
         return _local_instance(domain)
-    local = caches["local"]
     if not refresh:
-        cached = local.get(_doc_key(domain))
-        if cached is not None and (cached or not _learned_since_legacy(domain)):
-            return cached or None
-        # Another process may have fetched it.
-        shared = caches["default"].get(_doc_key(domain))
-        if isinstance(shared, dict) and shared.get("until", 0) > time.time():
-            instance = None if shared["document"] is None else _parse_document(domain, shared["document"])
-            local.set(_doc_key(domain), instance or False, max(1, int(shared["until"] - time.time())))
-            return instance
-    return _look_up_now(domain, budget)
+        known = _cached(domain)
+        if known is not None:
+            return known.instance
+    elif key_id is not None:
+        newer = _newer_with_key(domain, key_id)
+        if newer is not None:
+            return newer
+    return _look_up_now(domain, budget, revalidate=refresh)
+
+
+def _newer_with_key(domain: str, key_id: str) -> Instance | None:
+    """The shared cache's fresh document when it is not this process's and lists ``key_id``.
+
+    After a rotation, the first process to see the new key fetches the new
+    document; the others find it here instead of asking the peer again.
+    """
+    own, shared = _own_entry(domain), _shared_entry(domain)
+    if shared is None or not shared.fresh or shared.document is None:
+        return None
+    if own is not None and own.document == shared.document:
+        return None  # nothing newer: ask the peer
+    instance = _instance_of(domain, shared, own)
+    if instance is None or key_id not in instance.keys:
+        return None
+    _keep_own(domain, replace(shared, instance=instance))
+    return instance
 
 
 def _retry_after(until: Any) -> int:
@@ -326,8 +547,10 @@ def _retry_after(until: Any) -> int:
 class _Lookup:
     """One discovery fetch in a thread, and the request waiting for it, if it still is."""
 
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str, prior: _Known | None, *, revalidate: bool) -> None:
         self.domain = domain
+        self.prior = prior
+        self.revalidate = revalidate
         self.done = threading.Event()
         self.lock = threading.Lock()
         self.outcome: tuple[str, Any] | None = None
@@ -336,7 +559,7 @@ class _Lookup:
     def run(self) -> None:
         outcome: tuple[str, Any] = ("failed", "discovery failed")
         try:
-            outcome = ("ok", _fetch_document(self.domain))
+            outcome = ("ok", _request(self.domain, self.prior, revalidate=self.revalidate))
         except DiscoveryError as exc:
             outcome = ("failed", str(exc))
         except Exception:
@@ -368,7 +591,7 @@ class _Lookup:
             return self.outcome
 
 
-def _look_up_now(domain: str, budget: float) -> Instance | None:
+def _look_up_now(domain: str, budget: float, *, revalidate: bool = False) -> Instance | None:
     shared = caches["default"]
     # One lookup per domain at a time across all processes: the key also says when to ask again.
     # It expires by itself after the outbound deadline, in case this process dies holding it.
@@ -381,7 +604,7 @@ def _look_up_now(domain: str, budget: float) -> Instance | None:
     if not _lookup_threads.acquire(blocking=False):
         shared.delete(_wait_key(domain))
         raise RetryLater("too many key lookups are under way here", retry_after=math.ceil(budget) + 1)
-    job = _Lookup(domain)
+    job = _Lookup(domain, _revalidation_base(domain), revalidate=revalidate)
     try:
         threading.Thread(target=job.run, name=f"pm-lookup:{domain}", daemon=True).start()
     except RuntimeError:
@@ -396,18 +619,15 @@ def _look_up_now(domain: str, budget: float) -> Instance | None:
     return _settle(domain, outcome)
 
 
-def _settle(domain: str, outcome: Any) -> Instance | None:
+def _settle(domain: str, outcome: tuple[str, Any]) -> Instance | None:
     """Store a finished lookup's outcome where every process sees it, and return it."""
     kind, value = outcome
     if kind != "ok":
         _remember_failure(domain)
         raise RetryLater(f"cannot fetch the keys of {domain}: {value}", retry_after=FAILED_LOOKUP_TTL)
-    instance = None if value is None else _parse_document(domain, value)
-    ttl = _ttl_for(instance)
-    caches["local"].set(_doc_key(domain), instance or False, ttl)
-    caches["default"].set(_doc_key(domain), {"document": value, "until": time.time() + ttl}, ttl)
+    known = _store(domain, value)
     caches["default"].delete(_wait_key(domain))
-    return instance
+    return known.instance
 
 
 def _remember_failure(domain: str) -> None:
@@ -433,7 +653,7 @@ def rediscover(domain: str) -> Instance | None:
     domain = domain.lower()
     if is_local(domain):
         return _local_instance(domain)
-    instance = _settle(domain, ("ok", _fetch_document(domain)))
+    instance = _settle(domain, ("ok", _request(domain, _revalidation_base(domain), revalidate=True)))
     if instance is not None:
         # Outlives every legacy answer cached before it (those last _NEGATIVE_TTL at most).
         caches["default"].set(_learned_key(domain), time.time(), _NEGATIVE_TTL + 60)

@@ -255,9 +255,10 @@ def _signs(checked: _WellFormed, public_b64: str | None) -> bool:
     return True
 
 
-def _instance(domain: str, *, refresh: bool) -> discovery.Instance | None:
+def _instance(domain: str, *, refresh: bool, key_id: str | None = None) -> discovery.Instance | None:
     try:
-        return discovery.lookup(domain, refresh=refresh, budget=settings.PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS)
+        budget = settings.PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS
+        return discovery.lookup(domain, refresh=refresh, budget=budget, key_id=key_id)
     except discovery.RetryLater as exc:
         raise SignatureRejected(
             "keys_unavailable",
@@ -302,7 +303,8 @@ def verify_request(request: HttpRequest, body: bytes) -> Verified:
             except SignatureRejected:
                 refreshed = None  # the key we hold does not verify it; a new document could not be had now
         else:
-            refreshed = _instance(domain, refresh=True)
+            # Another process may have fetched the document that lists it already (after a rotation).
+            refreshed = _instance(domain, refresh=True, key_id=key_id)
         public_b64 = refreshed.keys.get(key_id) if refreshed else None
         if not _signs(checked, public_b64):
             if known or public_b64 is not None:

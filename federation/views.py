@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
-from django.utils.cache import patch_vary_headers
+from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
@@ -87,17 +88,34 @@ def _signed(request: HttpRequest, method: str, limit: int) -> tuple[Verified, by
 
 
 @csrf_exempt  # read-only; without this a POST would get Django's HTML CSRF page, not the JSON 405
-@gzip_page
-def well_known(request: HttpRequest) -> JsonResponse:
-    """``GET /.well-known/pushmail``: the discovery document (§2)."""
+def well_known(request: HttpRequest) -> HttpResponse:
+    """``GET /.well-known/pushmail``: the discovery document (§2), cacheable (§2.6).
+
+    The answer carries a strong ``ETag`` (a digest of the exact bytes sent, so the
+    gzip-coded and the identity answers have their own) and ``Cache-Control:
+    public, max-age=N``; a request whose ``If-None-Match`` names the ETag gets
+    ``304 Not Modified`` without a body.
+    """
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(["GET", "HEAD"])
-    response = JsonResponse(discovery.own_document(request))
-    response["Cache-Control"] = "public, max-age=300"
+    document = discovery.own_document(request)
+    response = discovery.document_response(document, accepts_gzip=_accepts_gzip(request))
+    vary = ["Accept-Encoding"]
     if not settings.PUSHMAIL_BASE_URL:
-        patch_vary_headers(response, ["Host"])  # development: "api" names the host asked
+        vary.append("Host")  # development: "api" names the host asked
+    patch_vary_headers(response, vary)
     response["Access-Control-Allow-Origin"] = "*"
-    return response
+    answer = get_conditional_response(request, etag=response["ETag"], response=response) or response
+    if answer is not response:  # 304 Not Modified (or 412 to an If-Match that does not match)
+        answer["Access-Control-Allow-Origin"] = "*"
+    return answer
+
+
+_GZIP = re.compile(r"\bgzip\b")
+
+
+def _accepts_gzip(request: HttpRequest) -> bool:
+    return bool(_GZIP.search(request.META.get("HTTP_ACCEPT_ENCODING", "")))
 
 
 @csrf_exempt

@@ -466,7 +466,11 @@ PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
 # in development without it, discovery derives it from the request (federation/discovery.py).
 PUSHMAIL_BASE_URL = check_base_url(os.environ.get("PUSHMAIL_BASE_URL", ""), debug=DEBUG)
 PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
+# The longest this instance keeps a peer's discovery document without asking again (a peer's
+# Cache-Control max-age can shorten it).
 PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)
+# The max-age this instance's own discovery document is served with.
+PUSHMAIL_DISCOVERY_MAX_AGE = env_int("PUSHMAIL_DISCOVERY_MAX_AGE", 3600)
 # How long a request waits for a peer's keys before it is answered 503 "try again later".
 PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS = float(os.environ.get("PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS", "2"))
 PUSHMAIL_MAX_NOTIFICATION_BYTES = env_int("PUSHMAIL_MAX_NOTIFICATION_BYTES", 256 * 1024)

@@ -186,7 +186,7 @@ def test_project_verifier_accepts_the_example_fetch(
         api_base="https://mail.beta.example/federation/v1/",
         keys={str(params["keyid"]): ex["beta-public-key"]},
     )
-    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0: instance)
+    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0, key_id=None: instance)
     pinned_clock(datetime.fromtimestamp(int(params["created"]), UTC) + timedelta(seconds=30))
 
     verified = signatures.verify_request(_django_request(head, None), b"")

@@ -449,7 +449,7 @@ def test_project_verifier_accepts_the_example_and_then_refuses_its_replay(
         api_base=f"https://mail.{signer}.example/federation/v1/",
         keys={key_id: ex[f"{signer}-public-key"]},
     )
-    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0: instance)
+    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0, key_id=None: instance)
     pinned_clock(datetime.fromtimestamp(int(params["created"]), UTC) + timedelta(seconds=30))
 
     verified = signatures.verify_request(_django_request(head, body), body or b"")
@@ -472,7 +472,7 @@ def test_project_verifier_refuses_the_example_outside_its_window_or_with_another
     instance = discovery.Instance(
         domain="alpha.example", api_base="https://x/", keys={str(params["keyid"]): ex["alpha-public-key"]}
     )
-    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0: instance)
+    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0, key_id=None: instance)
     created = datetime.fromtimestamp(int(params["created"]), UTC)
 
     for now in (created + timedelta(minutes=5, seconds=1), created - timedelta(minutes=5, seconds=1)):

@@ -630,7 +630,7 @@ def test_the_project_answers_the_example_report_as_documented_and_refuses_its_re
         api_base="https://mail.beta.example/federation/v1/",
         keys={str(params["keyid"]): ex["beta-public-key"]},
     )
-    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0: beta)
+    monkeypatch.setattr(discovery, "lookup", lambda domain, refresh=False, budget=0, key_id=None: beta)
     pinned_clock(datetime.fromtimestamp(int(params["created"]), UTC) + timedelta(seconds=30))
     body = ex["report-body"].encode()
 
