@@ -29,6 +29,11 @@ class DownloadSize(models.Model):
     entry = models.OneToOneField(InboxEntry, on_delete=models.CASCADE, primary_key=True, related_name="+")
     size = models.PositiveIntegerField()
     updated_at = models.DateTimeField(auto_now=True)
+    #: The download itself, when small, so the next one is read rather than rendered again
+    #: (mailaccess.maildrop.prepare_downloads), and a digest of what it was rendered from: a download
+    #: whose key no longer matches is rendered again.
+    key = models.CharField(max_length=32, blank=True, default="")
+    eml = models.BinaryField(null=True, blank=True)
 
 
 class ImapFolder(models.Model):
