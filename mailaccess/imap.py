@@ -34,9 +34,7 @@ import bisect
 import email
 import email.policy
 import email.utils
-import functools
 import logging
-import re
 from collections.abc import Callable
 from datetime import datetime
 from io import BytesIO
@@ -56,6 +54,10 @@ from zope.interface import implementer
 from accounts.mail_logins import check_mail_login, plaintext_auth_allowed
 
 from . import imapstore
+from .imapenvelope import Part as _Part
+from .imapenvelope import ascii_value as _ascii
+from .imapenvelope import envelope as _envelope
+from .imapenvelope import head_fields as _head_fields
 from .imapstore import Box, Loaded, Row, Snapshot
 
 log = logging.getLogger(__name__)
@@ -76,47 +78,10 @@ _FROM_NOTIFICATION = {"envelope", "internaldate", "rfc822size", "rfc822header"}
 # FETCH items a listing asks for, answered here in one write per chunk (see _listing) rather than
 # through Twisted's spewMessage, which takes a turn of the reactor per item of every message.
 _LISTING = {"flags", "uid", "envelope", "internaldate", "rfc822size"}
-
-
-class _Part:
-    """A message or one of its MIME parts, as Twisted's IMessagePart (headers, body, subparts)."""
-
-    def __init__(self, message: email.message.Message, raw: bytes) -> None:
-        self._message = message
-        self._raw = raw
-
-    def getHeaders(self, negate: bool, *names: str) -> dict[str, str]:  # noqa: N802 - Twisted's interface
-        wanted = {(name.decode("ascii", "replace") if isinstance(name, bytes) else name).lower() for name in names}
-        found: dict[str, str] = {}
-        for key, value in self._message.items():
-            name = key.lower()
-            if (name in wanted) != negate or (negate and not wanted):
-                found.setdefault(name, _ascii(str(value)))
-        return found
-
-    def getBodyFile(self) -> BytesIO:  # noqa: N802
-        _head, sep, body = self._raw.partition(b"\r\n\r\n")
-        if not sep:
-            _head, sep, body = self._raw.partition(b"\n\n")
-        return BytesIO(body if sep else b"")
-
-    def getSize(self) -> int:  # noqa: N802
-        return len(self._raw)
-
-    def isMultipart(self) -> bool:  # noqa: N802
-        return self._message.is_multipart()
-
-    def getSubPart(self, part: int) -> _Part:  # noqa: N802
-        payload = self._message.get_payload()
-        if not isinstance(payload, list) or not 0 <= part < len(payload):
-            raise IndexError(part)
-        sub: Any = payload[part]
-        return _Part(sub, sub.as_bytes(policy=email.policy.compat32.clone(linesep="\r\n")))
-
-
-def _ascii(value: str) -> str:
-    """A header value Twisted can write (it encodes them as ASCII): folded lines joined, others replaced."""
-    return " ".join(value.split()).encode("ascii", "replace").decode("ascii")
+# A listing of these only is answered from the envelopes kept for it (see _envelope_listing), this many
+# messages per round trip to the thread pool.
+_ENVELOPES = {"flags", "uid", "envelope"}
+_ENVELOPE_CHUNK = 5000
 
 
 @implementer(imap4.IMessageFile)
@@ -176,68 +141,6 @@ class _Listed:
         if fields is None:
             return imap4.getEnvelope(_Message(self.row, self.loaded, self.deleted))
         return _envelope(fields)
-
-
-# A header line as the email package's feed parser reads one (its headerRE, without "From ").
-_HEADER_LINE = re.compile(r"[\041-\071\073-\176]+:")
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
-def _head_fields(head: bytes) -> dict[str, str] | None:
-    """What ``_Part.getHeaders(True)`` gives for this header block (first of each name, lower-cased,
-    :func:`_ascii`), read without the email package; None for a block this reading does not cover
-    exactly (8-bit bytes, a line that is neither a field nor its continuation), which is then parsed
-    as before."""
-    if not head.isascii():
-        return None
-    found: dict[str, str] = {}
-    name: str | None = None
-    value: list[str] = []
-    for line in _LINE_BREAK.split(head.decode("ascii")):
-        if not line:
-            break
-        if line[0] in " \t":
-            if name is None:
-                return None
-            value.append(line)
-            continue
-        if line.startswith("From ") or not _HEADER_LINE.match(line):
-            return None
-        if name is not None:
-            found.setdefault(name, _ascii(" ".join(value)))
-        key, _colon, rest = line.partition(":")
-        name, value = key.lower(), [rest]
-    if name is not None:
-        found.setdefault(name, _ascii(" ".join(value)))
-    return found
-
-
-@functools.lru_cache(maxsize=4096)
-def _addresses(value: str | None) -> list[Any]:
-    """Twisted's ``imap4.parseAddr``, remembered: a mailbox lists the same senders again and again."""
-    return imap4.parseAddr(value)
-
-
-def _envelope(headers: dict[str, str]) -> tuple[Any, ...]:
-    """Twisted's ``imap4.getEnvelope`` of these header fields."""
-    from_ = headers.get("from")
-    sender = headers.get("sender", from_)
-    reply_to = headers.get("reply-to", from_)
-    to = headers.get("to")
-    cc = headers.get("cc")
-    bcc = headers.get("bcc")
-    return (
-        headers.get("date"),
-        headers.get("subject"),
-        _addresses(from_),
-        _addresses(sender),
-        reply_to and _addresses(reply_to),
-        to and _addresses(to),
-        cc and _addresses(cc),
-        bcc and _addresses(bcc),
-        headers.get("in-reply-to"),
-        headers.get("message-id"),
-    )
 
 
 def _flags(row: Row, deleted: bool) -> list[str]:
@@ -822,6 +725,10 @@ class PushmailIMAP(imap4.IMAP4Server):
         unavailable = 0
         chunk_size = _BODY_CHUNK if level == "message" else _HEADER_CHUNK
         listing = all(part.type in _LISTING for part in query)
+        if listing and {part.type for part in query} <= _ENVELOPES:
+            await self._envelope_listing(selected, wanted, query)
+            self.sendPositiveResponse(tag, b"FETCH completed")
+            return
         for start in range(0, len(wanted), chunk_size):
             chunk = wanted[start : start + chunk_size]
             refs = [row.ref for _n, row in chunk]
@@ -862,6 +769,39 @@ class PushmailIMAP(imap4.IMAP4Server):
             )
         else:
             self.sendPositiveResponse(tag, b"FETCH completed")
+
+    async def _envelope_listing(self, selected: _Selected, wanted: list[tuple[int, Row]], query: list[Any]) -> None:
+        """FETCH of FLAGS, UID and ENVELOPE only (what a mail program lists a mailbox with): the envelopes
+        kept for the messages (imapstore.envelopes), a few thousand per round trip, and the answers written
+        a chunk at a time; the same bytes Twisted's spewMessage writes, item by item, in the order asked."""
+        assert self.user_id is not None
+        user_id = self.user_id
+        kinds = [part.type for part in query]
+        for start in range(0, len(wanted), _ENVELOPE_CHUNK):
+            chunk = wanted[start : start + _ENVELOPE_CHUNK]
+            found: dict[str, bytes] = {}
+            if "envelope" in kinds:
+                refs = [row.ref for _n, row in chunk]
+                found = await self._in_thread(imapstore.envelopes, user_id=user_id, box=selected.box, refs=refs)
+            if self.selected is not selected:
+                return  # the client left or selected another mailbox meanwhile
+            deleted = selected.deleted
+            answers = []
+            for number, row in chunk:
+                envelope = found.get(row.ref)
+                if envelope is None and "envelope" in kinds:
+                    continue  # gone meanwhile: left out, as a listing of headers leaves it out
+                items = []
+                for kind in kinds:
+                    if kind == "flags":
+                        items.append(b"FLAGS (" + " ".join(_flags(row, row.uid in deleted)).encode() + b")")
+                    elif kind == "uid":
+                        items.append(b"UID %d" % row.uid)
+                    else:
+                        items.append(b"ENVELOPE " + (envelope or b"NIL"))
+                answers.append(b"* %d FETCH (" % number + b" ".join(items) + b")\r\n")
+            transport: Any = self.transport
+            transport.writeSequence(answers)
 
     def _listing(self, number: int, message: _Listed, query: list[Any]) -> bytes:
         """The FETCH response of one message for a listing: the bytes Twisted's spewMessage writes."""

@@ -30,7 +30,7 @@ from datetime import datetime
 from email.message import Message as EmailMessage
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -46,7 +46,8 @@ from outbox.models import Draft, Message, SenderFolder
 from outbox.selectors import open_drafts_for
 
 from . import maildrop
-from .models import ImapFolder, ImapUid
+from .imapenvelope import envelope_bytes
+from .models import ImapEnvelope, ImapFolder, ImapUid
 
 __all__ = [
     "Box",
@@ -59,6 +60,7 @@ __all__ = [
     "create_label",
     "delete_label",
     "expunge",
+    "envelopes",
     "find_box",
     "headers",
     "list_boxes",
@@ -392,6 +394,81 @@ def headers(*, user_id: int, box: Box, refs: list[str]) -> dict[str, Loaded]:
     for entry in entries:
         size = max(1, entry.size + entry.attachments_size)
         found[str(entry.pk)] = Loaded(maildrop.entry_headers(entry), size, entry.received_at, whole=False)
+    return found
+
+
+# Raised when the rendering of header blocks changes, so envelopes kept before are rendered again.
+_ENVELOPE_VERSION = 1
+
+# Each entry's envelope as kept, if it is still the one to give. The key (mailaccess.models.ImapEnvelope)
+# is a digest of the columns that decide which header block an entry has (the notification's, the
+# body's, the message as it arrived by SMTP, or the note standing in for one that cannot be read) and
+# what it says; a body and a message as it arrived never change once here, so their columns stand for
+# them. ``live``: a copy in Spam that a verdict may hide, which depends on whom its owner wrote to since
+# (mailbox.content.withheld_by_verdict), so it is never kept. In SQL, because a listing reads thousands
+# of rows and comparing the keys there spares converting every column of every row in Python.
+_KEPT_ENVELOPES = """
+SELECT id, key, live, CASE WHEN kept = key AND NOT live THEN envelope END
+FROM (
+    SELECT e.id,
+           md5(ROW(%(version)s::int, %(email)s::text, e.state, e.opened_at IS NULL, e.folder, e.hidden_from,
+                   e.subject, e.sender, e.sender_name, e.remote_id, e.local_id, r.state, r.spam_verdict <> '',
+                   r.raw_id, r.fetched_at, r.withdrawn_at, m.withdrawn_at)::text) AS key,
+           (e.folder = %(spam)s AND e.opened_at IS NULL AND COALESCE(r.spam_verdict, '') <> '') AS live,
+           v.key AS kept,
+           v.envelope
+    FROM mailbox_inboxentry e
+    LEFT JOIN mailbox_remotemessage r ON r.id = e.remote_id
+    LEFT JOIN outbox_message m ON m.id = e.local_id
+    LEFT JOIN mailaccess_imapenvelope v ON v.entry_id = e.id
+    WHERE e.owner_id = %(owner)s AND e.id = ANY(%(ids)s::bigint[])
+) AS listed
+"""
+
+
+def envelopes(*, user_id: int, box: Box, refs: list[str]) -> dict[str, bytes]:
+    """Each message's ENVELOPE (mailaccess.imapenvelope), from what the notification said: nothing is fetched.
+
+    A received message's envelope is rendered once and kept (mailaccess.models.ImapEnvelope): a listing
+    reads the kept ones in one query and renders only those whose message changed since (fetched,
+    opened, withdrawn, filed as spam, ...). A copy in Spam that a verdict may hide is rendered every time.
+    """
+    if box.kind != "entries":
+        listed = headers(user_id=user_id, box=box, refs=refs)
+        return {ref: envelope_bytes(loaded.data) for ref, loaded in listed.items()}
+    email_address = User.objects.filter(pk=user_id).values_list("email", flat=True).first() or ""
+    params: dict[str, Any] = {
+        "version": _ENVELOPE_VERSION,
+        "email": email_address,
+        "spam": Folder.SPAM.value,
+        "owner": user_id,
+        "ids": [int(ref) for ref in refs],
+    }
+    found: dict[str, bytes] = {}
+    keys: dict[str, str | None] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_KEPT_ENVELOPES, params)
+        for pk, key, live, kept in cursor.fetchall():
+            if kept is not None:
+                found[str(pk)] = bytes(kept)
+            else:
+                keys[str(pk)] = None if live else key
+    if not keys:
+        return found
+    made = []
+    for ref, loaded in headers(user_id=user_id, box=box, refs=list(keys)).items():
+        found[ref] = envelope_bytes(loaded.data)
+        key = keys.get(ref)
+        if key is not None:
+            made.append(ImapEnvelope(entry_id=int(ref), key=key, envelope=found[ref]))
+    if made:
+        try:
+            with transaction.atomic():
+                ImapEnvelope.objects.bulk_create(
+                    made, update_conflicts=True, unique_fields=["entry"], update_fields=["key", "envelope"]
+                )
+        except IntegrityError:
+            pass  # a message deleted meanwhile: the next listing keeps the others
     return found
 
 

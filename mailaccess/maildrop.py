@@ -17,16 +17,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import User
 from mailbox import fetching, folders
 from mailbox.eml import EmlSource, build_eml, eml_head
 from mailbox.eml_entries import entry_eml, entry_eml_head
-from mailbox.models import EntryState, FetchState, Folder, InboxEntry, RemoteMessage
+from mailbox.models import AttachmentFetchState, EntryState, FetchState, Folder, InboxEntry, RemoteMessage
 from mailbox.states import BODY_AT_SENDER
 
 from .models import DownloadSize
@@ -249,28 +250,103 @@ class Prepared:
     unread: bool
 
 
+# A download kept to be sent again (mailaccess.models.DownloadSize) is at most this big; bigger ones
+# (attachments held here) are rendered at each download rather than stored twice.
+_KEEP_AT_MOST = 256 * 1024
+# Raised when the rendering of downloads changes, so downloads kept before are rendered again.
+_DOWNLOAD_VERSION = 1
+
+# Each entry's kept download, if it is still the one to give. The key is a digest of what a download
+# is rendered from (mailbox.eml_entries.entry_eml and the note standing in for a message that cannot be
+# read): the entry's and its message's state, subject, sender and arrival, whether it was opened (which
+# matters once it is withdrawn), and the attachments fetched and verified for it. A body, a message as
+# it arrived by SMTP and an attachment's bytes never change once here, so their columns stand for
+# them. ``live``: a copy in Spam that a verdict may hide depends on whom its owner wrote to since
+# (mailbox.content.withheld_by_verdict), so its download is never kept. In SQL, so a batch is one query.
+_KEPT_DOWNLOADS = """
+SELECT id, state, unread, key, live, CASE WHEN kept = key AND NOT live THEN eml END
+FROM (
+    SELECT e.id, e.state, (NOT e.read OR e.opened_at IS NULL) AS unread,
+           md5(ROW(%(version)s::int, %(email)s::text, e.state, e.folder, e.hidden_from, e.subject, e.sender,
+                   e.sender_name, e.received_at, e.remote_id, e.local_id, r.state, r.spam_verdict <> '',
+                   r.raw_id, r.fetched_at, r.withdrawn_at, m.withdrawn_at,
+                   CASE WHEN e.state = %(withdrawn)s OR r.state = %(withdrawn)s OR m.withdrawn_at IS NOT NULL
+                        THEN e.opened_at IS NULL END,
+                   (SELECT string_agg(a.position::text || ':' || a.blob_id::text, ',' ORDER BY a.position)
+                    FROM mailbox_receivedattachment a
+                    WHERE a.remote_id = e.remote_id AND a.state = %(fetched)s AND a.blob_id IS NOT NULL)
+           )::text) AS key,
+           (e.folder = %(spam)s AND e.opened_at IS NULL AND COALESCE(r.spam_verdict, '') <> '') AS live,
+           d.key AS kept,
+           d.eml
+    FROM mailbox_inboxentry e
+    LEFT JOIN mailbox_remotemessage r ON r.id = e.remote_id
+    LEFT JOIN outbox_message m ON m.id = e.local_id
+    LEFT JOIN mailaccess_downloadsize d ON d.entry_id = e.id
+    WHERE e.owner_id = %(owner)s AND e.id = ANY(%(ids)s::bigint[])
+) AS listed
+"""
+
+
 def prepare_downloads(*, user_id: int, items: list[DropItem]) -> dict[int, Prepared]:
-    """The downloads of those of ``items`` whose body is here, by entry id, in two queries at most.
+    """The downloads of those of ``items`` whose body is here, by entry id, in three queries at most.
 
     A mail program downloads a maildrop in order, so the server renders the next messages
     together; nothing is marked read here (:func:`mark_downloaded` does, once each is sent).
     Messages whose body is at the sender's, or gone meanwhile, are left out: they take
-    :func:`begin_download`. A size that differs from the listing's is kept for the next one.
+    :func:`begin_download`. A download once rendered is kept (up to 256 KiB) and sent again
+    as long as what it was rendered from has not changed; a size that differs from the
+    listing's is kept for the next one.
     """
     listed = {item.entry_id: item.size for item in items}
-    entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=listed).select_related(
+    email_address = User.objects.filter(pk=user_id).values_list("email", flat=True).first() or ""
+    params: dict[str, Any] = {
+        "version": _DOWNLOAD_VERSION,
+        "email": email_address,
+        "withdrawn": EntryState.WITHDRAWN.value,
+        "fetched": AttachmentFetchState.FETCHED.value,
+        "spam": Folder.SPAM.value,
+        "owner": user_id,
+        "ids": list(listed),
+    }
+    prepared: dict[int, Prepared] = {}
+    to_render: dict[int, str | None] = {}  # entry id -> the key of its download (None: not to be kept)
+    with connection.cursor() as cursor:
+        cursor.execute(_KEPT_DOWNLOADS, params)
+        for pk, state, unread, key, live, kept in cursor.fetchall():
+            if state in BODY_AT_SENDER:
+                continue
+            if kept is not None:
+                prepared[pk] = Prepared(bytes(kept), unread=unread)
+            else:
+                to_render[pk] = None if live else key
+    if not to_render:
+        return prepared
+    entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=list(to_render)).select_related(
         "remote", "local", "owner", "owner__domain"
     )
-    prepared: dict[int, Prepared] = {}
+    kept_rows = []
     for entry in entries:
         if entry.state in BODY_AT_SENDER:
             continue
-        prepared[entry.pk] = Prepared(on_the_wire(_eml_of(entry)), unread=_unopened(entry))
-    changed = [DownloadSize(entry_id=pk, size=len(p.eml)) for pk, p in prepared.items() if len(p.eml) != listed[pk]]
-    if changed:
-        DownloadSize.objects.bulk_create(
-            changed, update_conflicts=True, unique_fields=["entry"], update_fields=["size", "updated_at"]
-        )
+        eml = on_the_wire(_eml_of(entry))
+        prepared[entry.pk] = Prepared(eml, unread=_unopened(entry))
+        key = to_render[entry.pk]
+        if key is None or len(eml) > _KEEP_AT_MOST:
+            key = ""  # rendered at each download
+        if key or len(eml) != listed[entry.pk]:
+            kept_rows.append(DownloadSize(entry_id=entry.pk, size=len(eml), key=key, eml=eml if key else None))
+    if kept_rows:
+        try:
+            with transaction.atomic():
+                DownloadSize.objects.bulk_create(
+                    kept_rows,
+                    update_conflicts=True,
+                    unique_fields=["entry"],
+                    update_fields=["size", "updated_at", "key", "eml"],
+                )
+        except IntegrityError:
+            pass  # a message deleted meanwhile: the next download keeps the others
     return prepared
 
 

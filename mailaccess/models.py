@@ -29,6 +29,11 @@ class DownloadSize(models.Model):
     entry = models.OneToOneField(InboxEntry, on_delete=models.CASCADE, primary_key=True, related_name="+")
     size = models.PositiveIntegerField()
     updated_at = models.DateTimeField(auto_now=True)
+    #: The download itself, when small, so the next one is read rather than rendered again
+    #: (mailaccess.maildrop.prepare_downloads), and a digest of what it was rendered from: a download
+    #: whose key no longer matches is rendered again.
+    key = models.CharField(max_length=32, blank=True, default="")
+    eml = models.BinaryField(null=True, blank=True)
 
 
 class ImapFolder(models.Model):
@@ -66,3 +71,16 @@ class ImapUid(models.Model):
 
     def __str__(self) -> str:
         return f"UID {self.uid} in {self.folder_id}"
+
+
+class ImapEnvelope(models.Model):
+    """A received message's IMAP ENVELOPE as last given, so a listing of thousands reads it rather than
+    rendering every header block again (mailaccess.imapstore.envelopes).
+
+    ``key`` is a digest of what the envelope was rendered from (the entry's and its message's state,
+    subject, sender, who may read it); a row whose key no longer matches is rendered again and replaced.
+    """
+
+    entry = models.OneToOneField(InboxEntry, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    key = models.CharField(max_length=32)
+    envelope = models.BinaryField()

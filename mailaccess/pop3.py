@@ -60,6 +60,22 @@ _READ_MARKS_MAX = 100
 _WRITE_AT_ONCE = 256 * 1024
 
 
+class _Ahead:
+    """The next batch of downloads, made in a worker thread while the program downloads the current one."""
+
+    def __init__(self, numbers: list[int], ids: set[int]) -> None:
+        self.numbers = numbers
+        self.ids = ids
+        self.prepared: dict[int, maildrop.Prepared] | None = None  # None while being made
+        self.waiting: list[defer.Deferred[None]] = []
+
+    def done(self, prepared: dict[int, maildrop.Prepared]) -> None:
+        self.prepared = prepared
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+
 class _Session:
     """A signed-in user's maildrop as listed at sign-in, and the messages marked deleted."""
 
@@ -68,6 +84,8 @@ class _Session:
         self.items = items
         self.deleted: set[int] = set()
         self.prepared: dict[int, maildrop.Prepared] = {}  # entry id -> a download made ahead
+        self.batch: list[int] = []  # the message numbers of the batch in ``prepared``
+        self.ahead: _Ahead | None = None  # the next batch, being made while this one is downloaded
         self.to_mark_read: list[int] = []  # entries downloaded whose read mark is not written yet
 
     def live(self) -> Iterator[tuple[int, maildrop.DropItem]]:
@@ -297,7 +315,10 @@ class PushmailPOP3(pop3.POP3):
 
     def _download(self, number: int, item: maildrop.DropItem) -> defer.Deferred[bytes]:
         """The message's bytes: made ahead with the next ones (:func:`maildrop.prepare_downloads`)
-        when its body is here, else :meth:`_message`; its read mark is written with the next ones."""
+        when its body is here, else :meth:`_message`; its read mark is written with the next ones.
+
+        Half-way through a batch the next one is made in a worker thread (:meth:`_prepare_ahead`), so
+        a program downloading in order finds its next messages ready rather than waiting for them."""
         assert self.session is not None
         session = self.session
 
@@ -309,26 +330,60 @@ class PushmailPOP3(pop3.POP3):
             if prepared.unread:
                 session.prepared[item.entry_id] = maildrop.Prepared(prepared.eml, unread=False)
                 self._mark_read(item.entry_id)
+            if session.ahead is None and session.batch and number >= session.batch[len(session.batch) // 2]:
+                self._prepare_ahead(session, session.batch[-1] + 1)
             return prepared.eml
 
         if item.entry_id in session.prepared:
             return defer.succeed(session.prepared[item.entry_id]).addCallback(ready)
-        batch: list[maildrop.DropItem] = []
+        ahead = session.ahead
+        if ahead is not None and item.entry_id in ahead.ids:
+            if ahead.prepared is None:
+                waited: defer.Deferred[None] = defer.Deferred()
+                ahead.waiting.append(waited)
+                return waited.addCallback(lambda _: self._download(number, item) if self.session is session else b"")
+            session.prepared, session.batch, session.ahead = ahead.prepared, ahead.numbers, None
+            return defer.succeed(session.prepared.get(item.entry_id)).addCallback(ready)
+        batch = self._batch(session, number)
+
+        def made(prepared: dict[int, maildrop.Prepared]) -> bytes | defer.Deferred[bytes]:
+            session.prepared = prepared  # the earlier batch is let go: memory stays bounded
+            session.batch = [n for n, _item in batch]
+            return ready(prepared.get(item.entry_id))
+
+        items = [following for _n, following in batch]
+        d = self._in_thread(maildrop.prepare_downloads, user_id=session.user_id, items=items)
+        return d.addCallback(made)
+
+    @staticmethod
+    def _batch(session: _Session, number: int) -> list[tuple[int, maildrop.DropItem]]:
+        """The live messages from ``number`` on that are downloaded together (at most so many, so big)."""
+        batch: list[tuple[int, maildrop.DropItem]] = []
         octets = 0
         for n, following in session.live():
             if n < number:
                 continue
             if batch and (len(batch) >= _PREPARE_MESSAGES or octets + following.size > _PREPARE_OCTETS):
                 break
-            batch.append(following)
+            batch.append((n, following))
             octets += following.size
+        return batch
 
-        def made(prepared: dict[int, maildrop.Prepared]) -> bytes | defer.Deferred[bytes]:
-            session.prepared = prepared  # the earlier batch is let go: memory stays bounded
-            return ready(prepared.get(item.entry_id))
+    def _prepare_ahead(self, session: _Session, number: int) -> None:
+        batch = self._batch(session, number)
+        if not batch:
+            return
+        ahead = _Ahead([n for n, _item in batch], {following.entry_id for _n, following in batch})
+        session.ahead = ahead
+        items = [following for _n, following in batch]
+        d = self._in_thread(maildrop.prepare_downloads, user_id=session.user_id, items=items)
 
-        d = self._in_thread(maildrop.prepare_downloads, user_id=session.user_id, items=batch)
-        return d.addCallback(made)
+        def failed(failure: Failure) -> None:
+            # Nothing made ahead: each of these messages is made when asked for, as without reading ahead.
+            log.warning("POP3 read-ahead failed: %s", failure.getTraceback())
+            ahead.done({})
+
+        d.addCallbacks(ahead.done, failed)
 
     def _mark_read(self, entry_id: int) -> None:
         assert self.session is not None

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.mail import imap4
 
 from mailaccess.imap import _Listed, _Message
+from mailaccess.imapenvelope import envelope_bytes
 from mailaccess.imapstore import Loaded, Row
 
 _NAMES = st.sampled_from(
@@ -44,6 +45,7 @@ def _envelopes(head: bytes) -> tuple[bytes, bytes]:
     loaded = Loaded(head, len(head), datetime(2026, 12, 4, 15, 4, 5, tzinfo=UTC), whole=False)
     listed = imap4.collapseNestedLists([_Listed(row, loaded, False).envelope()])
     parsed = imap4.collapseNestedLists([imap4.getEnvelope(_Message(row, loaded, False))])
+    assert envelope_bytes(head) == listed  # what a listing keeps (mailaccess.imapstore.envelopes)
     return listed, parsed
 
 

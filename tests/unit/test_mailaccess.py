@@ -158,3 +158,36 @@ def test_downloads_made_ahead_leave_bodies_at_the_sender_alone_and_mark_nothing_
 
     assert set(InboxEntry.objects.filter(owner=bob, read=True).values_list("pk", flat=True)) == {here.pk}
     assert InboxEntry.objects.get(pk=away.pk).state == EntryState.NOTIFIED
+
+
+def test_a_download_once_made_is_sent_again_without_rendering_until_its_message_changes(
+    bob: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entry = _fetched(bob, "The figures, once.\n")
+    first = maildrop.prepare_downloads(user_id=bob.pk, items=maildrop.list_maildrop(user_id=bob.pk))
+    maildrop.mark_downloaded(user_id=bob.pk, entry_ids=[entry.pk])
+    rendered: list[int] = []
+    render = maildrop._eml_of
+
+    def counted(one: InboxEntry) -> bytes:
+        rendered.append(one.pk)
+        return render(one)
+
+    monkeypatch.setattr(maildrop, "_eml_of", counted)
+
+    again = maildrop.prepare_downloads(user_id=bob.pk, items=maildrop.list_maildrop(user_id=bob.pk))
+    assert again[entry.pk].eml == first[entry.pk].eml == maildrop.download(user_id=bob.pk, entry_id=entry.pk)
+    assert not again[entry.pk].unread
+    assert rendered == [entry.pk]  # the single download above, never the batch
+
+    # Withdrawn by its sender: the kept download no longer stands; the note that replaces it is made.
+    RemoteMessage.objects.filter(pk=entry.remote_id).update(state=FetchState.WITHDRAWN)
+    InboxEntry.objects.filter(pk=entry.pk).update(state=EntryState.WITHDRAWN)
+    rendered.clear()
+    withdrawn = maildrop.prepare_downloads(user_id=bob.pk, items=maildrop.list_maildrop(user_id=bob.pk))
+    assert rendered == [entry.pk]
+    assert withdrawn[entry.pk].eml == maildrop.on_the_wire(maildrop._eml_of(InboxEntry.objects.get(pk=entry.pk)))
+    assert b"The figures, once." in withdrawn[entry.pk].eml  # opened before the withdrawal: still readable
+    InboxEntry.objects.filter(pk=entry.pk).update(opened_at=None, read=False)
+    unopened = maildrop.prepare_downloads(user_id=bob.pk, items=maildrop.list_maildrop(user_id=bob.pk))
+    assert b"The sender withdrew this message" in unopened[entry.pk].eml
