@@ -36,7 +36,9 @@ UNKNOWN_MAILBOX = "unknown mailbox"
 # --- Notifications from other instances ------------------------------------------------
 
 
-def accept_notification(*, origin: str, notification: payloads.Notification) -> list[RecipientResult]:
+def accept_notification(
+    *, origin: str, notification: payloads.Notification, folder: str = Folder.INBOX, list_id: str = ""
+) -> list[RecipientResult]:
     """Record a notification: one RemoteMessage per (origin, id), one entry per local recipient.
 
     Idempotent: a repeated notification creates nothing twice and gets the same answers.
@@ -53,7 +55,7 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         if known is not None:
             _check_repeat(known, notification)
         return results
-    remote = _store(origin, notification, accepted)
+    remote = _store(origin, notification, accepted, folder=folder, list_id=list_id)
     if _fetches_on_notify(remote, accepted):
         request_fetch(remote_id=remote.pk)
     return results
@@ -76,18 +78,27 @@ def _answer(address: str, users: dict[str, User], served: Collection[str]) -> Re
     return RecipientResult(address, "accepted")
 
 
-def _store(origin: str, notification: payloads.Notification, users: list[User]) -> RemoteMessage:
+def _store(
+    origin: str,
+    notification: payloads.Notification,
+    users: list[User],
+    *,
+    folder: str = Folder.INBOX,
+    list_id: str = "",
+) -> RemoteMessage:
     """The message's one row, with an entry for each of ``users``.
 
     Most notifications are new: insert first, and look the row up only when the
     unique constraint says it exists (a repeat, or a split notification).
     """
     fields = _message_fields(notification, local_domain=domain_of(users[0].email))
+    if list_id:
+        fields["list_id"] = list_id[:250]
     try:
         with transaction.atomic():
             remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
             spam.classify_new(remote, recipients=[user.email for user in users])
-            _add_entries(remote, users)
+            _add_entries(remote, users, folder=folder)
         return remote
     except IntegrityError:
         pass
@@ -95,7 +106,7 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
         remote = _known(origin, notification, fields)
         # A repeat, or a notification split in parts: only mailboxes without their copy yet get one.
         present = set(InboxEntry.objects.filter(remote=remote, owner__in=users).values_list("owner_id", flat=True))
-        _add_entries(remote, [user for user in users if user.pk not in present])
+        _add_entries(remote, [user for user in users if user.pk not in present], folder=folder)
     return remote
 
 
@@ -162,7 +173,12 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
 
 
 def _add_entries(
-    remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None, imported: bool = False
+    remote: RemoteMessage,
+    users: list[User],
+    *,
+    body: dict[str, Any] | None = None,
+    imported: bool = False,
+    folder: str = Folder.INBOX,
 ) -> None:
     """Entries for these users, from what the message's first notification said (or its verified body).
 
@@ -207,7 +223,7 @@ def _add_entries(
                     if imported
                     else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
                     if user.pk in to_spam
-                    else {}
+                    else {"folder": folder}
                 ),
             )
             for user in users

@@ -106,6 +106,42 @@ def send_message(
     return message
 
 
+def send_list_issue(
+    *,
+    sender: User,
+    list_address: str,
+    list_name: str,
+    subject: str,
+    text: str,
+    domains: list[str],
+) -> Message:
+    """Store an issue of a list once and queue ONE list notification per subscriber domain (docs/protocol.md §13.3).
+
+    The issue comes from the list's address (``sender`` is its owner); it has no recipients here:
+    each domain delivers it to its own subscribers of record. Domains hosted here are left out
+    (a list's readers are on other instances). Raises ValidationError naming the field.
+    """
+    check_not_paused(sender)
+    check_subject(subject)
+    check_characters(subject=subject, in_reply_to="", text=text, html=None)
+    message = _new_message(
+        sender=sender, to=[list_address], cc=[], bcc=[], subject=subject, text=text, html=None, in_reply_to="", files=[]
+    )
+    message.sender_address = list_address
+    message.sender_name = clean_display_name(list_name)
+    message.list_address = list_address
+    message.message_id = f"<{message.id}@{domain_of(list_address)}>"
+    message.thread_key = thread_key(message_id=message.message_id, in_reply_to="", references=[])
+    content = canonical_content(message, manifest=[])
+    message.size, message.digest = len(content), payloads.digest(content)
+    local = set(Domain.objects.filter(name__in=domains).values_list("name", flat=True))
+    with transaction.atomic():
+        message.save(force_insert=True)
+        deliveries = _create_deliveries(message, sorted(set(domains) - local), message.date)
+        queue_deliveries([d.pk for d in deliveries])
+    return message
+
+
 def _recipient_kinds(to: list[str], cc: list[str], bcc: list[str]) -> dict[str, str]:
     """Each recipient once, with the first field that names it (To before Cc before Bcc)."""
     kinds: dict[str, str] = {}
