@@ -376,8 +376,11 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: 
 # --- Mail between mailboxes of this instance, and system notices ------------------------
 
 
-def deliver_local_entries(*, message: Message, users: list[User]) -> None:
-    """Create the inbox entries of a message sent to mailboxes of this instance (active ones, found by outbox)."""
+def deliver_local_entries(*, message: Message, users: list[User], folder: str = Folder.INBOX) -> None:
+    """Create the inbox entries of a message sent to mailboxes of this instance (active ones, found by outbox).
+
+    ``folder``: where they go (a list's issue: Newsletters).
+    """
     files = list(message.attachments.all()) if users else []
     names = [a.name for a in files]
     document = search.entry_document(
@@ -410,6 +413,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
                 has_attachments=bool(names),
                 attachments_size=sum(a.size for a in files),
                 search_document=document,
+                folder=folder,
             )
             for user in users
         ],

@@ -35,6 +35,17 @@ def archive(*, newsletter: Newsletter, limit: int = 100) -> list[Issue]:
     )
 
 
+def subscriber_domains(*, newsletter: Newsletter) -> list[str]:
+    """The domains with at least one active subscriber: an issue goes once to each."""
+    return sorted(
+        set(
+            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE).values_list(
+                "domain", flat=True
+            )
+        )
+    )
+
+
 def subscriber_counts(*, newsletter: Newsletter) -> list[tuple[str, int]]:
     """Active subscribers per domain, most first."""
     rows = (

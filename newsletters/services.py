@@ -28,6 +28,7 @@ from outbox import services as outbox
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, transition
 
+from . import selectors
 from .models import Issue, Newsletter, Subscriber, SubscriberState, Subscription, SubscriptionState
 from .states import RECEIVING, REQUESTS, SUBSCRIPTION
 
@@ -79,28 +80,33 @@ def create_newsletter(*, owner: User, address: str, name: str, description: str 
         raise ValidationError({"slug": f"the page /n/{slug}/ is taken"}) from None
 
 
-def subscriber_domains(*, newsletter: Newsletter) -> list[str]:
-    """The domains with at least one active subscriber: an issue goes once to each."""
-    return sorted(
-        set(
-            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE).values_list(
-                "domain", flat=True
+def publish_issue(*, newsletter: Newsletter, subject: str, text: str) -> Issue:
+    """Send an issue: stored once, ONE notification per remote subscriber domain, kept in the archive.
+
+    Subscribers on this instance get their copy at once, by this instance's own record of their
+    subscriptions (as a receiving instance would decide), in their Newsletters folder.
+    """
+    with transaction.atomic():
+        message = outbox.send_list_issue(
+            sender=newsletter.owner,
+            list_address=newsletter.address,
+            list_name=newsletter.name,
+            subject=subject,
+            text=text,
+            domains=selectors.subscriber_domains(newsletter=newsletter),
+        )
+        issue = Issue.objects.create(newsletter=newsletter, message=message, published_at=message.date)
+        local = list(
+            User.objects.filter(
+                is_active=True, subscriptions__list_address=newsletter.address, subscriptions__state__in=RECEIVING
             )
         )
-    )
-
-
-def publish_issue(*, newsletter: Newsletter, subject: str, text: str) -> Issue:
-    """Send an issue: stored once, ONE notification per subscriber domain, kept in the archive."""
-    message = outbox.send_list_issue(
-        sender=newsletter.owner,
-        list_address=newsletter.address,
-        list_name=newsletter.name,
-        subject=subject,
-        text=text,
-        domains=subscriber_domains(newsletter=newsletter),
-    )
-    return Issue.objects.create(newsletter=newsletter, message=message, published_at=message.date)
+        if local:
+            mailbox.deliver_local_entries(message=message, users=local, folder=Folder.NEWS)
+            Subscription.objects.filter(list_address=newsletter.address, owner__in=local).update(
+                last_issue_at=timezone.now()
+            )
+    return issue
 
 
 def accept_subscription(*, origin: str, subscription: payloads.Subscription) -> SubscriptionResult:

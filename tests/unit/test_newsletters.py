@@ -487,3 +487,44 @@ def test_a_user_creates_a_list_and_sends_an_issue_from_settings(alice: User, que
     assert "Issue 1" in page and "peer.test" in page
     taken = web.post("/settings/newsletters/", {"local_part": "alice", "name": "X", "slug": "x"})
     assert taken.status_code == 400
+
+
+def test_subscribers_on_the_lists_own_instance_get_the_issue_in_newsletters(
+    newsletter: Newsletter, bob: User, queued: list[Queued]
+) -> None:
+    subscription = services.subscribe(user=bob, list_address=newsletter.address, list_name=newsletter.name)
+    services.send_subscription_request(subscription.pk)  # a list hosted here: no round trip
+    subscription.refresh_from_db()
+    assert subscription.state == SubscriptionState.ACTIVE
+    assert Subscriber.objects.get(newsletter=newsletter).address == bob.email
+    issue = services.publish_issue(newsletter=newsletter, subject="Local issue", text="Hi.")
+    assert not Delivery.objects.filter(message=issue.message).exists()  # nothing travels
+    entry = InboxEntry.objects.get(owner=bob)
+    assert (entry.folder, entry.local_id) == (Folder.NEWS, issue.message.pk)
+    html = _web(bob).get(_entry_url(entry)).content.decode()
+    assert 'data-testid="issue-unsubscribe"' in html
+
+
+def test_the_admin_shows_subscribers_per_domain_and_removes_one(newsletter: Newsletter) -> None:
+    root = MailboxFactory(domain=newsletter.owner.domain, local_part="root", is_staff=True)
+    User.objects.filter(pk=root.pk).update(is_superuser=True)
+    admin_client = _web(root)
+    for address in ("a@peer.test", "b@peer.test", "c@other.test"):
+        Subscriber.objects.create(
+            newsletter=newsletter,
+            address=address,
+            domain=address.split("@")[1],
+            state="active",
+            requested_at="2026-01-01T10:00Z",
+        )
+    page = admin_client.get(f"/admin/newsletters/newsletter/{newsletter.pk}/change/").content.decode()
+    assert "peer.test: 2" in page and "other.test: 1" in page
+    target = Subscriber.objects.get(address="a@peer.test")
+    response = admin_client.post(
+        "/admin/newsletters/subscriber/", {"action": "remove_subscribers", "_selected_action": [target.pk]}
+    )
+    assert response.status_code == 302
+    target.refresh_from_db()
+    assert target.state == SubscriberState.UNSUBSCRIBED
+    assert selectors.subscriber_domains(newsletter=newsletter) == ["other.test", "peer.test"]
+    assert selectors.subscriber_counts(newsletter=newsletter) == [("other.test", 1), ("peer.test", 1)]

@@ -68,13 +68,16 @@ def _actions(entry: InboxEntry) -> dict[str, str]:
 
 def _list_issue(request: AuthedRequest, item: InboxEntry) -> dict[str, object] | None:
     """For an issue of a list (Newsletters): the list and the reader's subscription, for the one-click buttons."""
-    remote = item.remote
-    if remote is None or remote.transport != "pushmail" or not remote.list_id:
+    if item.local is not None and item.local.list_address:  # an issue of a list hosted here
+        address, name = item.local.list_address, item.local.sender_name
+    elif item.remote is not None and item.remote.transport == "pushmail" and item.remote.list_id:
+        address, name = item.remote.list_id, item.remote.sender_name
+    else:
         return None
-    subscription = newsletter_selectors.subscription_to(user=request.user, list_address=remote.list_id)
+    subscription = newsletter_selectors.subscription_to(user=request.user, list_address=address)
     return {
-        "address": remote.list_id,
-        "name": remote.sender_name or remote.list_id,
+        "address": address,
+        "name": name or address,
         "subscription": subscription,
         "label": newsletter_selectors.state_label(subscription.state) if subscription else "",
         "here": request.get_full_path(),
