@@ -25,6 +25,7 @@ from federation.inbound import NotSubscribed, SubscriptionResult, UnknownList
 from mailbox import services as mailbox
 from mailbox.models import Folder
 from outbox import services as outbox
+from outbox.models import Message
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, transition
 
@@ -80,7 +81,33 @@ def create_newsletter(*, owner: User, address: str, name: str, description: str 
         raise ValidationError({"slug": f"the page /n/{slug}/ is taken"}) from None
 
 
-def publish_issue(*, newsletter: Newsletter, subject: str, text: str) -> Issue:
+def issue_from_compose(
+    *,
+    sender: User,
+    to: list[str],
+    cc: list[str],
+    bcc: list[str],
+    subject: str,
+    text: str,
+    html: str | None,
+    files: int,
+) -> Message | None:
+    """A draft written in the usual compose to one of the sender's lists is sent as an issue of it.
+
+    Only the list, alone in To, makes it an issue; anything else is ordinary mail (None). An issue
+    carries no files in this version (ValidationError, so the draft comes back saying why).
+    """
+    if len(to) != 1 or cc or bcc:
+        return None
+    newsletter = Newsletter.objects.filter(owner=sender, address=to[0]).first()
+    if newsletter is None:
+        return None
+    if files:
+        raise ValidationError({"__all__": ["An issue of a list cannot carry files yet: remove them, or link to them."]})
+    return publish_issue(newsletter=newsletter, subject=subject, text=text, html=html).message
+
+
+def publish_issue(*, newsletter: Newsletter, subject: str, text: str, html: str | None = None) -> Issue:
     """Send an issue: stored once, ONE notification per remote subscriber domain, kept in the archive.
 
     Subscribers on this instance get their copy at once, by this instance's own record of their
@@ -93,6 +120,7 @@ def publish_issue(*, newsletter: Newsletter, subject: str, text: str) -> Issue:
             list_name=newsletter.name,
             subject=subject,
             text=text,
+            html=html,
             domains=selectors.subscriber_domains(newsletter=newsletter),
         )
         issue = Issue.objects.create(newsletter=newsletter, message=message, published_at=message.date)

@@ -53,6 +53,10 @@ UNKNOWN_MAILBOX_REASON = "unknown mailbox"
 #: ``received_references(message_id)``: the References of a message received here under that
 #: Message-ID, or None when none was; the mailbox app answers. A reply continues its parent's chain.
 received_references: Hook[[str], list[str] | None] = Hook("outbox.sending.received_references")
+#: ``issue_of_list(sender=..., to=..., cc=..., bcc=..., subject=..., text=..., html=..., files=...)``: a draft
+#: written to one of the sender's lists goes out as an issue of it (the newsletters app answers): the sent
+#: Message, or None when the draft is ordinary mail. Raises ValidationError for what an issue cannot be.
+issue_of_list: Hook[..., Message | None] = Hook("outbox.sending.issue_of_list")
 
 
 def send_message(
@@ -113,6 +117,7 @@ def send_list_issue(
     list_name: str,
     subject: str,
     text: str,
+    html: str | None = None,
     domains: list[str],
 ) -> Message:
     """Store an issue of a list once and queue ONE list notification per subscriber domain (docs/protocol.md §13.3).
@@ -123,9 +128,9 @@ def send_list_issue(
     """
     check_not_paused(sender)
     check_subject(subject)
-    check_characters(subject=subject, in_reply_to="", text=text, html=None)
+    check_characters(subject=subject, in_reply_to="", text=text, html=html)
     message = _new_message(
-        sender=sender, to=[list_address], cc=[], bcc=[], subject=subject, text=text, html=None, in_reply_to="", files=[]
+        sender=sender, to=[list_address], cc=[], bcc=[], subject=subject, text=text, html=html, in_reply_to="", files=[]
     )
     message.sender_address = list_address
     message.sender_name = clean_display_name(list_name)

@@ -528,3 +528,33 @@ def test_the_admin_shows_subscribers_per_domain_and_removes_one(newsletter: News
     assert target.state == SubscriberState.UNSUBSCRIBED
     assert selectors.subscriber_domains(newsletter=newsletter) == ["other.test", "peer.test"]
     assert selectors.subscriber_counts(newsletter=newsletter) == [("other.test", 1), ("peer.test", 1)]
+
+
+def test_a_draft_written_to_ones_own_list_in_compose_goes_out_as_an_issue(
+    newsletter: Newsletter, alice: User, bob: User, queued: list[Queued]
+) -> None:
+    from outbox import services as drafts
+    from outbox.models import Recipient
+
+    Subscriber.objects.create(
+        newsletter=newsletter,
+        address="a@peer.test",
+        domain="peer.test",
+        state="active",
+        requested_at="2026-01-01T10:00Z",
+    )
+    draft = drafts.create_draft(owner=alice, to=newsletter.address, subject="From compose", text="Written as usual.")
+    drafts.queue_send(draft=draft)
+    type(draft).objects.filter(pk=draft.pk).update(send_at="2000-01-01T00:00Z")
+    message = drafts.send_draft(draft.pk)
+    assert message is not None
+    assert message.list_address == newsletter.address
+    assert message.issue.newsletter == newsletter
+    assert not Recipient.objects.filter(message=message).exists()
+    assert list(Delivery.objects.filter(message=message).values_list("domain", flat=True)) == ["peer.test"]
+    # Someone else's draft to the list is ordinary mail (the list is no mailbox: refused there).
+    other = drafts.create_draft(owner=bob, to=newsletter.address, subject="Hi", text="Hello.")
+    drafts.queue_send(draft=other)
+    type(other).objects.filter(pk=other.pk).update(send_at="2000-01-01T00:00Z")
+    sent = drafts.send_draft(other.pk)
+    assert sent is not None and not sent.list_address
