@@ -558,3 +558,34 @@ def test_a_draft_written_to_ones_own_list_in_compose_goes_out_as_an_issue(
     type(other).objects.filter(pk=other.pk).update(send_at="2000-01-01T00:00Z")
     sent = drafts.send_draft(other.pk)
     assert sent is not None and not sent.list_address
+
+
+def test_a_spam_report_on_an_issue_counts_against_the_lists_owner(
+    newsletter: Newsletter, federation: FederationClient, peer: FakePeer, other_peer: FakePeer
+) -> None:
+    from outbox.models import Complaint
+
+    Subscriber.objects.create(
+        newsletter=newsletter,
+        address="a@peer.test",
+        domain="peer.test",
+        state="active",
+        requested_at="2026-01-01T10:00Z",
+    )
+    peer.reply("POST", LIST_NOTIFICATIONS, 200, {"status": "accepted", "delivered": 3})
+    issue = services.publish_issue(newsletter=newsletter, subject="Issue 1", text="Hello.")
+    deliver_notification(Delivery.objects.get(message=issue.message).pk)
+    report = {
+        "type": "report",
+        "version": 1,
+        "id": str(issue.message.id),
+        "verdict": "spam",
+        "reports": 5,
+        "reported_at": "2026-01-01T10:00:00Z",
+    }
+    answer = federation.post_json("/federation/v1/reports", report, signer=peer)
+    assert answer.status_code == 200, answer.content
+    complaint = Complaint.objects.get()
+    assert (complaint.sender, complaint.domain, complaint.weight) == (newsletter.owner, "peer.test", 3)
+    # A domain the issue never went to may not report it.
+    assert federation.post_json("/federation/v1/reports", report, signer=other_peer).status_code == 403
