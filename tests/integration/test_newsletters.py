@@ -236,3 +236,28 @@ def test_forged_subscriptions_are_refused(alpha: Instance, beta: Instance) -> No
     assert (
         json.dumps(sql(alpha, "SELECT count(*) FROM newsletters_subscriber WHERE address LIKE 'victim-%'")) == "[[0]]"
     )
+
+
+def test_an_unsubscribe_during_a_send_is_honoured_before_the_list_knows(alpha: Instance, beta: Instance) -> None:
+    """bob leaves while beta cannot yet tell the list (its worker is down): the list still counts
+    him and sends, and beta delivers to ann only. Once beta's worker is back, the list hears it."""
+    list_address = new_list(alpha)
+    ann, bob = mailboxes(beta, 2, prefix="reader")
+    act(beta, ann, list_address, "subscribe")
+    act(beta, bob, list_address, "subscribe")
+    settled(beta, alpha, ann, list_address, "active")
+    settled(beta, alpha, bob, list_address, "active")
+    beta.kill_worker()
+    try:
+        act(beta, bob, list_address, "unsubscribe")
+        assert reader_state(beta, bob, list_address) == "unsubscribing"
+        assert list_state(alpha, bob, list_address) == "active"  # the list does not know yet
+        subject = f"Issue {unique()}"
+        message_id = publish(alpha, list_address, subject)
+        wait_for("the issue's delivery to be notified", lambda: deliveries(alpha, message_id)[0][1] == "notified")
+        assert [(d[0], d[2]) for d in deliveries(alpha, message_id)] == [("beta.test", 1)]
+        assert len(in_newsletters(ann, subject)) == 1
+        assert in_newsletters(bob, subject) == []
+    finally:
+        beta.start_worker()
+    settled(beta, alpha, bob, list_address, "unsubscribed")

@@ -399,9 +399,18 @@ def test_a_list_is_only_on_its_owners_domain_and_never_a_mailbox(alice: User, bo
 
 
 def test_the_subscription_graph_matches_the_documented_table() -> None:
+    import re
+    from pathlib import Path
+
     from newsletters.states import SUBSCRIPTION
 
-    assert set(SUBSCRIPTION.values) == set(SubscriptionState.values)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc.split("### 13.5 Subscription states")[1].split("\n## ")[0]
+    table = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+    block = section.split("```")[1]
+    edges = set(re.findall(r"^(\w+)\s+--.*?-+>\s+(\w+)", block, flags=re.MULTILINE))
+    assert table == set(SUBSCRIPTION.values) == set(SubscriptionState.values)
+    assert edges == SUBSCRIPTION.edge_set()
     assert selectors.STATE_LABELS.keys() == set(SubscriptionState.values)
 
 
