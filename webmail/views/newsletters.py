@@ -112,12 +112,14 @@ _ACTIONS = {"unsubscribe": services.unsubscribe, "pause": services.pause, "resum
 @require_POST
 def subscription_action(request: AuthedRequest, subscription_id: int) -> HttpResponse:
     """Unsubscribe, pause or resume: effective here at once, shown done once the list acknowledges."""
+    if not selectors.subscriptions_for(user=request.user).filter(pk=subscription_id).exists():
+        raise Http404("no such subscription")  # another's is unknown, whatever the action
     act = _ACTIONS.get(request.POST.get("action", ""))
     if act is None:
         return HttpResponse("unknown action: use unsubscribe, pause or resume", status=400)
     try:
         item = act(user=request.user, subscription_id=subscription_id)
-    except Subscription.DoesNotExist:
+    except Subscription.DoesNotExist:  # deleted meanwhile
         raise Http404("no such subscription") from None
     messages.success(request, f"{item.list_name or item.list_address}: {selectors.state_label(item.state)}.")
     back = request.POST.get("next", "")
