@@ -45,6 +45,7 @@ def accept_notification(
     The first notification's metadata is kept for every entry: a repeat that differs
     from it in anything but its recipients and expiry raises ConflictingNotification
     and changes nothing (docs/protocol.md §5.4). All rows are committed before this returns.
+    ``folder`` is where new copies go, ``list_id`` the list a list's issue came from (docs/protocol.md §13.3).
     """
     users = _local_recipients(notification.recipients)
     served = discovery.local_domain_names()
@@ -221,7 +222,7 @@ def _add_entries(
                 **(
                     {"folder": Folder.ARCHIVE, "read": True}
                     if imported
-                    else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
+                    else {"folder": Folder.SPAM, "hidden_from": folder, "read": True}
                     if user.pk in to_spam
                     else {"folder": folder}
                 ),
