@@ -598,3 +598,47 @@ def test_a_spam_report_on_an_issue_counts_against_the_lists_owner(
     assert (complaint.sender, complaint.domain, complaint.weight) == (newsletter.owner, "peer.test", 3)
     # A domain the issue never went to may not report it.
     assert federation.post_json("/federation/v1/reports", report, signer=other_peer).status_code == 403
+
+
+def _doc_fields(heading: str) -> set[str]:
+    """The first-column field names of the request table under a §13 heading of docs/protocol.md."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    section = doc.split(heading, 1)[1].split("**Request body:**", 1)[1].split("**Processing.**", 1)[0]
+    return set(re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE))
+
+
+def test_golden_subscription_parses_round_trips_and_has_the_documented_fields() -> None:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from federation import payloads
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "data" / "subscription.json").read_text())
+    parsed = payloads.parse_subscription(data, latest=datetime(2027, 1, 1, tzinfo=UTC))
+    assert parsed.to_json() == data
+    assert set(data) == _doc_fields("### 13.2 `POST {api}subscriptions`")
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert json.dumps(data, separators=(",", ":")) in doc  # the worked example's request body
+
+
+def test_golden_list_notification_parses_round_trips_and_has_the_documented_fields() -> None:
+    from pathlib import Path
+
+    from federation import payloads
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "data" / "list_notification.json").read_text())
+    parsed = payloads.parse_list_notification(data)
+    assert parsed.to_json() == data
+    assert set(data) | {"attachments"} == _doc_fields("### 13.3 `POST {api}list-notifications`")
+    as_notification = parsed.for_recipients(["ann@beta.example"])
+    assert (as_notification.sender, as_notification.sender_name) == ("news@alpha.example", "Alpha News")
+    # The documented body is the one this issue announces: its digest and size, and what a reader checks.
+    body = (Path(__file__).resolve().parents[1] / "data" / "list_issue_body.json").read_bytes()
+    assert (payloads.digest(body), len(body)) == (parsed.digest, parsed.size)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert body.decode() in doc and json.dumps(data, separators=(",", ":"), ensure_ascii=False) in doc
+    checked = payloads.check_body(body)
+    assert payloads.body_mismatch(checked, {"id": data["id"], "from": data["list"], "subject": data["subject"]}) is None
