@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -54,7 +54,15 @@ def page(request: HttpRequest, slug: str) -> HttpResponse:
     newsletter = _newsletter(slug)
     form = SubscribeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        return HttpResponseRedirect(confirm_url(address=form.cleaned_data["address"], newsletter=newsletter))
+        # Not a redirect: the page's Content-Security-Policy (form-action 'self') would stop a form's
+        # redirect to another origin. A page that moves on by itself, with the link to follow.
+        address = form.cleaned_data["address"]
+        target = confirm_url(address=address, newsletter=newsletter)
+        return render(
+            request,
+            "newsletters/continue.html",
+            {"newsletter": newsletter, "target": target, "domain": domain_of(address)},
+        )
     context = {
         "newsletter": newsletter,
         "issues": selectors.archive(newsletter=newsletter),
