@@ -11,7 +11,7 @@ from django.conf import settings
 
 from . import http
 from .discovery import Instance
-from .payloads import Notification, Report, Withdrawal, clean_text
+from .payloads import ListNotification, Notification, Report, Subscription, Withdrawal, clean_text
 from .signatures import sign_as
 
 
@@ -201,3 +201,46 @@ def fetch_attachment(
     if response.status == 200:
         return
     _raise_for_fetch(response, "attachment")
+
+
+def send_subscription(*, instance: Instance, subscription: Subscription) -> str:
+    """POST a subscription request as the subscriber's domain (§13.2): the state the list now records.
+
+    A 404 ``unknown_list`` and a 403 are permanent PeerErrors; 5xx, 401, 429 and 503 retryable (§6.1).
+    """
+    as_domain = subscription.subscriber.rpartition("@")[2]
+    response = _call(
+        "POST", instance.url("subscriptions"), as_domain=as_domain, payload=subscription.to_json(), max_bytes=65536
+    )
+    if response.status != 200:
+        _raise_for(response)
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise PeerError("subscription answer is not JSON", retryable=True) from exc
+    state = clean_text(data.get("state")) if isinstance(data, dict) else ""
+    if state not in ("active", "paused", "unsubscribed"):
+        raise PeerError("subscription answer has no state", retryable=True)
+    return state
+
+
+def send_list_notification(*, instance: Instance, notification: ListNotification) -> int:
+    """POST an issue's notification to one subscriber domain (§13.3): how many subscribers there got it."""
+    as_domain = notification.list_address.rpartition("@")[2]
+    response = _call(
+        "POST",
+        instance.url("list-notifications"),
+        as_domain=as_domain,
+        payload=notification.to_json(),
+        max_bytes=65536,
+    )
+    if response.status != 200:
+        _raise_for(response)
+    try:
+        data = response.json()
+        delivered = data["delivered"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PeerError("list notification answer is not the documented JSON", retryable=True) from exc
+    if not isinstance(delivered, int) or isinstance(delivered, bool) or delivered < 0:
+        raise PeerError("list notification answer has no count", retryable=True)
+    return delivered

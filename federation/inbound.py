@@ -119,3 +119,29 @@ class ReportResult:
 
 #: ``accept_report(reporter=..., report=...)``: a ReportResult; raises UnknownMessage or NotARecipient.
 accept_report: Hook[..., ReportResult] = Hook("federation.inbound.accept_report")
+
+
+# --- Lists (docs/protocol.md §13) -------------------------------------------------------------
+
+
+class UnknownList(Exception):
+    """No list with this address is hosted here."""
+
+
+class NotSubscribed(Exception):
+    """No user here is subscribed to this list (or every one of them left or paused it)."""
+
+
+@dataclass(frozen=True)
+class SubscriptionResult:
+    """Where a subscriber stands with a list after a request: ``status`` is "recorded" or "superseded"."""
+
+    state: str  # "active", "paused" or "unsubscribed"
+    status: str
+
+
+#: ``accept_subscription(origin=..., subscription=...)``: a SubscriptionResult; raises UnknownList.
+accept_subscription: Hook[..., SubscriptionResult] = Hook("federation.inbound.accept_subscription")
+#: ``accept_list_notification(origin=..., notification=...)``: how many subscribers here got the issue;
+#: raises NotSubscribed, or ConflictingNotification as accept_notification does.
+accept_list_notification: Hook[..., int] = Hook("federation.inbound.accept_list_notification")

@@ -630,3 +630,132 @@ def parse_report(data: Any, *, latest: datetime) -> Report:
     if reported_at > latest:
         raise PayloadError("reported_at", f"{format_time(reported_at)} is in the future")
     return Report(global_id=global_id, verdict=verdict, reports=reports, reported_at=reported_at)
+
+
+# --- Lists: subscriptions and list notifications (docs/protocol.md §13) ------------------------
+
+SUBSCRIPTION_STATES = ("active", "paused", "unsubscribed")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A reader's instance sets, on the reader's behalf, where their subscription to a list stands (§13.2).
+
+    ``requested_at`` orders requests: the list keeps the latest, so a retried old one changes nothing.
+    """
+
+    list_address: str
+    subscriber: str
+    state: str  # one of SUBSCRIPTION_STATES
+    requested_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "subscription",
+            "version": VERSION,
+            "list": self.list_address,
+            "subscriber": self.subscriber,
+            "state": self.state,
+            "requested_at": format_time(self.requested_at),
+        }
+
+
+def parse_subscription(data: Any, *, latest: datetime) -> Subscription:
+    """Check a subscription request (§13.2) field by field; PayloadError names the first bad one.
+
+    ``requested_at`` may not be later than ``latest`` (now plus the signature window).
+    """
+    if not isinstance(data, dict):
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "subscription")
+    _version(data)
+    list_address = _address(_require(data, "list"), "list")
+    subscriber = _address(_require(data, "subscriber"), "subscriber")
+    state = _require(data, "state")
+    if state not in SUBSCRIPTION_STATES:
+        raise PayloadError("state", f"expected one of {', '.join(SUBSCRIPTION_STATES)}")
+    requested_at = parse_time(_require(data, "requested_at"), "requested_at")
+    if requested_at > latest:
+        raise PayloadError("requested_at", f"{format_time(requested_at)} is in the future")
+    return Subscription(list_address=list_address, subscriber=subscriber, state=state, requested_at=requested_at)
+
+
+@dataclass(frozen=True)
+class ListNotification:
+    """An issue of a list, told to one subscriber domain (§13.3): no recipients, the list names them.
+
+    The receiving instance delivers it to its own subscribers of record; the list is the sender.
+    """
+
+    global_id: uuid.UUID
+    list_address: str
+    message_id: str
+    subject: str
+    date: datetime
+    size: int
+    digest: str
+    expires: datetime
+    list_name: str = ""
+    attachments: tuple[ManifestEntry, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
+        if self.list_name:
+            extra["list_name"] = self.list_name
+        return {
+            "type": "list_notification",
+            "version": VERSION,
+            "id": str(self.global_id),
+            "list": self.list_address,
+            "message_id": self.message_id,
+            "subject": self.subject,
+            "date": format_time(self.date),
+            "size": self.size,
+            "digest": self.digest,
+            "expires": format_time(self.expires),
+            **extra,
+        }
+
+    def for_recipients(self, recipients: list[str]) -> Notification:
+        """The same message as an ordinary notification to ``recipients`` (the local subscribers here)."""
+        return Notification(
+            global_id=self.global_id,
+            message_id=self.message_id,
+            sender=self.list_address,
+            recipients=recipients,
+            subject=self.subject,
+            date=self.date,
+            size=self.size,
+            digest=self.digest,
+            in_reply_to="",
+            references=[],
+            expires=self.expires,
+            attachments=self.attachments,
+            sender_name=self.list_name,
+        )
+
+
+def parse_list_notification(data: Any) -> ListNotification:
+    """Check a list notification (§13.3) field by field; PayloadError names the first bad one."""
+    if not isinstance(data, dict):
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "list_notification")
+    _version(data)
+    if "recipients" in data:
+        raise PayloadError("recipients", "a list notification names no recipients: the list's subscribers of record")
+    digest_value = _require(data, "digest")
+    if not isinstance(digest_value, str) or not _DIGEST_RE.fullmatch(digest_value):
+        raise PayloadError("digest", "expected 'sha-256:' followed by 64 lowercase hex digits")
+    name = data.get("list_name")
+    return ListNotification(
+        global_id=_uuid(_require(data, "id"), "id"),
+        list_address=_address(_require(data, "list"), "list"),
+        message_id=_string(_require(data, "message_id"), "message_id", min_chars=1, max_chars=MAX_ID_CHARS),
+        subject=_string(_require(data, "subject"), "subject", max_chars=MAX_HEADER_CHARS, control=_CONTROL_BUT_TAB),
+        date=parse_time(_require(data, "date"), "date"),
+        size=_integer(_require(data, "size"), "size", maximum=MAX_BODY_SIZE),
+        digest=digest_value,
+        expires=parse_time(_require(data, "expires"), "expires"),
+        list_name="" if name is None else display_name(name, "list_name"),
+        attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
+    )

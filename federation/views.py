@@ -336,3 +336,88 @@ def reports(request: HttpRequest) -> HttpResponse:
             "complaint": result.complaint,
         }
     )
+
+
+@csrf_exempt
+@gzip_page
+def subscriptions(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/subscriptions``: a reader's instance subscribes, pauses or unsubscribes them (§13.2).
+
+    Signed by the subscriber's domain, and only by it: nobody else can subscribe
+    an address, nor take it off a list. Idempotent, ordered by ``requested_at``.
+    """
+    signed = _signed(request, "POST", 65536)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
+    latest = timezone.now() + settings.PUSHMAIL_SIGNATURE_WINDOW
+    try:
+        subscription = payloads.parse_subscription(_read_json(request, body), latest=latest)
+    except payloads.PayloadError as exc:
+        return invalid_payload(exc)
+    if domain_of(subscription.subscriber) != signer.domain:
+        return error(
+            403, "wrong_domain", f"subscriber {subscription.subscriber} is not of the signing domain {signer.domain}"
+        )
+    try:
+        result = inbound.accept_subscription(origin=signer.domain, subscription=subscription)
+    except inbound.UnknownList:
+        return error(404, "unknown_list", f"no list {subscription.list_address} here")
+    return JsonResponse(
+        {
+            "list": subscription.list_address,
+            "subscriber": subscription.subscriber,
+            "state": result.state,
+            "status": result.status,
+        }
+    )
+
+
+@csrf_exempt
+@gzip_page
+def list_notifications(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/list-notifications``: an issue of a list, once per subscriber domain (§13.3).
+
+    Names the list, never recipients: the receiving instance delivers it to its own
+    subscribers of record, and refuses it when it has none.
+    """
+    signed = _signed(request, "POST", settings.PUSHMAIL_MAX_NOTIFICATION_BYTES)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
+    try:
+        notification = payloads.parse_list_notification(_read_json(request, body))
+    except payloads.PayloadError as exc:
+        return invalid_payload(exc)
+    if domain_of(notification.list_address) != signer.domain:
+        return error(
+            403, "wrong_domain", f"list {notification.list_address} is not of the signing domain {signer.domain}"
+        )
+    try:
+        inbound.check_origin(domain=signer.domain)
+    except inbound.OriginRefused as exc:
+        if isinstance(exc, inbound.PoorReputation):
+            return error(403, "poor_reputation", exc.detail)
+        if exc.retry_after is None:
+            return error(403, "blocked", exc.detail)
+        return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
+    try:
+        delivered = inbound.accept_list_notification(origin=signer.domain, notification=notification)
+    except inbound.NotSubscribed:
+        return error(
+            403, "not_subscribed", f"nobody here is subscribed to {notification.list_address}: nothing was delivered"
+        )
+    except inbound.ConflictingNotification as exc:
+        return error(
+            409,
+            "conflicting_notification",
+            f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
+        )
+    return JsonResponse(
+        {
+            "id": str(notification.global_id),
+            "list": notification.list_address,
+            "status": "accepted",
+            "delivered": delivered,
+        }
+    )

@@ -35,13 +35,16 @@ UNKNOWN_MAILBOX = "unknown mailbox"
 # --- Notifications from other instances ------------------------------------------------
 
 
-def accept_notification(*, origin: str, notification: payloads.Notification) -> list[RecipientResult]:
+def accept_notification(
+    *, origin: str, notification: payloads.Notification, folder: str = Folder.INBOX, list_id: str = ""
+) -> list[RecipientResult]:
     """Record a notification: one RemoteMessage per (origin, id), one entry per local recipient.
 
     Idempotent: a repeated notification creates nothing twice and gets the same answers.
     The first notification's metadata is kept for every entry: a repeat that differs
     from it in anything but its recipients and expiry raises ConflictingNotification
     and changes nothing (docs/protocol.md §5.4). All rows are committed before this returns.
+    ``folder`` is where new copies go, ``list_id`` the list a list's issue came from (docs/protocol.md §13.3).
     """
     users = _local_recipients(notification.recipients)
     served = discovery.local_domain_names()
@@ -52,7 +55,7 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
         if known is not None:
             _check_repeat(known, notification)
         return results
-    remote = _store(origin, notification, accepted)
+    remote = _store(origin, notification, accepted, folder=folder, list_id=list_id)
     if _fetches_on_notify(remote, accepted):
         request_fetch(remote_id=remote.pk)
     return results
@@ -75,18 +78,27 @@ def _answer(address: str, users: dict[str, User], served: Collection[str]) -> Re
     return RecipientResult(address, "accepted")
 
 
-def _store(origin: str, notification: payloads.Notification, users: list[User]) -> RemoteMessage:
+def _store(
+    origin: str,
+    notification: payloads.Notification,
+    users: list[User],
+    *,
+    folder: str = Folder.INBOX,
+    list_id: str = "",
+) -> RemoteMessage:
     """The message's one row, with an entry for each of ``users``.
 
     Most notifications are new: insert first, and look the row up only when the
     unique constraint says it exists (a repeat, or a split notification).
     """
     fields = _message_fields(notification, local_domain=domain_of(users[0].email))
+    if list_id:
+        fields["list_id"] = list_id[:250]
     try:
         with transaction.atomic():
             remote = RemoteMessage.objects.create(origin_domain=origin, global_id=notification.global_id, **fields)
             spam.classify_new(remote, recipients=[user.email for user in users])
-            _add_entries(remote, users)
+            _add_entries(remote, users, folder=folder)
         return remote
     except IntegrityError:
         pass
@@ -94,7 +106,7 @@ def _store(origin: str, notification: payloads.Notification, users: list[User]) 
         remote = _known(origin, notification, fields)
         # A repeat, or a notification split in parts: only mailboxes without their copy yet get one.
         present = set(InboxEntry.objects.filter(remote=remote, owner__in=users).values_list("owner_id", flat=True))
-        _add_entries(remote, [user for user in users if user.pk not in present])
+        _add_entries(remote, [user for user in users if user.pk not in present], folder=folder)
     return remote
 
 
@@ -161,7 +173,12 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
 
 
 def _add_entries(
-    remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None, imported: bool = False
+    remote: RemoteMessage,
+    users: list[User],
+    *,
+    body: dict[str, Any] | None = None,
+    imported: bool = False,
+    folder: str = Folder.INBOX,
 ) -> None:
     """Entries for these users, from what the message's first notification said (or its verified body).
 
@@ -204,9 +221,9 @@ def _add_entries(
                 **(
                     {"folder": Folder.ARCHIVE, "read": True}
                     if imported
-                    else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
+                    else {"folder": Folder.SPAM, "hidden_from": folder, "read": True}
                     if user.pk in to_spam
-                    else {}
+                    else {"folder": folder}
                 ),
             )
             for user in users
@@ -359,8 +376,11 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: 
 # --- Mail between mailboxes of this instance, and system notices ------------------------
 
 
-def deliver_local_entries(*, message: Message, users: list[User]) -> None:
-    """Create the inbox entries of a message sent to mailboxes of this instance (active ones, found by outbox)."""
+def deliver_local_entries(*, message: Message, users: list[User], folder: str = Folder.INBOX) -> None:
+    """Create the inbox entries of a message sent to mailboxes of this instance (active ones, found by outbox).
+
+    ``folder``: where they go (a list's issue: Newsletters).
+    """
     files = list(message.attachments.all()) if users else []
     names = [a.name for a in files]
     document = search.entry_document(
@@ -393,6 +413,7 @@ def deliver_local_entries(*, message: Message, users: list[User]) -> None:
                 has_attachments=bool(names),
                 attachments_size=sum(a.size for a in files),
                 search_document=document,
+                folder=folder,
             )
             for user in users
         ],

@@ -61,6 +61,7 @@ class Folder(models.TextChoices):
     ARCHIVE = "archive", "Archive"
     SPAM = "spam", "Spam"
     TRASH = "trash", "Trash"
+    NEWS = "news", "Newsletters"  # issues of the lists the owner subscribed to (newsletters app)
 
 
 class Transport(models.TextChoices):

@@ -53,7 +53,7 @@ def body_of(entry: InboxEntry) -> dict[str, Any] | None:
 
 # A virtual folder: starred entries outside Spam and Trash.
 STARRED = "starred"
-LIST_FOLDERS = (Folder.INBOX, Folder.ARCHIVE, STARRED, Folder.SPAM, Folder.TRASH)
+LIST_FOLDERS = (Folder.INBOX, Folder.NEWS, Folder.ARCHIVE, STARRED, Folder.SPAM, Folder.TRASH)
 # Folders a label or the Starred view shows: Spam and Trash stay out of sight, as elsewhere.
 _VISIBLE = (Folder.INBOX, Folder.ARCHIVE)
 # The columns a list row needs: never the search document (it holds fetched body text).

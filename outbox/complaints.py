@@ -33,7 +33,7 @@ from accounts.models import User
 from federation import inbound, payloads
 from pushmail_site.jobs import lock
 
-from .models import Complaint, Message, Recipient, RecipientStatus, SendingPause
+from .models import Complaint, Delivery, DeliveryState, Message, Recipient, RecipientStatus, SendingPause
 from .signals import notice_for_sender
 
 
@@ -106,7 +106,7 @@ def accept_report(*, reporter: str, report: payloads.Report) -> inbound.ReportRe
     message = Message.objects.filter(pk=report.global_id).select_related("sender").first()
     if message is None:
         raise inbound.UnknownMessage()
-    accepted = Recipient.objects.filter(message=message, domain=reporter, status=RecipientStatus.ACCEPTED).count()
+    accepted = _readers_at(message, reporter)
     if accepted == 0:
         raise inbound.NotARecipient()
     spam = report.verdict == "spam"
@@ -134,6 +134,19 @@ def accept_report(*, reporter: str, report: payloads.Report) -> inbound.ReportRe
     if spam:
         _pause_if_over(message.sender)
     return _result("recorded", complaint)
+
+
+def _readers_at(message: Message, domain: str) -> int:
+    """How many readers ``domain`` accepted the message for: a list's issue has no recipients, the domain
+    told how many of its subscribers got it (docs/protocol.md §13.3)."""
+    if message.list_address:
+        delivered = (
+            Delivery.objects.filter(message=message, domain=domain, state=DeliveryState.NOTIFIED)
+            .values_list("delivered", flat=True)
+            .first()
+        )
+        return delivered or 0
+    return Recipient.objects.filter(message=message, domain=domain, status=RecipientStatus.ACCEPTED).count()
 
 
 def _locked_complaint(message: Message, domain: str) -> Complaint | None:

@@ -73,6 +73,9 @@ def _deliver(delivery: Delivery) -> None:
     if delivery.transport == Transport.SMTP:
         _deliver_by_smtp(delivery)
         return
+    if delivery.message.list_address:
+        _deliver_list_issue(delivery)
+        return
     try:
         results = _post_notification(delivery)
     except (discovery.DiscoveryError, client.PeerError) as exc:
@@ -90,6 +93,41 @@ def _deliver(delivery: Delivery) -> None:
     accepted = sum(1 for answer in results.values() if answer.get("status") == "accepted")
     log.info("notification delivered: %d of %d recipients accepted", accepted, len(results))
     _record_answers(delivery, results)
+
+
+def _deliver_list_issue(delivery: Delivery) -> None:
+    """One list notification to the domain (docs/protocol.md §13.3): it delivers to its own subscribers.
+
+    A refusal (nobody subscribed there any more, a legacy domain) fails the delivery without a notice:
+    the list's subscribers are the receiving domain's to decide.
+    """
+    try:
+        instance = discovery.discover(delivery.domain)
+        if instance is None:
+            _finish_delivery(delivery, state=DeliveryState.FAILED, error=LEGACY_REASON)
+            return
+        delivered = client.send_list_notification(instance=instance, notification=list_notification_for(delivery))
+    except (discovery.DiscoveryError, client.PeerError) as exc:
+        _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
+        return
+    _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="", delivered=delivered)
+
+
+def list_notification_for(delivery: Delivery) -> payloads.ListNotification:
+    """The notification of a list's issue to one subscriber domain: the list, never its subscribers."""
+    message = delivery.message
+    return payloads.ListNotification(
+        global_id=message.id,
+        list_address=message.list_address,
+        message_id=message.message_id,
+        subject=message.subject,
+        date=message.date,
+        size=message.size,
+        digest=message.digest,
+        expires=message.expires_at,
+        list_name=message.sender_name,
+        attachments=tuple(payloads.parse_manifest(manifest_of(message))),
+    )
 
 
 def _deliver_by_smtp(delivery: Delivery) -> None:
@@ -244,8 +282,10 @@ def _answer(answer: dict[str, str] | None) -> tuple[str, str]:
     return RecipientStatus.REJECTED, (answer.get("reason") or "rejected")[:300]
 
 
-def _finish_delivery(delivery: Delivery, *, state: str, error: str) -> None:
+def _finish_delivery(delivery: Delivery, *, state: str, error: str, delivered: int | None = None) -> None:
     fields: dict[str, object] = {"last_error": error[:500], "next_attempt_at": None}
+    if delivered is not None:
+        fields["delivered"] = delivered
     if state == DeliveryState.NOTIFIED:
         fields["notified_at"] = timezone.now()
     if state == DeliveryState.FAILED:

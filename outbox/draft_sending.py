@@ -28,7 +28,7 @@ from .complaints import pause_problem
 from .compose import render_markdown
 from .models import Draft, DraftAttachment, DraftState, Message
 from .rules import check_characters, check_recipient_count, check_subject, parse_addresses
-from .sending import send_message
+from .sending import issue_of_list, send_message
 from .signals import notice_for_sender
 from .states import DRAFT
 
@@ -161,6 +161,19 @@ def send_draft(draft_id: int) -> Message | None:
 def _send(draft: Draft, outgoing: Outgoing) -> Message:
     """send_message with the draft's files, which count as the message's from then on."""
     rows = list(draft.attachments.select_related("blob"))
+    if issue_of_list.answered:
+        issue = issue_of_list(
+            sender=draft.owner,
+            to=outgoing.to,
+            cc=outgoing.cc,
+            bcc=outgoing.bcc,
+            subject=outgoing.subject,
+            text=outgoing.text,
+            html=outgoing.html,
+            files=len(rows),
+        )
+        if issue is not None:
+            return issue
     with transaction.atomic():
         # The draft's rows go first, so that send_message's quota check counts the files once;
         # undone if it refuses.

@@ -57,6 +57,11 @@ class Message(models.Model):
         blank=True,
         help_text="RFC 3834: 'auto-replied' for a vacation reply, 'auto-forwarded' for a filter's forward.",
     )
+    list_address = models.CharField(
+        max_length=320,
+        blank=True,
+        help_text="An issue of this list: its notifications name the list, not recipients (docs/protocol.md §13).",
+    )
 
     class Meta:
         ordering = ["-date"]
@@ -181,6 +186,9 @@ class Delivery(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     notified_at = models.DateTimeField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
+    delivered = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A list's issue: how many subscribers the domain said it reached."
+    )
 
     class Meta:
         verbose_name_plural = "deliveries"

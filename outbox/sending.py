@@ -53,6 +53,10 @@ UNKNOWN_MAILBOX_REASON = "unknown mailbox"
 #: ``received_references(message_id)``: the References of a message received here under that
 #: Message-ID, or None when none was; the mailbox app answers. A reply continues its parent's chain.
 received_references: Hook[[str], list[str] | None] = Hook("outbox.sending.received_references")
+#: ``issue_of_list(sender=..., to=..., cc=..., bcc=..., subject=..., text=..., html=..., files=...)``: a draft
+#: written to one of the sender's lists goes out as an issue of it (the newsletters app answers): the sent
+#: Message, or None when the draft is ordinary mail. Raises ValidationError for what an issue cannot be.
+issue_of_list: Hook[..., Message | None] = Hook("outbox.sending.issue_of_list")
 
 
 def send_message(
@@ -103,6 +107,43 @@ def send_message(
     with transaction.atomic():
         _store(message, files, kinds)
         _deliver(message, kinds)
+    return message
+
+
+def send_list_issue(
+    *,
+    sender: User,
+    list_address: str,
+    list_name: str,
+    subject: str,
+    text: str,
+    html: str | None = None,
+    domains: list[str],
+) -> Message:
+    """Store an issue of a list once and queue ONE list notification per subscriber domain (docs/protocol.md §13.3).
+
+    The issue comes from the list's address (``sender`` is its owner); it has no recipients here:
+    each domain delivers it to its own subscribers of record. Domains hosted here are left out
+    (a list's readers are on other instances). Raises ValidationError naming the field.
+    """
+    check_not_paused(sender)
+    check_subject(subject)
+    check_characters(subject=subject, in_reply_to="", text=text, html=html)
+    message = _new_message(
+        sender=sender, to=[list_address], cc=[], bcc=[], subject=subject, text=text, html=html, in_reply_to="", files=[]
+    )
+    message.sender_address = list_address
+    message.sender_name = clean_display_name(list_name)
+    message.list_address = list_address
+    message.message_id = f"<{message.id}@{domain_of(list_address)}>"
+    message.thread_key = thread_key(message_id=message.message_id, in_reply_to="", references=[])
+    content = canonical_content(message, manifest=[])
+    message.size, message.digest = len(content), payloads.digest(content)
+    local = set(Domain.objects.filter(name__in=domains).values_list("name", flat=True))
+    with transaction.atomic():
+        message.save(force_insert=True)
+        deliveries = _create_deliveries(message, sorted(set(domains) - local), message.date)
+        queue_deliveries([d.pk for d in deliveries])
     return message
 
 

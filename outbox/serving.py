@@ -24,6 +24,9 @@ def offered_message(*, global_id: uuid.UUID, to_domain: str) -> Message:
     message = Message.objects.filter(pk=global_id).first()
     if message is None or not Delivery.objects.filter(message=message, domain=to_domain, local=False).exists():
         raise NotOffered()
+    if message.list_address:
+        # A list's issue has no recipients here: the domain's subscribers of record are its readers.
+        return message
     readers = Recipient.objects.filter(message=message, domain=to_domain).exclude(status=RecipientStatus.REJECTED)
     if not readers.exists():
         raise NoAcceptedRecipient()

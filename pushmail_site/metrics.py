@@ -35,6 +35,8 @@ from mailbox import states as mailbox_states
 from mailbox.models import ReceivedAttachment, RemoteMessage
 from mailsettings.models import AutoSendState, Forward, VacationReply
 from mailsettings.states import FORWARD, VACATION_REPLY
+from newsletters.models import Subscription
+from newsletters.states import REQUESTS, SUBSCRIPTION
 from outbox.models import Delivery, DeliveryState, Draft, DraftState, Withdrawal, WithdrawalState
 from outbox.states import DELIVERY, DRAFT, WITHDRAWAL
 from reputation import states as reputation_states
@@ -55,6 +57,7 @@ JOB_TABLES = (
     JobTable("forward", Forward, FORWARD, {AutoSendState.WAITING}),
     JobTable("feedback", FeedbackReport, reputation_states.FEEDBACK, {FeedbackState.PENDING}),
     JobTable("content_check", ContentCheck, reputation_states.CONTENT_JOB, reputation_states.CONTENT_DUE),
+    JobTable("subscription", Subscription, SUBSCRIPTION, set(REQUESTS)),
 )
 
 

@@ -156,6 +156,7 @@ INSTALLED_APPS = [
     "gateway",
     "mailaccess",
     "mailsettings",
+    "newsletters",
     "webmail",
 ]
 
@@ -429,6 +430,7 @@ CELERY_BEAT_SCHEDULE = {
     "requeue-due-content-checks": {"task": "reputation.requeue_due_content_checks", **_sweep},
     "requeue-due-learned-domains": {"task": "federation.requeue_due_learned_domains", **_sweep},
     "requeue-due-auto-sends": {"task": "mailsettings.requeue_due", **_sweep},
+    "requeue-due-subscription-requests": {"task": "newsletters.requeue_due", **_sweep},
     "requeue-unfingerprinted": {
         "task": "reputation.requeue_unfingerprinted",
         "schedule": 60.0,

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 from accounts import views as account_views
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
+from newsletters import views as newsletter_views
 from outbox.api import views as outbox_api
 from reputation.api import views as reputation_api
 
@@ -39,6 +40,8 @@ federation_v1 = [
     path("notifications", federation_views.notifications, name="federation-notifications"),
     path("withdrawals", federation_views.withdrawals, name="federation-withdrawals"),
     path("reports", federation_views.reports, name="federation-reports"),
+    path("subscriptions", federation_views.subscriptions, name="federation-subscriptions"),
+    path("list-notifications", federation_views.list_notifications, name="federation-list-notifications"),
     path("messages/<str:global_id>/body", federation_views.message_body, name="federation-body"),
     path(
         "messages/<str:global_id>/attachments/<str:digest>",
@@ -55,6 +58,8 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("metrics", metrics.metrics, name="metrics"),
     path("admin/queues/", admin.site.admin_view(metrics.job_queues), name="admin-job-queues"),
+    path("n/<slug:slug>/", newsletter_views.page, name="newsletter-page"),
+    path("n/<slug:slug>/feed.atom", newsletter_views.feed, name="newsletter-feed"),
     path("admin/", admin.site.urls),
     # The mailbox address is the sign-in: allauth's page for adding or switching addresses is closed.
     path("accounts/email/", account_views.address_is_fixed),

@@ -26,6 +26,7 @@ from django.http import HttpResponse
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, include, path, reverse
 from django.urls.resolvers import RoutePattern
+from django.utils import timezone
 
 from accounts.models import ApiToken, User
 from accounts.services import issue_api_token
@@ -33,6 +34,7 @@ from attachments.models import Blob
 from federation import payloads
 from mailbox.models import AllowedSender, EntryState, FetchState, InboxEntry, Label
 from mailsettings.models import Filter
+from newsletters.models import Newsletter, Subscription
 from outbox.models import Draft, DraftAttachment, Message, MessageAttachment
 from tests.factories import (
     InboxEntryFactory,
@@ -93,6 +95,8 @@ class Owned:
     authenticator: Any  # an allauth WebAuthn authenticator
     allowed_sender: AllowedSender
     mail_filter: Filter
+    newsletter: Newsletter
+    subscription: Subscription
 
 
 def _blob(content: bytes) -> Blob:
@@ -141,8 +145,25 @@ def make_owned(user: User) -> Owned:
     )
     allowed_sender = AllowedSender.objects.create(owner=user, address="news@peer.test")
     mail_filter = Filter.objects.create(owner=user, from_contains="news@peer.test", mark_read=True)
+    newsletter = Newsletter.objects.create(
+        owner=user, address=f"list-{user.pk}@{user.domain.name}", name="Family news", slug=f"family-{user.pk}"
+    )
+    subscription = Subscription.objects.create(
+        owner=user, list_address="news@peer.test", state="active", requested_at=timezone.now()
+    )
     return Owned(
-        user, entry, message, draft, draft_attachment, label, token, authenticator, allowed_sender, mail_filter
+        user,
+        entry,
+        message,
+        draft,
+        draft_attachment,
+        label,
+        token,
+        authenticator,
+        allowed_sender,
+        mail_filter,
+        newsletter,
+        subscription,
     )
 
 
@@ -218,6 +239,8 @@ ROUTES: dict[str, Kwargs] = {
     "webmail:filter-edit": lambda o: {"filter_id": o.mail_filter.pk},
     "webmail:filter-delete": lambda o: {"filter_id": o.mail_filter.pk},
     "webmail:filter-move": lambda o: {"filter_id": o.mail_filter.pk},
+    "webmail:newsletter": lambda o: {"newsletter_id": o.newsletter.pk},
+    "webmail:subscription-action": lambda o: {"subscription_id": o.subscription.pk},
     "mfa_edit_webauthn": lambda o: {"pk": o.authenticator.pk},
     "mfa_remove_webauthn": lambda o: {"pk": o.authenticator.pk},
 }
@@ -228,6 +251,8 @@ EXEMPT: dict[str, str] = {
     "webmail:folder-updates": "the folder is one of a fixed set of names, not an object",
     "federation-body": "server to server: no user session; each request is signed by a peer domain and checked",
     "federation-attachment": "server to server: signed by a peer domain, same access rule as the body",
+    "newsletter-page": "public by design: a list's page (archive, subscribe form), named by its public slug",
+    "newsletter-feed": "public by design: a list's Atom feed, named by its public slug",
     "webmail:new-draft-save": "a key names a draft of the signed-in user only; another's key makes one's own",
     "webmail:new-draft-attach": "the key names a draft of the signed-in user only, like new-draft-save",
     "webmail:new-draft-send": "the key names a draft of the signed-in user only, like new-draft-save",

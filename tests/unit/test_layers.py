@@ -21,6 +21,7 @@ APPS = [
     "gateway",
     "mailbox",
     "mailsettings",
+    "newsletters",
     "outbox",
     "pushmail_site",
     "reputation",

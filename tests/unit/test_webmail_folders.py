@@ -85,14 +85,14 @@ def test_shell_has_sidebar_compose_search_and_unread_counts(web: Client, alice: 
     entry(alice, folder=Folder.SPAM)
     entry(alice, starred=True, folder=Folder.ARCHIVE)
     html = web.get("/mail/inbox/").content.decode()
-    for name in ("Inbox", "Starred", "Drafts", "Sent", "Archive", "Spam", "Trash"):
+    for name in ("Inbox", "Newsletters", "Starred", "Drafts", "Sent", "Archive", "Spam", "Trash"):
         assert f'<span class="name">{name}</span>' in html
     assert 'href="/compose/"' in html and ">Compose</a>" in html
     assert 'href="/drafts/"' in html
     assert re.search(r'<label for="search-q"[^>]*>Search mail</label>', html)
     assert 'name="q"' in html and 'action="/search/"' in html
     counts = selectors.unread_counts(user=alice)
-    assert counts == {"inbox": 2, "archive": 1, "spam": 1, "trash": 0}
+    assert counts == {"inbox": 2, "news": 0, "archive": 1, "spam": 1, "trash": 0}
     assert 'data-unread-count="inbox"' in html
     # No inline scripts, styles or handlers (strict CSP).
     assert "<script>" not in html and ' style="' not in html and " onclick=" not in html

@@ -8,7 +8,7 @@ from webmail.views import mail, undo
 class FolderConverter:
     """Only the real list folders, so /mail/<folder>/ never shadows /mail/sent/, /mail/labels/..."""
 
-    regex = "inbox|archive|spam|trash|starred"
+    regex = "inbox|news|archive|spam|trash|starred"
 
     def to_python(self, value: str) -> str:
         return value

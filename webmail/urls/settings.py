@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from webmail.views import mail_settings
+from webmail.views import mail_settings, newsletters
 from webmail.views import settings as views
 
 urlpatterns = [
@@ -15,6 +15,15 @@ urlpatterns = [
     path("settings/contacts/", mail_settings.contacts, name="address-book"),
     path("settings/contacts/remove/", mail_settings.contact_delete, name="contact-delete"),
     path("settings/import/", mail_settings.import_mail, name="import"),
+    path("settings/newsletters/", newsletters.newsletters, name="newsletters"),
+    path("settings/newsletters/<int:newsletter_id>/", newsletters.newsletter, name="newsletter"),
+    path("settings/subscriptions/", newsletters.subscriptions, name="subscriptions"),
+    path(
+        "settings/subscriptions/<int:subscription_id>/",
+        newsletters.subscription_action,
+        name="subscription-action",
+    ),
+    path("newsletters/subscribe/", newsletters.confirm_subscribe, name="subscribe-confirm"),
     path("settings/tokens/", views.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke/", views.revoke_token, name="token-revoke"),
     path(

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 FOLDER_NAMES = {
     Folder.INBOX: "Inbox",
+    Folder.NEWS: "Newsletters",
     selectors.STARRED: "Starred",
     Folder.ARCHIVE: "Archive",
     Folder.SPAM: "Spam",
@@ -42,6 +43,7 @@ MOVE_TARGETS = [(Folder.INBOX, "Inbox"), (Folder.ARCHIVE, "Archive"), (Folder.SP
 # Where a moved selection is said to have gone, for the confirmation message.
 _MOVED: dict[str, str] = {
     Folder.INBOX: "the Inbox",
+    Folder.NEWS: "Newsletters",
     Folder.ARCHIVE: "Archive",
     Folder.SPAM: "Spam",
     Folder.TRASH: "Trash",

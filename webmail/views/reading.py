@@ -17,6 +17,7 @@ from accounts.http import AuthedRequest
 from mailbox.models import EntryState, InboxEntry
 from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
 from mailbox.services import open_entries, open_entry, retry_fetch_now
+from newsletters import selectors as newsletter_selectors
 from outbox.reach import withdrawal_scope
 from outbox.selectors import attachment_items_for_message
 from outbox.services import withdraw_message
@@ -65,6 +66,24 @@ def _actions(entry: InboxEntry) -> dict[str, str]:
     }
 
 
+def _list_issue(request: AuthedRequest, item: InboxEntry) -> dict[str, object] | None:
+    """For an issue of a list (Newsletters): the list and the reader's subscription, for the one-click buttons."""
+    if item.local is not None and item.local.list_address:  # an issue of a list hosted here
+        address, name = item.local.list_address, item.local.sender_name
+    elif item.remote is not None and item.remote.transport == "pushmail" and item.remote.list_id:
+        address, name = item.remote.list_id, item.remote.sender_name
+    else:
+        return None
+    subscription = newsletter_selectors.subscription_to(user=request.user, list_address=address)
+    return {
+        "address": address,
+        "name": name or address,
+        "subscription": subscription,
+        "label": newsletter_selectors.state_label(subscription.state) if subscription else "",
+        "here": request.get_full_path(),
+    }
+
+
 @login_required
 @require_GET
 def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
@@ -110,6 +129,7 @@ def entry(request: AuthedRequest, entry_id: int) -> HttpResponse:
             "menu_actions": MESSAGE_MENU,
             "actions": _actions(item),
             "labels": list(item.labels.order_by("name")),
+            "list_issue": _list_issue(request, item),
             **_state_context(item, body),
         },
     )
