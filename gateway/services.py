@@ -35,11 +35,13 @@ from attachments.models import Blob
 from federation import discovery, payloads
 from mailbox import services as mailbox_services
 
-from . import auth, mime, progressive
+from . import auth, mime, progressive, spool
+from .models import SpooledMessage
 
 __all__ = [
     "Envelope",
     "Reply",
+    "file_spooled",
     "hostname",
     "import_message",
     "line_end_problem",
@@ -155,14 +157,17 @@ def line_end_problem(raw: bytes | IO[bytes]) -> Reply | None:
 
 
 def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
-    """Check, store and answer one message (CRLF line ends, dot-unstuffed: bytes, or a binary file).
+    """Check and spool one message (CRLF line ends, dot-unstuffed: bytes, or a binary file); the answer.
 
-    Refused without storing anything: a bare CR or LF (550), a DMARC failure
+    Refused without keeping anything: a bare CR or LF (550), a DMARC failure
     where the From domain's policy is reject (550), a recipient whose mailbox it
-    would overfill (552), DNS that does not answer for DMARC (451). A DMARC
-    failure under a quarantine policy is stored in Spam with the reason shown.
-    The message is read from the file as it is checked and stored, never held
-    whole in memory (but for DKIM verification of a signed message).
+    would overfill (552), DNS that does not answer for DMARC (451). Otherwise the
+    message, with the trace headers added, is committed to the spool
+    (:class:`~gateway.models.SpooledMessage`) before the ``250``, and filed into
+    the mailboxes by the filing loop (gateway.filing): a DMARC failure under a
+    quarantine policy goes to Spam there, its reason shown. Only the header
+    block is parsed here; the message is read from the file a megabyte at a
+    time, never held whole in memory (but for DKIM verification of a signed message).
     """
     file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
     problem = line_end_problem(file)
@@ -172,32 +177,14 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
     users = _recipients(envelope)
     if not users:
         return Reply(554, "5.5.1 No valid recipients")
-    parsed = mime.parse_file(file)
-    try:
-        return _check_and_store(envelope=envelope, file=file, size=size, parsed=parsed, users=users)
-    finally:
-        parsed.close()
-
-
-def _recipients(envelope: Envelope) -> list[User]:
-    """The active mailboxes of the envelope's recipients: as found at RCPT TO, moments ago, else looked up."""
-    missing = [address for address in envelope.recipients if address not in envelope.users]
-    found = {address: envelope.users[address] for address in envelope.recipients if address in envelope.users}
-    if missing:
-        for user in User.objects.filter(email__in=missing, is_active=True).select_related("domain"):
-            found[user.email] = user
-    return list(found.values())
-
-
-def _check_and_store(
-    *, envelope: Envelope, file: IO[bytes], size: int, parsed: mime.ParsedMail, users: list[User]
-) -> Reply:
+    head = _header_block(file)
+    sender = mime.sender_of(head)
     results = auth.authenticate(
         raw=file,
         client_ip=envelope.client_ip,
         mail_from=envelope.mail_from,
         helo=envelope.helo,
-        from_domain=domain_of(parsed.sender) if parsed.sender else "",
+        from_domain=domain_of(sender) if sender else "",
     )
     dmarc = results.dmarc
     if dmarc.result == "temperror":
@@ -224,25 +211,61 @@ def _check_and_store(
     authserv_id = hostname()
     header = results.header_value(authserv_id)
     trace = _trace_headers(envelope, header, authserv_id)
-    try:
-        with attachment_services.storing_atomically():
-            stored = attachment_services.store_upload(
-                file=_Chain(trace, *_without_forged_results(file, authserv_id)),
-                max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES + len(trace) + 1,
-                # Its trace header (the time, the client) makes the raw message new bytes every time.
-                likely_new=True,
-            )
-            attachments = _stored_attachments(parsed)
-            remote = mailbox_services.accept_smtp_message(
-                delivery=_delivery(envelope, parsed, stored, attachments, header, spam_reason),
-                users=users,
-            )
-    except payloads.PayloadError as exc:
-        return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
+    spooled = spool.spool(
+        file=io.BufferedReader(_Chain(trace, *_without_forged_results(file, authserv_id))),
+        fields={
+            "client_ip": envelope.client_ip,
+            "helo": envelope.helo[:255],
+            "mail_from": envelope.mail_from,
+            "recipient_ids": [user.pk for user in users],
+            "authentication_results": header.replace("\r\n\t", " "),
+            "spam_reason": spam_reason[:300],
+        },
+    )
     # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
     file.seek(0)
-    progressive.learn_from_header(raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=remote.sender)
-    return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
+    progressive.learn_from_header(
+        raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=sender or _fallback_sender(envelope)
+    )
+    return Reply(250, f"2.0.0 OK: queued as {spooled}")
+
+
+def _recipients(envelope: Envelope) -> list[User]:
+    """The active mailboxes of the envelope's recipients: as found at RCPT TO, moments ago, else looked up."""
+    missing = [address for address in envelope.recipients if address not in envelope.users]
+    found = {address: envelope.users[address] for address in envelope.recipients if address in envelope.users}
+    if missing:
+        for user in User.objects.filter(email__in=missing, is_active=True).select_related("domain"):
+            found[user.email] = user
+    return list(found.values())
+
+
+def _header_block(file: IO[bytes]) -> bytes:
+    """The message's header block (up to the empty line, at most a megabyte)."""
+    file.seek(0)
+    head = b""
+    while len(head) < _MAX_HEAD and (line := file.readline(_MAX_HEAD)):
+        head += line
+        if line == b"\r\n":
+            break
+    return head
+
+
+def file_spooled(*, row: SpooledMessage, file: IO[bytes], users: list[User]) -> mailbox_services.SmtpFiling:
+    """A spooled message made ready to file for ``users`` (its blobs stored): parsed, its parts stored once.
+
+    Raises PayloadError when it cannot be read as mail (nothing of it is filed).
+    """
+    parsed = mime.parse_file(file)
+    try:
+        stored = attachment_services.store_upload(file=_rewound(file), max_bytes=row.size + 1, likely_new=True)
+        envelope = Envelope(client_ip=row.client_ip, helo=row.helo, mail_from=row.mail_from, recipients=[])
+        delivery = _delivery(
+            envelope, parsed, stored, _stored_attachments(parsed), row.authentication_results, row.spam_reason
+        )
+        return mailbox_services.smtp_filing(delivery=delivery, users=users)
+    finally:
+        parsed.close()
 
 
 # --- Import of the user's own mail (an mbox or .eml file, from Settings) --------------------------
