@@ -102,6 +102,7 @@ def _file(rows: list[SpooledMessage]) -> None:
         except _Unfileable as exc:
             _give_up(row, str(exc), users=[users[pk] for pk in row.recipient_ids if pk in users])
     if filings:
+        attachment_services.save_written([filing.delivery.raw for filing in filings])
         mailbox_services.file_smtp_messages(filings=filings)
         transition_rows(
             SpooledMessage.objects.filter(pk__in=[row.pk for row in filed]),

@@ -252,18 +252,25 @@ def _header_block(file: IO[bytes]) -> bytes:
 
 
 def file_spooled(*, row: SpooledMessage, file: IO[bytes], users: list[User]) -> mailbox_services.SmtpFiling:
-    """A spooled message made ready to file for ``users`` (its blobs stored): parsed, its parts stored once.
+    """A spooled message made ready to file for ``users``: parsed, its attachments stored once, the raw
+    message written to storage (its Blob row not yet saved: the filing loop inserts a batch's at once,
+    ``attachment_services.save_written``).
 
-    Raises PayloadError when it cannot be read as mail (nothing of it is filed).
+    Raises PayloadError when it cannot be read as mail (nothing of it is kept).
     """
     parsed = mime.parse_file(file)
     try:
-        stored = attachment_services.store_upload(file=_rewound(file), max_bytes=row.size + 1, likely_new=True)
-        envelope = Envelope(client_ip=row.client_ip, helo=row.helo, mail_from=row.mail_from, recipients=[])
-        delivery = _delivery(
-            envelope, parsed, stored, _stored_attachments(parsed), row.authentication_results, row.spam_reason
-        )
-        return mailbox_services.smtp_filing(delivery=delivery, users=users)
+        # Its trace header (the time, the client) makes the raw message new bytes every time.
+        raw = attachment_services.written_upload(file=_rewound(file), max_bytes=row.size + 1)
+        try:
+            envelope = Envelope(client_ip=row.client_ip, helo=row.helo, mail_from=row.mail_from, recipients=[])
+            delivery = _delivery(
+                envelope, parsed, raw, _stored_attachments(parsed), row.authentication_results, row.spam_reason
+            )
+            return mailbox_services.smtp_filing(delivery=delivery, users=users)
+        except BaseException:
+            attachment_services.discard_written(raw)
+            raise
     finally:
         parsed.close()
 

@@ -342,10 +342,12 @@ def file_smtp_messages(*, filings: list[SmtpFiling], imported: bool = False) -> 
     # No savepoint: nothing here is rolled back alone (the caller's block is the unit).
     with transaction.atomic(savepoint=False):
         remotes = RemoteMessage.objects.bulk_create([_smtp_remote(filing, now=now) for filing in filings])
-        for remote, filing in zip(remotes, filings, strict=True):
-            if not filing.delivery.spam_reason and not imported:
-                # Its campaign, its sender's and origin's standing here, as for a notification.
-                spam.classify_new(remote, recipients=[user.email for user in filing.users])
+        if not imported:
+            # Its campaign, its sender's and origin's standing here, as for a notification.
+            judged = [(r, f) for r, f in zip(remotes, filings, strict=True) if not f.delivery.spam_reason]
+            spam.classify_new_many(
+                [remote for remote, _ in judged], recipients=[[u.email for u in f.users] for _, f in judged]
+            )
         ReceivedAttachment.objects.bulk_create(
             [
                 ReceivedAttachment(

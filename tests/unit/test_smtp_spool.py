@@ -6,6 +6,7 @@ filing it; a message that cannot be filed does not hold up the rest of its batch
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import smtplib
@@ -21,9 +22,12 @@ import pytest
 from django.db import connection
 
 from accounts.models import User
+from attachments import services as attachment_services
+from attachments.models import Blob
 from federation import payloads
 from gateway import auth, filing, services
 from gateway.models import SpooledMessage, SpoolState
+from gateway.states import SPOOLED_MESSAGE
 from mailbox.models import InboxEntry, RemoteMessage
 from tests.factories import DomainFactory, MailboxFactory
 from tests.smtp_support import Zone, dns_server, free_port
@@ -184,3 +188,33 @@ def test_a_batch_that_fails_as_a_whole_is_filed_one_by_one_and_the_failing_messa
     assert filing.file_due() == 1
     assert _subjects(bob) == {"First", "Breaks filing", "Third"}
     assert not SpooledMessage.objects.exclude(state=SpoolState.FILED).exists()
+
+
+def test_the_spool_graph_covers_the_states_and_lets_nothing_leave_filed_or_failed() -> None:
+    assert set(SPOOLED_MESSAGE.values) == set(SpoolState.values)
+    assert SPOOLED_MESSAGE.edge_set() == {
+        (SpoolState.QUEUED, SpoolState.QUEUED),
+        (SpoolState.QUEUED, SpoolState.FILED),
+        (SpoolState.QUEUED, SpoolState.FAILED),
+    }
+
+
+def test_raw_messages_saved_together_keep_one_row_and_file_for_the_same_bytes(bob: User) -> None:
+    """A batch's raw messages are inserted at once: the same bytes twice (or stored before) are still one blob."""
+    twice, earlier, new = os.urandom(16), os.urandom(16), os.urandom(16)  # no file of an earlier run
+    before = attachment_services.store_upload(file=io.BytesIO(earlier))
+    with attachment_services.storing_atomically():
+        blobs = [
+            attachment_services.written_upload(file=io.BytesIO(content), max_bytes=100)
+            for content in (twice, twice, earlier, new)
+        ]
+        attachment_services.save_written(blobs)
+    assert blobs[0].pk == blobs[1].pk and blobs[0].file.name == blobs[1].file.name
+    assert blobs[2].pk == before.pk and blobs[2].file.name == before.file.name
+    assert Blob.objects.count() == 3
+    storage = Blob._meta.get_field("file").storage
+    for blob in Blob.objects.all():
+        assert storage.exists(blob.file.name)
+    for blob in blobs:  # no stray copies beside the kept file
+        folder = Path(storage.path(blob.file.name)).parent
+        assert [name for name in os.listdir(folder) if name.startswith(blob.sha256)] == [blob.sha256]
