@@ -18,6 +18,8 @@ import email.utils
 import io
 import re
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO
@@ -42,6 +44,7 @@ __all__ = [
     "Envelope",
     "Reply",
     "file_spooled",
+    "forget_usage",
     "hostname",
     "import_message",
     "line_end_problem",
@@ -99,6 +102,54 @@ def hostname() -> str:
 # --- RCPT TO ------------------------------------------------------------------------------------
 
 
+class _Usage:
+    """Each mailbox's quota usage as this process last measured it, plus what it spooled for it since.
+
+    Measuring costs a query with a subquery per kind of stored mail (the most expensive step of a
+    message's dialogue), and the figure was only ever taken moments before the message anyway: it
+    is measured again after ``PUSHMAIL_SMTP_USAGE_SECONDS``, and each message this process spools
+    is added meanwhile. What other processes take, or a user deletes, shows at the next measure.
+    """
+
+    _LIMIT = 10_000  # mailboxes remembered at most: then all are forgotten and measured afresh
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[float, int]] = {}
+
+    def used(self, user: User) -> int:
+        now = time.monotonic()
+        with self._lock:
+            found = self._seen.get(user.pk)
+        if found is not None and now - found[0] < settings.PUSHMAIL_SMTP_USAGE_SECONDS:
+            return found[1]
+        used = attachment_selectors.usage_bytes(user)
+        with self._lock:
+            if len(self._seen) >= self._LIMIT:
+                self._seen.clear()
+            self._seen[user.pk] = (now, used)
+        return used
+
+    def add(self, user_ids: list[int], size: int) -> None:
+        with self._lock:
+            for pk in user_ids:
+                if pk in self._seen:
+                    measured, used = self._seen[pk]
+                    self._seen[pk] = (measured, used + size)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+_usage = _Usage()
+
+
+def forget_usage() -> None:
+    """Measure every mailbox's usage afresh at its next RCPT TO."""
+    _usage.forget()
+
+
 def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     """The answer to ``RCPT TO:<address>``: 250, or why this server does not take mail for it."""
     try:
@@ -113,7 +164,7 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     user = User.objects.filter(email=normalized, is_active=True).select_related("domain").first()
     if user is None:
         return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
-    used = attachment_selectors.usage_bytes(user)
+    used = _usage.used(user)
     if used > user.effective_quota_bytes:
         return Reply(452, f"4.2.2 <{normalized}>: mailbox full, try again later")
     return Reply(250, f"2.1.5 <{normalized}> OK", used_bytes=used, user=user)
@@ -222,6 +273,7 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
             "spam_reason": spam_reason[:300],
         },
     )
+    _usage.add([user.pk for user in users], size)
     # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
     file.seek(0)
     progressive.learn_from_header(
