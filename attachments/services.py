@@ -237,6 +237,63 @@ def store_upload(*, file: Any, max_bytes: int | None = None, likely_new: bool = 
         return _store(tmp, sha256, size, likely_new=likely_new)
 
 
+def written_upload(*, file: Any, max_bytes: int) -> Blob:
+    """A file's bytes written to storage under a new Blob row, not yet saved (:func:`save_written`).
+
+    For bytes that are new nearly every time (a received message with its trace
+    header), stored many at once: their rows are inserted in one statement. Call
+    inside ``storing_atomically()``: should the block fail, the file is removed.
+    More than ``max_bytes`` raises ValidationError and writes nothing.
+    """
+    name = getattr(file, "name", None) or "The file"
+    tmp, sha256, size = _spool(
+        _chunks(file),
+        limit=max_bytes,
+        too_large=f"{name} is larger than the {human_size(max_bytes)} limit for one attachment.",
+    )
+    blob = Blob(sha256=sha256, size=size)
+    with tmp:
+        blob.file.save(sha256, File(tmp), save=False)
+    created = _new_files.get()
+    if created is not None and blob.file.name:
+        created.append(blob.file.name)
+    return blob
+
+
+def save_written(blobs: list[Blob]) -> None:
+    """Insert the rows of :func:`written_upload` blobs: two statements, however many.
+
+    Bytes already stored (rare, for bytes new nearly every time), or twice
+    among ``blobs``, keep the one row and file they have: the copy just
+    written is removed and the blob made that row, as :func:`store_upload` does.
+    """
+    firsts: dict[str, Blob] = {}
+    for blob in blobs:
+        firsts.setdefault(blob.sha256, blob)
+    now = timezone.now()
+    for blob in firsts.values():
+        blob.last_stored_at = now
+    Blob.objects.bulk_create(
+        list(firsts.values()), update_conflicts=True, unique_fields=["sha256"], update_fields=["last_stored_at"]
+    )
+    stored = dict(Blob.objects.filter(pk__in=[blob.pk for blob in firsts.values()]).values_list("pk", "file"))
+    for blob in blobs:
+        kept = firsts[blob.sha256]
+        name = stored[kept.pk]
+        if blob.file.name != name:  # stored before: theirs is the one
+            discard_written(blob)
+            blob.pk, blob.file.name = kept.pk, name
+
+
+def discard_written(blob: Blob) -> None:
+    """A :func:`written_upload` blob that will not be saved after all: its file goes."""
+    if blob.file.name:
+        _delete_file(blob.file.name)
+        created = _new_files.get()
+        if created is not None and blob.file.name in created:
+            created.remove(blob.file.name)
+
+
 def store_verified(*, stream: Any, expected_digest: str, expected_size: int) -> Blob:
     """Store fetched bytes only if they are exactly the announced ones.
 

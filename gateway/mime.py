@@ -124,6 +124,13 @@ def parse_file(file: IO[bytes], *, spool_over: int = 64 * 1024) -> ParsedMail:
         raise
 
 
+def sender_of(head: bytes) -> str:
+    """The From address of a message's header block (as :func:`parse_file` reads it), or ""."""
+    message = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+    assert isinstance(message, EmailMessage)  # policy.default makes EmailMessage
+    return _from(message)[0]
+
+
 def _read(message: EmailMessage, *, spooled: dict[str, IO[bytes]]) -> ParsedMail:
     sender, sender_name = _from(message)
     body_parts = _body_parts(message)

@@ -24,6 +24,7 @@ import re
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -36,6 +37,7 @@ from pushmail_site.listen import listen_address
 
 from . import services
 from .database_threads import DatabaseThreads
+from .filing import FilingLoop
 
 __all__ = ["ClientLimits", "GatewayController", "InboundHandler", "listen_address", "tls_context"]
 
@@ -212,9 +214,11 @@ class GatewaySMTP(SMTP):
 class InboundHandler:
     """Answers MAIL, RCPT and DATA for mail to the domains this instance hosts."""
 
-    def __init__(self, *, limits: ClientLimits, workers: int = 8) -> None:
+    def __init__(self, *, limits: ClientLimits, workers: int = 8, spooled: Callable[[], None] | None = None) -> None:
         self.limits = limits
         self._threads = DatabaseThreads(workers=workers, name="smtpd")
+        #: Called once a message is spooled (answered 250): wakes the filing loop.
+        self._spooled = spooled
 
     def close(self) -> None:
         """Close every worker thread's database connections, then the workers."""
@@ -277,6 +281,8 @@ class InboundHandler:
             log.exception("receiving a message from %s failed", checked.client_ip)
             return "451 4.3.0 Local error while storing the message; try again later"
         log.info("%s from %s <%s> to %s", reply.code, checked.client_ip, checked.mail_from, checked.recipients)
+        if reply.ok and self._spooled is not None:
+            self._spooled()
         return str(reply)
 
 
@@ -297,15 +303,25 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
 class GatewayController(Controller):
     """aiosmtpd's Controller serving :class:`GatewaySMTP` on its own thread and event loop."""
 
-    def __init__(self, *, host: str, port: int, limits: ClientLimits | None = None, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        limits: ClientLimits | None = None,
+        reuse_port: bool = False,
+        filing: bool = True,
+    ) -> None:
         self.reuse_port = reuse_port
+        #: Files what this server spools (``filing=False``: something else does, e.g. a test, by hand).
+        self.filing = FilingLoop() if filing else None
         self.limits = limits or ClientLimits(
             max_connections=settings.PUSHMAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT,
             per_minute=settings.PUSHMAIL_SMTP_MESSAGES_PER_MINUTE,
         )
         context = tls_context()
         super().__init__(
-            InboundHandler(limits=self.limits),
+            InboundHandler(limits=self.limits, spooled=self.filing.wake if self.filing is not None else None),
             hostname=host,
             port=port,
             server_hostname=services.hostname(),
@@ -336,6 +352,14 @@ class GatewayController(Controller):
 
         asyncio.run_coroutine_threadsafe(invoke(), self.loop).result(timeout=self.ready_timeout)
 
+    def start(self) -> None:
+        super().start()
+        if self.filing is not None:
+            self.filing.start()
+            self.filing.wake()  # what an earlier run left in the spool
+
     def stop(self, no_assert: bool = False) -> None:
         super().stop(no_assert=no_assert)
         self.handler.close()
+        if self.filing is not None:
+            self.filing.stop()

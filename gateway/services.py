@@ -18,6 +18,8 @@ import email.utils
 import io
 import re
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO
@@ -35,11 +37,14 @@ from attachments.models import Blob
 from federation import discovery, payloads
 from mailbox import services as mailbox_services
 
-from . import auth, mime, progressive
+from . import auth, mime, progressive, spool
+from .models import SpooledMessage
 
 __all__ = [
     "Envelope",
     "Reply",
+    "file_spooled",
+    "forget_usage",
     "hostname",
     "import_message",
     "line_end_problem",
@@ -97,6 +102,54 @@ def hostname() -> str:
 # --- RCPT TO ------------------------------------------------------------------------------------
 
 
+class _Usage:
+    """Each mailbox's quota usage as this process last measured it, plus what it spooled for it since.
+
+    Measuring costs a query with a subquery per kind of stored mail (the most expensive step of a
+    message's dialogue), and the figure was only ever taken moments before the message anyway: it
+    is measured again after ``PUSHMAIL_SMTP_USAGE_SECONDS``, and each message this process spools
+    is added meanwhile. What other processes take, or a user deletes, shows at the next measure.
+    """
+
+    _LIMIT = 10_000  # mailboxes remembered at most: then all are forgotten and measured afresh
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[float, int]] = {}
+
+    def used(self, user: User) -> int:
+        now = time.monotonic()
+        with self._lock:
+            found = self._seen.get(user.pk)
+        if found is not None and now - found[0] < settings.PUSHMAIL_SMTP_USAGE_SECONDS:
+            return found[1]
+        used = attachment_selectors.usage_bytes(user)
+        with self._lock:
+            if len(self._seen) >= self._LIMIT:
+                self._seen.clear()
+            self._seen[user.pk] = (now, used)
+        return used
+
+    def add(self, user_ids: list[int], size: int) -> None:
+        with self._lock:
+            for pk in user_ids:
+                if pk in self._seen:
+                    measured, used = self._seen[pk]
+                    self._seen[pk] = (measured, used + size)
+
+    def forget(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+_usage = _Usage()
+
+
+def forget_usage() -> None:
+    """Measure every mailbox's usage afresh at its next RCPT TO."""
+    _usage.forget()
+
+
 def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     """The answer to ``RCPT TO:<address>``: 250, or why this server does not take mail for it."""
     try:
@@ -111,7 +164,7 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
     user = User.objects.filter(email=normalized, is_active=True).select_related("domain").first()
     if user is None:
         return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
-    used = attachment_selectors.usage_bytes(user)
+    used = _usage.used(user)
     if used > user.effective_quota_bytes:
         return Reply(452, f"4.2.2 <{normalized}>: mailbox full, try again later")
     return Reply(250, f"2.1.5 <{normalized}> OK", used_bytes=used, user=user)
@@ -155,14 +208,17 @@ def line_end_problem(raw: bytes | IO[bytes]) -> Reply | None:
 
 
 def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
-    """Check, store and answer one message (CRLF line ends, dot-unstuffed: bytes, or a binary file).
+    """Check and spool one message (CRLF line ends, dot-unstuffed: bytes, or a binary file); the answer.
 
-    Refused without storing anything: a bare CR or LF (550), a DMARC failure
+    Refused without keeping anything: a bare CR or LF (550), a DMARC failure
     where the From domain's policy is reject (550), a recipient whose mailbox it
-    would overfill (552), DNS that does not answer for DMARC (451). A DMARC
-    failure under a quarantine policy is stored in Spam with the reason shown.
-    The message is read from the file as it is checked and stored, never held
-    whole in memory (but for DKIM verification of a signed message).
+    would overfill (552), DNS that does not answer for DMARC (451). Otherwise the
+    message, with the trace headers added, is committed to the spool
+    (:class:`~gateway.models.SpooledMessage`) before the ``250``, and filed into
+    the mailboxes by the filing loop (gateway.filing): a DMARC failure under a
+    quarantine policy goes to Spam there, its reason shown. Only the header
+    block is parsed here; the message is read from the file a megabyte at a
+    time, never held whole in memory (but for DKIM verification of a signed message).
     """
     file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
     problem = line_end_problem(file)
@@ -172,32 +228,14 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
     users = _recipients(envelope)
     if not users:
         return Reply(554, "5.5.1 No valid recipients")
-    parsed = mime.parse_file(file)
-    try:
-        return _check_and_store(envelope=envelope, file=file, size=size, parsed=parsed, users=users)
-    finally:
-        parsed.close()
-
-
-def _recipients(envelope: Envelope) -> list[User]:
-    """The active mailboxes of the envelope's recipients: as found at RCPT TO, moments ago, else looked up."""
-    missing = [address for address in envelope.recipients if address not in envelope.users]
-    found = {address: envelope.users[address] for address in envelope.recipients if address in envelope.users}
-    if missing:
-        for user in User.objects.filter(email__in=missing, is_active=True).select_related("domain"):
-            found[user.email] = user
-    return list(found.values())
-
-
-def _check_and_store(
-    *, envelope: Envelope, file: IO[bytes], size: int, parsed: mime.ParsedMail, users: list[User]
-) -> Reply:
+    head = _header_block(file)
+    sender = mime.sender_of(head)
     results = auth.authenticate(
         raw=file,
         client_ip=envelope.client_ip,
         mail_from=envelope.mail_from,
         helo=envelope.helo,
-        from_domain=domain_of(parsed.sender) if parsed.sender else "",
+        from_domain=domain_of(sender) if sender else "",
     )
     dmarc = results.dmarc
     if dmarc.result == "temperror":
@@ -224,25 +262,69 @@ def _check_and_store(
     authserv_id = hostname()
     header = results.header_value(authserv_id)
     trace = _trace_headers(envelope, header, authserv_id)
-    try:
-        with attachment_services.storing_atomically():
-            stored = attachment_services.store_upload(
-                file=_Chain(trace, *_without_forged_results(file, authserv_id)),
-                max_bytes=settings.PUSHMAIL_SMTP_MAX_BYTES + len(trace) + 1,
-                # Its trace header (the time, the client) makes the raw message new bytes every time.
-                likely_new=True,
-            )
-            attachments = _stored_attachments(parsed)
-            remote = mailbox_services.accept_smtp_message(
-                delivery=_delivery(envelope, parsed, stored, attachments, header, spam_reason),
-                users=users,
-            )
-    except payloads.PayloadError as exc:
-        return Reply(554, f"5.6.0 Message refused: it cannot be read ({exc})")
+    spooled = spool.spool(
+        file=io.BufferedReader(_Chain(trace, *_without_forged_results(file, authserv_id))),
+        fields={
+            "client_ip": envelope.client_ip,
+            "helo": envelope.helo[:255],
+            "mail_from": envelope.mail_from,
+            "recipient_ids": [user.pk for user in users],
+            "authentication_results": header.replace("\r\n\t", " "),
+            "spam_reason": spam_reason[:300],
+        },
+    )
+    _usage.add([user.pk for user in users], size)
     # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
     file.seek(0)
-    progressive.learn_from_header(raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=remote.sender)
-    return Reply(250, f"2.0.0 OK: delivered as {remote.global_id}")
+    progressive.learn_from_header(
+        raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=sender or _fallback_sender(envelope)
+    )
+    return Reply(250, f"2.0.0 OK: queued as {spooled}")
+
+
+def _recipients(envelope: Envelope) -> list[User]:
+    """The active mailboxes of the envelope's recipients: as found at RCPT TO, moments ago, else looked up."""
+    missing = [address for address in envelope.recipients if address not in envelope.users]
+    found = {address: envelope.users[address] for address in envelope.recipients if address in envelope.users}
+    if missing:
+        for user in User.objects.filter(email__in=missing, is_active=True).select_related("domain"):
+            found[user.email] = user
+    return list(found.values())
+
+
+def _header_block(file: IO[bytes]) -> bytes:
+    """The message's header block (up to the empty line, at most a megabyte)."""
+    file.seek(0)
+    head = b""
+    while len(head) < _MAX_HEAD and (line := file.readline(_MAX_HEAD)):
+        head += line
+        if line == b"\r\n":
+            break
+    return head
+
+
+def file_spooled(*, row: SpooledMessage, file: IO[bytes], users: list[User]) -> mailbox_services.SmtpFiling:
+    """A spooled message made ready to file for ``users``: parsed, its attachments stored once, the raw
+    message written to storage (its Blob row not yet saved: the filing loop inserts a batch's at once,
+    ``attachment_services.save_written``).
+
+    Raises PayloadError when it cannot be read as mail (nothing of it is kept).
+    """
+    parsed = mime.parse_file(file)
+    try:
+        # Its trace header (the time, the client) makes the raw message new bytes every time.
+        raw = attachment_services.written_upload(file=_rewound(file), max_bytes=row.size + 1)
+        try:
+            envelope = Envelope(client_ip=row.client_ip, helo=row.helo, mail_from=row.mail_from, recipients=[])
+            delivery = _delivery(
+                envelope, parsed, raw, _stored_attachments(parsed), row.authentication_results, row.spam_reason
+            )
+            return mailbox_services.smtp_filing(delivery=delivery, users=users)
+        except BaseException:
+            attachment_services.discard_written(raw)
+            raise
+    finally:
+        parsed.close()
 
 
 # --- Import of the user's own mail (an mbox or .eml file, from Settings) --------------------------

@@ -18,6 +18,7 @@ from attachments.models import Blob
 from federation import discovery, payloads
 from federation.inbound import ConflictingNotification, RecipientResult
 from outbox.models import Message
+from outbox.threads import reply_prefixed
 from pushmail_site.jobs import lock
 
 from . import search, spam, states
@@ -189,6 +190,25 @@ def _add_entries(
     """
     if not users:
         return
+    InboxEntry.objects.bulk_create(
+        _entries_of(remote, users, body=body, imported=imported, folder=folder), ignore_conflicts=True
+    )
+    if not imported:
+        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
+    if remote.content is not None and body is None:
+        # A recipient added after the body was fetched finds it by its text too.
+        search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+
+
+def _entries_of(
+    remote: RemoteMessage,
+    users: list[User],
+    *,
+    body: dict[str, Any] | None,
+    imported: bool,
+    folder: str = Folder.INBOX,
+) -> list[InboxEntry]:
+    """The new entries of ``remote`` for ``users`` (not saved): folder, thread, search document."""
     manifest = remote.attachments or []
     # A message already judged spam here goes straight to Spam (unread mail it is not).
     to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
@@ -204,37 +224,29 @@ def _add_entries(
     head = search.entry_document(subject=remote.subject, sender=remote.sender, sender_name=remote.sender_name)
     # A copy going straight to Spam is matched on its head only, as mailbox.search indexes it.
     whole = head if body is None else search.fetched_document(remote, body)
-    InboxEntry.objects.bulk_create(
-        [
-            InboxEntry(
-                owner=user,
-                remote=remote,
-                sender=remote.sender,
-                sender_name=remote.sender_name,
-                subject=remote.subject,
-                size=remote.size,
-                state=states.remote_entry_start(remote),
-                thread_key=conversations[user.pk],
-                has_attachments=bool(manifest),
-                attachments_size=sum(a["size"] for a in manifest),
-                search_document=head if user.pk in to_spam else whole,
-                **(
-                    {"folder": Folder.ARCHIVE, "read": True}
-                    if imported
-                    else {"folder": Folder.SPAM, "hidden_from": folder, "read": True}
-                    if user.pk in to_spam
-                    else {"folder": folder}
-                ),
-            )
-            for user in users
-        ],
-        ignore_conflicts=True,
-    )
-    if not imported:
-        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
-    if remote.content is not None and body is None:
-        # A recipient added after the body was fetched finds it by its text too.
-        search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+    return [
+        InboxEntry(
+            owner=user,
+            remote=remote,
+            sender=remote.sender,
+            sender_name=remote.sender_name,
+            subject=remote.subject,
+            size=remote.size,
+            state=states.remote_entry_start(remote),
+            thread_key=conversations[user.pk],
+            has_attachments=bool(manifest),
+            attachments_size=sum(a["size"] for a in manifest),
+            search_document=head if user.pk in to_spam else whole,
+            **(
+                {"folder": Folder.ARCHIVE, "read": True}
+                if imported
+                else {"folder": Folder.SPAM, "hidden_from": folder, "read": True}
+                if user.pk in to_spam
+                else {"folder": folder}
+            ),
+        )
+        for user in users
+    ]
 
 
 def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:
@@ -289,16 +301,21 @@ class SmtpDelivery:
     automated: str = ""
 
 
-def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: bool = False) -> RemoteMessage:
-    """Store a message received by SMTP for ``users`` (active mailboxes here) and return its row.
+@dataclass(frozen=True)
+class SmtpFiling:
+    """A message received by SMTP, checked and ready to file (:func:`smtp_filing`)."""
 
-    Its body is here already, so the message starts ``fetched``: it reads,
-    searches, threads and downloads like one fetched from another instance.
-    Attachments are recorded as fetched with their stored bytes. Run inside the
-    caller's transaction: the SMTP answer 250 comes only after the commit.
-    Raises PayloadError when the body does not fit the schema (nothing stored).
-    ``imported`` mail (the owner's own, from an mbox or .eml file) is filed read
-    in the Archive, unjudged, and not announced as new mail (no filters, no replies).
+    delivery: SmtpDelivery
+    users: list[User]
+    global_id: uuid.UUID
+    manifest: list[dict[str, Any]]
+    content: bytes
+
+
+def smtp_filing(*, delivery: SmtpDelivery, users: list[User]) -> SmtpFiling:
+    """Check a message received by SMTP for ``users`` (active mailboxes here), before it is filed.
+
+    Raises PayloadError when its body does not fit the schema; stores nothing.
     """
     global_id = uuid.uuid4()
     manifest = [
@@ -321,38 +338,39 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: 
         sender_name=delivery.sender_name,
     )
     payloads.check_body(content)
+    return SmtpFiling(delivery=delivery, users=users, global_id=global_id, manifest=manifest, content=content)
+
+
+def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: bool = False) -> RemoteMessage:
+    """Store a message received by SMTP for ``users`` (active mailboxes here) and return its row.
+
+    Its body is here already, so the message starts ``fetched``: it reads,
+    searches, threads and downloads like one fetched from another instance.
+    Attachments are recorded as fetched with their stored bytes. Run inside the
+    caller's transaction. Raises PayloadError when the body does not fit the
+    schema (nothing stored). ``imported`` mail (the owner's own, from an mbox or
+    .eml file) is filed read in the Archive, unjudged, and not announced as new
+    mail (no filters, no replies).
+    """
+    return file_smtp_messages(filings=[smtp_filing(delivery=delivery, users=users)], imported=imported)[0]
+
+
+def file_smtp_messages(*, filings: list[SmtpFiling], imported: bool = False) -> list[RemoteMessage]:
+    """Store messages received by SMTP (:func:`smtp_filing`), together: their rows in one statement,
+    their attachments in one, their entries in one (but where a message's thread is looked up among
+    the entries before it), in the caller's transaction. Each is then what
+    :func:`accept_smtp_message` makes of it; returns their rows, in order.
+    """
     now = timezone.now()
-    # No savepoint: nothing here is rolled back alone (the caller's block is the unit: the SMTP 250).
+    # No savepoint: nothing here is rolled back alone (the caller's block is the unit).
     with transaction.atomic(savepoint=False):
-        remote = RemoteMessage.objects.create(
-            origin_domain=delivery.origin_domain,
-            global_id=global_id,
-            transport=Transport.SMTP,
-            message_id=delivery.message_id,
-            sender=delivery.sender,
-            sender_name=delivery.sender_name,
-            subject=delivery.subject,
-            date=delivery.date,
-            size=delivery.raw.size,
-            digest=payloads.digest(content),
-            in_reply_to=delivery.in_reply_to,
-            references=delivery.references,
-            attachments=manifest,
-            # Nothing here expires: the message is this instance's to keep, like mail sent from it.
-            expires_at=now,
-            local_domain=domain_of(users[0].email),
-            state=states.SMTP_MESSAGE_START,
-            content=content,
-            fetched_at=now,
-            raw=delivery.raw,
-            authentication_results=delivery.authentication_results,
-            spam_verdict=delivery.spam_reason[:300],
-            list_id=delivery.list_id[:250],
-            automated=delivery.automated[:100],
-        )
-        if not delivery.spam_reason and not imported:
+        remotes = RemoteMessage.objects.bulk_create([_smtp_remote(filing, now=now) for filing in filings])
+        if not imported:
             # Its campaign, its sender's and origin's standing here, as for a notification.
-            spam.classify_new(remote, recipients=[user.email for user in users])
+            judged = [(r, f) for r, f in zip(remotes, filings, strict=True) if not f.delivery.spam_reason]
+            spam.classify_new_many(
+                [remote for remote, _ in judged], recipients=[[u.email for u in f.users] for _, f in judged]
+            )
         ReceivedAttachment.objects.bulk_create(
             [
                 ReceivedAttachment(
@@ -362,15 +380,66 @@ def accept_smtp_message(*, delivery: SmtpDelivery, users: list[User], imported: 
                     blob=attachment.blob,
                     fetched_at=now,
                 )
-                for position, attachment in enumerate(delivery.attachments)
+                for remote, filing in zip(remotes, filings, strict=True)
+                for position, attachment in enumerate(filing.delivery.attachments)
             ]
         )
-        _add_entries(remote, users, body=payloads.parse_body(content), imported=imported)  # indexed on the body too
-        if delivery.spam_reason and not imported:
-            # Every copy to Spam, known correspondent or not: a failed DMARC check means the
-            # From may be forged. Put back in the Inbox if the verdict is lifted, like any verdict.
-            InboxEntry.objects.filter(remote=remote).update(folder=Folder.SPAM, hidden_from=Folder.INBOX, read=True)
-    return remote
+        pending: list[InboxEntry] = []
+        for remote, filing in zip(remotes, filings, strict=True):
+            if pending and _threads_by_lookup(remote):
+                # Its conversation may be an earlier message of this batch: those entries go in first.
+                InboxEntry.objects.bulk_create(pending, ignore_conflicts=True)
+                pending = []
+            body = payloads.parse_body(filing.content)  # indexed on the body too
+            pending += _entries_of(remote, filing.users, body=body, imported=imported)
+        InboxEntry.objects.bulk_create(pending, ignore_conflicts=True)
+        if not imported:
+            for remote, filing in zip(remotes, filings, strict=True):
+                owner_ids = [user.pk for user in filing.users]
+                mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=owner_ids)
+            for remote, filing in zip(remotes, filings, strict=True):
+                if filing.delivery.spam_reason:
+                    # Every copy to Spam, known correspondent or not: a failed DMARC check means the
+                    # From may be forged. Put back in the Inbox if the verdict is lifted, like any verdict.
+                    InboxEntry.objects.filter(remote=remote).update(
+                        folder=Folder.SPAM, hidden_from=Folder.INBOX, read=True
+                    )
+    return remotes
+
+
+def _threads_by_lookup(remote: RemoteMessage) -> bool:
+    """Whether the message's conversation is found among stored entries (mailbox.threads), not in its own ids."""
+    return not remote.references and bool(remote.in_reply_to or reply_prefixed(remote.subject))
+
+
+def _smtp_remote(filing: SmtpFiling, *, now: datetime) -> RemoteMessage:
+    delivery = filing.delivery
+    return RemoteMessage(
+        origin_domain=delivery.origin_domain,
+        global_id=filing.global_id,
+        transport=Transport.SMTP,
+        message_id=delivery.message_id,
+        sender=delivery.sender,
+        sender_name=delivery.sender_name,
+        subject=delivery.subject,
+        date=delivery.date,
+        size=delivery.raw.size,
+        digest=payloads.digest(filing.content),
+        in_reply_to=delivery.in_reply_to,
+        references=delivery.references,
+        attachments=filing.manifest,
+        # Nothing here expires: the message is this instance's to keep, like mail sent from it.
+        expires_at=now,
+        local_domain=domain_of(filing.users[0].email),
+        state=states.SMTP_MESSAGE_START,
+        content=filing.content,
+        fetched_at=now,
+        raw=delivery.raw,
+        authentication_results=delivery.authentication_results,
+        spam_verdict=delivery.spam_reason[:300],
+        list_id=delivery.list_id[:250],
+        automated=delivery.automated[:100],
+    )
 
 
 # --- Mail between mailboxes of this instance, and system notices ------------------------

@@ -26,10 +26,13 @@ from .ingest import (
     RecipientResult,
     SmtpAttachment,
     SmtpDelivery,
+    SmtpFiling,
     accept_notification,
     accept_smtp_message,
     deliver_local_entries,
+    file_smtp_messages,
     post_notice,
+    smtp_filing,
 )
 from .spam import file_own_copy, hide_as_spam, lift_spam_verdict
 from .withdrawals import WithdrawalResult, accept_withdrawal, withdraw_local_entries
@@ -39,6 +42,7 @@ __all__ = [
     "RecipientResult",
     "SmtpAttachment",
     "SmtpDelivery",
+    "SmtpFiling",
     "WithdrawalResult",
     "accept_notification",
     "accept_smtp_message",
@@ -46,6 +50,7 @@ __all__ = [
     "deliver_local_entries",
     "expire_unfetched",
     "file_own_copy",
+    "file_smtp_messages",
     "hide_as_spam",
     "lift_spam_verdict",
     "fetch_body",
@@ -56,5 +61,6 @@ __all__ = [
     "request_fetch",
     "requeue_due",
     "retry_fetch_now",
+    "smtp_filing",
     "withdraw_local_entries",
 ]

@@ -25,6 +25,9 @@ from .models import EntryState, Folder, InboxEntry, RemoteMessage
 #: spam at once (a known campaign, a poorly reputed sender or origin), or "" for the Inbox. The
 #: reputation app answers (and files the message in its campaign meanwhile).
 spam_reason_for_new: Hook[..., str] = Hook("mailbox.spam.spam_reason_for_new")
+#: ``spam_reasons_for_new(remotes=[...], recipients=[[addresses], ...])``: the same for several messages
+#: filed together (mail received by SMTP, in batches), in order.
+spam_reasons_for_new: Hook[..., list[str]] = Hook("mailbox.spam.spam_reasons_for_new")
 
 # Folders a verdict hides copies from: Trash is the owner's own decision and stays as it is.
 _HIDDEN_FROM = [Folder.INBOX, Folder.ARCHIVE]
@@ -80,6 +83,17 @@ def classify_new(remote: RemoteMessage, *, recipients: Sequence[str] = ()) -> No
     if reason:
         RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason)
         remote.spam_verdict = reason
+
+
+def classify_new_many(remotes: Sequence[RemoteMessage], *, recipients: Sequence[Sequence[str]]) -> None:
+    """:func:`classify_new` for several messages new here, filed together."""
+    if not remotes:
+        return
+    reasons = spam_reasons_for_new(remotes=list(remotes), recipients=[list(found) for found in recipients])
+    for remote, reason in zip(remotes, reasons, strict=True):
+        if reason:
+            RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason[:300])
+            remote.spam_verdict = reason[:300]
 
 
 def _hide(entries: QuerySet[InboxEntry]) -> int:

@@ -554,6 +554,12 @@ PUSHMAIL_SMTP_LISTEN = os.environ.get("PUSHMAIL_SMTP_LISTEN", "127.0.0.1:2525")
 PUSHMAIL_SMTP_HOSTNAME = os.environ.get("PUSHMAIL_SMTP_HOSTNAME", "")
 # The largest message taken (the SIZE extension announces it; more is refused 552).
 PUSHMAIL_SMTP_MAX_BYTES = env_int("PUSHMAIL_SMTP_MAX_BYTES", 35 * 1024 * 1024)
+# The gateway measures a mailbox's quota usage at most this often (seconds; it adds what it takes meanwhile).
+PUSHMAIL_SMTP_USAGE_SECONDS = float(os.environ.get("PUSHMAIL_SMTP_USAGE_SECONDS", "5"))
+# Messages answered 250 are filed in batches of up to this many (gateway/filing.py), one transaction each.
+PUSHMAIL_SMTP_FILING_BATCH = env_int("PUSHMAIL_SMTP_FILING_BATCH", 200)
+# A spooled message that keeps failing to be filed (a passing error) is retried this long, then given up.
+PUSHMAIL_SMTP_FILING_WINDOW = timedelta(seconds=float(os.environ.get("PUSHMAIL_SMTP_FILING_WINDOW_SECONDS", 86400)))
 # STARTTLS is offered when both are set (PEM files).
 PUSHMAIL_SMTP_TLS_CERT = os.environ.get("PUSHMAIL_SMTP_TLS_CERT", "")
 PUSHMAIL_SMTP_TLS_KEY = os.environ.get("PUSHMAIL_SMTP_TLS_KEY", "")

@@ -108,7 +108,13 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Cam
     """
     key = subject_key(remote.subject)
     shape = subject_shape(key, recipients)
-    bucket = size_bucket(remote.size)
+    campaign, created = _campaign_for(remote, key=key, shape=shape, bucket=size_bucket(remote.size))
+    CampaignMessage.objects.create(message=remote, campaign=campaign)
+    return campaign, created
+
+
+def _campaign_for(remote: RemoteMessage, *, key: str, shape: str, bucket: int) -> tuple[Campaign, bool]:
+    """The open campaign the message matches (with its verdict), or a new one; (it, whether new)."""
     alike = Q(sender=remote.sender, subject_key=key)
     if shape:
         alike |= Q(subject_shape=shape)
@@ -123,28 +129,63 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Cam
         .order_by("pk")
         .first()
     )
-    created = campaign is None
-    if campaign is None:
-        campaign = Campaign.objects.create(
-            origin_domain=remote.origin_domain,
-            sender=remote.sender,
-            subject_key=key,
-            subject_shape=shape,
-            size_bucket=bucket,
-            local_domain=remote.local_domain,
-            first_seen_at=timezone.now(),
-        )
-    CampaignMessage.objects.create(message=remote, campaign=campaign)
-    return campaign, created
+    if campaign is not None:
+        return campaign, False
+    campaign = Campaign.objects.create(
+        origin_domain=remote.origin_domain,
+        sender=remote.sender,
+        subject_key=key,
+        subject_shape=shape,
+        size_bucket=bucket,
+        local_domain=remote.local_domain,
+        first_seen_at=timezone.now(),
+    )
+    return campaign, True
+
+
+def place_many(*, remotes: Sequence[RemoteMessage], recipients: Sequence[Sequence[str]]) -> list[tuple[Campaign, bool]]:
+    """:func:`place` for several messages new here, in order, as if placed one after another: one lookup
+    per campaign (its later messages find it in hand), one insert for all the memberships."""
+    known: dict[tuple[str, str, str, str, int], Campaign] = {}
+    placed: list[tuple[Campaign, bool]] = []
+    for remote, their_recipients in zip(remotes, recipients, strict=True):
+        key = subject_key(remote.subject)
+        shape = subject_shape(key, their_recipients)
+        group = (remote.origin_domain, remote.sender, key, shape, size_bucket(remote.size))
+        campaign = known.get(group)
+        if campaign is not None:
+            placed.append((campaign, False))
+            continue
+        campaign, created = _campaign_for(remote, key=key, shape=shape, bucket=group[4])
+        known[group] = campaign
+        placed.append((campaign, created))
+    CampaignMessage.objects.bulk_create(
+        [
+            CampaignMessage(message=remote, campaign=campaign)
+            for remote, (campaign, _) in zip(remotes, placed, strict=True)
+        ]
+    )
+    return placed
+
+
+def spam_reasons_for_new(*, remotes: Sequence[RemoteMessage], recipients: Sequence[Sequence[str]]) -> list[str]:
+    """:func:`spam_reason_for_new` for several messages new here (:func:`place_many`)."""
+    return [
+        _verdict_reason(campaign, created) for campaign, created in place_many(remotes=remotes, recipients=recipients)
+    ]
+
+
+def _verdict_reason(campaign: Campaign, created: bool) -> str:
+    if created:
+        return ""
+    verdict = getattr(campaign, "verdict", None)  # fetched with the lookup
+    return verdict.reason if verdict is not None and verdict.overturned_at is None else ""
 
 
 def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> str:
     """The campaign's verdict for a message new here: why it goes straight to Spam, or ""."""
     campaign, created = place(remote=remote, recipients=recipients)
-    if created:
-        return ""
-    verdict = getattr(campaign, "verdict", None)  # fetched with the lookup
-    return verdict.reason if verdict is not None and verdict.overturned_at is None else ""
+    return _verdict_reason(campaign, created)
 
 
 def campaign_id_of(remote: RemoteMessage) -> int:

@@ -20,3 +20,11 @@ def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()
     A chain: the first reason found wins. Filing the message in its campaign comes first, always.
     """
     return campaigns.spam_reason_for_new(remote=remote, recipients=recipients) or scores.reason_for_new(remote) or ""
+
+
+def spam_reasons_for_new(*, remotes: Sequence[RemoteMessage], recipients: Sequence[Sequence[str]]) -> list[str]:
+    """:func:`spam_reason_for_new` for several messages new here (filed together): the same answers,
+    in a few statements for all of them."""
+    by_campaign = campaigns.spam_reasons_for_new(remotes=remotes, recipients=recipients)
+    by_score = scores.reasons_for_new(remotes)
+    return [campaign or score or "" for campaign, score in zip(by_campaign, by_score, strict=True)]

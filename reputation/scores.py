@@ -51,6 +51,7 @@ replies are rescored by ``refresh_scores`` (Celery beat, every PUSHMAIL_REPUTATI
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -181,6 +182,18 @@ def reason_for_new(remote: RemoteMessage) -> str:
     """Why new mail from this sender or origin goes straight to Spam here, or ""."""
     sender = remote.sender.lower()
     known = SenderReputation.objects.filter(address=sender).values_list("spam_filed", "allowed").first()
+    return _reason(remote, sender, known)
+
+
+def reasons_for_new(remotes: Sequence[RemoteMessage]) -> list[str]:
+    """:func:`reason_for_new` for several messages: their senders looked up in one query."""
+    senders = {remote.sender.lower() for remote in remotes}
+    rows = SenderReputation.objects.filter(address__in=senders).values_list("address", "spam_filed", "allowed")
+    known = {address: (spam_filed, allowed) for address, spam_filed, allowed in rows}
+    return [_reason(remote, remote.sender.lower(), known.get(remote.sender.lower())) for remote in remotes]
+
+
+def _reason(remote: RemoteMessage, sender: str, known: tuple[bool, bool] | None) -> str:
     if known is not None:
         spam_filed, allowed = known
         if allowed:

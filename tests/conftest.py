@@ -31,6 +31,7 @@ from rest_framework.test import APIClient
 from accounts.models import Domain, User
 from accounts.services import issue_api_token
 from federation import discovery, http, keys, signatures
+from gateway import services as gateway_services
 from pushmail_site.jobs import drop_queued_mark
 from tests.factories import DomainFactory, MailboxFactory
 
@@ -274,8 +275,9 @@ class FakeNetwork:
 
 @pytest.fixture(autouse=True)
 def _fresh_local_cache() -> Iterator[None]:
-    """The per-process discovery cache must not leak between tests."""
+    """The per-process discovery cache (and the gateway's quota usage) must not leak between tests."""
     caches["local"].clear()
+    gateway_services.forget_usage()
     yield
     caches["local"].clear()
 
