@@ -208,16 +208,28 @@ def request_fetches(*, remote_ids: list[int], entry_ids: Sequence[int] = ()) -> 
     ``entry_ids``, the entries of the readers who asked, show ``fetching``; the message's
     other copies stay ``notified`` until the fetch has an outcome (mailbox.states), so that
     the reader's way to the body writes one row per message, not one per copy.
+
+    A body is fetched only for a reader who may see it. A spam verdict being applied holds its
+    messages' rows until every copy it hides has moved: the rows are locked first, which waits for
+    it, and the readers' copies read afresh after; a copy it hid asks for nothing.
     """
     with transaction.atomic():
+        notified = RemoteMessage.objects.filter(pk__in=remote_ids, state=FetchState.NOTIFIED)
+        list(lock(notified, skip_locked=False).order_by("pk").values_list("pk", flat=True))
+        asking = [
+            entry
+            for entry in InboxEntry.objects.filter(pk__in=entry_ids).select_related("remote")
+            if not spam.is_hidden(entry)
+        ]
+        wanted = {entry.remote_id for entry in asking if entry.remote_id} if entry_ids else set(remote_ids)
         moved = transition_rows(
-            RemoteMessage.objects.filter(pk__in=remote_ids, state=FetchState.NOTIFIED),
+            notified.filter(pk__in=wanted),
             FETCH,
             FetchState.FETCHING,
             fields={"next_attempt_at": timezone.now()},
         )
-        if entry_ids:
-            entries_asked(list(entry_ids))
+        if asking:
+            entries_asked([entry.pk for entry in asking])
     for remote_id in moved:
         _queue_fetch(remote_id)
 
@@ -269,6 +281,12 @@ def _claim(remote_id: int) -> RemoteMessage | None:
     with transaction.atomic():
         remote = lock(RemoteMessage.objects.all()).filter(pk=remote_id, state__in=DUE, next_attempt_at__lte=now).first()
         if remote is None:
+            return None
+        if spam.withheld_from_everyone(remote=remote):
+            # Judged spam after its fetch was asked for, and hidden from every reader who could have
+            # seen it: nobody here needs the body. Called off; a reader it is given back to (a known
+            # correspondent, "Not spam") asks again by opening it.
+            transition(remote, FETCH, FetchState.NOTIFIED, fields={"next_attempt_at": None, "last_error": ""})
             return None
         remote.attempts += 1
         remote.last_attempt_at = now
@@ -354,7 +372,11 @@ def finish_fetched(remote_id: int, *, body: dict[str, Any] | None = None) -> Non
     is announced; then the message is no longer due."""
     entries_follow_in_batches(FetchState.FETCHED, remote_id)
     with transaction.atomic():
-        remote = RemoteMessage.objects.filter(pk=remote_id, state=FetchState.FETCHED).first()
+        # The message first and its copies after, as readers and verdicts take them: a reader who opens
+        # their copy the moment the body arrives holds the message (shared) and then wants their copy,
+        # which the copies' updates below would hold while waiting for the message: a deadlock, a 500.
+        stored = RemoteMessage.objects.filter(pk=remote_id, state=FetchState.FETCHED)
+        remote = lock(stored, skip_locked=False).first()
         if remote is None or remote.content is None:
             return  # withdrawn meanwhile: the withdrawal took the copies where they go
         if body is None:

@@ -16,7 +16,7 @@ from attachments.filenames import blocked_reason
 from attachments.selectors import AttachmentItem, previewable
 from outbox import selectors as outbox_selectors
 
-from .content import readable_content_for
+from .content import readable_content_for, withheld_by_verdict
 from .models import EntryState, Folder, InboxEntry, Label, RemoteMessage
 from .states import BODY_AT_SENDER
 
@@ -42,6 +42,12 @@ def spam_verdicts(*, remote_ids: Collection[int]) -> dict[int, str]:
 def body_at_sender(entry: InboxEntry) -> bool:
     """The entry's body is still at the sender's (not fetched yet, or being fetched)."""
     return entry.state in BODY_AT_SENDER
+
+
+def body_on_its_way(entry: InboxEntry) -> bool:
+    """The reader of an opened entry should wait for its body: it is still at the sender's, and
+    no spam verdict withholds it from them (a withheld copy's body is never fetched for them)."""
+    return body_at_sender(entry) and not withheld_by_verdict(entry)
 
 
 def body_of(entry: InboxEntry) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Exists, F, OuterRef, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import Left, Length
 
 from federation import payloads
@@ -135,6 +135,16 @@ def straight_to_spam(*, remote: RemoteMessage, owner_ids: list[int]) -> set[int]
         )
     )
     return set(owner_ids) - known
+
+
+def withheld_from_everyone(*, remote: RemoteMessage) -> bool:
+    """A message judged spam whose every copy here its verdict withholds (mailbox.content): nobody here may
+    read its body, so nobody needs it fetched. A copy opened before the verdict, one in a folder the
+    verdict left alone (Trash), or a known correspondent's, may still be read."""
+    if not remote.spam_verdict:
+        return False
+    readable = Q(opened_at__isnull=False) | ~Q(folder=Folder.SPAM) | _wrote_to_sender()
+    return not InboxEntry.objects.filter(remote=remote).filter(readable).exists()
 
 
 def is_hidden(entry: InboxEntry) -> bool:

@@ -58,8 +58,9 @@ FETCH = StateGraph(
     ],
     edges={
         NOTIFIED: [FETCHING, WITHDRAWN, EXPIRED],
-        FETCHING: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED],
-        UNAVAILABLE: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED],
+        # Back to notified: a spam verdict hid every copy before the fetch began (called off).
+        FETCHING: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED, NOTIFIED],
+        UNAVAILABLE: [FETCHED, TAMPERED, MALFORMED, UNAVAILABLE, WITHDRAWN, EXPIRED, NOTIFIED],
         # A withdrawal still reaches a message in any other state.
         FETCHED: [WITHDRAWN],
         EXPIRED: [WITHDRAWN],

@@ -70,14 +70,16 @@ class InboxListView(generics.ListAPIView):
 class InboxEntryView(APIView):
     @extend_schema(responses={200: EntryDetailSerializer, 202: EntryDetailSerializer})
     def get(self, request: AuthedApiRequest, entry_id: int) -> Response:
-        """The entry with its body; 202 while the body is still at the sender's (a fetch is queued)."""
+        """The entry with its body; 202 while the body is still at the sender's (a fetch is queued).
+
+        A copy a spam verdict hid before its owner saw it is answered 200 with no body: none is coming."""
         entry = services.open_entry(entry=_entry_or_404(request, entry_id))
         entry = _entry_or_404(request, entry_id)
         if entry.opened_at is None and entry.state == EntryState.FETCHED:
             # The body arrived between the two reads: the reader gets it now, so they have seen it.
             entry = services.open_entry(entry=entry)
         data = EntryDetailSerializer(entry).data
-        waiting = data["body"] is None and selectors.body_at_sender(entry)
+        waiting = data["body"] is None and selectors.body_on_its_way(entry)
         return Response(data, status=status.HTTP_202_ACCEPTED if waiting else status.HTTP_200_OK)
 
 

@@ -198,6 +198,54 @@ def test_a_copy_hidden_after_the_first_readers_fetched_it_shows_no_body_until_no
     )
 
 
+def test_a_reader_who_listed_it_before_the_verdict_and_opens_it_after_fetches_nothing(
+    people: list[User], peer: FakePeer, queued: list[Queued], django_capture_on_commit_callbacks: Any
+) -> None:
+    # A spam run of personalized messages: each body is fetched only for a reader who gets to see it.
+    message = PeerMessageFactory(text="Claim your prize at once")
+    remote = _receive(peer, message, people[:4])
+    listed = _entry(people[3], remote)  # in their Inbox when they listed it
+    for user in people[:3]:
+        _report(user, remote)
+    assert _entry(people[3], remote).folder == Folder.SPAM
+
+    with django_capture_on_commit_callbacks(execute=True):
+        opened = open_entry(entry=listed)
+    remote.refresh_from_db()
+    assert remote.state == EntryState.NOTIFIED and opened.state == EntryState.NOTIFIED
+    assert queued == [] and peer.calls_to("GET", body_path(message.global_id)) == []
+    # Nothing is on its way for them: answered at once, no body, not "ask again" (202).
+    shown = api_as(people[3]).get(f"/api/v1/inbox/{listed.pk}/")
+    assert shown.status_code == 200 and shown.json()["body"] is None
+    assert queued == [] and peer.calls_to("GET", body_path(message.global_id)) == []
+
+
+def test_a_fetch_asked_for_before_the_verdict_is_called_off_when_it_hides_every_copy(
+    people: list[User], peer: FakePeer, django_capture_on_commit_callbacks: Any
+) -> None:
+    message = PeerMessageFactory(text="Claim your prize at once")
+    remote = _receive(peer, message, people[:4])
+    asked = _entry(people[3], remote)
+    assert open_entry(entry=asked).state == EntryState.FETCHING  # its fetch queued, not run yet
+    for user in people[:3]:
+        _report(user, remote)  # the verdict hides the asker's copy: nobody here may read it now
+
+    fetch_body(remote.pk)
+    assert peer.calls_to("GET", body_path(message.global_id)) == []
+    remote.refresh_from_db()
+    assert remote.state == EntryState.NOTIFIED and remote.next_attempt_at is None and remote.content is None
+    assert _entry(people[3], remote).state == EntryState.NOTIFIED
+
+    # Their own "Not spam" gives it back: opening it fetches the body then.
+    _report(people[3], remote, "not-spam")
+    with django_capture_on_commit_callbacks(execute=True):
+        open_entry(entry=_entry(people[3], remote))
+    fetch_body(remote.pk)
+    shown = api_as(people[3]).get(f"/api/v1/inbox/{asked.pk}/")
+    assert shown.status_code == 200 and "Claim your prize" in shown.json()["body"]["text"]
+    assert len(peer.calls_to("GET", body_path(message.global_id))) == 1
+
+
 def _client_of(user: User) -> Client:
     client = Client()
     client.force_login(user)

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthedRequest
 from mailbox.models import EntryState, InboxEntry
-from mailbox.selectors import attachment_items_for_entry, body_at_sender, body_of
+from mailbox.selectors import attachment_items_for_entry, body_of, body_on_its_way
 from mailbox.services import open_entries, open_entry, retry_fetch_now
 from newsletters import selectors as newsletter_selectors
 from outbox.reach import withdrawal_scope
@@ -38,7 +38,7 @@ def _state_context(
     entry: InboxEntry, body: dict[str, Any] | None, *, polls: int = 0, retrying: bool = False
 ) -> dict[str, Any]:
     """What the body region of one entry needs: the body, or the state it is in."""
-    pending = body is None and body_at_sender(entry)  # the page polls until it arrives
+    pending = body is None and body_on_its_way(entry)  # the page polls until it arrives
     return {
         "entry": entry,
         "body": body,
