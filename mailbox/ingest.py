@@ -59,6 +59,84 @@ def accept_notification(*, origin: str, notification: payloads.Notification) -> 
     return results
 
 
+def accept_notifications(
+    *, origin: str, notifications: list[payloads.Notification]
+) -> list[list[RecipientResult] | ConflictingNotification]:
+    """Record a batch of notifications from one origin: for each, what accept_notification answers.
+
+    One transaction for the batch, its mailboxes looked up at once, its messages and their
+    entries each inserted in one statement. When one of its ids is already known here (a retry,
+    a split notification) or repeats in the batch, each notification is taken in turn instead,
+    exactly as alone; a conflicting one is answered with its ConflictingNotification and the
+    others are stored all the same. All rows are committed before this returns.
+    """
+    users = _local_recipients(list({address for n in notifications for address in n.recipients}))
+    served = discovery.local_domain_names()
+    answers: list[list[RecipientResult] | ConflictingNotification] = [
+        [_answer(address, users, served) for address in n.recipients] for n in notifications
+    ]
+    accepted = [
+        [users[r.address] for r in results if r.status == "accepted"] if isinstance(results, list) else []
+        for results in answers
+    ]
+    with transaction.atomic():
+        if _store_new_batch(origin, notifications, accepted, answers):
+            return answers
+        for i, notification in enumerate(notifications):
+            try:
+                with transaction.atomic():
+                    answers[i] = accept_notification(origin=origin, notification=notification)
+            except ConflictingNotification as exc:
+                answers[i] = exc
+    return answers
+
+
+def _store_new_batch(
+    origin: str,
+    notifications: list[payloads.Notification],
+    accepted: list[list[User]],
+    answers: list[list[RecipientResult] | ConflictingNotification],
+) -> bool:
+    """Store a batch whose messages are all new here in a few statements; False (nothing stored) if one is not."""
+    ids = [n.global_id for n in notifications]
+    if len(set(ids)) != len(ids):
+        return False
+    unreached = {n.global_id: i for i, n in enumerate(notifications) if not accepted[i]}
+    if unreached:  # a notification reaching nobody here is still refused if it contradicts the first one
+        for known in RemoteMessage.objects.filter(origin_domain=origin, global_id__in=list(unreached)):
+            try:
+                _check_repeat(known, notifications[unreached[known.global_id]])
+            except ConflictingNotification as exc:
+                answers[unreached[known.global_id]] = exc
+    todo = [(n, users) for n, users in zip(notifications, accepted, strict=True) if users]
+    if not todo:
+        return True
+    try:
+        with transaction.atomic():
+            remotes = RemoteMessage.objects.bulk_create(
+                [
+                    RemoteMessage(
+                        origin_domain=origin,
+                        global_id=n.global_id,
+                        **_message_fields(n, local_domain=domain_of(users[0].email)),
+                    )
+                    for n, users in todo
+                ]
+            )
+    except IntegrityError:
+        return False
+    entries: list[InboxEntry] = []
+    for remote, (_n, users) in zip(remotes, todo, strict=True):
+        spam.classify_new(remote, recipients=[user.email for user in users])
+        entries += _new_entries(remote, users)
+    InboxEntry.objects.bulk_create(entries, ignore_conflicts=True)
+    for remote, (_n, users) in zip(remotes, todo, strict=True):
+        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
+        if _fetches_on_notify(remote, users):
+            request_fetch(remote_id=remote.pk)
+    return True
+
+
 def _local_recipients(addresses: list[str]) -> dict[str, User]:
     found = (
         User.objects.filter(email__in=addresses, is_active=True)
@@ -173,6 +251,18 @@ def _add_entries(
     """
     if not users:
         return
+    InboxEntry.objects.bulk_create(_new_entries(remote, users, body=body, imported=imported), ignore_conflicts=True)
+    if not imported:
+        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
+    if remote.content is not None and body is None:
+        # A recipient added after the body was fetched finds it by its text too.
+        search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+
+
+def _new_entries(
+    remote: RemoteMessage, users: list[User], *, body: dict[str, Any] | None = None, imported: bool = False
+) -> list[InboxEntry]:
+    """The entries (not saved) for these users of a message, as :func:`_add_entries` describes them."""
     manifest = remote.attachments or []
     # A message already judged spam here goes straight to Spam (unread mail it is not).
     to_spam = spam.straight_to_spam(remote=remote, owner_ids=[user.pk for user in users])
@@ -188,37 +278,29 @@ def _add_entries(
     head = search.entry_document(subject=remote.subject, sender=remote.sender, sender_name=remote.sender_name)
     # A copy going straight to Spam is matched on its head only, as mailbox.search indexes it.
     whole = head if body is None else search.fetched_document(remote, body)
-    InboxEntry.objects.bulk_create(
-        [
-            InboxEntry(
-                owner=user,
-                remote=remote,
-                sender=remote.sender,
-                sender_name=remote.sender_name,
-                subject=remote.subject,
-                size=remote.size,
-                state=states.remote_entry_start(remote),
-                thread_key=conversations[user.pk],
-                has_attachments=bool(manifest),
-                attachments_size=sum(a["size"] for a in manifest),
-                search_document=head if user.pk in to_spam else whole,
-                **(
-                    {"folder": Folder.ARCHIVE, "read": True}
-                    if imported
-                    else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
-                    if user.pk in to_spam
-                    else {}
-                ),
-            )
-            for user in users
-        ],
-        ignore_conflicts=True,
-    )
-    if not imported:
-        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
-    if remote.content is not None and body is None:
-        # A recipient added after the body was fetched finds it by its text too.
-        search.index_fetched_body(remote=remote, body=payloads.parse_body(bytes(remote.content)))
+    return [
+        InboxEntry(
+            owner=user,
+            remote=remote,
+            sender=remote.sender,
+            sender_name=remote.sender_name,
+            subject=remote.subject,
+            size=remote.size,
+            state=states.remote_entry_start(remote),
+            thread_key=conversations[user.pk],
+            has_attachments=bool(manifest),
+            attachments_size=sum(a["size"] for a in manifest),
+            search_document=head if user.pk in to_spam else whole,
+            **(
+                {"folder": Folder.ARCHIVE, "read": True}
+                if imported
+                else {"folder": Folder.SPAM, "hidden_from": Folder.INBOX, "read": True}
+                if user.pk in to_spam
+                else {}
+            ),
+        )
+        for user in users
+    ]
 
 
 def _fetches_on_notify(remote: RemoteMessage, users: list[User]) -> bool:

@@ -14,13 +14,16 @@ accepts, a 5xx refuses at once, a 4xx waits for the next attempt).
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 
 from celery import shared_task
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from federation import client, discovery, payloads
+from federation.client import BatchOutcome
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, retry_window, transition
 
@@ -65,6 +68,8 @@ def deliver_notification(delivery_id: int) -> None:
         _deliver_by_smtp(delivery)
         return
     try:
+        if _delivered_in_batch(delivery):
+            return
         results = _post_notification(delivery)
     except (discovery.DiscoveryError, client.PeerError) as exc:
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=exc.retry_after)
@@ -172,6 +177,131 @@ def _post_notification(delivery: Delivery) -> dict[str, dict[str, str]] | None:
             )
         )
     return results
+
+
+def _delivered_in_batch(delivery: Delivery) -> bool:
+    """Send ``delivery`` together with the other notifications already due for its domain, if its peer
+    takes batches (§5.4.1) and there are any; True when it went that way (each row then has its outcome).
+
+    Only what is due now joins: a lone notification is never held back to wait for company.
+    """
+    instance = discovery.discover(delivery.domain)
+    if instance is None or instance.max_batch_notifications < 2:
+        return False
+    first = notification_for(delivery)
+    if len(first.recipients) > instance.max_recipients:
+        return False  # split into parts, each a request of its own (§6.1)
+    companions = _claim_companions(delivery, limit=instance.max_batch_notifications - 1)
+    if not companions:
+        return False
+    members = [(delivery, first)]
+    for other in companions:
+        if other.message.withdrawn_at:
+            _finish_delivery(other, state=DeliveryState.FAILED, error=WITHDRAWN_FIRST)
+            continue
+        notification = notification_for(other)
+        if len(notification.recipients) > instance.max_recipients:
+            _release(other)  # goes by itself, split, when its own task runs
+            continue
+        members.append((other, notification))
+    sender_domain = delivery.message.sender.domain.name
+    for batch, body in _packed(members, instance.max_batch_bytes):
+        _send_batch(instance, sender_domain, batch, body)
+    return True
+
+
+def _claim_companions(delivery: Delivery, *, limit: int) -> list[Delivery]:
+    """Claim, as _claim_delivery does, up to ``limit`` other notifications due now for the same domain
+    and signed by the same sending domain."""
+    with transaction.atomic():
+        found = list(
+            lock(Delivery.objects.select_related("message", "message__sender__domain"))
+            .filter(
+                domain=delivery.domain,
+                local=False,
+                transport=Transport.FEDERATION,
+                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+                next_attempt_at__lte=timezone.now(),
+                message__sender__domain=delivery.message.sender.domain,
+            )
+            .exclude(pk=delivery.pk)
+            .order_by("next_attempt_at", "pk")[:limit]
+        )
+        if found:
+            until = claim_until()
+            Delivery.objects.filter(pk__in=[d.pk for d in found]).update(
+                attempts=F("attempts") + 1, next_attempt_at=until
+            )
+            for other in found:
+                other.attempts += 1
+                other.next_attempt_at = until
+    return found
+
+
+def _release(delivery: Delivery) -> None:
+    """Give a claimed row back, due now, as if it had not been claimed: its own task sends it."""
+    Delivery.objects.filter(pk=delivery.pk).update(attempts=F("attempts") - 1, next_attempt_at=timezone.now())
+    enqueue(deliver_notification_task, delivery.pk)
+
+
+Member = tuple[Delivery, payloads.Notification]
+
+
+def _packed(members: list[Member], max_bytes: int) -> list[tuple[list[Member], bytes | None]]:
+    """The members in batches whose serialized body fits ``max_bytes``; one that fits in none goes alone."""
+    out: list[tuple[list[Member], bytes | None]] = []
+    current: list[Member] = []
+    for member in members:
+        trial = current + [member]
+        body = _batch_body(trial)
+        if len(body) <= max_bytes:
+            current = trial
+            continue
+        if current:
+            out.append((current, _batch_body(current)))
+        current = [member] if len(_batch_body([member])) <= max_bytes else []
+        if not current:
+            out.append(([member], None))  # too large for any batch: a request of its own
+    if current:
+        out.append((current, _batch_body(current)))
+    return out
+
+
+def _batch_body(members: list[Member]) -> bytes:
+    return json.dumps(payloads.notification_batch([n for _, n in members]), separators=(",", ":")).encode()
+
+
+def _send_batch(instance: discovery.Instance, sender_domain: str, members: list[Member], body: bytes | None) -> None:
+    """One request for these members (alone when ``body`` is None); each row moves by its own outcome."""
+    if body is None or len(members) == 1:
+        delivery, notification = members[0]
+        _settle(delivery, _send_one(instance, sender_domain, notification))
+        return
+    try:
+        outcomes = client.send_notification_batch(
+            instance=instance, sender_domain=sender_domain, notifications=[n for _, n in members], body=body
+        )
+    except client.BatchRefused:
+        outcomes = [_send_one(instance, sender_domain, n) for _, n in members]
+    except client.PeerError as exc:
+        outcomes = [exc] * len(members)
+    for (delivery, _notification), outcome in zip(members, outcomes, strict=True):
+        _settle(delivery, outcome)
+
+
+def _send_one(instance: discovery.Instance, sender_domain: str, notification: payloads.Notification) -> BatchOutcome:
+    try:
+        return client.send_notification(instance=instance, sender_domain=sender_domain, notification=notification)
+    except client.PeerError as exc:
+        return exc
+
+
+def _settle(delivery: Delivery, outcome: BatchOutcome) -> None:
+    """A row's move after its notification's answer, as for a notification sent alone."""
+    if isinstance(outcome, client.PeerError):
+        _delivery_failed_attempt(delivery, str(outcome), retryable=outcome.retryable, retry_after=outcome.retry_after)
+    else:
+        _record_answers(delivery, outcome)
 
 
 def notification_for(delivery: Delivery) -> payloads.Notification:
