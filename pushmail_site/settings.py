@@ -208,7 +208,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # per-process cache for discovery documents.
 CACHE_URL = os.environ.get("CACHE_URL", "")
 if CACHE_URL.startswith(("redis://", "rediss://")):
-    _shared_cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    _shared_cache: dict[str, Any] = {"BACKEND": "pushmail_site.cache.SharedRedisCache", "LOCATION": CACHE_URL}
     # Sessions are read from Redis and written through to the database, which
     # keeps them across a cache flush: one query fewer on every page.
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
