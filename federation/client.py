@@ -116,7 +116,9 @@ def _recipient_answers(results: Any) -> dict[str, dict[str, str]]:
 
 
 class BatchRefused(PeerError):
-    """The peer does not take batches (any more): 404 or 405 from the batch endpoint. Send them one by one."""
+    """The peer will not take this batch as a batch: it takes none (any more: 404, 405), or not this one
+    (413, or 400 about the batch itself, each notification in it being answered on its own otherwise).
+    Send them one by one."""
 
 
 #: One notification's outcome in a batch: each recipient's answer, or what a lone request would have raised.
@@ -145,7 +147,7 @@ def send_notification_batch(
         response = http.request("POST", url, headers=headers, body=body, max_bytes=4 << 20)
     except http.OutboundError as exc:
         raise PeerError(str(exc), retryable=exc.retryable) from exc
-    if response.status in (404, 405):
+    if response.status in (400, 404, 405, 413):
         raise BatchRefused(_error_text(response), retryable=True)
     if response.status != 200:
         _raise_for(response)

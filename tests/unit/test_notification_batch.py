@@ -320,3 +320,18 @@ def test_a_batch_that_fails_whole_retries_every_delivery_in_it(alice: User, peer
     assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("state", flat=True)) == {
         DeliveryState.RETRYING
     }
+
+
+@pytest.mark.parametrize("status", [400, 404, 413])
+def test_a_batch_the_peer_will_not_take_is_sent_one_by_one(alice: User, peer: FakePeer, status: int) -> None:
+    _batching(peer)
+    peer.reply("POST", BATCH, status, {"error": "too_large", "detail": "no"})
+    deliveries = _due(*(SentMessageFactory(sender=alice, to=[f"u{i}@peer.test"]) for i in range(3)))
+
+    deliver_notification(deliveries[0].pk)
+
+    assert len(peer.calls_to("POST", BATCH)) == 1
+    assert len(peer.calls_to("POST", NOTIFICATIONS)) == 3
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("state", flat=True)) == {
+        DeliveryState.NOTIFIED
+    }
