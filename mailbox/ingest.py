@@ -24,7 +24,7 @@ from . import search, spam, states
 from .attachment_states import AttachmentFetchState
 from .fetching import request_fetch
 from .models import FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
-from .signals import mail_arrived
+from .signals import mail_arrived, mails_arrived
 from .threads import conversation_keys
 
 log = logging.getLogger(__name__)
@@ -125,13 +125,14 @@ def _store_new_batch(
             )
     except IntegrityError:
         return False
+    pairs = list(zip(remotes, [users for _n, users in todo], strict=True))
+    spam.classify_new_many([(remote, [user.email for user in users]) for remote, users in pairs])
     entries: list[InboxEntry] = []
     for remote, (_n, users) in zip(remotes, todo, strict=True):
-        spam.classify_new(remote, recipients=[user.email for user in users])
         entries += _new_entries(remote, users)
     InboxEntry.objects.bulk_create(entries, ignore_conflicts=True)
+    mails_arrived.send(sender=InboxEntry, arrivals=[(remote.pk, [u.pk for u in users]) for remote, users in pairs])
     for remote, (_n, users) in zip(remotes, todo, strict=True):
-        mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=[u.pk for u in users])
         if _fetches_on_notify(remote, users):
             request_fetch(remote_id=remote.pk)
     return True

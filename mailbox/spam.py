@@ -25,6 +25,9 @@ from .models import EntryState, Folder, InboxEntry, RemoteMessage
 #: spam at once (a known campaign, a poorly reputed sender or origin), or "" for the Inbox. The
 #: reputation app answers (and files the message in its campaign meanwhile).
 spam_reason_for_new: Hook[..., str] = Hook("mailbox.spam.spam_reason_for_new")
+#: ``spam_reasons_for_new(arrivals=[(remote, [addresses]), ...])``: the same for messages new here
+#: together (a batch of notifications), one reason each, in order, in a few queries.
+spam_reasons_for_new: Hook[..., list[str]] = Hook("mailbox.spam.spam_reasons_for_new")
 
 # Folders a verdict hides copies from: Trash is the owner's own decision and stays as it is.
 _HIDDEN_FROM = [Folder.INBOX, Folder.ARCHIVE]
@@ -80,6 +83,15 @@ def classify_new(remote: RemoteMessage, *, recipients: Sequence[str] = ()) -> No
     if reason:
         RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason)
         remote.spam_verdict = reason
+
+
+def classify_new_many(arrivals: Sequence[tuple[RemoteMessage, Sequence[str]]]) -> None:
+    """:func:`classify_new` for messages new here together (a batch of notifications)."""
+    reasons = spam_reasons_for_new(arrivals=[(remote, list(recipients)) for remote, recipients in arrivals])
+    for (remote, _recipients), reason in zip(arrivals, reasons, strict=True):
+        if reason:
+            RemoteMessage.objects.filter(pk=remote.pk).update(spam_verdict=reason[:300])
+            remote.spam_verdict = reason[:300]
 
 
 def _hide(entries: QuerySet[InboxEntry]) -> int:

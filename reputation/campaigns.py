@@ -107,7 +107,13 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Cam
     comes with it (``campaign.verdict``), for :func:`spam_reason_for_new`.
     """
     key = subject_key(remote.subject)
-    shape = subject_shape(key, recipients)
+    campaign, created = _find_or_open(remote=remote, key=key, shape=subject_shape(key, recipients))
+    CampaignMessage.objects.create(message=remote, campaign=campaign)
+    return campaign, created
+
+
+def _find_or_open(*, remote: RemoteMessage, key: str, shape: str) -> tuple[Campaign, bool]:
+    """The open campaign ``remote`` matches (with its verdict), or a new one; (it, whether new)."""
     bucket = size_bucket(remote.size)
     alike = Q(sender=remote.sender, subject_key=key)
     if shape:
@@ -123,19 +129,18 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Cam
         .order_by("pk")
         .first()
     )
-    created = campaign is None
-    if campaign is None:
-        campaign = Campaign.objects.create(
-            origin_domain=remote.origin_domain,
-            sender=remote.sender,
-            subject_key=key,
-            subject_shape=shape,
-            size_bucket=bucket,
-            local_domain=remote.local_domain,
-            first_seen_at=timezone.now(),
-        )
-    CampaignMessage.objects.create(message=remote, campaign=campaign)
-    return campaign, created
+    if campaign is not None:
+        return campaign, False
+    campaign = Campaign.objects.create(
+        origin_domain=remote.origin_domain,
+        sender=remote.sender,
+        subject_key=key,
+        subject_shape=shape,
+        size_bucket=bucket,
+        local_domain=remote.local_domain,
+        first_seen_at=timezone.now(),
+    )
+    return campaign, True
 
 
 def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> str:
@@ -145,6 +150,32 @@ def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()
         return ""
     verdict = getattr(campaign, "verdict", None)  # fetched with the lookup
     return verdict.reason if verdict is not None and verdict.overturned_at is None else ""
+
+
+def spam_reasons_for_new(arrivals: Sequence[tuple[RemoteMessage, Sequence[str]]]) -> list[str]:
+    """:func:`spam_reason_for_new` for messages new here together (a batch of notifications), in order.
+
+    Messages alike (one campaign lookup would match them all: same origin, sender, subject key,
+    shape and size bucket) share one lookup; their memberships are inserted in one statement.
+    """
+    found: dict[tuple[object, ...], tuple[Campaign, bool]] = {}
+    members: list[CampaignMessage] = []
+    reasons: list[str] = []
+    for remote, recipients in arrivals:
+        key = subject_key(remote.subject)
+        shape = subject_shape(key, recipients)
+        alike = (remote.origin_domain, remote.sender, key, shape, size_bucket(remote.size))
+        if alike in found:
+            campaign, _created = found[alike]
+            created = False
+        else:
+            campaign, created = _find_or_open(remote=remote, key=key, shape=shape)
+            found[alike] = (campaign, created)
+        members.append(CampaignMessage(message=remote, campaign=campaign))
+        verdict = None if created else getattr(campaign, "verdict", None)
+        reasons.append(verdict.reason if verdict is not None and verdict.overturned_at is None else "")
+    CampaignMessage.objects.bulk_create(members)
+    return reasons
 
 
 def campaign_id_of(remote: RemoteMessage) -> int:

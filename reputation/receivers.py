@@ -24,6 +24,7 @@ from .signals import report_recorded
 
 inbound.check_origin.register(services.check_origin)
 mailbox_spam.spam_reason_for_new.register(placement.spam_reason_for_new)
+mailbox_spam.spam_reasons_for_new.register(placement.spam_reasons_for_new)
 
 
 @receiver(message_read, dispatch_uid="reputation.record_read")

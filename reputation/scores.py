@@ -51,6 +51,7 @@ replies are rescored by ``refresh_scores`` (Celery beat, every PUSHMAIL_REPUTATI
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -190,6 +191,30 @@ def reason_for_new(remote: RemoteMessage) -> str:
     if origin_standing(remote.origin_domain).spam_filed:
         return f"mail from {remote.origin_domain} is often reported here"
     return ""
+
+
+def reasons_for_new(remotes: Sequence[RemoteMessage]) -> list[str]:
+    """:func:`reason_for_new` for several messages, their senders looked up in one query."""
+    senders = {remote.sender.lower() for remote in remotes}
+    known = {
+        address: (spam_filed, allowed)
+        for address, spam_filed, allowed in SenderReputation.objects.filter(address__in=senders).values_list(
+            "address", "spam_filed", "allowed"
+        )
+    }
+    reasons = []
+    for remote in remotes:
+        sender = remote.sender.lower()
+        spam_filed, allowed = known.get(sender, (False, False))
+        if allowed:
+            reasons.append("")
+        elif spam_filed:
+            reasons.append(f"mail from {sender} is often reported here")
+        elif origin_standing(remote.origin_domain).spam_filed:
+            reasons.append(f"mail from {remote.origin_domain} is often reported here")
+        else:
+            reasons.append("")
+    return reasons
 
 
 # --- Counting -------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ from django.utils import timezone
 
 from accounts.models import User
 from federation import discovery
-from mailbox.models import InboxEntry, RemoteMessage
+from mailbox.models import Folder, InboxEntry, RemoteMessage
+from mailsettings import services
+from mailsettings.services import FilterInput
 from outbox.models import Delivery, DeliveryState, Message, Recipient
 from outbox.services import deliver_notification
-from reputation.models import OriginPolicy
+from reputation.campaigns import campaign_id_of
+from reputation.models import OriginPolicy, SenderReputation
 from tests.conftest import NOTIFICATIONS, Call, FakePeer, FederationClient, json_response
 from tests.factories import PeerMessageFactory, SentMessageFactory
 
@@ -202,6 +205,41 @@ def test_a_batch_runs_fewer_than_half_the_statements_of_its_notifications_sent_a
 
     assert len(batched) < len(alone) / 2
     assert InboxEntry.objects.count() == 2 * (1 + 20 + 20)
+
+
+def test_a_batch_costs_the_same_statements_whatever_its_size(
+    federation: FederationClient, peer: FakePeer, alice: User, bob: User
+) -> None:
+    def statements(count: int) -> int:
+        payloads = [PeerMessageFactory(to=["alice@alpha.test", "bob@alpha.test"]).payload() for _ in range(count)]
+        with CaptureQueriesContext(connection) as queries:
+            assert [a["status"] for a in _answers(_post(federation, peer, _batch(*payloads)))] == [200] * count
+        return len(queries)
+
+    statements(1)  # warm the per-process caches (hosted domains, origin policy); the campaign is opened
+    assert statements(20) == statements(2)
+    assert InboxEntry.objects.count() == 2 * (1 + 20 + 2)
+
+
+def test_a_batch_files_each_message_as_if_it_came_alone(
+    federation: FederationClient, peer: FakePeer, alice: User
+) -> None:
+    SenderReputation.objects.create(address="mallory@peer.test", domain="peer.test", spam_filed=True)
+    services.create_filter(user=alice, data=FilterInput(subject_contains="urgent", star=True))
+    plain, poor, urgent = (
+        PeerMessageFactory(subject="Weekly notes"),
+        PeerMessageFactory(sender="mallory@peer.test", subject="Cheap pills"),
+        PeerMessageFactory(subject="URGENT: call me"),
+    )
+
+    _answers(_post(federation, peer, _batch(plain.payload(), poor.payload(), urgent.payload())))
+
+    entry = {e.remote.global_id: e for e in InboxEntry.objects.filter(owner=alice).select_related("remote")}
+    assert (entry[plain.global_id].folder, entry[plain.global_id].starred) == (Folder.INBOX, False)
+    assert entry[poor.global_id].folder == Folder.SPAM
+    assert "mallory@peer.test is often reported" in entry[poor.global_id].remote.spam_verdict
+    assert (entry[urgent.global_id].folder, entry[urgent.global_id].starred) == (Folder.INBOX, True)
+    assert campaign_id_of(entry[plain.global_id].remote) != campaign_id_of(entry[poor.global_id].remote)
 
 
 # --- the sending side -----------------------------------------------------------------------
