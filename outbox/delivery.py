@@ -247,28 +247,35 @@ def _release(delivery: Delivery) -> None:
 Member = tuple[Delivery, payloads.Notification]
 
 
+_BATCH_HEAD = b'{"type":"notification_batch","version":1,"notifications":['
+_BATCH_TAIL = b"]}"
+
+
 def _packed(members: list[Member], max_bytes: int) -> list[tuple[list[Member], bytes | None]]:
-    """The members in batches whose serialized body fits ``max_bytes``; one that fits in none goes alone."""
+    """The members in batches whose body (payloads.notification_batch, serialized as the client does)
+    fits ``max_bytes``; one that fits in no batch goes alone (``None``: a request of its own)."""
     out: list[tuple[list[Member], bytes | None]] = []
     current: list[Member] = []
-    for member in members:
-        trial = current + [member]
-        body = _batch_body(trial)
-        if len(body) <= max_bytes:
-            current = trial
-            continue
+    items: list[bytes] = []
+
+    def close() -> None:
         if current:
-            out.append((current, _batch_body(current)))
-        current = [member] if len(_batch_body([member])) <= max_bytes else []
-        if not current:
-            out.append(([member], None))  # too large for any batch: a request of its own
-    if current:
-        out.append((current, _batch_body(current)))
+            out.append((list(current), _BATCH_HEAD + b",".join(items) + _BATCH_TAIL))
+            current.clear()
+            items.clear()
+
+    for member in members:
+        item = json.dumps(member[1].to_json(), separators=(",", ":")).encode()
+        alone = len(_BATCH_HEAD) + len(item) + len(_BATCH_TAIL)
+        if alone > max_bytes:
+            out.append(([member], None))
+            continue
+        if len(_BATCH_HEAD) + sum(map(len, items)) + len(items) + len(item) + len(_BATCH_TAIL) > max_bytes:
+            close()
+        current.append(member)
+        items.append(item)
+    close()
     return out
-
-
-def _batch_body(members: list[Member]) -> bytes:
-    return json.dumps(payloads.notification_batch([n for _, n in members]), separators=(",", ":")).encode()
 
 
 def _send_batch(instance: discovery.Instance, sender_domain: str, members: list[Member], body: bytes | None) -> None:

@@ -373,3 +373,21 @@ def test_a_batch_the_peer_will_not_take_is_sent_one_by_one(alice: User, peer: Fa
     assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("state", flat=True)) == {
         DeliveryState.NOTIFIED
     }
+
+
+def test_batches_are_cut_to_the_peers_byte_limit_and_are_the_documented_json(alice: User, peer: FakePeer) -> None:
+    from federation import payloads
+    from outbox import delivery as outbox_delivery
+
+    deliveries = _due(*(SentMessageFactory(sender=alice, to=[f"u{i}@peer.test"]) for i in range(5)))
+    members = [(d, outbox_delivery.notification_for(d)) for d in deliveries]
+    one = len(json.dumps(payloads.notification_batch([members[0][1]]), separators=(",", ":")))
+
+    packed = outbox_delivery._packed(members, 2 * one + 100)
+
+    assert [len(batch) for batch, _body in packed] == [2, 2, 1]
+    for batch, body in packed:
+        assert body is not None and len(body) <= 2 * one + 100
+        expected = json.dumps(payloads.notification_batch([n for _, n in batch]), separators=(",", ":")).encode()
+        assert body == expected
+    assert outbox_delivery._packed(members[:1], one - 1) == [([members[0]], None)]
