@@ -11,7 +11,7 @@ from django.conf import settings
 
 from . import http
 from .discovery import Instance
-from .payloads import ListNotification, Notification, Report, Subscription, Withdrawal, clean_text
+from .payloads import ListNotification, Notification, Report, Subscription, Withdrawal, clean_text, notification_batch
 from .signatures import sign_as
 
 
@@ -98,15 +98,85 @@ def send_notification(
     if response.status not in (200, 201, 202):
         _raise_for(response)
     try:
-        results = response.json()["results"]
-        # The peer's words are stored and shown to the sender: only strings, no control characters.
-        return {
-            r["address"]: {"status": clean_text(r["status"]), "reason": clean_text(r.get("reason", ""))}
-            for r in results
-            if isinstance(r, dict) and isinstance(r.get("address"), str)
-        }
+        return _recipient_answers(response.json()["results"])
     except (ValueError, KeyError, TypeError) as exc:
         raise PeerError("notification answer is not the documented JSON", retryable=True) from exc
+
+
+def _recipient_answers(results: Any) -> dict[str, dict[str, str]]:
+    """``{address: {"status": ..., "reason": ...}}`` from a notification answer's ``results``."""
+    if not isinstance(results, list):
+        raise TypeError("results is not a list")
+    # The peer's words are stored and shown to the sender: only strings, no control characters.
+    return {
+        r["address"]: {"status": clean_text(r["status"]), "reason": clean_text(r.get("reason", ""))}
+        for r in results
+        if isinstance(r, dict) and isinstance(r.get("address"), str)
+    }
+
+
+class BatchRefused(PeerError):
+    """The peer will not take this batch as a batch: it takes none (any more: 404, 405), or not this one
+    (413, or 400 about the batch itself, each notification in it being answered on its own otherwise).
+    Send them one by one."""
+
+
+#: One notification's outcome in a batch: each recipient's answer, or what a lone request would have raised.
+BatchOutcome = dict[str, dict[str, str]] | PeerError
+
+
+def send_notification_batch(
+    *, instance: Instance, sender_domain: str, notifications: list[Notification], body: bytes | None = None
+) -> list[BatchOutcome]:
+    """POST several notifications to one domain in one signed request (§5.4.1); one outcome each, in order.
+
+    A batch refused as a whole raises PeerError (BatchRefused when the peer takes no batches).
+    ``body``: the batch already serialized (the caller measured it against the peer's limit).
+    """
+    if body is None:
+        body = json.dumps(notification_batch(notifications), separators=(",", ":")).encode()
+    url = instance.url("notifications/batch")
+    headers = sign_as(
+        sender_domain,
+        method="POST",
+        url=url,
+        headers={"Accept": "application/json", "Content-Type": "application/json"},
+        body=body,
+    )
+    try:
+        response = http.request("POST", url, headers=headers, body=body, max_bytes=4 << 20)
+    except http.OutboundError as exc:
+        raise PeerError(str(exc), retryable=exc.retryable) from exc
+    if response.status in (400, 404, 405, 413):
+        raise BatchRefused(_error_text(response), retryable=True)
+    if response.status != 200:
+        _raise_for(response)
+    try:
+        answers = response.json()["answers"]
+        if not isinstance(answers, list):
+            raise TypeError("answers is not a list")
+        outcomes = [_batch_outcome(answer) for answer in answers[: len(notifications)]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PeerError("notification batch answer is not the documented JSON", retryable=True) from exc
+    missing = PeerError("no answer for this notification in the batch", retryable=True)
+    return outcomes + [missing] * (len(notifications) - len(outcomes))
+
+
+def _batch_outcome(answer: Any) -> BatchOutcome:
+    """One answer of a batch, sorted as the same status of a lone notification would be (§6.1)."""
+    if not isinstance(answer, dict):
+        return PeerError("an answer in the batch is not an object", retryable=True)
+    status = answer.get("status")
+    if status == 200:
+        return _recipient_answers(answer.get("results"))
+    text = f"HTTP {status}" if type(status) is int else "no status"
+    detail = clean_text(answer.get("detail") or answer.get("error"))
+    text += f": {detail}" if detail else ""
+    if type(status) is not int:
+        return PeerError(text, retryable=True)
+    if status == 429 or status == 503:
+        return PeerError(text, retryable=True, retry_after=_retry_after(str(answer.get("retry_after", ""))))
+    return PeerError(text, retryable=status >= 500 or status in (401, 408))
 
 
 def send_withdrawal(*, instance: Instance, sender_domain: str, withdrawal: Withdrawal) -> dict[str, Any]:

@@ -87,6 +87,8 @@ class Instance:
     keys: dict[str, str] = field(default_factory=dict)  # key id -> base64 public key
     max_notification_bytes: int = 262144
     max_recipients: int = 1000
+    max_batch_notifications: int = 0  # 0: takes no batches (§5.4.1), one notification per request
+    max_batch_bytes: int = 0
     local: bool = False
     keys_expire_at: datetime | None = None  # the earliest expiry among the listed keys
 
@@ -160,6 +162,7 @@ def own_document(request: HttpRequest | None = None) -> dict[str, Any]:
         "limits": {
             "max_notification_bytes": settings.PUSHMAIL_MAX_NOTIFICATION_BYTES,
             "max_recipients": settings.PUSHMAIL_MAX_RECIPIENTS,
+            **_batch_limits(),
         },
     }
 
@@ -205,6 +208,16 @@ def entity_tag(body: bytes) -> str:
     """The strong ETag of the exact bytes ``body``."""
     digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode("ascii")
     return f'"sha256-{digest}"'
+
+
+def _batch_limits() -> dict[str, int]:
+    """The batch limits this instance advertises; none when it takes no batches (§5.4.1)."""
+    if settings.PUSHMAIL_MAX_BATCH_NOTIFICATIONS < 2:
+        return {}
+    return {
+        "max_batch_notifications": settings.PUSHMAIL_MAX_BATCH_NOTIFICATIONS,
+        "max_batch_bytes": settings.PUSHMAIL_MAX_BATCH_BYTES,
+    }
 
 
 def _parse_document(domain: str, doc: Any) -> Instance | None:
@@ -253,7 +266,16 @@ def _read_document(domain: str, doc: Any) -> Instance | None:
         max_notification_bytes=payloads.limit_value(limits.get("max_notification_bytes"), "limits", 262144),
         max_recipients=payloads.limit_value(limits.get("max_recipients"), "limits", 1000),
         keys_expire_at=keys_expire_at,
+        **_read_batch_limits(limits),
     )
+
+
+def _read_batch_limits(limits: dict[str, Any]) -> dict[str, Any]:
+    """Batches only to an instance that lists both limits, as integers, room for 2 at least (§5.4.1)."""
+    count, size = limits.get("max_batch_notifications"), limits.get("max_batch_bytes")
+    if type(count) is not int or type(size) is not int or not (2 <= count <= 2147483647 and 1 <= size <= 2147483647):
+        return {}
+    return {"max_batch_notifications": count, "max_batch_bytes": size}
 
 
 def _expiry(value: Any) -> datetime | None:

@@ -86,10 +86,16 @@ class StoredFile(Protocol):
     def sha256(self) -> str: ...
 
 
-#: ``check_origin(domain=...)``: raises OriginRefused when the peer domain may not deliver now.
-check_origin: Hook[..., None] = Hook("federation.inbound.check_origin")
+#: ``check_origin(domain=..., count=1)``: how many of ``count`` notifications the peer domain may deliver now
+#: (the first ones); raises OriginRefused when it may deliver none.
+check_origin: Hook[..., int] = Hook("federation.inbound.check_origin")
 #: ``accept_notification(origin=..., notification=...)``: one result per recipient; may raise ConflictingNotification.
 accept_notification: Hook[..., list[RecipientResult]] = Hook("federation.inbound.accept_notification")
+#: ``accept_notifications(origin=..., notifications=[...])``: a batch in one transaction; for each notification
+#: its results, or the ConflictingNotification it would have raised alone.
+accept_notifications: Hook[..., list[list[RecipientResult] | ConflictingNotification]] = Hook(
+    "federation.inbound.accept_notifications"
+)
 #: ``accept_withdrawal(origin=..., withdrawal=...)``: None when the message is unknown here.
 accept_withdrawal: Hook[..., WithdrawalResult | None] = Hook("federation.inbound.accept_withdrawal")
 #: ``serve_body(global_id=..., to_domain=...)``: the canonical body; NotOffered, NoAcceptedRecipient or BodyGone.

@@ -564,6 +564,43 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
     )
 
 
+# --- Notification batch (§5.4.1) ---------------------------------------------
+
+#: A batch answers each of its notifications with what it would have had alone: a PayloadError here.
+BatchItem = Notification | PayloadError
+
+
+def parse_notification_batch(data: Any, *, max_notifications: int, max_recipients: int) -> list[BatchItem]:
+    """Check a batch's envelope; each notification is checked on its own, so one bad item is its own answer.
+
+    Raises PayloadError for the envelope (not an object, wrong type or version, ``notifications``
+    missing, empty or over ``max_notifications``): the whole batch is refused then.
+    """
+    if not isinstance(data, dict):
+        raise PayloadError("body", "expected a JSON object")
+    _type(data, "notification_batch")
+    _version(data)
+    items = _require(data, "notifications")
+    if not isinstance(items, list):
+        raise PayloadError("notifications", "expected a list of notifications")
+    if not items:
+        raise PayloadError("notifications", "at least one notification is required")
+    if len(items) > max_notifications:
+        raise PayloadError("notifications", f"{len(items)} exceeds the limit of {max_notifications}")
+    parsed: list[BatchItem] = []
+    for item in items:
+        try:
+            parsed.append(parse_notification(item, max_recipients=max_recipients))
+        except PayloadError as exc:
+            parsed.append(exc)
+    return parsed
+
+
+def notification_batch(notifications: list[Notification]) -> dict[str, Any]:
+    """The body of a batch of notifications to one recipient domain (§5.4.1)."""
+    return {"type": "notification_batch", "version": VERSION, "notifications": [n.to_json() for n in notifications]}
+
+
 # --- Withdrawal -------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
 from typing import Any
 
@@ -163,11 +164,7 @@ def _answer_notification(request: HttpRequest) -> HttpResponse:
         try:
             results = inbound.accept_notification(origin=signer.domain, notification=notification)
         except inbound.ConflictingNotification as exc:
-            return error(
-                409,
-                "conflicting_notification",
-                f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed",
-            )
+            return error(409, "conflicting_notification", _conflict_detail(exc, notification))
         accepted = sum(1 for r in results if r.status == "accepted")
         log.info("notification received: %d of %d recipients accepted", accepted, len(results))
     for result in results:
@@ -187,6 +184,105 @@ def _answer_notification(request: HttpRequest) -> HttpResponse:
             local_domain=domain_of(reached),
         )
     return JsonResponse({"id": str(notification.global_id), "results": [r.to_json() for r in results]})
+
+
+def _conflict_detail(exc: inbound.ConflictingNotification, notification: payloads.Notification) -> str:
+    return f"{exc.field}: differs from the first notification of {notification.global_id}; nothing was changed"
+
+
+@csrf_exempt
+@gzip_page
+def notification_batch(request: HttpRequest) -> HttpResponse:
+    """``POST /federation/v1/notifications/batch``: several notifications in one signed request (§5.4.1).
+
+    One signature for the batch; each notification is then checked and answered as it would be
+    alone (its answer's ``status`` is the status it would have had), and those that pass are
+    stored in one transaction. A batch refused as a whole gets the error answer of §5.2.
+    """
+    if settings.PUSHMAIL_MAX_BATCH_NOTIFICATIONS < 2:
+        return error(404, "not_found", "this instance takes no notification batches")
+    signed = _signed(request, "POST", settings.PUSHMAIL_MAX_BATCH_BYTES)
+    if isinstance(signed, HttpResponse):
+        return signed
+    signer, body = signed
+    try:
+        items = payloads.parse_notification_batch(
+            _read_json(request, body),
+            max_notifications=settings.PUSHMAIL_MAX_BATCH_NOTIFICATIONS,
+            max_recipients=settings.PUSHMAIL_MAX_RECIPIENTS,
+        )
+    except payloads.PayloadError as exc:
+        return invalid_payload(exc)
+    answers: list[dict[str, Any] | None] = [None] * len(items)
+    valid: list[int] = []
+    for i, item in enumerate(items):
+        if isinstance(item, payloads.PayloadError):
+            answers[i] = {"status": 400, "error": "invalid_payload", "field": item.field, "detail": str(item)}
+        elif domain_of(item.sender) != signer.domain:
+            detail = f"sender {item.sender} is not of the signing domain {signer.domain}"
+            answers[i] = {"status": 403, "id": str(item.global_id), "error": "wrong_domain", "detail": detail}
+        else:
+            valid.append(i)
+    admitted = 0
+    if valid:
+        try:
+            admitted = inbound.check_origin(domain=signer.domain, count=len(valid))
+        except inbound.OriginRefused as exc:
+            if isinstance(exc, inbound.PoorReputation):
+                return error(403, "poor_reputation", exc.detail)
+            if exc.retry_after is None:
+                return error(403, "blocked", exc.detail)
+            return error(429, "rate_limited", exc.detail, Retry_After=str(exc.retry_after))
+    for i in valid[admitted:]:
+        answers[i] = {
+            "status": 429,
+            "id": str(items[i].global_id),  # type: ignore[union-attr]
+            "error": "rate_limited",
+            "detail": f"{signer.domain} is over its limit of notifications per minute",
+            "retry_after": _seconds_to_next_minute(),
+        }
+    taken = [items[i] for i in valid[:admitted]]
+    notifications = [n for n in taken if isinstance(n, payloads.Notification)]
+    outcomes = inbound.accept_notifications(origin=signer.domain, notifications=notifications) if notifications else []
+    reached: tuple[payloads.Notification, str] | None = None
+    for i, notification, outcome in zip(valid, notifications, outcomes, strict=False):
+        if isinstance(outcome, inbound.ConflictingNotification):
+            answers[i] = {
+                "status": 409,
+                "id": str(notification.global_id),
+                "error": "conflicting_notification",
+                "detail": _conflict_detail(outcome, notification),
+            }
+            continue
+        answers[i] = {"status": 200, "id": str(notification.global_id), "results": [r.to_json() for r in outcome]}
+        for result in outcome:
+            counters.NOTIFICATION_RECIPIENTS.labels(status=result.status, reason=result.reason).inc()
+        address = next((r.address for r in outcome if r.status == "accepted"), None)
+        if reached is None and address is not None:
+            reached = (notification, address)
+    if reached is not None:
+        # Kept once, under the first notification of it that reached someone here (Appendix C).
+        evidence.keep(
+            request=request,
+            body=body,
+            signer=signer,
+            kind=SignedRequest.Kind.NOTIFICATION,
+            global_id=reached[0].global_id,
+            sender=reached[0].sender,
+            local_domain=domain_of(reached[1]),
+        )
+    for answer in answers:
+        if answer is None or answer["status"] == 200:
+            counters.NOTIFICATIONS_RECEIVED.inc()
+        else:
+            counters.NOTIFICATIONS_REFUSED.labels(code=answer["error"]).inc()
+    log.info("notification batch received from %s: %d notifications", signer.domain, len(answers))
+    return JsonResponse({"answers": answers})
+
+
+def _seconds_to_next_minute() -> int:
+    """A rate-limited notification's ``retry_after``: until the next clock minute, plus one (as Retry-After)."""
+    return max(1, int(60 - time.time() % 60) + 1)
 
 
 @csrf_exempt

@@ -24,7 +24,7 @@ from pushmail_site.jobs import lock
 from . import search, spam, states
 from .fetching import request_fetch
 from .models import AttachmentFetchState, FetchState, Folder, InboxEntry, ReceivedAttachment, RemoteMessage, Transport
-from .signals import mail_arrived
+from .signals import mail_arrived, mails_arrived
 from .threads import conversation_keys
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,87 @@ def accept_notification(
     if _fetches_on_notify(remote, accepted):
         request_fetch(remote_id=remote.pk)
     return results
+
+
+def accept_notifications(
+    *, origin: str, notifications: list[payloads.Notification]
+) -> list[list[RecipientResult] | ConflictingNotification]:
+    """Record a batch of notifications from one origin: for each, what accept_notification answers.
+
+    One transaction for the batch, its mailboxes looked up at once, its messages and their
+    entries each inserted in one statement. When one of its ids is already known here (a retry,
+    a split notification) or repeats in the batch, each notification is taken in turn instead,
+    exactly as alone; a conflicting one is answered with its ConflictingNotification and the
+    others are stored all the same. All rows are committed before this returns.
+    """
+    users = _local_recipients(list({address for n in notifications for address in n.recipients}))
+    served = discovery.local_domain_names()
+    answers: list[list[RecipientResult] | ConflictingNotification] = [
+        [_answer(address, users, served) for address in n.recipients] for n in notifications
+    ]
+    accepted = [
+        [users[r.address] for r in results if r.status == "accepted"] if isinstance(results, list) else []
+        for results in answers
+    ]
+    with transaction.atomic():
+        if _store_new_batch(origin, notifications, accepted, answers):
+            return answers
+        for i, notification in enumerate(notifications):
+            try:
+                with transaction.atomic():
+                    answers[i] = accept_notification(origin=origin, notification=notification)
+            except ConflictingNotification as exc:
+                answers[i] = exc
+    return answers
+
+
+def _store_new_batch(
+    origin: str,
+    notifications: list[payloads.Notification],
+    accepted: list[list[User]],
+    answers: list[list[RecipientResult] | ConflictingNotification],
+) -> bool:
+    """Store a batch whose messages are all new here in a few statements; False (nothing stored) if one is not."""
+    ids = [n.global_id for n in notifications]
+    if len(set(ids)) != len(ids):
+        return False
+    unreached = {n.global_id: i for i, n in enumerate(notifications) if not accepted[i]}
+    if unreached:  # a notification reaching nobody here is still refused if it contradicts the first one
+        for known in RemoteMessage.objects.filter(origin_domain=origin, global_id__in=list(unreached)):
+            try:
+                _check_repeat(known, notifications[unreached[known.global_id]])
+            except ConflictingNotification as exc:
+                answers[unreached[known.global_id]] = exc
+    todo = [(n, users) for n, users in zip(notifications, accepted, strict=True) if users]
+    if not todo:
+        return True
+    try:
+        with transaction.atomic():
+            remotes = RemoteMessage.objects.bulk_create(
+                [
+                    RemoteMessage(
+                        origin_domain=origin,
+                        global_id=n.global_id,
+                        **_message_fields(n, local_domain=domain_of(users[0].email)),
+                    )
+                    for n, users in todo
+                ]
+            )
+    except IntegrityError:
+        return False
+    pairs = list(zip(remotes, [users for _n, users in todo], strict=True))
+    spam.classify_new_many(
+        [remote for remote, _users in pairs], recipients=[[user.email for user in users] for _remote, users in pairs]
+    )
+    entries: list[InboxEntry] = []
+    for remote, (_n, users) in zip(remotes, todo, strict=True):
+        entries += _entries_of(remote, users)
+    InboxEntry.objects.bulk_create(entries, ignore_conflicts=True)
+    mails_arrived.send(sender=InboxEntry, arrivals=[(remote.pk, [u.pk for u in users]) for remote, users in pairs])
+    for remote, (_n, users) in zip(remotes, todo, strict=True):
+        if _fetches_on_notify(remote, users):
+            request_fetch(remote_id=remote.pk)
+    return True
 
 
 def _local_recipients(addresses: list[str]) -> dict[str, User]:
@@ -204,8 +285,8 @@ def _entries_of(
     remote: RemoteMessage,
     users: list[User],
     *,
-    body: dict[str, Any] | None,
-    imported: bool,
+    body: dict[str, Any] | None = None,
+    imported: bool = False,
     folder: str = Folder.INBOX,
 ) -> list[InboxEntry]:
     """The new entries of ``remote`` for ``users`` (not saved): folder, thread, search document."""

@@ -19,6 +19,7 @@ from outbox.signals import message_withdrawn, notice_for_sender, sent_to_local_m
 from . import selectors, services
 
 inbound.accept_notification.register(services.accept_notification)
+inbound.accept_notifications.register(services.accept_notifications)
 inbound.accept_withdrawal.register(services.accept_withdrawal)
 attachment_selectors.usage_bytes.register(selectors.usage_bytes)
 attachment_services.named_by_received_manifest.register(selectors.manifest_names)

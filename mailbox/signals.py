@@ -24,3 +24,8 @@ attachment_settled = Signal()
 #: instance); never imported mail nor notices. Sent inside the transaction that created them, so
 #: what receivers write (filters' moves, replies' job rows) commits with them.
 mail_arrived = Signal()
+
+#: Several messages reached inboxes here together (a batch of notifications): ``arrivals``, a list of
+#: ``(remote_id, owner_ids)``, each what one ``mail_arrived`` would say. Sent in place of those, inside
+#: the transaction, so that receivers can ask their questions once for the batch.
+mails_arrived = Signal()

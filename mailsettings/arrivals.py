@@ -23,14 +23,29 @@ from .models import Filter, Vacation
 _away = Vacation.objects.filter(enabled=True)
 
 
-def apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_ids: Iterable[int]) -> None:
-    """Run the filters and the vacation reply of these owners on their new copies of one message."""
-    # The hot path of ingest: one query says whether any of these owners has filters or is away.
-    active = list(
+def apply_on_arrivals(*, arrivals: Iterable[tuple[int, Iterable[int]]]) -> None:
+    """apply_on_arrival for several messages that arrived together: one query for all their owners."""
+    arrivals = [(remote_id, list(owner_ids)) for remote_id, owner_ids in arrivals]
+    everyone = {owner for _remote_id, owner_ids in arrivals for owner in owner_ids}
+    active = set(_with_rules(everyone))
+    for remote_id, owner_ids in arrivals:
+        if active.intersection(owner_ids):
+            apply_on_arrival(remote_id=remote_id, local_id=None, owner_ids=owner_ids)
+
+
+def _with_rules(owner_ids: Iterable[int]) -> list[int]:
+    """Of these owners, those with filters or an enabled vacation reply."""
+    return list(
         User.objects.filter(pk__in=list(owner_ids))
         .filter(Exists(Filter.objects.filter(owner=OuterRef("pk"))) | Exists(_away.filter(owner=OuterRef("pk"))))
         .values_list("pk", flat=True)
     )
+
+
+def apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_ids: Iterable[int]) -> None:
+    """Run the filters and the vacation reply of these owners on their new copies of one message."""
+    # The hot path of ingest: one query says whether any of these owners has filters or is away.
+    active = _with_rules(owner_ids)
     if not active:
         return
     rules: dict[int, list[Filter]] = defaultdict(list)

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.dispatch import receiver
 
-from mailbox.signals import attachment_settled, body_fetched, mail_arrived
+from mailbox.signals import attachment_settled, body_fetched, mail_arrived, mails_arrived
 
 from . import arrivals, forwarding
 
@@ -12,6 +12,11 @@ from . import arrivals, forwarding
 @receiver(mail_arrived, dispatch_uid="mailsettings.apply_on_arrival")
 def _apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_ids: list[int], **kwargs: Any) -> None:
     arrivals.apply_on_arrival(remote_id=remote_id, local_id=local_id, owner_ids=owner_ids)
+
+
+@receiver(mails_arrived, dispatch_uid="mailsettings.apply_on_arrivals")
+def _apply_on_arrivals(**kwargs: Any) -> None:
+    arrivals.apply_on_arrivals(arrivals=kwargs["arrivals"])
 
 
 @receiver(body_fetched, dispatch_uid="mailsettings.wake_forwards")

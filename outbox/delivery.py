@@ -14,14 +14,17 @@ accepts, a 5xx refuses at once, a 4xx waits for the next attempt).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from datetime import timedelta
 
 from celery import shared_task
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from federation import client, discovery, payloads
+from federation.client import BatchOutcome
 from pushmail_site import logs
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
 from pushmail_site.states import retry_delay, retry_window, transition
@@ -77,6 +80,8 @@ def _deliver(delivery: Delivery) -> None:
         _deliver_list_issue(delivery)
         return
     try:
+        if _delivered_in_batch(delivery):
+            return
         results = _post_notification(delivery)
     except (discovery.DiscoveryError, client.PeerError) as exc:
         log.info("notification attempt %d failed: %s", delivery.attempts, exc)
@@ -222,6 +227,139 @@ def _post_notification(delivery: Delivery) -> dict[str, dict[str, str]] | None:
             )
         )
     return results
+
+
+def _delivered_in_batch(delivery: Delivery) -> bool:
+    """Send ``delivery`` together with the other notifications already due for its domain, if its peer
+    takes batches (§5.4.1) and there are any; True when it went that way (each row then has its outcome).
+
+    Only what is due now joins: a lone notification is never held back to wait for company.
+    """
+    instance = discovery.discover(delivery.domain)
+    if instance is None or instance.max_batch_notifications < 2:
+        return False
+    first = notification_for(delivery)
+    if len(first.recipients) > instance.max_recipients:
+        return False  # split into parts, each a request of its own (§6.1)
+    companions = _claim_companions(delivery, limit=instance.max_batch_notifications - 1)
+    if not companions:
+        return False
+    members = [(delivery, first)]
+    for other in companions:
+        if other.message.withdrawn_at:
+            _finish_delivery(other, state=DeliveryState.FAILED, error=WITHDRAWN_FIRST)
+            continue
+        notification = notification_for(other)
+        if len(notification.recipients) > instance.max_recipients:
+            _release(other)  # goes by itself, split, when its own task runs
+            continue
+        members.append((other, notification))
+    sender_domain = delivery.message.sender.domain.name
+    for batch, body in _packed(members, instance.max_batch_bytes):
+        _send_batch(instance, sender_domain, batch, body)
+    return True
+
+
+def _claim_companions(delivery: Delivery, *, limit: int) -> list[Delivery]:
+    """Claim, as _claim_delivery does, up to ``limit`` other notifications due now for the same domain
+    and signed by the same sending domain."""
+    with transaction.atomic():
+        found = list(
+            lock(Delivery.objects.select_related("message", "message__sender__domain"))
+            .filter(
+                domain=delivery.domain,
+                local=False,
+                transport=Transport.FEDERATION,
+                state__in=[DeliveryState.PENDING, DeliveryState.RETRYING],
+                next_attempt_at__lte=timezone.now(),
+                message__sender__domain=delivery.message.sender.domain,
+                message__list_address="",  # a list's issue goes as a list notification (§13.3)
+            )
+            .exclude(pk=delivery.pk)
+            .order_by("next_attempt_at", "pk")[:limit]
+        )
+        if found:
+            until = claim_until()
+            Delivery.objects.filter(pk__in=[d.pk for d in found]).update(
+                attempts=F("attempts") + 1, next_attempt_at=until
+            )
+            for other in found:
+                other.attempts += 1
+                other.next_attempt_at = until
+    return found
+
+
+def _release(delivery: Delivery) -> None:
+    """Give a claimed row back, due now, as if it had not been claimed: its own task sends it."""
+    Delivery.objects.filter(pk=delivery.pk).update(attempts=F("attempts") - 1, next_attempt_at=timezone.now())
+    enqueue(deliver_notification_task, delivery.pk)
+
+
+Member = tuple[Delivery, payloads.Notification]
+
+
+_BATCH_HEAD = b'{"type":"notification_batch","version":1,"notifications":['
+_BATCH_TAIL = b"]}"
+
+
+def _packed(members: list[Member], max_bytes: int) -> list[tuple[list[Member], bytes | None]]:
+    """The members in batches whose body (payloads.notification_batch, serialized as the client does)
+    fits ``max_bytes``; one that fits in no batch goes alone (``None``: a request of its own)."""
+    out: list[tuple[list[Member], bytes | None]] = []
+    current: list[Member] = []
+    items: list[bytes] = []
+
+    def close() -> None:
+        if current:
+            out.append((list(current), _BATCH_HEAD + b",".join(items) + _BATCH_TAIL))
+            current.clear()
+            items.clear()
+
+    for member in members:
+        item = json.dumps(member[1].to_json(), separators=(",", ":")).encode()
+        alone = len(_BATCH_HEAD) + len(item) + len(_BATCH_TAIL)
+        if alone > max_bytes:
+            out.append(([member], None))
+            continue
+        if len(_BATCH_HEAD) + sum(map(len, items)) + len(items) + len(item) + len(_BATCH_TAIL) > max_bytes:
+            close()
+        current.append(member)
+        items.append(item)
+    close()
+    return out
+
+
+def _send_batch(instance: discovery.Instance, sender_domain: str, members: list[Member], body: bytes | None) -> None:
+    """One request for these members (alone when ``body`` is None); each row moves by its own outcome."""
+    if body is None or len(members) == 1:
+        delivery, notification = members[0]
+        _settle(delivery, _send_one(instance, sender_domain, notification))
+        return
+    try:
+        outcomes = client.send_notification_batch(
+            instance=instance, sender_domain=sender_domain, notifications=[n for _, n in members], body=body
+        )
+    except client.BatchRefused:
+        outcomes = [_send_one(instance, sender_domain, n) for _, n in members]
+    except client.PeerError as exc:
+        outcomes = [exc] * len(members)
+    for (delivery, _notification), outcome in zip(members, outcomes, strict=True):
+        _settle(delivery, outcome)
+
+
+def _send_one(instance: discovery.Instance, sender_domain: str, notification: payloads.Notification) -> BatchOutcome:
+    try:
+        return client.send_notification(instance=instance, sender_domain=sender_domain, notification=notification)
+    except client.PeerError as exc:
+        return exc
+
+
+def _settle(delivery: Delivery, outcome: BatchOutcome) -> None:
+    """A row's move after its notification's answer, as for a notification sent alone."""
+    if isinstance(outcome, client.PeerError):
+        _delivery_failed_attempt(delivery, str(outcome), retryable=outcome.retryable, retry_after=outcome.retry_after)
+    else:
+        _record_answers(delivery, outcome)
 
 
 def notification_for(delivery: Delivery) -> payloads.Notification:

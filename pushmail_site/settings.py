@@ -220,7 +220,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # per-process cache for discovery documents.
 CACHE_URL = os.environ.get("CACHE_URL", "")
 if CACHE_URL.startswith(("redis://", "rediss://")):
-    _shared_cache: dict[str, Any] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+    _shared_cache: dict[str, Any] = {"BACKEND": "pushmail_site.cache.SharedRedisCache", "LOCATION": CACHE_URL}
     # Sessions are read from Redis and written through to the database, which
     # keeps them across a cache flush: one query fewer on every page.
     SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
@@ -477,6 +477,9 @@ PUSHMAIL_DISCOVERY_MAX_AGE = env_int("PUSHMAIL_DISCOVERY_MAX_AGE", 3600)
 PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS = float(os.environ.get("PUSHMAIL_KEY_LOOKUP_BUDGET_SECONDS", "2"))
 PUSHMAIL_MAX_NOTIFICATION_BYTES = env_int("PUSHMAIL_MAX_NOTIFICATION_BYTES", 256 * 1024)
 PUSHMAIL_MAX_RECIPIENTS = env_int("PUSHMAIL_MAX_RECIPIENTS", 1000)
+# Notification batches (docs/protocol.md §5.4.1): the most notifications, and bytes, in one; 0 takes none.
+PUSHMAIL_MAX_BATCH_NOTIFICATIONS = env_int("PUSHMAIL_MAX_BATCH_NOTIFICATIONS", 100)
+PUSHMAIL_MAX_BATCH_BYTES = env_int("PUSHMAIL_MAX_BATCH_BYTES", 1024 * 1024)
 PUSHMAIL_MAX_BODY_BYTES = env_int("PUSHMAIL_MAX_BODY_BYTES", 25 * 1024 * 1024)
 PUSHMAIL_SIGNATURE_WINDOW = timedelta(seconds=env_int("PUSHMAIL_SIGNATURE_WINDOW_SECONDS", 300))
 PUSHMAIL_RETENTION = timedelta(days=float(os.environ.get("PUSHMAIL_RETENTION_DAYS", "30")))

@@ -38,6 +38,7 @@ api_v1 = [
 
 federation_v1 = [
     path("notifications", federation_views.notifications, name="federation-notifications"),
+    path("notifications/batch", federation_views.notification_batch, name="federation-notification-batch"),
     path("withdrawals", federation_views.withdrawals, name="federation-withdrawals"),
     path("reports", federation_views.reports, name="federation-reports"),
     path("subscriptions", federation_views.subscriptions, name="federation-subscriptions"),

@@ -105,13 +105,14 @@ def forget_policy(domain: str) -> None:
     caches["local"].delete(f"pm-origin-policy:{domain}")
 
 
-def check_origin(*, domain: str) -> None:
+def check_origin(*, domain: str, count: int = 1) -> int:
     """Refuse a blocked domain, one refused for its poor reputation, or one over its per-minute budget.
 
     The budget is the admin's rate for the domain if there is one, else the rate its reputation
     earned (reputation/scores.py: a new origin's is PUSHMAIL_NEW_ORIGIN_RATE_PER_MINUTE). Policy and
     standing are cached per process; the counter lives in the shared cache so every web process
-    counts together: one INCR per notification.
+    counts together: one INCR per request. A batch of ``count`` notifications counts each of them;
+    the answer is how many of its first ones are within the budget (raises when none is).
     """
     blocked, rate = _policy(domain)
     if blocked:
@@ -125,9 +126,11 @@ def check_origin(*, domain: str) -> None:
     cache = caches["default"]
     key = f"pm-rate:{domain}:{window}"
     try:
-        count = cache.incr(key)  # one round trip once the window's counter exists
+        total = cache.incr(key, count)  # one round trip once the window's counter exists
     except ValueError:
-        count = 1 if cache.add(key, 1, timeout=120) else cache.incr(key)
-    if count > limit:
+        total = count if cache.add(key, count, timeout=120) else cache.incr(key, count)
+    admitted = min(count, max(limit - (total - count), 0))
+    if admitted == 0:
         retry_after = max(1, int(60 - now % 60) + 1)
         raise OriginRefused(f"{domain} is over its limit of {limit} notifications per minute", retry_after=retry_after)
+    return admitted

@@ -78,6 +78,10 @@ REPORT_AT = datetime(2026, 11, 26, 11, 58, 41, tzinfo=UTC)
 REPORT_CREATED = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 REPORT_NONCE = "Rt5wY2uI8oP3aS6dF9gH1j"
 
+# §11.8: the notifications of §11.3 and §11.6, sent together in one batch.
+BATCH_CREATED = datetime(2026, 11, 26, 11, 0, 5, tzinfo=UTC)
+BATCH_NONCE = "Zb8nC3vX6mL1kJ4hG7fD2s"
+
 NOTIFY_CREATED = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 NOTIFY_NONCE = "q7Vw2mZ9xR4tYb1nK8sJ3a"
 FETCH_CREATED = datetime(2026, 11, 26, 10, 15, 0, tzinfo=UTC)
@@ -240,6 +244,25 @@ def build() -> dict[str, str]:
     report_signature = report_headers["Signature"][len("pm=:") : -1]
     assert _b64(beta_private.sign(report_base.encode())) == report_signature
 
+    # Serialized exactly as outbox.delivery does before federation.client signs it.
+    batch_body = json.dumps(
+        payloads.notification_batch([notification, attach_notification]), separators=(",", ":")
+    ).encode()
+    batch_url = BETA_API + "notifications/batch"
+    batch_headers = sign(
+        method="POST",
+        url=batch_url,
+        headers={"Accept": "application/json", "Content-Type": "application/json"},
+        body=batch_body,
+        key_id=ALPHA_KEY_ID,
+        private_key=alpha_private,
+        created=BATCH_CREATED,
+        nonce=BATCH_NONCE,
+    )
+    batch_base = _signature_base("POST", batch_url, batch_headers)
+    batch_signature = batch_headers["Signature"][len("pm=:") : -1]
+    assert _b64(alpha_private.sign(batch_base.encode())) == batch_signature
+
     notify_base = _signature_base("POST", notify_url, notify_headers)
     fetch_base = _signature_base("GET", fetch_url, fetch_headers)
     notify_signature = notify_headers["Signature"][len("pm=:") : -1]
@@ -276,6 +299,10 @@ def build() -> dict[str, str]:
         "report-body": report_body.decode("ascii"),
         "report-signature-base": report_base,
         "report-signature": report_signature,
+        "batch-request": _http_head("POST", batch_url, batch_headers, batch_body),
+        "batch-body": batch_body.decode("ascii"),
+        "batch-signature-base": batch_base,
+        "batch-signature": batch_signature,
     }
 
 
@@ -330,7 +357,12 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
                         "expires": None,
                     },
                 ],
-                "limits": {"max_notification_bytes": 262144, "max_recipients": 1000},
+                "limits": {
+                    "max_notification_bytes": 262144,
+                    "max_recipients": 1000,
+                    "max_batch_notifications": 100,
+                    "max_batch_bytes": 1048576,
+                },
             }
         ),
         "error.json": pretty(
@@ -344,6 +376,28 @@ def _golden(blocks: dict[str, str]) -> dict[str, str]:
         "report.json": pretty(json.loads(blocks["report-body"])),
         "report_response.json": pretty(
             {"id": str(GLOBAL_ID), "verdict": "spam", "status": "recorded", "complaint": "active"}
+        ),
+        # §11.8: both notifications in one batch, and beta.example's answer to each.
+        "notification_batch.json": pretty(json.loads(blocks["batch-body"])),
+        "notification_batch_response.json": pretty(
+            {
+                "answers": [
+                    {
+                        "status": 200,
+                        "id": notification["id"],
+                        "results": [
+                            {"address": "bob@beta.example", "status": "accepted"},
+                            {"address": "carol@beta.example", "status": "accepted"},
+                            {"address": "dave@beta.example", "status": "rejected", "reason": "unknown mailbox"},
+                        ],
+                    },
+                    {
+                        "status": 200,
+                        "id": str(ATTACH_ID),
+                        "results": [{"address": "bob@beta.example", "status": "accepted"}],
+                    },
+                ]
+            }
         ),
     }
 

@@ -182,6 +182,8 @@ def test_well_known_document_describes_this_instance(alice: User, settings: Any)
     assert doc["limits"] == {
         "max_notification_bytes": settings.PUSHMAIL_MAX_NOTIFICATION_BYTES,
         "max_recipients": settings.PUSHMAIL_MAX_RECIPIENTS,
+        "max_batch_notifications": settings.PUSHMAIL_MAX_BATCH_NOTIFICATIONS,
+        "max_batch_bytes": settings.PUSHMAIL_MAX_BATCH_BYTES,
     }
     assert "private" not in response.content.decode().lower()
     assert key.private_key not in response.content.decode()

@@ -64,6 +64,11 @@ EXAMPLE_BLOCKS = {
     "report-body",
     "report-signature-base",
     "report-signature",
+    # §11.8
+    "batch-request",
+    "batch-body",
+    "batch-signature-base",
+    "batch-signature",
 }
 
 
@@ -234,13 +239,13 @@ def build_signature_base(head: HttpHead) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("which", ["notification", "fetch"])
+@pytest.mark.parametrize("which", ["notification", "fetch", "batch"])
 def test_signature_base_rebuilt_by_hand_matches_the_document(ex: dict[str, str], which: str) -> None:
     head = HttpHead(ex[f"{which}-request"])
     assert build_signature_base(head) == ex[f"{which}-signature-base"]
 
 
-@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta")])
+@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta"), ("batch", "alpha")])
 def test_example_signature_verifies_with_raw_ed25519(ex: dict[str, str], which: str, signer: str) -> None:
     head = HttpHead(ex[f"{which}-request"])
     signature = b64decode(ex[f"{which}-signature"])
@@ -336,12 +341,12 @@ def test_notification_agrees_with_the_body_it_announces(ex: dict[str, str]) -> N
 def _example_request(ex: dict[str, str], which: str) -> tuple[HttpHead, str, bytes | None, dict[str, Any]]:
     head = HttpHead(ex[f"{which}-request"])
     url = f"https://{head.header('Host')}{head.target}"
-    body = ex["notification-body"].encode() if which == "notification" else None
+    body = ex[f"{which}-body"].encode() if which in ("notification", "batch") else None
     _, _, _, params = _parse_signature_input(head.header("Signature-Input"))
     return head, url, body, params
 
 
-@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta")])
+@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta"), ("batch", "alpha")])
 def test_project_signer_produces_the_documented_headers(ex: dict[str, str], which: str, signer: str) -> None:
     from federation.signatures import sign
 
@@ -435,7 +440,7 @@ def _django_request(head: HttpHead, body: bytes | None) -> Any:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta")])
+@pytest.mark.parametrize(("which", "signer"), [("notification", "alpha"), ("fetch", "beta"), ("batch", "alpha")])
 def test_project_verifier_accepts_the_example_and_then_refuses_its_replay(
     ex: dict[str, str], which: str, signer: str, settings: Any, monkeypatch: pytest.MonkeyPatch, pinned_clock: Any
 ) -> None:
@@ -517,6 +522,36 @@ def test_golden_notification_response_has_the_documented_fields() -> None:
     assert flatten(data) == set(field_table("notification-response"))
     assert {r["status"] for r in data["results"]} <= {"accepted", "rejected"}
     assert all(("reason" in r) == (r["status"] == "rejected") for r in data["results"])
+
+
+def test_batch_example_holds_the_two_notifications_as_sent_alone(ex: dict[str, str]) -> None:
+    # Checkable with hashlib alone: the digest and length of the batch body, and each member's bytes.
+    head = HttpHead(ex["batch-request"])
+    body = ex["batch-body"].encode("ascii")
+    assert head.header("Content-Digest") == "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    assert head.header("Content-Length") == str(len(body))
+    assert head.path == "/federation/v1/notifications/batch"
+    members = json.loads(body)["notifications"]
+    assert [json.dumps(m, separators=(",", ":")) for m in members] == [
+        ex["notification-body"],
+        ex["attachment-notification-body"],
+    ]
+
+
+def test_golden_batch_parses_and_has_the_documented_fields(ex: dict[str, str]) -> None:
+    from federation import payloads
+
+    data = golden("notification_batch.json")
+    assert data == json.loads(ex["batch-body"])
+    items = payloads.parse_notification_batch(data, max_notifications=100, max_recipients=1000)
+    assert [str(n.global_id) for n in items if isinstance(n, payloads.Notification)] == [
+        m["id"] for m in data["notifications"]
+    ]
+    assert {k for k in flatten(data) if not k.startswith("notifications[].")} == set(field_table("notification-batch"))
+    answers = golden("notification_batch_response.json")
+    documented = set(field_table("notification-batch-response"))
+    assert flatten(answers) - {f"answers[].results[].{k}" for k in ("address", "status", "reason")} <= documented
+    assert answers["answers"][0]["results"] == golden("notification_response.json")["results"]
 
 
 def test_golden_withdrawal_parses_and_has_the_documented_fields() -> None:
