@@ -311,15 +311,20 @@ def prepare_downloads(*, user_id: int, items: list[DropItem]) -> dict[int, Prepa
     }
     prepared: dict[int, Prepared] = {}
     to_render: dict[int, str | None] = {}  # entry id -> the key of its download (None: not to be kept)
-    with connection.cursor() as cursor:
-        cursor.execute(_KEPT_DOWNLOADS, params)
-        for pk, state, unread, key, live, kept in cursor.fetchall():
-            if state in BODY_AT_SENDER:
-                continue
-            if kept is not None:
-                prepared[pk] = Prepared(bytes(kept), unread=unread)
-            else:
-                to_render[pk] = None if live else key
+    if connection.vendor != "postgresql":
+        # Downloads are kept on PostgreSQL only (the key is computed in its SQL); elsewhere (the
+        # SQLite demo) each is rendered again, the same bytes.
+        to_render = dict.fromkeys(listed)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_KEPT_DOWNLOADS, params)
+            for pk, state, unread, key, live, kept in cursor.fetchall():
+                if state in BODY_AT_SENDER:
+                    continue
+                if kept is not None:
+                    prepared[pk] = Prepared(bytes(kept), unread=unread)
+                else:
+                    to_render[pk] = None if live else key
     if not to_render:
         return prepared
     entries = InboxEntry.objects.filter(owner_id=user_id, pk__in=list(to_render)).select_related(
