@@ -200,6 +200,24 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0, interval:
         time.sleep(interval)
 
 
+def wait_for_all(what: str, done: Callable[[], int], total: int, *, stall: float = 60.0, interval: float = 0.5) -> None:
+    """Wait until ``done()`` reaches ``total``; fail naming ``what`` once it has not moved for ``stall`` seconds.
+
+    For work drained by a backlog: a slow machine only makes it take longer, while a row that is
+    really lost (stuck claimed, never queued again) stops the count, and the wait fails.
+    """
+    last, moved = -1, time.monotonic()
+    while True:
+        now_done = done()
+        if now_done >= total:
+            return
+        if now_done != last:
+            last, moved = now_done, time.monotonic()
+        elif time.monotonic() - moved >= stall:
+            raise AssertionError(f"{what}: stuck at {now_done} of {total} for {stall:.0f}s")
+        time.sleep(interval)
+
+
 # --- Users and the REST API -----------------------------------------------------------------
 
 

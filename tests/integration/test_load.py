@@ -2,8 +2,9 @@
 
 Hundreds of messages go from alpha to beta; while deliveries (then fetches) are
 in flight the worker's process group is killed and restarted. Every delivery
-and fetch must still complete within two minutes, exactly once per
-(message, recipient).
+and fetch must still complete, exactly once per (message, recipient): the
+backlog drains at the machine's pace, but it must never stall for longer than
+a claim, the sweep's grace and a sweep allow, many times over.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pytest
 
 from tools.cluster import Instance
 
-from .conftest import Api, Cluster, mailboxes, shell_json, sql, start_cluster, unique, wait_for
+from .conftest import Api, Cluster, mailboxes, shell_json, sql, start_cluster, unique, wait_for, wait_for_all
 
 MESSAGES = 210
 RECIPIENTS = 3
 FETCHES = 200
-RECOVERY_SECONDS = 120
+# The longest the work may stand still after the restart: the cluster's claim (5 s), grace (2 s)
+# and sweep (1 s) put a lost row back in the queue within seconds; this is many times that.
+STALL_SECONDS = 60
 KILL_AT = 0.15  # share of the work done when the worker is killed
 
 
@@ -118,12 +121,7 @@ def test_deliveries_survive_sigkill_of_the_sender_worker(alpha: Instance, beta: 
         alpha.start_worker()
     restarted = time.monotonic()
 
-    wait_for(
-        f"all {MESSAGES} deliveries after the restart",
-        lambda: count(alpha, notified) == MESSAGES,
-        timeout=RECOVERY_SECONDS,
-        interval=0.5,
-    )
+    wait_for_all("deliveries after the restart", lambda: count(alpha, notified), MESSAGES, stall=STALL_SECONDS)
     print(f"all {MESSAGES} delivered {time.monotonic() - restarted:.1f}s after the restart")
 
     states = dict(sql(alpha, f"SELECT t.status, count(*) FROM outbox_recipient t {ours} GROUP BY t.status"))
@@ -150,14 +148,10 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     with pool:
         messages = [f.result(timeout=120) for f in futures]
     ids = [m["id"] for m in messages]
-    entries = wait_for(
-        f"{FETCHES} notifications at beta",
-        lambda: (found := [e for e in reader.inbox() if e["subject"].startswith(prefix)]) and len(found) == FETCHES
-        and found,
-        timeout=RECOVERY_SECONDS,
-        interval=1,
-    )  # fmt: skip
     ours = f"SELECT count(*) FROM mailbox_remotemessage WHERE subject LIKE '{prefix}-%'"
+    wait_for_all("notifications at beta", lambda: count(beta, ours), FETCHES, stall=STALL_SECONDS)
+    entries = [e for e in reader.inbox() if e["subject"].startswith(prefix)]
+    assert len(entries) == FETCHES
     fetched_query = f"{ours} AND state = 'fetched'"
 
     local = threading.local()
@@ -187,12 +181,7 @@ def test_fetches_survive_sigkill_of_the_recipient_worker(alpha: Instance, beta: 
     assert all(status in (200, 202) for status, _data in opened)
 
     restarted = time.monotonic()
-    wait_for(
-        f"all {FETCHES} bodies after the restart",
-        lambda: count(beta, fetched_query) == FETCHES,
-        timeout=RECOVERY_SECONDS,
-        interval=0.5,
-    )
+    wait_for_all("bodies fetched after the restart", lambda: count(beta, fetched_query), FETCHES, stall=STALL_SECONDS)
     print(f"all {FETCHES} fetched {time.monotonic() - restarted:.1f}s after the restart")
     assert {e["state"] for e in reader.inbox()} == {"fetched"}
     for entry in entries[:: FETCHES // 10]:  # spot-check that readers get the bodies
