@@ -36,14 +36,23 @@ def archive(*, newsletter: Newsletter, limit: int = 100) -> list[Issue]:
 
 
 def subscriber_domains(*, newsletter: Newsletter) -> list[str]:
-    """The domains with at least one active subscriber: an issue goes once to each."""
+    """The domains with at least one active subscriber of their own instance: an issue goes once to each."""
     return sorted(
         set(
-            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE).values_list(
+            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=False).values_list(
                 "domain", flat=True
             )
         )
     )
+
+
+def subscribers_by_mail(*, newsletter: Newsletter) -> dict[str, list[str]]:
+    """The active subscribers at ordinary mail domains (confirmed by mail), by domain: an issue goes to each by SMTP."""
+    found: dict[str, list[str]] = {}
+    rows = Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=True).order_by("pk")
+    for domain, address in rows.values_list("domain", "address"):
+        found.setdefault(domain, []).append(address)
+    return found
 
 
 def subscriber_counts(*, newsletter: Newsletter) -> list[tuple[str, int]]:
