@@ -15,6 +15,7 @@ leaves, never which issue they read.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -181,6 +182,39 @@ def unsubscribe_by_token(*, slug: str, token: str) -> Subscriber:
         subscriber.save(update_fields=["state", "requested_at", "changed_at"])
         list_left.send(sender=Subscriber, list_address=subscriber.newsletter.address, reader=subscriber.address)
     return subscriber
+
+
+_TOKEN_IN_SUBJECT = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]{20,64})\b", re.IGNORECASE)
+
+
+def _list_of_unsubscribe_address(address: str) -> str | None:
+    """``news@alpha.example`` for ``news+unsubscribe@alpha.example``, else None."""
+    local, _, domain = address.rpartition("@")
+    base, plus, tag = local.rpartition("+")
+    return f"{base}@{domain}" if plus and base and tag == UNSUBSCRIBE_TAG else None
+
+
+def is_unsubscribe_address(address: str) -> bool:
+    """Whether ``address`` is a list's unsubscribe address here (answers gateway's hook, at RCPT TO)."""
+    list_address = _list_of_unsubscribe_address(address)
+    return list_address is not None and Newsletter.objects.filter(address=list_address).exists()
+
+
+def unsubscribe_by_mail(*, address: str, subject: str) -> bool:
+    """A mail to a list's unsubscribe address (the List-Unsubscribe mailto): its subject's token, if it is
+    one of that list's subscribers', unsubscribes them at once. False when it names none."""
+    list_address = _list_of_unsubscribe_address(address)
+    found = _TOKEN_IN_SUBJECT.search(subject)
+    if list_address is None or found is None:
+        return False
+    newsletter = Newsletter.objects.filter(address=list_address).first()
+    if newsletter is None:
+        return False
+    try:
+        unsubscribe_by_token(slug=newsletter.slug, token=found[1])
+    except LinkProblem:
+        return False
+    return True
 
 
 def list_id(newsletter: Newsletter) -> str:

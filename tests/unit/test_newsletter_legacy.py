@@ -232,3 +232,32 @@ def test_leaving_a_remote_list_counts_against_it_and_its_domain_once(alice: User
     assert (sender.unsubscribes, origin.unsubscribes) == (1, 1)
     assert sender.score < 0.5 and origin.score < 0.5  # below a sender with no history
     assert "1 readers who left its lists" in scores._why(sender, sender.score)
+
+
+def test_a_mail_to_the_list_unsubscribe_mailto_unsubscribes_at_once(newsletter: Newsletter, mx: FakeMx) -> None:
+    from email.message import EmailMessage
+
+    from gateway import services as gateway
+
+    subscriber = _confirmed(mx, f"ann@{LEGACY}")
+    control = "news+unsubscribe@alpha.test"
+    assert gateway.recipient_reply("News+Unsubscribe@alpha.test").code == 250  # taken at RCPT TO
+    assert gateway.recipient_reply("news+other@alpha.test").code == 550
+    assert gateway.recipient_reply("nolist+unsubscribe@alpha.test").code == 550
+
+    def mail(subject: str) -> gateway.Reply:
+        message = EmailMessage()
+        message["From"] = subscriber.address
+        message["To"] = control
+        message["Subject"] = subject
+        message.set_content("")
+        envelope = gateway.Envelope(
+            client_ip="127.0.0.1", helo="mx.legacy.test", mail_from=subscriber.address, recipients=[control]
+        )
+        return gateway.receive_message(envelope=envelope, raw=message.as_bytes().replace(b"\n", b"\r\n"))
+
+    assert mail("unsubscribe " + "x" * 43).code == 250  # a token of nobody: nothing happens
+    assert Subscriber.objects.get(pk=subscriber.pk).state == SubscriberState.ACTIVE
+    # As the mailto's subject says (a mail program writes it as given), the token read as is.
+    assert mail(f"unsubscribe {subscriber.token}").code == 250
+    assert Subscriber.objects.get(pk=subscriber.pk).state == SubscriberState.UNSUBSCRIBED
