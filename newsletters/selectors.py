@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, QuerySet
 from django.utils.feedgenerator import Atom1Feed
+from django.utils.html import linebreaks
 
 from accounts.models import User
 from outbox.models import BodyFetch, Delivery, DeliveryState
@@ -106,7 +107,8 @@ def atom_feed(*, newsletter: Newsletter, page_url: str, feed_url: str) -> bytes:
         feed.add_item(
             title=message.subject or "(no subject)",
             link=f"{page_url}#issue-{message.id}",
-            description=message.text,
+            # Atom's summary is HTML here (RFC 4287 §3.1.1.2): the plain text, escaped, its paragraphs kept.
+            description=linebreaks(message.text or "", autoescape=True),
             unique_id=f"urn:uuid:{message.id}",
             unique_id_is_permalink=False,
             pubdate=message.date,
