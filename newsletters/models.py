@@ -53,7 +53,7 @@ class Subscriber(models.Model):
     subscribed_at = models.DateTimeField(auto_now_add=True)
     changed_at = models.DateTimeField(auto_now=True)
     legacy = models.BooleanField(
-        default=False, db_default=False, help_text="At an ordinary mail domain: issues go to it by SMTP."
+        "by mail", default=False, db_default=False, help_text="At an ordinary mail domain: issues go to it by SMTP."
     )
     token = models.CharField(
         max_length=64,
