@@ -20,6 +20,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -146,12 +147,17 @@ def _deliver_by_smtp(delivery: Delivery) -> None:
     if not waiting:
         _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
         return
+    # An issue of a list is a copy per subscriber: a big domain's are sent a batch per claim, so that
+    # no attempt outlives its claim (PUSHMAIL_CLAIM_SECONDS) and is taken up twice.
+    more = bool(delivery.message.list_address) and len(waiting) > settings.PUSHMAIL_LIST_SMTP_BATCH
+    if more:
+        waiting = waiting[: settings.PUSHMAIL_LIST_SMTP_BATCH]
     try:
         answers = send_by_smtp(delivery=delivery, recipients=waiting)
     except SmtpFailure as exc:
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=None)
         return
-    _record_smtp_answers(delivery, waiting, answers)
+    _record_smtp_answers(delivery, waiting, answers, more=more)
 
 
 def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
@@ -164,8 +170,13 @@ def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
         )
 
 
-def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer]) -> None:
+def _record_smtp_answers(
+    delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer], *, more: bool = False
+) -> None:
     """2xx: accepted; 5xx: refused now, with a notice; 4xx (or no answer): tried again within the window.
+
+    ``more``: recipients are still waiting beyond this batch; with none deferred, the next batch is due
+    at once (a 4xx puts the whole domain off until its retry: often the server asking to slow down).
 
     The recipients are updated a statement per distinct answer, not one per recipient: an issue of a
     list sends a copy to each of thousands of subscribers at a domain. A list's owner gets no notice
@@ -204,7 +215,10 @@ def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[s
             delivery.save(update_fields=fields)
         if refused and not is_list:
             _notify_sender(delivery, refused)
-        if not deferred:
+        if not deferred and more:
+            Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+            enqueue(deliver_notification_task, delivery.pk)
+        elif not deferred:
             _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
     if deferred:
         _delivery_failed_attempt(delivery, "; ".join(deferred), retryable=True, retry_after=None)

@@ -261,3 +261,21 @@ def test_a_mail_to_the_list_unsubscribe_mailto_unsubscribes_at_once(newsletter: 
     # As the mailto's subject says (a mail program writes it as given), the token read as is.
     assert mail(f"unsubscribe {subscriber.token}").code == 250
     assert Subscriber.objects.get(pk=subscriber.pk).state == SubscriberState.UNSUBSCRIBED
+
+
+def test_a_big_domains_copies_go_a_batch_per_attempt_the_next_due_at_once(
+    newsletter: Newsletter, mx: FakeMx, settings: Any
+) -> None:
+    readers = [_confirmed(mx, f"{name}@{LEGACY}").address for name in ("ann", "bob", "carol")]
+    mx.received.clear()
+    settings.PUSHMAIL_LIST_SMTP_BATCH = 2
+    issue = services.publish_issue(newsletter=newsletter, subject="Issue 1", text="Hello.")
+
+    first = _deliver(issue.message)
+
+    assert first.state == DeliveryState.PENDING and first.next_attempt_at is not None
+    assert first.next_attempt_at <= timezone.now() and first.delivered == 2
+    assert [rcpts[0] for _, rcpts, _ in mx.received] == readers[:2]
+    second = _deliver(issue.message)
+    assert (second.state, second.delivered) == (DeliveryState.NOTIFIED, 3)
+    assert [rcpts[0] for _, rcpts, _ in mx.received] == readers
