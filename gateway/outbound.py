@@ -462,6 +462,7 @@ def _transaction(client: smtplib.SMTP, mail_from: str, recipients: list[str], ra
             code, reply = client.data(raw)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
             code, reply = exc.smtp_code, exc.smtp_error
+            client.rset()  # the transaction is still open: end it before the session's next one
         for address in taken:
             answers[address] = _answer(code, reply)
     except (OSError, smtplib.SMTPException):
