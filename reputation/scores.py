@@ -487,7 +487,7 @@ def reset_origin(*, origin_id: int, by: User | None) -> None:
         return
     end_decisions(rep, list(DecisionKind.values), by=by)
     OriginReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, outages=0,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, unsubscribes=0, outages=0,
         downtime_seconds=0, unreachable_since=None, gone=False, score=0.5, pinned_score=None, spam_filed=False,
         refused=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip
@@ -518,6 +518,6 @@ def reset_sender(*, sender_id: int, by: User | None) -> None:
     origin, _ = OriginReputation.objects.get_or_create(domain=rep.domain)
     end_decisions(origin, [DecisionKind.SPAM], sender=rep, by=by)
     SenderReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, score=0.5,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, unsubscribes=0, score=0.5,
         pinned_score=None, spam_filed=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip
