@@ -19,6 +19,11 @@ message to the waiting recipients of one domain:
   offers it (and always with a smarthost that has a password), one ``RCPT`` per
   recipient, and returns each recipient's answer.
 
+An issue of a list (``Message.list_address``) is one message per subscriber, since each carries
+its own ``List-Unsubscribe`` link (RFC 2369, RFC 8058), all over ONE session per domain: the
+MIME message is built once, and each copy only adds its list headers and its DKIM signature,
+which covers them. The newsletters app answers :data:`list_links` with each subscriber's links.
+
 Mail servers of other domains must be on public addresses, checked on the
 address actually connected to, as for the federation's client; only the domains
 of ``PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS`` (local test servers) are exempt.
@@ -26,6 +31,7 @@ of ``PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS`` (local test servers) are exempt.
 
 from __future__ import annotations
 
+import email.header
 import email.policy
 import email.utils
 import functools
@@ -48,10 +54,21 @@ from federation.http import is_public_address
 from federation.keys import current_dkim_key, dkim_private_pem
 from outbox.models import Delivery, Message
 from outbox.smtp import SmtpAnswer, SmtpFailure
+from pushmail_site.hooks import Hook
 
 from . import auth, services
 
-__all__ = ["MailServer", "Relay", "build_message", "mail_servers", "send_delivery", "signed_message"]
+__all__ = [
+    "ListLinks",
+    "MailServer",
+    "Relay",
+    "build_message",
+    "list_links",
+    "list_message",
+    "mail_servers",
+    "send_delivery",
+    "signed_message",
+]
 
 # CRLF line ends, and no 8-bit bodies: every mail server takes it, with or without 8BITMIME.
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -69,6 +86,25 @@ SIGNED_HEADERS = [
     b"content-type",
     b"pushmail",
 ]
+# An issue of a list also signs its list headers: RFC 8058 §4 requires List-Unsubscribe and
+# List-Unsubscribe-Post to be covered, or a receiver may ignore the one-click link.
+LIST_SIGNED_HEADERS = [*SIGNED_HEADERS, b"list-id", b"list-unsubscribe", b"list-unsubscribe-post", b"precedence"]
+
+
+@dataclass(frozen=True)
+class ListLinks:
+    """What one subscriber's copy of an issue names: the list, and how to leave it in one click."""
+
+    list_id: str  # the List-Id value, e.g. ``Alpha News <news.alpha.example>`` (RFC 2919)
+    unsubscribe_url: str  # https, answers the one-click POST (RFC 8058)
+    unsubscribe_mailto: str  # mailto: URL, for mail programs that only write (RFC 2369)
+
+
+#: ``list_links(list_address=..., recipients=[...])``: the links of each recipient still subscribed to
+#: the list; a recipient missing from the answer left it meanwhile and is not sent the issue.
+list_links: Hook[..., dict[str, ListLinks]] = Hook("gateway.list_links")
+#: The answer recorded for a subscriber who left the list between the issue's publication and its sending.
+LEFT_THE_LIST = SmtpAnswer(550, "5.7.1 not sent: no longer subscribed to the list")
 # RFC 5321 §4.5.4: try several addresses before giving up for now, but not forever.
 MAX_ADDRESSES = 6
 
@@ -120,7 +156,10 @@ def build_message(message: Message) -> EmailMessage:
 
 def signed_message(message: Message) -> bytes:
     """The message's bytes with a DKIM signature of the sending domain's current key on top."""
-    raw = build_message(message).as_bytes(policy=POLICY)
+    return _signed(message, build_message(message).as_bytes(policy=POLICY), SIGNED_HEADERS)
+
+
+def _signed(message: Message, raw: bytes, headers: list[bytes]) -> bytes:
     key = current_dkim_key(message.sender.domain)
     signature = dkim.sign(
         raw,
@@ -128,10 +167,39 @@ def signed_message(message: Message) -> bytes:
         message.sender.domain.name.encode("ascii"),
         dkim_private_pem(key),
         canonicalize=(b"relaxed", b"relaxed"),
-        include_headers=SIGNED_HEADERS,
+        include_headers=headers,
         linesep=b"\r\n",
     )
     return signature + raw
+
+
+def _list_headers(links: ListLinks) -> bytes:
+    """The list headers of one subscriber's copy, as header lines.
+
+    Written as they are, not through ``email``'s folding, which would encode a long URL as an
+    RFC 2047 word that no mail program reads as a link; each URL stays whole on its own line
+    (RFC 2369 §2 allows folding after the comma). Only a non-ASCII list name is encoded.
+    """
+    name, _, ident = links.list_id.rpartition(" ")
+    if not name.isascii():
+        name = email.header.Header(name.strip('"'), "utf-8").encode()
+    lines = [
+        f"List-Id: {name} {ident}",
+        f"List-Unsubscribe: <{links.unsubscribe_url}>,\r\n <{links.unsubscribe_mailto}>",
+        "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        "Precedence: list",
+    ]
+    return "".join(line + "\r\n" for line in lines).encode("ascii")
+
+
+def list_message(message: Message, links: ListLinks, *, base: bytes | None = None) -> bytes:
+    """One subscriber's copy of a list's issue, DKIM-signed over its list headers too.
+
+    ``base`` is the issue's message as :func:`build_message` makes it, made once for all copies.
+    """
+    if base is None:
+        base = build_message(message).as_bytes(policy=POLICY)
+    return _signed(message, _list_headers(links) + base, LIST_SIGNED_HEADERS)
 
 
 # --- where to send ------------------------------------------------------------------------------
@@ -235,10 +303,16 @@ def send_delivery(*, delivery: Delivery, recipients: list[str]) -> dict[str, Smt
     Raises SmtpFailure when no server could be asked at all.
     """
     message = delivery.message
-    raw = signed_message(message)
+    left: dict[str, SmtpAnswer] = {}
+    if message.list_address:
+        batches, left = _list_copies(message, recipients)
+        if not batches:
+            return left
+    else:
+        batches = [(recipients, signed_message(message))]
     smarthost = relay()
     if smarthost is not None:
-        return _send_through_relay(smarthost, message.sender_address, recipients, raw)
+        return left | _send_through_relay(smarthost, message.sender_address, batches)
     errors: list[str] = []
     tried = 0
     for server in mail_servers(delivery.domain):
@@ -255,8 +329,36 @@ def send_delivery(*, delivery: Delivery, recipients: list[str]) -> dict[str, Smt
                 errors.append(f"{server.name} [{address}]: {_describe(exc)}")
                 continue
             with _closing(client):
-                return _transaction(client, message.sender_address, recipients, raw)
+                return left | _transactions(client, message.sender_address, batches)
     raise SmtpFailure("; ".join(errors) or f"no mail server of {delivery.domain} to try", retryable=True)
+
+
+Batch = tuple[list[str], bytes]  # recipients, and the bytes they all get
+
+
+def _list_copies(message: Message, recipients: list[str]) -> tuple[list[Batch], dict[str, SmtpAnswer]]:
+    """One copy per subscriber still on the list, and the answer for those who left it meanwhile."""
+    links = list_links(list_address=message.list_address, recipients=recipients)
+    base = build_message(message).as_bytes(policy=POLICY)
+    batches = [
+        ([address], list_message(message, links[address], base=base)) for address in recipients if address in links
+    ]
+    return batches, {address: LEFT_THE_LIST for address in recipients if address not in links}
+
+
+def _transactions(client: smtplib.SMTP, mail_from: str, batches: list[Batch]) -> dict[str, SmtpAnswer]:
+    """One transaction per batch over the same session; once the session breaks, the rest wait."""
+    answers: dict[str, SmtpAnswer] = {}
+    for recipients, raw in batches:
+        answered = _transaction(client, mail_from, recipients, raw)
+        answers.update(answered)
+        if len(answered) < len(recipients):
+            return answers  # the session broke: the others are tried again later
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        pass  # the messages were answered already: a broken goodbye changes nothing
+    return answers
 
 
 def _connect(name: str, address: str) -> smtplib.SMTP:
@@ -292,7 +394,7 @@ def _verified_tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def _send_through_relay(smarthost: Relay, mail_from: str, recipients: list[str], raw: bytes) -> dict[str, SmtpAnswer]:
+def _send_through_relay(smarthost: Relay, mail_from: str, batches: list[Batch]) -> dict[str, SmtpAnswer]:
     context = _verified_tls()
     try:
         client: smtplib.SMTP
@@ -324,7 +426,7 @@ def _send_through_relay(smarthost: Relay, mail_from: str, recipients: list[str],
                     )
             if smarthost.username:
                 client.login(smarthost.username, smarthost.password)
-            return _transaction(client, mail_from, recipients, raw)
+            return _transactions(client, mail_from, batches)
     except smtplib.SMTPAuthenticationError as exc:
         raise SmtpFailure(f"the relay {smarthost.host} refused the login: {_describe(exc)}", retryable=True) from exc
     except (OSError, smtplib.SMTPException) as exc:
@@ -332,7 +434,9 @@ def _send_through_relay(smarthost: Relay, mail_from: str, recipients: list[str],
 
 
 def _transaction(client: smtplib.SMTP, mail_from: str, recipients: list[str], raw: bytes) -> dict[str, SmtpAnswer]:
-    """MAIL, one RCPT per recipient, DATA: each recipient's answer (none for those never answered)."""
+    """MAIL, one RCPT per recipient, DATA: each recipient's answer (none for those never answered).
+
+    The session stays open for the next transaction (RSET after a refusal)."""
     answers: dict[str, SmtpAnswer] = {}
     try:
         options = [f"SIZE={len(raw)}"] if client.has_extn("size") else []
@@ -358,15 +462,12 @@ def _transaction(client: smtplib.SMTP, mail_from: str, recipients: list[str], ra
             code, reply = client.data(raw)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (not 354)
             code, reply = exc.smtp_code, exc.smtp_error
+            client.rset()  # the transaction is still open: end it before the session's next one
         for address in taken:
             answers[address] = _answer(code, reply)
     except (OSError, smtplib.SMTPException):
         # The session broke: recipients already refused for good keep that answer; the rest are tried again.
         return {address: answer for address, answer in answers.items() if answer.permanent}
-    try:
-        client.quit()
-    except (OSError, smtplib.SMTPException):
-        pass  # the message was answered already: a broken goodbye changes nothing
     return answers
 
 

@@ -14,6 +14,8 @@ Authentication-Results for those checks to read.
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import email.utils
 import io
 import re
@@ -36,6 +38,7 @@ from attachments import services as attachment_services
 from attachments.models import Blob
 from federation import discovery, payloads
 from mailbox import services as mailbox_services
+from pushmail_site.hooks import Hook
 
 from . import auth, mime, progressive, spool
 from .models import SpooledMessage
@@ -88,6 +91,13 @@ class Envelope:
     #: Each recipient's mailbox as found at RCPT TO (from :attr:`Reply.user`).
     users: dict[str, User] = field(default_factory=dict)
 
+
+#: ``is_list_unsubscribe_address(address)``: whether ``address`` is where a list hosted here takes
+#: unsubscribes by mail, the mailto of its issues' List-Unsubscribe (the newsletters app answers).
+is_list_unsubscribe_address: Hook[[str], bool] = Hook("gateway.is_list_unsubscribe_address")
+#: ``unsubscribe_by_mail(address=..., subject=...)``: act on a mail to such an address, whose subject
+#: names the subscriber's token; True when it did.
+unsubscribe_by_mail: Hook[..., bool] = Hook("gateway.unsubscribe_by_mail")
 
 # How much of the message's start is searched for its own header fields (the header block).
 _HEADER_SCAN_BYTES = 256 * 1024
@@ -163,6 +173,8 @@ def recipient_reply(address: str, *, accepted: int = 0) -> Reply:
         return Reply(550, f"5.1.1 <{normalized}>: this server does not take mail for {domain}")
     user = User.objects.filter(email=normalized, is_active=True).select_related("domain").first()
     if user is None:
+        if _is_unsubscribe_address(normalized):
+            return Reply(250, f"2.1.5 <{normalized}> OK")
         return Reply(550, f"5.1.1 <{normalized}>: no such mailbox here")
     used = _usage.used(user)
     if used > user.effective_quota_bytes:
@@ -226,9 +238,17 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
         return problem
     size = file.seek(0, io.SEEK_END)
     users = _recipients(envelope)
+    head = _header_block(file)
+    unsubscribes = [a for a in envelope.recipients if a not in envelope.users and _is_unsubscribe_address(a)]
+    if unsubscribes:
+        # A list's unsubscribe by mail (RFC 2369): done at once; the token in the subject is the proof.
+        subject = str(email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)["Subject"] or "")
+        for address in unsubscribes:
+            unsubscribe_by_mail(address=address, subject=subject)
+        if not users:
+            return Reply(250, "2.0.0 OK: unsubscribe requests handled")
     if not users:
         return Reply(554, "5.5.1 No valid recipients")
-    head = _header_block(file)
     sender = mime.sender_of(head)
     results = auth.authenticate(
         raw=file,
@@ -280,6 +300,10 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
         raw=file.read(_HEADER_SCAN_BYTES), results=results, sender=sender or _fallback_sender(envelope)
     )
     return Reply(250, f"2.0.0 OK: queued as {spooled}")
+
+
+def _is_unsubscribe_address(address: str) -> bool:
+    return is_list_unsubscribe_address.answered and is_list_unsubscribe_address(address)
 
 
 def _recipients(envelope: Envelope) -> list[User]:

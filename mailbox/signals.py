@@ -29,3 +29,10 @@ mail_arrived = Signal()
 #: ``(remote_id, owner_ids)``, each what one ``mail_arrived`` would say. Sent in place of those, inside
 #: the transaction, so that receivers can ask their questions once for the batch.
 mails_arrived = Signal()
+
+#: A reader left a list: ``list_address`` (the list, the sender of its issues) and ``reader`` (their
+#: address). Sent by the reader's own instance when they unsubscribe (at once, before the list
+#: acknowledges), and by the list's instance for a reader at an ordinary mail domain who used the
+#: one-click link (they have no instance of their own to count it). Sent inside the transaction;
+#: reputation counts it against the list and its domain.
+list_left = Signal()

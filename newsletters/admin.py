@@ -74,14 +74,25 @@ def remove_subscribers(modeladmin: SubscriberAdmin, request: HttpRequest, querys
 class SubscriberAdmin(DomainScopedAdmin):
     domain_lookup = "newsletter__owner__domain"
     domain_admin_can_change = True
-    list_display = ["address", "newsletter", "domain", "state", "subscribed_at", "changed_at"]
-    list_filter = ["state", "newsletter"]
+    list_display = ["address", "newsletter", "domain", "state", "legacy", "subscribed_at", "changed_at"]
+    list_filter = ["state", "legacy", "newsletter"]
     search_fields = ["address", "domain"]
-    readonly_fields = ["newsletter", "address", "domain", "state", "requested_at", "subscribed_at", "changed_at"]
+    readonly_fields = [
+        "newsletter",
+        "address",
+        "domain",
+        "state",
+        "legacy",
+        "requested_at",
+        "subscribed_at",
+        "changed_at",
+        "confirmation_sent_at",
+    ]
+    exclude = ["token"]  # the secret of the subscriber's unsubscribe link: not shown, not edited
     actions = [remove_subscribers]
 
     def has_add_permission(self, request: HttpRequest, *args: Any) -> bool:
-        return False  # only a subscriber's own instance subscribes them
+        return False  # only a subscriber's own instance, or their confirmation by mail, subscribes them
 
 
 @admin.register(Subscription)

@@ -30,13 +30,20 @@ class Newsletter(models.Model):
 
 
 class SubscriberState(models.TextChoices):
+    CONFIRMING = "confirming"  # an ordinary address: the confirmation mail is out, not confirmed yet
     ACTIVE = "active"
     PAUSED = "paused"
     UNSUBSCRIBED = "unsubscribed"
 
 
 class Subscriber(models.Model):
-    """A subscriber of record at the list's instance, as its own instance last set it (signed)."""
+    """A subscriber of record at the list's instance, as its own instance last set it (signed).
+
+    A subscriber at an ordinary mail domain (``legacy``: no Pushmail instance of its own) is recorded
+    from the public page in state ``confirming`` and counts only once they followed the link of the
+    confirmation mail; each issue reaches them by SMTP, with a one-click unsubscribe link naming
+    ``token`` (RFC 8058).
+    """
 
     newsletter = models.ForeignKey(Newsletter, on_delete=models.CASCADE, related_name="subscribers")
     address = models.CharField(max_length=320)
@@ -45,6 +52,17 @@ class Subscriber(models.Model):
     requested_at = models.DateTimeField(help_text="The subscriber's instance's time of the request in force.")
     subscribed_at = models.DateTimeField(auto_now_add=True)
     changed_at = models.DateTimeField(auto_now=True)
+    legacy = models.BooleanField(
+        "by mail", default=False, db_default=False, help_text="At an ordinary mail domain: issues go to it by SMTP."
+    )
+    token = models.CharField(
+        max_length=64,
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="The secret of its one-click unsubscribe link (an ordinary address only).",
+    )
+    confirmation_sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["newsletter", "address"], name="unique_subscriber_per_list")]

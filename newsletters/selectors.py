@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, QuerySet
 from django.utils.feedgenerator import Atom1Feed
+from django.utils.html import linebreaks
 
 from accounts.models import User
 from outbox.models import BodyFetch, Delivery, DeliveryState
@@ -36,14 +37,23 @@ def archive(*, newsletter: Newsletter, limit: int = 100) -> list[Issue]:
 
 
 def subscriber_domains(*, newsletter: Newsletter) -> list[str]:
-    """The domains with at least one active subscriber: an issue goes once to each."""
+    """The domains with at least one active subscriber of their own instance: an issue goes once to each."""
     return sorted(
         set(
-            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE).values_list(
+            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=False).values_list(
                 "domain", flat=True
             )
         )
     )
+
+
+def subscribers_by_mail(*, newsletter: Newsletter) -> dict[str, list[str]]:
+    """The active subscribers at ordinary mail domains (confirmed by mail), by domain: an issue goes to each by SMTP."""
+    found: dict[str, list[str]] = {}
+    rows = Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=True).order_by("pk")
+    for domain, address in rows.values_list("domain", "address"):
+        found.setdefault(domain, []).append(address)
+    return found
 
 
 def subscriber_counts(*, newsletter: Newsletter) -> list[tuple[str, int]]:
@@ -97,7 +107,8 @@ def atom_feed(*, newsletter: Newsletter, page_url: str, feed_url: str) -> bytes:
         feed.add_item(
             title=message.subject or "(no subject)",
             link=f"{page_url}#issue-{message.id}",
-            description=message.text,
+            # Atom's summary is HTML here (RFC 4287 §3.1.1.2): the plain text, escaped, its paragraphs kept.
+            description=linebreaks(message.text or "", autoescape=True),
             unique_id=f"urn:uuid:{message.id}",
             unique_id_is_permalink=False,
             pubdate=message.date,

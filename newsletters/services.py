@@ -24,6 +24,7 @@ from federation import client, discovery, payloads
 from federation.inbound import NotSubscribed, SubscriptionResult, UnknownList
 from mailbox import services as mailbox
 from mailbox.models import Folder
+from mailbox.signals import list_left
 from outbox import services as outbox
 from outbox.models import Message
 from pushmail_site.jobs import claim_until, enqueue, lock, overdue_ids
@@ -110,6 +111,9 @@ def issue_from_compose(
 def publish_issue(*, newsletter: Newsletter, subject: str, text: str, html: str | None = None) -> Issue:
     """Send an issue: stored once, ONE notification per remote subscriber domain, kept in the archive.
 
+    Subscribers at ordinary mail domains (confirmed by mail, newsletters/legacy.py) get it by SMTP:
+    one delivery per such domain, a copy per subscriber with their one-click unsubscribe link.
+
     Subscribers on this instance get their copy at once, by this instance's own record of their
     subscriptions (as a receiving instance would decide), in their Newsletters folder.
     """
@@ -122,6 +126,7 @@ def publish_issue(*, newsletter: Newsletter, subject: str, text: str, html: str 
             text=text,
             html=html,
             domains=selectors.subscriber_domains(newsletter=newsletter),
+            by_smtp=selectors.subscribers_by_mail(newsletter=newsletter),
         )
         issue = Issue.objects.create(newsletter=newsletter, message=message, published_at=message.date)
         local = list(
@@ -170,7 +175,8 @@ def accept_subscription(*, origin: str, subscription: payloads.Subscription) -> 
             return SubscriptionResult(state=subscriber.state, status="superseded")
         subscriber.state = subscription.state
         subscriber.requested_at = subscription.requested_at
-        subscriber.save(update_fields=["state", "requested_at", "changed_at"])
+        subscriber.legacy = False  # their own instance speaks for them now: issues go as list notifications
+        subscriber.save(update_fields=["state", "requested_at", "legacy", "changed_at"])
         return SubscriptionResult(state=subscriber.state, status="recorded")
 
 
@@ -266,6 +272,8 @@ def _change(*, user: User, subscription_id: int, target: str) -> Subscription:
         subscription = lock(Subscription.objects.filter(owner=user), skip_locked=False).get(pk=subscription_id)
         if subscription.state == target or not SUBSCRIPTION.allows(subscription.state, target):
             return subscription
+        if target == SubscriptionState.UNSUBSCRIBING:
+            list_left.send(sender=Subscription, list_address=subscription.list_address, reader=user.email)
         return _ask(subscription, target)
 
 

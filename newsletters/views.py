@@ -1,7 +1,9 @@
 """A list's public pages: its page with the archive and a subscribe form, and its Atom feed.
 
 Subscribing sends the reader to their OWN instance's confirm page (docs/protocol.md §13.1):
-only their instance may ask, signed, for their address to be recorded.
+only their instance may ask, signed, for their address to be recorded. An address at an ordinary
+mail domain (no Pushmail instance) gets a confirmation mail instead (newsletters/legacy.py), and
+each issue by SMTP with a one-click unsubscribe link, answered here without sign-in (RFC 8058).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from accounts.validators import domain_of, normalize_address
-from federation import discovery
+from federation import client, discovery
+from outbox.complaints import SendingPaused
+from outbox.smtp import smtp_enabled
 
-from . import selectors
-from .models import Newsletter
+from . import legacy, selectors
+from .models import Newsletter, SubscriberState
 
 #: Where a reader's instance shows its confirm page (§13.1): ``?list=<address>&name=<name>``.
 CONFIRM_PATH = "/newsletters/subscribe/"
@@ -54,14 +59,19 @@ def page(request: HttpRequest, slug: str) -> HttpResponse:
     newsletter = _newsletter(slug)
     form = SubscribeForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        address = form.cleaned_data["address"]
+        domain = domain_of(address)
+        try:
+            instance = discovery.discover(domain)
+        except (discovery.DiscoveryError, client.PeerError):
+            return _problem(request, newsletter, 503, f"{domain} did not answer just now: try again in a few minutes.")
+        if instance is None:
+            return _subscribe_by_mail(request, newsletter, address)
         # Not a redirect: the page's Content-Security-Policy (form-action 'self') would stop a form's
         # redirect to another origin. A page that moves on by itself, with the link to follow.
-        address = form.cleaned_data["address"]
         target = confirm_url(address=address, newsletter=newsletter)
         return render(
-            request,
-            "newsletters/continue.html",
-            {"newsletter": newsletter, "target": target, "domain": domain_of(address)},
+            request, "newsletters/continue.html", {"newsletter": newsletter, "target": target, "domain": domain}
         )
     context = {
         "newsletter": newsletter,
@@ -79,3 +89,57 @@ def feed(request: HttpRequest, slug: str) -> HttpResponse:
     page_url = request.build_absolute_uri(reverse("newsletter-page", args=[slug]))
     content = selectors.atom_feed(newsletter=newsletter, page_url=page_url, feed_url=request.build_absolute_uri())
     return HttpResponse(content, content_type="application/atom+xml; charset=utf-8")
+
+
+def _problem(request: HttpRequest, newsletter: Newsletter | None, status: int, reason: str) -> HttpResponse:
+    return render(request, "newsletters/problem.html", {"newsletter": newsletter, "reason": reason}, status=status)
+
+
+def _subscribe_by_mail(request: HttpRequest, newsletter: Newsletter, address: str) -> HttpResponse:
+    """An ordinary mail address: a confirmation link by mail (double opt-in), when this instance sends mail."""
+    if not smtp_enabled():
+        reason = f"{domain_of(address)} has no Pushmail instance, and this instance does not send ordinary mail."
+        return _problem(request, newsletter, 400, reason)
+    try:
+        legacy.subscribe_by_mail(newsletter=newsletter, address=address)
+    except SendingPaused:
+        return _problem(request, newsletter, 503, f"{newsletter.name} cannot take subscriptions just now.")
+    # The same page whether a mail went or not: it tells nobody whether the address is subscribed.
+    return render(request, "newsletters/check_mail.html", {"newsletter": newsletter, "address": address})
+
+
+@csrf_exempt  # the signed token is the capability; the form posts back to the link itself
+@require_http_methods(["GET", "POST"])
+def confirm(request: HttpRequest, slug: str, token: str) -> HttpResponse:
+    """``/n/<slug>/confirm/<token>/``: GET shows what is confirmed, the Confirm button POSTs; only then
+    is the reader subscribed (a link checker fetching the mail's link subscribes nobody)."""
+    newsletter = _newsletter(slug)
+    try:
+        if request.method == "POST":
+            subscriber = legacy.confirm(newsletter=newsletter, token=token)
+            return render(request, "newsletters/confirmed.html", {"newsletter": newsletter, "subscriber": subscriber})
+        subscriber = legacy.check_confirmation(newsletter=newsletter, token=token)
+    except legacy.LinkProblem as problem:
+        return _problem(request, newsletter, problem.status, problem.reason)
+    context = {"newsletter": newsletter, "subscriber": subscriber, "done": subscriber.state == SubscriberState.ACTIVE}
+    return render(request, "newsletters/confirm.html", context)
+
+
+@csrf_exempt  # RFC 8058: mail programs POST the link without any cookie; the token identifies the subscription
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request: HttpRequest, slug: str, token: str) -> HttpResponse:
+    """``/n/<slug>/unsubscribe/<token>/``, the List-Unsubscribe link: a POST (``List-Unsubscribe=One-Click``,
+    or the page's button) unsubscribes at once, no sign-in; a GET only shows the button."""
+    try:
+        if request.method == "POST":
+            subscriber = legacy.unsubscribe_by_token(slug=slug, token=token)
+        else:
+            subscriber = legacy.subscriber_by_token(slug=slug, token=token)
+    except legacy.LinkProblem as problem:
+        return _problem(request, None, problem.status, problem.reason)
+    context = {
+        "newsletter": subscriber.newsletter,
+        "subscriber": subscriber,
+        "left": subscriber.state == SubscriberState.UNSUBSCRIBED,
+    }
+    return render(request, "newsletters/unsubscribe.html", context)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import defaultdict
 from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -145,12 +147,17 @@ def _deliver_by_smtp(delivery: Delivery) -> None:
     if not waiting:
         _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
         return
+    # An issue of a list is a copy per subscriber: a big domain's are sent a batch per claim, so that
+    # no attempt outlives its claim (PUSHMAIL_CLAIM_SECONDS) and is taken up twice.
+    more = bool(delivery.message.list_address) and len(waiting) > settings.PUSHMAIL_LIST_SMTP_BATCH
+    if more:
+        waiting = waiting[: settings.PUSHMAIL_LIST_SMTP_BATCH]
     try:
         answers = send_by_smtp(delivery=delivery, recipients=waiting)
     except SmtpFailure as exc:
         _delivery_failed_attempt(delivery, str(exc), retryable=exc.retryable, retry_after=None)
         return
-    _record_smtp_answers(delivery, waiting, answers)
+    _record_smtp_answers(delivery, waiting, answers, more=more)
 
 
 def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
@@ -163,30 +170,55 @@ def reopen_smtp_recipients(delivery_ids: list[int]) -> None:
         )
 
 
-def _record_smtp_answers(delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer]) -> None:
-    """2xx: accepted; 5xx: refused now, with a notice; 4xx (or no answer): tried again within the window."""
+def _record_smtp_answers(
+    delivery: Delivery, waiting: list[str], answers: dict[str, SmtpAnswer], *, more: bool = False
+) -> None:
+    """2xx: accepted; 5xx: refused now, with a notice; 4xx (or no answer): tried again within the window.
+
+    ``more``: recipients are still waiting beyond this batch; with none deferred, the next batch is due
+    at once (a 4xx puts the whole domain off until its retry: often the server asking to slow down).
+
+    The recipients are updated a statement per distinct answer, not one per recipient: an issue of a
+    list sends a copy to each of thousands of subscribers at a domain. A list's owner gets no notice
+    of a refused subscriber (as for a domain refusing a list notification, §13.3): the answer stays
+    on the recipient's row, and ``delivered`` counts the subscribers whose server took it.
+    """
     refused: list[tuple[str, str]] = []
     deferred: list[str] = []
     replies: list[str] = []
+    settled: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for address in waiting:
+        answer = answers.get(address)
+        if answer is None or not (answer.accepted or answer.permanent):
+            deferred.append(f"{address}: {answer or 'no answer'}")
+            continue
+        if answer.accepted:
+            replies.append(str(answer))
+            settled[(RecipientStatus.ACCEPTED, "")].append(address)
+        else:
+            refused.append((address, str(answer)))
+            settled[(RecipientStatus.REJECTED, str(answer)[:300])].append(address)
+    is_list = bool(delivery.message.list_address)
     with transaction.atomic():
-        for address in waiting:
-            answer = answers.get(address)
-            if answer is None or not (answer.accepted or answer.permanent):
-                deferred.append(f"{address}: {answer or 'no answer'}")
-                continue
-            if answer.accepted:
-                replies.append(str(answer))
-                status, reason = RecipientStatus.ACCEPTED, ""
-            else:
-                refused.append((address, str(answer)))
-                status, reason = RecipientStatus.REJECTED, str(answer)[:300]
-            Recipient.objects.filter(message=delivery.message, address=address).update(status=status, reason=reason)
+        for (status, reason), addresses in settled.items():
+            Recipient.objects.filter(message=delivery.message, address__in=addresses).update(
+                status=status, reason=reason
+            )
+        fields = []
         if replies:
             delivery.smtp_reply = replies[-1][:500]
-            delivery.save(update_fields=["smtp_reply"])
-        if refused:
+            fields.append("smtp_reply")
+        if is_list and replies:
+            delivery.delivered = (delivery.delivered or 0) + len(replies)
+            fields.append("delivered")
+        if fields:
+            delivery.save(update_fields=fields)
+        if refused and not is_list:
             _notify_sender(delivery, refused)
-        if not deferred:
+        if not deferred and more:
+            Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=timezone.now())
+            enqueue(deliver_notification_task, delivery.pk)
+        elif not deferred:
             _finish_delivery(delivery, state=DeliveryState.NOTIFIED, error="")
     if deferred:
         _delivery_failed_attempt(delivery, "; ".join(deferred), retryable=True, retry_after=None)
@@ -471,7 +503,7 @@ def _give_up(delivery: Delivery, reason: str) -> None:
         addresses = list(pending.order_by("pk").values_list("address", flat=True))
         pending.update(status=RecipientStatus.REJECTED, reason=reason[:300])
         _finish_delivery(delivery, state=DeliveryState.FAILED, error=reason)
-        if addresses:
+        if addresses and not delivery.message.list_address:  # a list's owner is not told (§13.3)
             _notify_sender(delivery, [(address, reason) for address in addresses])
 
 

@@ -34,6 +34,7 @@ from .models import (
     Recipient,
     RecipientKind,
     RecipientStatus,
+    Transport,
 )
 from .rules import (
     check_characters,
@@ -119,12 +120,17 @@ def send_list_issue(
     text: str,
     html: str | None = None,
     domains: list[str],
+    by_smtp: dict[str, list[str]] | None = None,
 ) -> Message:
     """Store an issue of a list once and queue ONE list notification per subscriber domain (docs/protocol.md §13.3).
 
     The issue comes from the list's address (``sender`` is its owner); it has no recipients here:
     each domain delivers it to its own subscribers of record. Domains hosted here are left out
-    (a list's readers are on other instances). Raises ValidationError naming the field.
+    (a list's readers are on other instances). ``by_smtp`` names the subscribers at ordinary mail
+    domains, by domain: each such domain gets one delivery by SMTP (transport ``smtp`` from the
+    start, the same states and retries), with those subscribers as its recipients (Bcc: nobody
+    sees another). A domain in ``domains`` is not also sent to by SMTP. Raises ValidationError
+    naming the field.
     """
     check_not_paused(sender)
     check_subject(subject)
@@ -132,19 +138,57 @@ def send_list_issue(
     message = _new_message(
         sender=sender, to=[list_address], cc=[], bcc=[], subject=subject, text=text, html=html, in_reply_to="", files=[]
     )
+    message.list_address = list_address
+    _from_list(message, list_address=list_address, list_name=list_name)
+    local = set(Domain.objects.filter(name__in=domains).values_list("name", flat=True))
+    legacy = {domain: addresses for domain, addresses in (by_smtp or {}).items() if domain not in set(domains)}
+    with transaction.atomic():
+        message.save(force_insert=True)
+        deliveries = _create_deliveries(message, sorted(set(domains) - local), message.date)
+        deliveries += Delivery.objects.bulk_create(
+            Delivery(message=message, domain=domain, transport=Transport.SMTP, next_attempt_at=message.date)
+            for domain in sorted(legacy)
+        )
+        Recipient.objects.bulk_create(
+            Recipient(message=message, address=address, domain=domain, kind=RecipientKind.BCC)
+            for domain in sorted(legacy)
+            for address in legacy[domain]
+        )
+        queue_deliveries([d.pk for d in deliveries])
+    return message
+
+
+def send_from_list(*, sender: User, list_address: str, list_name: str, to: str, subject: str, text: str) -> Message:
+    """Mail a list sends one reader on its own, such as the link confirming a subscription: from the
+    list's address, to ``to`` alone, marked ``Auto-Submitted: auto-generated`` (RFC 3834), delivered
+    as any message (by SMTP to an ordinary mail domain). ``sender`` is the list's owner.
+
+    Raises SendingPaused when the owner's sending is paused, ValidationError naming the field.
+    """
+    check_not_paused(sender)
+    to_list = clean_addresses([to], "to")
+    check_subject(subject)
+    check_characters(subject=subject, in_reply_to="", text=text, html=None)
+    kinds: dict[str, str] = {to_list[0]: RecipientKind.TO}
+    message = _new_message(
+        sender=sender, to=to_list, cc=[], bcc=[], subject=subject, text=text, html=None, in_reply_to="", files=[]
+    )
+    message.auto_submitted = "auto-generated"
+    _from_list(message, list_address=list_address, list_name=list_name)
+    with transaction.atomic():
+        _store(message, [], kinds)
+        _deliver(message, kinds)
+    return message
+
+
+def _from_list(message: Message, *, list_address: str, list_name: str) -> None:
+    """The message comes from the list's address and name: its Message-ID, thread and digest follow."""
     message.sender_address = list_address
     message.sender_name = clean_display_name(list_name)
-    message.list_address = list_address
     message.message_id = f"<{message.id}@{domain_of(list_address)}>"
     message.thread_key = thread_key(message_id=message.message_id, in_reply_to="", references=[])
     content = canonical_content(message, manifest=[])
     message.size, message.digest = len(content), payloads.digest(content)
-    local = set(Domain.objects.filter(name__in=domains).values_list("name", flat=True))
-    with transaction.atomic():
-        message.save(force_insert=True)
-        deliveries = _create_deliveries(message, sorted(set(domains) - local), message.date)
-        queue_deliveries([d.pk for d in deliveries])
-    return message
 
 
 def _recipient_kinds(to: list[str], cc: list[str], bcc: list[str]) -> dict[str, str]:

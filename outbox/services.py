@@ -36,7 +36,7 @@ from .drafts import (
 )
 from .retention import mark_fetched_by_all
 from .rules import check_subject, max_recipients, parse_addresses, split_addresses
-from .sending import UNKNOWN_MAILBOX_REASON, send_list_issue, send_message
+from .sending import UNKNOWN_MAILBOX_REASON, send_from_list, send_list_issue, send_message
 from .sent_folder import restore_sent, star_sent, trash_sent
 from .serving import BodyGone, NoAcceptedRecipient, NotOffered, offered_message, serve_attachment, serve_body
 from .uploads import add_attachments, attach_stored, remove_attachment
@@ -90,6 +90,7 @@ __all__ = [
     "restore_sent",
     "send_draft",
     "send_due_drafts",
+    "send_from_list",
     "send_list_issue",
     "send_message",
     "send_withdrawal",

@@ -582,6 +582,13 @@ PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS = [
     d.strip().lower() for d in os.environ.get("PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS", "").split(",") if d.strip()
 ]
 PUSHMAIL_SMTP_TIMEOUT = float(os.environ.get("PUSHMAIL_SMTP_TIMEOUT", "60"))
+# A list's subscriber at an ordinary mail domain confirms by the link of a mail (double opt-in): the link
+# works this long, and the public page sends another to the same address at most this often.
+PUSHMAIL_LIST_CONFIRM_SECONDS = env_int("PUSHMAIL_LIST_CONFIRM_SECONDS", 3 * 86400)
+PUSHMAIL_LIST_CONFIRM_RESEND_SECONDS = env_int("PUSHMAIL_LIST_CONFIRM_RESEND_SECONDS", 600)
+# An issue's copies to one ordinary mail domain are sent this many per attempt (one SMTP session), the
+# next batch due at once: an attempt must end within PUSHMAIL_CLAIM_SECONDS, or another worker takes it up.
+PUSHMAIL_LIST_SMTP_BATCH = env_int("PUSHMAIL_LIST_SMTP_BATCH", 100)
 # The DNS server SPF, DKIM and DMARC ask, as host:port; empty: the system's resolvers.
 PUSHMAIL_DNS_RESOLVER = os.environ.get("PUSHMAIL_DNS_RESOLVER", "")
 PUSHMAIL_DNS_TIMEOUT = float(os.environ.get("PUSHMAIL_DNS_TIMEOUT", "5"))

@@ -61,6 +61,8 @@ urlpatterns = [
     path("admin/queues/", admin.site.admin_view(metrics.job_queues), name="admin-job-queues"),
     path("n/<slug:slug>/", newsletter_views.page, name="newsletter-page"),
     path("n/<slug:slug>/feed.atom", newsletter_views.feed, name="newsletter-feed"),
+    path("n/<slug:slug>/confirm/<str:token>/", newsletter_views.confirm, name="newsletter-confirm"),
+    path("n/<slug:slug>/unsubscribe/<str:token>/", newsletter_views.unsubscribe, name="newsletter-unsubscribe"),
     path("admin/", admin.site.urls),
     # The mailbox address is the sign-in: allauth's page for adding or switching addresses is closed.
     path("accounts/email/", account_views.address_is_fixed),

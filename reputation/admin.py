@@ -331,6 +331,7 @@ _ORIGIN_FIELDS = (
     "spam_weight",
     "not_spam",
     "not_spam_weight",
+    "unsubscribes",
     "outages",
     "downtime_seconds",
     "last_reached_at",
@@ -344,7 +345,7 @@ _ORIGIN_FIELDS = (
 )
 _SENDER_FIELDS = (
     "address", "domain", "score", "pinned_score", "reads", "replies", "spam_reports", "spam_weight", "not_spam",
-    "not_spam_weight", "spam_filed", "allowed", "reports_at_lift", "updated_at",
+    "not_spam_weight", "unsubscribes", "spam_filed", "allowed", "reports_at_lift", "updated_at",
 )  # fmt: skip
 
 
@@ -592,8 +593,8 @@ class OriginReputationAdmin(InstanceWideReputationAdmin):
 class SenderReputationAdmin(InstanceWideReputationAdmin):
     """Senders: their score; allowing one keeps its mail out of Spam whatever the scores say."""
 
-    list_display = ["address", "score", "pinned_score", "reads", "replies", "spam_reports", "not_spam", "spam_filed"]
-    list_display += ["allowed"]
+    list_display = ["address", "score", "pinned_score", "reads", "replies", "spam_reports", "not_spam", "unsubscribes"]
+    list_display += ["spam_filed", "allowed"]
     list_filter = ["spam_filed", "allowed"]
     search_fields = ["address", "domain"]
     ordering = ["score", "address"]

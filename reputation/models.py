@@ -228,6 +228,9 @@ class OriginReputation(models.Model):
         default=0, db_default=0.0, help_text="The spam reports weighted by their reporters' trust (reputation.trust)."
     )
     not_spam_weight = models.FloatField(default=0, db_default=0.0, help_text="The 'not spam' weighted the same way.")
+    unsubscribes = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Readers here who left one of its lists (newsletters)."
+    )
     outages = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Times it stopped answering while holding unopened mail for users here."
     )
@@ -277,6 +280,9 @@ class SenderReputation(models.Model):
         default=0, db_default=0.0, help_text="The spam reports weighted by their reporters' trust (reputation.trust)."
     )
     not_spam_weight = models.FloatField(default=0, db_default=0.0, help_text="The 'not spam' weighted the same way.")
+    unsubscribes = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Readers here who left this list (when it is one)."
+    )
     score = models.FloatField(default=0.5, db_default=0.5)
     pinned_score = models.FloatField(null=True, blank=True)
     allowed = models.BooleanField(

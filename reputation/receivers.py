@@ -6,10 +6,11 @@ from django.db import transaction
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
+from accounts.validators import domain_of
 from federation import inbound
 from mailbox import spam as mailbox_spam
 from mailbox.models import RemoteMessage
-from mailbox.signals import body_fetched, body_unavailable, message_read
+from mailbox.signals import body_fetched, body_unavailable, list_left, message_read
 
 from . import (
     content_filter,
@@ -20,6 +21,7 @@ from . import (
     tasks,
 )
 from .models import SpamVerdict
+from .scores import note_unsubscribe
 from .signals import report_recorded
 
 inbound.check_origin.register(services.check_origin)
@@ -68,3 +70,9 @@ def _origin_unreachable(*, origin: str, error: str = "", **kwargs: Any) -> None:
 @receiver(body_fetched, dispatch_uid="reputation.origin_reached")
 def _origin_reached(*, remote_id: int, **kwargs: Any) -> None:
     reachability.note_fetched(remote_id=remote_id)
+
+
+@receiver(list_left, dispatch_uid="reputation.count_unsubscribe")
+def _count_unsubscribe(*, list_address: str, **kwargs: Any) -> None:
+    # Like a spam report, against the list (the sender of its issues) and its domain.
+    note_unsubscribe(origin=domain_of(list_address), sender=list_address)

@@ -7,6 +7,8 @@ Counters
     reader who changes their mind moves one count to the other) with their weights ``spam_weight``
     and ``not_spam_weight`` (each report counts its reporter's trust, as in a verdict:
     reputation.trust, so a new account's report weighs a quarter, and the score uses the weights),
+    ``unsubscribes`` (a reader here left one of its lists: the ``list_left`` signal; a list's issues
+    come from the list's address, so a list counts its own, and its origin the sum),
     ``replies`` (local users who have written to the sender, refreshed by a periodic sweep from the
     outbox's recipients; an origin's is the sum of its senders'), and for origins ``outages`` and
     ``downtime_seconds`` (reputation/reachability.py). The score is recomputed from these counters
@@ -16,7 +18,7 @@ The score
     ::
 
         good  = reads + 3 × replies + 2 × not_spam (weighted)
-        bad   = 9 × spam_reports (weighted) + 2 × outages + hours unreachable (at most 72)
+        bad   = 9 × spam_reports (weighted) + 3 × unsubscribes + 2 × outages + hours unreachable (at most 72)
         score = (good + 1) / (good + bad + 2)
 
     the mean of a Beta distribution with one prior success and one prior failure (the "beta
@@ -24,7 +26,9 @@ The score
     towards 0 as it is reported or its origin stops answering while holding mail for users here.
     A report weighs 9 opens: an origin where a fifth of the readers report its mail falls to about
     0.36, one where half of them do to about 0.18; legitimate bulk mail that one reader in a thousand
-    reports stays near 1. A reply weighs 3: writing back is the strongest sign the mail was wanted.
+    reports stays near 1. Leaving a list weighs a third of a report: it says the mail is no longer
+    wanted, not that it never was; a list that many readers here leave falls as one they report.
+    A reply weighs 3: writing back is the strongest sign the mail was wanted.
     An admin may pin a score, which then replaces the computed one.
 
 What the score decides (each decision is recorded with its reason, ``ReputationDecision``)
@@ -75,6 +79,7 @@ READ_WEIGHT = 1
 REPLY_WEIGHT = 3
 NOT_SPAM_WEIGHT = 2
 REPORT_WEIGHT = 9
+UNSUBSCRIBE_WEIGHT = 3
 OUTAGE_WEIGHT = 2
 DOWNTIME_CAP_HOURS = 72.0
 RATE_STEP = 10  # points of good − bad that add one new-origin rate to an origin's limit
@@ -95,6 +100,7 @@ class Counters:
     replies: int = 0
     not_spam: float = 0  # weighted, as the reports (reputation.trust)
     spam_reports: float = 0
+    unsubscribes: int = 0
     outages: int = 0
     downtime_hours: float = 0.0
 
@@ -105,7 +111,12 @@ class Counters:
     @property
     def bad(self) -> float:
         downtime = min(self.downtime_hours, DOWNTIME_CAP_HOURS)
-        return REPORT_WEIGHT * self.spam_reports + OUTAGE_WEIGHT * self.outages + downtime
+        return (
+            REPORT_WEIGHT * self.spam_reports
+            + UNSUBSCRIBE_WEIGHT * self.unsubscribes
+            + OUTAGE_WEIGHT * self.outages
+            + downtime
+        )
 
     @property
     def score(self) -> float:
@@ -136,13 +147,20 @@ def origin_counters(rep: OriginReputation, *, now: datetime | None = None) -> Co
         replies=rep.replies,
         not_spam=rep.not_spam_weight,
         spam_reports=rep.spam_weight,
+        unsubscribes=rep.unsubscribes,
         outages=rep.outages,
         downtime_hours=downtime / 3600,
     )
 
 
 def sender_counters(rep: SenderReputation) -> Counters:
-    return Counters(reads=rep.reads, replies=rep.replies, not_spam=rep.not_spam_weight, spam_reports=rep.spam_weight)
+    return Counters(
+        reads=rep.reads,
+        replies=rep.replies,
+        not_spam=rep.not_spam_weight,
+        spam_reports=rep.spam_weight,
+        unsubscribes=rep.unsubscribes,
+    )
 
 
 # --- What the web processes read: an origin's standing, cached briefly ------------------------
@@ -286,6 +304,14 @@ def note_report(*, origin: str, sender: str, spam: bool, weight: float = 1.0, re
     rescore_origin(origin)
 
 
+@transaction.atomic
+def note_unsubscribe(*, origin: str, sender: str) -> None:
+    """A reader here left the list ``sender`` (at ``origin``): it counts against both, rescored at once."""
+    _bump_both(origin=origin, sender=sender, increments={"unsubscribes": 1})
+    rescore_sender(sender.lower())
+    rescore_origin(origin)
+
+
 # --- Rescoring and the decisions it makes ----------------------------------------------------
 
 
@@ -321,8 +347,9 @@ def end_decisions(
 def _why(rep: OriginReputation | SenderReputation, score: float) -> str:
     pinned = " (pinned by an admin)" if rep.pinned_score is not None else ""
     weighed = "" if rep.spam_weight == rep.spam_reports else f" (weighing {rep.spam_weight:.4g} by trust)"
+    left = f", {rep.unsubscribes} readers who left its lists" if rep.unsubscribes else ""
     return (
-        f"{rep.spam_reports} spam reports{weighed} against {rep.reads} opens, {rep.replies} replies and "
+        f"{rep.spam_reports} spam reports{weighed}{left} against {rep.reads} opens, {rep.replies} replies and "
         f"{rep.not_spam} 'not spam' here: score {score:.2f}{pinned}"
     )
 
@@ -460,7 +487,7 @@ def reset_origin(*, origin_id: int, by: User | None) -> None:
         return
     end_decisions(rep, list(DecisionKind.values), by=by)
     OriginReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, outages=0,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, unsubscribes=0, outages=0,
         downtime_seconds=0, unreachable_since=None, gone=False, score=0.5, pinned_score=None, spam_filed=False,
         refused=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip
@@ -491,6 +518,6 @@ def reset_sender(*, sender_id: int, by: User | None) -> None:
     origin, _ = OriginReputation.objects.get_or_create(domain=rep.domain)
     end_decisions(origin, [DecisionKind.SPAM], sender=rep, by=by)
     SenderReputation.objects.filter(pk=rep.pk).update(
-        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, score=0.5,
+        reads=0, replies=0, spam_reports=0, not_spam=0, spam_weight=0, not_spam_weight=0, unsubscribes=0, score=0.5,
         pinned_score=None, spam_filed=False, reports_at_lift=0, weight_at_lift=0, dirty=False,
     )  # fmt: skip

@@ -12,6 +12,7 @@ the webmail does.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
 import grp
@@ -64,15 +65,20 @@ class Setup:
         return wait_for(f"{subject!r} in the Maildir of {mailbox}", probe, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+@contextlib.contextmanager
+def legacy_domain_and_instance(
+    tmp_path_factory: pytest.TempPathFactory, *, name: str = "alpha", mailboxes: list[str] = MAILBOXES
+) -> Iterator[Setup]:
+    """The DNS server, Postfix taking mail for legacy.test's ``mailboxes`` into Maildirs, and an
+    instance ``name`` hosting alpha.test that finds Postfix through that DNS, with the DKIM record
+    its ``dnsrecords`` prints published."""
     with dns_server() as (zone, resolver):
         certs = tmp_path_factory.mktemp("mx-tls")
         cert, key = self_signed(certs, "mx.legacy.test")
         postfix = PostfixServer(
             _receiving_postfix(cert, key),
             hostname="mx.legacy.test",
-            files={"vmailbox": "".join(f"{name}@{LEGACY} {name}/\n" for name in MAILBOXES), "access": ""},
+            files={"vmailbox": "".join(f"{box}@{LEGACY} {box}/\n" for box in mailboxes), "access": ""},
         )
         mail = postfix.dir / "mail"
         mail.mkdir()
@@ -83,9 +89,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             zone.add("mx.legacy.test", "A", "127.0.0.1")
             cluster = start_cluster(
                 tmp_path_factory.mktemp("smtp-out"),
-                {"alpha": [HOSTED]},
+                {name: [HOSTED]},
                 env={
-                    "alpha": {
+                    name: {
                         "PUSHMAIL_DNS_RESOLVER": resolver,
                         "PUSHMAIL_SMTP_OUTBOUND_PORT": str(postfix.port),
                         "PUSHMAIL_SMTP_ALLOW_PRIVATE_DOMAINS": LEGACY,
@@ -93,15 +99,21 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                     }
                 },
             )
-            inst = cluster["alpha"]
+            inst = cluster[name]
             # Publish what the operator is told to publish.
-            for name, value in _txt_records(inst.manage("dnsrecords", HOSTED)):
-                zone.add(name, "TXT", value)
+            for record, value in _txt_records(inst.manage("dnsrecords", HOSTED)):
+                zone.add(record, "TXT", value)
             yield Setup(inst, zone, resolver, postfix)
         finally:
             if cluster is not None:
                 cluster.stop()
             postfix.stop()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    with legacy_domain_and_instance(tmp_path_factory) as running:
+        yield running
 
 
 def _receiving_postfix(cert: str, key: str) -> list[str]:

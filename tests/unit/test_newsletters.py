@@ -5,7 +5,9 @@ the public page's Atom feed."""
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -364,6 +366,120 @@ def test_the_atom_feed_parses_and_has_the_issues(newsletter: Newsletter) -> None
         for required in ("id", "title", "updated"):
             assert entry.find(f"{ATOM}{required}") is not None, required
         assert entry.findtext(f"{ATOM}id", "").startswith("urn:uuid:")
+
+
+def atom_problems(document: bytes) -> list[str]:
+    """What in ``document`` breaks RFC 4287 (Atom 1.0): its MUSTs for a feed and its entries, the date
+    and IRI forms, the text constructs; an empty list for a valid feed."""
+    problems: list[str] = []
+    root = ET.fromstring(document)
+    if root.tag != f"{ATOM}feed":
+        return [f"the root is {root.tag}, not atom:feed"]
+
+    def date(where: str, value: str | None) -> None:
+        # §3.3: an RFC 3339 date-time, with a time zone.
+        if not value or not re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", value):
+            problems.append(f"{where}: {value!r} is not an RFC 3339 date-time")
+
+    def text(where: str, element: ET.Element) -> str:
+        # §3.1: type text, html or xhtml; html is escaped markup that parses.
+        kind = element.get("type", "text")
+        if kind not in {"text", "html", "xhtml"}:
+            problems.append(f"{where}: type {kind!r}")
+        if kind != "html":
+            return element.text or ""
+        parser = _HtmlText()
+        parser.feed(element.text or "")
+        if parser.tags - {"p", "br"}:
+            problems.append(f"{where}: markup {sorted(parser.tags - {'p', 'br'})} in a text")
+        return parser.text
+
+    def one(parent: ET.Element, name: str, where: str) -> ET.Element | None:
+        found = parent.findall(f"{ATOM}{name}")
+        if len(found) != 1:
+            problems.append(f"{where}: {len(found)} atom:{name}, exactly one required")
+        return found[0] if found else None
+
+    def common(element: ET.Element, where: str) -> None:
+        identity = one(element, "id", where)
+        if identity is not None and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:\S+$", identity.text or ""):
+            problems.append(f"{where}: id {identity.text!r} is not an absolute IRI (§4.2.6)")
+        title = one(element, "title", where)
+        if title is not None:
+            text(f"{where} title", title)
+        updated = one(element, "updated", where)
+        date(f"{where} updated", updated.text if updated is not None else None)
+        for published in element.findall(f"{ATOM}published"):
+            date(f"{where} published", published.text)
+        alternates = [(link.get("type"), link.get("hreflang")) for link in element.findall(f"{ATOM}link")]
+        alternates = [
+            a
+            for a, link in zip(alternates, element.findall(f"{ATOM}link"), strict=True)
+            if link.get("rel", "alternate") == "alternate"
+        ]
+        if len(alternates) != len(set(alternates)):
+            problems.append(f"{where}: two alternate links of the same type and language (§4.1.1)")
+        for link in element.findall(f"{ATOM}link"):
+            if not link.get("href"):
+                problems.append(f"{where}: a link without href (§4.2.7)")
+        for author in element.findall(f"{ATOM}author"):
+            if author.find(f"{ATOM}name") is None:
+                problems.append(f"{where}: an author without a name (§3.2)")
+
+    common(root, "feed")
+    if not any(link.get("rel") == "self" for link in root.findall(f"{ATOM}link")):
+        problems.append("feed: no link rel=self (§4.1.1 SHOULD)")
+    ids = []
+    for n, entry in enumerate(root.findall(f"{ATOM}entry")):
+        where = f"entry {n}"
+        common(entry, where)
+        ids.append(entry.findtext(f"{ATOM}id"))
+        if root.find(f"{ATOM}author") is None and entry.find(f"{ATOM}author") is None:
+            problems.append(f"{where}: no author, and the feed has none (§4.1.1)")
+        if entry.find(f"{ATOM}content") is None and not any(
+            link.get("rel", "alternate") == "alternate" for link in entry.findall(f"{ATOM}link")
+        ):
+            problems.append(f"{where}: neither content nor an alternate link (§4.1.2)")
+        for summary in entry.findall(f"{ATOM}summary"):
+            text(f"{where} summary", summary)
+    if len(ids) != len(set(ids)):
+        problems.append("two entries with the same id")
+    return problems
+
+
+class _HtmlText(HTMLParser):
+    """The tags and the text of an HTML fragment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def test_the_atom_feed_validates_and_shows_an_issues_text_as_text(newsletter: Newsletter) -> None:
+    services.publish_issue(newsletter=newsletter, subject="First issue", text="One.")
+    services.publish_issue(
+        newsletter=newsletter, subject="Maths & <markup>", text="If a < b then\n<script>alert(1)</script> & done."
+    )
+    document = Client().get("/n/alpha-news/feed.atom").content
+    assert atom_problems(document) == []
+    root = ET.fromstring(document)
+    (entry,) = [e for e in root.findall(f"{ATOM}entry") if e.findtext(f"{ATOM}title") == "Maths & <markup>"]
+    summary = _HtmlText()
+    summary.feed(entry.findtext(f"{ATOM}summary") or "")
+    # A reader shows exactly the text that was written, never runs it as markup.
+    assert summary.text.replace("\n", "") == "If a < b then<script>alert(1)</script> & done."
+    # The validator itself refuses what the RFC refuses.
+    assert any("absolute IRI" in p for p in atom_problems(document.replace(b"<id>urn:uuid:", b"<id>", 1)))
+    broken = document.replace(b"<updated>", b"<updated>yesterday ", 1)
+    assert any("RFC 3339" in p for p in atom_problems(broken))
+    assert any("exactly one required" in p for p in atom_problems(re.sub(rb"<title>[^<]*</title>", b"", document, 1)))
 
 
 def test_the_public_page_shows_the_archive_and_sends_a_subscriber_to_their_own_instance(
