@@ -207,7 +207,7 @@ def line_end_problem(raw: bytes | IO[bytes]) -> Reply | None:
     return None
 
 
-def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
+def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes], group: spool.GroupCommit | None = None) -> Reply:
     """Check and spool one message (CRLF line ends, dot-unstuffed: bytes, or a binary file); the answer.
 
     Refused without keeping anything: a bare CR or LF (550), a DMARC failure
@@ -219,6 +219,8 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
     quarantine policy goes to Spam there, its reason shown. Only the header
     block is parsed here; the message is read from the file a megabyte at a
     time, never held whole in memory (but for DKIM verification of a signed message).
+    With ``group`` the spool row is committed with those of other sessions
+    (gateway.spool.GroupCommit); a failure of that commit raises here.
     """
     file = io.BytesIO(raw) if isinstance(raw, bytes) else raw
     problem = line_end_problem(file)
@@ -272,6 +274,7 @@ def receive_message(*, envelope: Envelope, raw: bytes | IO[bytes]) -> Reply:
             "authentication_results": header.replace("\r\n\t", " "),
             "spam_reason": spam_reason[:300],
         },
+        group=group,
     )
     _usage.add([user.pk for user in users], size)
     # The sender runs Pushmail, says its header: replies go over the federation API once discovery agrees.
