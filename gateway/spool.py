@@ -103,6 +103,10 @@ class GroupCommit:
             self._queue.put((row, done))
         return done.result()
 
+    def waiting(self) -> int:
+        """How many rows are handed over and not yet taken into a transaction."""
+        return self._queue.qsize()
+
     def stop(self) -> None:
         """Commit what was handed over already, then end the thread."""
         with self._lock:
