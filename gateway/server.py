@@ -38,6 +38,7 @@ from pushmail_site.listen import listen_address
 from . import services
 from .database_threads import DatabaseThreads
 from .filing import FilingLoop
+from .spool import GroupCommit
 
 __all__ = ["ClientLimits", "GatewayController", "InboundHandler", "listen_address", "tls_context"]
 
@@ -214,15 +215,26 @@ class GatewaySMTP(SMTP):
 class InboundHandler:
     """Answers MAIL, RCPT and DATA for mail to the domains this instance hosts."""
 
-    def __init__(self, *, limits: ClientLimits, workers: int = 8, spooled: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        limits: ClientLimits,
+        workers: int = 8,
+        spooled: Callable[[], None] | None = None,
+        group: GroupCommit | None = None,
+    ) -> None:
         self.limits = limits
         self._threads = DatabaseThreads(workers=workers, name="smtpd")
         #: Called once a message is spooled (answered 250): wakes the filing loop.
         self._spooled = spooled
+        #: Commits the spool rows of sessions that end DATA together in one transaction (started by the caller).
+        self.group = group
 
     def close(self) -> None:
-        """Close every worker thread's database connections, then the workers."""
+        """Close every worker thread's database connections, then the workers, then the group commit."""
         self._threads.close()
+        if self.group is not None:
+            self.group.stop()
 
     async def _run(self, function: Any, /, **kwargs: Any) -> services.Reply:
         reply: services.Reply = await self._threads.run(function, **kwargs)
@@ -276,7 +288,7 @@ class InboundHandler:
             users=dict(getattr(envelope, "users", {})),
         )
         try:
-            reply = await self._run(services.receive_message, envelope=checked, raw=raw)
+            reply = await self._run(services.receive_message, envelope=checked, raw=raw, group=self.group)
         except Exception:
             log.exception("receiving a message from %s failed", checked.client_ip)
             return "451 4.3.0 Local error while storing the message; try again later"
@@ -321,7 +333,11 @@ class GatewayController(Controller):
         )
         context = tls_context()
         super().__init__(
-            InboundHandler(limits=self.limits, spooled=self.filing.wake if self.filing is not None else None),
+            InboundHandler(
+                limits=self.limits,
+                spooled=self.filing.wake if self.filing is not None else None,
+                group=GroupCommit(),
+            ),
             hostname=host,
             port=port,
             server_hostname=services.hostname(),
@@ -353,6 +369,8 @@ class GatewayController(Controller):
         asyncio.run_coroutine_threadsafe(invoke(), self.loop).result(timeout=self.ready_timeout)
 
     def start(self) -> None:
+        if self.handler.group is not None:
+            self.handler.group.start()
         super().start()
         if self.filing is not None:
             self.filing.start()

@@ -475,9 +475,11 @@ def file_smtp_messages(*, filings: list[SmtpFiling], imported: bool = False) -> 
             pending += _entries_of(remote, filing.users, body=body, imported=imported)
         InboxEntry.objects.bulk_create(pending, ignore_conflicts=True)
         if not imported:
-            for remote, filing in zip(remotes, filings, strict=True):
-                owner_ids = [user.pk for user in filing.users]
-                mail_arrived.send(sender=InboxEntry, remote_id=remote.pk, local_id=None, owner_ids=owner_ids)
+            # One announcement for the batch: the filters' question (who has any) asked once for all.
+            mails_arrived.send(
+                sender=InboxEntry,
+                arrivals=[(remote.pk, [u.pk for u in f.users]) for remote, f in zip(remotes, filings, strict=True)],
+            )
             for remote, filing in zip(remotes, filings, strict=True):
                 if filing.delivery.spam_reason:
                     # Every copy to Spam, known correspondent or not: a failed DMARC check means the

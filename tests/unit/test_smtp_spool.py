@@ -12,6 +12,8 @@ import signal
 import smtplib
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -19,14 +21,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection
 
 from accounts.models import User
 from attachments import services as attachment_services
 from attachments.models import Blob
 from federation import payloads
-from gateway import auth, filing, services
+from gateway import auth, filing, services, spool
 from gateway.models import SpooledMessage, SpoolState
+from gateway.server import GatewayController
 from gateway.states import SPOOLED_MESSAGE
 from mailbox.models import InboxEntry, RemoteMessage
 from tests.factories import DomainFactory, MailboxFactory
@@ -220,3 +223,117 @@ def test_raw_messages_saved_together_keep_one_row_and_file_for_the_same_bytes(bo
     for blob in blobs:  # no stray copies beside the kept file
         folder = Path(storage.path(blob.file.name)).parent
         assert [name for name in os.listdir(folder) if name.startswith(blob.sha256)] == [blob.sha256]
+
+
+# --- Group commit: the spool rows of sessions that end DATA together --------------------------------
+
+
+def _row(subject: str, **fields: Any) -> SpooledMessage:
+    head = _raw(subject)
+    return SpooledMessage(client_ip="127.0.0.1", mail_from="alice@example.org", head=head, size=len(head), **fields)
+
+
+def _committing(group: spool.GroupCommit, rows: list[SpooledMessage]) -> tuple[list[threading.Thread], list[object]]:
+    """Each row handed to ``group`` by a thread of its own, as the sessions' worker threads do; their outcomes."""
+    outcomes: list[object] = [None] * len(rows)
+
+    def one(index: int) -> None:
+        try:
+            outcomes[index] = group.commit(rows[index])
+        except Exception as exc:  # noqa: BLE001 - the outcome the session would answer from
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(rows))]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while group.waiting() < len(rows) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert group.waiting() == len(rows)
+    return threads, outcomes
+
+
+def test_sessions_ending_data_together_are_committed_in_one_transaction_and_each_told_only_after_it(bob: User) -> None:
+    group = spool.GroupCommit()
+    threads, outcomes = _committing(group, [_row(f"Together {n}") for n in range(3)])
+    # Handed over, not yet committed: no session has its answer, and nothing is stored.
+    time.sleep(0.2)
+    assert all(thread.is_alive() for thread in threads) and outcomes == [None, None, None]
+    assert not SpooledMessage.objects.exists()
+    group.start()
+    try:
+        for thread in threads:
+            thread.join(timeout=30)
+        rows = SpooledMessage.objects.order_by("pk")
+        assert sorted(outcomes) == [row.pk for row in rows]  # type: ignore[type-var]
+        assert {bytes(row.head).split(b"Subject: ")[1][:10] for row in rows} == {
+            b"Together 0",
+            b"Together 1",
+            b"Together 2",
+        }
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(DISTINCT xmin::text) FROM gateway_spooledmessage")
+                assert cursor.fetchone() == (1,)  # one transaction wrote all three
+    finally:
+        group.stop()
+
+
+def test_a_failed_group_commit_fails_every_session_in_it_and_stores_none_of_them(bob: User) -> None:
+    group = spool.GroupCommit()
+    # One row the database refuses (a negative count of attempts) in a group of four.
+    rows = [_row("Good 1"), _row("Good 2"), _row("Refused", attempts=-1), _row("Good 3")]
+    threads, outcomes = _committing(group, rows)
+    group.start()
+    try:
+        for thread in threads:
+            thread.join(timeout=30)
+        assert all(isinstance(outcome, IntegrityError) for outcome in outcomes), outcomes
+        assert not SpooledMessage.objects.exists()
+        # The next group is committed as usual.
+        assert SpooledMessage.objects.filter(pk=group.commit(_row("Later"))).exists()
+    finally:
+        group.stop()
+
+
+def test_a_failed_spool_commit_answers_451_to_each_session_and_keeps_nothing(bob: User) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the refusing trigger is PostgreSQL's")
+    controller = GatewayController(host="127.0.0.1", port=free_port(), filing=False)
+    controller.start()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION refuse_spool() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER refuse_spool BEFORE INSERT ON gateway_spooledmessage "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_spool()"
+        )
+    answers: list[tuple[int, bytes]] = []
+
+    def send(subject: str) -> None:
+        with smtplib.SMTP("127.0.0.1", controller.port, local_hostname="mail.example.org", timeout=30) as client:
+            client.ehlo()
+            client.mail("alice@example.org")
+            client.rcpt(BOB)
+            answers.append(client.data(_raw(subject)))
+
+    try:
+        senders = [threading.Thread(target=send, args=(f"Refused {n}",)) for n in range(3)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(timeout=60)
+        assert [code for code, _ in answers] == [451, 451, 451], answers
+        assert not SpooledMessage.objects.exists()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER refuse_spool ON gateway_spooledmessage")
+            cursor.execute("DROP FUNCTION refuse_spool()")
+    try:
+        send("Taken")
+        assert answers[-1][0] == 250
+        assert SpooledMessage.objects.count() == 1
+    finally:
+        controller.stop()
