@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from accounts.models import User
@@ -97,3 +98,25 @@ def test_filters_and_the_vacation_reply_act_from_the_first_notification_after_th
     assert VacationReply.objects.count() == 1
     alice.refresh_from_db()
     assert not alice.has_mail_rules
+
+
+def test_a_peer_gets_the_same_security_headers_and_json_errors_without_the_browser_middleware(
+    federation: FederationClient, peer: FakePeer, alice: User, client: Client
+) -> None:
+    answer = federation.notify(peer, PeerMessageFactory().payload())
+    assert answer.status_code == 200
+    refused = client.get("/federation/v1/notifications")  # a GET: the JSON 405
+    page = client.get("/accounts/login/")  # a browser page, through every middleware
+    for response in (answer, refused, page):
+        assert response["X-Frame-Options"] == "DENY"
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["Referrer-Policy"] == "same-origin"
+        assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
+    assert refused.status_code == 405 and refused.json()["error"] == "method_not_allowed"
+    assert refused["Content-Length"] == str(len(refused.content))
+    missing = client.post("/federation/v1/nothing", b"{}", content_type="application/json")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    # The sign-in page still gets its CSRF cookie and session: the browser middleware runs there.
+    assert "csrftoken" in page.cookies
+    # A peer's request never gets one.
+    assert "csrftoken" not in answer.cookies and "sessionid" not in answer.cookies
