@@ -76,6 +76,11 @@ class User(AbstractUser):
     )
     recovery_address = models.EmailField(blank=True, help_text="Where password reset links are sent.")
     quota_bytes = models.BigIntegerField(null=True, blank=True, help_text="Blank: the domain's default.")
+    has_mail_rules = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Has filters or a vacation reply turned on: new mail runs them (kept by the mail settings).",
+    )
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"

@@ -22,12 +22,15 @@ attachment_settled = Signal()
 #: New mail reached inboxes here: the entries of ``owner_ids`` just created for one message, either
 #: ``remote_id`` (a notification, a message received by SMTP) or ``local_id`` (mail from this
 #: instance); never imported mail nor notices. Sent inside the transaction that created them, so
-#: what receivers write (filters' moves, replies' job rows) commits with them.
+#: what receivers write (filters' moves, replies' job rows) commits with them. A notification's also
+#: gives ``owners``, the owners' rows as read on arrival (with ``has_mail_rules``), so that receivers
+#: need not read them again.
 mail_arrived = Signal()
 
 #: Several messages reached inboxes here together (a batch of notifications): ``arrivals``, a list of
 #: ``(remote_id, owner_ids)``, each what one ``mail_arrived`` would say. Sent in place of those, inside
-#: the transaction, so that receivers can ask their questions once for the batch.
+#: the transaction, so that receivers can ask their questions once for the batch; ``owners`` as for
+#: ``mail_arrived``.
 mails_arrived = Signal()
 
 #: A reader left a list: ``list_address`` (the list, the sender of its issues) and ``reader`` (their

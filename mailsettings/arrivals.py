@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import BooleanField, Exists, ExpressionWrapper, Q
 
 from accounts.models import User
 from mailbox import folders
@@ -23,29 +23,44 @@ from .models import Filter, Vacation
 _away = Vacation.objects.filter(enabled=True)
 
 
-def apply_on_arrivals(*, arrivals: Iterable[tuple[int, Iterable[int]]]) -> None:
-    """apply_on_arrival for several messages that arrived together: one query for all their owners."""
+def apply_on_arrivals(*, arrivals: Iterable[tuple[int, Iterable[int]]], owners: Iterable[User] | None = None) -> None:
+    """apply_on_arrival for several messages that arrived together: one query for all their owners
+    (none when ``owners``, their rows, are given)."""
     arrivals = [(remote_id, list(owner_ids)) for remote_id, owner_ids in arrivals]
     everyone = {owner for _remote_id, owner_ids in arrivals for owner in owner_ids}
-    active = set(_with_rules(everyone))
+    active = set(_with_rules(everyone, owners))
     for remote_id, owner_ids in arrivals:
         if active.intersection(owner_ids):
             apply_on_arrival(remote_id=remote_id, local_id=None, owner_ids=owner_ids)
 
 
-def _with_rules(owner_ids: Iterable[int]) -> list[int]:
-    """Of these owners, those with filters or an enabled vacation reply."""
-    return list(
-        User.objects.filter(pk__in=list(owner_ids))
-        .filter(Exists(Filter.objects.filter(owner=OuterRef("pk"))) | Exists(_away.filter(owner=OuterRef("pk"))))
-        .values_list("pk", flat=True)
-    )
+def _with_rules(owner_ids: Iterable[int], owners: Iterable[User] | None = None) -> list[int]:
+    """Of these owners, those with filters or an enabled vacation reply (``User.has_mail_rules``).
+
+    ``owners``: their rows, read with the flag, when the caller has them: then no query.
+    """
+    wanted = set(owner_ids)
+    if owners is not None:
+        return [owner.pk for owner in owners if owner.pk in wanted and owner.has_mail_rules]
+    return list(User.objects.filter(pk__in=wanted, has_mail_rules=True).values_list("pk", flat=True))
 
 
-def apply_on_arrival(*, remote_id: int | None, local_id: object | None, owner_ids: Iterable[int]) -> None:
-    """Run the filters and the vacation reply of these owners on their new copies of one message."""
-    # The hot path of ingest: one query says whether any of these owners has filters or is away.
-    active = _with_rules(owner_ids)
+def note_rules_changed(*, owner_id: int) -> None:
+    """A filter or a vacation reply of this owner was saved or deleted: keep ``User.has_mail_rules``
+    (filters, or a vacation reply turned on) true to the rows, in the same transaction."""
+    has_rules = Q(Exists(Filter.objects.filter(owner_id=owner_id))) | Q(Exists(_away.filter(owner_id=owner_id)))
+    User.objects.filter(pk=owner_id).update(has_mail_rules=ExpressionWrapper(has_rules, output_field=BooleanField()))
+
+
+def apply_on_arrival(
+    *, remote_id: int | None, local_id: object | None, owner_ids: Iterable[int], owners: Iterable[User] | None = None
+) -> None:
+    """Run the filters and the vacation reply of these owners on their new copies of one message.
+
+    ``owners``: the owners' rows with ``has_mail_rules`` read, when the caller has them (saves a query).
+    """
+    # The hot path of ingest: the owners' flag says whether any of them has filters or is away.
+    active = _with_rules(owner_ids, owners)
     if not active:
         return
     rules: dict[int, list[Filter]] = defaultdict(list)

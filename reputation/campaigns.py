@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 
 import tlsh
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -50,7 +50,7 @@ from federation import payloads
 from mailbox.models import RemoteMessage
 from pushmail_site.jobs import lock, overdue_before
 
-from .models import Campaign, CampaignMessage
+from .models import Campaign, CampaignMessage, SenderReputation, SpamVerdict
 
 TLSH_DISTANCE = 70  # personalized copies of one text are ~50 apart; unrelated mail 200 and more
 _FINGERPRINT_CANDIDATES = 500  # the window's most recent fingerprints of the origin compared
@@ -111,6 +111,58 @@ def place(*, remote: RemoteMessage, recipients: Sequence[str] = ()) -> tuple[Cam
     campaign, created = _campaign_for(remote, key=key, shape=shape, bucket=size_bucket(remote.size))
     CampaignMessage.objects.create(message=remote, campaign=campaign)
     return campaign, created
+
+
+def join_open_campaign(
+    *, remote: RemoteMessage, recipients: Sequence[str] = ()
+) -> tuple[str, tuple[bool, bool] | None] | None:
+    """:func:`place` for a message whose campaign is open here already (most are), in one statement
+    that also reads what :func:`spam_reason_for_new` and ``scores.reason_for_new`` ask: the campaign's
+    standing verdict and the sender's reputation. Returns (the verdict's reason or "", the sender's
+    ``(spam_filed, allowed)`` or None when it has no row); None, having stored nothing, when no open
+    campaign matches (then :func:`place` opens one). The same campaign as :func:`place` would pick.
+    """
+    key = subject_key(remote.subject)
+    shape = subject_shape(key, recipients)
+    bucket = size_bucket(remote.size)
+    quote = connection.ops.quote_name
+    member, campaign = CampaignMessage._meta.db_table, Campaign._meta.db_table
+    verdicts, senders = SpamVerdict._meta.db_table, SenderReputation._meta.db_table
+    alike = "(c.sender = %s AND c.subject_key = %s)" + (" OR c.subject_shape = %s" if shape else "")
+    alike_params = [remote.sender, key] + ([shape] if shape else [])
+    adapt = connection.ops.adapt_datetimefield_value
+    # INSERT ... SELECT: the lookup of _campaign_for and the membership of place in one round trip;
+    # RETURNING reads the verdict and the sender's reputation (scalar subqueries: NULL when no row).
+    sql = (
+        f"INSERT INTO {quote(member)} (message_id, campaign_id, joined_at, fingerprint, fingerprinted_at) "  # noqa: S608 - names are ours, values bound
+        f"SELECT %s, c.id, %s, '', NULL FROM {quote(campaign)} c "
+        f"WHERE ({alike}) AND c.origin_domain = %s AND c.first_seen_at >= %s AND c.size_bucket IN (%s, %s, %s) "
+        "ORDER BY c.id LIMIT 1 "
+        f"RETURNING (SELECT v.reason FROM {quote(verdicts)} v WHERE v.campaign_id = {quote(member)}.campaign_id "
+        "AND v.overturned_at IS NULL), "
+        f"(SELECT s.spam_filed FROM {quote(senders)} s WHERE s.address = %s), "
+        f"(SELECT s.allowed FROM {quote(senders)} s WHERE s.address = %s)"
+    )
+    sender = remote.sender.lower()
+    params = [
+        remote.pk,
+        adapt(timezone.now()),
+        *alike_params,
+        remote.origin_domain,
+        adapt(_window_start()),
+        bucket - 1,
+        bucket,
+        bucket + 1,
+        sender,
+        sender,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    reason, spam_filed, allowed = row
+    return reason or "", None if spam_filed is None else (bool(spam_filed), bool(allowed))
 
 
 def _campaign_for(remote: RemoteMessage, *, key: str, shape: str, bucket: int) -> tuple[Campaign, bool]:

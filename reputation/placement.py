@@ -18,7 +18,12 @@ def spam_reason_for_new(*, remote: RemoteMessage, recipients: Sequence[str] = ()
     """Why ``remote`` (just notified, no entries yet) goes straight to Spam, or "" for the Inbox.
 
     A chain: the first reason found wins. Filing the message in its campaign comes first, always.
+    Most messages join a campaign open here already: one statement files it and reads both reasons.
     """
+    joined = campaigns.join_open_campaign(remote=remote, recipients=recipients)
+    if joined is not None:
+        by_campaign, sender = joined
+        return by_campaign or scores.reason_from(remote, sender) or ""
     return campaigns.spam_reason_for_new(remote=remote, recipients=recipients) or scores.reason_for_new(remote) or ""
 
 

@@ -203,6 +203,11 @@ def reason_for_new(remote: RemoteMessage) -> str:
     return _reason(remote, sender, known)
 
 
+def reason_from(remote: RemoteMessage, known: tuple[bool, bool] | None) -> str:
+    """:func:`reason_for_new` when the sender's ``(spam_filed, allowed)`` was read already (None: no row)."""
+    return _reason(remote, remote.sender.lower(), known)
+
+
 def reasons_for_new(remotes: Sequence[RemoteMessage]) -> list[str]:
     """:func:`reason_for_new` for several messages: their senders looked up in one query."""
     senders = {remote.sender.lower() for remote in remotes}
