@@ -12,7 +12,7 @@ from collections.abc import Callable
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .errors import JSON_PREFIXES
+from .errors import JSON_PREFIXES, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,5 +36,8 @@ class JsonApiErrors:
             return None
         if isinstance(exception, RequestDataTooBig):
             return JsonResponse({"error": "too_large", "detail": "request body is too large"}, status=413)
+        unavailable = database_unavailable(exception)
+        if unavailable is not None:
+            return unavailable
         log.exception("unhandled error on %s", request.path, exc_info=exception)
         return JsonResponse({"error": "server_error", "detail": "internal error; it has been logged"}, status=500)
