@@ -519,7 +519,12 @@ def scenario_rate(dep: Deployment, args: argparse.Namespace) -> dict[str, Any]:
     began, load_before = time.monotonic(), load()
     with Readers(dep, prefix, count=args.readers, share=1.0, pause=1.0) as readers:
         sent = send_messages(
-            dep, args.notifications, prefix=prefix, recipients=one_recipient(dep), rate=args.rate, clients=args.senders
+            dep,
+            args.notifications,
+            prefix=prefix,
+            recipients=one_recipient(dep),
+            rate=args.rate,
+            clients=max(args.senders, int(args.rate)),
         )
         sending = time.monotonic() - began
         settle = wait_settled(dep, prefix, args.settle_timeout)
@@ -576,7 +581,12 @@ def scenario_faults(dep: Deployment, args: argparse.Namespace) -> dict[str, Any]
 
     def sender() -> None:
         result_box["sent"] = send_messages(
-            dep, count, prefix=prefix, recipients=one_recipient(dep), rate=args.rate, clients=args.senders
+            dep,
+            count,
+            prefix=prefix,
+            recipients=one_recipient(dep),
+            rate=args.rate,
+            clients=max(args.senders, int(args.rate)),
         )
 
     thread = threading.Thread(target=sender)
