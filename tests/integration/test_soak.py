@@ -31,11 +31,11 @@ from tools.cluster import Backend, Instance, cut_vhost, grant_vhost, rabbitmqctl
 
 from .conftest import Api, Cluster, _backend, _is_ci, mailboxes, sql, start_cluster, unique, wait_for
 
-MESSAGES = 180
+MESSAGES = 150
 DOMAINS = ["beta.test", "gamma.test", "delta.test"]
 OPENED = 15
 OUTAGE_SECONDS = 6
-RECOVERY_SECONDS = 150
+RECOVERY_SECONDS = 180
 
 
 def _broker_problem(url: str) -> str | None:
@@ -117,12 +117,12 @@ def test_no_acknowledged_message_is_lost_or_doubled_through_a_worker_kill_and_a_
         futures = [pool.submit(send, i) for i in range(MESSAGES)]
 
         # A third of the way: SIGKILL one of alpha's three workers, with deliveries under way.
-        wait_for("a third of the deliveries", lambda: count(alpha, notified) >= MESSAGES, timeout=120, interval=0.1)
+        wait_for("a third of the deliveries", lambda: count(alpha, notified) >= MESSAGES, timeout=180, interval=0.1)
         alpha.kill_worker(index=1)
         alpha.start_worker(1)
 
         # Two thirds: the broker goes away for both instances, then comes back.
-        wait_for("two thirds of the deliveries", lambda: count(alpha, notified) >= 2 * MESSAGES, timeout=120)
+        wait_for("two thirds of the deliveries", lambda: count(alpha, notified) >= 2 * MESSAGES, timeout=180)
         for inst in (alpha, beta):
             cut_vhost(inst.vhost)
         time.sleep(OUTAGE_SECONDS)
