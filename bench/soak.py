@@ -55,7 +55,7 @@ from typing import Any
 import psycopg
 import requests
 
-from bench.common import PRODUCTION_ENV, create_mailboxes_code
+from bench.common import PRODUCTION_ENV, cpu_report, cpu_sample, create_mailboxes_code, pgid_of
 from tools.cluster import Backend, Instance, cut_vhost, free_port, grant_vhost, make_cluster, stop_all
 
 ALPHA = ["alpha.test"]
@@ -517,6 +517,7 @@ def scenario_rate(dep: Deployment, args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"rate{int(time.time())}"
     offsets = {inst.name: access_log_offsets(inst) for inst in dep.instances}
     began, load_before = time.monotonic(), load()
+    cpu_before = cpu_sample()
     with Readers(dep, prefix, count=args.readers, share=1.0, pause=1.0) as readers:
         sent = send_messages(
             dep,
@@ -530,6 +531,7 @@ def scenario_rate(dep: Deployment, args: argparse.Namespace) -> dict[str, Any]:
         settle = wait_settled(dep, prefix, args.settle_timeout)
         time.sleep(2)
     wait_settled(dep, prefix, args.settle_timeout)
+    cpu = cpu_report(cpu_before, process_groups(dep))
     result = audit(dep, prefix, sent, per_message=1)
     received = access_entries(dep.beta, offsets["beta"])
     notes = [r for r in received if r[0] == "POST" and r[1].startswith("/federation/v1/notifications")]
@@ -553,10 +555,25 @@ def scenario_rate(dep: Deployment, args: argparse.Namespace) -> dict[str, Any]:
         "reader_errors": _tally(readers.errors),
         "send_p99_ms": round(percentile(sent.latencies, 99) * 1000),
         "settled_seconds_after_sending": round(settle, 1),
+        # CPU per message of the run (each one notification, one open and one fetch), by process group.
+        "cpu_ms_per_message": {
+            name: round(1000 * seconds / max(1, len(sent.accepted)), 2)
+            for name, seconds in sorted(cpu.by_group.items())
+        },
+        "cpu": cpu.to_json(),
         "load_before": load_before,
         "load_after": load(),
         **result,
     }
+
+
+def process_groups(dep: Deployment) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for inst in dep.instances:
+        groups[f"{inst.name} web"] = pgid_of(inst.web)
+        groups[f"{inst.name} workers"] = [g for proc in inst.workers for g in pgid_of(proc)]
+        groups[f"{inst.name} beat"] = pgid_of(inst.beat)
+    return groups
 
 
 def drain_after(dep: Deployment, prefix: str, back: float, timeout: float) -> float:
