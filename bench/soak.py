@@ -56,7 +56,16 @@ import psycopg
 import requests
 
 from bench.common import PRODUCTION_ENV, cpu_report, cpu_sample, create_mailboxes_code, pgid_of
-from tools.cluster import Backend, Instance, cut_vhost, free_port, grant_vhost, make_cluster, stop_all
+from tools.cluster import (
+    Backend,
+    Instance,
+    cut_vhost,
+    free_port,
+    grant_vhost,
+    make_cluster,
+    rabbitmqctl,
+    stop_all,
+)
 
 ALPHA = ["alpha.test"]
 BETA = ["beta.test", "gamma.test", "delta.test"]
@@ -183,6 +192,8 @@ def deployment(base: Path, *, readers_per_domain: int, senders: int) -> Iterator
     finally:
         stop_all(dep.instances)
         pg.stop()
+        for inst in dep.instances:
+            rabbitmqctl("delete_vhost", inst.vhost, check=False)
 
 
 # --- load --------------------------------------------------------------------------------------
