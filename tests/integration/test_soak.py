@@ -155,7 +155,7 @@ def test_no_acknowledged_message_is_lost_or_doubled_through_a_worker_kill_and_a_
     for entry in entries:
         reader.open(entry["id"])
     for entry in entries:
-        body = reader.read_until(entry["id"], "read", timeout=RECOVERY_SECONDS)
+        body = reader.read_until(entry["id"], "fetched", timeout=RECOVERY_SECONDS)
         assert body["subject"] == entry["subject"]
     fetched = f"SELECT count(*) FROM mailbox_remotemessage WHERE {like} AND state = 'fetched'"
     assert count(beta, fetched) == OPENED
