@@ -125,6 +125,12 @@ class BatchRefused(PeerError):
 BatchOutcome = dict[str, dict[str, str]] | PeerError
 
 
+def batch_timeout(count: int) -> float:
+    """How long a batch of ``count`` notifications is waited for: a lone request's timeout, and
+    PUSHMAIL_BATCH_SECONDS_PER_NOTIFICATION more for each notification in it."""
+    return http.default_timeout() + settings.PUSHMAIL_BATCH_SECONDS_PER_NOTIFICATION * count
+
+
 def send_notification_batch(
     *, instance: Instance, sender_domain: str, notifications: list[Notification], body: bytes | None = None
 ) -> list[BatchOutcome]:
@@ -144,7 +150,9 @@ def send_notification_batch(
         body=body,
     )
     try:
-        response = http.request("POST", url, headers=headers, body=body, max_bytes=4 << 20)
+        response = http.request(
+            "POST", url, headers=headers, body=body, max_bytes=4 << 20, timeout=batch_timeout(len(notifications))
+        )
     except http.OutboundError as exc:
         raise PeerError(str(exc), retryable=exc.retryable) from exc
     if response.status in (400, 404, 405, 413):

@@ -246,7 +246,7 @@ def _conn_origin(conn: HTTPConnection) -> Origin:
     return scheme, _norm_host(conn.host), int(conn.port or _DEFAULT_PORTS[scheme])
 
 
-def _default_timeout() -> float:
+def default_timeout() -> float:
     value = settings.PUSHMAIL_HTTP_TIMEOUT
     return float(value) if value else DEFAULT_TIMEOUT
 
@@ -632,7 +632,7 @@ def request(
     a 2xx body is written there (``content`` is then empty) and ``max_bytes``
     caps it; other answers are read into memory, capped at 64 KiB.
     """
-    seconds = _default_timeout() if timeout is None else float(timeout)
+    seconds = default_timeout() if timeout is None else float(timeout)
     if seconds <= 0:
         raise ValueError("timeout must be positive")
     extra = frozenset(_norm_host(h) for h in extra_private_hosts)

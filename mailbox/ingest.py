@@ -20,6 +20,7 @@ from federation.inbound import ConflictingNotification, RecipientResult
 from outbox.models import Message
 from outbox.threads import reply_prefixed
 from pushmail_site.jobs import lock
+from pushmail_site.transactions import retry_on_conflict
 
 from . import search, spam, states
 from .fetching import request_fetch
@@ -36,6 +37,7 @@ UNKNOWN_MAILBOX = "unknown mailbox"
 # --- Notifications from other instances ------------------------------------------------
 
 
+@retry_on_conflict
 def accept_notification(
     *, origin: str, notification: payloads.Notification, folder: str = Folder.INBOX, list_id: str = ""
 ) -> list[RecipientResult]:
@@ -62,6 +64,7 @@ def accept_notification(
     return results
 
 
+@retry_on_conflict
 def accept_notifications(
     *, origin: str, notifications: list[payloads.Notification]
 ) -> list[list[RecipientResult] | ConflictingNotification]:
@@ -69,9 +72,12 @@ def accept_notifications(
 
     One transaction for the batch, its mailboxes looked up at once, its messages and their
     entries each inserted in one statement. When one of its ids is already known here (a retry,
-    a split notification) or repeats in the batch, each notification is taken in turn instead,
-    exactly as alone; a conflicting one is answered with its ConflictingNotification and the
-    others are stored all the same. All rows are committed before this returns.
+    a split notification, the same message's batch for another domain here) or repeats in the
+    batch, each notification is taken in turn instead, exactly as alone (each in its own
+    transaction); a conflicting one is answered with its ConflictingNotification and the
+    others are stored all the same. All rows are committed before this returns. Batches of the
+    same messages for several domains here, arriving at once, may deadlock: the one PostgreSQL
+    aborts runs again (``retry_on_conflict``).
     """
     users = _local_recipients(list({address for n in notifications for address in n.recipients}))
     served = discovery.local_domain_names()
@@ -85,12 +91,13 @@ def accept_notifications(
     with transaction.atomic():
         if _store_new_batch(origin, notifications, accepted, answers):
             return answers
-        for i, notification in enumerate(notifications):
-            try:
-                with transaction.atomic():
-                    answers[i] = accept_notification(origin=origin, notification=notification)
-            except ConflictingNotification as exc:
-                answers[i] = exc
+    # Each in its own transaction: the batches of one message for several domains here arrive at
+    # once, and each holds a message's row only while it adds its own copies, not for its whole batch.
+    for i, notification in enumerate(notifications):
+        try:
+            answers[i] = accept_notification(origin=origin, notification=notification)
+        except ConflictingNotification as exc:
+            answers[i] = exc
     return answers
 
 

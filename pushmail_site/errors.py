@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework.views import exception_handler
@@ -13,6 +14,23 @@ from rest_framework.views import exception_handler
 log = logging.getLogger(__name__)
 
 JSON_PREFIXES = ("/api/", "/federation/", "/.well-known/")
+# How long a client is asked to wait when the database is away (a restart takes seconds).
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException) -> HttpResponse | None:
+    """503 with Retry-After for an error of the database connection rather than of the request
+    (the server restarting, a connection it cut, a deadlock it broke): the client tries again,
+    as a sending peer does after any 503. None for any other error."""
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    log.warning("database unavailable: %s", exc)
+    response = JsonResponse(
+        {"error": "unavailable", "detail": "the database is unavailable for a moment; try again shortly"},
+        status=503,
+    )
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse:
@@ -20,6 +38,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRespon
         return JsonResponse({"error": "too_large", "detail": "request body is too large"}, status=413)
     if isinstance(exc, Http404):
         return JsonResponse({"error": "not_found", "detail": str(exc) or "not found"}, status=404)
+    unavailable = database_unavailable(exc)
+    if unavailable is not None:
+        return unavailable
     response = exception_handler(exc, context)
     if response is None:
         log.exception("unhandled API error", exc_info=exc)

@@ -15,7 +15,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from .errors import JSON_PREFIXES
+from .errors import JSON_PREFIXES, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ class JsonApiErrors:
             return None
         if isinstance(exception, RequestDataTooBig):
             return JsonResponse({"error": "too_large", "detail": "request body is too large"}, status=413)
+        unavailable = database_unavailable(exception)
+        if unavailable is not None:
+            return unavailable
         log.exception("unhandled error on %s", request.path, exc_info=exception)
         return JsonResponse({"error": "server_error", "detail": "internal error; it has been logged"}, status=500)
 

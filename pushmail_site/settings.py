@@ -203,6 +203,9 @@ DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'pushmail.sqlite3'}"),
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        # A kept connection is checked before each request and task reuses it: after the database
+        # restarts, the first request of each process reconnects instead of failing with a 500.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -469,6 +472,10 @@ PUSHMAIL_PEERS = parse_peers(os.environ.get("PUSHMAIL_PEERS", ""))
 # in development without it, discovery derives it from the request (federation/discovery.py).
 PUSHMAIL_BASE_URL = check_base_url(os.environ.get("PUSHMAIL_BASE_URL", ""), debug=DEBUG)
 PUSHMAIL_HTTP_TIMEOUT = float(os.environ.get("PUSHMAIL_HTTP_TIMEOUT", "10"))
+# A batch of notifications is given this much longer per notification in it: a busy receiver
+# storing a full batch is waited for, not abandoned (and the whole batch sent again) at the
+# timeout of a lone request.
+PUSHMAIL_BATCH_SECONDS_PER_NOTIFICATION = float(os.environ.get("PUSHMAIL_BATCH_SECONDS_PER_NOTIFICATION", "0.2"))
 # The longest this instance keeps a peer's discovery document without asking again (a peer's
 # Cache-Control max-age can shorten it).
 PUSHMAIL_DISCOVERY_TTL = env_int("PUSHMAIL_DISCOVERY_TTL", 3600)

@@ -77,6 +77,7 @@ class Call:
     url: str
     headers: dict[str, str]
     body: bytes | None
+    timeout: float | None = None  # how long the caller would have waited for the answer
 
     @property
     def path(self) -> str:
@@ -251,7 +252,7 @@ class FakeNetwork:
         timeout: float | None = None,
         sink: Any = None,
     ) -> http.Response:
-        call = Call(method=method.upper(), url=url, headers=dict(headers or {}), body=body)
+        call = Call(method=method.upper(), url=url, headers=dict(headers or {}), body=body, timeout=timeout)
         self.calls.append(call)
         host = urlsplit(url).hostname or ""
         peer = self.peers.get(host)

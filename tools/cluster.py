@@ -6,6 +6,10 @@ database when ``PUSHMAIL_TEST_POSTGRES`` names a server), its own broker
 (a folder for kombu's filesystem transport, or a Redis database number) and
 its own web server and Celery worker with beat, in their own process groups so
 a test can SIGKILL a whole worker group.
+
+A production-shaped instance (``celery_workers`` > 1) runs that many Celery
+workers and a separate beat instead; with ``Backend.amqp`` set its broker is a
+RabbitMQ virtual host of its own (``Instance.vhost``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +43,8 @@ class Backend:
 
     postgres: str | None = None  # e.g. "postgresql://postgres@127.0.0.1:5432"
     redis: str | None = None  # e.g. "redis://127.0.0.1:6379"
+    amqp: str | None = None  # e.g. "amqp://guest:guest@127.0.0.1:5672": the broker, one vhost per instance
+    vhost_prefix: str = "pushmail_"
     _redis_db: int = 0
 
     @classmethod
@@ -46,9 +53,10 @@ class Backend:
 
     @property
     def description(self) -> str:
-        if self.postgres:
-            return f"PostgreSQL + {'Redis' if self.redis else 'filesystem broker'}"
-        return "SQLite + " + ("Redis" if self.redis else "filesystem broker")
+        broker = "RabbitMQ" if self.amqp else "Redis" if self.redis else "filesystem broker"
+        return f"{'PostgreSQL' if self.postgres else 'SQLite'} + {broker}" + (
+            " (Redis cache)" if self.amqp and self.redis else ""
+        )
 
     def next_redis_db(self) -> int:
         self._redis_db += 1
@@ -65,11 +73,20 @@ class Instance:
     host: str = "127.0.0.1"
     web_workers: int = 2
     worker_concurrency: int = 2
+    celery_workers: int = 1  # more than one: that many workers and a separate beat process
+    access_log_format: str | None = None  # gunicorn's --access-logformat; None: its default
     extra_env: dict[str, str] = field(default_factory=dict)
     peers: dict[str, str] = field(default_factory=dict)
     web: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes] | None] = field(default_factory=list)
+    beat: subprocess.Popen[bytes] | None = None
     redis_db: int | None = None
+
+    @property
+    def vhost(self) -> str:
+        """This instance's RabbitMQ virtual host (with ``Backend.amqp``)."""
+        return f"{self.backend.vhost_prefix}{self.name}"
 
     @property
     def base_url(self) -> str:
@@ -106,6 +123,8 @@ class Instance:
         else:
             env.pop("CELERY_BROKER_URL", None)
             env.pop("CACHE_URL", None)
+        if self.backend.amqp:
+            env["CELERY_BROKER_URL"] = f"{self.backend.amqp.rstrip('/')}/{self.vhost}"
         env.update(self.extra_env)
         return env
 
@@ -131,13 +150,15 @@ class Instance:
         if self.backend.redis:
             self.env()  # allocates the Redis db number
             _flush_redis(self.backend.redis, self.redis_db or 0)
+        if self.backend.amqp:
+            recreate_vhost(self.vhost)
         self.manage("migrate", "--noinput", "-v", "0")
         for domain in self.domains:
             self.manage("adddomain", domain)
         for address in mailboxes:
             self.manage("addmailbox", address, "--password", password)
 
-    def _log(self, kind: str) -> object:
+    def _log(self, kind: str) -> BinaryIO:
         return open(self.data_dir / f"{kind}.log", "ab")  # noqa: SIM115 - handed to the child
 
     def start_web(self) -> None:
@@ -154,52 +175,81 @@ class Instance:
                 "-",
                 "--graceful-timeout",
                 "2",
+                *(["--access-logformat", self.access_log_format] if self.access_log_format else []),
                 "pushmail_site.wsgi:application",
             ],
             cwd=ROOT,
             env=self.env(),
-            stdout=self._log("web"),  # type: ignore[arg-type]
+            stdout=self._log("web"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_http(self.base_url + "/.well-known/pushmail")
 
-    def start_worker(self) -> None:
-        self.worker = subprocess.Popen(
-            [
-                PYTHON,
-                "-m",
-                "celery",
-                "-A",
-                "pushmail_site",
-                "worker",
-                "--beat",
-                "--schedule",
-                str(self.data_dir / "celerybeat-schedule"),
-                "--concurrency",
-                str(self.worker_concurrency),
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"{self.name}@%h",
-            ],
+    def _celery(self, *args: str, log: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [PYTHON, "-m", "celery", "-A", "pushmail_site", *args, "--loglevel", "INFO"],
             cwd=ROOT,
             env={**self.env(), "C_FORCE_ROOT": "1"},
-            stdout=self._log("worker"),  # type: ignore[arg-type]
+            stdout=self._log(log),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _schedule_args(self) -> list[str]:
+        return ["--schedule", str(self.data_dir / "celerybeat-schedule")]
+
+    def start_worker(self, index: int | None = None) -> None:
+        """Start the worker (with beat); on a production-shaped instance, worker ``index`` or
+        every worker that is not running, and the beat if it is not running."""
+        if self.celery_workers <= 1:
+            self.worker = self._celery(
+                "worker",
+                "--beat",
+                *self._schedule_args(),
+                "--concurrency",
+                str(self.worker_concurrency),
+                "--hostname",
+                f"{self.name}@%h",
+                log="worker",
+            )
+            return
+        self.workers += [None] * (self.celery_workers - len(self.workers))
+        for i in range(self.celery_workers) if index is None else [index]:
+            proc = self.workers[i]
+            if proc is None or proc.poll() is not None:
+                self.workers[i] = self._celery(
+                    "worker",
+                    "--concurrency",
+                    str(self.worker_concurrency),
+                    "--hostname",
+                    f"{self.name}-{i}@%h",
+                    log=f"worker-{i}",
+                )
+        if self.beat is None or self.beat.poll() is not None:
+            self.beat = self._celery("beat", *self._schedule_args(), log="beat")
+        self.worker = self.workers[0]
 
     def start(self) -> None:
         self.start_web()
         self.start_worker()
 
-    def kill_worker(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the worker's whole process group (pool children and beat too)."""
-        if self.worker and self.worker.poll() is None:
-            _signal_group(self.worker, sig)
-            self.worker.wait(timeout=30)
-        self.worker = None
+    def kill_worker(self, sig: int = signal.SIGKILL, index: int | None = None) -> None:
+        """Signal the worker's whole process group (pool children and beat too); on a
+        production-shaped instance, worker ``index`` only, or every worker and the beat."""
+        if index is not None:
+            proc = self.workers[index]
+            if proc is not None and proc.poll() is None:
+                _signal_group(proc, sig)
+                proc.wait(timeout=30)
+            self.workers[index] = None
+            return
+        for proc in [self.worker, *self.workers, self.beat]:
+            if proc is not None and proc.poll() is None:
+                _signal_group(proc, sig)
+                proc.wait(timeout=30)
+        self.worker = self.beat = None
+        self.workers = [None] * len(self.workers)
 
     def stop_web(self) -> None:
         if self.web and self.web.poll() is None:
@@ -222,7 +272,12 @@ def stop_all(instances: Iterable[Instance], timeout: float = 15.0) -> None:
     ``timeout`` seconds is killed.
     """
     instances = list(instances)
-    procs = [p for inst in instances for p in (inst.worker, inst.web) if p is not None and p.poll() is None]
+    procs = [
+        p
+        for inst in instances
+        for p in {inst.worker, *inst.workers, inst.beat, inst.web}
+        if p is not None and p.poll() is None
+    ]
     for proc in procs:
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -233,15 +288,16 @@ def stop_all(instances: Iterable[Instance], timeout: float = 15.0) -> None:
             _signal_group(proc, signal.SIGKILL)
             proc.wait(timeout=10)
     for inst in instances:
-        inst.worker = inst.web = None
+        inst.worker = inst.web = inst.beat = None
+        inst.workers = [None] * len(inst.workers)
 
 
 def log_tails(instances: list[Instance], limit: int = 6000) -> list[tuple[str, str]]:
     """The end of each instance's web and worker logs, titled, for a failed test's report."""
     tails = []
     for inst in instances:
-        for kind in ("web", "worker"):
-            log = inst.data_dir / f"{kind}.log"
+        for log in sorted(inst.data_dir.glob("*.log")):
+            kind = log.stem
             if log.exists():
                 tail = log.read_bytes()[-limit:].decode(errors="replace")
                 tails.append((f"{inst.domains[0]} {kind}.log (tail)", tail))
@@ -279,6 +335,33 @@ def _recreate_postgres_db(server: str, name: str) -> None:
         )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> str:
+    """Run ``rabbitmqctl`` against the local RabbitMQ node; return its output."""
+    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def recreate_vhost(vhost: str, user: str = "guest") -> None:
+    """An empty RabbitMQ virtual host ``vhost`` that ``user`` may use (nothing else is touched)."""
+    rabbitmqctl("delete_vhost", vhost, check=False)
+    rabbitmqctl("add_vhost", vhost)
+    grant_vhost(vhost, user)
+
+
+def grant_vhost(vhost: str, user: str = "guest") -> None:
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+
+
+def cut_vhost(vhost: str, user: str = "guest") -> None:
+    """A broker outage as the clients of one virtual host see it, the rest of the broker untouched:
+    ``user`` may no longer open it and its open connections are closed. Its durable queues and
+    their persistent messages stay, as over a broker restart; ``grant_vhost`` ends the outage."""
+    rabbitmqctl("clear_permissions", "-p", vhost, user)
+    rabbitmqctl("close_all_connections", "--vhost", vhost, "broker outage (test)")
 
 
 def _flush_redis(server: str, db: int) -> None:

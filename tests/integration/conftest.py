@@ -143,11 +143,16 @@ def start_cluster(
     *,
     env: dict[str, dict[str, str]] | None = None,
     extra_peers: dict[str, dict[str, str]] | None = None,
+    backend: Backend | None = None,
+    **instance_options: Any,
 ) -> Cluster:
-    """Set up and start ``specs`` (name -> domains), each a peer of the others, in parallel."""
-    backend = _backend()
+    """Set up and start ``specs`` (name -> domains), each a peer of the others, in parallel.
+
+    ``backend`` replaces the configured one (a test may add a RabbitMQ broker to it);
+    ``instance_options`` go to each :class:`Instance` (``celery_workers``, ``web_workers``...)."""
+    backend = backend or _backend()
     backend._redis_db = REDIS_DB_BASE
-    cluster = Cluster(make_cluster(base_dir, specs, backend=backend))
+    cluster = Cluster(make_cluster(base_dir, specs, backend=backend, **instance_options))
     for name, inst in cluster.items():
         inst.extra_env = {**FAST_ENV, **(env or {}).get(name, {})}
         inst.peers.update((extra_peers or {}).get(name, {}))

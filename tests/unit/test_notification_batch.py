@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import User
-from federation import discovery
+from federation import discovery, http
 from mailbox.models import Folder, InboxEntry, RemoteMessage
 from mailsettings import services
 from mailsettings.services import FilterInput
@@ -291,6 +291,32 @@ def test_deliveries_due_for_one_domain_go_in_one_batch(alice: User, peer: FakePe
     for delivery in deliveries[1:]:
         deliver_notification(delivery.pk)
     assert len(peer.calls) == len(batches) + peer.discovery_calls
+
+
+def test_a_full_batch_to_a_busy_peer_is_waited_for_not_abandoned_and_resent(
+    alice: User, peer: FakePeer, settings: Any
+) -> None:
+    """A receiver storing 50 notifications on a busy machine answers after 15 s, later than a lone
+    request's timeout (10 s): the sender waits for it, instead of giving up and sending the whole
+    batch again (which a busy receiver then stores again, as slowly)."""
+    settings.PUSHMAIL_HTTP_TIMEOUT = 10
+    batches = _batching(peer)
+    answer = peer.routes[("POST", BATCH)]
+
+    def busy(call: Call) -> Any:
+        if (call.timeout or settings.PUSHMAIL_HTTP_TIMEOUT) < 15:
+            raise http.OutboundError(f"timed out after {call.timeout:g}s contacting peer.test")
+        return answer(call)
+
+    peer.on("POST", BATCH, busy)
+    deliveries = _due(*(SentMessageFactory(sender=alice, to=[f"u{i}@peer.test"]) for i in range(50)))
+
+    deliver_notification(deliveries[0].pk)
+
+    assert len(batches) == 1
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("state", flat=True)) == {
+        DeliveryState.NOTIFIED
+    }
 
 
 def test_a_lone_notification_goes_alone_at_once(alice: User, peer: FakePeer) -> None:

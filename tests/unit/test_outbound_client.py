@@ -644,7 +644,7 @@ def test_default_timeout_comes_from_settings(make_raw_server: Callable[..., RawS
     assert time.monotonic() - started < 2.5
 
     settings.PUSHMAIL_HTTP_TIMEOUT = None
-    assert outbound._default_timeout() == 10
+    assert outbound.default_timeout() == 10
 
 
 def _drip_body(conn: socket.socket) -> None:
