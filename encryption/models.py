@@ -39,3 +39,39 @@ class OpenPGPKey(models.Model):
     def fingerprint_groups(self) -> str:
         """The fingerprint as people read it aloud: ten groups of four."""
         return " ".join(self.fingerprint[i : i + 4] for i in range(0, 40, 4))
+
+
+class PinnedKey(models.Model):
+    """A correspondent's key as the user first met it (trust on first use).
+
+    A later lookup that finds another key does not replace it: it is kept in ``offered_*`` and the user is
+    warned until they accept it (after comparing fingerprints with the correspondent).
+    """
+
+    class Source(models.TextChoices):
+        LOCAL = "local", "this instance"
+        FEDERATION = "federation", "the correspondent's instance (signed)"
+        WKD = "wkd", "the Web Key Directory"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pinned_keys")
+    address = models.CharField(max_length=320)
+    fingerprint = models.CharField(max_length=40)
+    public_key = models.BinaryField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    pinned_at = models.DateTimeField(auto_now_add=True)
+    checked_at = models.DateTimeField()
+    # The key found since, when it differs from the pinned one: shown with a warning until accepted.
+    offered_fingerprint = models.CharField(max_length=40, blank=True)
+    offered_key = models.BinaryField(null=True, blank=True)
+    offered_source = models.CharField(max_length=10, choices=Source.choices, blank=True)
+    pinned_revoked = models.BooleanField(default=False, help_text="The pinned key was found revoked.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "address"], name="one_pin_per_correspondent")]
+
+    def __str__(self) -> str:
+        return f"{self.address}: {self.fingerprint}"
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.offered_fingerprint)

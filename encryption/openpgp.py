@@ -507,6 +507,69 @@ def _revocations(key: TransferableKey, material: KeyMaterial) -> list[Packet]:
     return found
 
 
+def _bound_user_ids(key: TransferableKey, material: KeyMaterial, address: str) -> list[Component]:
+    """The key's user IDs for ``address`` that its primary key certified; KeyProblem when there is none."""
+    address = address.lower()
+    bound = []
+    names = []
+    for component in key.user_ids:
+        text = component.packet.body.decode("utf-8", errors="replace")
+        names.append(text)
+        if email_of(text) != address:
+            continue
+        prefix = material.hashed_prefix() + user_id_prefix(component.packet.body)
+        for packet in component.signatures:
+            signature = parse_signature(packet)
+            if signature and signature.kind in CERTIFICATIONS and verifies(signature, material, prefix):
+                bound.append(component)
+                break
+    if not bound:
+        if any(email_of(name) == address for name in names):
+            raise KeyProblem(
+                f"the user ID for {address} is not signed by the key itself (or uses an algorithm "
+                "other than Ed25519 or RSA); export the key again from the program that made it"
+            )
+        listed = ", ".join(repr(n) for n in names) or "none"
+        raise KeyProblem(f"the key has no user ID for {address} (it has {listed}); add one, then upload it again")
+    return bound
+
+
+@dataclass(frozen=True)
+class PublicKeyFacts:
+    fingerprint: str
+    revoked: bool
+    can_encrypt: bool
+
+
+def check_public_key(data: bytes, *, address: str) -> PublicKeyFacts:
+    """Check a correspondent's published key for ``address``: v4, readable, a certified user ID for it."""
+    if len(data) > MAX_KEY_BYTES:
+        raise KeyProblem(f"the key is {len(data)} bytes; at most {MAX_KEY_BYTES} are accepted")
+    key = split_key(read_packets(data))
+    if key.is_secret:
+        raise KeyProblem("a published key must not hold a secret key")
+    material = key.material
+    _bound_user_ids(key, material, address)
+    for component in key.subkeys:
+        parse_key_packet(component.packet)
+    encrypts = material.algorithm in RSA or any(parse_key_packet(c.packet).algorithm in ENCRYPTING for c in key.subkeys)
+    return PublicKeyFacts(
+        fingerprint=material.fingerprint, revoked=bool(_revocations(key, material)), can_encrypt=encrypts
+    )
+
+
+def split_keys(data: bytes) -> list[bytes]:
+    """Concatenated keys (a WKD answer) as one binary key each."""
+    keys: list[list[Packet]] = []
+    for packet in read_packets(data):
+        if packet.tag in (PUBLIC_KEY, SECRET_KEY):
+            keys.append([])
+        if not keys:
+            raise KeyProblem("the data does not start with a key")
+        keys[-1].append(packet)
+    return [write_packets(packets) for packets in keys]
+
+
 def check_secret_key(data: bytes, *, address: str) -> CheckedKey:
     """Check an uploaded secret key for ``address``; raise KeyProblem naming the first problem.
 
@@ -536,28 +599,7 @@ def check_secret_key(data: bytes, *, address: str) -> CheckedKey:
             raise KeyProblem("the secret key is locked with an obsolete method; set its passphrase again")
     if _revocations(key, material):
         raise KeyProblem("this key is revoked; create or import a key that is not")
-    address = address.lower()
-    bound = []
-    names = []
-    for component in key.user_ids:
-        text = component.packet.body.decode("utf-8", errors="replace")
-        names.append(text)
-        if email_of(text) != address:
-            continue
-        prefix = material.hashed_prefix() + user_id_prefix(component.packet.body)
-        for packet in component.signatures:
-            signature = parse_signature(packet)
-            if signature and signature.kind in CERTIFICATIONS and verifies(signature, material, prefix):
-                bound.append(component)
-                break
-    if not bound:
-        if any(email_of(name) == address for name in names):
-            raise KeyProblem(
-                f"the user ID for {address} is not signed by the key itself (or uses an algorithm "
-                "other than Ed25519 or RSA); export the key again from the program that made it"
-            )
-        listed = ", ".join(repr(n) for n in names) or "none"
-        raise KeyProblem(f"the key has no user ID for {address} (it has {listed}); add one, then upload it again")
+    bound = _bound_user_ids(key, material, address)
     if not any(parse_key_packet(c.packet).algorithm in ENCRYPTING for c in key.subkeys) and (
         material.algorithm not in RSA
     ):

@@ -6,7 +6,7 @@ from django.db.models import QuerySet
 
 from accounts.models import User
 
-from .models import OpenPGPKey
+from .models import OpenPGPKey, PinnedKey
 
 
 def current_key_for(*, user: User) -> OpenPGPKey | None:
@@ -31,3 +31,8 @@ def published_keys_for_address(*, address: str) -> list[OpenPGPKey]:
     """The keys published for a hosted address: the one in use first, then revoked ones."""
     found = OpenPGPKey.objects.filter(user__email=address.lower(), user__is_active=True)
     return list(found.order_by("revoked_at", "-uploaded_at", "-pk"))
+
+
+def pinned_keys_for(*, user: User) -> QuerySet[PinnedKey]:
+    """The correspondents' keys the user pinned, changed ones first."""
+    return PinnedKey.objects.filter(user=user).order_by("offered_fingerprint", "address").reverse()

@@ -6,9 +6,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.validators import normalize_address
 
 from . import openpgp
-from .models import OpenPGPKey
+from .lookup import FoundKey, LookupUnavailable, find_keys
+from .models import OpenPGPKey, PinnedKey
 from .openpgp import KeyProblem
 
 
@@ -64,4 +66,103 @@ def revoke_key(*, user: User, uploaded: str | bytes) -> OpenPGPKey:
     return key
 
 
-__all__ = ["KeyConflict", "KeyProblem", "NoKey", "revoke_key", "store_key"]
+class NoPublishedKey(Exception):
+    """The correspondent publishes no usable key (and none was pinned)."""
+
+
+def look_up_correspondent(*, user: User, address: str) -> PinnedKey:
+    """The correspondent's key as pinned for ``user``: pinned on first use, never replaced silently.
+
+    Looks the key up (this instance, the correspondent's instance through federation, or their Web Key
+    Directory). The first key found is pinned. A different key found later is recorded as offered, and
+    ``changed`` is true until the user accepts it. Raises NoPublishedKey, or LookupUnavailable when
+    nothing is pinned and the lookup cannot be made now (a pinned key is answered from the pin then).
+    """
+    address = normalize_address(address)
+    pinned = PinnedKey.objects.filter(user=user, address=address).first()
+    try:
+        found = find_keys(address)
+    except LookupUnavailable:
+        if pinned is not None:
+            return pinned
+        raise
+    current: FoundKey | None = next((k for k in found if not k.revoked), None)
+    now = timezone.now()
+    with transaction.atomic():
+        if pinned is None:
+            if current is None:
+                raise NoPublishedKey(f"{address} publishes no OpenPGP key")
+            pinned, _ = PinnedKey.objects.get_or_create(
+                user=user,
+                address=address,
+                defaults={
+                    "fingerprint": current.fingerprint,
+                    "public_key": current.key,
+                    "source": current.source,
+                    "checked_at": now,
+                },
+            )
+            return pinned
+        pinned = PinnedKey.objects.select_for_update().get(pk=pinned.pk)
+        pinned.checked_at = now
+        pinned.pinned_revoked = any(k.revoked and k.fingerprint == pinned.fingerprint for k in found)
+        if pinned.pinned_revoked:
+            # Keep the revocation with the pinned key, so the browser refuses to encrypt to it.
+            pinned.public_key = next(k.key for k in found if k.fingerprint == pinned.fingerprint)
+        if current is not None and current.fingerprint != pinned.fingerprint:
+            pinned.offered_fingerprint = current.fingerprint
+            pinned.offered_key = current.key
+            pinned.offered_source = current.source
+        elif current is not None:
+            pinned.offered_fingerprint, pinned.offered_key, pinned.offered_source = "", None, ""
+        pinned.save(
+            update_fields=[
+                "checked_at",
+                "pinned_revoked",
+                "public_key",
+                "offered_fingerprint",
+                "offered_key",
+                "offered_source",
+            ]
+        )
+    return pinned
+
+
+def accept_offered_key(*, user: User, address: str, fingerprint: str) -> PinnedKey:
+    """Pin the key offered in place of the pinned one, once the user has compared ``fingerprint``."""
+    with transaction.atomic():
+        pinned = PinnedKey.objects.select_for_update().get(user=user, address=normalize_address(address))
+        if not pinned.offered_fingerprint or pinned.offered_fingerprint != fingerprint.replace(" ", "").upper():
+            raise KeyConflict("that is not the key offered for this correspondent")
+        pinned.fingerprint = pinned.offered_fingerprint
+        pinned.public_key = bytes(pinned.offered_key or b"")
+        pinned.source = pinned.offered_source
+        pinned.pinned_revoked = False
+        pinned.offered_fingerprint, pinned.offered_key, pinned.offered_source = "", None, ""
+        pinned.pinned_at = timezone.now()
+        pinned.save(
+            update_fields=[
+                "fingerprint",
+                "public_key",
+                "source",
+                "pinned_revoked",
+                "offered_fingerprint",
+                "offered_key",
+                "offered_source",
+                "pinned_at",
+            ]
+        )
+    return pinned
+
+
+__all__ = [
+    "KeyConflict",
+    "KeyProblem",
+    "LookupUnavailable",
+    "NoKey",
+    "NoPublishedKey",
+    "accept_offered_key",
+    "look_up_correspondent",
+    "revoke_key",
+    "store_key",
+]

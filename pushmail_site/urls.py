@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView
 
 from accounts import views as account_views
 from encryption import wkd
+from encryption.api import views as encryption_api
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from newsletters import views as newsletter_views
@@ -17,6 +18,17 @@ handler404 = "pushmail_site.errors.not_found"
 handler500 = "pushmail_site.errors.server_error"
 
 api_v1 = [
+    path("encryption/key", encryption_api.OwnKeyView.as_view(), name="encryption-key"),
+    path(
+        "encryption/correspondents/<str:address>",
+        encryption_api.CorrespondentKeyView.as_view(),
+        name="encryption-correspondent",
+    ),
+    path(
+        "encryption/correspondents/<str:address>/accept",
+        encryption_api.AcceptKeyView.as_view(),
+        name="encryption-accept",
+    ),
     path("messages/", outbox_api.MessageCreateView.as_view(), name="message-create"),
     path("messages/<uuid:message_id>/", outbox_api.MessageDetailView.as_view(), name="message-detail"),
     path("messages/<uuid:message_id>/withdraw/", outbox_api.MessageWithdrawView.as_view(), name="message-withdraw"),

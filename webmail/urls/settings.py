@@ -28,6 +28,8 @@ urlpatterns = [
     path("settings/encryption/key/", encryption.upload_key, name="encryption-upload"),
     path("settings/encryption/revoke/", encryption.revoke_key, name="encryption-revoke"),
     path("settings/encryption/export/<str:part>.asc", encryption.export_key, name="encryption-export"),
+    path("settings/encryption/correspondents/", encryption.look_up, name="encryption-look-up"),
+    path("settings/encryption/correspondents/accept/", encryption.accept_key, name="encryption-accept"),
     path("settings/tokens/", views.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke/", views.revoke_token, name="token-revoke"),
     path(

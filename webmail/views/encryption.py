@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -15,6 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.http import AuthedRequest
 from encryption import openpgp, selectors, services
+from encryption.models import PinnedKey
 
 # An armored key of the largest size the server accepts, with room for line breaks and headers.
 MAX_FIELD_CHARS = openpgp.MAX_KEY_BYTES * 2
@@ -29,6 +31,8 @@ def _page(request: AuthedRequest, *, problem: str = "", status: int = 200, field
         "problem": problem,
         "problem_field": field,
         "pasted": request.POST.get("secret_key", "") if field == "secret_key" else "",
+        "pinned": list(selectors.pinned_keys_for(user=user)),
+        "looked_up": request.POST.get("address", "") if field == "address" else "",
     }
     return render(request, "webmail/settings/encryption.html", context, status=status)
 
@@ -102,3 +106,39 @@ def export_key(request: AuthedRequest, part: str) -> HttpResponse:
     suffix = "secret-locked" if part == "secret" else "public"
     response["Content-Disposition"] = f'attachment; filename="{local}-{key.fingerprint[-16:]}-{suffix}.asc"'
     return response
+
+
+@login_required
+@require_POST
+def look_up(request: AuthedRequest) -> HttpResponse:
+    """Look a correspondent's key up and pin it on first use; a changed key is shown with a warning."""
+    address = request.POST.get("address", "")
+    try:
+        pin = services.look_up_correspondent(user=request.user, address=address)
+    except ValidationError as exc:
+        return _page(request, problem=exc.messages[0], status=400, field="address")
+    except services.NoPublishedKey as exc:
+        return _page(request, problem=f"No key found: {exc}.", status=404, field="address")
+    except services.LookupUnavailable as exc:
+        return _page(request, problem=f"The key cannot be looked up now: {exc}.", status=503, field="address")
+    if pin.changed:
+        messages.warning(request, f"The key of {pin.address} has changed. Compare fingerprints before you accept it.")
+    else:
+        messages.success(request, f"{pin.address}: key {pin.fingerprint} is pinned.")
+    return redirect("webmail:encryption")
+
+
+@login_required
+@require_POST
+def accept_key(request: AuthedRequest) -> HttpResponse:
+    """Accept a correspondent's new key in place of the pinned one."""
+    try:
+        pin = services.accept_offered_key(
+            user=request.user, address=request.POST.get("address", ""), fingerprint=request.POST.get("fingerprint", "")
+        )
+    except (PinnedKey.DoesNotExist, ValidationError):
+        raise Http404("No key is pinned for this address.") from None
+    except services.KeyConflict as exc:
+        return _page(request, problem=f"Not accepted: {exc}.", status=409)
+    messages.success(request, f"{pin.address}: the new key {pin.fingerprint} is pinned.")
+    return redirect("webmail:encryption")
