@@ -22,29 +22,12 @@ from playwright.sync_api import expect
 
 from encryption.openpgp import wkd_hash
 from tests.browser.harness import Mailbox, create_mailboxes, login
+from tests.gnupg import GnuPG
 from tools.cluster import Instance
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="needs GnuPG (Debian's gnupg)")
 
 PASSPHRASE = "ochre lantern quietly folds"  # noqa: S105 - test data
-
-
-class GnuPG:
-    def __init__(self, home: Path) -> None:
-        home.mkdir(mode=0o700, parents=True)
-        self.home = home
-
-    def run(self, *args: str, data: bytes | None = None, passphrase: str | None = None) -> bytes:
-        command = ["gpg", "--homedir", str(self.home), "--batch", "--no-tty", "--pinentry-mode", "loopback"]
-        if passphrase is not None:
-            command += ["--passphrase", passphrase]
-        done = subprocess.run(command + list(args), input=data, capture_output=True, check=False)  # noqa: S603
-        if done.returncode != 0:
-            raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
-        return done.stdout
-
-    def close(self) -> None:
-        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"], check=False)  # noqa: S607
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ from federation import http
 from federation.payloads import canonical_json
 from tests.conftest import LOCAL, FakeNetwork, FakePeer, api_as, json_response
 from tests.factories import MailboxFactory
-from tests.unit.test_encryption_keys import PASSPHRASE, GnuPG
+from tests.gnupg import GnuPG
+from tests.unit.test_encryption_keys import PASSPHRASE
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="needs GnuPG (Debian's gnupg)")
 
