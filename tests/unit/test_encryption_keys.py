@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
@@ -313,3 +314,21 @@ def test_the_key_document_is_404_without_a_key_and_400_for_a_bad_address(wkd: Cl
     bad = wkd.get("/federation/v1/keys/no-at-sign")
     assert bad.status_code == 400
     assert "local@domain" in bad.json()["detail"]
+
+
+WKS_CLIENT = Path("/usr/lib/gnupg/gpg-wks-client")
+
+
+@pytest.mark.skipif(not WKS_CLIENT.exists(), reason="needs gpg-wks-client (Debian's gpg-wks-client)")
+def test_the_url_gnupg_asks_is_answered(browser: Client, wkd: Client, keys: Keys, reader: GnuPG) -> None:
+    """GnuPG asks WKD only over https; its URL for the address, asked here, gives the key."""
+    _upload(browser, keys.locked)
+    printed = subprocess.run(  # noqa: S603
+        [str(WKS_CLIENT), "--print-wkd-url", ADDRESS], capture_output=True, check=True, text=True
+    ).stdout.strip()
+    url = urlsplit(printed)
+    assert url.scheme == "https"
+    served = wkd.get(f"{url.path}?{url.query}", HTTP_HOST=url.hostname)
+    assert served.status_code == 200
+    reader.run("--import", data=served.content)
+    assert reader.fingerprints(ADDRESS) == [keys.locked_fingerprint]
