@@ -11,6 +11,8 @@ class GnuPG:
 
     def __init__(self, home: Path) -> None:
         home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The agent keeps no passphrase: a test's "wrong passphrase" is refused whatever came before it.
+        (home / "gpg-agent.conf").write_text("default-cache-ttl 0\nmax-cache-ttl 0\n")
         self.home = home
 
     def run(self, *args: str, data: bytes | None = None, passphrase: str | None = None) -> bytes:
