@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -49,6 +51,7 @@ def _pinned(pin: PinnedKey) -> dict[str, object]:
 class OwnKeyView(APIView):
     """``GET /api/v1/encryption/key``: the user's key in use, the secret part locked with their passphrase."""
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: AuthedApiRequest) -> Response:
         key = selectors.current_key_for(user=request.user)
         if key is None:
@@ -65,6 +68,7 @@ class CorrespondentKeyView(APIView):
     pinned key stays the one answered until the user accepts the offered one.
     """
 
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: AuthedApiRequest, address: str) -> Response:
         try:
             pin = services.look_up_correspondent(user=request.user, address=address)
@@ -84,6 +88,7 @@ class CorrespondentKeyView(APIView):
 class AcceptKeyView(APIView):
     """``POST /api/v1/encryption/correspondents/<address>/accept`` with ``{"fingerprint": ...}``: pin the new key."""
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT})
     def post(self, request: AuthedApiRequest, address: str) -> Response:
         fingerprint = request.data.get("fingerprint") if isinstance(request.data, dict) else None
         if not isinstance(fingerprint, str):
