@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -18,10 +19,10 @@ from django.utils.cache import get_conditional_response, patch_vary_headers
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.gzip import gzip_page
 
-from accounts.validators import domain_of
+from accounts.validators import domain_of, normalize_address
 from pushmail_site import counters, logs
 
-from . import discovery, evidence, inbound, payloads
+from . import discovery, evidence, inbound, payloads, publickeys
 from .models import SignedRequest
 from .signatures import SignatureRejected, Verified, verify_request
 
@@ -344,6 +345,31 @@ def _no_accepted_recipient(domain: str) -> JsonResponse:
     return error(
         403, "not_accepted", f"every recipient of this message at {domain} was rejected, so {domain} may not fetch it"
     )
+
+
+@csrf_exempt
+@gzip_page
+def public_keys(request: HttpRequest, address: str) -> HttpResponse:
+    """``GET {api}keys/{address}``: the OpenPGP keys a hosted address publishes, signed by its domain (§14).
+
+    Not signed as a request: the keys are public (the Web Key Directory serves them too). The answer is
+    signed inside, so a copy can be checked later. 404 when the address publishes no key or is not here.
+    """
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(["GET", "HEAD"])
+    try:
+        normalized = normalize_address(address)
+    except ValidationError as exc:
+        return error(400, "bad_request", exc.messages[0])
+    if not discovery.is_local(domain_of(normalized)):
+        return error(404, "not_found", f"{domain_of(normalized)} is not hosted here")
+    keys = publickeys.published_keys(address=normalized)
+    if not keys:
+        return error(404, "not_found", f"{normalized} publishes no OpenPGP key here")
+    response = JsonResponse(publickeys.key_document(address=normalized, keys=keys))
+    response["Cache-Control"] = "no-cache"
+    response["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 @csrf_exempt

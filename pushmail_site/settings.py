@@ -149,6 +149,7 @@ INSTALLED_APPS = [
     "csp",
     "accounts",
     "federation",
+    "encryption",
     "outbox",
     "mailbox",
     "reputation",

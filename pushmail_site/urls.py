@@ -1,8 +1,10 @@
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts import views as account_views
+from encryption import wkd
+from encryption.api import views as encryption_api
 from federation import views as federation_views
 from mailbox.api import views as inbox_api
 from newsletters import views as newsletter_views
@@ -16,6 +18,17 @@ handler404 = "pushmail_site.errors.not_found"
 handler500 = "pushmail_site.errors.server_error"
 
 api_v1 = [
+    path("encryption/key", encryption_api.OwnKeyView.as_view(), name="encryption-key"),
+    path(
+        "encryption/correspondents/<str:address>",
+        encryption_api.CorrespondentKeyView.as_view(),
+        name="encryption-correspondent",
+    ),
+    path(
+        "encryption/correspondents/<str:address>/accept",
+        encryption_api.AcceptKeyView.as_view(),
+        name="encryption-accept",
+    ),
     path("messages/", outbox_api.MessageCreateView.as_view(), name="message-create"),
     path("messages/<uuid:message_id>/", outbox_api.MessageDetailView.as_view(), name="message-detail"),
     path("messages/<uuid:message_id>/withdraw/", outbox_api.MessageWithdrawView.as_view(), name="message-withdraw"),
@@ -43,6 +56,7 @@ federation_v1 = [
     path("reports", federation_views.reports, name="federation-reports"),
     path("subscriptions", federation_views.subscriptions, name="federation-subscriptions"),
     path("list-notifications", federation_views.list_notifications, name="federation-list-notifications"),
+    path("keys/<str:address>", federation_views.public_keys, name="federation-keys"),
     path("messages/<str:global_id>/body", federation_views.message_body, name="federation-body"),
     path(
         "messages/<str:global_id>/attachments/<str:digest>",
@@ -53,6 +67,15 @@ federation_v1 = [
 
 urlpatterns = [
     path(".well-known/pushmail", federation_views.well_known, name="well-known"),
+    # The Web Key Directory: users' OpenPGP public keys, direct and advanced layout.
+    path(".well-known/openpgpkey/policy", wkd.direct_policy, name="wkd-policy"),
+    re_path(r"^\.well-known/openpgpkey/hu/(?P<hashed>[a-z0-9]{32})$", wkd.direct_key, name="wkd-direct"),
+    re_path(r"^\.well-known/openpgpkey/(?P<domain>[^/]+)/policy$", wkd.advanced_policy, name="wkd-advanced-policy"),
+    re_path(
+        r"^\.well-known/openpgpkey/(?P<domain>[^/]+)/hu/(?P<hashed>[a-z0-9]{32})$",
+        wkd.advanced_key,
+        name="wkd-advanced",
+    ),
     path("federation/v1/", include(federation_v1)),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -35,6 +35,9 @@ EXPECTED_OPERATIONS = {
     "POST /api/v1/inbox/{entry_id}/not-spam/",
     "GET /api/v1/inbox/{entry_id}/attachments/{index}/",
     "POST /api/v1/inbox/{entry_id}/attachments/{index}/retry/",
+    "GET /api/v1/encryption/key",
+    "GET /api/v1/encryption/correspondents/{address}",
+    "POST /api/v1/encryption/correspondents/{address}/accept",
 }
 
 
@@ -63,7 +66,12 @@ def known_ids(alice: User, bob: User, peer: FakePeer) -> dict[str, list[Any]]:
     sent = [SentMessageFactory(sender=alice, to=["carol@peer.test", "bob@alpha.test"]), SentMessageFactory(sender=bob)]
     entries = InboxEntryFactory.create_batch(3, owner=alice) + InboxEntryFactory.create_batch(1, owner=bob)
     accept_notification(origin="peer.test", notification=PeerMessageFactory().notification())
-    return {"message_id": [str(m.pk) for m in sent], "entry_id": [e.pk for e in entries], "index": [0, 1]}
+    return {
+        "message_id": [str(m.pk) for m in sent],
+        "entry_id": [e.pk for e in entries],
+        "index": [0, 1],
+        "address": ["bob@alpha.test", "carol@peer.test"],
+    }
 
 
 def _strategy(operation: Any, mode: GenerationMode, known_ids: dict[str, list[Any]]) -> st.SearchStrategy[Any]:

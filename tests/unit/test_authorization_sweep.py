@@ -247,6 +247,13 @@ ROUTES: dict[str, Kwargs] = {
 
 # Routes that take a parameter but no per-user object, each with the reason.
 EXEMPT: dict[str, str] = {
+    "wkd-direct": "public by design: the Web Key Directory serves published public keys to anyone",
+    "wkd-advanced": "public by design: the Web Key Directory (advanced layout) serves published public keys",
+    "wkd-advanced-policy": "public by design: the Web Key Directory's policy file, the same for everyone",
+    "federation-keys": "public by design: published public keys, signed by the domain (docs/protocol.md §14)",
+    "encryption-correspondent": "the address names a correspondent, not an object; the pin is the user's own row",
+    "encryption-accept": "the address names a correspondent; only the user's own pin is looked up",
+    "webmail:encryption-export": "the part is secret or public of the user's own key, not an object id",
     "webmail:folder": "the folder is one of a fixed set of names (inbox, archive, ...), not an object",
     "webmail:folder-updates": "the folder is one of a fixed set of names, not an object",
     "federation-body": "server to server: no user session; each request is signed by a peer domain and checked",

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APPS = [
     "accounts",
     "attachments",
+    "encryption",
     "federation",
     "gateway",
     "mailbox",

@@ -69,6 +69,9 @@ EXAMPLE_BLOCKS = {
     "batch-body",
     "batch-signature-base",
     "batch-signature",
+    # §14.5, checked in test_encryption_protocol.py
+    "keys-document",
+    "keys-signed-bytes",
 }
 
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from webmail.views import mail_settings, newsletters
+from webmail.views import encryption, mail_settings, newsletters
 from webmail.views import settings as views
 
 urlpatterns = [
@@ -24,6 +24,12 @@ urlpatterns = [
         name="subscription-action",
     ),
     path("newsletters/subscribe/", newsletters.confirm_subscribe, name="subscribe-confirm"),
+    path("settings/encryption/", encryption.encryption, name="encryption"),
+    path("settings/encryption/key/", encryption.upload_key, name="encryption-upload"),
+    path("settings/encryption/revoke/", encryption.revoke_key, name="encryption-revoke"),
+    path("settings/encryption/export/<str:part>.asc", encryption.export_key, name="encryption-export"),
+    path("settings/encryption/correspondents/", encryption.look_up, name="encryption-look-up"),
+    path("settings/encryption/correspondents/accept/", encryption.accept_key, name="encryption-accept"),
     path("settings/tokens/", views.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke/", views.revoke_token, name="token-revoke"),
     path(
