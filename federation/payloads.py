@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from accounts.validators import display_name_problem, normalize_address
+from accounts.validators import display_name_problem, normalize_address, normalize_domain
 
 VERSION = 1
 DIGEST_PREFIX = "sha-256:"
@@ -497,6 +497,15 @@ def _address(value: Any, field: str) -> str:
         raise PayloadError(field, exc.messages[0]) from exc
 
 
+def _domain(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 253:
+        raise PayloadError(field, "expected a domain name of 1 to 253 characters")
+    try:
+        return normalize_domain(value)
+    except ValidationError as exc:
+        raise PayloadError(field, exc.messages[0]) from exc
+
+
 def _uuid(value: Any, field: str) -> uuid.UUID:
     if not isinstance(value, str):
         raise PayloadError(field, "expected a string")
@@ -734,16 +743,20 @@ class ListNotification:
     expires: datetime
     list_name: str = ""
     attachments: tuple[ManifestEntry, ...] = field(default=())
+    #: The subscriber domain this notification is for; "" (absent) means every domain of the receiver.
+    domain: str = ""
 
     def to_json(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
         if self.list_name:
             extra["list_name"] = self.list_name
+        where = {"domain": self.domain} if self.domain else {}
         return {
             "type": "list_notification",
             "version": VERSION,
             "id": str(self.global_id),
             "list": self.list_address,
+            **where,
             "message_id": self.message_id,
             "subject": self.subject,
             "date": format_time(self.date),
@@ -784,6 +797,7 @@ def parse_list_notification(data: Any) -> ListNotification:
     if not isinstance(digest_value, str) or not _DIGEST_RE.fullmatch(digest_value):
         raise PayloadError("digest", "expected 'sha-256:' followed by 64 lowercase hex digits")
     name = data.get("list_name")
+    domain = data.get("domain")
     return ListNotification(
         global_id=_uuid(_require(data, "id"), "id"),
         list_address=_address(_require(data, "list"), "list"),
@@ -795,4 +809,5 @@ def parse_list_notification(data: Any) -> ListNotification:
         expires=parse_time(_require(data, "expires"), "expires"),
         list_name="" if name is None else display_name(name, "list_name"),
         attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
+        domain="" if domain is None else _domain(domain, "domain"),
     )

@@ -37,14 +37,13 @@ def archive(*, newsletter: Newsletter, limit: int = 100) -> list[Issue]:
 
 
 def subscriber_domains(*, newsletter: Newsletter) -> list[str]:
-    """The domains with at least one active subscriber of their own instance: an issue goes once to each."""
-    return sorted(
-        set(
-            Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=False).values_list(
-                "domain", flat=True
-            )
-        )
-    )
+    """The domains with at least one active subscriber of their own instance: an issue goes once to each.
+
+    Made distinct in the database (from the index on list, state, domain): a list of 100,000
+    subscribers over 1,000 domains reads 1,000 names, not 100,000.
+    """
+    active = Subscriber.objects.filter(newsletter=newsletter, state=SubscriberState.ACTIVE, legacy=False)
+    return list(active.order_by("domain").values_list("domain", flat=True).distinct())
 
 
 def subscribers_by_mail(*, newsletter: Newsletter) -> dict[str, list[str]]:

@@ -192,13 +192,15 @@ def accept_list_notification(*, origin: str, notification: payloads.ListNotifica
     """Deliver a list's issue to this instance's subscribers of record (to Newsletters), and only to them.
 
     Readers who paused or left the list are skipped whatever the list claims; with nobody here
-    receiving it, raises NotSubscribed (the list may not send here). Returns how many got it.
+    receiving it, raises NotSubscribed (the list may not send here). A notification that names its
+    subscriber domain reaches that domain's readers only. Returns how many got it.
     """
-    addresses = list(
-        Subscription.objects.filter(
-            list_address=notification.list_address, state__in=RECEIVING, owner__is_active=True
-        ).values_list("owner__email", flat=True)
+    receiving = Subscription.objects.filter(
+        list_address=notification.list_address, state__in=RECEIVING, owner__is_active=True
     )
+    if notification.domain:
+        receiving = receiving.filter(owner__domain__name=notification.domain)
+    addresses = list(receiving.values_list("owner__email", flat=True))
     if not addresses:
         raise NotSubscribed()
     results = mailbox.accept_notification(

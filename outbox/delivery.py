@@ -121,7 +121,11 @@ def _deliver_list_issue(delivery: Delivery) -> None:
 
 
 def list_notification_for(delivery: Delivery) -> payloads.ListNotification:
-    """The notification of a list's issue to one subscriber domain: the list, never its subscribers."""
+    """The notification of a list's issue to one subscriber domain: the list and the domain, never its subscribers.
+
+    Naming the domain lets an instance that hosts many subscriber domains deliver each request to that
+    domain's subscribers alone, so each of the one-per-domain requests costs what its own domain holds.
+    """
     message = delivery.message
     return payloads.ListNotification(
         global_id=message.id,
@@ -134,6 +138,7 @@ def list_notification_for(delivery: Delivery) -> payloads.ListNotification:
         expires=message.expires_at,
         list_name=message.sender_name,
         attachments=tuple(payloads.parse_manifest(manifest_of(message))),
+        domain=delivery.domain,
     )
 
 
