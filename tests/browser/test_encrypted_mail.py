@@ -158,6 +158,21 @@ def origin_of(user: Mailbox) -> str:
     return f"http://{user.inst.domains[0]}:{user.inst.port}"
 
 
+def fetched(page: Any, path: str) -> bytes:
+    """What the page's own origin answers for ``path``, fetched by the browser with its session."""
+    encoded = page.evaluate(
+        """async (path) => {
+            const answer = await fetch(path, { credentials: "same-origin" });
+            const bytes = new Uint8Array(await answer.arrayBuffer());
+            let binary = "";
+            for (const b of bytes) binary += String.fromCharCode(b);
+            return btoa(binary);
+        }""",
+        path,
+    )
+    return base64.b64decode(encoded)
+
+
 def make_key(page: Any, user: Mailbox, passphrase: str) -> str:
     """Create the user's key in Settings → Encryption; return its fingerprint as shown."""
     page.goto(f"{origin_of(user)}/settings/encryption/")
@@ -250,9 +265,9 @@ def test_encrypted_message_with_a_file_is_read_by_bob_and_no_server_sees_the_pla
     # GnuPG reads what ann's browser wrote, with bob's exported (locked) key, and checks ann's signature.
     armored_message = page.locator("[data-ciphertext]").text_content()
     file_url = page.locator("[data-encrypted-file]").first.get_attribute("data-url")
-    encrypted_file = page.request.get(f"{origin_of(bob)}{file_url}").body()
-    bob_secret = page.request.get(f"{origin_of(bob)}/settings/encryption/export/secret.asc").text()
-    ann_public = ann_page.request.get(f"{origin_of(ann)}/settings/encryption/export/public.asc").text()
+    encrypted_file = fetched(page, file_url)
+    bob_secret = fetched(page, "/settings/encryption/export/secret.asc").decode()
+    ann_public = fetched(ann_page, "/settings/encryption/export/public.asc").decode()
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--homedir", str(home), "--batch", "--pinentry-mode", "loopback"]
