@@ -240,7 +240,8 @@
       if (answer.sender.status !== "found") {
         state = { ready: false, pending: false, keys: [], reason: "you have no key (Settings → Encryption)" };
       } else if (!list.length) {
-        state = { ready: false, pending: false, keys: [], reason: "no recipients yet" };
+        // Held: what is typed before the recipients are known may yet be encrypted.
+        state = { ready: false, pending: false, hold: true, keys: [], reason: "no recipients yet" };
       } else if (missing.length) {
         state = { ready: false, pending: false, keys: [], reason: "no key found for " + missing.join(", ") };
       } else if (form.querySelector("[data-testid=draft-attachment]")) {
@@ -266,7 +267,9 @@
 
     // Autosave would send the plaintext here: none while encryption is on or not yet decided.
     form.addEventListener("htmx:beforeRequest", function (event) {
-      if (event.detail && event.detail.elt === form && (state.pending || on())) event.preventDefault();
+      if (event.detail && event.detail.elt === form && (state.pending || state.hold || on())) {
+        event.preventDefault();
+      }
     });
 
     form.addEventListener("submit", function (event) {
