@@ -235,6 +235,7 @@ def canonical_body(
     references: list[str],
     attachments: list[dict[str, Any]] | None = None,
     sender_name: str = "",
+    encrypted: bool = False,
 ) -> bytes:
     """The bytes every reader receives and the digest covers. Bcc is never part of it.
 
@@ -246,6 +247,8 @@ def canonical_body(
     extra: dict[str, Any] = {"attachments": list(attachments)} if attachments else {}
     if sender_name:
         extra["from_name"] = sender_name
+    if encrypted:  # only when encrypted: other bodies keep their bytes (§4.6)
+        extra["encrypted"] = True
     return canonical_json(
         {
             **extra,
@@ -281,7 +284,7 @@ def body_mismatch(body: dict[str, Any], notification: dict[str, Any]) -> str | N
     """
     for name, expected in notification.items():
         actual = body.get(name)
-        if name in ("attachments", "from_name"):  # absent and empty are the same
+        if name in ("attachments", "from_name", "encrypted"):  # absent and empty are the same
             actual, expected = actual or None, expected or None
         if actual != expected:
             return name
@@ -346,7 +349,40 @@ def check_body(content: bytes) -> dict[str, Any]:
         parse_manifest(data["attachments"])
     if "from_name" in data:
         display_name(data["from_name"], "from_name")
+    if "encrypted" in data:
+        check_encrypted_body(data)
     return data
+
+
+#: The subject an encrypted message carries outside its ciphertext (§4.6): the real one is inside.
+ENCRYPTED_SUBJECT = "..."
+ARMORED_MESSAGE_BEGIN = "-----BEGIN PGP MESSAGE-----"
+ARMORED_MESSAGE_END = "-----END PGP MESSAGE-----"
+
+
+def is_armored_message(text: str) -> bool:
+    """An ASCII-armored OpenPGP message (RFC 4880 §6.2) and nothing else, blank lines around it aside."""
+    stripped = text.strip()
+    return stripped.startswith(ARMORED_MESSAGE_BEGIN) and stripped.endswith(ARMORED_MESSAGE_END)
+
+
+def encrypted_body_problem(*, subject: str, text: str, html: str | None) -> tuple[str, str] | None:
+    """(field, problem) when an encrypted body breaks the rules of §4.6; None when it keeps them."""
+    if subject != ENCRYPTED_SUBJECT:
+        return "subject", f"must be {ENCRYPTED_SUBJECT!r} in an encrypted message"
+    if html is not None:
+        return "html", "must be null in an encrypted message"
+    if not is_armored_message(text):
+        return "text", "must be one ASCII-armored OpenPGP message in an encrypted message"
+    return None
+
+
+def check_encrypted_body(data: dict[str, Any]) -> None:
+    if data.get("encrypted") is not True:
+        raise PayloadError("encrypted", "expected true, or no member")
+    problem = encrypted_body_problem(subject=data["subject"], text=data["text"], html=data.get("html"))
+    if problem:
+        raise PayloadError(*problem)
 
 
 def display_name(value: Any, field: str) -> str:
@@ -434,12 +470,15 @@ class Notification:
     expires: datetime
     attachments: tuple[ManifestEntry, ...] = field(default=())
     sender_name: str = ""  # the sender's display name, "" for none: shown, never trusted (§5.4)
+    encrypted: bool = False  # the body is OpenPGP ciphertext, the subject a placeholder (§4.6)
 
     def to_json(self) -> dict[str, Any]:
         # "attachments" and "sender_name" only when there are some: notifications without them are unchanged.
         extra: dict[str, Any] = {"attachments": [a.to_json() for a in self.attachments]} if self.attachments else {}
         if self.sender_name:
             extra["sender_name"] = self.sender_name
+        if self.encrypted:
+            extra["encrypted"] = True
         return {
             "type": "notification",
             "version": VERSION,
@@ -471,6 +510,7 @@ class Notification:
             "references",
             "attachments",
             "sender_name",
+            "encrypted",
         ):
             if getattr(self, name) != getattr(first, name):
                 return name
@@ -556,6 +596,13 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
     # Optional: absent or null is no name, as from an instance that does not send names.
     name = data.get("sender_name")
     sender_name = "" if name is None else display_name(name, "sender_name")
+    encrypted = data.get("encrypted", False)
+    if encrypted is None:
+        encrypted = False
+    if not isinstance(encrypted, bool):
+        raise PayloadError("encrypted", "expected true or false")
+    if encrypted and subject != ENCRYPTED_SUBJECT:
+        raise PayloadError("subject", f"must be {ENCRYPTED_SUBJECT!r} in the notification of an encrypted message")
     return Notification(
         global_id=_uuid(_require(data, "id"), "id"),
         message_id=message_id,
@@ -570,6 +617,7 @@ def parse_notification(data: Any, *, max_recipients: int) -> Notification:
         expires=parse_time(_require(data, "expires"), "expires"),
         attachments=tuple(parse_manifest(data["attachments"])) if "attachments" in data else (),
         sender_name=sender_name,
+        encrypted=encrypted,
     )
 
 

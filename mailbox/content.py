@@ -45,7 +45,19 @@ __all__ = ["ReadableAttachment", "ReadableContent", "readable_content_for"]
 
 # Entry (and remote message) states whose content, or its promise, may be shown.
 _SHOWN = BODY_AT_SENDER | {FetchState.FETCHED}
-_BODY_KEYS = ("subject", "from", "text", "html", "to", "cc", "date", "message_id", "in_reply_to", "references")
+_BODY_KEYS = (
+    "subject",
+    "from",
+    "text",
+    "html",
+    "to",
+    "cc",
+    "date",
+    "message_id",
+    "in_reply_to",
+    "references",
+    "encrypted",
+)
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,7 @@ class ReadableContent:
                 "message_id": message.message_id,
                 "in_reply_to": message.in_reply_to,
                 "references": list(message.references or []),
+                "encrypted": message.encrypted,
             }
         if remote is not None and remote.content is not None:
             try:

@@ -418,6 +418,7 @@ def _notified(remote: RemoteMessage) -> dict[str, Any]:
         "date": payloads.format_time(remote.date),
         "attachments": remote.attachments,
         "from_name": remote.sender_name,
+        "encrypted": remote.encrypted,
     }
 
 

@@ -260,6 +260,7 @@ def _message_fields(notification: payloads.Notification, *, local_domain: str) -
         "expires_at": notification.expires,
         "local_domain": local_domain,
         "attachments": [a.to_json() for a in notification.attachments],
+        "encrypted": notification.encrypted,
     }
 
 
@@ -291,6 +292,7 @@ def _as_first_notification(remote: RemoteMessage) -> payloads.Notification:
             for a in remote.attachments or ()
         ),
         sender_name=remote.sender_name,
+        encrypted=remote.encrypted,
     )
 
 
@@ -581,7 +583,7 @@ def deliver_local_entries(*, message: Message, users: list[User], folder: str = 
         subject=message.subject,
         sender=message.sender_address,
         sender_name=message.sender_name,
-        text=search.body_text({"text": message.text, "html": message.html}),
+        text=search.body_text({"text": message.text, "html": message.html, "encrypted": message.encrypted}),
         attachments=names,
     )
     conversations = conversation_keys(

@@ -116,6 +116,10 @@ class RemoteMessage(models.Model):
         help_text="Why this instance judged the message spam (the reputation app decides); empty while it has not.",
     )
     transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.PUSHMAIL)
+    encrypted = models.BooleanField(
+        default=False,
+        help_text="The body is OpenPGP ciphertext (docs/protocol.md §4.6): only readers' browsers open it.",
+    )
     raw = models.ForeignKey(
         "attachments.Blob",
         on_delete=models.PROTECT,

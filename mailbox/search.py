@@ -70,7 +70,12 @@ def searchable(text: str) -> str:
 
 
 def body_text(body: dict[str, Any]) -> str:
-    """The plain text of a body: its text part, or its HTML part with every tag removed."""
+    """The plain text of a body: its text part, or its HTML part with every tag removed.
+
+    Nothing of an encrypted body (docs/protocol.md §4.6): its text is ciphertext, opened only in readers' browsers.
+    """
+    if body.get("encrypted"):
+        return ""
     text = body.get("text") or ""
     if text:
         return str(text)

@@ -31,4 +31,5 @@ def canonical_content(message: Message, *, manifest: list[dict[str, object]] | N
         references=message.references,
         attachments=manifest_of(message) if manifest is None else manifest,
         sender_name=message.sender_name,
+        encrypted=message.encrypted,
     )

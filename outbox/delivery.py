@@ -421,6 +421,7 @@ def notification_for(delivery: Delivery) -> payloads.Notification:
         expires=message.expires_at,
         attachments=tuple(payloads.parse_manifest(manifest_of(message))),
         sender_name=message.sender_name,
+        encrypted=message.encrypted,
     )
 
 

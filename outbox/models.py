@@ -62,6 +62,11 @@ class Message(models.Model):
         blank=True,
         help_text="An issue of this list: its notifications name the list, not recipients (docs/protocol.md §13).",
     )
+    encrypted = models.BooleanField(
+        default=False,
+        help_text="Encrypted in the sender's browser (docs/protocol.md §4.6): the text is an armored OpenPGP "
+        "message, the subject a placeholder, every attachment ciphertext. The server never had the plaintext.",
+    )
 
     class Meta:
         ordering = ["-date"]

@@ -131,6 +131,14 @@ def check_characters(*, subject: str, in_reply_to: str, text: str, html: str | N
             raise ValidationError({name: [f"{name} contains {unfit}"]})
 
 
+def check_encrypted(*, subject: str, text: str, html: str | None) -> None:
+    """An encrypted message keeps the rules of docs/protocol.md §4.6, so that no peer refuses its body."""
+    problem = payloads.encrypted_body_problem(subject=subject, text=text, html=html)
+    if problem:
+        field, detail = problem
+        raise ValidationError({field: [f"{field} {detail}"]})
+
+
 # --- Attachments ---------------------------------------------------------------------------------------
 
 

@@ -83,6 +83,8 @@ def body_of_message(message: Message, *, with_bcc: bool = False) -> dict[str, An
         "in_reply_to": message.in_reply_to,
         "references": message.references,
     }
+    if message.encrypted:
+        body["encrypted"] = True
     if with_bcc:
         body["bcc"] = message.bcc
     return body

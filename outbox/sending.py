@@ -38,6 +38,7 @@ from .models import (
 )
 from .rules import (
     check_characters,
+    check_encrypted,
     check_in_reply_to,
     check_recipient_count,
     check_subject,
@@ -72,6 +73,7 @@ def send_message(
     in_reply_to: str = "",
     attachments: Sequence[AttachmentInput] = (),
     auto_submitted: str = "",
+    encrypted: bool = False,
 ) -> Message:
     """Store a message once and queue one notification per remote recipient domain.
 
@@ -82,6 +84,8 @@ def send_message(
     its digest) and the notifications. The per-file, per-message and quota
     limits are checked here, so every path (web, API) gets them.
     ``auto_submitted`` marks mail a program sent for the user (RFC 3834: "auto-replied").
+    ``encrypted``: the sender's browser encrypted it (docs/protocol.md §4.6): ``subject`` is the
+    placeholder, ``text`` one armored OpenPGP message, no ``html``, and the attachments ciphertext.
     """
     check_not_paused(sender)  # SendingPaused: too many spam complaints (outbox.complaints)
     to_list, cc_list, bcc_list = (clean_addresses(to, "to"), clean_addresses(cc, "cc"), clean_addresses(bcc, "bcc"))
@@ -90,6 +94,8 @@ def send_message(
     check_subject(subject)
     check_in_reply_to(in_reply_to)
     check_characters(subject=subject, in_reply_to=in_reply_to, text=text, html=html)
+    if encrypted:
+        check_encrypted(subject=subject, text=text, html=html or None)
     kinds = _recipient_kinds(to_list, cc_list, bcc_list)
     check_recipient_count(len(kinds))
     files = _checked_files(sender, attachments)
@@ -103,6 +109,7 @@ def send_message(
         html=html,
         in_reply_to=in_reply_to,
         files=files,
+        encrypted=encrypted,
     )
     message.auto_submitted = auto_submitted
     with transaction.atomic():
@@ -221,6 +228,7 @@ def _new_message(
     html: str | None,
     in_reply_to: str,
     files: list[AttachmentInput],
+    encrypted: bool = False,
 ) -> Message:
     """The message row, not yet saved, with its body's size and digest."""
     now = timezone.now().replace(microsecond=0)
@@ -243,6 +251,7 @@ def _new_message(
         expires_at=now + settings.PUSHMAIL_RETENTION,
         size=0,
         digest="",
+        encrypted=encrypted,
     )
     message.thread_key = thread_key(
         message_id=message.message_id, in_reply_to=message.in_reply_to, references=message.references

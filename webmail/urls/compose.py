@@ -2,12 +2,14 @@
 
 from django.urls import path
 
-from webmail.views import compose
+from webmail.views import compose, encrypted_mail
 
 urlpatterns = [
     path("compose/", compose.compose, name="compose"),
     path("compose/contacts/", compose.contacts, name="contacts"),
     path("compose/reach/", compose.recipient_reach, name="compose-reach"),
+    path("compose/keys/", encrypted_mail.recipient_keys, name="compose-keys"),
+    path("compose/encrypted/send/", encrypted_mail.send, name="encrypted-send"),
     path("compose/<int:draft_id>/", compose.draft, name="draft"),
     path("compose/<int:draft_id>/save/", compose.draft_save, name="draft-save"),
     path("compose/<int:draft_id>/attach/", compose.draft_attach, name="draft-attach"),
