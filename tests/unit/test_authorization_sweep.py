@@ -261,7 +261,7 @@ EXEMPT: dict[str, str] = {
     "newsletter-page": "public by design: a list's page (archive, subscribe form), named by its public slug",
     "newsletter-feed": "public by design: a list's Atom feed, named by its public slug",
     "newsletter-confirm": "no session: the signed, expiring token in the URL is the credential (double opt-in by mail)",
-    "newsletter-unsubscribe": "no session: the subscriber's random token in the URL is the credential (RFC 8058 one-click)",
+    "newsletter-unsubscribe": "no session: the random token in the URL is the credential (RFC 8058 one-click)",
     "webmail:new-draft-save": "a key names a draft of the signed-in user only; another's key makes one's own",
     "webmail:new-draft-attach": "the key names a draft of the signed-in user only, like new-draft-save",
     "webmail:new-draft-send": "the key names a draft of the signed-in user only, like new-draft-save",
