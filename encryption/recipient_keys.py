@@ -4,7 +4,9 @@ Where each address's key comes from:
 - a mailbox hosted here: its key in use (the OpenPGPKey table);
 - a mailbox at another Pushmail instance: that instance's key document, signed by its domain
   (docs/protocol.md §14, federation.publickeys);
-- any other domain: its Web Key Directory (direct layout) over HTTPS, when it answers.
+- any other domain: its Web Key Directory (advanced, then direct layout) over HTTPS, when it answers;
+
+looked up as the pinning looks them up (encryption.lookup.find_keys).
 
 Answers from elsewhere are cached briefly for every process, so typing addresses does not ask a peer each time.
 """
@@ -12,23 +14,19 @@ Answers from elsewhere are cached briefly for every process, so typing addresses
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from django.core.cache import cache
 
 from accounts.validators import domain_of
-from federation import discovery, http, publickeys
+from federation import discovery
 
-from . import openpgp, selectors
-
-log = logging.getLogger(__name__)
+from . import lookup, openpgp
 
 FOUND_TTL = 300  # a correspondent's new key is seen within five minutes
 MISSING_TTL = 60
 MAX_ADDRESSES = 100
-WKD_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class KeyAnswer:
 
     address: str
     status: str  # "found", "none" (it publishes no key in use) or "unavailable" (could not ask now)
-    source: str = ""  # "local", "pushmail" (signed by its domain) or "wkd"
+    source: str = ""  # "local", "federation" (signed by its domain) or "wkd" (PinnedKey.Source)
     fingerprint: str = ""
     key: str = ""  # armored public key
     detail: str = ""
@@ -62,51 +60,16 @@ def _fingerprint(binary: bytes) -> str:
     return openpgp.parse_key_packet(packets[0]).fingerprint
 
 
-def _local(address: str) -> KeyAnswer:
-    current = [k for k in selectors.published_keys_for_address(address=address) if k.revoked_at is None]
+def _answer(address: str) -> KeyAnswer:
+    """Asked where the pinning asks (encryption.lookup): here, the address's Pushmail instance, or its WKD."""
+    try:
+        found = lookup.find_keys(address)
+    except lookup.LookupUnavailable as exc:
+        return KeyAnswer(address=address, status="unavailable", detail=str(exc))
+    current = [k for k in found if not k.revoked]
     if not current:
         return KeyAnswer(address=address, status="none", detail="has no key in use")
-    return _found(address, "local", bytes(current[0].public_key))
-
-
-def _pushmail(address: str, instance: discovery.Instance) -> KeyAnswer:
-    try:
-        keys = publickeys.fetch_public_keys(instance=instance, address=address)
-    except publickeys.KeysUnavailable as exc:
-        return KeyAnswer(address=address, status="unavailable", detail=str(exc))
-    except publickeys.KeyDocumentError as exc:
-        log.warning("refused the key document of %s: %s", address, exc)
-        return KeyAnswer(address=address, status="unavailable", detail=f"its key document was refused: {exc}")
-    current = [k for k in keys if not k.revoked]
-    if not current:
-        return KeyAnswer(address=address, status="none", detail="has no key in use")
-    return _found(address, "pushmail", current[0].key)
-
-
-def _wkd(address: str) -> KeyAnswer:
-    local, domain = address.split("@", 1)
-    url = f"https://{domain}/.well-known/openpgpkey/hu/{openpgp.wkd_hash(local)}?l={local}"
-    try:
-        response = http.request("GET", url, max_bytes=WKD_MAX_BYTES)
-    except http.OutboundError as exc:
-        return KeyAnswer(address=address, status="none", detail=f"no Web Key Directory answered ({exc})")
-    if response.status != 200:
-        return KeyAnswer(address=address, status="none", detail=f"its Web Key Directory answered {response.status}")
-    try:
-        openpgp.split_key(openpgp.read_packets(response.content))
-        return _found(address, "wkd", response.content)
-    except (ValueError, IndexError) as exc:
-        return KeyAnswer(address=address, status="none", detail=f"its Web Key Directory held no usable key ({exc})")
-
-
-def _remote(address: str) -> KeyAnswer:
-    try:
-        instance = discovery.discover(domain_of(address))
-    except discovery.DiscoveryError as exc:
-        return KeyAnswer(address=address, status="unavailable", detail=str(exc))
-    if instance is None:
-        return _wkd(address)
-    return _pushmail(address, instance)
+    return _found(address, current[0].source, current[0].key)
 
 
 def _cache_key(address: str) -> str:
@@ -116,11 +79,11 @@ def _cache_key(address: str) -> str:
 def key_for(address: str) -> KeyAnswer:
     """The current public key of one (normalized) address, or why there is none."""
     if discovery.is_local(domain_of(address)):
-        return _local(address)
+        return _answer(address)
     cached = cache.get(_cache_key(address))
     if isinstance(cached, dict):
         return KeyAnswer(**cached)
-    answer = _remote(address)
+    answer = _answer(address)
     if answer.status != "unavailable":
         cache.set(_cache_key(address), answer.to_json(), FOUND_TTL if answer.status == "found" else MISSING_TTL)
     return answer
